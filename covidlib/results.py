@@ -83,7 +83,7 @@ def write_record(output_dir: str | Path, chapter: str, *, parameters: dict[str, 
 def read_records(results_dir: str | Path) -> dict[str, dict[str, Any]]:
     """All chapter records in ``results_dir``, keyed by chapter name."""
     records = {}
-    for path in sorted(Path(results_dir).glob("*.json")):
+    for path in sorted(Path(results_dir).glob("[!_]*.json")):  # "_name.json" files are build metadata
         try:
             record = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
@@ -92,3 +92,14 @@ def read_records(results_dir: str | Path) -> dict[str, dict[str, Any]]:
             raise InvalidInputError(f"{path}: not a chapter record (no 'chapter'/'numbers' keys)")
         records[record["chapter"]] = record
     return records
+
+
+def read_build_timings(results_dir: str | Path) -> dict[str, Any] | None:
+    """The per-chapter wall times that ``ci/book`` measured for this run (``_timings.json``), if any."""
+    path = Path(results_dir) / "_timings.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"{path}: not valid JSON ({exc})") from exc

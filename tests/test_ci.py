@@ -1,0 +1,72 @@
+"""The chapter pair checks of ci/chapters.py catch each way a pair can go wrong."""
+
+import importlib.util
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location("ci_chapters", ROOT / "ci" / "chapters.py")
+ci_chapters = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ci_chapters)
+
+SOURCE = """# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% tags=["parameters"]
+quick = True
+
+# %%
+print(quick)
+"""
+
+
+@pytest.fixture
+def chapters(tmp_path, monkeypatch):
+    monkeypatch.setattr(ci_chapters, "CHAPTER_SOURCES", tmp_path)
+    monkeypatch.setattr(ci_chapters, "ROOT", tmp_path)
+    (tmp_path / "01_demo.py").write_text(SOURCE)
+    jupytext.write(jupytext.reads(SOURCE, fmt="py:percent"), tmp_path / "01_demo.ipynb")
+    return tmp_path
+
+
+def test_a_clean_pair_passes(chapters):
+    assert ci_chapters.check_pairs() == []
+
+
+def test_edited_source_without_sync_is_reported(chapters):
+    (chapters / "01_demo.py").write_text(SOURCE.replace("print(quick)", "print(not quick)"))
+    assert any("differ" in p for p in ci_chapters.check_pairs())
+
+
+def test_outputs_in_the_committed_notebook_are_reported(chapters):
+    nb = jupytext.read(chapters / "01_demo.ipynb")
+    nb.cells[-1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="True\n")]
+    jupytext.write(nb, chapters / "01_demo.ipynb")
+    assert any("carries outputs" in p for p in ci_chapters.check_pairs())
+
+
+def test_missing_partner_and_missing_parameters_are_reported(chapters):
+    (chapters / "02_alone.py").write_text(SOURCE)
+    (chapters / "03_orphan.ipynb").write_text((chapters / "01_demo.ipynb").read_text())
+    no_params = SOURCE.replace(' tags=["parameters"]', "")
+    (chapters / "01_demo.py").write_text(no_params)
+    jupytext.write(jupytext.reads(no_params, fmt="py:percent"), chapters / "01_demo.ipynb")
+    problems = "\n".join(ci_chapters.check_pairs())
+    assert "02_alone.py has no paired" in problems
+    assert "03_orphan.ipynb has no Jupytext source" in problems
+    assert "no cell tagged 'parameters'" in problems
+
+
+def test_toc_lists_only_chapters_with_sources():
+    for name in ci_chapters.toc_chapters():
+        assert (ROOT / "chapters" / f"{name}.py").exists()

@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+import torch
+
+from covidlib.config import format_summary, get_device, runtime_summary, seed_everything
+from covidlib.errors import InvalidInputError
+
+
+def test_seed_everything_repeats_every_generator():
+    seed_everything(7)
+    first = (np.random.rand(3), torch.rand(3))
+    seed_everything(7)
+    second = (np.random.rand(3), torch.rand(3))
+    np.testing.assert_array_equal(first[0], second[0])
+    assert torch.equal(first[1], second[1])
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "0"])
+def test_seed_everything_rejects_bad_seeds(bad):
+    with pytest.raises(InvalidInputError, match="seed"):
+        seed_everything(bad)
+
+
+def test_auto_device_follows_cuda_availability():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert get_device("auto").type == expected
+    assert get_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_a_clear_error():
+    with pytest.raises(InvalidInputError, match="no CUDA device"):
+        get_device("cuda")
+
+
+def test_unknown_device_is_rejected():
+    with pytest.raises(InvalidInputError, match="device must be one of"):
+        get_device("tpu")
+
+
+def test_runtime_summary_names_mode_device_and_versions():
+    summary = runtime_summary(quick=False, device="cpu", seed=3, dataset="phantom")
+    assert summary["mode"] == "full" and summary["device"] == "cpu" and summary["seed"] == 3
+    assert summary["torch"] == torch.__version__
+    text = format_summary(summary)
+    assert text.splitlines()[0].startswith("mode") and "phantom" in text
