@@ -159,7 +159,7 @@ def surface_dice(pred: ArrayLike, target: ArrayLike, spacing: Sequence[float] | 
         return 0.0
     forward, backward = _surface_distances(pred_mask, target_mask, spacing_mm)
     within = np.count_nonzero(forward <= tolerance_mm) + np.count_nonzero(backward <= tolerance_mm)
-    return within / (forward.size + backward.size)
+    return float(within / (forward.size + backward.size))
 
 
 def segmentation_metrics(pred: ArrayLike, target: ArrayLike, spacing: Sequence[float] | float = 1.0,

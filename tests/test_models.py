@@ -1,0 +1,169 @@
+"""Tests for covidlib.models: parameter counts from the layer formulas, shapes, padding, gates."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from covidlib.errors import InvalidInputError
+from covidlib.models import AttentionGate, AttentionUNet2d, UNet2d, get_model
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def double_conv_parameters(c_in: int, c_out: int) -> int:
+    # two bias-free 3x3 convolutions, each followed by a BatchNorm with scale and shift
+    return 9 * c_in * c_out + 2 * c_out + 9 * c_out * c_out + 2 * c_out
+
+
+def unet_parameters(c_in: int, classes: int, width: int, depth: int, attention: bool = False) -> int:
+    widths = [width * 2**level for level in range(depth + 1)]
+    total = double_conv_parameters(c_in, widths[0])
+    total += sum(double_conv_parameters(widths[i - 1], widths[i]) for i in range(1, depth + 1))
+    for level in range(depth):
+        coarse, skip = widths[level + 1], widths[level]
+        total += coarse * (coarse // 2) * 4 + coarse // 2  # 2x2 transposed conv with bias
+        total += double_conv_parameters(coarse // 2 + skip, skip)
+        if attention:
+            inter = skip // 2
+            total += skip * inter + coarse * inter + inter + inter + 1  # W_x, W_g + b_xg, psi + b_psi
+    return total + widths[0] * classes + classes  # 1x1 head
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_parameter_count_matches_layer_formula(depth: int) -> None:
+    assert count_parameters(UNet2d(1, 2, base_width=4, depth=depth)) == unet_parameters(1, 2, 4, depth)
+    assert count_parameters(AttentionUNet2d(3, 4, base_width=6, depth=depth)) == unet_parameters(3, 4, 6, depth, True)
+
+
+def test_default_unet_is_the_paper_sized_network() -> None:
+    model = UNet2d()
+    assert model.widths == [64, 128, 256, 512, 1024]
+    assert count_parameters(model) == unet_parameters(1, 2, 64, 4) == 31_036_546
+
+
+def test_structure_for_transfer_learning() -> None:
+    model = UNet2d(1, 2, base_width=4, depth=3)
+    assert len(model.encoder) == 4 and len(model.decoder) == 3
+    assert model.head.kernel_size == (1, 1) and model.head.out_channels == 2
+    # a plain U-Net's weights load into the attention U-Net; only the gates stay new
+    attention = AttentionUNet2d(1, 2, base_width=4, depth=3)
+    result = attention.load_state_dict(model.state_dict(), strict=False)
+    assert result.unexpected_keys == []
+    assert result.missing_keys and all(".gate." in key for key in result.missing_keys)
+
+
+@pytest.mark.parametrize("model_class", [UNet2d, AttentionUNet2d])
+@pytest.mark.parametrize("size", [(16, 16), (37, 50), (1, 3)])
+def test_output_has_input_size(model_class: type[UNet2d], size: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    model = model_class(2, 3, base_width=4, depth=3)
+    logits = model(torch.randn(2, 2, *size))
+    assert logits.shape == (2, 3, *size)
+
+
+def test_encode_features_and_decode() -> None:
+    torch.manual_seed(0)
+    model = UNet2d(1, 2, base_width=4, depth=3).eval()
+    x = torch.randn(1, 1, 32, 24)
+    features = model.encode(x)
+    assert [tuple(f.shape) for f in features] == [(1, 4 * 2**i, 32 // 2**i, 24 // 2**i) for i in range(4)]
+    torch.testing.assert_close(model.decode(features), model(x))
+    with pytest.raises(InvalidInputError, match="4 feature maps"):
+        model.decode(features[:-1])
+
+
+@pytest.mark.parametrize("model_class", [UNet2d, AttentionUNet2d])
+def test_odd_input_equals_zero_padded_input_cropped(model_class: type[UNet2d]) -> None:
+    torch.manual_seed(0)
+    model = model_class(1, 2, base_width=4, depth=2).eval()
+    x = torch.randn(2, 1, 13, 10)
+    expected = model(F.pad(x, (0, 2, 0, 3)))[..., :13, :10]
+    torch.testing.assert_close(model(x), expected)
+
+
+@pytest.mark.parametrize("model_class", [UNet2d, AttentionUNet2d])
+def test_every_parameter_gets_a_finite_gradient(model_class: type[UNet2d]) -> None:
+    torch.manual_seed(0)
+    model = model_class(1, 2, base_width=4, depth=2)
+    logits = model(torch.randn(2, 1, 16, 16))
+    F.cross_entropy(logits, torch.randint(0, 2, (2, 16, 16))).backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None, name
+        assert torch.isfinite(parameter.grad).all(), name
+        assert parameter.grad.abs().sum() > 0, name
+
+
+def test_bad_input_raises() -> None:
+    model = UNet2d(1, 2, base_width=4, depth=2)
+    with pytest.raises(InvalidInputError, match="channels"):
+        model(torch.zeros(1, 3, 16, 16))
+    with pytest.raises(InvalidInputError, match=r"\(B, C, H, W\)"):
+        model(torch.zeros(1, 16, 16))
+    with pytest.raises(InvalidInputError, match="float"):
+        model(torch.zeros(1, 1, 16, 16, dtype=torch.long))
+    with pytest.raises(InvalidInputError, match="depth"):
+        UNet2d(depth=0)
+    with pytest.raises(InvalidInputError, match="base_width"):
+        UNet2d(base_width=2.5)  # type: ignore[arg-type]
+
+
+def test_gate_with_zero_weights_passes_half_of_the_skip() -> None:
+    gate = AttentionGate(3, 5, 2)
+    for parameter in gate.parameters():
+        torch.nn.init.zeros_(parameter)
+    x = torch.randn(2, 3, 8, 8)
+    gated, attention = gate(x, torch.randn(2, 5, 4, 4))
+    assert attention.shape == (2, 1, 8, 8)
+    torch.testing.assert_close(attention, torch.full_like(attention, 0.5))
+    torch.testing.assert_close(gated, 0.5 * x)
+
+
+def test_gate_matches_the_formula_by_hand() -> None:
+    gate = AttentionGate(1, 1, 1)
+    with torch.no_grad():
+        gate.skip_projection.weight.fill_(2.0)  # W_x
+        gate.gating_projection.weight.fill_(-1.0)  # W_g
+        gate.gating_projection.bias.fill_(0.5)  # b_xg
+        gate.psi.weight.fill_(3.0)
+        gate.psi.bias.fill_(-1.0)  # b_psi
+    x = torch.tensor([[[[1.0, -2.0], [0.25, 0.0]]]])
+    g = torch.tensor([[[[0.5, 4.0], [1.0, -3.0]]]])
+    expected_alpha = torch.sigmoid(3.0 * torch.clamp(2.0 * x - g + 0.5, min=0.0) - 1.0)
+    gated, attention = gate(x, g)
+    torch.testing.assert_close(attention, expected_alpha)
+    torch.testing.assert_close(gated, x * expected_alpha)
+
+
+def test_gate_resamples_the_gating_signal_to_the_skip_grid() -> None:
+    torch.manual_seed(0)
+    gate = AttentionGate(4, 6, 3)
+    x, g = torch.randn(1, 4, 10, 12), torch.randn(1, 6, 5, 6)
+    g_on_skip_grid = F.interpolate(g, size=(10, 12), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(gate(x, g)[1], gate(x, g_on_skip_grid)[1])
+
+
+def test_attention_maps_after_forward() -> None:
+    torch.manual_seed(0)
+    model = AttentionUNet2d(1, 2, base_width=4, depth=3)
+    with pytest.raises(InvalidInputError, match="forward"):
+        _ = model.attention_maps
+    model(torch.randn(2, 1, 37, 50))
+    maps = model.attention_maps
+    assert [tuple(m.shape) for m in maps] == [(2, 1, 10, 13), (2, 1, 19, 25), (2, 1, 37, 50)]
+    for attention in maps:
+        assert not attention.requires_grad
+        assert (attention > 0).all() and (attention < 1).all()
+    copy.deepcopy(model)  # a mean teacher copies the student after it has run
+
+
+def test_get_model_by_name() -> None:
+    assert type(get_model("attention-unet", base_width=4, depth=2)) is AttentionUNet2d
+    assert type(get_model("unet", base_width=4, depth=2)) is UNet2d
+    with pytest.raises(InvalidInputError, match="unet"):
+        get_model("segformer")
