@@ -12,6 +12,7 @@ from torch import nn
 from covidlib.errors import InvalidInputError
 from covidlib.models.attention import AttentionGate, AttentionUNet2d
 from covidlib.models.unet2d import DoubleConv, UNet2d, UpBlock
+from covidlib.models.unet3d import GenesisUNet2d, UNet3d, load_genesis_checkpoint  # noqa: F401  (chapter 05)
 
 MODELS: dict[str, type[nn.Module]] = {"unet": UNet2d, "attention-unet": AttentionUNet2d}
 
