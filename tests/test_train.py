@@ -1,0 +1,379 @@
+"""Tests for covidlib.train: the recipe, early stopping, best model, exact resume, checks."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from covidlib.errors import InvalidInputError
+from covidlib.models import UNet2d
+from covidlib.train import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    TrainConfig,
+    Trainer,
+    capture_rng_state,
+    cpu_has_native_bf16,
+    evaluate,
+    load_checkpoint,
+    mixup_transform,
+    predict_proba,
+    resolve_amp,
+    restore_rng_state,
+    save_checkpoint,
+    validate_batch,
+)
+
+
+class SquaresDataset(Dataset):
+    """Noisy images with one bright square each; the mask is the square (16x16 slices)."""
+
+    def __init__(self, count: int, seed: int, size: int = 16) -> None:
+        rng = np.random.default_rng(seed)
+        self.images = np.zeros((count, 1, size, size), dtype=np.float32)
+        self.masks = np.zeros((count, size, size), dtype=np.int64)
+        for i in range(count):
+            side = int(rng.integers(3, 7))
+            y, x = rng.integers(0, size - side, size=2)
+            self.masks[i, y:y + side, x:x + side] = 1
+            self.images[i, 0] = 2.0 * self.masks[i] + rng.normal(0, 0.5, (size, size))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, object]:
+        return {"image": torch.from_numpy(self.images[index]), "mask": torch.from_numpy(self.masks[index]),
+                "case_id": f"case{index}", "slice_index": 0}
+
+
+def loaders(seed: int = 0, train_count: int = 16, val_count: int = 8) -> tuple[DataLoader, DataLoader]:
+    train = DataLoader(SquaresDataset(train_count, seed), batch_size=4, shuffle=True,
+                       generator=torch.Generator().manual_seed(seed))
+    val = DataLoader(SquaresDataset(val_count, seed + 100), batch_size=4)
+    return train, val
+
+
+def tiny_model(seed: int = 0) -> UNet2d:
+    torch.manual_seed(seed)
+    return UNet2d(in_channels=1, num_classes=2, base_width=4, depth=2)
+
+
+def quick_config(**overrides: object) -> TrainConfig:
+    settings = dict(epochs=4, lr=1e-2, step_size=2, gamma=0.5, patience=10, loss="ce+dice", amp="off",
+                    progress=False, device="cpu", seed=0)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def assert_same_state(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> None:
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+
+
+def without_times(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+def test_defaults_are_the_reports_recipe() -> None:
+    config = TrainConfig()
+    assert (config.lr, config.step_size, config.gamma, config.epochs, config.patience) == (2e-4, 25, 0.8, 500, 30)
+    trainer = Trainer(tiny_model(), TrainConfig(device="cpu", progress=False))
+    assert isinstance(trainer.optimizer, torch.optim.Adam)
+    assert isinstance(trainer.scheduler, torch.optim.lr_scheduler.StepLR)
+
+
+@pytest.mark.parametrize("field, value", [("epochs", 0), ("lr", -1.0), ("gamma", 1.5), ("patience", 0),
+                                          ("amp", "fp8"), ("max_steps_per_epoch", 0), ("seed", -1)])
+def test_config_rejects_bad_values(field: str, value: object) -> None:
+    with pytest.raises(InvalidInputError, match=field if field != "amp" else "amp"):
+        TrainConfig(**{field: value})
+
+
+def test_unknown_loss_name_is_rejected() -> None:
+    with pytest.raises(InvalidInputError, match="loss"):
+        Trainer(tiny_model(), quick_config(loss="focal"))
+
+
+def test_learning_rate_follows_step_schedule() -> None:
+    train, val = loaders()
+    history = Trainer(tiny_model(), quick_config(epochs=5, lr=1e-3)).fit(train, val)
+    assert [row["lr"] for row in history] == pytest.approx([1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4])
+
+
+def test_training_learns_the_squares() -> None:
+    train, val = loaders()
+    trainer = Trainer(tiny_model(), quick_config(epochs=12, step_size=25))
+    history = trainer.fit(train, val)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert trainer.best_metric > 0.8
+    assert evaluate(trainer.model, val, "cpu")["summary"]["dice"]["mean"] == pytest.approx(trainer.best_metric)
+
+
+def test_early_stopping_after_patience_epochs_without_improvement() -> None:
+    train, val = loaders()
+    # A learning rate this small cannot change the thresholded prediction: epoch 1 stays best.
+    trainer = Trainer(tiny_model(), quick_config(epochs=20, lr=1e-12, patience=3))
+    history = trainer.fit(train, val)
+    assert trainer.stopped_early
+    assert trainer.best_epoch == 1
+    assert len(history) == 1 + 3
+    assert [row["best"] for row in history] == [True, False, False, False]
+
+
+def test_max_steps_per_epoch_limits_batches() -> None:
+    train, val = loaders()
+    trainer = Trainer(tiny_model(), quick_config(epochs=1, max_steps_per_epoch=2))
+    calls = []
+    original = trainer.train_step
+    trainer.train_step = lambda batch: calls.append(1) or original(batch)  # type: ignore[method-assign]
+    trainer.fit(train, val)
+    assert len(calls) == 2
+
+
+def test_best_checkpoint_holds_the_best_epochs_weights(tmp_path: Path) -> None:
+    train, val = loaders()
+    trainer = Trainer(tiny_model(), quick_config(epochs=6), out_dir=tmp_path, metadata={"model": "unet"})
+    history = trainer.fit(train, val)
+    best = load_checkpoint(tmp_path / BEST_CHECKPOINT)
+    assert best["epoch"] == trainer.best_epoch
+    assert best["val_dice"] == pytest.approx(max(row["val_dice"] for row in history))
+    assert best["metadata"] == {"model": "unet"}
+    # After fit the model holds the best weights, and they reproduce the recorded Dice.
+    assert_same_state(trainer.model.state_dict(), best["model"])
+    restored = tiny_model(seed=5)
+    restored.load_state_dict(best["model"])
+    assert evaluate(restored, val, "cpu")["summary"]["dice"]["mean"] == pytest.approx(best["val_dice"])
+    # Checkpoints are plain tensors and types: torch's safe loader accepts them.
+    torch.load(tmp_path / LAST_CHECKPOINT, weights_only=True)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+class Killed(Exception):
+    """Stands in for a process killed mid-epoch."""
+
+
+class KilledTrainer(Trainer):
+    def __init__(self, *args: object, kill_at_step: int, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.steps = 0
+        self.kill_at_step = kill_at_step
+
+    def train_step(self, batch: object) -> float:
+        self.steps += 1
+        if self.steps == self.kill_at_step:
+            raise Killed
+        return super().train_step(batch)
+
+
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+def test_resume_after_a_kill_ends_with_the_same_weights(tmp_path: Path, amp: str) -> None:
+    config = quick_config(epochs=5, amp=amp)
+    train, val = loaders()
+    straight = Trainer(tiny_model(), config, out_dir=tmp_path / "straight")
+    straight_history = straight.fit(train, val)
+
+    train, val = loaders()
+    # 4 batches an epoch: step 11 is in the middle of epoch 3, after last.pt of epoch 2.
+    killed = KilledTrainer(tiny_model(), config, out_dir=tmp_path / "killed", kill_at_step=11)
+    with pytest.raises(Killed):
+        killed.fit(train, val)
+    assert load_checkpoint(tmp_path / "killed" / LAST_CHECKPOINT)["epoch"] == 2
+    # Everything a new process would have: a differently initialised model, fresh loaders and
+    # disturbed global random states.
+    random.seed(123)
+    np.random.seed(123)
+    torch.manual_seed(123)
+    train, val = loaders()
+    resumed = Trainer(tiny_model(seed=9), config, out_dir=tmp_path / "killed")
+    resumed_history = resumed.fit(train, val, resume=True)
+
+    assert without_times(resumed_history) == without_times(straight_history)
+    assert_same_state(resumed.model.state_dict(), straight.model.state_dict())
+    assert_same_state(load_checkpoint(tmp_path / "killed" / LAST_CHECKPOINT)["model"],
+                      load_checkpoint(tmp_path / "straight" / LAST_CHECKPOINT)["model"])
+
+
+def test_resume_without_checkpoint_starts_fresh_and_needs_out_dir(tmp_path: Path) -> None:
+    train, val = loaders()
+    fresh = Trainer(tiny_model(), quick_config(epochs=2), out_dir=tmp_path / "a").fit(train, val)
+    train, val = loaders()
+    resumed = Trainer(tiny_model(), quick_config(epochs=2), out_dir=tmp_path / "b").fit(train, val, resume=True)
+    assert without_times(resumed) == without_times(fresh)
+    with pytest.raises(InvalidInputError, match="out_dir"):
+        Trainer(tiny_model(), quick_config()).fit(train, val, resume=True)
+
+
+class CountingTrainer(Trainer):
+    """A subclass in the way mean teacher uses the hooks: extra state that must survive resume."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.step_count = torch.zeros((), dtype=torch.int64)
+
+    def after_step(self) -> None:
+        self.step_count += 1
+
+    def extra_state(self) -> dict[str, object]:
+        return {"step_count": self.step_count.clone()}
+
+    def load_extra_state(self, state: dict[str, object]) -> None:
+        self.step_count = state["step_count"].clone()
+
+
+def test_subclass_hooks_and_extra_state_survive_resume(tmp_path: Path) -> None:
+    train, val = loaders()
+    first = CountingTrainer(tiny_model(), quick_config(epochs=2), out_dir=tmp_path)
+    first.fit(train, val)
+    assert int(first.step_count) == 2 * 4
+    train, val = loaders()
+    second = CountingTrainer(tiny_model(), quick_config(epochs=3), out_dir=tmp_path)
+    second.fit(train, val, resume=True)
+    assert int(second.step_count) == 3 * 4
+
+
+def test_batch_transform_receives_the_trainers_seeded_generator() -> None:
+    train, val = loaders()
+    seen = []
+
+    def soften(images: torch.Tensor, targets: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        seen.append(rng.random())
+        soft = torch.nn.functional.one_hot(targets, 2).movedim(-1, 1).float()
+        return images, soft
+
+    trainer = Trainer(tiny_model(), quick_config(epochs=1, seed=7), batch_transform=soften)
+    trainer.fit(train, val)
+    assert seen == list(np.random.default_rng(7).random(4))
+
+
+def test_mixup_training_resumes_exactly(tmp_path: Path) -> None:
+    config = quick_config(epochs=3)
+    train, val = loaders()
+    straight = Trainer(tiny_model(), config, batch_transform=mixup_transform(0.4))
+    straight.fit(train, val)
+    train, val = loaders()
+    Trainer(tiny_model(), quick_config(epochs=2), out_dir=tmp_path, batch_transform=mixup_transform(0.4)).fit(train, val)
+    train, val = loaders()
+    resumed = Trainer(tiny_model(), config, out_dir=tmp_path, batch_transform=mixup_transform(0.4))
+    resumed.fit(train, val, resume=True)
+    assert_same_state(resumed.model.state_dict(), straight.model.state_dict())
+
+
+def test_validate_batch_names_the_problem() -> None:
+    images = torch.zeros(2, 1, 8, 8)
+    validate_batch(images, torch.zeros(2, 8, 8, dtype=torch.int64))
+    with pytest.raises(InvalidInputError, match="does not match"):
+        validate_batch(images, torch.zeros(2, 8, 7, dtype=torch.int64))
+    with pytest.raises(InvalidInputError, match="0/1"):
+        validate_batch(images, torch.full((2, 8, 8), 255, dtype=torch.int64))
+    with pytest.raises(InvalidInputError, match="NaN"):
+        validate_batch(images.clone().fill_(float("nan")), torch.zeros(2, 8, 8, dtype=torch.int64))
+    with pytest.raises(InvalidInputError, match="summing to 1"):
+        validate_batch(images, torch.full((2, 2, 8, 8), 0.7))
+    with pytest.raises(InvalidInputError, match="integers"):
+        validate_batch(images, torch.zeros(2, 8, 8))
+
+
+def test_nan_in_a_training_batch_raises_before_the_step() -> None:
+    train, val = loaders()
+    trainer = Trainer(tiny_model(), quick_config(epochs=1))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    images = torch.zeros(2, 1, 16, 16)
+    images[0, 0, 3, 3] = float("nan")
+    with pytest.raises(InvalidInputError, match="NaN"):
+        trainer.train_step({"image": images, "mask": torch.zeros(2, 16, 16, dtype=torch.int64)})
+    with pytest.raises(InvalidInputError, match="0/1"):
+        trainer.train_step({"image": torch.zeros(2, 1, 16, 16), "mask": torch.full((2, 16, 16), 255)})
+    assert_same_state(trainer.model.state_dict(), before)
+
+
+def test_evaluate_groups_slices_into_cases_and_matches_hand_counts() -> None:
+    class Oracle(nn.Module):
+        """Predicts the first column of every image as foreground."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            foreground = torch.zeros_like(x[:, 0])
+            foreground[..., 0] = 1.0
+            return torch.stack([1 - foreground, foreground], dim=1) * 10
+
+    masks = torch.zeros(3, 4, 4, dtype=torch.int64)
+    masks[0, :, 0] = 1          # case a, slice 0: the 4 predicted pixels
+    masks[1, :2, 0:2] = 1       # case a, slice 1: 4 pixels, 2 predicted of 4 predicted
+    # case b: an empty mask, 4 false positives -> Dice 0
+    batch = {"image": torch.zeros(3, 1, 4, 4), "mask": masks, "case_id": ["a", "a", "b"], "slice_index": torch.tensor([1, 0, 0])}
+    result = evaluate(Oracle(), [batch], "cpu")
+    # Case a (2 slices): prediction 8 pixels, truth 8, overlap 4 + 2 = 6 -> Dice 12/16.
+    assert result["per_case"]["a"]["dice"] == pytest.approx(12 / 16)
+    assert result["per_case"]["a"]["sensitivity"] == pytest.approx(6 / 8)
+    assert result["per_case"]["b"]["dice"] == pytest.approx(0.0)
+    assert result["summary"]["dice"]["n"] == 2
+    assert result["summary"]["dice"]["mean"] == pytest.approx(0.375)
+    assert result["summary"]["dice"]["sd"] == pytest.approx(np.std([0.75, 0.0], ddof=1))
+
+
+def test_predict_proba_is_the_softmax_foreground_and_batch_independent() -> None:
+    model = tiny_model().eval()
+    images = torch.randn(5, 1, 16, 16)
+    with torch.no_grad():
+        expected = torch.softmax(model(images), dim=1)[:, 1].numpy()
+    one = predict_proba(model, images, "cpu", batch_size=1)
+    assert one.shape == (5, 16, 16) and one.dtype == np.float32
+    np.testing.assert_allclose(one, expected, atol=1e-6)
+    np.testing.assert_allclose(predict_proba(model, images[:, 0].numpy(), "cpu", batch_size=4), expected, atol=1e-6)
+    with pytest.raises(InvalidInputError, match="NaN"):
+        predict_proba(model, torch.full((1, 1, 16, 16), float("nan")), "cpu")
+
+
+def test_checkpoints_are_written_atomically(tmp_path: Path) -> None:
+    path = save_checkpoint({"value": torch.tensor([1.0])}, tmp_path / "c.pt")
+    with pytest.raises(Exception):
+        save_checkpoint({"value": lambda: None}, path)  # cannot be pickled
+    assert torch.equal(load_checkpoint(path)["value"], torch.tensor([1.0]))
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+    with pytest.raises(InvalidInputError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    with pytest.raises(InvalidInputError, match="cannot be read"):
+        load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_rng_state_round_trips_through_a_safe_checkpoint(tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(4)
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    save_checkpoint({"rng": capture_rng_state(generator)}, tmp_path / "rng.pt")
+    expected = (random.random(), np.random.rand(), torch.rand(()).item(), torch.rand((), generator=generator).item())
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
+    generator.manual_seed(9)
+    restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"], generator)
+    assert (random.random(), np.random.rand(), torch.rand(()).item(), torch.rand((), generator=generator).item()) == expected
+
+
+def test_resolve_amp() -> None:
+    cpu = torch.device("cpu")
+    assert resolve_amp("off", cpu) is None
+    assert resolve_amp("bf16", cpu) is torch.bfloat16
+    assert resolve_amp("auto", cpu) is (torch.bfloat16 if cpu_has_native_bf16() else None)
+    with pytest.raises(InvalidInputError, match="CUDA"):
+        resolve_amp("fp16", cpu)
+
+
+def test_bf16_training_reaches_float32_accuracy_on_the_squares() -> None:
+    results = {}
+    for amp in ("off", "bf16"):
+        train, val = loaders()
+        trainer = Trainer(tiny_model(), quick_config(epochs=12, step_size=25, amp=amp))
+        trainer.fit(train, val)
+        results[amp] = trainer.best_metric
+    assert math.isfinite(results["bf16"])
+    assert results["bf16"] > results["off"] - 0.05
