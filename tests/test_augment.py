@@ -1,0 +1,297 @@
+"""Tests for covidlib.augment: identities, references (scipy, np.rot90, hand values), seeding, mixup."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+import torch
+
+from covidlib.augment import (
+    Chain,
+    Compose,
+    ElasticDeformation,
+    GammaCorrection,
+    GaussianNoise,
+    Identity,
+    Mixup,
+    RandomElasticDeformation,
+    RandomGamma,
+    RandomNoise,
+    RandomRotation,
+    Rotation,
+    as_generator,
+    default_augmentation,
+    mixup,
+    sample_mixup,
+)
+from covidlib.errors import InvalidInputError
+
+
+@pytest.fixture
+def slice_and_mask() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    image = rng.standard_normal((24, 30)).astype(np.float32)
+    mask = np.zeros((24, 30), dtype=np.int64)
+    mask[6:15, 8:20] = 1
+    return image, mask
+
+
+# --- identities -------------------------------------------------------------------------
+
+def test_zero_rotation_and_zero_elastic_are_identity(slice_and_mask):
+    image, mask = slice_and_mask
+    for transform in (Rotation(0.0), ElasticDeformation(np.zeros((2, 5, 5))), Identity(), Chain()):
+        out_image, out_mask = transform(image, mask)
+        np.testing.assert_array_equal(out_image, image)
+        np.testing.assert_array_equal(out_mask, mask)
+
+
+def test_resampling_path_with_vanishing_parameters_is_identity(slice_and_mask):
+    # Goes through grid_sample (no shortcut): checks the pixel <-> grid coordinate mapping.
+    image, mask = slice_and_mask
+    for transform in (Rotation(1e-9), ElasticDeformation(np.full((2, 4, 4), 1e-9))):
+        out_image, out_mask = transform(image, mask)
+        np.testing.assert_allclose(out_image, image, rtol=1e-5, atol=1e-5)  # float32 grid arithmetic
+        np.testing.assert_array_equal(out_mask, mask)
+
+
+# --- rotation against independent references -------------------------------------------
+
+@pytest.mark.parametrize("angle", [2.5, -3.0, 37.0])
+def test_rotation_matches_scipy_bilinear(angle):
+    image = np.random.default_rng(1).random((9, 11))
+    ours, _ = Rotation(angle)(image)
+    # grid_sample's zero padding interpolates towards 0 beyond the edge: scipy's 'grid-constant'.
+    reference = ndi.rotate(image, angle, reshape=False, order=1, mode="grid-constant", cval=0.0)
+    np.testing.assert_allclose(ours, reference, atol=1e-12)
+
+
+def test_rotation_by_90_degrees_is_rot90_for_image_and_mask():
+    rng = np.random.default_rng(2)
+    image = rng.random((7, 7))
+    mask = (rng.random((7, 7)) > 0.5).astype(np.uint8)
+    out_image, out_mask = Rotation(90.0)(image, mask)
+    np.testing.assert_allclose(out_image, np.rot90(image), atol=1e-12)
+    np.testing.assert_array_equal(out_mask, np.rot90(mask))
+
+
+def test_rotation_fill_value_outside_the_slice():
+    image = np.full((8, 8), 5.0)
+    out, _ = Rotation(45.0, fill=-1.0)(image)
+    assert out[0, 0] == pytest.approx(-1.0)  # a corner comes from outside the slice
+    assert out[4, 4] == pytest.approx(5.0)
+
+
+# --- masks ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("transform", [Rotation(2.7), RandomElasticDeformation(max_displacement=2.0).sample(5)])
+def test_label_masks_stay_binary_and_keep_dtype(slice_and_mask, transform):
+    image, mask = slice_and_mask
+    _, out_mask = transform(image, mask)
+    assert out_mask.dtype == mask.dtype
+    assert set(np.unique(out_mask).tolist()) <= {0, 1}
+    assert 0.7 < out_mask.sum() / mask.sum() < 1.3  # a small transform moves the lesion, does not erase it
+
+
+def test_soft_masks_are_interpolated_linearly(slice_and_mask):
+    image, mask = slice_and_mask
+    soft = mask.astype(np.float32)
+    _, out = Rotation(2.7)(image, soft)
+    assert out.dtype == np.float32
+    assert ((out > 0.01) & (out < 0.99)).any()  # border pixels become fractional
+    assert out.min() >= -1e-6 and out.max() <= 1 + 1e-6
+
+
+def test_elastic_constant_field_is_a_shift():
+    # A uniform displacement of +1 row: output row y reads input row y + 1.
+    image = np.arange(6 * 5, dtype=np.float64).reshape(6, 5)
+    control = np.zeros((2, 3, 3))
+    control[0] = 1.0
+    out, _ = ElasticDeformation(control)(image)
+    np.testing.assert_allclose(out[:-1], image[1:], atol=1e-12)
+    np.testing.assert_allclose(out[-1], 0.0, atol=1e-12)  # read from outside: fill
+
+
+def test_elastic_dense_field_passes_through_control_points():
+    control = np.random.default_rng(3).uniform(-2, 2, size=(2, 4, 5))
+    field = ElasticDeformation(control).dense_field(13, 17)  # nodes at every 4th pixel
+    np.testing.assert_allclose(field.numpy()[:, ::4, ::4], control, atol=1e-12)
+
+
+def test_random_elastic_keeps_the_border_ring_fixed():
+    control = RandomElasticDeformation(max_displacement=4.0, num_control_points=6).sample(0).control_displacements
+    assert control.shape == (2, 6, 6)
+    ring = np.ones((6, 6), bool)
+    ring[1:-1, 1:-1] = False
+    assert not control[:, ring].any()
+    assert np.abs(control).max() <= 4.0 and control[:, 1:-1, 1:-1].std() > 1.0
+
+
+# --- batches and tensors ----------------------------------------------------------------
+
+def test_batch_shares_parameters_and_matches_per_item(slice_and_mask):
+    image, mask = slice_and_mask
+    batch = np.stack([image, image * 2 + 1])[:, None]  # (2, 1, H, W)
+    masks = np.stack([mask, 1 - mask])                  # (2, H, W)
+    spatial = Chain((Rotation(2.0), RandomElasticDeformation().sample(11)))
+    out_batch, out_masks = spatial(batch, masks)
+    for i in range(2):
+        one_image, one_mask = spatial(batch[i, 0], masks[i])
+        np.testing.assert_allclose(out_batch[i, 0], one_image, atol=1e-5)
+        np.testing.assert_array_equal(out_masks[i], one_mask)
+
+
+def test_torch_and_numpy_give_the_same_result(slice_and_mask):
+    image, mask = slice_and_mask
+    transform = default_augmentation(p=1.0).sample(4)
+    np_image, np_mask = transform(image, mask)
+    t_image, t_mask = transform(torch.from_numpy(image), torch.from_numpy(mask))
+    assert isinstance(t_image, torch.Tensor) and t_mask.dtype == torch.int64
+    np.testing.assert_allclose(t_image.numpy(), np_image, atol=1e-5)
+    np.testing.assert_array_equal(t_mask.numpy(), np_mask)
+
+
+# --- seeding and logging ----------------------------------------------------------------
+
+def test_same_seed_gives_same_parameters_and_output(slice_and_mask):
+    image, mask = slice_and_mask
+    augmentation = default_augmentation(p=0.5)
+    first, second = augmentation.sample(123), augmentation.sample(np.random.default_rng(123))
+    assert first.describe() == second.describe()
+    np.testing.assert_array_equal(first(image, mask)[0], second(image, mask)[0])
+    out_a = augmentation(image, mask, rng=7)
+    out_b = augmentation(image, mask, rng=7)
+    np.testing.assert_array_equal(out_a[0], out_b[0])
+    draws = {json.dumps(augmentation.sample(seed).describe()) for seed in range(10)}
+    assert len(draws) == 10
+
+
+def test_random_rotation_draws_within_range():
+    angles = [RandomRotation(degrees=3.0).sample(seed).angle_deg for seed in range(200)]
+    assert max(angles) <= 3.0 and min(angles) >= -3.0
+    assert max(angles) > 2.5 and min(angles) < -2.5
+    assert RandomRotation(degrees=3.0).sample(0).angle_deg == pytest.approx(np.random.default_rng(0).uniform(-3, 3))
+
+
+def test_describe_is_json_and_replays(slice_and_mask):
+    image, mask = slice_and_mask
+    chain = default_augmentation(p=1.0).sample(9)
+    described = json.loads(json.dumps(chain.describe()))
+    rebuilt = []
+    for params in described["transforms"]:
+        name = params.pop("name")
+        if name == "ElasticDeformation":
+            params["control_displacements"] = np.array(params["control_displacements"])
+        rebuilt.append({"Rotation": Rotation, "ElasticDeformation": ElasticDeformation,
+                        "GammaCorrection": GammaCorrection, "GaussianNoise": GaussianNoise}[name](**params))
+    np.testing.assert_allclose(Chain(tuple(rebuilt))(image, mask)[0], chain(image, mask)[0], atol=1e-3)
+
+
+def test_compose_probability_and_shuffle():
+    transforms = (RandomRotation(p=1.0), RandomGamma(p=1.0), RandomNoise(p=1.0))
+    assert Compose(tuple(RandomRotation(p=0.0) for _ in range(3))).sample(0) == Chain(())
+    names = [t.describe()["name"] for t in Compose(transforms).sample(0).transforms]
+    assert names == ["Rotation", "GammaCorrection", "GaussianNoise"]
+    orders = {tuple(type(t).__name__ for t in Compose(transforms, shuffle=True).sample(s).transforms) for s in range(30)}
+    assert len(orders) > 1 and all(len(order) == 3 for order in orders)
+    applied = [len(Compose((RandomRotation(p=0.3),)).sample(s).transforms) for s in range(2000)]
+    assert 0.25 < np.mean(applied) < 0.35
+
+
+# --- intensity --------------------------------------------------------------------------
+
+def test_gamma_hand_computed_on_unit_range():
+    image = np.array([[0.0, 0.25], [0.5, 1.0]])
+    out, _ = GammaCorrection(2.0, intensity_range=(0.0, 1.0))(image)
+    np.testing.assert_allclose(out, [[0.0, 0.0625], [0.25, 1.0]])
+    out, _ = GammaCorrection(0.5, intensity_range=(0.0, 1.0))(image)
+    np.testing.assert_allclose(out, [[0.0, 0.5], [np.sqrt(0.5), 1.0]])
+
+
+def test_gamma_default_range_keeps_min_and_max():
+    image = np.array([[2.0, 3.0, 4.0]])
+    out, _ = GammaCorrection(2.0)(image)
+    np.testing.assert_allclose(out, [[2.0, 2.5, 4.0]])  # 2 + 2 * 0.5**2
+    gammas = [RandomGamma().sample(s).gamma for s in range(200)]
+    assert np.exp(-0.3) <= min(gammas) and max(gammas) <= np.exp(0.3)
+
+
+def test_noise_standard_deviation_is_measured(slice_and_mask):
+    _, mask = slice_and_mask
+    image = np.zeros((256, 256), dtype=np.float32)
+    noisy, out_mask = GaussianNoise(std=0.1, noise_seed=5)(image, None)
+    assert out_mask is None and noisy.dtype == np.float32
+    assert noisy.std() == pytest.approx(0.1, abs=0.002)  # standard error ~ 0.1 / sqrt(2 * 65536)
+    assert abs(noisy.mean()) < 0.002
+    np.testing.assert_array_equal(GaussianNoise(0.1, 5)(image)[0], noisy)
+    assert not np.array_equal(GaussianNoise(0.1, 6)(image)[0], noisy)
+    _, kept = GaussianNoise(0.1, 5)(np.zeros((24, 30), np.float32), mask)
+    np.testing.assert_array_equal(kept, mask)
+
+
+# --- mixup ------------------------------------------------------------------------------
+
+def test_mixup_hand_computed_convex_combination():
+    images = np.stack([np.full((1, 2, 2), 1.0), np.full((1, 2, 2), 3.0)])
+    targets = np.stack([np.ones((2, 2), np.int64), np.zeros((2, 2), np.int64)])
+    mixed, soft = Mixup(lam=0.3, permutation=np.array([1, 0]))(images, targets)
+    np.testing.assert_allclose(mixed[0], 0.3 * 1 + 0.7 * 3)
+    np.testing.assert_allclose(mixed[1], 0.3 * 3 + 0.7 * 1)
+    np.testing.assert_allclose(soft[0, 1], 0.3)   # infection probability of item 0
+    np.testing.assert_allclose(soft[0, 0], 0.7)
+    np.testing.assert_allclose(soft[1, 1], 0.7)
+    np.testing.assert_allclose(soft.sum(axis=1), 1.0)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_mixup_draws_beta_and_soft_labels_sum_to_one(backend):
+    rng = np.random.default_rng(8)
+    images = rng.standard_normal((4, 1, 6, 6)).astype(np.float32)
+    targets = (rng.random((4, 6, 6)) > 0.6).astype(np.int64)
+    expected_rng = np.random.default_rng(21)
+    expected_lam, expected_perm = expected_rng.beta(0.4, 0.4), expected_rng.permutation(4)
+    if backend == "torch":
+        images, targets = torch.from_numpy(images), torch.from_numpy(targets)
+    mixed, soft, lam = mixup(images, targets, alpha=0.4, rng=21)
+    assert lam == pytest.approx(expected_lam)
+    np.testing.assert_allclose(np.asarray(mixed), lam * np.asarray(images) + (1 - lam) * np.asarray(images)[expected_perm],
+                               atol=1e-6)
+    assert tuple(soft.shape) == (4, 2, 6, 6)
+    np.testing.assert_allclose(np.asarray(soft).sum(axis=1), 1.0, atol=1e-6)
+    assert np.asarray(soft).min() >= 0
+
+
+def test_mixup_of_soft_targets_and_lambda_distribution():
+    soft_in = np.random.default_rng(0).dirichlet([1, 1], size=(3, 4, 4)).transpose(0, 3, 1, 2)
+    images = np.zeros((3, 1, 4, 4))
+    _, soft, _ = mixup(images, soft_in, alpha=1.0, rng=2)
+    np.testing.assert_allclose(soft.sum(axis=1), 1.0)
+    lams = [sample_mixup(2, 0.2, s).lam for s in range(2000)]
+    # Beta(0.2, 0.2) is U-shaped: most draws are near 0 or 1, the mean is 1/2.
+    assert np.mean(lams) == pytest.approx(0.5, abs=0.03)
+    assert np.mean((np.array(lams) < 0.1) | (np.array(lams) > 0.9)) > 0.5
+
+
+# --- bad input --------------------------------------------------------------------------
+
+def test_bad_input_raises_clear_errors(slice_and_mask):
+    image, mask = slice_and_mask
+    with pytest.raises(InvalidInputError, match="mask shape"):
+        Rotation(1.0)(image, mask[:-1])
+    with pytest.raises(InvalidInputError, match="NaN"):
+        Rotation(1.0)(np.full((4, 4), np.nan))
+    with pytest.raises(InvalidInputError, match="floating point"):
+        Rotation(1.0)(mask)
+    with pytest.raises(InvalidInputError, match="p must be"):
+        RandomRotation(p=1.5)
+    with pytest.raises(InvalidInputError, match="alpha"):
+        mixup(image[None, None], mask[None], alpha=0.0, rng=0)
+    with pytest.raises(InvalidInputError, match="class-index targets must lie"):
+        mixup(image[None, None], mask[None] * 2, alpha=1.0, rng=0)
+    with pytest.raises(InvalidInputError, match="rng"):
+        as_generator(None)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="gamma"):
+        GammaCorrection(-1.0)
