@@ -1,0 +1,263 @@
+"""Transfer learning: freeze and re-initialise named parts of a U-Net, the report's fine-tuning
+recipes, and the flattening of Models Genesis 3D weights into a 2D network.
+
+The report (sections 2.3.4 and 5.2.3) pretrains a U-Net on non-COVID lung CT and fine-tunes it
+on a few COVID volumes in the two ways of Amiri et al. ("Fine-tuning U-Net for ultrasound
+image segmentation: different layers, different outcomes", 2020, the report's [12]):
+
+* ``"decoder"`` — fine-tune the decoder: the first half of the encoder is frozen and the
+  output layer is re-initialised;
+* ``"all"`` — fine-tune everything, with the last block of convolutions (the last decoder
+  block and the output layer that reads it) re-initialised;
+
+plus ``"scratch"`` (random initialisation) and ``"genesis"`` (a 2D network initialised with the
+self-supervised Models Genesis weights of Zhou et al., MICCAI 2019, flattened from 3D).
+
+A network is split into five *parts* (``PARTS``) through its ``encoder`` (``depth + 1``
+blocks, the last the bottleneck), ``decoder`` and ``head`` attributes, which
+:class:`~covidlib.models.UNet2d`, :class:`~covidlib.models.AttentionUNet2d`,
+:class:`~covidlib.models.unet3d.UNet3d` and :class:`~covidlib.models.unet3d.GenesisUNet2d`
+all have. The ``depth`` encoder blocks above the bottleneck are halved, the first half taking
+the extra block of an odd count: blocks 0-1 | 2-3 for the 4-pooling U-Net, 0-1 | 2 for Genesis.
+
+Introduced in chapter 05.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from covidlib.errors import InvalidInputError
+from covidlib.models.unet3d import GenesisUNet2d, UNet3d
+
+PARTS = ("encoder_first_half", "encoder_second_half", "bottleneck", "decoder", "head")
+RECIPES = ("scratch", "decoder", "all", "genesis")
+FLATTEN_MODES = ("sum", "centre")
+
+Recipe = Literal["scratch", "decoder", "all", "genesis"]
+
+
+def model_parts(model: nn.Module) -> dict[str, list[nn.Module]]:
+    """The modules of each part in :data:`PARTS`, from ``model.encoder/decoder/head``."""
+    for attribute in ("encoder", "decoder", "head"):
+        if not hasattr(model, attribute):
+            raise InvalidInputError(f"{type(model).__name__} has no '{attribute}' attribute; transfer needs a U-Net "
+                                    "with encoder (ModuleList, bottleneck last), decoder (ModuleList) and head")
+    encoder = list(model.encoder)
+    if len(encoder) < 2:
+        raise InvalidInputError(f"{type(model).__name__}.encoder needs at least 2 blocks (one plus the bottleneck)")
+    above = encoder[:-1]
+    split = (len(above) + 1) // 2
+    return {
+        "encoder_first_half": above[:split],
+        "encoder_second_half": above[split:],
+        "bottleneck": [encoder[-1]],
+        "decoder": list(model.decoder),
+        "head": [model.head],
+    }
+
+
+def _check_parts(parts: str | Iterable[str]) -> list[str]:
+    names = [parts] if isinstance(parts, str) else list(parts)
+    unknown = [name for name in names if name not in PARTS]
+    if unknown:
+        raise InvalidInputError(f"unknown part(s) {unknown}; choose from {PARTS}")
+    return names
+
+
+def parameter_parts(model: nn.Module) -> dict[str, str]:
+    """The part each named parameter belongs to; raises if a parameter is in no part."""
+    owner = {}
+    for part, modules in model_parts(model).items():
+        for module in modules:
+            for parameter in module.parameters():
+                owner[id(parameter)] = part
+    table = {}
+    for name, parameter in model.named_parameters():
+        if id(parameter) not in owner:
+            raise InvalidInputError(f"parameter {name!r} of {type(model).__name__} belongs to no part of {PARTS}")
+        table[name] = owner[id(parameter)]
+    return table
+
+
+def _set_frozen(model: nn.Module, parts: str | Iterable[str], frozen: bool) -> nn.Module:
+    selected = model_parts(model)
+    for name in _check_parts(parts):
+        for module in selected[name]:
+            for parameter in module.parameters():
+                parameter.requires_grad_(not frozen)
+            for submodule in module.modules():
+                if isinstance(submodule, nn.modules.batchnorm._BatchNorm):
+                    # A frozen layer must not drift either: without this, BatchNorm would keep
+                    # updating its running statistics from the new data during training.
+                    submodule.track_running_stats = not frozen
+    return model
+
+
+def freeze(model: nn.Module, parts: str | Iterable[str]) -> nn.Module:
+    """Freeze ``parts`` in place: no gradients, and their BatchNorm running statistics stop
+    updating (in training they normalise with batch statistics; in ``eval()`` with the stored
+    ones). Returns ``model``. Introduced in chapter 05."""
+    return _set_frozen(model, parts, frozen=True)
+
+
+def unfreeze(model: nn.Module, parts: str | Iterable[str] = PARTS) -> nn.Module:
+    """Undo :func:`freeze` for ``parts`` (all by default). Returns ``model``. Introduced in chapter 05."""
+    return _set_frozen(model, parts, frozen=False)
+
+
+def reinitialise(model: nn.Module, part: str | Iterable[str], seed: int) -> nn.Module:
+    """Re-draw the weights of ``part`` (one name or several) with each layer's own default
+    initialisation (``reset_parameters``; BatchNorm also resets its running statistics), from
+    ``seed`` and without touching the global random state. Returns ``model``.
+    Introduced in chapter 05."""
+    names = _check_parts(part)
+    selected = model_parts(model)
+    _reset_modules([module for name in names for module in selected[name]], seed)
+    return model
+
+
+def _reset_modules(modules: Iterable[nn.Module], seed: int) -> None:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in modules:
+            for submodule in module.modules():
+                if hasattr(submodule, "reset_parameters"):
+                    submodule.reset_parameters()
+
+
+def trainable_summary(model: nn.Module) -> list[dict[str, object]]:
+    """One row a parameter tensor: ``name``, ``part``, ``count`` and ``trainable`` — what a
+    figure of "what is frozen" draws. Introduced in chapter 05."""
+    parts = parameter_parts(model)
+    return [{"name": name, "part": parts[name], "count": parameter.numel(), "trainable": parameter.requires_grad}
+            for name, parameter in model.named_parameters()]
+
+
+def flatten_kernel(weight: Tensor, mode: str = "sum", depth_axis: int = -1) -> Tensor:
+    """A 3D convolution kernel ``(out, in, k, k, k)`` as a 2D kernel ``(out, in, k, k)``.
+
+    ``"sum"`` adds the taps along ``depth_axis``: for an input that is constant along depth,
+    a 3D convolution then gives exactly the 2D convolution of one slice (away from the first
+    and last slices, where the 3D zero padding cuts taps off). ``"centre"`` keeps the middle
+    tap: the 2D network sees what the 3D one would see from the slice itself, ignoring its
+    neighbours. ``depth_axis`` is the kernel axis that ran along slices: ``-1`` for Models
+    Genesis, trained on ``(x, y, z)`` cubes; ``-3`` for networks trained on ``(z, y, x)``.
+    """
+    if mode not in FLATTEN_MODES:
+        raise InvalidInputError(f"flatten mode must be one of {FLATTEN_MODES}, got {mode!r}")
+    if weight.ndim != 5 or depth_axis not in (-3, -2, -1, 2, 3, 4):
+        raise InvalidInputError(f"flatten_kernel expects a 5D kernel and a spatial depth_axis, got shape "
+                                f"{tuple(weight.shape)} and depth_axis={depth_axis}")
+    if mode == "sum":
+        return weight.sum(dim=depth_axis)
+    size = weight.shape[depth_axis]
+    if size % 2 == 0:
+        raise InvalidInputError(f"a kernel of even depth {size} has no centre tap; use mode='sum'")
+    return weight.select(depth_axis, size // 2)
+
+
+@torch.no_grad()
+def flatten_3d_to_2d(unet3d: nn.Module, unet2d: nn.Module, mode: str = "sum", *, depth_axis: int = -1,
+                     exclude: Iterable[str] = ()) -> nn.Module:
+    """Copy a 3D network's weights into its 2D twin, module by module, by name.
+
+    The mapping, for every module name of ``unet3d`` (e.g. a :class:`UNet3d`) that is not under
+    a prefix in ``exclude``:
+
+    * ``Conv3d`` ``(out, in, k, k, k)`` -> ``Conv2d`` ``(out, in, k, k)`` by
+      :func:`flatten_kernel` (``"sum"`` or ``"centre"``); the bias is copied;
+    * ``ConvTranspose3d`` ``(in, out, 2, 2, 2)`` with stride 2 -> ``ConvTranspose2d`` by the
+      *mean* over depth, in both modes: each output voxel of this layer receives exactly one
+      depth tap (even slices one, odd slices the other), so the mean gives the depth-average of
+      the 3D response to a depth-constant input; an even kernel has no centre tap;
+    * ``BatchNorm3d`` -> ``BatchNorm2d``: weight, bias and running statistics copied;
+    * layers without parameters (ReLU, pooling) need nothing.
+
+    ``unet2d`` must have a module of the matching 2D type under every such name, with the
+    flattened shapes (:class:`~covidlib.models.unet3d.GenesisUNet2d` of the same
+    ``base_width`` has them); its extra modules (attention gates) are left as they are.
+    Returns ``unet2d``. Introduced in chapter 05.
+    """
+    excluded = tuple(exclude)
+    targets = dict(unet2d.named_modules())
+    pairs = {nn.Conv3d: nn.Conv2d, nn.ConvTranspose3d: nn.ConvTranspose2d, nn.BatchNorm3d: nn.BatchNorm2d}
+    for name, source in unet3d.named_modules():
+        if not name or any(name == prefix.rstrip(".") or name.startswith(prefix) for prefix in excluded):
+            continue
+        if not any(True for _ in source.parameters(recurse=False)):
+            continue
+        expected = pairs.get(type(source))
+        if expected is None:
+            raise InvalidInputError(f"flatten_3d_to_2d: no 2D rule for module {name!r} of type {type(source).__name__}")
+        target = targets.get(name)
+        if not isinstance(target, expected):
+            raise InvalidInputError(f"flatten_3d_to_2d: the 2D network needs a {expected.__name__} named {name!r}, "
+                                    f"found {type(target).__name__ if target is not None else 'nothing'}")
+        if isinstance(source, nn.ConvTranspose3d):
+            weight = source.weight.mean(dim=depth_axis)
+        elif isinstance(source, nn.Conv3d):
+            weight = flatten_kernel(source.weight, mode, depth_axis)
+        else:
+            weight = source.weight
+        values = {"weight": weight, "bias": source.bias}
+        if isinstance(source, nn.BatchNorm3d):
+            values |= {"running_mean": source.running_mean, "running_var": source.running_var,
+                       "num_batches_tracked": source.num_batches_tracked}
+        for key, value in values.items():
+            destination = getattr(target, key)
+            if (value is None) != (destination is None):
+                raise InvalidInputError(f"flatten_3d_to_2d: {name}.{key} exists in only one of the two networks")
+            if value is None:
+                continue
+            if destination.shape != value.shape:
+                raise InvalidInputError(f"flatten_3d_to_2d: {name}.{key} flattens to {tuple(value.shape)} but the 2D "
+                                        f"network has {tuple(destination.shape)} (use a GenesisUNet2d with the same base_width)")
+            destination.copy_(value)
+    return unet2d
+
+
+def prepare_finetune(model: nn.Module, recipe: str, *, pretrained: nn.Module | Mapping[str, Tensor] | None = None,
+                     seed: int = 0, flatten_mode: str = "sum") -> nn.Module:
+    """Initialise and freeze ``model`` in place for one fine-tuning ``recipe``; returns it.
+
+    * ``"scratch"``: ``model`` as it was built (random weights), all trainable;
+    * ``"decoder"``: ``pretrained`` weights (a state dict or a model of the same class),
+      first half of the encoder frozen, head re-initialised;
+    * ``"all"``: ``pretrained`` weights, everything trainable, last decoder block and head
+      re-initialised;
+    * ``"genesis"``: ``model`` must be a :class:`GenesisUNet2d` and ``pretrained`` a
+      :class:`UNet3d` (e.g. from :func:`~covidlib.models.unet3d.load_genesis_checkpoint`);
+      its weights are flattened into ``model`` (``flatten_mode``) except the output layer,
+      which belongs to the restoration task and is re-initialised; all trainable.
+
+    Re-initialisation draws from ``seed``. Introduced in chapter 05.
+    """
+    if recipe not in RECIPES:
+        raise InvalidInputError(f"recipe must be one of {RECIPES}, got {recipe!r}")
+    unfreeze(model)
+    if recipe == "scratch":
+        return model
+    if pretrained is None:
+        raise InvalidInputError(f"recipe {recipe!r} needs pretrained weights (pretrained=...)")
+    if recipe == "genesis":
+        if not isinstance(model, GenesisUNet2d) or not isinstance(pretrained, UNet3d):
+            raise InvalidInputError("recipe 'genesis' needs a GenesisUNet2d model and a UNet3d as pretrained, got "
+                                    f"{type(model).__name__} and {type(pretrained).__name__}")
+        flatten_3d_to_2d(pretrained, model, flatten_mode, exclude=("out_tr",))
+        return reinitialise(model, "head", seed)
+    state = pretrained.state_dict() if isinstance(pretrained, nn.Module) else pretrained
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise InvalidInputError(f"pretrained weights do not fit {type(model).__name__} (same class and widths "
+                                f"needed): {str(exc).splitlines()[0]}") from exc
+    if recipe == "decoder":
+        freeze(model, "encoder_first_half")
+        return reinitialise(model, "head", seed)
+    _reset_modules([model.decoder[-1], model.head], seed)
+    return model

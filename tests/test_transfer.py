@@ -1,0 +1,253 @@
+"""Tests for covidlib.transfer: freezing, re-initialisation, recipes and 3D -> 2D flattening."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from covidlib.errors import InvalidInputError
+from covidlib.models import AttentionUNet2d, UNet2d
+from covidlib.models.unet3d import ConvUnit, GenesisUNet2d, UNet3d
+from covidlib.transfer import (
+    PARTS,
+    flatten_3d_to_2d,
+    flatten_kernel,
+    freeze,
+    model_parts,
+    parameter_parts,
+    prepare_finetune,
+    reinitialise,
+    trainable_summary,
+    unfreeze,
+)
+
+
+def small_unet(seed: int = 0) -> UNet2d:
+    torch.manual_seed(seed)
+    return UNet2d(base_width=2, depth=4)
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def one_adam_step(model: nn.Module) -> None:
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    loss = model(x).square().mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+@pytest.mark.parametrize("factory", [lambda: small_unet(), lambda: AttentionUNet2d(base_width=2, depth=3),
+                                     lambda: GenesisUNet2d(base_width=2, attention=True), lambda: UNet3d(base_width=2)])
+def test_every_parameter_lies_in_exactly_one_part(factory) -> None:
+    model = factory()
+    parts = parameter_parts(model)
+    assert set(parts) == {name for name, _ in model.named_parameters()}
+    assert set(parts.values()) <= set(PARTS)
+    counts = [sum(p.numel() for m in modules for p in m.parameters()) for modules in model_parts(model).values()]
+    assert sum(counts) == sum(p.numel() for p in model.parameters())
+
+
+def test_encoder_halves_for_four_and_three_poolings() -> None:
+    unet = small_unet()
+    parts = model_parts(unet)
+    assert parts["encoder_first_half"] == [unet.encoder[0], unet.encoder[1]]
+    assert parts["encoder_second_half"] == [unet.encoder[2], unet.encoder[3]]
+    assert parts["bottleneck"] == [unet.encoder[4]]
+    genesis = model_parts(GenesisUNet2d(base_width=2))
+    assert [len(genesis[p]) for p in ("encoder_first_half", "encoder_second_half", "bottleneck")] == [2, 1, 1]
+
+
+def test_freeze_really_freezes_and_unfreeze_undoes_it() -> None:
+    model = small_unet()
+    freeze(model, ["encoder_first_half", "head"])
+    parts = parameter_parts(model)
+    frozen = {name for name, part in parts.items() if part in ("encoder_first_half", "head")}
+    assert frozen and all(not p.requires_grad for n, p in model.named_parameters() if n in frozen)
+    assert all(p.requires_grad for n, p in model.named_parameters() if n not in frozen)
+    before = snapshot(model)
+    one_adam_step(model)
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert all(grads[n] is None for n in frozen)
+    after = model.state_dict()
+    frozen_modules = [model.encoder[0], model.encoder[1], model.head]
+    prefixes = tuple(name + "." for name, m in model.named_modules() if any(m is f for f in frozen_modules))
+    frozen_keys = [key for key in after if key.startswith(prefixes)]
+    assert len(frozen_keys) > len(frozen)  # parameters and BatchNorm buffers
+    for key in frozen_keys:
+        # Weights *and* BatchNorm running statistics stay exactly as they were.
+        assert torch.equal(after[key], before[key]), key
+    assert not torch.equal(after["encoder.2.0.weight"], before["encoder.2.0.weight"])
+    assert not torch.equal(after["encoder.2.1.running_mean"], before["encoder.2.1.running_mean"])
+    unfreeze(model)
+    assert all(p.requires_grad for p in model.parameters())
+    one_adam_step(model)
+    assert not torch.equal(model.state_dict()["encoder.0.1.running_mean"], before["encoder.0.1.running_mean"])
+
+
+def test_reinitialise_changes_only_the_named_part_and_is_seeded() -> None:
+    model = small_unet()
+    before = snapshot(model)
+    state = torch.get_rng_state()
+    reinitialise(model, "decoder", seed=7)
+    assert torch.equal(torch.get_rng_state(), state), "global random state must be untouched"
+    parts = parameter_parts(model)
+    for name, parameter in model.named_parameters():
+        if parts[name] == "decoder" and parameter.ndim > 1:
+            assert not torch.equal(parameter, before[name]), name
+        elif parts[name] != "decoder":
+            assert torch.equal(parameter, before[name]), name
+    again = small_unet()
+    reinitialise(again, "decoder", seed=7)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in again.state_dict().items())
+    with pytest.raises(InvalidInputError, match="unknown part"):
+        reinitialise(model, "encoder", seed=0)
+
+
+def test_trainable_summary_counts() -> None:
+    model = freeze(small_unet(), "bottleneck")
+    rows = trainable_summary(model)
+    frozen = sum(r["count"] for r in rows if not r["trainable"])
+    assert frozen == sum(p.numel() for p in model.encoder[4].parameters())
+
+
+# --- flattening ------------------------------------------------------------------------------
+
+def depth_constant(x2d: torch.Tensor, depth: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, H, W, D) constant along the last (Models Genesis depth) axis."""
+    return x2d[..., None].expand(*x2d.shape, depth).contiguous()
+
+
+def test_summed_kernel_reproduces_3d_conv_on_depth_constant_input() -> None:
+    torch.manual_seed(0)
+    conv3d = nn.Conv3d(3, 4, kernel_size=3, padding=1)
+    x = torch.randn(2, 3, 10, 12)
+    out3d = conv3d(depth_constant(x, 7))
+    out2d = F.conv2d(x, flatten_kernel(conv3d.weight, "sum"), conv3d.bias, padding=1)
+    for d in range(1, 6):  # slices 0 and 6 lose a tap to the zero padding
+        torch.testing.assert_close(out3d[..., d], out2d, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(out3d[..., 0], out2d, atol=1e-3)
+
+
+def test_depth_axis_first_for_zyx_networks() -> None:
+    torch.manual_seed(1)
+    conv3d = nn.Conv3d(1, 2, kernel_size=3, padding=1)
+    x = torch.randn(1, 1, 8, 8)
+    volume = x[:, :, None].expand(1, 1, 5, 8, 8)
+    out2d = F.conv2d(x, flatten_kernel(conv3d.weight, "sum", depth_axis=-3), conv3d.bias, padding=1)
+    torch.testing.assert_close(conv3d(volume)[:, :, 2], out2d, rtol=1e-5, atol=1e-5)
+
+
+def test_centre_kernel_reproduces_3d_conv_on_a_single_slice() -> None:
+    torch.manual_seed(2)
+    conv3d = nn.Conv3d(2, 3, kernel_size=3, padding=1)
+    x = torch.randn(1, 2, 8, 8)
+    volume = torch.zeros(1, 2, 8, 8, 5)
+    volume[..., 2] = x  # a lone slice: the 3D net's neighbours are empty
+    out2d = F.conv2d(x, flatten_kernel(conv3d.weight, "centre"), conv3d.bias, padding=1)
+    torch.testing.assert_close(conv3d(volume)[..., 2], out2d, rtol=1e-5, atol=1e-5)
+    with pytest.raises(InvalidInputError, match="centre"):
+        flatten_kernel(torch.ones(1, 1, 2, 2, 2), "centre")
+
+
+def test_summed_block_matches_3d_block_on_depth_constant_input() -> None:
+    torch.manual_seed(3)
+    block3d = nn.Sequential(ConvUnit(2, 4, 3), ConvUnit(4, 6, 3))
+    block2d = nn.Sequential(ConvUnit(2, 4, 2), ConvUnit(4, 6, 2))
+    with torch.no_grad():
+        for module in block3d.modules():
+            if isinstance(module, nn.BatchNorm3d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    flatten_3d_to_2d(block3d, block2d, "sum")
+    block3d.eval(), block2d.eval()
+    x = torch.randn(2, 2, 8, 8)
+    out3d = block3d(depth_constant(x, 8))
+    out2d = block2d(x)
+    for d in range(2, 6):  # two stacked 3x3x3 convolutions: slices 2 away from the ends are exact
+        torch.testing.assert_close(out3d[..., d], out2d, rtol=1e-4, atol=1e-5)
+
+
+def test_transposed_conv_mean_gives_the_depth_average() -> None:
+    torch.manual_seed(4)
+    up3d = nn.ConvTranspose3d(3, 3, kernel_size=2, stride=2)
+    up2d = nn.ConvTranspose2d(3, 3, kernel_size=2, stride=2)
+    flatten_3d_to_2d(nn.Sequential(up3d), nn.Sequential(up2d))
+    x = torch.randn(1, 3, 4, 4)
+    torch.testing.assert_close(up3d(depth_constant(x, 3)).mean(dim=-1), up2d(x), rtol=1e-5, atol=1e-5)
+
+
+def test_flatten_whole_genesis_network_by_name() -> None:
+    torch.manual_seed(5)
+    net3d, net2d = UNet3d(base_width=2), GenesisUNet2d(num_classes=2, base_width=2, attention=True)
+    gate_before = snapshot(net2d.up_tr64.gate)
+    flatten_3d_to_2d(net3d, net2d, "centre", exclude=("out_tr",))
+    torch.testing.assert_close(net2d.down_tr128.ops[1].conv1.weight,
+                               net3d.down_tr128.ops[1].conv1.weight[..., 1])
+    torch.testing.assert_close(net2d.up_tr128.up_conv.weight, net3d.up_tr128.up_conv.weight.mean(-1))
+    assert torch.equal(net2d.down_tr64.ops[0].bn1.running_var, net3d.down_tr64.ops[0].bn1.running_var)
+    assert all(torch.equal(v, gate_before[k]) for k, v in net2d.up_tr64.gate.state_dict().items())
+    with pytest.raises(InvalidInputError, match="out_tr.final_conv"):
+        flatten_3d_to_2d(net3d, GenesisUNet2d(num_classes=2, base_width=2))  # 1 vs 2 classes
+    with pytest.raises(InvalidInputError, match="base_width"):
+        flatten_3d_to_2d(net3d, GenesisUNet2d(base_width=4), exclude=("out_tr",))
+    with pytest.raises(InvalidInputError, match="needs a Conv2d"):
+        flatten_3d_to_2d(net3d, small_unet())
+
+
+# --- recipes ---------------------------------------------------------------------------------
+
+def test_recipe_decoder_freezes_first_half_and_resets_head() -> None:
+    pretrained = small_unet(seed=1)
+    model = prepare_finetune(small_unet(seed=2), "decoder", pretrained=pretrained, seed=0)
+    parts = parameter_parts(model)
+    source = pretrained.state_dict()
+    for name, parameter in model.named_parameters():
+        assert parameter.requires_grad == (parts[name] != "encoder_first_half"), name
+        if parts[name] == "head" and parameter.ndim > 1:
+            assert not torch.equal(parameter, source[name])
+        elif parts[name] != "head":
+            assert torch.equal(parameter, source[name]), name
+
+
+def test_recipe_all_trains_everything_and_resets_last_block() -> None:
+    pretrained = small_unet(seed=1)
+    model = prepare_finetune(small_unet(seed=2), "all", pretrained=pretrained.state_dict(), seed=0)
+    assert all(p.requires_grad for p in model.parameters())
+    last = {n for n, _ in model.named_parameters() if n.startswith("decoder.3.") or n.startswith("head.")}
+    for name, parameter in model.named_parameters():
+        if name in last:
+            if parameter.ndim > 1:
+                assert not torch.equal(parameter, pretrained.state_dict()[name]), name
+        else:
+            assert torch.equal(parameter, pretrained.state_dict()[name]), name
+
+
+def test_recipe_genesis_and_scratch_and_errors() -> None:
+    torch.manual_seed(0)
+    net3d = UNet3d(base_width=2)
+    model = prepare_finetune(GenesisUNet2d(base_width=2), "genesis", pretrained=net3d, seed=0)
+    torch.testing.assert_close(model.down_tr64.ops[0].conv1.weight, net3d.down_tr64.ops[0].conv1.weight.sum(-1))
+    assert model.out_tr.final_conv.weight.shape == (2, 4, 1, 1)
+    scratch = small_unet(seed=3)
+    before = snapshot(scratch)
+    freeze(scratch, "decoder")
+    prepare_finetune(scratch, "scratch")
+    assert all(p.requires_grad for p in scratch.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in scratch.state_dict().items())
+    with pytest.raises(InvalidInputError, match="needs pretrained"):
+        prepare_finetune(small_unet(), "all")
+    with pytest.raises(InvalidInputError, match="do not fit"):
+        prepare_finetune(small_unet(), "all", pretrained=UNet2d(base_width=4, depth=4))
+    with pytest.raises(InvalidInputError, match="GenesisUNet2d"):
+        prepare_finetune(small_unet(), "genesis", pretrained=net3d)
+    with pytest.raises(InvalidInputError, match="recipe"):
+        prepare_finetune(small_unet(), "linear-probe")
