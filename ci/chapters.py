@@ -140,35 +140,61 @@ def execute_chapters(names: list[str], *, quick: bool, device: str, dataset: str
     return results_dir
 
 
+WIDGET_JS_LOCAL = {  # paths under html_static_path (book/_static), filled by install_widget_js()
+    "widgets/require.js": {},
+    "widgets/html-manager/embed-amd.js": {"data-jupyter-widgets-cdn": "https://cdn.jsdelivr.net/npm/"},
+}
+WIDGET_JS_CDN = {
+    "https://cdn.jsdelivr.net/npm/requirejs@2.3.8/require.js": {"crossorigin": "anonymous"},
+    "https://cdn.jsdelivr.net/npm/@jupyter-widgets/html-manager@1.0.15/dist/embed-amd.js": {
+        "data-jupyter-widgets-cdn": "https://cdn.jsdelivr.net/npm/", "crossorigin": "anonymous"},
+}
+
+
 def build_html() -> None:
+    import yaml
+
     print("[book] rendering HTML with Jupyter Book", flush=True)
     start = time.perf_counter()
-    install_widget_js()
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "jupyter-book"), "build", str(ROOT), "--path-output", str(ROOT / "book")],
-        cwd=ROOT,
-    )
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    widget_js = WIDGET_JS_LOCAL if install_widget_js() else WIDGET_JS_CDN
+    config.setdefault("sphinx", {}).setdefault("config", {})["nb_ipywidgets_js"] = widget_js
+    with tempfile.NamedTemporaryFile("w", suffix=".yml", dir=ROOT / "book", delete=False) as handle:
+        yaml.safe_dump(config, handle)
+    try:
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "jupyter-book"), "build", str(ROOT), "--path-output", str(ROOT / "book"),
+             "--config", handle.name],
+            cwd=ROOT,
+        )
+    finally:
+        os.unlink(handle.name)
     if result.returncode != 0:
         fail("jupyter-book build failed (see the messages above)")
     print(f"[book] HTML in {HTML.relative_to(ROOT)}/ ({time.perf_counter() - start:.1f} s)", flush=True)
 
 
-def install_widget_js() -> None:
-    """Fetch the ipywidgets HTML-manager JS from npm (pinned in book/package.json) for offline widgets.
+def install_widget_js() -> bool:
+    """Fetch the ipywidgets embed JavaScript from npm (pinned in book/package.json) for offline widgets.
 
-    Without npm the book falls back to the CDN that the built pages name.
+    Returns False, and the book names the CDN instead, when npm is not available.
     """
-    package = ROOT / "book" / "package.json"
-    if not package.exists():
-        return
+    book = ROOT / "book"
+    target = book / "_static" / "widgets"
+    if (target / "html-manager" / "embed-amd.js").exists() and (target / "require.js").exists():
+        return True
     if shutil.which("npm") is None:
-        print("[book] npm not found: widgets in the HTML book will load their JS from the CDN")
-        return
-    node_modules = ROOT / "book" / "node_modules"
-    if not node_modules.exists():
-        result = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=ROOT / "book")
-        if result.returncode != 0:
-            fail("npm install in book/ failed: the widget JavaScript could not be fetched")
+        print("[book] npm not found: the HTML book's widgets will load their JavaScript from the CDN")
+        return False
+    print("[book] fetching the widget JavaScript with npm (book/package.json)", flush=True)
+    result = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=book)
+    if result.returncode != 0:
+        fail("npm ci in book/ failed: the widget JavaScript could not be fetched")
+    modules = book / "node_modules"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(modules / "@jupyter-widgets" / "html-manager" / "dist", target / "html-manager")
+    shutil.copy2(modules / "requirejs" / "require.js", target / "require.js")
+    return True
 
 
 def command_book(args: argparse.Namespace) -> None:
