@@ -1,0 +1,587 @@
+"""A synthetic chest CT with COVID-19-like lesions and exact masks: the book's built-in dataset.
+
+Real scans cannot ship with the book, so every chapter can run on this phantom instead. It is
+built in physical millimetres, so the same patient looks the same at any voxel spacing:
+
+- body: air (-1000 HU) inside a circular reconstruction field of view, scanner padding (-2048
+  or -3024) outside it, a table under the patient, subcutaneous fat (about -100), muscle and
+  mediastinum (soft tissue, about 40), ribs, sternum and spine (bone, 250-900);
+- lungs: parenchyma about -850 HU, denser towards the back (gravity), a branching vessel tree
+  (about 40 HU) and airways (air lumen, soft-tissue wall) from the trachea down to small bronchi;
+- disease (``disease=``): ``"covid"`` adds bilateral, mostly peripheral/subpleural, multifocal
+  ground-glass opacities (GGO, -700 to -300 HU; vessels stay visible through them) some with
+  consolidation (-100 to 50 HU; air bronchograms stay); ``"nodule"`` adds solid lobulated
+  nodules or masses (MSD lung-tumour-like); ``"effusion"`` fills the dependent (posterior,
+  basal) pleural space with fluid (0 to 20 HU, NSCLC-effusion-like); ``"healthy"`` adds none;
+- acquisition: in-plane spacing and slice thickness, noise and an intensity offset drawn
+  from the seed. A thick slice is the mean of thin sub-slices (the partial-volume effect), and
+  its labels are the sub-slices' majority label.
+
+Orientation follows :class:`covidlib.io.Volume` with the identity direction (LPS): x grows to
+the patient's left, so the **right lung (label 1) has the smaller x indices and is drawn on the
+image's left** in radiological display; y grows to posterior (the table is at large y); z grows
+to superior (lung bases at small z). Masks are exact by construction: ``lesion_mask`` is 1
+exactly where ``tissue_labels`` holds a lesion tissue of the case's disease.
+
+Everything is vectorised NumPy (fields from separable Gaussian-kernel interpolation of coarse
+noise, tubes rasterised in their bounding boxes), so a 64 x 128 x 128 case takes a fraction of
+a second. Introduced in chapter 01.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from covidlib.ct import PADDING_VALUES, average_slabs, majority_slabs
+from covidlib.errors import InvalidInputError
+from covidlib.io import IDENTITY_DIRECTION, Volume
+
+#: Tissue label ids of :attr:`PhantomCase.tissue_labels`.
+TISSUES: dict[str, int] = {
+    "padding": 0,  # outside the reconstructed field of view
+    "air": 1,  # outside the body
+    "table": 2,
+    "fat": 3,
+    "soft_tissue": 4,  # muscle, mediastinum, heart, discs, airway walls
+    "bone": 5,
+    "lung": 6,  # aerated parenchyma
+    "vessel": 7,
+    "airway": 8,  # air inside trachea and bronchi
+    "ggo": 9,  # ground-glass opacity
+    "consolidation": 10,
+    "nodule": 11,
+    "effusion": 12,
+}
+
+#: Which tissues form ``lesion_mask`` for each disease.
+LESION_TISSUES: dict[str, tuple[str, ...]] = {
+    "covid": ("ggo", "consolidation"),
+    "nodule": ("nodule",),
+    "effusion": ("effusion",),
+    "healthy": (),
+}
+DISEASES = tuple(LESION_TISSUES)
+
+#: Nominal HU of each tissue before texture, noise and offset (lesions draw theirs per lesion).
+TISSUE_HU: dict[str, float] = {
+    "air": -1000.0, "table": 200.0, "fat": -100.0, "soft_tissue": 40.0, "bone": 250.0,
+    "lung": -850.0, "vessel": 40.0, "airway": -1000.0, "ggo": -550.0, "consolidation": -20.0,
+    "nodule": 40.0, "effusion": 10.0,
+}
+
+#: Slice thicknesses (mm) drawn when ``spacing`` is None: thin (<3 mm) and thick scans, as in the report's 1-8 mm.
+SLICE_THICKNESSES_MM = (1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 6.0, 8.0)
+#: In-plane spacing (mm) on a 512 x 512 matrix; smaller matrices keep the field of view (larger voxels).
+IN_PLANE_MM_AT_512 = (0.6, 0.95)
+REFERENCE_MATRIX = 512
+#: Upper bound on voxels of the thin volume a thick case is averaged from (memory and time).
+MAX_THIN_VOXELS = 48_000_000
+
+_LUNG_HALF_HEIGHT_FRACTION = 0.5
+
+
+@dataclass
+class PhantomCase:
+    """One synthetic chest CT with its masks (all arrays ``(z, y, x)``, same shape).
+
+    ``image``: float32 HU volume. ``lung_mask``: uint8, 0 background, 1 right lung (small x,
+    image left), 2 left lung; lesions inside the lungs belong to the lung, effusion does not.
+    ``lesion_mask``: uint8 0/1 (infection for ``"covid"``, nodules for ``"nodule"``, effusion
+    for ``"effusion"``, empty for ``"healthy"``). ``tissue_labels``: uint8 ids of
+    :data:`TISSUES`. ``n_lesions``: lesions drawn (for effusion, the number of sides).
+    ``acquisition``: the drawn thickness, sub-slices averaged, noise, offset and padding value.
+
+    Introduced in chapter 01.
+    """
+
+    image: Volume
+    lung_mask: np.ndarray
+    lesion_mask: np.ndarray
+    tissue_labels: np.ndarray
+    disease: str
+    seed: int
+    n_lesions: int = 0
+    acquisition: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Smooth random fields and tubes
+
+
+def _smooth_field(rng: np.random.Generator, z: np.ndarray, y: np.ndarray, x: np.ndarray,
+                  correlation_mm: float) -> np.ndarray:
+    """A smooth random field of unit-order amplitude on the grid ``z x y x x`` (1D mm coordinates).
+
+    Coarse Gaussian noise on nodes ``correlation_mm`` apart, interpolated with row-normalised
+    Gaussian kernels one axis at a time (three small matrix products instead of a 3D filter).
+    """
+    def weights(coords: np.ndarray) -> np.ndarray:
+        lo, hi = float(coords.min()) - correlation_mm, float(coords.max()) + correlation_mm
+        nodes = np.linspace(lo, hi, max(2, int(np.ceil((hi - lo) / correlation_mm)) + 1))
+        w = np.exp(-0.5 * ((coords[:, None] - nodes[None, :]) / (0.6 * correlation_mm)) ** 2)
+        return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    wz, wy, wx = weights(z), weights(y), weights(x)
+    coarse = rng.standard_normal((wz.shape[1], wy.shape[1], wx.shape[1])).astype(np.float32)
+    # Interpolation averages nodes and shrinks the variance; about 2.2 restores unit order.
+    fine = np.einsum("ijk,xk->ijx", coarse, wx)
+    fine = np.einsum("ijx,yj->iyx", fine, wy)
+    fine = (wz @ fine.reshape(fine.shape[0], -1)).reshape(len(z), len(y), len(x))
+    return fine * np.float32(2.2)
+
+
+@dataclass
+class _Grid:
+    """Physical coordinates (mm) of the thin grid: z along the patient axis, y, x centred on the FOV."""
+
+    z: np.ndarray  # (nz,) mm, 0 = lung base level
+    y: np.ndarray  # (ny,)
+    x: np.ndarray  # (nx,)
+
+    def box(self, lo: np.ndarray, hi: np.ndarray) -> tuple[slice, slice, slice] | None:
+        """Index slices of the grid points within the physical box ``[lo, hi]`` (z, y, x), or None."""
+        slices = []
+        for coords, a, b in zip((self.z, self.y, self.x), lo, hi):
+            start, stop = np.searchsorted(coords, a, "left"), np.searchsorted(coords, b, "right")
+            if stop <= start:
+                return None
+            slices.append(slice(int(start), int(stop)))
+        return tuple(slices)  # type: ignore[return-value]
+
+
+def _segment_distance2(grid: _Grid, box: tuple[slice, slice, slice], p0: np.ndarray, p1: np.ndarray) -> np.ndarray:
+    """Squared distance (mm^2) from each grid point in ``box`` to the segment ``p0 -> p1`` (z, y, x mm)."""
+    z = grid.z[box[0]][:, None, None] - p0[0]
+    y = grid.y[box[1]][None, :, None] - p0[1]
+    x = grid.x[box[2]][None, None, :] - p0[2]
+    d = p1 - p0
+    t = np.clip((z * d[0] + y * d[1] + x * d[2]) / max(float(d @ d), 1e-9), 0.0, 1.0)
+    return (z - t * d[0]) ** 2 + (y - t * d[1]) ** 2 + (x - t * d[2]) ** 2
+
+
+def _branching_tree(rng: np.random.Generator, root: np.ndarray, directions: list[np.ndarray], length: float,
+                    radius: float, min_radius: float, inside: Callable[[np.ndarray], np.ndarray]
+                    ) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """Segments ``(start, end, radius)`` of a binary tree: each branch forks in two, shorter and thinner.
+
+    Grown one generation at a time. Each fork tries eight random directions around its parent's
+    and keeps the first two whose ends stay in the organ (``inside(points)`` on ``(n, 3)`` mm
+    points), so the tree fills the organ instead of escaping it.
+    """
+    starts = np.repeat(root[None, :], len(directions), axis=0)
+    heads = np.stack([d / np.linalg.norm(d) for d in directions])
+    lengths = np.full(len(directions), float(length))
+    radii = np.full(len(directions), float(radius))
+    segments = []
+    while len(starts) and radii.max() >= min_radius:
+        keep = radii >= min_radius
+        starts, heads, lengths, radii = starts[keep], heads[keep], lengths[keep], radii[keep]
+        ends = starts + heads * lengths[:, None]
+        segments += list(zip(starts, ends, radii.tolist()))
+        n = len(starts)
+        child_len = lengths * rng.uniform(0.7, 0.85, n)
+        child_r = radii * rng.uniform(0.72, 0.85, n)
+        tries = heads[:, None, :] + rng.normal(0.0, 0.6, (n, 8, 3))
+        tries /= np.linalg.norm(tries, axis=2, keepdims=True)
+        ok = inside((ends[:, None, :] + tries * child_len[:, None, None]).reshape(-1, 3)).reshape(n, 8)
+        ok &= np.cumsum(ok, axis=1) <= 2
+        parent, k = np.nonzero(ok)
+        starts, heads, lengths, radii = ends[parent], tries[parent, k], child_len[parent], child_r[parent]
+    return segments
+
+
+# ---------------------------------------------------------------------------------------------
+# Anatomy
+
+
+@dataclass
+class _Anatomy:
+    """Patient shape parameters in mm (x: right -> left, y: anterior -> posterior, z: base -> apex)."""
+
+    cx: float
+    cy: float
+    body_a: float  # half-width of the body ellipse
+    body_b: float  # half-depth
+    fat: float  # subcutaneous fat thickness
+    lung_height: float
+    dome: tuple[float, float]  # diaphragm dome height under (right, left) lung
+    lung_field_amp: float
+
+    @property
+    def inner_a(self) -> float:
+        return self.body_a - self.fat - 8.0
+
+    @property
+    def inner_b(self) -> float:
+        return self.body_b - self.fat - 8.0
+
+    def lung_centre(self, side: int) -> tuple[float, float]:
+        """(y, x) centre of the right (1, smaller x) or left (2) lung ellipse."""
+        return self.cy + 0.05 * self.inner_b, self.cx + (-1 if side == 1 else 1) * 0.47 * self.inner_a
+
+    def body_rho(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Normalised radius of (y, x) within the inner (rib-cage) ellipse."""
+        return np.sqrt(((x - self.cx) / self.inner_a) ** 2 + ((y - self.cy) / self.inner_b) ** 2)
+
+    def lung_side(self, z: np.ndarray, y: np.ndarray, x: np.ndarray, perturbation: np.ndarray | float = 0.0) -> np.ndarray:
+        """0 outside the lungs, 1 right lung, 2 left lung, at broadcastable mm coordinates."""
+        h = self.lung_height
+        t = np.clip((h - z) / (0.55 * h), 0.0, 1.0)
+        scale2 = t * (2.0 - t)  # a dome over the upper half: 0 at the apex, 1 from mid-height down
+        ai, bi = self.inner_a, self.inner_b
+        heart = (((x - self.cx - 0.12 * ai) / (0.36 * ai)) ** 2 + ((y - self.cy + 0.2 * bi) / (0.42 * bi)) ** 2
+                 + ((z - 0.15 * h) / (0.4 * h)) ** 2) < 1.0
+        spine = ((x - self.cx) ** 2 + (y - self.cy - 0.62 * bi) ** 2) < (0.22 * bi + 10.0) ** 2
+        mediastinum = np.abs(x - self.cx) < 0.1 * ai + 4.0
+        outside = heart | spine | mediastinum | (self.body_rho(y, x) > 0.86)
+        side = np.zeros(np.broadcast_shapes(np.shape(z), np.shape(y), np.shape(x)), dtype=np.uint8)
+        for s in (1, 2):
+            yc, xc = self.lung_centre(s)
+            r2 = ((x - xc) / (0.46 * ai)) ** 2 + ((y - yc) / (0.85 * bi)) ** 2
+            inside = (r2 + perturbation < scale2) & (z > self.dome[s - 1] * (1.0 - r2)) & (z < h)
+            side[inside & ~outside] = s
+        return side
+
+
+def _sample_anatomy(rng: np.random.Generator) -> _Anatomy:
+    dome_right = rng.uniform(25.0, 45.0)
+    return _Anatomy(
+        cx=rng.uniform(-12.0, 12.0), cy=rng.uniform(-12.0, 8.0),
+        body_a=rng.uniform(140.0, 170.0), body_b=rng.uniform(100.0, 125.0), fat=rng.uniform(6.0, 25.0),
+        lung_height=rng.uniform(210.0, 260.0), dome=(dome_right, dome_right - rng.uniform(5.0, 15.0)),
+        lung_field_amp=0.05,
+    )
+
+
+def _paint_body(labels: np.ndarray, hu: np.ndarray, grid: _Grid, anat: _Anatomy, rng: np.random.Generator,
+                fov_radius: float) -> None:
+    """Air, table, fat, soft tissue, ribs, sternum and spine, written into ``labels``/``hu`` (thin grid)."""
+    T = TISSUES
+    z, y, x = grid.z[:, None, None], grid.y[None, :, None], grid.x[None, None, :]
+    y2, x2 = grid.y[:, None], grid.x[None, :]
+    outer = ((x2 - anat.cx) / anat.body_a) ** 2 + ((y2 - anat.cy) / anat.body_b) ** 2 < 1.0
+    inner = ((x2 - anat.cx) / (anat.body_a - anat.fat)) ** 2 + ((y2 - anat.cy) / (anat.body_b - anat.fat)) ** 2 < 1.0
+    # Table: a curved carbon shell with a foam core, a few cm under the patient's back.
+    top = anat.cy + anat.body_b + rng.uniform(3.0, 20.0) - 0.0008 * (x2 - anat.cx) ** 2
+    depth = y2 - top
+    on_table = (np.abs(x2 - anat.cx) < 0.95 * anat.body_a) & (depth >= 0) & (depth < 14.0)
+    shell = on_table & ((depth < 2.5) | (depth >= 11.5))
+    # Bones that run along z or repeat with it.
+    rho = anat.body_rho(y2, x2)
+    angle = np.arctan2(y2 - anat.cy, x2 - anat.cx)  # 0 at the patient's left, +pi/2 posterior
+    rib_ring = (rho > 0.87) & (rho < 0.97) & (np.abs(x2 - anat.cx) > 0.2 * anat.inner_a)
+    bi = anat.inner_b
+    vertebra_y = anat.cy + 0.62 * bi
+    body_r = 0.18 * bi
+    vertebra_d2 = (x2 - anat.cx) ** 2 + (y2 - vertebra_y) ** 2
+    vertebral_body = vertebra_d2 < body_r ** 2
+    cortex = vertebral_body & (vertebra_d2 > (body_r - 2.5) ** 2)
+    canal = ((x2 - anat.cx) ** 2 + (y2 - vertebra_y - body_r - 7.0) ** 2) < 7.0 ** 2
+    posterior_arch = (np.abs(x2 - anat.cx) < 12.0) & (y2 > vertebra_y + body_r) & (y2 < vertebra_y + body_r + 35.0) & ~canal
+    sternum = (np.abs(x2 - anat.cx) < 14.0) & (rho > 0.86) & (rho < 0.98) & (y2 < anat.cy)
+
+    labels[:] = np.where((x2 ** 2 + y2 ** 2) > fov_radius ** 2, T["padding"], T["air"])[None]
+    labels[:, on_table & (labels[0] == T["air"])] = T["table"]
+    labels[:, outer] = T["fat"]
+    labels[:, inner] = T["soft_tissue"]
+    labels[:, posterior_arch] = T["bone"]
+    # Ribs slope downwards from back to front; ~25 mm apart, ~9 mm high.
+    rib_phase = (z - 14.0 * np.sin(angle)[None]) % 25.0
+    labels[rib_ring[None] & (rib_phase < 9.0) & (z < anat.lung_height + 10.0)] = T["bone"]
+    labels[:, sternum] = T["bone"]
+    disc = (z % 28.0) < 6.0
+    labels[vertebral_body[None] & ~disc] = T["bone"]
+
+    base = np.zeros(len(TISSUE_HU) + 1, dtype=np.float32)
+    for name, value in TISSUE_HU.items():
+        base[T[name]] = value
+    hu[:] = base[labels]
+    # Cortical bone is denser than marrow; the table's foam core is nearly air.
+    hu[:, on_table & ~shell & (labels[0] == T["table"])] = -950.0
+    bone = labels == T["bone"]
+    dense = np.broadcast_to((cortex | posterior_arch | sternum)[None], labels.shape) | (rib_ring[None] & ((rib_phase < 2.0) | (rib_phase > 7.0)))
+    hu[bone & dense] = 800.0
+
+
+def _paint_lungs(labels: np.ndarray, hu: np.ndarray, side: np.ndarray, grid: _Grid, anat: _Anatomy,
+                 rng: np.random.Generator, texture: np.ndarray, min_radius: float) -> None:
+    """Lung parenchyma, vessel tree and airway tree (labels, HU); ``side`` holds 1/2 inside the lungs."""
+    T = TISSUES
+    in_lung = side > 0
+    labels[in_lung] = T["lung"]
+    # Dependent (posterior) lung is denser: about -890 HU at the front to -810 at the back.
+    y_rel = ((grid.y - anat.cy) / anat.inner_b).astype(np.float32)[None, :, None]
+    hu[in_lung] = (np.float32(-850.0) + np.float32(40.0) * y_rel + np.float32(12.0) * texture)[in_lung]
+
+    h = anat.lung_height
+    vessel = np.zeros(labels.shape, dtype=bool)
+    wall = {name: np.zeros(labels.shape, dtype=bool) for name in ("central", "peripheral")}
+    lumen = {name: np.zeros(labels.shape, dtype=bool) for name in ("central", "peripheral")}
+
+    def draw(segments: list[tuple[np.ndarray, np.ndarray, float]], tube: np.ndarray,
+             sheath: np.ndarray | None = None) -> None:
+        for p0, p1, r in segments:
+            # Airway walls are about a fifth of the lumen radius plus half a millimetre.
+            reach = r if sheath is None else 1.2 * r + 0.6
+            box = grid.box(np.minimum(p0, p1) - reach, np.maximum(p0, p1) + reach)
+            if box is None:
+                continue
+            d2 = _segment_distance2(grid, box, p0, p1)
+            tube[box] |= d2 <= r ** 2
+            if sheath is not None:
+                sheath[box] |= d2 <= reach ** 2
+
+    carina = np.array([0.62 * h, anat.cy - 0.05 * anat.inner_b, anat.cx])
+    draw([(np.array([h + 60.0, carina[1], carina[2]]), carina, 8.0)], lumen["central"], wall["central"])
+    for s in (1, 2):
+        yc, xc = anat.lung_centre(s)
+        lateral = np.array([0.0, 0.0, -1.0 if s == 1 else 1.0])
+        hilum = np.array([0.55 * h, yc - 0.05 * anat.inner_b, xc - lateral[2] * 0.2 * anat.inner_a])
+        trunks = [np.array([1.0, 0.0, 0.0]) + 0.3 * lateral, np.array([-1.0, 0.2, 0.0]) + 0.3 * lateral,
+                  lateral + np.array([0.0, -0.6, 0.0]), lateral + np.array([-0.3, 0.7, 0.0]),
+                  lateral + np.array([0.5, 0.0, 0.0]), lateral + np.array([-0.5, 0.0, 0.0])]
+        def inside(points: np.ndarray, side: int = s) -> np.ndarray:
+            return anat.lung_side(points[:, 0], points[:, 1], points[:, 2]) == side
+
+        draw(_branching_tree(rng, hilum, trunks, 40.0, 5.0, min_radius, inside), vessel)
+        bronchus_root = hilum + np.array([8.0, -6.0, 0.0])
+        draw([(carina, bronchus_root, 5.5)], lumen["central"], wall["central"])
+        draw(_branching_tree(rng, bronchus_root, trunks, 30.0, 3.5, max(min_radius, 1.0), inside),
+             lumen["peripheral"], wall["peripheral"])
+
+    vessel &= in_lung
+    labels[vessel] = T["vessel"]
+    hu[vessel] = TISSUE_HU["vessel"] + 8.0 * texture[vessel]
+    # The trachea and main bronchi run through the mediastinum; smaller bronchi stay in the lungs.
+    mediastinum = labels == T["soft_tissue"]
+    for name, allowed in (("central", in_lung | mediastinum), ("peripheral", in_lung)):
+        airway_wall = wall[name] & ~lumen[name] & allowed
+        labels[airway_wall] = T["soft_tissue"]
+        hu[airway_wall] = TISSUE_HU["soft_tissue"]
+        airway = lumen[name] & allowed
+        labels[airway] = T["airway"]
+        hu[airway] = TISSUE_HU["airway"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Disease
+
+
+def _random_lung_point(rng: np.random.Generator, anat: _Anatomy, z_range: tuple[float, float],
+                       side: int, peripheral: bool) -> np.ndarray | None:
+    """A point (z, y, x mm) inside lung ``side`` within ``z_range``; near the pleura when ``peripheral``."""
+    yc, xc = anat.lung_centre(side)
+    n = 256
+    pts = np.stack([rng.uniform(*z_range, n), rng.uniform(yc - 0.8 * anat.inner_b, yc + 0.8 * anat.inner_b, n),
+                    rng.uniform(xc - 0.45 * anat.inner_a, xc + 0.45 * anat.inner_a, n)], axis=1)
+    ok = anat.lung_side(pts[:, 0], pts[:, 1], pts[:, 2]) == side
+    if peripheral:
+        # Subpleural: some point 12 mm away along a coordinate axis already lies outside the lung.
+        near_edge = np.zeros(n, dtype=bool)
+        for axis in range(3):
+            for sign in (-1.0, 1.0):
+                moved = pts.copy()
+                moved[:, axis] += sign * 12.0
+                near_edge |= anat.lung_side(moved[:, 0], moved[:, 1], moved[:, 2]) != side
+        ok &= near_edge
+    hits = np.flatnonzero(ok)
+    return pts[hits[0]] if hits.size else None
+
+
+def _blob(rng: np.random.Generator, grid: _Grid, centre: np.ndarray, radius: float, lobes: int,
+          roughness: float) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
+    """An irregular blob: ``(box, q)`` where ``q < 1`` inside, ``q`` about 0 at its core."""
+    reach = 1.8 * radius
+    box = grid.box(centre - reach, centre + reach)
+    if box is None:
+        return None
+    z, y, x = grid.z[box[0]], grid.y[box[1]], grid.x[box[2]]
+    q = np.full((len(z), len(y), len(x)), np.inf, dtype=np.float32)
+    for _ in range(lobes):
+        c = centre + rng.normal(0.0, 0.35 * radius, 3)
+        r = radius * rng.uniform(0.5, 1.0) * rng.uniform(0.7, 1.3, 3)
+        d = (((z[:, None, None] - c[0]) / r[0]) ** 2 + ((y[None, :, None] - c[1]) / r[1]) ** 2
+             + ((x[None, None, :] - c[2]) / r[2]) ** 2)
+        np.minimum(q, d.astype(np.float32), out=q)
+    q += np.float32(roughness) * _smooth_field(rng, z, y, x, max(3.0, radius / 2.5))
+    return box, q
+
+
+def _paint_lesions(labels: np.ndarray, hu: np.ndarray, side: np.ndarray, grid: _Grid, anat: _Anatomy,
+                   rng: np.random.Generator, disease: str) -> int:
+    """Add the disease's lesions in place; returns how many were drawn."""
+    T = TISSUES
+    covered = (max(float(grid.z[0]), 5.0), min(float(grid.z[-1]), anat.lung_height - 5.0))
+    if covered[1] <= covered[0]:
+        return 0
+    if disease == "effusion":
+        sides = (1, 2) if rng.random() < 0.4 else (int(rng.integers(1, 3)),)
+        z = grid.z[:, None, None]
+        for s in sides:
+            yc, _ = anat.lung_centre(s)
+            depth_fraction = rng.uniform(0.2, 0.5) * np.clip(1.0 - (z - anat.dome[s - 1]) / (0.55 * anat.lung_height), 0.0, 1.0) ** 0.7
+            level = yc + 0.78 * anat.inner_b * (1.0 - 2.0 * depth_fraction)
+            fluid = (side == s) & (grid.y[None, :, None] > level) & (depth_fraction > 0.02)
+            labels[fluid] = T["effusion"]
+            hu[fluid] = rng.uniform(0.0, 20.0)
+            side[fluid] = 0
+        return len(sides)
+
+    count = int(rng.integers(2, 11)) if disease == "covid" else int(rng.integers(1, 4))
+    drawn = 0
+    for i in range(count):
+        lung = 1 + i % 2 if i < 2 else int(rng.integers(1, 3))  # covid is bilateral
+        peripheral = disease == "covid" and rng.random() < 0.85
+        centre = _random_lung_point(rng, anat, covered, lung, peripheral)
+        if centre is None:
+            continue
+        if disease == "covid":
+            radius = float(np.exp(rng.uniform(np.log(6.0), np.log(32.0))))
+            blob = _blob(rng, grid, centre, radius, lobes=int(rng.integers(1, 4)), roughness=0.45)
+        else:
+            radius = float(np.exp(rng.uniform(np.log(3.0), np.log(22.0))))
+            blob = _blob(rng, grid, centre, radius, lobes=int(rng.integers(1, 3)), roughness=0.2)
+        if blob is None:
+            continue
+        box, q = blob
+        lab, vals, s = labels[box], hu[box], side[box]
+        inside = (q < 1.0) & (s > 0)
+        texture = _smooth_field(rng, grid.z[box[0]], grid.y[box[1]], grid.x[box[2]], 4.0)
+        if disease == "covid":
+            # GGO replaces parenchyma only: vessels and airways stay visible through it.
+            level = rng.uniform(-650.0, -420.0)
+            ramp = np.clip((1.0 - q) / 0.5, 0.0, 1.0)
+            ggo_hu = -850.0 + (level + 850.0) * (0.45 + 0.55 * ramp) + 35.0 * texture
+            ggo = inside & (lab == T["lung"])
+            lab[ggo] = T["ggo"]
+            vals[ggo] = np.clip(ggo_hu[ggo], -700.0, -300.0)
+            if rng.random() < 0.45:
+                # Consolidation at the core hides vessels but keeps air bronchograms.
+                core = inside & (q < rng.uniform(0.2, 0.5)) & np.isin(lab, (T["ggo"], T["vessel"], T["lung"]))
+                lab[core] = T["consolidation"]
+                vals[core] = np.clip(rng.uniform(-70.0, 30.0) + 20.0 * texture[core], -100.0, 50.0)
+        else:
+            solid = inside & np.isin(lab, (T["lung"], T["vessel"]))
+            lab[solid] = T["nodule"]
+            vals[solid] = rng.uniform(20.0, 60.0) + 10.0 * texture[solid]
+        drawn += 1
+    return drawn
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+
+def _draw_acquisition(rng: np.random.Generator, shape: tuple[int, int, int],
+                      spacing: tuple[float, float, float] | None) -> tuple[float, float, float]:
+    if spacing is not None:
+        if len(spacing) != 3 or min(spacing) <= 0:
+            raise InvalidInputError(f"spacing must be three positive mm values (z, y, x), got {spacing}")
+        return tuple(float(s) for s in spacing)  # type: ignore[return-value]
+    in_plane = rng.uniform(*IN_PLANE_MM_AT_512) * REFERENCE_MATRIX / max(shape[1], shape[2])
+    return float(rng.choice(SLICE_THICKNESSES_MM)), in_plane, in_plane
+
+
+def make_phantom(seed: int = 0, shape: tuple[int, int, int] = (64, 128, 128), *, disease: str = "covid",
+                 spacing: tuple[float, float, float] | None = None, noise_hu: float | None = None,
+                 offset_hu: float | None = None) -> PhantomCase:
+    """Generate one synthetic chest CT ``(z, y, x)`` of ``shape`` with exact masks.
+
+    ``spacing`` (z, y, x) mm: when None, slice thickness is drawn from
+    :data:`SLICE_THICKNESSES_MM` (1-8 mm) and in-plane spacing from 0.6-0.95 mm on a 512 matrix,
+    scaled by ``512 / max(ny, nx)`` so that a smaller matrix still holds the whole chest (a
+    128 x 128 case has 2.4-3.8 mm pixels). With an explicit spacing the patient keeps its physical
+    size, so a small matrix at fine spacing shows part of the chest. The volume covers
+    ``nz * spacing_z`` mm along the patient; when that is shorter than the lungs it is a slab at
+    a random height. ``noise_hu`` (default: drawn in 10-40) is the standard deviation of
+    in-plane-correlated Gaussian noise; ``offset_hu`` (default: 0 or, one case in three, drawn in
+    +-25) shifts every tissue (calibration drift). Thick slices are means of thin sub-slices.
+    ``disease`` is one of :data:`DISEASES`. Same arguments, same arrays.
+
+    Introduced in chapter 01.
+    """
+    if disease not in DISEASES:
+        raise InvalidInputError(f"disease={disease!r} is not one of {DISEASES}")
+    if len(shape) != 3 or min(shape) < 1 or min(shape[1:]) < 16:
+        raise InvalidInputError(f"shape must be (z, y, x) with y, x >= 16, got {shape}")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InvalidInputError(f"seed must be a non-negative integer, got {seed!r}")
+    rng = np.random.default_rng(int(seed))
+    nz, ny, nx = (int(s) for s in shape)
+    sz, sy, sx = _draw_acquisition(rng, (nz, ny, nx), spacing)
+    noise = float(rng.uniform(10.0, 40.0)) if noise_hu is None else float(noise_hu)
+    drawn_offset = float(rng.uniform(-25.0, 25.0)) if rng.random() < 1 / 3 else 0.0
+    offset = drawn_offset if offset_hu is None else float(offset_hu)
+    padding_value = float(rng.choice(PADDING_VALUES))
+    if noise < 0:
+        raise InvalidInputError(f"noise_hu must be >= 0, got {noise}")
+    anat = _sample_anatomy(rng)
+
+    # Sub-slices about as thick as a pixel is wide, within the thin-volume budget.
+    sub = int(np.clip(round(sz / max(1.0, sy)), 1, 8))
+    sub = max(1, min(sub, MAX_THIN_VOXELS // (nz * ny * nx)))
+    coverage = nz * sz
+    lung_mid = _LUNG_HALF_HEIGHT_FRACTION * anat.lung_height
+    slack = abs(anat.lung_height + 40.0 - coverage) / 2
+    z_first_edge = lung_mid - coverage / 2 + rng.uniform(-slack, slack) * (0.25 if coverage > anat.lung_height else 0.9)
+    thin_z = z_first_edge + (np.arange(nz * sub) + 0.5) * (sz / sub)
+    grid = _Grid(z=thin_z.astype(np.float64), y=(np.arange(ny) - (ny - 1) / 2) * sy, x=(np.arange(nx) - (nx - 1) / 2) * sx)
+    fov_radius = 0.5 * min(ny * sy, nx * sx)
+
+    labels = np.empty((nz * sub, ny, nx), dtype=np.uint8)
+    hu = np.empty(labels.shape, dtype=np.float32)
+    _paint_body(labels, hu, grid, anat, rng, fov_radius)
+    texture = _smooth_field(rng, grid.z, grid.y, grid.x, 12.0)
+    side = anat.lung_side(grid.z[:, None, None], grid.y[None, :, None], grid.x[None, None, :],
+                          perturbation=anat.lung_field_amp * texture)
+    _paint_lungs(labels, hu, side, grid, anat, rng, texture, min_radius=max(0.7, 0.5 * min(sy, sx)))
+    n_lesions = 0 if disease == "healthy" else _paint_lesions(labels, hu, side, grid, anat, rng, disease)
+
+    # Thick slices: mean HU of the sub-slices; labels and lung side by majority, reduced together.
+    image = average_slabs(hu, sub) if sub > 1 else hu
+    codes = majority_slabs(labels * np.uint8(3) + side, sub) if sub > 1 else labels * np.uint8(3) + side
+    tissue_labels = (codes // 3).astype(np.uint8)
+    lung_mask = (codes % 3).astype(np.uint8)
+    lesion_ids = [TISSUES[name] for name in LESION_TISSUES[disease]]
+    lesion_mask = np.isin(tissue_labels, lesion_ids).astype(np.uint8)
+
+    in_fov = tissue_labels != TISSUES["padding"]
+    if noise > 0:
+        white = rng.standard_normal(image.shape, dtype=np.float32)
+        # A [1, 2, 1] / 4 kernel along y and x mimics the reconstruction kernel; 0.375 restores unit sd.
+        white = 0.5 * white + 0.25 * (np.roll(white, 1, axis=1) + np.roll(white, -1, axis=1))
+        white = 0.5 * white + 0.25 * (np.roll(white, 1, axis=2) + np.roll(white, -1, axis=2))
+        image += np.float32(noise / 0.375) * white * in_fov
+    if offset:
+        image += np.float32(offset) * in_fov
+    image[~in_fov] = padding_value
+
+    origin = (float(grid.x[0]), float(grid.y[0]), float(z_first_edge + sz / 2))
+    volume = Volume(image.astype(np.float32, copy=False), (sz, sy, sx), origin, IDENTITY_DIRECTION,
+                    source=f"phantom(seed={seed}, disease={disease})")
+    acquisition = {"slice_thickness_mm": sz, "pixel_mm": sy, "sub_slices": sub, "noise_hu": noise,
+                   "offset_hu": offset, "padding_hu": padding_value}
+    return PhantomCase(volume, lung_mask, lesion_mask, tissue_labels, disease, int(seed), n_lesions, acquisition)
+
+
+def make_cohort(n: int, seed: int = 0, shape: tuple[int, int, int] = (64, 128, 128), *, disease: str = "covid",
+                healthy_fraction: float = 0.1, spacing: tuple[float, float, float] | None = None,
+                noise_hu: float | None = None) -> list[PhantomCase]:
+    """``n`` phantom cases with seeds derived from ``seed``; ``round(n * healthy_fraction)`` of them healthy.
+
+    Which cases are healthy is drawn from ``seed`` too, so the cohort is deterministic.
+    Introduced in chapter 01.
+    """
+    if n < 1:
+        raise InvalidInputError(f"n must be >= 1, got {n}")
+    if not 0.0 <= healthy_fraction <= 1.0:
+        raise InvalidInputError(f"healthy_fraction must be in [0, 1], got {healthy_fraction}")
+    sequence = np.random.SeedSequence(int(seed))
+    seeds = sequence.generate_state(n, dtype=np.uint32)
+    healthy = set(np.random.default_rng(sequence.spawn(1)[0]).permutation(n)[: int(round(n * healthy_fraction))].tolist())
+    return [make_phantom(int(s), shape, disease="healthy" if i in healthy else disease, spacing=spacing, noise_hu=noise_hu)
+            for i, s in enumerate(seeds)]
