@@ -58,6 +58,8 @@ __all__ = [
     "mixup",
     "as_generator",
     "default_augmentation",
+    "plot_augmentations",
+    "plot_mixup",
 ]
 
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
@@ -110,6 +112,10 @@ class Transform(ABC):
     def describe(self) -> dict[str, Any]:
         """The transform's name and parameters as a JSON-ready dict (to log or replay)."""
 
+    @abstractmethod
+    def label(self) -> str:
+        """A short human-readable summary for figure titles, e.g. ``"rotate +1.7°"``."""
+
 
 class RandomTransform(ABC):
     """Draws the parameters of a deterministic :class:`Transform` from a seeded generator.
@@ -151,6 +157,9 @@ class Identity(Transform):
     def describe(self) -> dict[str, Any]:
         return {"name": "Identity"}
 
+    def label(self) -> str:
+        return "identity"
+
 
 @dataclass(frozen=True)
 class Chain(Transform):
@@ -165,6 +174,9 @@ class Chain(Transform):
 
     def describe(self) -> dict[str, Any]:
         return {"name": "Chain", "transforms": [t.describe() for t in self.transforms]}
+
+    def label(self) -> str:
+        return ", ".join(t.label() for t in self.transforms) or "identity"
 
 
 # --- spatial transforms -----------------------------------------------------------------
@@ -242,6 +254,9 @@ class Rotation(Transform):
     def describe(self) -> dict[str, Any]:
         return {"name": "Rotation", "angle_deg": float(self.angle_deg), "fill": float(self.fill)}
 
+    def label(self) -> str:
+        return f"rotate {self.angle_deg:+.1f}°"
+
 
 @dataclass(frozen=True)
 class RandomRotation(RandomTransform):
@@ -305,6 +320,9 @@ class ElasticDeformation(Transform):
     def describe(self) -> dict[str, Any]:
         return {"name": "ElasticDeformation", "control_displacements": np.round(self.control_displacements, 4).tolist(),
                 "fill": float(self.fill)}
+
+    def label(self) -> str:
+        return f"elastic ≤{np.abs(self.control_displacements).max():.1f} px"
 
     def __repr__(self) -> str:
         grid = self.control_displacements
@@ -379,6 +397,9 @@ class GammaCorrection(Transform):
         return {"name": "GammaCorrection", "gamma": float(self.gamma),
                 "intensity_range": None if self.intensity_range is None else [float(v) for v in self.intensity_range]}
 
+    def label(self) -> str:
+        return f"gamma {self.gamma:.2f}"
+
 
 @dataclass(frozen=True)
 class RandomGamma(RandomTransform):
@@ -423,6 +444,9 @@ class GaussianNoise(Transform):
 
     def describe(self) -> dict[str, Any]:
         return {"name": "GaussianNoise", "std": float(self.std), "noise_seed": int(self.noise_seed)}
+
+    def label(self) -> str:
+        return f"noise σ {self.std:.3f}"
 
 
 @dataclass(frozen=True)
@@ -585,3 +609,71 @@ def mixup(images: Array, targets: Array, alpha: float, rng: np.random.Generator 
     transform = sample_mixup(int(images.shape[0]), alpha, rng)
     mixed_images, soft_targets = transform(images, targets, num_classes=num_classes)
     return mixed_images, soft_targets, transform.lam
+
+
+# --- figures ----------------------------------------------------------------------------
+
+def plot_augmentations(image: np.ndarray, mask: np.ndarray | None, transforms: Sequence[Transform], *,
+                       titles: Sequence[str] | None = None, ncols: int = 4, value_range: tuple[float, float] = (-3.0, 3.0),
+                       suptitle: str = "", include_original: bool = True, panel_size: float = 2.6) -> Any:
+    """Figure: ``image`` (H, W) under each transform, the mask outline in red on every panel.
+
+    Titles default to each transform's :meth:`Transform.label`. ``value_range`` is the grey
+    scale (z-score units after preprocessing: lung window equivalent about [-3, 3]). Returns
+    the matplotlib figure.
+
+    Introduced in chapter 03.
+    """
+    import matplotlib.pyplot as plt
+
+    panels = [("original", image, mask)] if include_original else []
+    for i, transform in enumerate(transforms):
+        out_image, out_mask = transform(image, mask)
+        panels.append((titles[i] if titles is not None else transform.label(), out_image, out_mask))
+    ncols = min(ncols, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size * ncols, panel_size * nrows + 0.4), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (title, panel, panel_mask) in zip(axes.ravel(), panels):
+        ax.imshow(panel, cmap="gray", vmin=value_range[0], vmax=value_range[1], interpolation="nearest")
+        if panel_mask is not None and np.any(panel_mask):
+            ax.contour(np.asarray(panel_mask, dtype=float), levels=[0.5], colors="red", linewidths=0.8)
+        ax.set_title(title, fontsize=9)
+    fig.suptitle(suptitle or f"grey scale [{value_range[0]:g}, {value_range[1]:g}] (z-score); red: infection outline",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_mixup(images: np.ndarray, targets: np.ndarray, mixed_images: np.ndarray, soft_targets: np.ndarray,
+               transform: Mixup, *, item: int = 0, value_range: tuple[float, float] = (-3.0, 3.0)) -> Any:
+    """Figure: the two slices mixup combined into batch item ``item``, the mix, and its soft label.
+
+    ``images`` (B, 1, H, W), ``targets`` (B, H, W) class indices, ``mixed_images`` and
+    ``soft_targets`` (B, 2, H, W) from :class:`Mixup`. The soft label panel shows the
+    infection probability (class 1) on a 0-1 colour scale.
+
+    Introduced in chapter 03.
+    """
+    import matplotlib.pyplot as plt
+
+    partner = int(transform.permutation[item])
+    lam = transform.lam
+    fig, axes = plt.subplots(1, 4, figsize=(11, 3.2))
+    for ax, (title, panel, outline) in zip(axes[:3], [
+            (f"slice {item} (weight λ={lam:.2f})", images[item, 0], targets[item]),
+            (f"slice {partner} (weight 1-λ={1 - lam:.2f})", images[partner, 0], targets[partner]),
+            ("mixed image", mixed_images[item, 0], None)]):
+        ax.imshow(panel, cmap="gray", vmin=value_range[0], vmax=value_range[1])
+        if outline is not None and np.any(outline):
+            ax.contour(np.asarray(outline, dtype=float), levels=[0.5], colors="red", linewidths=0.8)
+        ax.set_title(title, fontsize=9)
+    shown = axes[3].imshow(soft_targets[item, 1], cmap="viridis", vmin=0.0, vmax=1.0)
+    axes[3].set_title("soft label: P(infection)", fontsize=9)
+    fig.colorbar(shown, ax=axes[3], fraction=0.046)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle("mixup (Zhang et al. 2018): images and labels mixed with the same λ", fontsize=10)
+    fig.tight_layout()
+    return fig
