@@ -1,0 +1,305 @@
+"""Figures: windowed slices, montages, mask overlays, three anatomical views, HU histograms, a slice viewer.
+
+Every function returns a :class:`matplotlib.figure.Figure` built without pyplot (nothing to
+close, nothing shown twice: a figure displays when it is a notebook cell's value). Titles name
+the display window. Axial slices are drawn as radiologists read them: the patient's right
+(smaller x, with the identity direction) on the image's left, anterior at the top; coronal and
+sagittal views put superior at the top.
+
+Sections: helpers, slices and montages, overlays, views, intensity plots, interactive viewer.
+Introduced in chapter 01.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from covidlib.ct import Window, resolve_window, window_hu, window_label
+from covidlib.errors import InvalidInputError
+from covidlib.io import Volume
+
+#: Mask colours readable on grey CT and in print (Okabe-Ito, colour-blind safe).
+MASK_COLOURS = ("#D55E00", "#0072B2", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "#F0E442")
+
+PANEL_INCHES = 3.2
+
+Masks = np.ndarray | Sequence[np.ndarray] | Mapping[str, np.ndarray] | None
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _array_and_spacing(image: Volume | np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:
+    if isinstance(image, Volume):
+        return image.array, image.spacing  # type: ignore[return-value]
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3:
+        raise InvalidInputError(f"expected a 2D slice or a 3D (z, y, x) volume, got shape {array.shape}")
+    return array, (1.0, 1.0, 1.0)
+
+
+def _named_masks(masks: Masks, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Masks as ``{name: array}``; a label mask with several values becomes one entry per label."""
+    if masks is None:
+        return {}
+    if isinstance(masks, Mapping):
+        items = list(masks.items())
+    elif isinstance(masks, np.ndarray):
+        values = [v for v in np.unique(masks) if v != 0]
+        items = [(f"label {int(v)}", masks == v) for v in values] if len(values) > 1 else [("mask", masks)]
+    else:
+        items = [(f"mask {i + 1}", m) for i, m in enumerate(masks)]
+    named = {}
+    for name, mask in items:
+        mask = np.asarray(mask)
+        if mask.ndim == 2 and len(shape) == 3 and shape[0] == 1:
+            mask = mask[None]
+        if mask.shape != tuple(shape):
+            raise InvalidInputError(f"mask {name!r} has shape {mask.shape}, the image {tuple(shape)}")
+        named[name] = mask != 0
+    return named
+
+
+def _take(array: np.ndarray, axis: int, index: int) -> np.ndarray:
+    return np.take(array, index, axis=axis)
+
+
+def _busiest_slice(masks: dict[str, np.ndarray], axis: int, length: int) -> int:
+    """The slice along ``axis`` with the most mask voxels (the middle one when there are none)."""
+    if masks:
+        counts = sum(m.sum(axis=tuple(a for a in range(3) if a != axis)) for m in masks.values())
+        if np.any(counts):
+            return int(np.argmax(counts))
+    return length // 2
+
+
+def _draw(ax, image2d: np.ndarray, window: Window, masks2d: dict[str, np.ndarray] | None = None,
+          alpha: float = 0.35, aspect: float = 1.0, origin: str = "upper") -> None:
+    ax.imshow(window_hu(image2d, window), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest",
+              aspect=aspect, origin=origin)
+    for colour, mask in zip(MASK_COLOURS, (masks2d or {}).values()):
+        if mask.any():
+            ax.imshow(np.ma.masked_where(~mask, mask), cmap=ListedColormap([colour]), alpha=alpha,
+                      interpolation="nearest", aspect=aspect, origin=origin)
+            ax.contour(mask.astype(float), levels=[0.5], colors=[colour], linewidths=0.8, origin=origin)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _legend(fig: Figure, masks: dict[str, np.ndarray]) -> None:
+    if masks:
+        handles = [Patch(facecolor=c, edgecolor=c, label=n) for c, n in zip(MASK_COLOURS, masks)]
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), frameon=False)
+
+
+def _grid_figure(n: int, columns: int | None, title: str, legend: bool = False) -> tuple[Figure, np.ndarray]:
+    columns = min(n, columns or int(np.ceil(np.sqrt(n))))
+    rows = int(np.ceil(n / columns))
+    fig = Figure(figsize=(PANEL_INCHES * columns, PANEL_INCHES * rows + 0.6 + (0.3 if legend else 0.0)),
+                 layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
+    for ax in axes[n:]:
+        ax.set_axis_off()
+    fig.suptitle(title)
+    return fig, axes[:n]
+
+
+# ---------------------------------------------------------------------------------------------
+# Slices and montages
+
+
+def show_slices(image: Volume | np.ndarray, indices: Sequence[int] | None = None, *, axis: int = 0,
+                window: Window = "lung", masks: Masks = None, alpha: float = 0.35,
+                title: str | None = None) -> Figure:
+    """One row of slices (default: four evenly spaced along ``axis``), windowed, with optional masks.
+
+    ``image``: a :class:`Volume` or an array ``(z, y, x)`` (or one 2D slice) in HU.
+    Introduced in chapter 01.
+    """
+    array, _ = _array_and_spacing(image)
+    if indices is None:
+        indices = np.linspace(0, array.shape[axis] - 1, min(4, array.shape[axis]) + 2)[1:-1].round().astype(int).tolist() \
+            if array.shape[axis] > 2 else list(range(array.shape[axis]))
+    named = _named_masks(masks, array.shape)
+    name = ("z", "y", "x")[axis]
+    fig, axes = _grid_figure(len(indices), len(indices), f"{title or 'Slices'} ({window_label(window)})", bool(named))
+    for ax, index in zip(axes, indices):
+        _draw(ax, _take(array, axis, index), window, {k: _take(m, axis, index) for k, m in named.items()}, alpha)
+        ax.set_title(f"{name} = {index}", fontsize=9)
+    _legend(fig, named)
+    return fig
+
+
+def show_montage(image: Volume | np.ndarray, n: int = 12, *, axis: int = 0, window: Window = "lung",
+                 masks: Masks = None, alpha: float = 0.35, columns: int | None = None,
+                 title: str | None = None) -> Figure:
+    """``n`` evenly spaced slices along ``axis`` in a grid: the static stand-in for :func:`slice_viewer`.
+
+    Introduced in chapter 01.
+    """
+    array, _ = _array_and_spacing(image)
+    count = min(n, array.shape[axis])
+    if count < 1:
+        raise InvalidInputError(f"n must be >= 1, got {n}")
+    indices = np.linspace(0, array.shape[axis] - 1, count).round().astype(int)
+    named = _named_masks(masks, array.shape)
+    name = ("z", "y", "x")[axis]
+    fig, axes = _grid_figure(count, columns, f"{title or 'Montage'} ({window_label(window)})", bool(named))
+    for ax, index in zip(axes, indices):
+        _draw(ax, _take(array, axis, int(index)), window, {k: _take(m, axis, int(index)) for k, m in named.items()}, alpha)
+        ax.set_title(f"{name} = {int(index)}", fontsize=8)
+    _legend(fig, named)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Overlays
+
+
+def show_overlay(image: Volume | np.ndarray, masks: Masks, *, index: int | None = None, window: Window = "lung",
+                 alpha: float = 0.35, title: str | None = None) -> Figure:
+    """The image slice beside the same slice with coloured, outlined masks.
+
+    ``masks``: one array, a list, or ``{name: array}`` (names go in the legend); same shape as
+    the image. ``index``: the axial slice, by default the one with the most mask voxels.
+    Introduced in chapter 01.
+    """
+    array, _ = _array_and_spacing(image)
+    named = _named_masks(masks, array.shape)
+    z = _busiest_slice(named, 0, array.shape[0]) if index is None else int(index)
+    if not 0 <= z < array.shape[0]:
+        raise InvalidInputError(f"index {z} is outside the volume's {array.shape[0]} slices")
+    fig, (left, right) = _grid_figure(2, 2, f"{title or 'Overlay'}, z = {z} ({window_label(window)})", bool(named))
+    _draw(left, array[z], window)
+    left.set_title("image", fontsize=9)
+    _draw(right, array[z], window, {k: m[z] for k, m in named.items()}, alpha)
+    right.set_title("masks", fontsize=9)
+    _legend(fig, named)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Views
+
+
+def show_views(volume: Volume, index: tuple[int, int, int] | None = None, *, window: Window = "lung",
+               masks: Masks = None, alpha: float = 0.35, title: str | None = None) -> Figure:
+    """Axial, coronal and sagittal slices through ``index`` (z, y, x; default the centre), true to scale.
+
+    Pixel aspect comes from the spacing, so a thick-slice scan looks stretched no more than it
+    is; superior is drawn at the top (the z axis is flipped when the direction says z runs
+    inferiorly).
+    Introduced in chapter 01.
+    """
+    if not isinstance(volume, Volume):
+        raise InvalidInputError(f"show_views needs a covidlib.io.Volume (for the spacing), got {type(volume).__name__}")
+    array, (sz, sy, sx) = volume.array, volume.spacing
+    named = _named_masks(masks, array.shape)
+    if index is None:
+        index = tuple(_busiest_slice(named, a, array.shape[a]) for a in range(3)) if named else tuple(s // 2 for s in array.shape)
+    z, y, x = (int(i) for i in index)
+    superior_up = "lower" if volume.direction[8] >= 0 else "upper"
+    fig, axes = _grid_figure(3, 3, f"{title or 'Three views'} ({window_label(window)})", bool(named))
+    panels = [
+        ("axial", f"z = {z}", array[z], {k: m[z] for k, m in named.items()}, sy / sx, "upper"),
+        ("coronal", f"y = {y}", array[:, y], {k: m[:, y] for k, m in named.items()}, sz / sx, superior_up),
+        ("sagittal", f"x = {x}", array[:, :, x], {k: m[:, :, x] for k, m in named.items()}, sz / sy, superior_up),
+    ]
+    for ax, (name, where, image2d, masks2d, aspect, origin) in zip(axes, panels):
+        _draw(ax, image2d, window, masks2d, alpha, aspect=aspect, origin=origin)
+        ax.set_title(f"{name} ({where})", fontsize=9)
+    _legend(fig, named)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Intensity plots
+
+
+def show_windows(image: Volume | np.ndarray, windows: Sequence[Window] = ("lung", "mediastinal", "bone"), *,
+                 index: int | None = None, title: str | None = None) -> Figure:
+    """The same axial slice under several display windows, side by side.
+
+    Introduced in chapter 01.
+    """
+    array, _ = _array_and_spacing(image)
+    z = array.shape[0] // 2 if index is None else int(index)
+    fig, axes = _grid_figure(len(windows), len(windows), f"{title or 'Display windows'}, z = {z}")
+    for ax, window in zip(axes, windows):
+        _draw(ax, array[z], window)
+        ax.set_title(window_label(window), fontsize=9)
+    return fig
+
+
+def show_hu_histograms(image: Volume | np.ndarray, labels: np.ndarray, names: Mapping[str, int], *,
+                       bins: np.ndarray | None = None, window: Window | None = "lung",
+                       title: str | None = None) -> Figure:
+    """Histogram of HU for each named label (log counts), with the display window shaded.
+
+    Introduced in chapter 01.
+    """
+    array, _ = _array_and_spacing(image)
+    labels = np.asarray(labels)
+    if labels.shape != array.shape:
+        raise InvalidInputError(f"labels have shape {labels.shape}, the image {array.shape}")
+    bins = np.arange(-1100, 1201, 20) if bins is None else bins
+    fig = Figure(figsize=(10, 4.2), layout="constrained")
+    ax = fig.subplots()
+    colours = iter(MASK_COLOURS * 3)
+    for name, label in names.items():
+        values = array[labels == label]
+        if values.size:
+            ax.hist(values, bins=bins, histtype="step", linewidth=1.5, color=next(colours), label=f"{name} ({values.mean():.0f})")
+    if window is not None:
+        lo, hi = resolve_window(window)
+        ax.axvspan(lo, hi, color="0.85", zorder=0, label=window_label(window))
+    ax.set_yscale("log")
+    ax.set_xlabel("HU")
+    ax.set_ylabel("voxels")
+    ax.set_xlim(bins[0], bins[-1])
+    ax.legend(fontsize=8, title="tissue (mean HU)", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_title(title or "HU by tissue")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Interactive viewer
+
+
+def slice_viewer(volume: Volume | np.ndarray, masks: Masks = None, *, window: Window = "lung",
+                 alpha: float = 0.35, title: str | None = None):
+    """An ipywidgets viewer: a z slider over axial slices with optional mask overlays.
+
+    Returns the widget (a ``VBox``). A built HTML book has no kernel to move the slider, so
+    chapters show :func:`show_montage` of the same volume beside it.
+    Introduced in chapter 01.
+    """
+    import ipywidgets as widgets
+
+    array, _ = _array_and_spacing(volume)
+    named = _named_masks(masks, array.shape)
+    start = _busiest_slice(named, 0, array.shape[0])
+    slider = widgets.IntSlider(value=start, min=0, max=array.shape[0] - 1, description="z", continuous_update=False)
+    output = widgets.Output()
+    label = title or "Slice viewer"
+
+    def render(z: int) -> None:
+        fig, (ax,) = _grid_figure(1, 1, f"{label}, z = {z} ({window_label(window)})", bool(named))
+        _draw(ax, array[z], window, {k: m[z] for k, m in named.items()}, alpha)
+        _legend(fig, named)
+        output.clear_output(wait=True)
+        with output:
+            from IPython.display import display
+
+            display(fig)
+
+    slider.observe(lambda change: render(change["new"]), names="value")
+    render(start)
+    return widgets.VBox([slider, output])
