@@ -336,7 +336,8 @@ class RandomElasticDeformation(RandomTransform):
 
     The outer ring of control points is kept at zero so the slice border stays in place (as
     TorchIO does). Defaults (7 x 7 points, up to 4 px = 4 mm after resampling to 1 mm) give a
-    gentle, breathing-sized deformation, not a rubber-sheet one.
+    gentle, breathing-sized deformation, not a rubber-sheet one. Bicubic interpolation may
+    overshoot between control points, so the dense field can exceed ``max_displacement`` a little.
     """
 
     max_displacement: float = 4.0
