@@ -10,8 +10,10 @@ Introduced in chapter 01.
 
 from __future__ import annotations
 
+import gzip
 import os
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,6 +141,54 @@ def _read_dicom_series(folder: Path, series_id: str | None) -> sitk.Image:
     return reader.Execute()
 
 
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 and float64
+# Header field offsets: (dim, datatype, bitpix, pixdim, vox_offset) and their types, NIfTI-1 and NIfTI-2.
+_NIFTI_LAYOUT = {348: (40, "i2", 70, 72, 76, "f4", 108, "f4"), 540: (16, "i8", 12, 14, 104, "f8", 168, "i8")}
+
+
+def _check_nifti(path: Path) -> None:
+    """Catch what ITK's NIfTI reader lets through, reading the header and data ourselves.
+
+    ITK reads truncated data as zeros, NaN/inf voxels as 0 and a zero pixdim as 1 mm, silently.
+    """
+    try:
+        with (gzip.open(path, "rb") if _suffix(path) == ".nii.gz" else open(path, "rb")) as stream:
+            payload = stream.read()
+    except (EOFError, OSError, zlib.error) as exc:
+        raise InvalidInputError(f"{path}: compressed data is truncated or corrupt ({exc})") from exc
+    order = "<" if int.from_bytes(payload[:4], "little") in _NIFTI_LAYOUT else ">"
+    layout = _NIFTI_LAYOUT.get(int.from_bytes(payload[:4], "little" if order == "<" else "big"))
+    if layout is None:
+        raise InvalidInputError(f"{path}: not a NIfTI-1 or NIfTI-2 header")
+    dim_at, dim_type, datatype_at, bitpix_at, pixdim_at, pixdim_type, offset_at, offset_type = layout
+
+    def field(at: int, kind: str, count: int = 1) -> np.ndarray:
+        return np.frombuffer(payload, dtype=order + kind, count=count, offset=at)
+
+    dims = field(dim_at, dim_type, 8)
+    ndim = int(dims[0])
+    voxels = int(np.prod(dims[1:ndim + 1], dtype=np.int64))
+    pixdim = field(pixdim_at, pixdim_type, 8)[1:min(ndim, 3) + 1].tolist()
+    if min(pixdim) <= 0 or not all(np.isfinite(pixdim)):
+        raise InvalidInputError(f"{path}: voxel spacing (NIfTI pixdim) {pixdim} mm must be positive and finite")
+    offset = int(field(offset_at, offset_type)[0])
+    expected = offset + voxels * int(field(bitpix_at, "i2")[0]) // 8
+    if len(payload) < expected:
+        raise InvalidInputError(f"{path}: file is truncated: the header promises {expected} bytes, the file holds {len(payload)}")
+    float_code = _NIFTI_FLOATS.get(int(field(datatype_at, "i2")[0]))
+    if float_code is not None:
+        values = np.frombuffer(payload, dtype=order + float_code, count=voxels, offset=offset)
+        bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+        if bad:
+            raise InvalidInputError(f"{path}: {bad} voxel(s) are NaN or infinite; a CT volume must be finite")
+
+
+def _itk_reason(exc: RuntimeError) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    described = [line.split(":", 1)[1].strip() for line in lines if line.startswith("Description:")]
+    return (described or lines or [type(exc).__name__])[-1]
+
+
 def _read_image(path: str | Path, pixel_type: int, series_id: str | None, allow_2d: bool) -> Volume:
     path = Path(path)
     if not path.exists():
@@ -152,12 +202,10 @@ def _read_image(path: str | Path, pixel_type: int, series_id: str | None, allow_
             if path.stat().st_size == 0:
                 raise InvalidInputError(f"{path}: file is empty")
             image = sitk.ReadImage(str(path))
+            if _suffix(path) in (".nii", ".nii.gz"):
+                _check_nifti(path)
     except RuntimeError as exc:
-        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise InvalidInputError(f"{path}: cannot be read as an image (truncated or corrupt?): {first_line}") from exc
-    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
-        # NIfTI exporters sometimes add a singleton time axis to a 3D scan.
-        image = image[:, :, :, 0]
+        raise InvalidInputError(f"{path}: cannot be read as an image (truncated or corrupt?): {_itk_reason(exc)}") from exc
     if image.GetDimension() == 2 and allow_2d:
         image = sitk.JoinSeries(image)
     if image.GetDimension() != 3:
