@@ -234,3 +234,44 @@ def test_worker_processes_do_not_change_the_batches():
     with_workers = _epochs(seeded_loader(ds, 4, shuffle=True, seed=3, num_workers=2), ds, epochs=1)
     assert [(c, s) for c, s, _ in in_process] == [(c, s) for c, s, _ in with_workers]
     assert all(torch.equal(a, b) for (_, _, a), (_, _, b) in zip(in_process, with_workers))
+
+
+# --- with the library's own cases ---------------------------------------------------------
+
+def test_slices_of_a_preprocessed_phantom():
+    phantom = pytest.importorskip("covidlib.phantom")
+    preprocess = pytest.importorskip("covidlib.preprocess")
+    datasets = pytest.importorskip("covidlib.datasets")
+    generated = phantom.make_phantom(3, (12, 64, 64))
+    case = datasets.Case("ph3", generated.image, generated.lung_mask, generated.lesion_mask, {"intensity": "hu"})
+    prepared = preprocess.preprocess_case(case, lung_method="given")
+    ds = SliceDataset([prepared], empty_fraction=1.0, output_size=(96, 128))
+    lesion_per_slice = prepared.lesion_mask.reshape(len(prepared.lesion_mask), -1).any(axis=1)
+    assert len(ds) == len(prepared.image) and ds.num_lesion_slices == int(lesion_per_slice.sum())
+    item = ds[int(np.argmax(lesion_per_slice))]
+    assert item["case_id"] == "ph3" and item["image"].shape == (1, 96, 128) and item["mask"].any()
+
+
+@pytest.mark.realdata
+def test_covid_semiseg_five_fold_by_slice():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "shared" / "data" / "covid-semiseg"
+    if not root.is_dir():
+        pytest.skip("COVID-SemiSeg not found at ../shared/data/covid-semiseg")
+    from covidlib.datasets import get_dataset
+    from covidlib.preprocess import normalise_image
+    import dataclasses
+
+    source = get_dataset("covid-semiseg", root)
+    ids = source.case_ids("train")
+    folds = kfold_volumes(ids, k=5, seed=0)
+    assert len(ids) == 50 and [len(val) for _, val in folds] == [10] * 5
+
+    def prepare(case):
+        return dataclasses.replace(case, image=case.image.with_array(normalise_image(case.image.array, case.case_id)))
+
+    ds = SliceDataset.from_dataset(source, folds[0][1][:3], prepare=prepare, output_size=256, resize_mode="resize")
+    batch = next(iter(seeded_loader(ds, batch_size=3, shuffle=False, seed=0)))
+    assert batch["image"].shape == (3, 1, 256, 256) and set(batch["mask"].unique().tolist()) <= {0, 1}
+    assert abs(float(batch["image"].mean())) < 0.2  # per-image z-score survives the resize
