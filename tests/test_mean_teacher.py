@@ -1,0 +1,163 @@
+"""Mean teacher: EMA by hand, the ramp-up's values, the consistency cost and a tiny training run."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from covidlib.errors import InvalidInputError
+from covidlib.mean_teacher import (MeanTeacher, MeanTeacherConfig, consistency_loss, ema_alpha, ema_update,
+                                   sigmoid_rampup)
+from covidlib.models import UNet2d
+from covidlib.train import TrainConfig
+
+
+def _pair() -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    student = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    student(torch.randn(5, 3))  # moves the student's BatchNorm running statistics
+    return teacher, student
+
+
+def test_ema_alpha_warm_up_rule():
+    assert ema_alpha(0.99, 0) == 0.0
+    assert ema_alpha(0.99, 1) == 0.5
+    assert ema_alpha(0.99, 3) == 0.75
+    assert ema_alpha(0.99, 99) == 0.99  # 1 - 1/100 == 0.99
+    assert ema_alpha(0.99, 10_000) == 0.99
+    with pytest.raises(InvalidInputError):
+        ema_alpha(1.5, 0)
+
+
+@pytest.mark.parametrize("step, expected_alpha", [(0, 0.0), (1, 0.5), (4, 0.8), (500, 0.9)])
+def test_ema_update_matches_formula_by_hand(step, expected_alpha):
+    teacher, student = _pair()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    decay = ema_update(teacher, student, 0.9, step)
+    assert decay == pytest.approx(expected_alpha)
+    after, source = teacher.state_dict(), student.state_dict()
+    for name, value in after.items():
+        if value.is_floating_point():
+            expected = expected_alpha * before[name] + (1 - expected_alpha) * source[name]
+            torch.testing.assert_close(value, expected)
+        else:
+            assert torch.equal(value, source[name])  # num_batches_tracked is copied
+    # one number checked entirely by hand
+    w_t, w_s = before["0.weight"][0, 0].item(), source["0.weight"][0, 0].item()
+    assert after["0.weight"][0, 0].item() == pytest.approx(expected_alpha * w_t + (1 - expected_alpha) * w_s, abs=1e-6)
+
+
+def test_ema_update_at_step_zero_copies_the_student():
+    teacher, student = _pair()
+    ema_update(teacher, student, 0.99, 0)
+    for a, b in zip(teacher.state_dict().values(), student.state_dict().values()):
+        torch.testing.assert_close(a, b)
+
+
+def test_ema_update_rejects_different_networks():
+    with pytest.raises(InvalidInputError, match="different parameter names"):
+        ema_update(nn.Linear(3, 2), nn.Sequential(nn.Linear(3, 2)), 0.9, 3)
+
+
+def test_sigmoid_rampup_values():
+    assert sigmoid_rampup(0, 10) == pytest.approx(math.exp(-5.0))
+    assert sigmoid_rampup(5, 10) == pytest.approx(math.exp(-1.25))
+    assert sigmoid_rampup(10, 10) == 1.0
+    assert sigmoid_rampup(50, 10) == 1.0  # clipped after the ramp
+    assert sigmoid_rampup(-3, 10) == pytest.approx(math.exp(-5.0))
+    assert sigmoid_rampup(7, 0) == 1.0
+    values = [sigmoid_rampup(t, 20) for t in range(21)]
+    assert all(a < b for a, b in zip(values, values[1:]))
+
+
+def test_consistency_loss_is_mse_of_softmax_and_stops_teacher_gradient():
+    student = torch.tensor([[[[0.0]], [[math.log(3.0)]]]], requires_grad=True)  # softmax (0.25, 0.75)
+    teacher = torch.tensor([[[[0.0]], [[0.0]]]], requires_grad=True)  # softmax (0.5, 0.5)
+    loss = consistency_loss(student, teacher)
+    assert loss.item() == pytest.approx(0.25**2)
+    loss.backward()
+    assert teacher.grad is None and student.grad is not None
+    assert consistency_loss(teacher, teacher).item() == 0.0
+
+
+class _Patches(torch.utils.data.Dataset):
+    def __init__(self, n: int, size: int, weights: list[float]):
+        generator = torch.Generator().manual_seed(1)
+        self.images = torch.randn(n, 1, size, size, generator=generator)
+        self.masks = torch.zeros(n, 2, size, size)
+        self.masks[:, 0] = 1.0
+        self.weights = weights
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return {"image": self.images[i], "mask": self.masks[i], "weight": torch.tensor(self.weights[i])}
+
+
+def _loaders():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(4, 1, 16, 16, generator=generator)
+    masks = (images[:, 0] > 0.5).long()
+    batches = [{"image": images[i:i + 2], "mask": masks[i:i + 2]} for i in (0, 2)]
+    return batches, batches
+
+
+def test_mean_teacher_trains_keeps_teacher_as_ema_and_records_terms():
+    torch.manual_seed(0)
+    model = UNet2d(base_width=2, depth=2)
+    config = TrainConfig(epochs=2, patience=5, amp="off", progress=False, device="cpu")
+    trainer = MeanTeacher(model, config, MeanTeacherConfig(rampup_steps=2, pseudo_batch_size=3),
+                          pseudo_patches=_Patches(5, 16, [0.9, 0.95, 0.91, 0.99, 0.88]))
+    train, val = _loaders()
+    history = trainer.fit(train, val)
+    assert len(history) == 2 and trainer.global_step == 4
+    assert set(trainer.last_terms) == {"supervised", "pseudo", "consistency", "ramp"}
+    assert trainer.last_terms["ramp"] == pytest.approx(1.0)  # step 3 > ramp-up length 2
+    # the teacher moved away from the student (it averages), yet stays a valid network
+    differences = [float((a - b).detach().abs().max()) for a, b in zip(trainer.teacher.parameters(), trainer.model.parameters())]
+    assert max(differences) > 0
+    assert trainer.validation_model() is trainer.teacher
+
+
+def test_mean_teacher_without_consistency_is_plain_training_on_labels_and_pseudo_labels():
+    torch.manual_seed(0)
+    model = UNet2d(base_width=2, depth=2)
+    config = TrainConfig(epochs=1, amp="off", progress=False, device="cpu")
+    trainer = MeanTeacher(model, config, MeanTeacherConfig(consistency_weight=0.0, validate="student"),
+                          pseudo_patches=_Patches(4, 16, [1.0] * 4))
+    train, val = _loaders()
+    trainer.fit(train, val)
+    assert "consistency" not in trainer.last_terms and "pseudo" in trainer.last_terms
+    assert trainer.validation_model() is trainer.model
+
+
+def test_pseudo_loss_is_the_similarity_weighted_mean_of_per_patch_losses():
+    torch.manual_seed(0)
+    model = UNet2d(base_width=2, depth=2)
+    config = TrainConfig(epochs=1, amp="off", progress=False, device="cpu", loss="ce")
+    patches = _Patches(3, 16, [0.5, 1.0, 0.25])
+    patches.masks[1] = 0.0
+    patches.masks[1, 1] = 1.0  # a different target for one patch, so per-patch losses differ
+    trainer = MeanTeacher(model, config, MeanTeacherConfig(consistency_weight=0.0, validate="student", noise_std=0.0,
+                                                           pseudo_batch_size=3, pseudo_weight=2.0),
+                          pseudo_patches=patches)
+    (train, _), _ = _loaders()
+    model.eval()  # BatchNorm in eval mode: each forward is independent of the batch it is in
+    total = trainer.training_loss(train)
+    with torch.no_grad():
+        per_patch = [trainer.loss_fn(model(patches.images[i:i + 1]), patches.masks[i:i + 1]).item() for i in range(3)]
+        supervised = trainer.loss_fn(model(train["image"]), train["mask"]).item()
+    expected = supervised + 2.0 * (0.5 * per_patch[0] + 1.0 * per_patch[1] + 0.25 * per_patch[2]) / 1.75
+    assert per_patch[0] != pytest.approx(per_patch[1])
+    assert total.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_mean_teacher_config_rejects_bad_values():
+    with pytest.raises(InvalidInputError, match="validate"):
+        MeanTeacherConfig(validate="both")
+    with pytest.raises(InvalidInputError, match="alpha"):
+        MeanTeacherConfig(alpha=-0.1)

@@ -1,0 +1,201 @@
+"""Pseudo-labels: sampling stays in the image, cosine top-k against a brute-force loop, both
+assignment rules on hand-built similarities, the feature encoder and the pipeline end to end."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from covidlib.coarse import Box
+from covidlib.errors import InvalidInputError
+from covidlib.models import UNet2d
+from covidlib.pseudo import (PseudoLabelConfig, PseudoPatchDataset, assign, build_dictionary, cosine_topk, crop_patches,
+                             encode_patches, pseudo_label, pseudo_label_examples, sample_patch_locations,
+                             similarity_histogram, soft_masks, spread_counts)
+
+
+# --- sampling ---
+
+@pytest.mark.parametrize("box", [Box(0, 1, 0, 3, 0, 3), Box(0, 1, 47, 50, 77, 80), Box(0, 1, 20, 30, 30, 40),
+                                 Box(0, 1, 0, 50, 0, 80)])
+def test_patches_and_margins_never_leave_the_image(box):
+    rng = np.random.default_rng(0)
+    shape = (1, 50, 80)
+    locations = sample_patch_locations([shape], [box], [500], patch_size=20, max_margin=15, rng=rng)
+    assert locations.shape == (500, 4)
+    source, z, y, x = locations.T
+    assert (source == 0).all() and (z == 0).all()
+    assert (y >= 0).all() and (x >= 0).all() and (y + 20 <= 50).all() and (x + 20 <= 80).all()
+    # every patch overlaps the box enlarged by the largest margin (clipped to the image)
+    big = box.enlarge(15, 15, 15, 15, shape)
+    assert big.fits(shape)
+    assert ((y < big.y1) & (y + 20 > big.y0) & (x < big.x1) & (x + 20 > big.x0)).all()
+    crops = crop_patches([np.zeros(shape)], locations, 20)
+    assert crops.shape == (500, 20, 20)
+
+
+def test_enlarge_clips_to_the_image():
+    box = Box(0, 2, 2, 5, 90, 98)
+    assert box.enlarge(10, 10, 10, 10, (2, 12, 100)) == Box(0, 2, 0, 12, 80, 100)
+    with pytest.raises(InvalidInputError):
+        box.enlarge(-1, 0, 0, 0, (2, 12, 100))
+
+
+def test_margin_zero_keeps_patch_centres_inside_the_box():
+    rng = np.random.default_rng(1)
+    box = Box(2, 4, 30, 34, 40, 45)
+    locations = sample_patch_locations([(6, 100, 100)], [box], [300], patch_size=10, max_margin=0, rng=rng)
+    _, z, y, x = locations.T
+    assert ((z >= 2) & (z < 4)).all()
+    assert ((y + 5 >= 30) & (y + 5 < 34) & (x + 5 >= 40) & (x + 5 < 45)).all()
+
+
+def test_sampling_rejects_small_images_and_missing_boxes():
+    rng = np.random.default_rng(0)
+    with pytest.raises(InvalidInputError, match="smaller than patch_size"):
+        sample_patch_locations([(1, 30, 30)], [Box(0, 1, 0, 5, 0, 5)], [2], patch_size=68, max_margin=0, rng=rng)
+    with pytest.raises(InvalidInputError, match="no box"):
+        sample_patch_locations([(1, 80, 80)], [None], [2], patch_size=68, max_margin=0, rng=rng)
+
+
+def test_spread_counts_is_even_and_skips_ineligible_images():
+    counts = spread_counts(120, [True, False, True, True, True, True, True], np.random.default_rng(0))
+    assert counts.sum() == 120 and counts[1] == 0
+    assert set(counts[[0, 2, 3, 4, 5, 6]].tolist()) == {20}
+    counts = spread_counts(7, [True, True, True], np.random.default_rng(0))
+    assert sorted(counts.tolist()) == [2, 2, 3]
+
+
+# --- cosine top-k ---
+
+def _brute_force_topk(queries, keys, k):
+    scores, indices = [], []
+    for q in queries:
+        sims = []
+        for j, key in enumerate(keys):
+            nq, nk = math.sqrt(sum(v * v for v in q)), math.sqrt(sum(v * v for v in key))
+            sims.append((sum(a * b for a, b in zip(q, key)) / (nq * nk), j))
+        sims.sort(key=lambda item: (-item[0], item[1]))
+        scores.append([s for s, _ in sims[:k]])
+        indices.append([j for _, j in sims[:k]])
+    return np.array(scores), np.array(indices)
+
+
+@pytest.mark.parametrize("query_chunk, key_chunk", [(4096, 65536), (3, 4), (1, 1)])
+def test_cosine_topk_matches_a_brute_force_loop(query_chunk, key_chunk):
+    rng = np.random.default_rng(0)
+    queries, keys = rng.normal(size=(11, 5)), rng.normal(size=(9, 5))
+    scores, indices = cosine_topk(queries, keys, 3, query_chunk=query_chunk, key_chunk=key_chunk)
+    expected_scores, expected_indices = _brute_force_topk(queries.tolist(), keys.tolist(), 3)
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
+    np.testing.assert_array_equal(indices, expected_indices)
+
+
+def test_cosine_topk_ignores_scale_and_handles_exact_duplicates():
+    keys = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    scores, indices = cosine_topk(np.array([[5.0, 5.0], [0.0, 3.0]]), keys, 2, key_chunk=1)
+    np.testing.assert_allclose(scores, [[1.0, 1 / math.sqrt(2)], [1.0, 1 / math.sqrt(2)]], atol=1e-6)
+    assert indices[0, 0] == 2 and indices[1, 0] == 1
+    assert indices[0, 1] == 0  # tie between keys 0 and 1: the lower index wins
+    with pytest.raises(InvalidInputError):
+        cosine_topk(np.ones((2, 2)), keys, 4)
+
+
+# --- assignment rules ---
+
+def test_top2_rule_on_hand_built_similarities():
+    scores = np.array([[0.95, 0.92], [0.95, 0.90], [0.89, 0.88], [0.99, 0.97]])
+    indices = np.array([[3, 1], [0, 2], [1, 0], [2, 3]])
+    result = assign(scores, indices, "top2", threshold=0.90)
+    assert result.accepted.tolist() == [True, False, False, True]  # 0.90 is not *larger* than 0.90
+    np.testing.assert_allclose(result.coefficients[0], [0.95 / 1.87, 0.92 / 1.87], rtol=1e-6)
+    np.testing.assert_array_equal(result.labels[0], [3, 1])
+    np.testing.assert_allclose(result.weights, [0.95, 0.0, 0.0, 0.99], rtol=1e-6)
+    masks = np.zeros((4, 2, 2), dtype=np.uint8)
+    masks[3, 0, 0] = 1
+    masks[1, :, :] = 1
+    soft = soft_masks(masks, result.labels[:1], result.coefficients[:1])[0]
+    np.testing.assert_allclose(soft, [[1.0, 0.92 / 1.87], [0.92 / 1.87, 0.92 / 1.87]], rtol=1e-6)
+
+
+def test_top1_band_rule_on_hand_built_similarities():
+    scores = np.array([[0.97, 0.5], [0.96, 0.1], [0.87, 0.86], [0.869, 0.2], [0.90, 0.89]])
+    indices = np.array([[0, 1], [1, 0], [2, 1], [3, 1], [4, 0]])
+    result = assign(scores, indices, "top1_band", band=(0.87, 0.96))
+    assert result.accepted.tolist() == [False, True, True, False, True]
+    np.testing.assert_array_equal(result.coefficients[result.accepted], [[1, 0]] * 3)
+    np.testing.assert_array_equal(result.labels[result.accepted, 0], [1, 2, 4])
+    np.testing.assert_allclose(result.weights, [0.0, 0.96, 0.87, 0.0, 0.90], rtol=1e-6)
+
+
+def test_assign_rejects_unknown_rules_and_top2_without_two_scores():
+    with pytest.raises(InvalidInputError, match="rule"):
+        assign(np.ones((1, 2)), np.zeros((1, 2), dtype=int), "top3")
+    with pytest.raises(InvalidInputError, match="k >= 2"):
+        assign(np.ones((1, 1)), np.zeros((1, 1), dtype=int), "top2")
+
+
+# --- encoder features and the pipeline ---
+
+def test_encode_patches_is_global_average_pooling_of_the_bottleneck():
+    torch.manual_seed(0)
+    model = UNet2d(base_width=2, depth=2).train()
+    patches = np.random.default_rng(0).normal(size=(5, 16, 16)).astype(np.float32)
+    features = encode_patches(model, patches, batch_size=2, device="cpu")
+    assert features.shape == (5, 8) and model.training  # mode restored
+    model.eval()
+    with torch.no_grad():
+        expected = model.encode(torch.from_numpy(patches)[:, None])[-1].mean(dim=(2, 3)).numpy()
+    np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_pipeline_streams_like_a_direct_computation():
+    """The chunked pipeline agrees with encoding and matching all patches at once, images without
+    a box give no patch, and the training items carry the dictionary label they were assigned."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(1, 40, 40)).astype(np.float32)
+    mask = np.zeros((1, 40, 40), dtype=np.uint8)
+    mask[0, 10:20, 12:25] = 1
+    image[mask == 1] += 3.0
+    model = UNet2d(base_width=2, depth=2)
+    config = PseudoLabelConfig(patch_size=16, labelled_patches=6, patches_per_unlabelled=5, rule="top1_band",
+                               band=(0.0, 1.0), chunk_size=2, batch_size=3)
+    dictionary = build_dictionary(model, [image], [mask], config, rng, device="cpu")
+    assert dictionary.images.shape == (6, 16, 16) and dictionary.features.shape == (6, 8)
+    np.testing.assert_array_equal(dictionary.masks, crop_patches([mask], dictionary.locations, 16, dtype=np.uint8))
+    labels = pseudo_label(model, dictionary, [image, image], [Box(0, 1, 10, 20, 12, 25), None], config, rng,
+                          device="cpu", progress=False)
+    assert len(labels.locations) == 5 and (labels.locations[:, 0] == 0).all()
+    assert labels.num_accepted == 5
+    features = encode_patches(model, crop_patches([image], labels.locations, 16), device="cpu")
+    direct_scores, direct_indices = cosine_topk(features, dictionary.features, 2)
+    np.testing.assert_allclose(labels.scores, direct_scores, atol=1e-6)
+    np.testing.assert_array_equal(labels.indices, direct_indices)
+    dataset = PseudoPatchDataset([image, image], labels, dictionary)
+    item = dataset[0]
+    assert item["image"].shape == (1, 16, 16) and item["mask"].shape == (2, 16, 16)
+    torch.testing.assert_close(item["mask"].sum(0), torch.ones(16, 16))
+    expected_mask = dictionary.masks[labels.assignment.labels[0, 0]].astype(np.float32)
+    np.testing.assert_allclose(item["mask"][1].numpy(), expected_mask)
+    np.testing.assert_allclose(labels.accepted_masks(dictionary)[0], expected_mask)
+
+
+def test_figures_have_titles():
+    scores = np.random.default_rng(0).uniform(0.8, 1.0, size=(50, 2))
+    fig = similarity_histogram(scores)
+    assert "Similarity" in fig.axes[0].get_title()
+    fig2 = pseudo_label_examples(np.zeros((3, 8, 8)), np.ones((3, 8, 8)) * 0.5, np.array([0.9, 0.91, 0.92]), n=2)
+    assert len(fig2.axes) == 4
+    import matplotlib.pyplot as plt
+    plt.close("all")
+
+
+def test_config_validation():
+    with pytest.raises(InvalidInputError, match="rule"):
+        PseudoLabelConfig(rule="nearest")
+    with pytest.raises(InvalidInputError, match="band"):
+        PseudoLabelConfig(band=(0.96, 0.87))
+    with pytest.raises(InvalidInputError, match="labelled_margin"):
+        PseudoLabelConfig(labelled_margin=-1)
