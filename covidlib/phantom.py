@@ -30,7 +30,7 @@ a second. Introduced in chapter 01.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,26 +112,32 @@ class PhantomCase:
 # Smooth random fields and tubes
 
 
-def _smooth_field(rng: np.random.Generator, z: np.ndarray, y: np.ndarray, x: np.ndarray,
-                  correlation_mm: float) -> np.ndarray:
+def _smooth_field(rng: np.random.Generator, z: np.ndarray, y: np.ndarray, x: np.ndarray, correlation_mm: float,
+                  bounds: Sequence[tuple[float, float]]) -> np.ndarray:
     """A smooth random field of unit-order amplitude on the grid ``z x y x x`` (1D mm coordinates).
 
-    Coarse Gaussian noise on nodes ``correlation_mm`` apart, interpolated with row-normalised
-    Gaussian kernels one axis at a time (three small matrix products instead of a 3D filter).
+    Gaussian noise on a lattice of nodes ``correlation_mm`` apart spanning the physical
+    ``bounds`` ((lo, hi) mm for z, y, x), interpolated with row-normalised Gaussian kernels one
+    axis at a time (three small matrix products instead of a 3D filter). The lattice depends on
+    the bounds only, not on the grid, so the same seed gives the same field at any spacing.
     """
-    def weights(coords: np.ndarray) -> np.ndarray:
-        lo, hi = float(coords.min()) - correlation_mm, float(coords.max()) + correlation_mm
-        nodes = np.linspace(lo, hi, max(2, int(np.ceil((hi - lo) / correlation_mm)) + 1))
-        w = np.exp(-0.5 * ((coords[:, None] - nodes[None, :]) / (0.6 * correlation_mm)) ** 2)
+    def weights(coords: np.ndarray, lo: float, hi: float) -> np.ndarray:
+        nodes = np.arange(lo, hi + correlation_mm, correlation_mm)
+        inside = np.clip(coords, nodes[0], nodes[-1])  # constant beyond the lattice
+        w = np.exp(-0.5 * ((inside[:, None] - nodes[None, :]) / (0.6 * correlation_mm)) ** 2)
         return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
 
-    wz, wy, wx = weights(z), weights(y), weights(x)
-    coarse = rng.standard_normal((wz.shape[1], wy.shape[1], wx.shape[1])).astype(np.float32)
+    wz, wy, wx = (weights(c, lo, hi) for c, (lo, hi) in zip((z, y, x), bounds))
+    coarse = rng.standard_normal((wz.shape[1], wy.shape[1], wx.shape[1]), dtype=np.float32)
     # Interpolation averages nodes and shrinks the variance; about 2.2 restores unit order.
     fine = np.einsum("ijk,xk->ijx", coarse, wx)
     fine = np.einsum("ijx,yj->iyx", fine, wy)
     fine = (wz @ fine.reshape(fine.shape[0], -1)).reshape(len(z), len(y), len(x))
     return fine * np.float32(2.2)
+
+
+#: Physical extent (mm) of whole-body random fields: z from below the diaphragm to above the apex.
+_BODY_BOUNDS = ((-150.0, 450.0), (-330.0, 330.0), (-330.0, 330.0))
 
 
 @dataclass
@@ -246,6 +252,15 @@ class _Anatomy:
             side[inside & ~outside] = s
         return side
 
+    def costal_depth(self, z: np.ndarray, y: np.ndarray, x: np.ndarray, side: int) -> np.ndarray:
+        """Approximate depth (mm) below the costal pleura (chest wall side) of lung ``side``; 0 at the wall."""
+        t = np.clip((self.lung_height - z) / (0.55 * self.lung_height), 1e-3, 1.0)
+        yc, xc = self.lung_centre(side)
+        r2 = ((x - xc) / (0.46 * self.inner_a)) ** 2 + ((y - yc) / (0.85 * self.inner_b)) ** 2
+        from_ellipse = (1.0 - np.sqrt(r2 / (t * (2.0 - t)))) * 0.46 * self.inner_a
+        from_ribs = (0.86 - self.body_rho(y, x)) * min(self.inner_a, self.inner_b)
+        return np.maximum(np.minimum(from_ellipse, from_ribs), 0.0)
+
 
 def _sample_anatomy(rng: np.random.Generator) -> _Anatomy:
     dome_right = rng.uniform(25.0, 45.0)
@@ -261,7 +276,6 @@ def _paint_body(labels: np.ndarray, hu: np.ndarray, grid: _Grid, anat: _Anatomy,
                 fov_radius: float) -> None:
     """Air, table, fat, soft tissue, ribs, sternum and spine, written into ``labels``/``hu`` (thin grid)."""
     T = TISSUES
-    z, y, x = grid.z[:, None, None], grid.y[None, :, None], grid.x[None, None, :]
     y2, x2 = grid.y[:, None], grid.x[None, :]
     outer = ((x2 - anat.cx) / anat.body_a) ** 2 + ((y2 - anat.cy) / anat.body_b) ** 2 < 1.0
     inner = ((x2 - anat.cx) / (anat.body_a - anat.fat)) ** 2 + ((y2 - anat.cy) / (anat.body_b - anat.fat)) ** 2 < 1.0
@@ -284,32 +298,43 @@ def _paint_body(labels: np.ndarray, hu: np.ndarray, grid: _Grid, anat: _Anatomy,
     posterior_arch = (np.abs(x2 - anat.cx) < 12.0) & (y2 > vertebra_y + body_r) & (y2 < vertebra_y + body_r + 35.0) & ~canal
     sternum = (np.abs(x2 - anat.cx) < 14.0) & (rho > 0.86) & (rho < 0.98) & (y2 < anat.cy)
 
-    labels[:] = np.where((x2 ** 2 + y2 ** 2) > fov_radius ** 2, T["padding"], T["air"])[None]
-    labels[:, on_table & (labels[0] == T["air"])] = T["table"]
-    labels[:, outer] = T["fat"]
-    labels[:, inner] = T["soft_tissue"]
-    labels[:, posterior_arch] = T["bone"]
-    # Ribs slope downwards from back to front; ~25 mm apart, ~9 mm high.
-    rib_phase = (z - 14.0 * np.sin(angle)[None]) % 25.0
-    labels[rib_ring[None] & (rib_phase < 9.0) & (z < anat.lung_height + 10.0)] = T["bone"]
-    labels[:, sternum] = T["bone"]
-    disc = (z % 28.0) < 6.0
-    labels[vertebral_body[None] & ~disc] = T["bone"]
-
-    base = np.zeros(len(TISSUE_HU) + 1, dtype=np.float32)
+    # Everything that does not change along z is painted once on a 2D slice and copied.
+    slice_labels = np.where((x2 ** 2 + y2 ** 2) > fov_radius ** 2, T["padding"], T["air"]).astype(np.uint8)
+    slice_labels[on_table & (slice_labels == T["air"])] = T["table"]
+    slice_labels[outer] = T["fat"]
+    slice_labels[inner] = T["soft_tissue"]
+    slice_labels[posterior_arch | sternum | vertebral_body] = T["bone"]
+    base = np.zeros(len(TISSUES), dtype=np.float32)
     for name, value in TISSUE_HU.items():
         base[T[name]] = value
-    hu[:] = base[labels]
+    slice_hu = base[slice_labels]
     # Cortical bone is denser than marrow; the table's foam core is nearly air.
-    hu[:, on_table & ~shell & (labels[0] == T["table"])] = -950.0
-    bone = labels == T["bone"]
-    dense = np.broadcast_to((cortex | posterior_arch | sternum)[None], labels.shape) | (rib_ring[None] & ((rib_phase < 2.0) | (rib_phase > 7.0)))
-    hu[bone & dense] = 800.0
+    slice_hu[on_table & ~shell & (slice_labels == T["table"])] = -950.0
+    slice_hu[cortex | posterior_arch] = 800.0
+    slice_hu[sternum] = 450.0
+    labels[:] = slice_labels[None]
+    hu[:] = slice_hu[None]
+
+    # Ribs slope downwards from back to front, ~25 mm apart and ~9 mm high, with a dense cortex.
+    ry, rx = np.nonzero(rib_ring)
+    phase = (grid.z[:, None] - 14.0 * np.sin(angle[ry, rx])[None, :]) % 25.0
+    rib = (phase < 9.0) & (grid.z < anat.lung_height + 10.0)[:, None]
+    labels[:, ry, rx] = np.where(rib, T["bone"], labels[:, ry, rx])
+    hu[:, ry, rx] = np.where(rib, np.where((phase < 2.0) | (phase > 7.0), 800.0, TISSUE_HU["bone"]), hu[:, ry, rx])
+    # Intervertebral discs (soft tissue) every 28 mm.
+    discs = np.flatnonzero((grid.z % 28.0) < 6.0)
+    vy, vx = np.nonzero(vertebral_body)
+    labels[discs[:, None], vy[None, :], vx[None, :]] = T["soft_tissue"]
+    hu[discs[:, None], vy[None, :], vx[None, :]] = TISSUE_HU["soft_tissue"]
 
 
 def _paint_lungs(labels: np.ndarray, hu: np.ndarray, side: np.ndarray, grid: _Grid, anat: _Anatomy,
-                 rng: np.random.Generator, texture: np.ndarray, min_radius: float) -> None:
-    """Lung parenchyma, vessel tree and airway tree (labels, HU); ``side`` holds 1/2 inside the lungs."""
+                 rng: np.random.Generator, texture: np.ndarray, visible_radius: float) -> None:
+    """Lung parenchyma, vessel tree and airway tree (labels, HU); ``side`` holds 1/2 inside the lungs.
+
+    Trees are grown to a fixed physical size (the same patient at every spacing); branches
+    thinner than ``visible_radius`` mm (about half a pixel) are not drawn.
+    """
     T = TISSUES
     in_lung = side > 0
     labels[in_lung] = T["lung"]
@@ -325,6 +350,8 @@ def _paint_lungs(labels: np.ndarray, hu: np.ndarray, side: np.ndarray, grid: _Gr
     def draw(segments: list[tuple[np.ndarray, np.ndarray, float]], tube: np.ndarray,
              sheath: np.ndarray | None = None) -> None:
         for p0, p1, r in segments:
+            if r < visible_radius:
+                continue
             # Airway walls are about a fifth of the lumen radius plus half a millimetre.
             reach = r if sheath is None else 1.2 * r + 0.6
             box = grid.box(np.minimum(p0, p1) - reach, np.maximum(p0, p1) + reach)
@@ -347,10 +374,10 @@ def _paint_lungs(labels: np.ndarray, hu: np.ndarray, side: np.ndarray, grid: _Gr
         def inside(points: np.ndarray, side: int = s) -> np.ndarray:
             return anat.lung_side(points[:, 0], points[:, 1], points[:, 2]) == side
 
-        draw(_branching_tree(rng, hilum, trunks, 40.0, 5.0, min_radius, inside), vessel)
+        draw(_branching_tree(rng, hilum, trunks, 40.0, 5.0, 0.7, inside), vessel)
         bronchus_root = hilum + np.array([8.0, -6.0, 0.0])
         draw([(carina, bronchus_root, 5.5)], lumen["central"], wall["central"])
-        draw(_branching_tree(rng, bronchus_root, trunks, 30.0, 3.5, max(min_radius, 1.0), inside),
+        draw(_branching_tree(rng, bronchus_root, trunks, 30.0, 3.5, 1.0, inside),
              lumen["peripheral"], wall["peripheral"])
 
     vessel &= in_lung
@@ -380,21 +407,22 @@ def _random_lung_point(rng: np.random.Generator, anat: _Anatomy, z_range: tuple[
                     rng.uniform(xc - 0.45 * anat.inner_a, xc + 0.45 * anat.inner_a, n)], axis=1)
     ok = anat.lung_side(pts[:, 0], pts[:, 1], pts[:, 2]) == side
     if peripheral:
-        # Subpleural: some point 12 mm away along a coordinate axis already lies outside the lung.
+        # Subpleural against the chest wall: 8 mm further out laterally, forwards or backwards
+        # (not towards the mediastinum) already leaves the lung.
+        lateral = -1.0 if side == 1 else 1.0
         near_edge = np.zeros(n, dtype=bool)
-        for axis in range(3):
-            for sign in (-1.0, 1.0):
-                moved = pts.copy()
-                moved[:, axis] += sign * 12.0
-                near_edge |= anat.lung_side(moved[:, 0], moved[:, 1], moved[:, 2]) != side
+        for step in ((0.0, 0.0, 8.0 * lateral), (0.0, 8.0, 0.0), (0.0, -8.0, 0.0), (0.0, 5.7, 5.7 * lateral)):
+            moved = pts + np.array(step)
+            leaves = anat.lung_side(moved[:, 0], moved[:, 1], moved[:, 2]) != side
+            near_edge |= leaves & (anat.body_rho(moved[:, 1], moved[:, 2]) > 0.7)  # into the chest wall, not the heart
         ok &= near_edge
     hits = np.flatnonzero(ok)
     return pts[hits[0]] if hits.size else None
 
 
 def _blob(rng: np.random.Generator, grid: _Grid, centre: np.ndarray, radius: float, lobes: int,
-          roughness: float) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
-    """An irregular blob: ``(box, q)`` where ``q < 1`` inside, ``q`` about 0 at its core."""
+          roughness: float) -> tuple[tuple[slice, slice, slice], np.ndarray, list[tuple[float, float]]] | None:
+    """An irregular blob: ``(box, q, bounds)``; ``q < 1`` inside, about 0 at its core; ``bounds`` its extent in mm."""
     reach = 1.8 * radius
     box = grid.box(centre - reach, centre + reach)
     if box is None:
@@ -407,8 +435,9 @@ def _blob(rng: np.random.Generator, grid: _Grid, centre: np.ndarray, radius: flo
         d = (((z[:, None, None] - c[0]) / r[0]) ** 2 + ((y[None, :, None] - c[1]) / r[1]) ** 2
              + ((x[None, None, :] - c[2]) / r[2]) ** 2)
         np.minimum(q, d.astype(np.float32), out=q)
-    q += np.float32(roughness) * _smooth_field(rng, z, y, x, max(3.0, radius / 2.5))
-    return box, q
+    bounds = [(c - reach, c + reach) for c in centre]
+    q += np.float32(roughness) * _smooth_field(rng, z, y, x, max(3.0, radius / 2.5), bounds)
+    return box, q, bounds
 
 
 def _paint_lesions(labels: np.ndarray, hu: np.ndarray, side: np.ndarray, grid: _Grid, anat: _Anatomy,
@@ -447,10 +476,15 @@ def _paint_lesions(labels: np.ndarray, hu: np.ndarray, side: np.ndarray, grid: _
             blob = _blob(rng, grid, centre, radius, lobes=int(rng.integers(1, 3)), roughness=0.2)
         if blob is None:
             continue
-        box, q = blob
+        box, q, bounds = blob
+        if peripheral:
+            # Hug the chest wall: the blob thins out with depth below the pleura (subpleural GGO).
+            depth = anat.costal_depth(grid.z[box[0]][:, None, None], grid.y[box[1]][None, :, None],
+                                      grid.x[box[2]][None, None, :], lung)
+            q += (0.9 / radius) * depth.astype(np.float32)
         lab, vals, s = labels[box], hu[box], side[box]
         inside = (q < 1.0) & (s > 0)
-        texture = _smooth_field(rng, grid.z[box[0]], grid.y[box[1]], grid.x[box[2]], 4.0)
+        texture = _smooth_field(rng, grid.z[box[0]], grid.y[box[1]], grid.x[box[2]], 4.0, bounds)
         if disease == "covid":
             # GGO replaces parenchyma only: vessels and airways stay visible through it.
             level = rng.uniform(-650.0, -420.0)
@@ -476,14 +510,14 @@ def _paint_lesions(labels: np.ndarray, hu: np.ndarray, side: np.ndarray, grid: _
 # Public API
 
 
-def _draw_acquisition(rng: np.random.Generator, shape: tuple[int, int, int],
-                      spacing: tuple[float, float, float] | None) -> tuple[float, float, float]:
-    if spacing is not None:
-        if len(spacing) != 3 or min(spacing) <= 0:
-            raise InvalidInputError(f"spacing must be three positive mm values (z, y, x), got {spacing}")
-        return tuple(float(s) for s in spacing)  # type: ignore[return-value]
-    in_plane = rng.uniform(*IN_PLANE_MM_AT_512) * REFERENCE_MATRIX / max(shape[1], shape[2])
-    return float(rng.choice(SLICE_THICKNESSES_MM)), in_plane, in_plane
+def _check_spacing(spacing: tuple[float, float, float]) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in spacing)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"spacing must be three positive mm values (z, y, x), got {spacing!r}") from exc
+    if len(values) != 3 or not all(np.isfinite(values)) or min(values) <= 0:
+        raise InvalidInputError(f"spacing must be three positive mm values (z, y, x), got {spacing!r}")
+    return values  # type: ignore[return-value]
 
 
 def make_phantom(seed: int = 0, shape: tuple[int, int, int] = (64, 128, 128), *, disease: str = "covid",
@@ -510,16 +544,23 @@ def make_phantom(seed: int = 0, shape: tuple[int, int, int] = (64, 128, 128), *,
         raise InvalidInputError(f"shape must be (z, y, x) with y, x >= 16, got {shape}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InvalidInputError(f"seed must be a non-negative integer, got {seed!r}")
-    rng = np.random.default_rng(int(seed))
+    # One stream per component: the patient stays the same whatever the spacing or noise.
+    streams = ("acquisition", "anatomy", "trees", "lesions", "noise")
+    rngs = dict(zip(streams, (np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(len(streams)))))
+    rng = rngs["acquisition"]
     nz, ny, nx = (int(s) for s in shape)
-    sz, sy, sx = _draw_acquisition(rng, (nz, ny, nx), spacing)
-    noise = float(rng.uniform(10.0, 40.0)) if noise_hu is None else float(noise_hu)
+    # Draw every acquisition setting, given or not, so an override changes nothing else.
+    pixel = rng.uniform(*IN_PLANE_MM_AT_512) * REFERENCE_MATRIX / max(ny, nx)
+    drawn = (float(rng.choice(SLICE_THICKNESSES_MM)), pixel, pixel)
+    drawn_noise = float(rng.uniform(10.0, 40.0))
     drawn_offset = float(rng.uniform(-25.0, 25.0)) if rng.random() < 1 / 3 else 0.0
-    offset = drawn_offset if offset_hu is None else float(offset_hu)
     padding_value = float(rng.choice(PADDING_VALUES))
-    if noise < 0:
-        raise InvalidInputError(f"noise_hu must be >= 0, got {noise}")
-    anat = _sample_anatomy(rng)
+    sz, sy, sx = drawn if spacing is None else _check_spacing(spacing)
+    noise = drawn_noise if noise_hu is None else float(noise_hu)
+    offset = drawn_offset if offset_hu is None else float(offset_hu)
+    if not (np.isfinite(noise) and noise >= 0 and np.isfinite(offset)):
+        raise InvalidInputError(f"noise_hu must be >= 0 and offset_hu finite, got {noise_hu!r}, {offset_hu!r}")
+    anat = _sample_anatomy(rngs["anatomy"])
 
     # Sub-slices about as thick as a pixel is wide, within the thin-volume budget.
     sub = int(np.clip(round(sz / max(1.0, sy)), 1, 8))
@@ -534,12 +575,12 @@ def make_phantom(seed: int = 0, shape: tuple[int, int, int] = (64, 128, 128), *,
 
     labels = np.empty((nz * sub, ny, nx), dtype=np.uint8)
     hu = np.empty(labels.shape, dtype=np.float32)
-    _paint_body(labels, hu, grid, anat, rng, fov_radius)
-    texture = _smooth_field(rng, grid.z, grid.y, grid.x, 12.0)
+    _paint_body(labels, hu, grid, anat, rngs["anatomy"], fov_radius)
+    texture = _smooth_field(rngs["anatomy"], grid.z, grid.y, grid.x, 12.0, _BODY_BOUNDS)
     side = anat.lung_side(grid.z[:, None, None], grid.y[None, :, None], grid.x[None, None, :],
                           perturbation=anat.lung_field_amp * texture)
-    _paint_lungs(labels, hu, side, grid, anat, rng, texture, min_radius=max(0.7, 0.5 * min(sy, sx)))
-    n_lesions = 0 if disease == "healthy" else _paint_lesions(labels, hu, side, grid, anat, rng, disease)
+    _paint_lungs(labels, hu, side, grid, anat, rngs["trees"], texture, visible_radius=0.5 * min(sy, sx))
+    n_lesions = 0 if disease == "healthy" else _paint_lesions(labels, hu, side, grid, anat, rngs["lesions"], disease)
 
     # Thick slices: mean HU of the sub-slices; labels and lung side by majority, reduced together.
     image = average_slabs(hu, sub) if sub > 1 else hu
@@ -551,7 +592,7 @@ def make_phantom(seed: int = 0, shape: tuple[int, int, int] = (64, 128, 128), *,
 
     in_fov = tissue_labels != TISSUES["padding"]
     if noise > 0:
-        white = rng.standard_normal(image.shape, dtype=np.float32)
+        white = rngs["noise"].standard_normal(image.shape, dtype=np.float32)
         # A [1, 2, 1] / 4 kernel along y and x mimics the reconstruction kernel; 0.375 restores unit sd.
         white = 0.5 * white + 0.25 * (np.roll(white, 1, axis=1) + np.roll(white, -1, axis=1))
         white = 0.5 * white + 0.25 * (np.roll(white, 1, axis=2) + np.roll(white, -1, axis=2))

@@ -84,7 +84,8 @@ def _draw(ax, image2d: np.ndarray, window: Window, masks2d: dict[str, np.ndarray
           alpha: float = 0.35, aspect: float = 1.0, origin: str = "upper") -> None:
     ax.imshow(window_hu(image2d, window), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest",
               aspect=aspect, origin=origin)
-    for colour, mask in zip(MASK_COLOURS, (masks2d or {}).values()):
+    # The first mask is drawn last, on top: list the small structure (lesion) before the large one (lung).
+    for colour, mask in reversed(list(zip(MASK_COLOURS, (masks2d or {}).values()))):
         if mask.any():
             ax.imshow(np.ma.masked_where(~mask, mask), cmap=ListedColormap([colour]), alpha=alpha,
                       interpolation="nearest", aspect=aspect, origin=origin)
