@@ -1,0 +1,109 @@
+"""covidlib.viz: figures come back as Figures, name their window, draw true to scale and pick the right slice."""
+
+from __future__ import annotations
+
+import matplotlib
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from covidlib import viz
+from covidlib.errors import InvalidInputError
+from covidlib.io import Volume
+
+matplotlib.use("Agg")
+
+
+@pytest.fixture()
+def volume() -> Volume:
+    array = np.full((6, 20, 24), -850.0, np.float32)
+    array[:, :, :4] = -1000.0
+    return Volume(array, spacing=(5.0, 0.8, 0.8))
+
+
+@pytest.fixture()
+def lesion(volume: Volume) -> np.ndarray:
+    mask = np.zeros(volume.shape, np.uint8)
+    mask[4, 5:9, 6:12] = 1  # slice 4 holds the most lesion
+    mask[1, 5:6, 6:7] = 1
+    return mask
+
+
+def image_titles(fig: Figure) -> list[str]:
+    return [ax.get_title() for ax in fig.axes if ax.get_title()]
+
+
+def test_every_figure_names_its_window(volume: Volume, lesion: np.ndarray) -> None:
+    figures = [
+        viz.show_slices(volume, window="mediastinal"),
+        viz.show_montage(volume, n=4, window="mediastinal", masks={"lesion": lesion}),
+        viz.show_overlay(volume, {"lesion": lesion}, window="mediastinal"),
+        viz.show_views(volume, window="mediastinal"),
+    ]
+    for fig in figures:
+        assert isinstance(fig, Figure)
+        assert "mediastinal window [-160, 240] HU" in fig.get_suptitle()
+    windows = viz.show_windows(volume)
+    assert image_titles(windows) == ["lung window [-1250, 250] HU", "mediastinal window [-160, 240] HU",
+                                     "bone window [-450, 1050] HU"]
+
+
+def test_overlay_defaults_to_the_slice_with_most_mask(volume: Volume, lesion: np.ndarray) -> None:
+    fig = viz.show_overlay(volume, lesion)
+    assert "z = 4" in fig.get_suptitle()
+    assert "z = 1" in viz.show_overlay(volume, lesion, index=1).get_suptitle()
+    with pytest.raises(InvalidInputError, match="outside"):
+        viz.show_overlay(volume, lesion, index=6)
+
+
+def test_overlay_pixels_are_coloured_where_the_mask_is(volume: Volume, lesion: np.ndarray) -> None:
+    fig = viz.show_overlay(volume, {"lesion": lesion}, alpha=1.0)
+    right = fig.axes[1]
+    layers = right.get_images()
+    assert len(layers) == 2  # grey image, then the lesion layer
+    drawn = ~np.ma.getmaskarray(layers[1].get_array())
+    np.testing.assert_array_equal(drawn, lesion[4].astype(bool))
+
+
+def test_views_keep_physical_aspect(volume: Volume) -> None:
+    fig = viz.show_views(volume, index=(2, 10, 12))
+    aspects = [ax.get_images()[0].axes.get_aspect() for ax in fig.axes[:3]]
+    # axial 0.8/0.8; coronal and sagittal stretch z by 5 mm / 0.8 mm.
+    assert aspects == pytest.approx([1.0, 6.25, 6.25])
+    assert [t.split(" (")[0] for t in image_titles(fig)] == ["axial", "coronal", "sagittal"]
+    with pytest.raises(InvalidInputError, match="Volume"):
+        viz.show_views(volume.array)
+
+
+def test_montage_spreads_slices_over_the_volume(volume: Volume) -> None:
+    fig = viz.show_montage(volume.array, n=3)
+    assert image_titles(fig) == ["z = 0", "z = 2", "z = 5"]
+    assert len(viz.show_montage(volume, n=50).axes) >= 6  # capped by the number of slices
+
+
+def test_label_masks_split_into_named_layers(volume: Volume) -> None:
+    lungs = np.zeros(volume.shape, np.uint8)
+    lungs[:, :, 4:12], lungs[:, :, 12:20] = 1, 2
+    fig = viz.show_overlay(volume, lungs)
+    legend_texts = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    assert legend_texts == ["label 1", "label 2"]
+
+
+def test_mask_shape_must_match(volume: Volume) -> None:
+    with pytest.raises(InvalidInputError, match="shape"):
+        viz.show_overlay(volume, np.zeros((6, 20, 23), np.uint8))
+
+
+def test_hu_histograms_one_curve_per_present_tissue(volume: Volume) -> None:
+    labels = np.where(volume.array < -900, 1, 6).astype(np.uint8)
+    fig = viz.show_hu_histograms(volume, labels, {"air": 1, "lung": 6, "bone": 5})
+    texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert texts[:2] == ["air (-1000)", "lung (-850)"] and len(texts) == 3  # + the shaded window
+
+
+def test_slice_viewer_is_a_widget_with_a_z_slider(volume: Volume, lesion: np.ndarray) -> None:
+    widget = viz.slice_viewer(volume, {"lesion": lesion})
+    slider, output = widget.children
+    assert (slider.min, slider.max, slider.value) == (0, 5, 4)
+    slider.value = 2
+    assert slider.value == 2 and output is widget.children[1]
