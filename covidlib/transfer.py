@@ -25,14 +25,23 @@ Introduced in chapter 05.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Literal
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
+from covidlib.augment import default_augmentation
+from covidlib.data import SliceDataset, seeded_loader
+from covidlib.distributed import EpochLoader
 from covidlib.errors import InvalidInputError
 from covidlib.models.unet3d import GenesisUNet2d, UNet3d
+from covidlib.train import TrainConfig, Trainer
 
 PARTS = ("encoder_first_half", "encoder_second_half", "bottleneck", "decoder", "head")
 RECIPES = ("scratch", "decoder", "all", "genesis")
@@ -261,3 +270,141 @@ def prepare_finetune(model: nn.Module, recipe: str, *, pretrained: nn.Module | M
         return reinitialise(model, "head", seed)
     _reset_modules([model.decoder[-1], model.head], seed)
     return model
+
+
+# --- training on volumes: pretraining on a source domain and the experiment cells ------------
+
+@dataclass(frozen=True)
+class SliceTraining:
+    """How a 2D network is trained on volumes: slices of ``output_size`` (pixels; ``None`` =
+    the slices' own size), ``empty_fraction`` of the lesion-free slices kept, the report's
+    augmentation when ``augment``, ``batch_size`` slices a step, and the Trainer's ``train``
+    settings (epochs, learning rate, early stopping...). Introduced in chapter 05."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    batch_size: int = 8
+    output_size: int | None = None
+    empty_fraction: float = 1.0
+    augment: bool = True
+
+
+def case_arrays(cases: Iterable[Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{case_id: (image float32 (z, y, x), lesion mask uint8 (z, y, x))}`` from preprocessed
+    cases (objects with ``case_id``, ``image`` (array or Volume) and ``lesion_mask``)."""
+    arrays = {}
+    for position, case in enumerate(cases):
+        case_id = str(getattr(case, "case_id", f"case{position:03d}"))
+        image = getattr(case, "image", None)
+        image = getattr(image, "array", image)
+        lesion = getattr(case, "lesion_mask", None)
+        if image is None or lesion is None:
+            raise InvalidInputError(f"case {case_id!r} needs an image and a lesion_mask for supervised training")
+        if case_id in arrays:
+            raise InvalidInputError(f"case id {case_id!r} occurs twice")
+        arrays[case_id] = (np.asarray(image, dtype=np.float32), np.asarray(lesion, dtype=np.uint8))
+    return arrays
+
+
+def slice_loader(arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], case_ids: Sequence[str],
+                 settings: SliceTraining, *, training: bool, seed: int) -> Any:
+    """A seeded loader of the slices of ``case_ids``: shuffled, subsampled and augmented when
+    ``training``; every slice in order otherwise (for volume-level evaluation)."""
+    dataset = SliceDataset([arrays[c] for c in case_ids], case_ids=list(case_ids),
+                           empty_fraction=settings.empty_fraction if training else 1.0,
+                           output_size=settings.output_size,
+                           transform=default_augmentation() if training and settings.augment else None, seed=seed)
+    loader = seeded_loader(dataset, settings.batch_size, shuffle=training, seed=seed)
+    return EpochLoader(loader) if training else loader
+
+
+def fit_volumes(model: nn.Module, arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], train_ids: Sequence[str],
+                val_ids: Sequence[str], settings: SliceTraining, *, out_dir: str | Path | None = None,
+                resume: bool = False) -> Trainer:
+    """Train ``model`` on the axial slices of ``train_ids``, validating by volume Dice on
+    ``val_ids``; returns the :class:`~covidlib.train.Trainer` (history, best weights loaded).
+    Introduced in chapter 05."""
+    seed = settings.train.seed
+    trainer = Trainer(model, settings.train, out_dir=out_dir)
+    trainer.fit(slice_loader(arrays, train_ids, settings, training=True, seed=seed),
+                slice_loader(arrays, val_ids, settings, training=False, seed=seed), resume=resume)
+    return trainer
+
+
+def pretrain(model: nn.Module, source_cases: Sequence[Any], settings: SliceTraining, *, val_fraction: float = 0.25,
+             out_dir: str | Path | None = None, resume: bool = False) -> Trainer:
+    """Pretrain ``model`` to segment the lesions of a source domain (report section 5.2.3).
+
+    ``source_cases``: preprocessed non-COVID cases — by default the phantom's ``"nodule"`` and
+    ``"effusion"`` cohorts (stand-ins for MSD lung tumour and NSCLC pleural effusion), or the
+    real ``msd-lung`` / ``nsclc`` data when present. The last ``val_fraction`` of the cases
+    (at least one) validate. Returns the Trainer; ``model`` ends with the best weights.
+    Introduced in chapter 05.
+    """
+    arrays = case_arrays(source_cases)
+    ids = list(arrays)
+    n_val = max(1, int(round(len(ids) * val_fraction)))
+    if len(ids) <= n_val:
+        raise InvalidInputError(f"pretraining needs more than {n_val} source cases (got {len(ids)})")
+    return fit_volumes(model, arrays, ids[:-n_val], ids[-n_val:], settings, out_dir=out_dir, resume=resume)
+
+
+def genesis_corruption(cube: Tensor, generator: torch.Generator, *, block: int = 4, boxes: int = 3) -> Tensor:
+    """A corrupted copy of a batch of cubes ``(B, 1, D, H, W)`` in [0, 1], for Models Genesis
+    style restoration: local pixel shuffling inside ``block``-sized blocks on a random half of
+    the blocks, then ``boxes`` in-painted boxes filled with uniform noise. Zhou et al. 2019 use
+    these two plus a non-linear intensity curve and out-painting. Introduced in chapter 05."""
+    corrupted = cube.clone()
+    batch, channels, *size = cube.shape
+    grid = [s // block for s in size]
+    blocks = corrupted[..., :grid[0] * block, :grid[1] * block, :grid[2] * block]
+    view = blocks.reshape(batch, channels, grid[0], block, grid[1], block, grid[2], block)
+    view = view.permute(0, 1, 2, 4, 6, 3, 5, 7).reshape(batch, channels, *grid, block**3)
+    order = torch.argsort(torch.rand(view.shape, generator=generator), dim=-1)
+    chosen = torch.rand((batch, channels, *grid, 1), generator=generator) < 0.5
+    view = torch.where(chosen, torch.gather(view, -1, order), view)
+    view = view.reshape(batch, channels, *grid, block, block, block).permute(0, 1, 2, 5, 3, 6, 4, 7)
+    corrupted[..., :grid[0] * block, :grid[1] * block, :grid[2] * block] = view.reshape(blocks.shape)
+    for b in range(batch):
+        for _ in range(boxes):
+            extent = [int(torch.randint(max(s // 8, 1), max(s // 3, 2), (1,), generator=generator)) for s in size]
+            start = [int(torch.randint(0, s - e + 1, (1,), generator=generator)) for s, e in zip(size, extent)]
+            region = tuple(slice(a, a + e) for a, e in zip(start, extent))
+            corrupted[(b, slice(None), *region)] = torch.rand((channels, *extent), generator=generator)
+    return corrupted
+
+
+def pretrain_genesis_proxy(unet3d: UNet3d, volumes_hu: Sequence[np.ndarray], *, cube: tuple[int, int, int] = (32, 32, 16),
+                           steps: int = 100, batch_size: int = 4, lr: float = 1e-3, seed: int = 0,
+                           progress: bool = True) -> list[float]:
+    """Self-supervised restoration pretraining of ``unet3d`` in the Models Genesis way, for when
+    the published ``Genesis_Chest_CT.pt`` is not at hand: cubes cut from ``volumes_hu``
+    ((z, y, x) HU arrays, clipped to [-1000, 1000] HU and scaled to [0, 1] as Models Genesis
+    does), corrupted by :func:`genesis_corruption`, restored through a sigmoid with a mean
+    squared error. Cubes are laid out ``(y, x, z)`` — depth last, like Models Genesis — so
+    :func:`flatten_3d_to_2d` with its default ``depth_axis=-1`` applies. ``cube`` is
+    ``(y, x, z)`` voxels, multiples of 8. Returns the loss of each step.
+    Zhou et al., MICCAI 2019. Introduced in chapter 05.
+    """
+    if unet3d.in_channels != 1 or unet3d.num_classes != 1:
+        raise InvalidInputError("pretrain_genesis_proxy restores one-channel images: use UNet3d(in_channels=1, num_classes=1)")
+    scaled = [np.transpose((np.clip(np.asarray(v, np.float32), -1000, 1000) + 1000) / 2000, (1, 2, 0)) for v in volumes_hu]
+    for index, volume in enumerate(scaled):
+        if any(s < c for s, c in zip(volume.shape, cube)):
+            raise InvalidInputError(f"volume {index} of shape (y, x, z) {volume.shape} is smaller than the cube {cube}")
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(unet3d.parameters(), lr=lr)
+    unet3d.train()
+    losses = []
+    for _ in tqdm(range(steps), desc="genesis proxy", disable=not progress):
+        cubes = []
+        for _ in range(batch_size):
+            volume = scaled[int(torch.randint(len(scaled), (1,), generator=generator))]
+            start = [int(torch.randint(0, s - c + 1, (1,), generator=generator)) for s, c in zip(volume.shape, cube)]
+            cubes.append(volume[tuple(slice(a, a + c) for a, c in zip(start, cube))])
+        target = torch.from_numpy(np.stack(cubes))[:, None]
+        loss = F.mse_loss(torch.sigmoid(unet3d(genesis_corruption(target, generator))), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return losses

@@ -1,0 +1,297 @@
+"""The transfer-learning grid of the report's Table 5.1, run cell by cell, resumable, in parallel.
+
+A *cell* is one training run: a network (``"unet"``, ``"attention-unet"``) x an initialisation
+recipe (``"scratch"``, ``"decoder"``, ``"all"``, ``"genesis"``; see :mod:`covidlib.transfer`) x
+a split (``"10-40"``, ``"40-10"``; see :func:`covidlib.data.report_split`) x a fold. The test
+volumes are held out once for the whole grid; splits are by volume. Each finished cell is one
+JSON record ``<results_dir>/cells/<key>.json`` (written atomically) with its train, validation
+and test Dice — the mean over volumes of the 3D (volume) Dice of the stacked slice
+predictions — its per-volume values, learning curve and provenance. Finished cells are skipped
+when the grid runs again, and a cell interrupted mid-training resumes from its ``last.pt``, so
+an interrupted grid continues where it stopped. :func:`render_table` gives mean ± sd over folds
+in the layout of Table 5.1.
+
+Cells run in worker processes (``spawn``): one per GPU when several are present, else
+``n_workers`` CPU processes, each with ``threads_per_worker`` torch threads; ``n_workers=0``
+runs them in this process (quick runs, where starting interpreters would cost more than it
+saves).
+
+Introduced in chapter 05.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from covidlib.config import get_device
+from covidlib.data import REPORT_SPLITS, report_split
+from covidlib.errors import InvalidInputError
+from covidlib.metrics import summarise as summarise_values
+from covidlib.models import get_model
+from covidlib.models.unet3d import GenesisUNet2d, load_genesis_checkpoint
+from covidlib.results import atomic_write_text
+from covidlib.train import evaluate
+from covidlib.transfer import RECIPES, SliceTraining, case_arrays, fit_volumes, prepare_finetune, slice_loader
+
+NETWORKS = ("unet", "attention-unet")
+NETWORK_TITLES = {"unet": "U-Net", "attention-unet": "Attention U-Net"}
+RECIPE_TITLES = {"scratch": "From scratch", "decoder": "Fine-tune decoder", "all": "Fine-tune all",
+                 "genesis": "Models Genesis init"}
+PHASES = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of the grid."""
+
+    network: str
+    recipe: str
+    split: str
+    fold: int
+
+    @property
+    def key(self) -> str:
+        """File-name key, e.g. ``unet__decoder__10-40__fold0``."""
+        return f"{self.network}__{self.recipe}__{self.split}__fold{self.fold}"
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """What the grid runs. ``folds`` of the ``n_folds`` report folds are run (the report: 5 of
+    5); ``n_test`` volumes are held out (``None``: 2/7 of the cohort, the report's 20 of 70).
+    ``base_width``/``depth`` size the U-Nets; ``genesis_width`` the Models Genesis twin (32 =
+    the published network). ``training`` holds batch, slice size and the Trainer's settings;
+    ``split_seed`` fixes the volume split. Introduced in chapter 05."""
+
+    networks: tuple[str, ...] = NETWORKS
+    recipes: tuple[str, ...] = RECIPES
+    splits: tuple[str, ...] = REPORT_SPLITS
+    folds: int = 5
+    n_folds: int = 5
+    n_test: int | None = None
+    base_width: int = 64
+    depth: int = 4
+    genesis_width: int = 32
+    flatten_mode: str = "sum"
+    training: SliceTraining = field(default_factory=SliceTraining)
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("networks", NETWORKS), ("recipes", RECIPES), ("splits", REPORT_SPLITS)):
+            bad = [v for v in getattr(self, name) if v not in allowed]
+            if bad or not getattr(self, name):
+                raise InvalidInputError(f"GridConfig.{name} must be a non-empty subset of {allowed}, got {getattr(self, name)}")
+        if not (isinstance(self.folds, int) and 1 <= self.folds <= self.n_folds):
+            raise InvalidInputError(f"GridConfig.folds must be in [1, n_folds={self.n_folds}], got {self.folds!r}")
+
+    def cells(self) -> list[Cell]:
+        """Every cell, network-major (the table's order)."""
+        return [Cell(n, r, s, f) for n in self.networks for r in self.recipes for s in self.splits
+                for f in range(self.folds)]
+
+    def fingerprint(self) -> str:
+        """A hash of everything that changes a cell's result (not the device or progress bars)."""
+        settings = dataclasses.asdict(self)
+        for volatile in ("device", "progress"):
+            settings["training"]["train"].pop(volatile)
+        for per_cell in ("networks", "recipes", "splits", "folds"):
+            settings.pop(per_cell)
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build_network(network: str, recipe: str, config: GridConfig) -> nn.Module:
+    """The 2D network of a cell: the U-Net family at ``base_width``/``depth``, or, for the
+    ``"genesis"`` recipe, the Models Genesis twin (gated when ``network`` is the attention
+    U-Net), whose widths must match the checkpoint."""
+    if recipe == "genesis":
+        return GenesisUNet2d(num_classes=2, base_width=config.genesis_width, attention=network == "attention-unet")
+    return get_model(network, in_channels=1, num_classes=2, base_width=config.base_width, depth=config.depth)
+
+
+def _pretrained_for(cell: Cell, pretrained: Mapping[str, str | Path], genesis: str | Path | None) -> Any:
+    if cell.recipe == "scratch":
+        return None
+    if cell.recipe == "genesis":
+        if genesis is None:
+            raise InvalidInputError("the 'genesis' recipe needs a Models Genesis checkpoint (genesis=path)")
+        return load_genesis_checkpoint(genesis)
+    if cell.network not in pretrained:
+        raise InvalidInputError(f"recipe {cell.recipe!r} for {cell.network!r} needs pretrained weights: "
+                                f"pass pretrained={{'{cell.network}': path}}")
+    path = Path(pretrained[cell.network])
+    if not path.is_file():
+        raise InvalidInputError(f"pretrained weights {path} for {cell.network!r} not found")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def run_cell(cell: Cell, arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], config: GridConfig,
+             results_dir: str | Path, *, pretrained: Mapping[str, str | Path], genesis: str | Path | None,
+             device: str = "auto") -> dict[str, Any]:
+    """Train and evaluate one cell; write and return its record. Resumes from the cell's
+    ``last.pt`` when an earlier run was interrupted. Introduced in chapter 05."""
+    start = time.perf_counter()
+    results_dir = Path(results_dir)
+    split = report_split(list(arrays), cell.split, config.split_seed, fold=cell.fold, n_test=config.n_test,
+                         n_folds=config.n_folds)
+    seed = config.training.train.seed
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the same initial weights whichever process runs the cell
+        model = build_network(cell.network, cell.recipe, config)
+    prepare_finetune(model, cell.recipe, pretrained=_pretrained_for(cell, pretrained, genesis), seed=seed,
+                     flatten_mode=config.flatten_mode)
+    settings = dataclasses.replace(config.training, train=dataclasses.replace(config.training.train, device=device,
+                                                                                    progress=False))
+    trainer = fit_volumes(model, arrays, split.train, split.val, settings,
+                          out_dir=results_dir / "checkpoints" / cell.key, resume=True)
+    dice: dict[str, dict[str, Any]] = {}
+    for phase, ids in zip(PHASES, (split.train, split.val, split.test)):
+        result = evaluate(model, slice_loader(arrays, ids, settings, training=False, seed=seed), trainer.device)
+        dice[phase] = dict(result["summary"]["dice"],
+                           per_case={case: values["dice"] for case, values in result["per_case"].items()})
+    record = {
+        "cell": dataclasses.asdict(cell),
+        "fingerprint": config.fingerprint(),
+        "dice": dice,
+        "cases": {"train": split.train, "val": split.val, "test": split.test},
+        "history": trainer.history,
+        "best_epoch": trainer.best_epoch,
+        "network_class": type(model).__name__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "device": str(trainer.device),
+        "seconds": time.perf_counter() - start,
+    }
+    atomic_write_text(cell_path(results_dir, cell), json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def cell_path(results_dir: str | Path, cell: Cell) -> Path:
+    """Where a cell's record lives."""
+    return Path(results_dir) / "cells" / f"{cell.key}.json"
+
+
+def load_records(results_dir: str | Path, config: GridConfig | None = None) -> list[dict[str, Any]]:
+    """The finished cells' records in ``results_dir`` (only ``config``'s cells when given, and
+    then an error if a record was made with different settings)."""
+    records = []
+    wanted = None if config is None else {c.key for c in config.cells()}
+    for path in sorted((Path(results_dir) / "cells").glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise InvalidInputError(f"{path}: not a valid cell record ({exc})") from exc
+        if wanted is not None:
+            if Cell(**record["cell"]).key not in wanted:
+                continue
+            if record.get("fingerprint") != config.fingerprint():
+                raise InvalidInputError(f"{path} was made with other grid settings (fingerprint "
+                                        f"{record.get('fingerprint')} != {config.fingerprint()}); use a fresh results_dir")
+        records.append(record)
+    return records
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], devices: Any, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER["arrays"] = arrays
+    _WORKER["device"] = devices.get() if devices is not None else "cpu"
+
+
+def _run_in_worker(cell: Cell, config: GridConfig, results_dir: str, pretrained: Mapping[str, str],
+                   genesis: str | None) -> dict[str, Any]:
+    return run_cell(cell, _WORKER["arrays"], config, results_dir, pretrained=pretrained, genesis=genesis,
+                    device=_WORKER["device"])
+
+
+def run_grid(cases: Sequence[Any], config: GridConfig, results_dir: str | Path, *,
+             pretrained: Mapping[str, str | Path] | None = None, genesis: str | Path | None = None,
+             n_workers: int = 0, threads_per_worker: int = 1, device: str = "auto",
+             progress: bool = True) -> list[dict[str, Any]]:
+    """Run every unfinished cell of ``config`` on ``cases`` (preprocessed, with lesion masks);
+    return all of the grid's records. ``pretrained`` maps a network name to a state-dict file
+    (the ``"decoder"``/``"all"`` recipes), ``genesis`` is a Models Genesis checkpoint file.
+
+    With several CUDA devices (and ``device`` ``"auto"``/``"cuda"``) one worker runs per GPU;
+    otherwise ``n_workers`` CPU processes (0 = in this process). Introduced in chapter 05.
+    """
+    results_dir = Path(results_dir)
+    arrays = case_arrays(cases)
+    done = {Cell(**r["cell"]).key for r in load_records(results_dir, config)}
+    todo = [cell for cell in config.cells() if cell.key not in done]
+    pretrained = {name: str(path) for name, path in (pretrained or {}).items()}
+    genesis = None if genesis is None else str(genesis)
+    resolved = get_device(device)
+    gpus = torch.cuda.device_count() if resolved.type == "cuda" else 0
+    bar = tqdm(total=len(todo), desc="grid cells", disable=not progress)
+    if todo and (gpus > 1 or n_workers > 0):
+        context = multiprocessing.get_context("spawn")
+        devices = None
+        if gpus > 1:
+            devices = context.Manager().Queue()
+            for index in range(gpus):
+                devices.put(f"cuda:{index}")
+        workers = gpus if gpus > 1 else n_workers
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                 initargs=(arrays, devices, threads_per_worker)) as pool:
+            futures = [pool.submit(_run_in_worker, cell, config, str(results_dir), pretrained, genesis) for cell in todo]
+            for future in futures:
+                future.result()
+                bar.update(1)
+    else:
+        for cell in todo:
+            run_cell(cell, arrays, config, results_dir, pretrained=pretrained, genesis=genesis, device=str(resolved))
+            bar.update(1)
+    bar.close()
+    return load_records(results_dir, config)
+
+
+def summarise(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
+    """``{network: {recipe: {split: {phase: {"mean", "sd", "n", "n_undefined", "folds"}}}}}``
+    over folds (:func:`covidlib.metrics.summarise`: sd with ``ddof=1``, 0 for one fold)."""
+    grouped: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+    for record in records:
+        cell = record["cell"]
+        grouped.setdefault((cell["network"], cell["recipe"], cell["split"]), []).append(record)
+    summary: dict[str, Any] = {}
+    for (network, recipe, split), rows in grouped.items():
+        rows = sorted(rows, key=lambda r: r["cell"]["fold"])
+        phases = {}
+        for phase in PHASES:
+            values = [r["dice"][phase]["mean"] for r in rows]
+            phases[phase] = dict(summarise_values(values), folds=values)
+        summary.setdefault(network, {}).setdefault(recipe, {})[split] = phases
+    return summary
+
+
+def render_table(records: Sequence[Mapping[str, Any]], *, digits: int = 3) -> str:
+    """Table 5.1 as Markdown: per network, rows = recipe x split, columns = train, validation
+    and test Dice as ``mean ± sd`` over folds (``n`` folds shown). Introduced in chapter 05."""
+    if not records:
+        raise InvalidInputError("render_table needs at least one cell record")
+    summary = summarise(records)
+    lines = ["| Network | Initialisation | Split | Train | Validation | Test | Folds |",
+             "|---|---|---|---|---|---|---|"]
+    for network in [n for n in NETWORKS if n in summary]:
+        for recipe in [r for r in RECIPES if r in summary[network]]:
+            for split in [s for s in REPORT_SPLITS if s in summary[network][recipe]]:
+                phases = summary[network][recipe][split]
+                cells = [f"{phases[p]['mean']:.{digits}f} ± {phases[p]['sd']:.{digits}f}" for p in PHASES]
+                lines.append(f"| {NETWORK_TITLES[network]} | {RECIPE_TITLES[recipe]} | {split} | "
+                             f"{' | '.join(cells)} | {phases['train']['n']} |")
+    return "\n".join(lines)

@@ -1,0 +1,144 @@
+"""Tests for covidlib.experiments: the grid's cells, records, resume, workers and the table."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import covidlib.experiments as experiments
+from covidlib.errors import InvalidInputError
+from covidlib.experiments import Cell, GridConfig, load_records, render_table, run_grid, summarise
+from covidlib.models import UNet2d
+from covidlib.models.unet3d import UNet3d
+from covidlib.train import TrainConfig
+from covidlib.transfer import SliceTraining
+
+
+class ToyCase:
+    """A bright square on noise: a lesion a tiny network can learn in a few steps."""
+
+    def __init__(self, index: int) -> None:
+        rng = np.random.default_rng(index)
+        self.case_id = f"toy{index:02d}"
+        self.lesion_mask = np.zeros((3, 16, 16), np.uint8)
+        y, x = rng.integers(2, 9, size=2)
+        self.lesion_mask[1:, y:y + 6, x:x + 6] = 1
+        self.image = (rng.normal(0, 0.3, (3, 16, 16)) + 2.0 * self.lesion_mask).astype(np.float32)
+
+
+def tiny_config(**changes) -> GridConfig:
+    train = TrainConfig(epochs=1, max_steps_per_epoch=2, amp="off", progress=False, device="cpu", lr=1e-2)
+    settings = dict(splits=("10-40",), folds=2, n_folds=3, n_test=2, base_width=2, depth=2, genesis_width=2,
+                    training=SliceTraining(train=train, batch_size=4, augment=False))
+    settings.update(changes)
+    return GridConfig(**settings)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks run faster on one thread, above all on a shared, busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def weights(tmp_path):
+    torch.manual_seed(0)
+    unet = tmp_path / "unet.pt"
+    torch.save(UNet2d(base_width=2, depth=2).state_dict(), unet)
+    genesis = tmp_path / "Genesis_Chest_CT.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in UNet3d(base_width=2).state_dict().items()}}, genesis)
+    return {"unet": unet}, genesis
+
+
+def test_grid_cells_and_validation() -> None:
+    config = GridConfig()
+    assert len(config.cells()) == 2 * 4 * 2 * 5
+    assert config.cells()[0] == Cell("unet", "scratch", "10-40", 0)
+    with pytest.raises(InvalidInputError, match="recipes"):
+        GridConfig(recipes=("scratch", "linear"))
+    with pytest.raises(InvalidInputError, match="folds"):
+        GridConfig(folds=6)
+
+
+def test_run_grid_writes_records_holds_out_test_and_resumes(tmp_path, weights, monkeypatch) -> None:
+    pretrained, genesis = weights
+    cases = [ToyCase(i) for i in range(8)]
+    config = tiny_config(networks=("unet",), folds=1)
+    results = tmp_path / "grid"
+    records = run_grid(cases, config, results, pretrained=pretrained, genesis=genesis, progress=False)
+    assert len(records) == 4
+    tests = {tuple(r["cases"]["test"]) for r in records}
+    assert len(tests) == 1  # the same held-out volumes for every cell
+    for record in records:
+        train, val, test = (set(record["cases"][p]) for p in ("train", "val", "test"))
+        assert not (train & val or train & test or val & test)
+        assert len(train) == 2 and len(val) == 4 and len(test) == 2  # "10-40": one fold trains
+        for phase in ("train", "val", "test"):
+            dice = record["dice"][phase]
+            assert 0.0 <= dice["mean"] <= 1.0
+            assert dice["mean"] == pytest.approx(np.nanmean(list(dice["per_case"].values())))
+    genesis_record = next(r for r in records if r["cell"]["recipe"] == "genesis")
+    assert genesis_record["network_class"] == "GenesisUNet2d"
+    decoder_record = next(r for r in records if r["cell"]["recipe"] == "decoder")
+    assert decoder_record["trainable"] < decoder_record["parameters"]
+
+    # Resume: finished cells are not run again; a removed record is the only cell re-run.
+    calls = []
+    real_run_cell = experiments.run_cell
+    monkeypatch.setattr(experiments, "run_cell", lambda cell, *a, **k: calls.append(cell.key) or real_run_cell(cell, *a, **k))
+    run_grid(cases, config, results, pretrained=pretrained, genesis=genesis, progress=False)
+    assert calls == []
+    (results / "cells" / "unet__all__10-40__fold0.json").unlink()
+    again = run_grid(cases, config, results, pretrained=pretrained, genesis=genesis, progress=False)
+    assert calls == ["unet__all__10-40__fold0"] and len(again) == 4
+    before = next(r for r in records if r["cell"]["recipe"] == "all")
+    after = next(r for r in again if r["cell"]["recipe"] == "all")
+    assert after["dice"] == before["dice"]  # the finished checkpoint is reused, same numbers
+
+    with pytest.raises(InvalidInputError, match="other grid settings"):
+        load_records(results, tiny_config(networks=("unet",), folds=1, base_width=4))
+
+
+def test_missing_weights_are_named(tmp_path) -> None:
+    cases = [ToyCase(i) for i in range(8)]
+    with pytest.raises(InvalidInputError, match="pretrained"):
+        run_grid(cases, tiny_config(recipes=("decoder",)), tmp_path, progress=False)
+    with pytest.raises(InvalidInputError, match="Models Genesis checkpoint"):
+        run_grid(cases, tiny_config(recipes=("genesis",)), tmp_path, progress=False)
+
+
+def fake_record(network: str, recipe: str, split: str, fold: int, value: float) -> dict:
+    return {"cell": {"network": network, "recipe": recipe, "split": split, "fold": fold},
+            "dice": {p: {"mean": value} for p in ("train", "val", "test")}}
+
+
+def test_render_table_mean_and_sample_sd() -> None:
+    records = [fake_record("unet", "scratch", "40-10", 0, 0.5), fake_record("unet", "scratch", "40-10", 1, 0.7),
+               fake_record("attention-unet", "all", "10-40", 0, 0.25)]
+    table = render_table(records)
+    lines = table.splitlines()
+    assert lines[0] == "| Network | Initialisation | Split | Train | Validation | Test | Folds |"
+    # mean 0.6, sample sd sqrt(((0.1)^2 + (0.1)^2) / 1) = 0.1414
+    assert lines[2] == "| U-Net | From scratch | 40-10 | 0.600 ± 0.141 | 0.600 ± 0.141 | 0.600 ± 0.141 | 2 |"
+    assert lines[3] == "| Attention U-Net | Fine-tune all | 10-40 | 0.250 ± 0.000 | 0.250 ± 0.000 | 0.250 ± 0.000 | 1 |"
+    assert summarise(records)["unet"]["scratch"]["40-10"]["test"]["folds"] == [0.5, 0.7]
+    with pytest.raises(InvalidInputError):
+        render_table([])
+
+
+@pytest.mark.slow  # two spawned interpreters importing torch
+def test_worker_processes_give_the_same_records(tmp_path, weights) -> None:
+    pretrained, genesis = weights
+    cases = [ToyCase(i) for i in range(8)]
+    config = tiny_config(networks=("unet",), recipes=("scratch", "decoder"))
+    serial = run_grid(cases, config, tmp_path / "serial", pretrained=pretrained, progress=False)
+    parallel = run_grid(cases, config, tmp_path / "parallel", pretrained=pretrained, n_workers=2, progress=False)
+    key = lambda r: json.dumps(r["cell"], sort_keys=True)  # noqa: E731
+    for a, b in zip(sorted(serial, key=key), sorted(parallel, key=key)):
+        assert a["dice"] == b["dice"]
