@@ -26,6 +26,7 @@ Introduced in chapter 03.
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -181,14 +182,12 @@ class Chain(Transform):
 
 # --- spatial transforms -----------------------------------------------------------------
 
-def _pixel_grid(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _pixel_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Row and column index of every pixel, float64 (H, W) each."""
-    ys = torch.arange(height, dtype=torch.float64)
-    xs = torch.arange(width, dtype=torch.float64)
-    return torch.meshgrid(ys, xs, indexing="ij")
+    return np.meshgrid(np.arange(height, dtype=np.float64), np.arange(width, dtype=np.float64), indexing="ij")
 
 
-def _warp(array: Array, source_y: torch.Tensor, source_x: torch.Tensor, *, soft: bool, fill: float) -> Array:
+def _warp(array: Array, source_y: np.ndarray, source_x: np.ndarray, *, soft: bool, fill: float) -> Array:
     """Resample ``array`` (..., H, W) at the source positions (H, W) given in pixels.
 
     ``soft`` picks bilinear interpolation (images, soft masks), otherwise nearest neighbour
@@ -203,8 +202,8 @@ def _warp(array: Array, source_y: torch.Tensor, source_x: torch.Tensor, *, soft:
     flat = tensor.to(work_dtype).reshape(1, -1, height, width)
     # grid_sample reads normalised (x, y) in [-1, 1]; align_corners=True puts -1 and 1 on the
     # centres of the first and last pixels, so pixel index p maps to 2 p / (n - 1) - 1.
-    grid = torch.stack((2.0 * source_x / (width - 1) - 1.0, 2.0 * source_y / (height - 1) - 1.0), dim=-1)
-    grid = grid.to(device=flat.device, dtype=work_dtype)[None]
+    grid = np.stack((source_x * (2.0 / (width - 1)) - 1.0, source_y * (2.0 / (height - 1)) - 1.0), axis=-1)
+    grid = torch.from_numpy(grid[None]).to(device=flat.device, dtype=work_dtype)
     # grid_sample pads with zeros; shifting by ``fill`` makes the padding equal ``fill``.
     warped = F.grid_sample(flat - fill, grid, mode="bilinear" if soft else "nearest",
                            padding_mode="zeros", align_corners=True) + fill
@@ -231,7 +230,7 @@ class Rotation(Transform):
     angle_deg: float
     fill: float = 0.0
 
-    def source_positions(self, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def source_positions(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         """Where each output pixel reads from: source rows and columns (H, W) in pixels."""
         theta = math.radians(self.angle_deg)
         rows, cols = _pixel_grid(height, width)
@@ -276,6 +275,16 @@ class RandomRotation(RandomTransform):
         return Rotation(angle_deg=float(angle), fill=self.fill)
 
 
+@functools.lru_cache(maxsize=32)
+def _cubic_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) matrix of torch's bicubic (align_corners=True) interpolation weights along one axis."""
+    identity = torch.eye(n_in, dtype=torch.float64)[None, :, :, None]  # channel k is the k-th unit vector
+    weights = F.interpolate(identity, size=(n_out, 1), mode="bicubic", align_corners=True)[0, :, :, 0]
+    weights = weights.T.numpy().copy()
+    weights.flags.writeable = False
+    return weights
+
+
 @dataclass(frozen=True, eq=False)
 class ElasticDeformation(Transform):
     """Smooth deformation from displacements on a coarse grid of control points.
@@ -302,8 +311,11 @@ class ElasticDeformation(Transform):
 
     def dense_field(self, height: int, width: int) -> torch.Tensor:
         """The displacement field (2, H, W) in pixels: (row, column) shift per output pixel."""
-        control = torch.from_numpy(self.control_displacements)[None]
-        return F.interpolate(control, size=(height, width), mode="bicubic", align_corners=True)[0]
+        # Bicubic upsampling is separable: rows @ control @ columns^T gives what
+        # F.interpolate(mode="bicubic", align_corners=True) gives, ~20x faster for 7 -> 256.
+        _, ny, nx = self.control_displacements.shape
+        rows, cols = _cubic_weights(ny, height), _cubic_weights(nx, width)
+        return torch.from_numpy(rows @ self.control_displacements @ cols.T)
 
     def apply(self, image: Array, mask: Array | None) -> tuple[Array, Array | None]:
         if not self.control_displacements.any():
@@ -311,7 +323,7 @@ class ElasticDeformation(Transform):
         height, width = image.shape[-2:]
         rows, cols = _pixel_grid(height, width)
         displacement = self.dense_field(height, width)
-        source_y, source_x = rows + displacement[0], cols + displacement[1]
+        source_y, source_x = rows + displacement[0].numpy(), cols + displacement[1].numpy()
         image = _warp(image, source_y, source_x, soft=True, fill=self.fill)
         if mask is not None:
             mask = _warp(mask, source_y, source_x, soft=_is_soft(mask), fill=0.0)
@@ -438,7 +450,10 @@ class GaussianNoise(Transform):
     def apply(self, image: Array, mask: Array | None) -> tuple[Array, Array | None]:
         if self.std == 0:
             return image, mask
-        noise = np.random.default_rng(self.noise_seed).standard_normal(tuple(image.shape)) * self.std
+        double = image.dtype in (torch.float64, np.float64)
+        noise = np.random.default_rng(self.noise_seed).standard_normal(
+            tuple(image.shape), dtype=np.float64 if double else np.float32)
+        noise *= self.std
         if isinstance(image, torch.Tensor):
             return image + torch.from_numpy(noise).to(device=image.device, dtype=image.dtype), mask
         return (image + noise).astype(image.dtype, copy=False), mask

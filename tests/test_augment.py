@@ -123,6 +123,13 @@ def test_elastic_dense_field_passes_through_control_points():
     np.testing.assert_allclose(field.numpy()[:, ::4, ::4], control, atol=1e-12)
 
 
+def test_elastic_separable_field_equals_torch_bicubic():
+    control = np.random.default_rng(4).uniform(-3, 3, size=(2, 7, 6))
+    reference = torch.nn.functional.interpolate(torch.from_numpy(control)[None], size=(40, 33), mode="bicubic",
+                                                align_corners=True)[0]
+    np.testing.assert_allclose(ElasticDeformation(control).dense_field(40, 33).numpy(), reference.numpy(), atol=1e-12)
+
+
 def test_random_elastic_keeps_the_border_ring_fixed():
     control = RandomElasticDeformation(max_displacement=4.0, num_control_points=6).sample(0).control_displacements
     assert control.shape == (2, 6, 6)
@@ -230,6 +237,10 @@ def test_noise_standard_deviation_is_measured(slice_and_mask):
     assert abs(noisy.mean()) < 0.002
     np.testing.assert_array_equal(GaussianNoise(0.1, 5)(image)[0], noisy)
     assert not np.array_equal(GaussianNoise(0.1, 6)(image)[0], noisy)
+    double = GaussianNoise(0.1, 5)(np.zeros((256, 256)))[0]
+    assert double.dtype == np.float64 and double.std() == pytest.approx(0.1, abs=0.002)
+    on_tensor = GaussianNoise(0.1, 5)(torch.zeros(256, 256))[0]
+    np.testing.assert_array_equal(on_tensor.numpy(), noisy)
     _, kept = GaussianNoise(0.1, 5)(np.zeros((24, 30), np.float32), mask)
     np.testing.assert_array_equal(kept, mask)
 
