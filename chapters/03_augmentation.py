@@ -134,8 +134,6 @@ from covidlib.augment import (
     GammaCorrection,
     GaussianNoise,
     RandomElasticDeformation,
-    RandomGamma,
-    RandomNoise,
     RandomRotation,
     Rotation,
     default_augmentation,
@@ -355,6 +353,9 @@ splits = {name: report_split(cohort_ids, name, seed=seed) for name in ("10-40", 
 for name, split in splits.items():
     print(f"{name}: train {len(split.train)}, validation {len(split.val)}, test {len(split.test)}")
 assert splits["10-40"].train == splits["40-10"].val and splits["10-40"].test == splits["40-10"].test
+# a 2D dataset such as COVID-SemiSeg: 50 labelled slices, each its own case -> 5-fold by slice
+slice_folds = kfold_volumes([f"train/{i}" for i in range(50)], k=5, seed=seed)
+print("5-fold by slice, validation sizes:", [len(val) for _, val in slice_folds])
 
 full_slices = SliceDataset(cases, empty_fraction=1.0, seed=seed)
 half_empty = SliceDataset(cases, empty_fraction=0.5, output_size=slice_size, resize_mode=resize_mode, seed=seed,
