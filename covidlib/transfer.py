@@ -408,3 +408,26 @@ def pretrain_genesis_proxy(unet3d: UNet3d, volumes_hu: Sequence[np.ndarray], *, 
         optimizer.step()
         losses.append(float(loss.detach()))
     return losses
+
+
+def layer_status(model: nn.Module, initial: Mapping[str, Tensor] | None = None) -> list[dict[str, object]]:
+    """What a recipe did to each weight tensor (convolutions; biases and norms follow their
+    layer): ``name``, ``part``, ``count`` and ``status`` — ``"frozen"`` (no gradient),
+    ``"re-initialised"`` (trainable, differs from ``initial``), ``"fine-tuned"`` (trainable,
+    starts from ``initial``) or ``"new"`` (not in ``initial``, or no ``initial``: from
+    scratch). ``initial`` is the state the recipe started from (the pretrained weights).
+    Introduced in chapter 05."""
+    rows = []
+    for row, (name, parameter) in zip(trainable_summary(model), model.named_parameters()):
+        if parameter.ndim < 2:
+            continue
+        if not parameter.requires_grad:
+            status = "frozen"
+        elif initial is None or name not in initial or initial[name].shape != parameter.shape:
+            status = "new"
+        elif torch.equal(initial[name].to(parameter.device), parameter.detach()):
+            status = "fine-tuned"
+        else:
+            status = "re-initialised"
+        rows.append({"name": name, "part": row["part"], "count": row["count"], "status": status})
+    return rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,13 +16,25 @@ from covidlib.transfer import (
     flatten_3d_to_2d,
     flatten_kernel,
     freeze,
+    genesis_corruption,
+    layer_status,
     model_parts,
     parameter_parts,
     prepare_finetune,
+    pretrain_genesis_proxy,
     reinitialise,
     trainable_summary,
     unfreeze,
 )
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks run faster on one thread, above all on a shared, busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def small_unet(seed: int = 0) -> UNet2d:
@@ -251,3 +264,35 @@ def test_recipe_genesis_and_scratch_and_errors() -> None:
         prepare_finetune(small_unet(), "genesis", pretrained=net3d)
     with pytest.raises(InvalidInputError, match="recipe"):
         prepare_finetune(small_unet(), "linear-probe")
+
+
+def test_layer_status_describes_the_recipes() -> None:
+    pretrained = small_unet(seed=1).state_dict()
+    decoder = {r["name"]: r["status"] for r in layer_status(prepare_finetune(small_unet(2), "decoder", pretrained=pretrained), pretrained)}
+    assert decoder["encoder.0.0.weight"] == "frozen" and decoder["encoder.2.0.weight"] == "fine-tuned"
+    assert decoder["head.weight"] == "re-initialised" and decoder["decoder.3.conv.0.weight"] == "fine-tuned"
+    everything = {r["name"]: r["status"] for r in layer_status(prepare_finetune(small_unet(2), "all", pretrained=pretrained), pretrained)}
+    assert everything["decoder.3.conv.3.weight"] == "re-initialised" and everything["decoder.2.up.weight"] == "fine-tuned"
+    assert set(r["status"] for r in layer_status(small_unet())) == {"new"}
+
+
+def test_genesis_corruption_shuffles_within_blocks_and_inpaints() -> None:
+    cube = torch.rand(2, 1, 16, 16, 8, generator=torch.Generator().manual_seed(0))
+    shuffled = genesis_corruption(cube, torch.Generator().manual_seed(1), block=4, boxes=0)
+    assert not torch.equal(shuffled, cube)
+    blocks = lambda t: t.unfold(2, 4, 4).unfold(3, 4, 4).unfold(4, 4, 4).reshape(2, 1, -1, 64)  # noqa: E731
+    # Local shuffling only permutes voxels inside each 4x4x4 block: per-block sorted values agree.
+    assert torch.equal(blocks(shuffled).sort(-1).values, blocks(cube).sort(-1).values)
+    painted = genesis_corruption(torch.zeros(1, 1, 16, 16, 8), torch.Generator().manual_seed(2), boxes=2)
+    assert 0 < (painted != 0).float().mean() < 0.5
+
+
+def test_genesis_proxy_pretraining_lowers_restoration_loss() -> None:
+    torch.manual_seed(0)
+    volume = np.full((16, 32, 32), -800.0, np.float32)
+    volume[:, 8:24, 8:24] = 40.0  # a soft-tissue block in air-filled lung
+    losses = pretrain_genesis_proxy(UNet3d(base_width=2), [volume], cube=(16, 16, 8), steps=12, batch_size=2,
+                                    lr=1e-2, progress=False)
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+    with pytest.raises(InvalidInputError, match="num_classes=1"):
+        pretrain_genesis_proxy(UNet3d(num_classes=2, base_width=2), [volume], progress=False)
