@@ -31,7 +31,8 @@ WIDGET_WAIT_S = 20.0
 
 PAGE_PROBE = """
 const main = document.querySelector('main') || document.body;
-const images = Array.from(main.querySelectorAll('img')).map(i => ({
+// External images (the Colab badge) cannot load offline; only the book's own are checked.
+const images = Array.from(main.querySelectorAll('img')).filter(i => i.src.startsWith(location.origin)).map(i => ({
   src: i.getAttribute('src'), complete: i.complete, width: i.naturalWidth, height: i.naturalHeight}));
 return {
   title: document.title,
