@@ -31,6 +31,28 @@ PANEL_INCHES = 3.2
 Masks = np.ndarray | Sequence[np.ndarray] | Mapping[str, np.ndarray] | None
 
 # ---------------------------------------------------------------------------------------------
+# Notebook display
+
+
+def _register_notebook_display() -> None:
+    """Let IPython render a pyplot-free Figure returned as a cell's value (as PNG).
+
+    The inline backend registers this only once pyplot is imported; these figures never touch
+    pyplot, so a fresh kernel (papermill, the built book) would otherwise show only ``<Figure>``.
+    """
+    try:
+        from IPython import get_ipython
+        from IPython.core.pylabtools import print_figure
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None:
+        shell.display_formatter.formatters["image/png"].for_type(Figure, lambda fig: print_figure(fig, "png", dpi=100))
+
+
+_register_notebook_display()
+
+# ---------------------------------------------------------------------------------------------
 # Helpers
 
 
@@ -157,6 +179,28 @@ def show_montage(image: Volume | np.ndarray, n: int = 12, *, axis: int = 0, wind
         _draw(ax, _take(array, axis, int(index)), window, {k: _take(m, axis, int(index)) for k, m in named.items()}, alpha)
         ax.set_title(f"{name} = {int(index)}", fontsize=8)
     _legend(fig, named)
+    return fig
+
+
+def show_panels(panels: Mapping[str, np.ndarray], *, window: Window = "lung", masks: Mapping[str, Masks] | None = None,
+                alpha: float = 0.35, title: str | None = None) -> Figure:
+    """2D images side by side under one window, each titled by its key (e.g. thin vs thick slice).
+
+    ``masks`` optionally maps a panel's key to masks for that panel.
+    Introduced in chapter 01.
+    """
+    if not panels:
+        raise InvalidInputError("show_panels needs at least one panel")
+    named = {key: _named_masks((masks or {}).get(key), np.shape(image)) for key, image in panels.items()}
+    legend = next((m for m in named.values() if m), {})
+    fig, axes = _grid_figure(len(panels), len(panels), f"{title or 'Comparison'} ({window_label(window)})", bool(legend))
+    for ax, (key, image) in zip(axes, panels.items()):
+        image = np.asarray(image)
+        if image.ndim != 2:
+            raise InvalidInputError(f"panel {key!r} must be a 2D image, got shape {image.shape}")
+        _draw(ax, image, window, named[key], alpha)
+        ax.set_title(key, fontsize=9)
+    _legend(fig, legend)
     return fig
 
 

@@ -107,3 +107,13 @@ def test_slice_viewer_is_a_widget_with_a_z_slider(volume: Volume, lesion: np.nda
     assert (slider.min, slider.max, slider.value) == (0, 5, 4)
     slider.value = 2
     assert slider.value == 2 and output is widget.children[1]
+
+
+def test_panels_side_by_side(volume: Volume, lesion: np.ndarray) -> None:
+    fig = viz.show_panels({"thin": volume.array[4], "thick": volume.array[:2].mean(axis=0)},
+                          masks={"thin": {"lesion": lesion[4]}}, window=(-1000, 0), title="Thin vs thick")
+    assert image_titles(fig) == ["thin", "thick"]
+    assert fig.get_suptitle() == "Thin vs thick (custom window [-1000, 0] HU)"
+    assert len(fig.axes[0].get_images()) == 2 and len(fig.axes[1].get_images()) == 1
+    with pytest.raises(InvalidInputError, match="2D"):
+        viz.show_panels({"volume": volume.array})
