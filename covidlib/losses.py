@@ -38,6 +38,10 @@ def target_probabilities(logits: Tensor, target: Tensor) -> Tensor:
     if not isinstance(target, Tensor):
         raise InvalidInputError(f"target must be a tensor, got {type(target).__name__}")
     num_classes = logits.shape[1]
+    if num_classes < 2:
+        raise InvalidInputError(
+            f"logits need at least 2 class channels (softmax over background and foreground), got {num_classes}"
+        )
     if target.is_floating_point():
         if target.shape != logits.shape:
             raise InvalidInputError(
@@ -49,7 +53,7 @@ def target_probabilities(logits: Tensor, target: Tensor) -> Tensor:
         raise InvalidInputError(
             f"an index target must have shape {expected} for logits {tuple(logits.shape)}, got {tuple(target.shape)}"
         )
-    if target.dtype == torch.bool or not (target.dtype.is_signed or target.dtype == torch.uint8):
+    if target.is_complex():
         raise InvalidInputError(f"an index target must hold integer class indices, got dtype {target.dtype}")
     if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_classes):
         raise InvalidInputError(
@@ -117,7 +121,7 @@ def soft_dice_loss(logits: Tensor, target: Tensor, include_background: bool = Fa
     """
     probabilities = target_probabilities(logits, target)
     predicted = F.softmax(logits, dim=1)
-    first = 0 if include_background or logits.shape[1] == 1 else 1
+    first = 0 if include_background else 1
     predicted, probabilities = predicted[:, first:], probabilities[:, first:]
     sum_dims = [0, *range(2, logits.ndim)]
     overlap = (predicted * probabilities).sum(dim=sum_dims)
@@ -160,8 +164,7 @@ def hausdorff_dt_loss(logits: Tensor, target: Tensor, alpha: float = 2.0) -> Ten
         raise InvalidInputError(f"alpha must be positive, got {alpha}")
     probabilities = target_probabilities(logits, target)
     predicted = F.softmax(logits, dim=1)
-    first = 1 if logits.shape[1] > 1 else 0
-    predicted, probabilities = predicted[:, first:], probabilities[:, first:]
+    predicted, probabilities = predicted[:, 1:], probabilities[:, 1:]
     target_masks = (probabilities.detach() > 0.5).cpu().numpy()
     predicted_masks = (predicted.detach() > 0.5).cpu().numpy()
     distances = np.zeros(target_masks.shape, dtype=np.float32)

@@ -2,18 +2,18 @@
 normalised surface Dice, per case, plus mean/sd aggregation.
 
 Masks are numpy arrays or torch tensors, 2D ``(y, x)`` or 3D ``(z, y, x)``, holding only 0/1
-(or bool); ``spacing`` is in mm in the same axis order. Conventions for empty masks (both
-documented in the book's chapter 04 and tested):
+(or bool); ``spacing`` is in mm in the same axis order. Conventions for empty masks
+(each one tested in ``tests/test_metrics.py``):
 
-=====================  ==========================  ==============================
-metric                 prediction and target empty  exactly one of them empty
-=====================  ==========================  ==============================
-dice, iou              1.0                          0.0
-hd95                   0.0                          nan (no surface to measure from)
-surface_dice (NSD)     1.0                          0.0
-sensitivity            nan (no positives)           0.0 if target non-empty, else nan
-specificity            nan only if no negatives (target fills the whole array)
-=====================  ==========================  ==============================
+=================  ======================  ====================================
+metric             both empty              exactly one empty
+=================  ======================  ====================================
+dice, iou          1.0                     0.0
+hd95 (mm)          0.0                     nan (no surface to measure from)
+surface_dice       1.0                     0.0
+sensitivity        nan (no positives)      0.0 if only pred is empty, else nan
+specificity        1.0                     usual ratio; nan if target is all 1
+=================  ======================  ====================================
 
 ``summarise`` skips nan values and says how many it skipped (``n_undefined``), so a mean HD95
 never silently hides cases where the model found nothing.

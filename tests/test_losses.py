@@ -142,3 +142,10 @@ def test_bad_targets_raise() -> None:
         cross_entropy(logits, torch.full((2, 4, 4), 2))
     with pytest.raises(InvalidInputError, match="class_weights"):
         cross_entropy(logits, torch.zeros(2, 4, 4, dtype=torch.long), class_weights=torch.ones(3))
+
+
+def test_bool_index_target_and_single_channel_logits() -> None:
+    logits, target = torch.randn(1, 2, 4, 4), torch.rand(1, 4, 4) > 0.5
+    torch.testing.assert_close(cross_entropy(logits, target), cross_entropy(logits, target.long()))
+    with pytest.raises(InvalidInputError, match="at least 2 class channels"):
+        soft_dice_loss(torch.randn(1, 1, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long))
