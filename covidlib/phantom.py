@@ -133,7 +133,8 @@ def _smooth_field(rng: np.random.Generator, z: np.ndarray, y: np.ndarray, x: np.
     fine = np.einsum("ijk,xk->ijx", coarse, wx)
     fine = np.einsum("ijx,yj->iyx", fine, wy)
     fine = (wz @ fine.reshape(fine.shape[0], -1)).reshape(len(z), len(y), len(x))
-    return fine * np.float32(2.2)
+    fine *= np.float32(2.2)
+    return fine
 
 
 #: Physical extent (mm) of whole-body random fields: z from below the diaphragm to above the apex.
@@ -340,7 +341,8 @@ def _paint_lungs(labels: np.ndarray, hu: np.ndarray, side: np.ndarray, grid: _Gr
     labels[in_lung] = T["lung"]
     # Dependent (posterior) lung is denser: about -890 HU at the front to -810 at the back.
     y_rel = ((grid.y - anat.cy) / anat.inner_b).astype(np.float32)[None, :, None]
-    hu[in_lung] = (np.float32(-850.0) + np.float32(40.0) * y_rel + np.float32(12.0) * texture)[in_lung]
+    _, lung_y, _ = np.nonzero(in_lung)
+    hu[in_lung] = np.float32(-850.0) + np.float32(40.0) * y_rel.ravel()[lung_y] + np.float32(12.0) * texture[in_lung]
 
     h = anat.lung_height
     vessel = np.zeros(labels.shape, dtype=bool)
@@ -576,30 +578,43 @@ def make_phantom(seed: int = 0, shape: tuple[int, int, int] = (64, 128, 128), *,
     labels = np.empty((nz * sub, ny, nx), dtype=np.uint8)
     hu = np.empty(labels.shape, dtype=np.float32)
     _paint_body(labels, hu, grid, anat, rngs["anatomy"], fov_radius)
-    texture = _smooth_field(rngs["anatomy"], grid.z, grid.y, grid.x, 12.0, _BODY_BOUNDS)
-    side = anat.lung_side(grid.z[:, None, None], grid.y[None, :, None], grid.x[None, None, :],
-                          perturbation=anat.lung_field_amp * texture)
-    _paint_lungs(labels, hu, side, grid, anat, rngs["trees"], texture, visible_radius=0.5 * min(sy, sx))
+    # Lungs, vessels and airways all lie in the chest's central box (full height): work there only.
+    side = np.zeros(labels.shape, dtype=np.uint8)
+    chest = grid.box(np.array([-np.inf, anat.cy - 0.95 * anat.inner_b, anat.cx - anat.inner_a]),
+                     np.array([np.inf, anat.cy + 0.95 * anat.inner_b, anat.cx + anat.inner_a]))
+    if chest is not None:
+        inner = _Grid(z=grid.z[chest[0]], y=grid.y[chest[1]], x=grid.x[chest[2]])
+        texture = _smooth_field(rngs["anatomy"], inner.z, inner.y, inner.x, 12.0, _BODY_BOUNDS)
+        z32, y32, x32 = (c.astype(np.float32) for c in (inner.z, inner.y, inner.x))
+        side[chest] = anat.lung_side(z32[:, None, None], y32[None, :, None], x32[None, None, :],
+                                     perturbation=np.float32(anat.lung_field_amp) * texture)
+        _paint_lungs(labels[chest], hu[chest], side[chest], inner, anat, rngs["trees"], texture,
+                     visible_radius=0.5 * min(sy, sx))
     n_lesions = 0 if disease == "healthy" else _paint_lesions(labels, hu, side, grid, anat, rngs["lesions"], disease)
 
     # Thick slices: mean HU of the sub-slices; labels and lung side by majority, reduced together.
-    image = average_slabs(hu, sub) if sub > 1 else hu
-    codes = majority_slabs(labels * np.uint8(3) + side, sub) if sub > 1 else labels * np.uint8(3) + side
-    tissue_labels = (codes // 3).astype(np.uint8)
-    lung_mask = (codes % 3).astype(np.uint8)
-    lesion_ids = [TISSUES[name] for name in LESION_TISSUES[disease]]
-    lesion_mask = np.isin(tissue_labels, lesion_ids).astype(np.uint8)
+    if sub > 1:
+        image = average_slabs(hu, sub)
+        codes = majority_slabs(labels * np.uint8(3) + side, sub)
+        tissue_labels, lung_mask = codes // np.uint8(3), codes % np.uint8(3)
+    else:
+        image, tissue_labels, lung_mask = hu, labels, side
+    is_lesion = np.zeros(256, dtype=np.uint8)
+    is_lesion[[TISSUES[name] for name in LESION_TISSUES[disease]]] = 1
+    lesion_mask = is_lesion[tissue_labels]
 
-    in_fov = tissue_labels != TISSUES["padding"]
     if noise > 0:
-        white = rngs["noise"].standard_normal(image.shape, dtype=np.float32)
-        # A [1, 2, 1] / 4 kernel along y and x mimics the reconstruction kernel; 0.375 restores unit sd.
-        white = 0.5 * white + 0.25 * (np.roll(white, 1, axis=1) + np.roll(white, -1, axis=1))
-        white = 0.5 * white + 0.25 * (np.roll(white, 1, axis=2) + np.roll(white, -1, axis=2))
-        image += np.float32(noise / 0.375) * white * in_fov
+        # Reconstruction kernels correlate neighbouring pixels: average each pixel with its
+        # neighbour along y and along x (a 2 x 2 box); the box halves the sd, so draw it doubled.
+        white = rngs["noise"].standard_normal((image.shape[0], image.shape[1] + 1, image.shape[2] + 1), dtype=np.float32)
+        white = white[:, 1:] + white[:, :-1]
+        white = white[:, :, 1:] + white[:, :, :-1]
+        white *= np.float32(noise / 2.0)
+        image += white
+        del white
     if offset:
-        image += np.float32(offset) * in_fov
-    image[~in_fov] = padding_value
+        image += np.float32(offset)
+    image[tissue_labels == TISSUES["padding"]] = padding_value
 
     origin = (float(grid.x[0]), float(grid.y[0]), float(z_first_edge + sz / 2))
     volume = Volume(image.astype(np.float32, copy=False), (sz, sy, sx), origin, IDENTITY_DIRECTION,
