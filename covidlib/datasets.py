@@ -199,18 +199,20 @@ def lungs_by_side(labels: np.ndarray, image: Volume) -> np.ndarray:
     if len(present) != 2:
         raise InvalidInputError(
             f"{image.source}: expected two lung labels (right and left), found labels {present}")
-    centres_x = []
     direction = np.asarray(image.direction, float).reshape(3, 3)
     spacing_xyz = np.asarray(image.spacing, float)[::-1]
+    centres_x = []
     for value in present:
-        zyx = np.argwhere(labels == value).mean(axis=0)
-        physical = np.asarray(image.origin, float) + direction @ (spacing_xyz * zyx[::-1])
-        centres_x.append(physical[0])
+        region = labels == value
+        plane = region.sum(axis=0, dtype=np.int64)  # (y, x) projection: cheaper than argwhere on big scans
+        count = plane.sum()
+        zyx = (region.sum(axis=(1, 2), dtype=np.int64) @ np.arange(labels.shape[0]) / count,
+               plane.sum(axis=1) @ np.arange(labels.shape[1]) / count, plane.sum(axis=0) @ np.arange(labels.shape[2]) / count)
+        centres_x.append((np.asarray(image.origin, float) + direction @ (spacing_xyz * np.asarray(zyx)[::-1]))[0])
     right_value, left_value = (present[0], present[1]) if centres_x[0] < centres_x[1] else (present[1], present[0])
-    out = np.zeros(labels.shape, np.uint8)
-    out[labels == right_value] = 1
-    out[labels == left_value] = 2
-    return out
+    lookup = np.zeros(256, np.uint8)
+    lookup[right_value], lookup[left_value] = 1, 2
+    return lookup[labels]
 
 
 def _pattern_regex(pattern: str) -> re.Pattern[str]:
