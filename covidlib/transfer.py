@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from covidlib.augment import default_augmentation
-from covidlib.data import SliceDataset, seeded_loader
+from covidlib.data import SliceDataset, seeded_loader, split_volumes
 from covidlib.distributed import EpochLoader
 from covidlib.errors import InvalidInputError
 from covidlib.models.unet3d import GenesisUNet2d, UNet3d
@@ -336,16 +336,16 @@ def pretrain(model: nn.Module, source_cases: Sequence[Any], settings: SliceTrain
 
     ``source_cases``: preprocessed non-COVID cases — by default the phantom's ``"nodule"`` and
     ``"effusion"`` cohorts (stand-ins for MSD lung tumour and NSCLC pleural effusion), or the
-    real ``msd-lung`` / ``nsclc`` data when present. The last ``val_fraction`` of the cases
-    (at least one) validate. Returns the Trainer; ``model`` ends with the best weights.
-    Introduced in chapter 05.
+    real ``msd-lung`` / ``nsclc`` data when present. A seeded ``val_fraction`` of the cases (at
+    least one, drawn with ``settings.train.seed``) validate. Returns the Trainer; ``model`` ends
+    with the best weights. Introduced in chapter 05.
     """
     arrays = case_arrays(source_cases)
-    ids = list(arrays)
-    n_val = max(1, int(round(len(ids) * val_fraction)))
-    if len(ids) <= n_val:
-        raise InvalidInputError(f"pretraining needs more than {n_val} source cases (got {len(ids)})")
-    return fit_volumes(model, arrays, ids[:-n_val], ids[-n_val:], settings, out_dir=out_dir, resume=resume)
+    n_val = max(1, int(round(len(arrays) * val_fraction)))
+    if len(arrays) <= n_val:
+        raise InvalidInputError(f"pretraining needs more than {n_val} source cases (got {len(arrays)})")
+    train_ids, val_ids = split_volumes(list(arrays), n_val, settings.train.seed)
+    return fit_volumes(model, arrays, train_ids, val_ids, settings, out_dir=out_dir, resume=resume)
 
 
 def genesis_corruption(cube: Tensor, generator: torch.Generator, *, block: int = 4, boxes: int = 3) -> Tensor:
