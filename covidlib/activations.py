@@ -8,6 +8,10 @@ with :func:`~covidlib.svcca.svcca` (:func:`svcca_over_checkpoints`), and measure
 layer's weights moved from a starting point such as a pretrained model
 (:func:`weight_distance`).
 
+Two figure helpers draw the report's plots: :func:`plot_layer_curves` (similarity of every
+layer over training, Figs. 5.2-5.4) and :func:`plot_layer_bars` (one value per layer and
+condition with the spread over repeats, Fig. 5.5).
+
 Layers are named by their qualified module names (``"encoder.0"``, ``"decoder.3"``,
 ``"head"``), as :meth:`torch.nn.Module.get_submodule` reads them.
 
@@ -24,6 +28,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -269,3 +274,63 @@ class SnapshotTrainer(Trainer):
                 step = int(path.stem.split("_")[1])
                 if step <= self.step:
                     self.snapshots[step] = path
+
+
+# Okabe-Ito colours (colour-blind safe) then a few more, one per layer
+LAYER_COLOURS = ("#0072B2", "#56B4E9", "#009E73", "#F0E442", "#E69F00", "#D55E00", "#CC79A7", "#000000",
+                 "#999999", "#882255", "#44AA99")
+
+
+def plot_layer_curves(panels: Mapping[str, Mapping[str, Mapping[int, float]]], *, title: str,
+                      xlabel: str = "optimizer step", ylabel: str = "SVCCA similarity to the converged model",
+                      marked: Sequence[str] = (), panel_size: tuple[float, float] = (4.6, 3.4)) -> Figure:
+    """Figure: one panel per run, one line per layer of ``{layer: {step: value}}``.
+
+    Encoder layers are solid, the others dashed; layers in ``marked`` (e.g. re-initialised
+    ones) get a ``*`` in the legend. Panels share the y axis. Introduced in chapter 06.
+    """
+    if not panels:
+        raise InvalidInputError("panels: give at least one run to plot")
+    figure = Figure(figsize=(panel_size[0] * len(panels), panel_size[1] + 0.6), layout="constrained")
+    axes = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, (panel_title, curves) in zip(axes, panels.items()):
+        for index, (layer, values) in enumerate(curves.items()):
+            steps = sorted(values)
+            ax.plot(steps, [values[s] for s in steps], marker="o", markersize=3,
+                    linestyle="-" if layer.startswith("encoder") else "--",
+                    color=LAYER_COLOURS[index % len(LAYER_COLOURS)], label=layer + (" *" if layer in marked else ""))
+        ax.set_title(panel_title, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(ylabel)
+    axes[-1].legend(fontsize=7, loc="lower right")
+    figure.suptitle(title, fontsize=11)
+    return figure
+
+
+def plot_layer_bars(groups: Mapping[str, Mapping[str, Sequence[float]]], *, title: str, ylabel: str,
+                    panel_size: tuple[float, float] = (7.5, 3.4)) -> Figure:
+    """Figure: grouped bars per layer, one bar per condition in ``{condition: {layer: values}}``.
+
+    The bar is the mean over repeats, the dots the repeats themselves (no error bar pretends
+    to more than the few repeats there are). Introduced in chapter 06.
+    """
+    if not groups:
+        raise InvalidInputError("groups: give at least one condition to plot")
+    layers = list(next(iter(groups.values())))
+    figure = Figure(figsize=panel_size, layout="constrained")
+    ax = figure.subplots()
+    width = 0.8 / len(groups)
+    positions = np.arange(len(layers))
+    for index, (condition, values) in enumerate(groups.items()):
+        offset = positions + (index - (len(groups) - 1) / 2) * width
+        colour = LAYER_COLOURS[index % len(LAYER_COLOURS)]
+        ax.bar(offset, [float(np.mean(values[layer])) for layer in layers], width, color=colour, alpha=0.7, label=condition)
+        for x, layer in zip(offset, layers):
+            ax.plot([x] * len(values[layer]), values[layer], "o", color="black", markersize=2.5)
+    ax.set_xticks(positions, layers, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=11)
+    return figure
