@@ -348,3 +348,58 @@ def slice_viewer(volume: Volume | np.ndarray, masks: Masks = None, *, window: Wi
     slider.observe(lambda change: render(change["new"]), names="value")
     render(start)
     return widgets.VBox([slider, output])
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset spacing and intensity normalisation (chapter 02)
+
+
+def show_spacings(spacings: Mapping[str, Sequence[Sequence[float]]], *, title: str | None = None) -> Figure:
+    """Slice thickness against in-plane pixel size, one marker style per group (like report Fig. 3.7).
+
+    ``spacings`` maps a group name (dataset) to ``(z, y, x)`` spacings in mm, one per scan.
+    Introduced in chapter 02.
+    """
+    if not spacings:
+        raise InvalidInputError("show_spacings needs at least one group of spacings")
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    ax = fig.subplots()
+    markers = iter("osD^vP*X" * 2)
+    for colour, (name, values) in zip(MASK_COLOURS * 3, spacings.items()):
+        values = np.asarray(values, dtype=float).reshape(-1, 3)
+        ax.scatter(values[:, 1], values[:, 0], s=36, marker=next(markers), color=colour, alpha=0.8,
+                   label=f"{name} ({len(values)})")
+    ax.set_xlabel("in-plane pixel size (mm)")
+    ax.set_ylabel("slice thickness / spacing (mm)")
+    ax.grid(True, color="0.9")
+    ax.legend(fontsize=8, title="dataset (scans)")
+    ax.set_title(title or "Voxel spacing across scans")
+    return fig
+
+
+def show_normalisation(before: Mapping[str, np.ndarray], after: Mapping[str, np.ndarray], *,
+                       before_label: str = "HU", after_label: str = "z-score",
+                       title: str | None = None) -> Figure:
+    """Intensity histograms of the same voxels before and after normalisation (like report Fig. 3.8).
+
+    ``before`` and ``after`` map a name (one scan) to its voxel values (e.g. the lung voxels);
+    densities are drawn as step lines so many scans stay readable.
+    Introduced in chapter 02.
+    """
+    if not before or set(before) != set(after):
+        raise InvalidInputError("show_normalisation needs the same non-empty set of names before and after")
+    fig = Figure(figsize=(11, 4.0), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    for ax, values_by_name, label in ((left, before, before_label), (right, after, after_label)):
+        for colour, (name, values) in zip(MASK_COLOURS * 3, values_by_name.items()):
+            values = np.asarray(values, dtype=float).ravel()
+            lo, hi = np.percentile(values, [0.5, 99.5])
+            ax.hist(values, bins=np.linspace(lo, hi, 80), density=True, histtype="step", linewidth=1.3,
+                    color=colour, label=name)
+        ax.set_xlabel(label)
+        ax.set_ylabel("density")
+    left.set_title(f"before ({before_label})", fontsize=10)
+    right.set_title(f"after ({after_label})", fontsize=10)
+    right.legend(fontsize=7, loc="upper right")
+    fig.suptitle(title or "Intensity before and after normalisation")
+    return fig
