@@ -25,18 +25,25 @@ Introduced in chapter 08.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from covidlib.coarse import Box, predict_boxes_2d
 from covidlib.errors import InvalidInputError
-from covidlib.train import Trainer, TrainConfig, split_batch, validate_batch
+from covidlib.models import get_model
+from covidlib.pseudo import PseudoLabelConfig, PseudoPatchDataset, build_dictionary, pseudo_label
+from covidlib.train import Trainer, TrainConfig, evaluate, split_batch, validate_batch
+from covidlib.transfer import SliceTraining, fit_volumes, slice_loader
 
 VALIDATE_CHOICES = ("teacher", "student")
 
@@ -93,7 +100,7 @@ def consistency_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor)
                       torch.softmax(teacher_logits.detach().float(), dim=1))
 
 
-@dataclass
+@dataclass(frozen=True)
 class MeanTeacherConfig:
     """Semi-supervised settings on top of a :class:`~covidlib.train.TrainConfig`.
 
@@ -219,3 +226,96 @@ class MeanTeacher(Trainer):
         self.teacher.load_state_dict(state["teacher"])
         self.global_step = int(state["global_step"])
 
+
+
+# --- the book's comparison: supervised A' vs + pseudo-labels vs + mean teacher ----------------
+
+ARMS = ("supervised", "pseudo_labels", "mean_teacher")
+
+
+@dataclass(frozen=True)
+class SemiSupervisedSettings:
+    """Everything one fold of the comparison needs.
+
+    ``supervised``: how A' is trained on the labelled slices (:class:`~covidlib.transfer.SliceTraining`);
+    ``semi``: the Trainer settings of the two semi-supervised arms, which start from A';
+    ``pseudo``/``mean_teacher``: their settings; ``network``/``base_width``/``depth``: the 2D U-Net.
+    """
+
+    supervised: SliceTraining
+    semi: TrainConfig
+    pseudo: PseudoLabelConfig = dataclasses.field(default_factory=PseudoLabelConfig)
+    mean_teacher: MeanTeacherConfig = dataclasses.field(default_factory=MeanTeacherConfig)
+    network: str = "unet"
+    base_width: int = 16
+    depth: int = 4
+
+
+def semi_supervised_fold(arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], train_ids: Sequence[str],
+                         val_ids: Sequence[str], test_ids: Sequence[str], unlabelled: Sequence[np.ndarray],
+                         settings: SemiSupervisedSettings, *, unlabelled_boxes: Sequence[Box | None] | None = None,
+                         initial_state: Mapping[str, torch.Tensor] | None = None,
+                         progress: bool = False) -> dict[str, Any]:
+    """Train A' on ``train_ids`` (selected on ``val_ids``), pseudo-label ``unlabelled``, train
+    the two semi-supervised arms from A', and return each arm's Dice on ``test_ids``.
+
+    ``arrays``: ``{case_id: (image (z, y, x) float32, lesion (z, y, x) uint8)}`` (a 2D slice is
+    ``z = 1``); ``unlabelled``: images (z, y, x) or (H, W) on the same intensity scale.
+    ``unlabelled_boxes``: coarse boxes (e.g. from :func:`covidlib.coarse.predict_boxes_3d`);
+    ``None`` takes them from A''s own prediction (2D slices). ``initial_state``: pretrained
+    weights for A' (transfer learning); ``None`` trains it from scratch.
+    Returns ``{"dice": {arm: mean test Dice}, "per_case": {arm: {case: Dice}}, "pseudo": counts,
+    "seconds": {stage: wall time}, "history": {arm: learning curve}}``. Introduced in chapter 08.
+    """
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    seed = settings.supervised.train.seed
+    torch.manual_seed(seed)
+    model = get_model(settings.network, base_width=settings.base_width, depth=settings.depth)
+    if initial_state is not None:
+        model.load_state_dict(initial_state)
+    supervised = fit_volumes(model, arrays, train_ids, val_ids, settings.supervised)
+    seconds["supervised"] = time.perf_counter() - start
+    test_loader = slice_loader(arrays, test_ids, settings.supervised, training=False, seed=seed)
+    device = supervised.device
+    results: dict[str, Any] = {"dice": {}, "per_case": {}, "history": {"supervised": supervised.history}}
+
+    def record(arm: str, network: nn.Module) -> None:
+        evaluation = evaluate(network, test_loader, device)
+        results["dice"][arm] = float(evaluation["summary"]["dice"]["mean"])
+        results["per_case"][arm] = {case: row["dice"] for case, row in evaluation["per_case"].items()}
+
+    record("supervised", supervised.model)
+
+    start = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    images = [arrays[c][0] for c in train_ids]
+    masks = [arrays[c][1] for c in train_ids]
+    if unlabelled_boxes is None:
+        unlabelled_boxes = predict_boxes_2d(supervised.model, unlabelled, device=device)
+    dictionary = build_dictionary(supervised.model, images, masks, settings.pseudo, rng, device=device,
+                                  amp=supervised.amp_dtype)
+    labels = pseudo_label(supervised.model, dictionary, unlabelled, unlabelled_boxes, settings.pseudo, rng,
+                          device=device, amp=supervised.amp_dtype, progress=progress)
+    patches = PseudoPatchDataset(unlabelled, labels, dictionary)
+    seconds["pseudo_labelling"] = time.perf_counter() - start
+    results["pseudo"] = {"unlabelled_images": len(unlabelled),
+                         "images_with_box": int(sum(b is not None for b in unlabelled_boxes)),
+                         "patches": len(labels.locations), "accepted": labels.num_accepted,
+                         "dictionary": len(dictionary.features),
+                         "best_similarity_quantiles": np.quantile(labels.scores[:, 0], [0.05, 0.5, 0.95]).tolist()
+                         if len(labels.scores) else []}
+
+    arms = {"pseudo_labels": dataclasses.replace(settings.mean_teacher, consistency_weight=0.0, validate="student"),
+            "mean_teacher": settings.mean_teacher}
+    for arm, arm_config in arms.items():
+        start = time.perf_counter()
+        student = copy.deepcopy(supervised.model)
+        trainer = MeanTeacher(student, settings.semi, arm_config, pseudo_patches=patches)
+        trainer.fit(slice_loader(arrays, train_ids, settings.supervised, training=True, seed=seed),
+                    slice_loader(arrays, val_ids, settings.supervised, training=False, seed=seed))
+        record(arm, trainer.validation_model())
+        results["history"][arm] = trainer.history
+        seconds[arm] = time.perf_counter() - start
+    results["seconds"] = seconds
+    return results

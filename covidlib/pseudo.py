@@ -55,7 +55,11 @@ class PseudoLabelConfig:
     lesion); ``patches_per_unlabelled``: patches per unlabelled volume/slice with a box;
     ``*_margin``: the largest enlargement (pixels a side) of the boxes; ``rule``: ``"top2"``
     or ``"top1_band"``; ``batch_size``: patches per encoder forward pass; ``chunk_size``:
-    unlabelled patches cropped, encoded and compared at a time.
+    unlabelled patches cropped, encoded and compared at a time; ``center_features``: subtract
+    the dictionary's mean feature from every feature before the cosine. GAP of post-ReLU
+    features puts every vector in the positive orthant with a large shared component, so the
+    report's plain cosine (``False``) scores nearly every pair above 0.99 and its thresholds
+    select nothing in particular; centred (the default), the scores spread over [-1, 1].
     """
 
     patch_size: int = 68
@@ -68,6 +72,7 @@ class PseudoLabelConfig:
     band: tuple[float, float] = (0.87, 0.96)
     batch_size: int = 256
     chunk_size: int = 4096
+    center_features: bool = True
 
     def __post_init__(self) -> None:
         for name in ("patch_size", "labelled_patches", "patches_per_unlabelled", "batch_size", "chunk_size"):
@@ -325,12 +330,19 @@ def soft_masks(dictionary_masks: np.ndarray, labels: np.ndarray, coefficients: n
 @dataclass
 class PatchDictionary:
     """Labelled patches: ``images`` (M, P, P) float32, ``masks`` (M, P, P) uint8, ``features``
-    (M, F) float32 (encoder + GAP), ``locations`` (M, 4) in the labelled images."""
+    (M, F) float32 (encoder + GAP), ``locations`` (M, 4) in the labelled images, ``center``
+    (F,) the vector subtracted from every feature before cosine similarity (zeros when
+    ``PseudoLabelConfig.center_features`` is off)."""
 
     images: np.ndarray
     masks: np.ndarray
     features: np.ndarray
     locations: np.ndarray
+    center: np.ndarray
+
+    def similarity(self, features: np.ndarray, k: int = 2) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` cosine similarities of ``features`` (N, F) to the dictionary, after centring."""
+        return cosine_topk(features - self.center, self.features - self.center, k)
 
 
 def build_dictionary(encoder_model: nn.Module, images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
@@ -354,7 +366,9 @@ def build_dictionary(encoder_model: nn.Module, images: Sequence[np.ndarray], mas
     patches = crop_patches(volumes, locations, config.patch_size)
     patch_masks = (crop_patches(mask_volumes, locations, config.patch_size, dtype=np.uint8) > 0).astype(np.uint8)
     features = encode_patches(encoder_model, patches, config.batch_size, device, amp=amp)
-    return PatchDictionary(images=patches, masks=patch_masks, features=features, locations=locations)
+    center = features.mean(axis=0) if config.center_features else np.zeros(features.shape[1], dtype=np.float32)
+    return PatchDictionary(images=patches, masks=patch_masks, features=features, locations=locations,
+                           center=center.astype(np.float32))
 
 
 @dataclass
@@ -405,7 +419,7 @@ def pseudo_label(encoder_model: nn.Module, dictionary: PatchDictionary, images: 
         block = locations[start:start + config.chunk_size]
         features = encode_patches(encoder_model, crop_patches(images, block, config.patch_size), config.batch_size,
                                   device, amp=amp)
-        scores[start:start + len(block)], indices[start:start + len(block)] = cosine_topk(features, dictionary.features, 2)
+        scores[start:start + len(block)], indices[start:start + len(block)] = dictionary.similarity(features, 2)
     assignment = assign(scores, indices, config.rule, threshold=config.top2_threshold, band=config.band)
     return PseudoLabels(locations=locations, scores=scores, indices=indices, assignment=assignment)
 

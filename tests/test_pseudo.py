@@ -161,7 +161,7 @@ def test_pipeline_streams_like_a_direct_computation():
     image[mask == 1] += 3.0
     model = UNet2d(base_width=2, depth=2)
     config = PseudoLabelConfig(patch_size=16, labelled_patches=6, patches_per_unlabelled=5, rule="top1_band",
-                               band=(0.0, 1.0), chunk_size=2, batch_size=3)
+                               band=(-1.0, 1.0), chunk_size=2, batch_size=3)
     dictionary = build_dictionary(model, [image], [mask], config, rng, device="cpu")
     assert dictionary.images.shape == (6, 16, 16) and dictionary.features.shape == (6, 8)
     np.testing.assert_array_equal(dictionary.masks, crop_patches([mask], dictionary.locations, 16, dtype=np.uint8))
@@ -170,8 +170,9 @@ def test_pipeline_streams_like_a_direct_computation():
     assert len(labels.locations) == 5 and (labels.locations[:, 0] == 0).all()
     assert labels.num_accepted == 5
     features = encode_patches(model, crop_patches([image], labels.locations, 16), device="cpu")
-    direct_scores, direct_indices = cosine_topk(features, dictionary.features, 2)
-    np.testing.assert_allclose(labels.scores, direct_scores, atol=1e-6)
+    np.testing.assert_allclose(dictionary.center, dictionary.features.mean(axis=0), rtol=1e-5)
+    direct_scores, direct_indices = cosine_topk(features - dictionary.center, dictionary.features - dictionary.center, 2)
+    np.testing.assert_allclose(labels.scores, direct_scores, atol=1e-5)
     np.testing.assert_array_equal(labels.indices, direct_indices)
     dataset = PseudoPatchDataset([image, image], labels, dictionary)
     item = dataset[0]

@@ -1,0 +1,127 @@
+"""5-fold cross-validation on COVID-SemiSeg: supervised A' vs + pseudo-labels vs + mean teacher.
+
+The 50 labelled slices are split into 5 folds (by slice: every slice is its own case). For each
+fold the held-out 10 slices are the test set; of the other 40, ``--inner-val`` slices select the
+best epoch (validation Dice) and the rest train. A' is trained on the labelled slices only; the
+1600 unlabelled slices (from other patients and scanners, windowed differently) are
+pseudo-labelled with A''s encoder (chapter 07) and two arms continue from A': pseudo-labels
+only, and pseudo-labels + mean teacher (chapter 08). Reported: Dice on each held-out fold (mean
+over slices), mean ± sd over folds, wall time per stage.
+
+Images are z-scored per image (covidlib.preprocess.normalise_image) and resized to
+``--size`` pixels; patch size and margins are the report's (68 px, 10/15 px at about 512 px)
+scaled to that size unless given.
+
+Run: ``.venv/bin/python benchmarks/cv_semisupervised.py --root ../shared/data/covid-semiseg``
+(``--quick`` for a pilot). Introduced with chapter 08.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from covidlib.config import runtime_summary, seed_everything
+from covidlib.data import fit_slice, kfold_volumes, split_volumes
+from covidlib.datasets import get_dataset
+from covidlib.mean_teacher import ARMS, MeanTeacherConfig, SemiSupervisedSettings, semi_supervised_fold
+from covidlib.preprocess import normalise_image
+from covidlib.pseudo import PseudoLabelConfig
+from covidlib.results import atomic_write_text, git_commit
+from covidlib.train import TrainConfig
+from covidlib.transfer import SliceTraining
+
+
+def load(root: str, size: int, n_unlabelled: int | None) -> tuple[dict, list[np.ndarray]]:
+    dataset = get_dataset("covid-semiseg", root)
+    arrays = {}
+    for case_id in dataset.case_ids("train"):
+        case = dataset.load(case_id)
+        image = normalise_image(case.image.array[0], case_id)
+        image, mask = fit_slice(image, case.lesion_mask[0], (size, size), "resize")
+        arrays[case_id] = (image[None].astype(np.float32), mask[None].astype(np.uint8))
+    unlabelled_ids = dataset.case_ids("unlabelled")
+    if n_unlabelled is not None:
+        unlabelled_ids = unlabelled_ids[:: max(1, len(unlabelled_ids) // n_unlabelled)][:n_unlabelled]
+    unlabelled = []
+    for case_id in unlabelled_ids:
+        image = normalise_image(dataset.load(case_id).image.array[0], case_id)
+        unlabelled.append(fit_slice(image, np.zeros(image.shape, np.uint8), (size, size), "resize")[0][None])
+    return arrays, unlabelled
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default="../shared/data/covid-semiseg")
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--base-width", type=int, default=8)
+    parser.add_argument("--sup-epochs", type=int, default=60)
+    parser.add_argument("--semi-epochs", type=int, default=30)
+    parser.add_argument("--patience", type=int, default=20)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--rule", default="top2", choices=("top2", "top1_band"))
+    parser.add_argument("--unlabelled", type=int, default=None, help="use this many unlabelled slices (default all)")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--run-folds", type=int, default=None, help="run only the first N folds (pilot)")
+    parser.add_argument("--inner-val", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--amp", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="benchmarks/results/cv_semisupervised.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    scale = args.size / 512
+    patch = max(8, int(round(68 * scale / 4)) * 4)
+    pseudo = PseudoLabelConfig(patch_size=patch, labelled_margin=max(1, round(10 * scale)),
+                               unlabelled_margin=max(1, round(15 * scale)), rule=args.rule, batch_size=256, chunk_size=4096)
+    start_all = time.perf_counter()
+    cpu_start = time.process_time()
+    arrays, unlabelled = load(args.root, args.size, args.unlabelled)
+    load_seconds = time.perf_counter() - start_all
+    ids = list(arrays)
+    folds = kfold_volumes(ids, args.folds, args.seed)
+    rows = []
+    for fold, (train_val, test) in enumerate(folds[: args.run_folds or args.folds]):
+        train, val = split_volumes(train_val, args.inner_val, args.seed + fold)
+        train_config = TrainConfig(epochs=args.sup_epochs, lr=args.lr, patience=args.patience, amp=args.amp,
+                                   seed=args.seed + fold, device="cpu", progress=False)
+        semi_config = TrainConfig(epochs=args.semi_epochs, lr=args.lr / 2, patience=args.patience, amp=args.amp,
+                                  seed=args.seed + fold, device="cpu", progress=False)
+        steps_per_epoch = -(-len(train) // args.batch_size)
+        settings = SemiSupervisedSettings(
+            supervised=SliceTraining(train=train_config, batch_size=args.batch_size),
+            semi=semi_config, pseudo=pseudo,
+            mean_teacher=MeanTeacherConfig(rampup_steps=5 * steps_per_epoch, pseudo_batch_size=args.batch_size),
+            base_width=args.base_width)
+        result = semi_supervised_fold(arrays, train, val, test, unlabelled, settings)
+        rows.append({"fold": fold, **result})
+        print(f"fold {fold}: " + "  ".join(f"{arm} {result['dice'][arm]:.3f}" for arm in ARMS)
+              + f"  accepted {result['pseudo']['accepted']}/{result['pseudo']['patches']}"
+              + "  seconds " + " ".join(f"{k}={v:.0f}" for k, v in result["seconds"].items()), flush=True)
+    summary = {arm: {"mean": float(np.mean([r["dice"][arm] for r in rows])),
+                     "sd": float(np.std([r["dice"][arm] for r in rows], ddof=1)) if len(rows) > 1 else 0.0,
+                     "per_fold": [r["dice"][arm] for r in rows]} for arm in ARMS}
+    record = {"settings": {**vars(args), "patch_size": patch, "labelled_margin": pseudo.labelled_margin,
+                           "unlabelled_margin": pseudo.unlabelled_margin, "n_unlabelled": len(unlabelled)},
+              "summary": summary, "folds": rows, "load_seconds": load_seconds,
+              "wall_seconds": time.perf_counter() - start_all, "cpu_seconds": time.process_time() - cpu_start,
+              "commit": git_commit(Path(__file__).resolve().parent),
+              "runtime": runtime_summary(quick=False, device="cpu", seed=args.seed, dataset="covid-semiseg")}
+    atomic_write_text(args.out, json.dumps(record, indent=1, default=float) + "\n")
+    print("\nDice on held-out folds (mean ± sd over folds):")
+    for arm in ARMS:
+        print(f"  {arm:<14} {summary[arm]['mean']:.3f} ± {summary[arm]['sd']:.3f}")
+    print(f"wall {record['wall_seconds']:.0f} s, CPU {record['cpu_seconds']:.0f} s, written {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
