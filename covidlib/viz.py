@@ -319,35 +319,41 @@ def show_hu_histograms(image: Volume | np.ndarray, labels: np.ndarray, names: Ma
 
 
 def slice_viewer(volume: Volume | np.ndarray, masks: Masks = None, *, window: Window = "lung",
-                 alpha: float = 0.35, title: str | None = None):
+                 alpha: float = 0.35, title: str | None = None, max_slices: int = 32, dpi: int = 80):
     """An ipywidgets viewer: a z slider over axial slices with optional mask overlays.
 
-    Returns the widget (a ``VBox``). A built HTML book has no kernel to move the slider, so
-    chapters show :func:`show_montage` of the same volume beside it.
+    Every shown slice is rendered once to a PNG and the slider is linked to a ``Stack`` of
+    them in the browser (``jslink``), so the viewer works without a kernel: in Jupyter, in
+    Colab and in the built HTML book alike. Volumes with more than ``max_slices`` slices show
+    that many, evenly spaced. Returns the widget (a ``VBox``); chapters also show
+    :func:`show_montage` of the same volume for print.
     Introduced in chapter 01.
     """
+    import io as _io
+
     import ipywidgets as widgets
 
     array, _ = _array_and_spacing(volume)
+    if max_slices < 1:
+        raise InvalidInputError(f"slice_viewer: max_slices must be at least 1, got {max_slices}")
     named = _named_masks(masks, array.shape)
-    start = _busiest_slice(named, 0, array.shape[0])
-    slider = widgets.IntSlider(value=start, min=0, max=array.shape[0] - 1, description="z", continuous_update=False)
-    output = widgets.Output()
+    depth = array.shape[0]
+    shown = np.unique(np.linspace(0, depth - 1, min(depth, max_slices)).round().astype(int))
     label = title or "Slice viewer"
-
-    def render(z: int) -> None:
+    images = []
+    for z in shown:
         fig, (ax,) = _grid_figure(1, 1, f"{label}, z = {z} ({window_label(window)})", bool(named))
         _draw(ax, array[z], window, {k: m[z] for k, m in named.items()}, alpha)
         _legend(fig, named)
-        output.clear_output(wait=True)
-        with output:
-            from IPython.display import display
-
-            display(fig)
-
-    slider.observe(lambda change: render(change["new"]), names="value")
-    render(start)
-    return widgets.VBox([slider, output])
+        buffer = _io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=dpi)
+        images.append(widgets.Image(value=buffer.getvalue(), format="png"))
+    start = int(np.abs(shown - _busiest_slice(named, 0, depth)).argmin())
+    stack = widgets.Stack(images, selected_index=start)
+    slider = widgets.IntSlider(value=start, min=0, max=len(shown) - 1, description="slice",
+                               readout=True, continuous_update=True)
+    widgets.jslink((slider, "value"), (stack, "selected_index"))
+    return widgets.VBox([slider, stack])
 
 
 # ---------------------------------------------------------------------------------------------

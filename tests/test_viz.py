@@ -103,10 +103,19 @@ def test_hu_histograms_one_curve_per_present_tissue(volume: Volume) -> None:
 
 def test_slice_viewer_is_a_widget_with_a_z_slider(volume: Volume, lesion: np.ndarray) -> None:
     widget = viz.slice_viewer(volume, {"lesion": lesion})
-    slider, output = widget.children
+    slider, stack = widget.children
+    # One pre-rendered PNG per slice, so the slider works without a kernel (built book).
+    assert len(stack.children) == volume.shape[0]
+    assert all(bytes(image.value).startswith(b"\x89PNG") for image in stack.children)
     assert (slider.min, slider.max, slider.value) == (0, 5, 4)
-    slider.value = 2
-    assert slider.value == 2 and output is widget.children[1]
+    assert stack.selected_index == slider.value
+
+
+def test_slice_viewer_subsamples_long_volumes(volume: Volume) -> None:
+    slider, stack = viz.slice_viewer(volume, max_slices=3).children
+    assert len(stack.children) == 3 and slider.max == 2
+    with pytest.raises(InvalidInputError, match="max_slices"):
+        viz.slice_viewer(volume, max_slices=0)
 
 
 def test_panels_side_by_side(volume: Volume, lesion: np.ndarray) -> None:
