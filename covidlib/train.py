@@ -342,6 +342,10 @@ class Trainer:
         bar = tqdm(total=config.epochs, initial=self.epoch, desc="epochs", disable=not config.progress)
         while self.epoch < config.epochs and not self.stopped_early:
             start = time.perf_counter()
+            # SliceDataset seeds each item's augmentation by (seed, epoch, index).
+            dataset = getattr(train_loader, "dataset", None)
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(self.epoch)
             losses = [self.train_step(batch) for batch in self._limited(train_loader)]
             if not losses:
                 raise InvalidInputError("the training loader yielded no batches")

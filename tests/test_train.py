@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,15 @@ from covidlib.train import (
     save_checkpoint,
     validate_batch,
 )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch thread: on a shared, busy CPU a second thread makes these tiny runs far slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 class SquaresDataset(Dataset):
@@ -377,3 +387,19 @@ def test_bf16_training_reaches_float32_accuracy_on_the_squares() -> None:
         results[amp] = trainer.best_metric
     assert math.isfinite(results["bf16"])
     assert results["bf16"] > results["off"] - 0.05
+
+
+def test_fit_tells_the_dataset_each_epoch_for_fresh_augmentation() -> None:
+    class EpochRecordingSquares(SquaresDataset):
+        def __init__(self) -> None:
+            super().__init__(8, 0)
+            self.epochs: list[int] = []
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epochs.append(epoch)
+
+    dataset = EpochRecordingSquares()
+    train = DataLoader(dataset, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(0))
+    _, val = loaders()
+    Trainer(tiny_model(), quick_config(epochs=3)).fit(train, val)
+    assert dataset.epochs == [0, 1, 2]

@@ -1,0 +1,403 @@
+"""The command line: ``python -m covidlib <command>`` (also installed as ``covidlib``).
+
+Commands: ``train`` (a 2D network on a registered dataset, optionally one fold of a k-fold
+split), ``evaluate`` (a checkpoint on a split, metrics as JSON on stdout) and ``predict``
+(a checkpoint on a folder of 2D images or on a NIfTI volume, writing probability maps).
+Each command is one :class:`Command` in :data:`COMMANDS`; adding one is a line there.
+
+The command line works in image pixels: every slice is windowed to 8-bit grey levels
+(CT in HU through the lung window [-1250, 250] HU; COVID-SemiSeg slices already are),
+z-scored per slice (the windowing differs between sources, so a per-image scale matters),
+and resized to the network's square input. Predictions are resized back to each input's size.
+
+Introduced in chapter 04.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from covidlib.augment import default_augmentation
+from covidlib.config import get_device, seed_everything
+from covidlib.ct import window_hu
+from covidlib.data import SliceDataset, kfold_volumes, seeded_loader, split_volumes
+from covidlib.datasets import Case, get_dataset
+from covidlib.errors import InvalidInputError
+from covidlib.io import Volume, read_volume, write_volume
+from covidlib.losses import LOSSES
+from covidlib.metrics import dice, iou, sensitivity, specificity, summarise
+from covidlib.models import MODELS, get_model
+from covidlib.results import atomic_write_text
+from covidlib.train import AMP_CHOICES, BEST_CHECKPOINT, TrainConfig, Trainer, load_checkpoint, mixup_transform, predict_proba
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# Quick mode: a smoke run in seconds (tests, trying a setup); explicit flags still win.
+QUICK = {"epochs": 3, "max_steps_per_epoch": 2, "image_size": 64, "base_width": 8, "batch_size": 4}
+FULL = {"epochs": 500, "max_steps_per_epoch": None, "image_size": 256, "base_width": 32, "batch_size": 8}
+
+
+# --- images: one normalisation for training, evaluation and prediction ------------------------
+
+def grey_levels(image: np.ndarray, intensity: str) -> np.ndarray:
+    """Grey levels 0..255 float32 of an image given in ``intensity`` ``"8bit"`` or ``"hu"``.
+
+    HU go through the lung window [-1250, 250] HU, the window the book uses for display.
+    """
+    if intensity == "8bit":
+        return np.asarray(image, dtype=np.float32)
+    if intensity == "hu":
+        return 255.0 * window_hu(np.asarray(image))
+    raise InvalidInputError(f"intensity must be '8bit' or 'hu', got {intensity!r}")
+
+
+def standardise_slices(grey: np.ndarray) -> np.ndarray:
+    """Z-score each slice of ``grey`` (z, H, W) by its own mean and standard deviation.
+
+    A constant slice becomes all zeros.
+    """
+    grey = np.asarray(grey, dtype=np.float32)
+    mean = grey.mean(axis=(-2, -1), keepdims=True)
+    std = grey.std(axis=(-2, -1), keepdims=True)
+    return ((grey - mean) / np.where(std > 0, std, 1.0)).astype(np.float32)
+
+
+def prepare_case(case: Case) -> tuple[np.ndarray, np.ndarray]:
+    """A dataset case as (normalised image (z, H, W) float32, lesion mask (z, H, W) uint8)."""
+    if case.lesion_mask is None:
+        raise InvalidInputError(f"case {case.case_id!r} has no lesion mask; training and evaluation need labelled cases")
+    intensity = case.meta.get("intensity", "hu")
+    return standardise_slices(grey_levels(case.image.array, intensity)), np.asarray(case.lesion_mask, dtype=np.uint8)
+
+
+def resize_stack(stack: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
+    """Resize (N, H, W) to (N, *size): ``"bilinear"`` for images/probabilities, ``"nearest-exact"`` for masks."""
+    tensor = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
+    if tuple(tensor.shape[-2:]) == tuple(size):
+        return tensor[:, 0].numpy()
+    options = {"align_corners": False} if mode == "bilinear" else {}
+    return F.interpolate(tensor, size=size, mode=mode, **options)[:, 0].numpy()
+
+
+def predict_stack(model: nn.Module, images: np.ndarray, image_size: int, device: torch.device,
+                  batch_size: int = 8) -> np.ndarray:
+    """Foreground probabilities (z, H, W) for normalised slices (z, H, W) of any size.
+
+    Slices are resized to ``image_size`` squared for the network and the probabilities back.
+    """
+    resized = resize_stack(images, (image_size, image_size), "bilinear")
+    probabilities = predict_proba(model, resized, device, batch_size)
+    return np.clip(resize_stack(probabilities, images.shape[-2:], "bilinear"), 0.0, 1.0)
+
+
+def case_metrics(prediction: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """Dice, IoU, sensitivity and specificity of one case (binary arrays, any shape)."""
+    return {"dice": dice(prediction, target), "iou": iou(prediction, target),
+            "sensitivity": sensitivity(prediction, target), "specificity": specificity(prediction, target)}
+
+
+def evaluate_cases(model: nn.Module, dataset: Any, case_ids: Sequence[str], image_size: int,
+                   device: torch.device) -> dict[str, Any]:
+    """Metrics of ``model`` on ``case_ids`` at each case's own resolution.
+
+    Returns ``{"per_case": {id: metrics}, "summary": {metric: summarise(...)}}``.
+    """
+    if not case_ids:
+        raise InvalidInputError("no cases to evaluate")
+    per_case = {}
+    for case_id in case_ids:
+        image, mask = prepare_case(dataset.load(case_id))
+        probabilities = predict_stack(model, image, image_size, device)
+        per_case[case_id] = case_metrics(probabilities > 0.5, mask)
+    names = next(iter(per_case.values())).keys()
+    return {"per_case": per_case, "summary": {name: summarise(row[name] for row in per_case.values()) for name in names}}
+
+
+def to_json(value: Any) -> str:
+    """Indented, valid JSON: nan (an undefined metric, e.g. sensitivity of an empty mask) becomes null."""
+    def clean(item: Any) -> Any:
+        if isinstance(item, dict):
+            return {str(k): clean(v) for k, v in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [clean(v) for v in item]
+        return None if isinstance(item, float) and not np.isfinite(item) else item
+
+    return json.dumps(clean(value), indent=1, allow_nan=False)
+
+
+def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The network stored in a checkpoint written by ``train``, and the checkpoint's metadata."""
+    checkpoint = load_checkpoint(path)
+    metadata = checkpoint.get("metadata") or {}
+    if "model" not in metadata or "model_options" not in metadata:
+        raise InvalidInputError(f"checkpoint {path} has no model description; was it written by 'python -m covidlib train'?")
+    model = get_model(metadata["model"], **metadata["model_options"])
+    model.load_state_dict(checkpoint["model"])
+    return model.eval(), metadata
+
+
+# --- train ------------------------------------------------------------------------------------
+
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="covid-semiseg", help="registered dataset name (default: covid-semiseg)")
+    parser.add_argument("--data-root", help="the dataset's folder (default: $COVIDLIB_DATA/<dataset>)")
+    parser.add_argument("--split", help="the dataset split to train on (default: 'train', else the dataset's first)")
+    parser.add_argument("--model", choices=sorted(MODELS), default="unet", help="network (default: unet)")
+    parser.add_argument("--out", required=True, help="output folder: last.pt, best.pt, history.json, metrics.json")
+    parser.add_argument("--epochs", type=int, help=f"maximum epochs (default {FULL['epochs']}, quick {QUICK['epochs']})")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: few short epochs of a small network on small images")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation, batches and augmentation")
+    parser.add_argument("--folds", type=int, help="k of a k-fold split by case; with --fold, validate on that fold")
+    parser.add_argument("--fold", type=int, default=0, help="which fold (0..k-1) validates (default 0)")
+    parser.add_argument("--val-fraction", type=float, default=0.2, help="without --folds: share of cases held out to validate")
+    parser.add_argument("--image-size", type=int, help=f"square network input in pixels (default {FULL['image_size']})")
+    parser.add_argument("--base-width", type=int, help=f"channels of the first level (default {FULL['base_width']}; the paper: 64)")
+    parser.add_argument("--depth", type=int, default=4, help="number of poolings (default 4)")
+    parser.add_argument("--batch-size", type=int, help=f"default {FULL['batch_size']}")
+    parser.add_argument("--loss", choices=sorted(LOSSES), default="ce+dice", help="training loss (default ce+dice)")
+    parser.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (default 2e-4)")
+    parser.add_argument("--step-size", type=int, default=25, help="StepLR period in epochs (default 25)")
+    parser.add_argument("--gamma", type=float, default=0.8, help="StepLR factor (default 0.8)")
+    parser.add_argument("--patience", type=int, default=30, help="stop after this many epochs without a better validation Dice")
+    parser.add_argument("--max-steps-per-epoch", type=int, help="cap the batches of an epoch")
+    parser.add_argument("--amp", choices=AMP_CHOICES, default="auto", help="mixed precision (default auto: bf16 where native)")
+    parser.add_argument("--no-augment", action="store_true", help="switch off rotation/elastic/gamma/noise augmentation")
+    parser.add_argument("--mixup-alpha", type=float, default=0.0, help="mixup Beta(alpha, alpha); 0 = no mixup")
+    parser.add_argument("--empty-fraction", type=float, default=1.0, help="share of training slices without infection kept")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt when it exists")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _setting(args: argparse.Namespace, name: str) -> Any:
+    value = getattr(args, name)
+    if value is not None:
+        return value
+    return (QUICK if args.quick else FULL)[name]
+
+
+def _train_and_val_ids(dataset: Any, args: argparse.Namespace) -> tuple[str, list[str], list[str]]:
+    split = args.split or ("train" if "train" in dataset.splits else dataset.splits[0])
+    ids = dataset.case_ids(split)
+    if len(ids) < 2:
+        raise InvalidInputError(f"split {split!r} of dataset {args.dataset!r} has {len(ids)} case(s); training needs at least 2")
+    if args.folds is not None:
+        if not 0 <= args.fold < args.folds:
+            raise InvalidInputError(f"--fold must be in [0, {args.folds - 1}] for --folds {args.folds}, got {args.fold}")
+        train_ids, val_ids = kfold_volumes(ids, args.folds, args.seed)[args.fold]
+        return split, train_ids, val_ids
+    if not 0 < args.val_fraction < 1:
+        raise InvalidInputError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    train_ids, val_ids = split_volumes(ids, max(1, round(args.val_fraction * len(ids))), args.seed)
+    return split, train_ids, val_ids
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train one network and write OUT/{last,best}.pt, history.json and metrics.json."""
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    started = time.perf_counter()
+    cpu_started = time.process_time()
+    dataset = get_dataset(args.dataset, args.data_root)
+    split, train_ids, val_ids = _train_and_val_ids(dataset, args)
+    image_size, batch_size = _setting(args, "image_size"), _setting(args, "batch_size")
+
+    def slices(ids: list[str], augment: bool) -> SliceDataset:
+        cases = [prepare_case(dataset.load(case_id)) for case_id in ids]
+        return SliceDataset(cases, case_ids=ids, output_size=image_size, resize_mode="resize",
+                            empty_fraction=args.empty_fraction if augment else 1.0,
+                            transform=default_augmentation() if augment and not args.no_augment else None, seed=args.seed)
+
+    train_loader = seeded_loader(slices(train_ids, True), batch_size, shuffle=True, seed=args.seed)
+    val_loader = seeded_loader(slices(val_ids, False), batch_size, shuffle=False, seed=args.seed)
+    model_options = {"in_channels": 1, "num_classes": 2, "base_width": _setting(args, "base_width"), "depth": args.depth}
+    model = get_model(args.model, **model_options)
+    config = TrainConfig(epochs=_setting(args, "epochs"), lr=args.lr, step_size=args.step_size, gamma=args.gamma,
+                         patience=args.patience, loss=args.loss, amp=args.amp,
+                         max_steps_per_epoch=_setting(args, "max_steps_per_epoch"), seed=args.seed,
+                         device=args.device, progress=not args.no_progress)
+    metadata = {"model": args.model, "model_options": model_options, "image_size": image_size,
+                "dataset": args.dataset, "split": split, "train_cases": train_ids, "val_cases": val_ids,
+                "folds": args.folds, "fold": args.fold if args.folds is not None else None,
+                "augment": not args.no_augment, "mixup_alpha": args.mixup_alpha}
+    out = Path(args.out)
+    trainer = Trainer(model, config, out_dir=out, metadata=metadata,
+                      batch_transform=mixup_transform(args.mixup_alpha) if args.mixup_alpha > 0 else None)
+    history = trainer.fit(train_loader, val_loader, resume=args.resume)
+    atomic_write_text(out / "history.json", to_json(history) + "\n")
+    evaluation = evaluate_cases(trainer.model, dataset, val_ids, image_size, trainer.device)
+    result = {
+        "validation": evaluation["summary"], "per_case": evaluation["per_case"],
+        "best_epoch": trainer.best_epoch, "epochs_run": len(history), "stopped_early": trainer.stopped_early,
+        "best_val_dice_training_size": trainer.best_metric,
+        "wall_seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu_started,
+        "device": str(trainer.device), "amp": str(trainer.amp_dtype), "threads": torch.get_num_threads(),
+        "settings": {**metadata, "config": dataclasses.asdict(config)},
+    }
+    atomic_write_text(out / "metrics.json", to_json(result) + "\n")
+    dice_summary = evaluation["summary"]["dice"]
+    print(f"{args.model}: validation Dice {dice_summary['mean']:.4f} ± {dice_summary['sd']:.4f} over {dice_summary['n']} "
+          f"case(s), best epoch {trainer.best_epoch} of {len(history)}; wrote {out}")
+    return 0
+
+
+# --- evaluate ---------------------------------------------------------------------------------
+
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="best.pt (or last.pt) written by 'train'")
+    parser.add_argument("--dataset", help="registered dataset (default: the one the checkpoint was trained on)")
+    parser.add_argument("--data-root", help="the dataset's folder (default: $COVIDLIB_DATA/<dataset>)")
+    parser.add_argument("--split", help="split to evaluate (default: the checkpoint's validation cases)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--per-case", action="store_true", help="include every case's metrics in the JSON")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Print the checkpoint's metrics on a split (or its validation cases) as JSON."""
+    model, metadata = model_from_checkpoint(args.checkpoint)
+    name = args.dataset or metadata.get("dataset")
+    if not name:
+        raise InvalidInputError("--dataset is needed: the checkpoint does not name its dataset")
+    dataset = get_dataset(name, args.data_root)
+    if args.split is not None:
+        case_ids = dataset.case_ids(args.split)
+    elif name == metadata.get("dataset") and metadata.get("val_cases"):
+        case_ids = list(metadata["val_cases"])
+    else:
+        raise InvalidInputError("--split is needed: the checkpoint's validation cases belong to another dataset")
+    evaluation = evaluate_cases(model, dataset, case_ids, int(metadata["image_size"]), get_device(args.device))
+    output = {"checkpoint": str(args.checkpoint), "dataset": name, "split": args.split or "validation cases",
+              "summary": evaluation["summary"]}
+    if args.per_case:
+        output["per_case"] = evaluation["per_case"]
+    print(to_json(output))
+    return 0
+
+
+# --- predict ----------------------------------------------------------------------------------
+
+def _predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="best.pt written by 'train'")
+    parser.add_argument("--input", required=True,
+                        help="a folder of 2D images (PNG/JPG/BMP/TIFF, 8-bit grey) or a NIfTI volume (.nii/.nii.gz, HU)")
+    parser.add_argument("--output", required=True,
+                        help="for a folder: an output folder of 8-bit PNG probability maps (same names, .png); "
+                             "for a NIfTI: the output NIfTI file (float32 probabilities, the input's geometry)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")
+
+
+def _read_grey_image(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("L"), dtype=np.float32)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise InvalidInputError(f"{path}: cannot be read as an image ({exc})") from exc
+
+
+def _write_png(probabilities: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        Image.fromarray(np.round(probabilities * 255.0).astype(np.uint8), mode="L").save(tmp, format="PNG")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Write probability maps for a folder of 2D images or for one NIfTI volume."""
+    model, metadata = model_from_checkpoint(args.checkpoint)
+    image_size = int(metadata["image_size"])
+    device = get_device(args.device)
+    source, target = Path(args.input), Path(args.output)
+    if source.is_dir():
+        files = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise InvalidInputError(f"{source}: no 2D images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+        for path in files:
+            image = standardise_slices(_read_grey_image(path)[None])
+            _write_png(predict_stack(model, image, image_size, device, args.batch_size)[0], target / f"{path.stem}.png")
+        print(f"wrote {len(files)} probability map(s) to {target}")
+        return 0
+    if source.name.lower().endswith(NIFTI_SUFFIXES):
+        if not target.name.lower().endswith(NIFTI_SUFFIXES):
+            raise InvalidInputError(f"--output {target}: a NIfTI input needs a .nii or .nii.gz output file")
+        volume = read_volume(source)
+        image = standardise_slices(grey_levels(volume.array, "hu"))
+        probabilities = predict_stack(model, image, image_size, device, args.batch_size).astype(np.float32)
+        write_volume(Volume(array=probabilities, spacing=volume.spacing, origin=volume.origin,
+                            direction=volume.direction, source=None), target)
+        print(f"wrote a probability volume {probabilities.shape} to {target}")
+        return 0
+    raise InvalidInputError(f"--input {source}: expected a folder of 2D images or a .nii/.nii.gz file")
+
+
+# --- the command table ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its one-line help, its arguments and what it runs (returns an exit code)."""
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command("train a 2D U-Net or attention U-Net on a registered dataset", _train_arguments, run_train),
+    "evaluate": Command("evaluate a checkpoint on a dataset split; prints metrics as JSON", _evaluate_arguments, run_evaluate),
+    "predict": Command("probability maps for a folder of 2D images or a NIfTI volume", _predict_arguments, run_predict),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with one subparser for each entry of :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m covidlib",
+        description="COVID-19 lung-infection segmentation in chest CT: train, evaluate and apply 2D U-Nets.",
+        epilog="Example: python -m covidlib train --dataset covid-semiseg --data-root DATA --model attention-unet --out runs/att",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=command.help, description=command.help)
+        command.add_arguments(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit code.
+
+    Bad input (a missing file, an unknown dataset, a mask that does not fit) is reported on
+    stderr as one line and gives exit code 2.
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command].run(args)
+    except InvalidInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
