@@ -126,6 +126,10 @@ class Dataset(ABC):
                 return name
         raise InvalidInputError(f"case_id={case_id!r} is not in dataset {self.name!r}")
 
+    def spacing(self, case_id: str) -> tuple[float, float, float]:
+        """Voxel spacing (z, y, x) in mm of one case (file datasets read only the header)."""
+        return self.load(case_id).image.spacing
+
     def cases(self, split: str | None = None) -> Iterator[Case]:
         """Load the cases of ``split`` one at a time."""
         for case_id in self.case_ids(split):
@@ -326,6 +330,23 @@ class PatternDataset(Dataset):
 
     def _image_intensity(self, case_id: str) -> str:
         return self.intensity
+
+    def spacing(self, case_id: str) -> tuple[float, float, float]:
+        """Voxel spacing (z, y, x) in mm from the image header, without reading the voxels."""
+        import SimpleITK as sitk
+
+        self.split_of(case_id)
+        path = self._files[0][case_id]
+        if path.is_dir():
+            return super().spacing(case_id)
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as exc:
+            raise InvalidInputError(f"{path}: cannot read the image header ({exc})") from exc
+        x, y, z = reader.GetSpacing()[:3]
+        return (float(z), float(y), float(x))
 
     def load(self, case_id: str) -> Case:
         split = self.split_of(case_id)

@@ -211,6 +211,7 @@ def test_folder_dataset_pairs_labelled_and_unlabelled(tmp_path: Path) -> None:
     _write_case(tmp_path, "images/b.nii.gz", {})
     ds = get_dataset("folder", tmp_path, lung_pattern="lungs/{id}.nii.gz")
     assert ds.case_ids("labelled") == ["a"] and ds.case_ids("unlabelled") == ["b"]
+    assert ds.spacing("b") == pytest.approx((2.0, 0.7, 0.7))  # from the header only
     case = ds.load("a")
     np.testing.assert_array_equal(case.lesion_mask, (lesion > 0).astype(np.uint8))
     # lungmask convention: right lung (small x with identity direction) 1, left 2.
