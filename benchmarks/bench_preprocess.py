@@ -113,8 +113,10 @@ def main() -> None:
           f"left {dice(classical['mask'] == 2, phantom.lung_mask == 2):.4f})")
     print("lungmask with random weights: its time is the real cost of the route; its mask is meaningless "
           "(trained R231 weights were not available offline)")
-    total = sum(w for w, _ in rows[0][1]["steps"].values())
-    print(f"goal: classical route <= 15 s wall -> {'met' if total <= 15 else 'NOT met'} ({total:.1f} s)")
+    wall = sum(w for w, _ in rows[0][1]["steps"].values())
+    cpu = sum(c for _, c in rows[0][1]["steps"].values())
+    print(f"goal: classical route <= 15 s -> wall {wall:.1f} s ({'met' if wall <= 15 else 'not met'}), "
+          f"CPU {cpu:.1f} s ({'met' if cpu <= 15 else 'not met'}); wall >> CPU means the cores were shared")
 
 
 if __name__ == "__main__":

@@ -637,27 +637,27 @@ _REGISTRY: dict[str, tuple[DatasetInfo, Callable[..., Dataset]]] = {
     "covid19-ct-seg": (
         DatasetInfo("covid19-ct-seg", "COVID-19 CT Lung and Infection Segmentation (Ma et al. 2020); the report's "
                     "'Covid Segmentation Benchmark'", "20 volumes", "CT (10 HU, 10 windowed 0-255)",
-                    "thin and thick (about 1-5 mm)", "lungs (right/left), infection", "CC BY-NC-SA 4.0 (see record)",
+                    "10 thin, 10 thick (per the report)", "lungs (right/left), infection", "see the Zenodo record (listed as CC BY 4.0)",
                     "https://zenodo.org/records/3757476", "download (checksum)"),
         lambda root, **opts: Covid19CtSegDataset(root, **opts),
     ),
     "msd-lung": (
         DatasetInfo("msd-lung", "Medical Segmentation Decathlon Task06: non-small-cell lung cancer",
-                    "63 labelled + 32 test volumes", "CT (HU)", "thin (about 0.6-2.5 mm)", "tumour",
+                    "63 labelled + 32 test volumes", "CT (HU)", "thin (per the report)", "tumour",
                     "CC BY-SA 4.0", "http://medicaldecathlon.com/", "download (checksum)"),
         lambda root, **opts: MsdLungDataset(root, **opts),
     ),
     "mosmed": (
         DatasetInfo("mosmed", "MosMedData: COVID-19 chest CT from Moscow hospitals (Morozov et al. 2020)",
-                    "50 labelled + about 1060 unlabelled volumes", "CT (HU)", "thick (about 8-10 mm)",
-                    "ground-glass and consolidation (one mask)", "CC BY-NC-ND 3.0", "https://mosmed.ai/datasets/",
+                    "50 labelled + about 1060 unlabelled volumes", "CT (HU)", "thick (per the report)",
+                    "ground-glass and consolidation (one mask)", "see the publisher's terms", "https://mosmed.ai/datasets/",
                     "folder you point to"),
         _mosmed,
     ),
     "nsclc": (
         DatasetInfo("nsclc", "NSCLC-Radiomics CT with PleThora lung and pleural-effusion masks (Kiser et al. 2020)",
-                    "402 volumes, 78 with effusion masks", "CT (HU)", "thin (about 3 mm)",
-                    "lungs (right/left), pleural effusion", "CC BY 3.0 / CC BY 4.0",
+                    "402 volumes, 78 with effusion masks", "CT (HU)", "thin (per the report)",
+                    "lungs (right/left), pleural effusion", "see the TCIA collection pages",
                     "https://doi.org/10.7937/tcia.2020.6c7y-gq39", "folder you point to"),
         _nsclc,
     ),
