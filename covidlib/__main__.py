@@ -40,6 +40,7 @@ from covidlib.io import Volume, read_volume, write_volume
 from covidlib.losses import LOSSES
 from covidlib.metrics import dice, iou, sensitivity, specificity, summarise
 from covidlib.models import MODELS, get_model
+from covidlib.preprocess import normalise_image
 from covidlib.results import atomic_write_text
 from covidlib.train import AMP_CHOICES, BEST_CHECKPOINT, TrainConfig, Trainer, load_checkpoint, mixup_transform, predict_proba
 
@@ -64,15 +65,10 @@ def grey_levels(image: np.ndarray, intensity: str) -> np.ndarray:
     raise InvalidInputError(f"intensity must be '8bit' or 'hu', got {intensity!r}")
 
 
-def standardise_slices(grey: np.ndarray) -> np.ndarray:
-    """Z-score each slice of ``grey`` (z, H, W) by its own mean and standard deviation.
-
-    A constant slice becomes all zeros.
-    """
-    grey = np.asarray(grey, dtype=np.float32)
-    mean = grey.mean(axis=(-2, -1), keepdims=True)
-    std = grey.std(axis=(-2, -1), keepdims=True)
-    return ((grey - mean) / np.where(std > 0, std, 1.0)).astype(np.float32)
+def normalise_slices(grey: np.ndarray, source: str) -> np.ndarray:
+    """Z-score each slice of ``grey`` (z, H, W) by its own mean and standard deviation
+    (:func:`covidlib.preprocess.normalise_image`); ``source`` names the input in errors."""
+    return np.stack([normalise_image(plane, f"{source} slice {z}") for z, plane in enumerate(np.asarray(grey))])
 
 
 def prepare_case(case: Case) -> tuple[np.ndarray, np.ndarray]:
@@ -80,7 +76,8 @@ def prepare_case(case: Case) -> tuple[np.ndarray, np.ndarray]:
     if case.lesion_mask is None:
         raise InvalidInputError(f"case {case.case_id!r} has no lesion mask; training and evaluation need labelled cases")
     intensity = case.meta.get("intensity", "hu")
-    return standardise_slices(grey_levels(case.image.array, intensity)), np.asarray(case.lesion_mask, dtype=np.uint8)
+    image = normalise_slices(grey_levels(case.image.array, intensity), f"case {case.case_id!r}")
+    return image, np.asarray(case.lesion_mask, dtype=np.uint8)
 
 
 def resize_stack(stack: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
@@ -336,7 +333,7 @@ def run_predict(args: argparse.Namespace) -> int:
         if not files:
             raise InvalidInputError(f"{source}: no 2D images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
         for path in files:
-            image = standardise_slices(_read_grey_image(path)[None])
+            image = normalise_slices(_read_grey_image(path)[None], str(path))
             _write_png(predict_stack(model, image, image_size, device, args.batch_size)[0], target / f"{path.stem}.png")
         print(f"wrote {len(files)} probability map(s) to {target}")
         return 0
@@ -344,7 +341,7 @@ def run_predict(args: argparse.Namespace) -> int:
         if not target.name.lower().endswith(NIFTI_SUFFIXES):
             raise InvalidInputError(f"--output {target}: a NIfTI input needs a .nii or .nii.gz output file")
         volume = read_volume(source)
-        image = standardise_slices(grey_levels(volume.array, "hu"))
+        image = normalise_slices(grey_levels(volume.array, "hu"), str(source))
         probabilities = predict_stack(model, image, image_size, device, args.batch_size).astype(np.float32)
         write_volume(Volume(array=probabilities, spacing=volume.spacing, origin=volume.origin,
                             direction=volume.direction, source=None), target)

@@ -17,9 +17,10 @@ from covidlib.__main__ import (
     grey_levels,
     main,
     model_from_checkpoint,
-    standardise_slices,
+    normalise_slices,
 )
 from covidlib.data import kfold_volumes
+from covidlib.errors import InvalidInputError
 from covidlib.io import read_volume
 from covidlib.train import load_checkpoint, predict_proba
 
@@ -176,8 +177,9 @@ def test_bad_input_gives_exit_code_2_and_a_message(argv: list[str], message: str
 def test_normalisation_helpers() -> None:
     np.testing.assert_allclose(grey_levels(np.array([-1300.0, -1250.0, -500.0, 250.0, 400.0]), "hu"),
                                [0.0, 0.0, 127.5, 255.0, 255.0])
-    stack = np.stack([np.arange(12, dtype=np.float32).reshape(3, 4), np.full((3, 4), 7.0, dtype=np.float32)])
-    standardised = standardise_slices(stack)
-    np.testing.assert_allclose(standardised[0].mean(), 0.0, atol=1e-6)
-    np.testing.assert_allclose(standardised[0].std(), 1.0, atol=1e-6)
-    np.testing.assert_array_equal(standardised[1], 0.0)
+    stack = np.stack([np.arange(12, dtype=np.float32).reshape(3, 4), np.arange(12, dtype=np.float32).reshape(3, 4) ** 2])
+    normalised = normalise_slices(stack, "test")
+    for plane, original in zip(normalised, stack):
+        np.testing.assert_allclose(plane, (original - original.mean()) / original.std(), rtol=1e-5)
+    with pytest.raises(InvalidInputError, match="constant"):
+        normalise_slices(np.full((2, 3, 4), 7.0), "flat.png")
