@@ -4,7 +4,8 @@
 
 For every page in the table of contents: it loads, it contains no traceback or error output,
 every image in it is present and decoded (non-zero natural size), each chapter page shows at
-least one figure, and pages that embed widget state render the widgets. A screenshot of each
+least one figure, pages that embed widget state render the widgets, and moving a slice
+viewer's slider changes its image (no kernel behind it). A screenshot of each
 page goes to book/_build/screenshots/. Debian's chromium and chromedriver are installed with
 apt-get when missing; without a browser (and no way to install one) the check is skipped with a
 clear message and exit status 0, unless --require-browser is given.
@@ -104,6 +105,30 @@ def toc_pages(html: Path) -> list[Path]:
     return [p for p in pages if p.exists()]
 
 
+VISIBLE_WIDGET_IMAGES = """
+return Array.from(document.querySelectorAll('.widget-image')).filter(i => i.offsetParent !== null).map(i => i.src);
+"""
+
+
+def slider_changes_image(driver) -> bool:
+    """Press the right arrow on the first slider handle: the visible widget image must change.
+
+    This proves the viewer works with no kernel behind it (the slider and the image stack are
+    linked in the browser).
+    """
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    handles = driver.find_elements(By.CSS_SELECTOR, ".widget-slider .noUi-handle")
+    if not handles:
+        return True
+    before = driver.execute_script(VISIBLE_WIDGET_IMAGES)
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", handles[0])
+    handles[0].send_keys(Keys.ARROW_RIGHT if handles[0].get_attribute("aria-valuenow") != handles[0].get_attribute("aria-valuemax") else Keys.ARROW_LEFT)
+    time.sleep(0.5)
+    return bool(before) and driver.execute_script(VISIBLE_WIDGET_IMAGES) != before
+
+
 def check_page(driver, url: str, relative: str, screenshots: Path) -> list[str]:
     driver.get(url)
     probe = driver.execute_script(PAGE_PROBE)
@@ -112,6 +137,8 @@ def check_page(driver, url: str, relative: str, screenshots: Path) -> list[str]:
         time.sleep(0.5)
         probe = driver.execute_script(PAGE_PROBE)
     problems = []
+    if probe["renderedWidgets"] and not slider_changes_image(driver):
+        problems.append("moving a widget slider does not change the image it controls")
     if probe["tracebacks"] or probe["tracebackText"]:
         problems.append("shows error output / a traceback")
     broken = [i["src"] for i in probe["images"] if not i["complete"] or i["width"] == 0 or i["height"] == 0]

@@ -140,7 +140,8 @@ def execute_chapters(names: list[str], *, quick: bool, device: str, dataset: str
     return results_dir
 
 
-WIDGET_JS_LOCAL = {  # paths under html_static_path (book/_static), filled by install_widget_js()
+# Script order matters (require.js defines the loader embed-amd.js needs): dicts keep it.
+WIDGET_JS_LOCAL = {  # paths under html_static_path (book/_static), filled by install_book_js()
     "widgets/require.js": {},
     "widgets/html-manager/embed-amd.js": {"data-jupyter-widgets-cdn": "https://cdn.jsdelivr.net/npm/"},
 }
@@ -157,10 +158,14 @@ def build_html() -> None:
     print("[book] rendering HTML with Jupyter Book", flush=True)
     start = time.perf_counter()
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
-    widget_js = WIDGET_JS_LOCAL if install_widget_js() else WIDGET_JS_CDN
-    config.setdefault("sphinx", {}).setdefault("config", {})["nb_ipywidgets_js"] = widget_js
+    sphinx_config = config.setdefault("sphinx", {}).setdefault("config", {})
+    if install_book_js():
+        sphinx_config["nb_ipywidgets_js"] = WIDGET_JS_LOCAL
+        sphinx_config["mathjax_path"] = "mathjax/es5/tex-mml-chtml.js"
+    else:
+        sphinx_config["nb_ipywidgets_js"] = WIDGET_JS_CDN
     with tempfile.NamedTemporaryFile("w", suffix=".yml", dir=ROOT / "book", delete=False) as handle:
-        yaml.safe_dump(config, handle)
+        yaml.safe_dump(config, handle, sort_keys=False)
     try:
         result = subprocess.run(
             [str(Path(sys.executable).parent / "jupyter-book"), "build", str(ROOT), "--path-output", str(ROOT / "book"),
@@ -174,26 +179,32 @@ def build_html() -> None:
     print(f"[book] HTML in {HTML.relative_to(ROOT)}/ ({time.perf_counter() - start:.1f} s)", flush=True)
 
 
-def install_widget_js() -> bool:
-    """Fetch the ipywidgets embed JavaScript from npm (pinned in book/package.json) for offline widgets.
+def install_book_js() -> bool:
+    """Fetch the JavaScript the HTML book needs offline (ipywidgets embedding, MathJax) from npm.
 
-    Returns False, and the book names the CDN instead, when npm is not available.
+    Versions are pinned in book/package.json and its lock file; the files are copied into
+    book/_static/ (ignored by git). Returns False, and the book names the CDN instead, when
+    npm is not available.
     """
     book = ROOT / "book"
-    target = book / "_static" / "widgets"
-    if (target / "html-manager" / "embed-amd.js").exists() and (target / "require.js").exists():
+    static = book / "_static"
+    wanted = [static / "widgets" / "html-manager" / "embed-amd.js", static / "widgets" / "require.js",
+              static / "mathjax" / "es5" / "tex-mml-chtml.js"]
+    if all(path.exists() for path in wanted):
         return True
     if shutil.which("npm") is None:
-        print("[book] npm not found: the HTML book's widgets will load their JavaScript from the CDN")
+        print("[book] npm not found: the HTML book's widgets and maths will load their JavaScript from the CDN")
         return False
-    print("[book] fetching the widget JavaScript with npm (book/package.json)", flush=True)
+    print("[book] fetching the book's JavaScript with npm (book/package.json)", flush=True)
     result = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=book)
     if result.returncode != 0:
-        fail("npm ci in book/ failed: the widget JavaScript could not be fetched")
+        fail("npm ci in book/ failed: the book's JavaScript could not be fetched")
     modules = book / "node_modules"
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(modules / "@jupyter-widgets" / "html-manager" / "dist", target / "html-manager")
-    shutil.copy2(modules / "requirejs" / "require.js", target / "require.js")
+    for folder in ("widgets", "mathjax"):
+        shutil.rmtree(static / folder, ignore_errors=True)
+    shutil.copytree(modules / "@jupyter-widgets" / "html-manager" / "dist", static / "widgets" / "html-manager")
+    shutil.copy2(modules / "requirejs" / "require.js", static / "widgets" / "require.js")
+    shutil.copytree(modules / "mathjax" / "es5", static / "mathjax" / "es5")
     return True
 
 
