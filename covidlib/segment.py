@@ -13,7 +13,9 @@ by slice on that grid, and its infection probability is brought back onto the sc
 * the crop is pasted into a full-size mask and restricted to the lung mask.
 
 The outputs, the infection mask and the lung mask (right lung 1, left lung 2), carry the scan's
-exact origin, spacing and direction, and the summary gives volumes in mL: lungs, infection,
+exact origin, spacing and direction (NIfTI headers hold float32, so a DICOM or NRRD scan written
+as NIfTI keeps its geometry to about 1e-7 relative; ``.nrrd`` outputs keep doubles), and the
+summary gives volumes in mL: lungs, infection,
 and the infected share of each lung and of both, the measure radiologists score severity by
 (e.g. the CT severity score of Pan et al., Radiology 2020).
 
@@ -32,7 +34,7 @@ The input must be prepared as it was in training, and the book has two ways:
   slices through the lung window to grey levels, z-scored per slice and resized to
   ``image_size`` squared; probabilities are resized back (bilinear) to each slice's own size.
 
-Introduced in chapter 10.
+Introduced in chapter 04.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ class Segmentation:
     lungs); ``lung_mask``: uint8, right lung 1, left lung 2; ``summary``: volumes in mL and the
     infected share of the lungs (see :func:`volume_summary`) plus what was run.
 
-    Introduced in chapter 10.
+    Introduced in chapter 04.
     """
 
     infection: Volume
@@ -116,7 +118,7 @@ def load_segmentation_model(path: str | Path, architecture: Architecture | None 
     ``metadata`` with the architecture used filled in. Raises :class:`InvalidInputError` naming
     the file when it is missing, unreadable, records no architecture, or its weights do not fit.
 
-    Introduced in chapter 10.
+    Introduced in chapter 04.
     """
     path = Path(path)
     payload = load_checkpoint(path)
@@ -129,7 +131,10 @@ def load_segmentation_model(path: str | Path, architecture: Architecture | None 
     if chosen is None:
         raise InvalidInputError(f"checkpoint {path} does not record its architecture (metadata 'model'/'model_options'); "
                                 f"give it explicitly: --model {{{','.join(sorted(MODELS))}}} --base-width N --depth N")
-    model = get_model(chosen.model, **chosen.model_options)
+    try:
+        model = get_model(chosen.model, **chosen.model_options)
+    except (InvalidInputError, TypeError) as exc:
+        raise InvalidInputError(f"checkpoint {path}: cannot build {chosen.model!r} with {chosen.model_options}: {exc}") from exc
     if getattr(model, "in_channels", 1) != 1 or getattr(model, "num_classes", 2) != 2:
         raise InvalidInputError(f"checkpoint {path}: the network must take 1 channel and give 2 classes, "
                                 f"got {chosen.model_options}")
@@ -152,7 +157,7 @@ def predict_volume(model: nn.Module, image: np.ndarray, *, device: str | torch.d
     Runs without gradients under ``amp`` autocast (``"auto"``: bfloat16 where the hardware has
     it) on ``get_device(device)``; a progress bar counts slices.
 
-    Introduced in chapter 10.
+    Introduced in chapter 04.
     """
     if batch_size < 1:
         raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -177,7 +182,7 @@ def resample_onto(image: Volume, reference: Volume) -> np.ndarray:
     Both volumes are placed by their origin, spacing and direction; reference voxels beyond the
     last sample of ``image`` take the nearest sample (no fading to zero at the edges).
 
-    Introduced in chapter 10.
+    Introduced in chapter 04.
     """
     resampler = sitk.ResampleImageFilter()
     resampler.SetReferenceImage(reference.to_sitk())
@@ -194,7 +199,7 @@ def volume_summary(infection: np.ndarray, lungs: np.ndarray, spacing: Sequence[f
     ``infection`` 0/1 and ``lungs`` (right 1, left 2) are (z, y, x) on a grid of ``spacing`` mm;
     a voxel holds ``prod(spacing) / 1000`` mL. Only infection inside the lungs counts.
 
-    Introduced in chapter 10.
+    Introduced in chapter 04.
     """
     voxel_ml = float(np.prod(np.asarray(spacing, float))) / 1000.0
     infected = np.asarray(infection) > 0
@@ -251,7 +256,7 @@ def segment_volume(volume: Volume, model: nn.Module, *, device: str | torch.devi
     interpolated probability exceeds ``threshold`` and it lies in the lungs. Raises
     :class:`InvalidInputError` naming the scan for a 2D, 8-bit or otherwise non-HU image.
 
-    Introduced in chapter 10.
+    Introduced in chapter 04.
     """
     if not 0.0 < threshold < 1.0:
         raise InvalidInputError(f"threshold must lie in (0, 1), got {threshold!r}")
@@ -333,7 +338,7 @@ def write_segmentation(result: Segmentation, mask_path: str | Path, lung_mask_pa
     every one is complete are they renamed into place, so a failure leaves no output behind
     (and no earlier file half-replaced). Returns the paths written.
 
-    Introduced in chapter 10.
+    Introduced in chapter 04.
     """
     targets: list[Path] = []
     staged: list[Path] = []

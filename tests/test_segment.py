@@ -222,6 +222,7 @@ def test_load_checkpoint_architecture_from_metadata_or_explicit(tmp_path):
     ("wrong_width", r"wrong_width\.pt: its weights do not fit a 'unet' network"),
     ("three_classes", r"three_classes\.pt: the network must take 1 channel and give 2 classes"),
     ("not_a_trainer_checkpoint", r"not_a_trainer_checkpoint\.pt: expected a covidlib Trainer checkpoint"),
+    ("unknown_option", r"unknown_option\.pt: cannot build 'unet' with .*'colour'"),
 ])
 def test_bad_checkpoints_are_named(tmp_path, case, message):
     path = tmp_path / f"{case}.pt"
@@ -234,6 +235,8 @@ def test_bad_checkpoints_are_named(tmp_path, case, message):
     elif case == "three_classes":
         options = {**TINY, "num_classes": 3}
         write_checkpoint(path, get_model("unet", **options), {"model": "unet", "model_options": options})
+    elif case == "unknown_option":
+        write_checkpoint(path, constant_network(True), {"model": "unet", "model_options": {**TINY, "colour": "red"}})
     else:
         torch.save({"weights": torch.zeros(3)}, path)
     with pytest.raises(InvalidInputError, match=message):
@@ -328,6 +331,39 @@ def test_cli_architecture_options_for_bare_checkpoints(main, scan_path, tmp_path
     assert main(args) == 2 and not out.parent.exists()
     assert main(args + ["--model", "unet", "--base-width", "2", "--depth", "2"]) == 0
     assert not read_mask(out).array.any()
+
+
+def _dicom_series(folder: Path, hu: np.ndarray) -> Path:
+    """Write ``hu`` (z, y, x) as a CT DICOM series (int16 stored values), one file a slice."""
+    image = sitk.GetImageFromArray(np.round(hu).astype(np.int16))
+    image.SetSpacing(SPACING[::-1])
+    image.SetOrigin(ORIGIN)
+    folder.mkdir(parents=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(hu.shape[0]):
+        piece = image[:, :, k]
+        for tag, value in (("0008|0060", "CT"), ("0020|000e", "1.2.826.0.1.3680043.2.1125.1.7"), ("0020|0013", str(k + 1)),
+                           ("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, k))))),
+                           ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0018|0050", str(SPACING[0]))):
+            piece.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.Execute(piece)
+    return folder
+
+
+def test_cli_reads_a_dicom_folder(main, phantom, tmp_path):
+    folder = _dicom_series(tmp_path / "dicom", phantom.image.array)
+    scan = read_volume(folder)
+    checkpoint = write_checkpoint(tmp_path / "best.pt", constant_network(True), {"model": "unet", "model_options": TINY})
+    out = tmp_path / "mask.nii.gz"
+    assert main(["segment", str(folder), "-o", str(out), "--checkpoint", str(checkpoint), "--lung-method", "classical",
+                 "--no-progress"]) == 0
+    written = read_mask(out)
+    assert written.shape == scan.shape and written.direction == scan.direction
+    np.testing.assert_allclose(written.spacing, scan.spacing, rtol=1e-6)  # NIfTI stores float32
+    np.testing.assert_allclose(written.origin, scan.origin, atol=1e-4)
+    np.testing.assert_array_equal(written.array, (lung_mask(scan, "classical") > 0).astype(np.uint8))
 
 
 def _eight_bit(tmp_path: Path, phantom) -> Path:
