@@ -568,10 +568,9 @@ def preprocess_case(case: Case, *, lung_method: str = "auto", spacing_mm: float 
             raise InvalidInputError(f"{where}: lung_method='given' but case {case.case_id!r} has no lung mask")
         lungs, used = np.asarray(case.lung_mask, np.uint8), "given"
     else:
-        used = lung_method
-        if lung_method == "auto":
-            used = "lungmask" if lungmask_weights(modelpath) is not None else "classical"
-        lungs = lung_mask(volume, used, modelpath, device=device)
+        uses_lungmask = lung_method == "lungmask" or (lung_method == "auto" and lungmask_weights(modelpath) is not None)
+        used = "lungmask" if uses_lungmask else "classical"
+        lungs = lung_mask(volume, lung_method, modelpath, device=device)  # "auto" warns when it falls back
     if not lungs.any():
         raise InvalidInputError(f"{where}: the lung mask of case {case.case_id!r} is empty (method {used!r})")
 

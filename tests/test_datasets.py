@@ -166,7 +166,7 @@ def test_real_semiseg_is_listed_lazily_and_reads() -> None:
     start = time.perf_counter()
     ds = get_dataset("covid-semiseg", REAL_SEMISEG)
     counts = {split: len(ds.case_ids(split)) for split in ds.splits}
-    assert time.perf_counter() - start < 2.0  # a directory scan, no image read
+    assert time.perf_counter() - start < 5.0  # a directory scan, no image read (generous: shared CPU)
     assert counts == {"train": 50, "unlabelled": 1600, "test": 0}  # the test split is not shipped here
     case = ds.load("train/0")
     assert case.lesion_mask is not None and set(np.unique(case.lesion_mask)) <= {0, 1}

@@ -188,6 +188,9 @@ def test_auto_uses_weights_when_present_else_classical(small_lungmask: Path, sma
     with pytest.warns(UserWarning, match="classical"):
         auto = lung_mask(case.image, "auto")
     np.testing.assert_array_equal(auto, classical_lung_mask(case.image))
+    with pytest.warns(UserWarning, match="classical"):
+        prepared = preprocess_case(Case("p", case.image, None, None, {}), lung_method="auto", margin_mm=5.0)
+    assert prepared.meta["lung_method"] == "classical"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         np.testing.assert_array_equal(lung_mask(case.image, "auto", small_lungmask, device="cpu"),
