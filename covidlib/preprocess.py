@@ -106,7 +106,7 @@ def _downsample_factors(spacing: tuple[float, float, float], target_mm: float = 
 def _split_lungs(air: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
     """Label the two lungs (1, 2) inside ``air``; the trachea and anything else get 0.
 
-    The lungs are the two thickest air regions. On a coarse grid (~2.5 mm) the distance map of
+    The lungs are the two thickest air regions. On a coarse grid (~4 mm) the distance map of
     the air is thresholded at increasing depths until its two largest cores are lungs (thin
     bronchi and the anterior junction break first); every other core (trachea, main bronchi,
     stray gas) is a marker of its own, and a watershed on the distance map gives each air voxel
@@ -135,8 +135,9 @@ def _split_lungs(air: np.ndarray, spacing: tuple[float, float, float]) -> np.nda
             break
     if markers is None:
         raise InvalidInputError(
-            f"found {'no' if total == 0 else 'a single'} air-filled region inside the body that could be the lungs, "
-            "not two; the classical method needs both lungs in view (try method='lungmask')")
+            f"no two air-filled regions inside the body are large enough to be lungs (at least {MIN_LUNG_CORE_ML:g} mL "
+            f"each; {int(total)} air voxels in all); the classical method needs both lungs in view "
+            "(try method='lungmask')")
     basins = watershed(-distance, markers, mask=coarse)
     coarse_lungs = np.where(basins == lung_ids[0], 1, np.where(basins == lung_ids[1], 2, 0)).astype(np.uint8)
     # Back to the full grid (nearest), then keep the fine air voxels only.
