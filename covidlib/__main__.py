@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from covidlib import segment
 from covidlib.augment import default_augmentation
 from covidlib.config import get_device, seed_everything
 from covidlib.ct import window_hu
@@ -365,6 +366,8 @@ COMMANDS: dict[str, Command] = {
     "train": Command("train a 2D U-Net or attention U-Net on a registered dataset", _train_arguments, run_train),
     "evaluate": Command("evaluate a checkpoint on a dataset split; prints metrics as JSON", _evaluate_arguments, run_evaluate),
     "predict": Command("probability maps for a folder of 2D images or a NIfTI volume", _predict_arguments, run_predict),
+    "segment": Command("infection and lung masks of a CT scan on its own grid, with volumes in mL",
+                       segment.add_arguments, segment.run),
 }
 
 
