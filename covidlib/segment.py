@@ -235,9 +235,10 @@ def _lung_crop_probability(volume: Volume, lungs: np.ndarray, model: nn.Module, 
 def _window_probability(volume: Volume, model: nn.Module, image_size: int,
                         predict: dict[str, Any]) -> tuple[np.ndarray, tuple[int, ...]]:
     """Probability on the scan's grid through ``python -m covidlib train``'s input preparation."""
-    from covidlib.__main__ import grey_levels, resize_stack, standardise_slices
+    from covidlib.__main__ import grey_levels, normalise_slices, resize_stack
 
-    image = resize_stack(standardise_slices(grey_levels(volume.array, "hu")), (image_size, image_size), "bilinear")
+    grey = grey_levels(volume.array, "hu")
+    image = resize_stack(normalise_slices(grey, volume.source or "<volume>"), (image_size, image_size), "bilinear")
     probability = resize_stack(predict_volume(model, image, **predict), volume.shape[1:], "bilinear")
     return np.clip(probability, 0.0, 1.0).astype(np.float32), image.shape
 
