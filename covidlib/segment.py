@@ -261,6 +261,8 @@ def segment_volume(volume: Volume, model: nn.Module, *, device: str | torch.devi
     """
     if not 0.0 < threshold < 1.0:
         raise InvalidInputError(f"threshold must lie in (0, 1), got {threshold!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
     if lung_method not in LUNG_METHODS:
         raise InvalidInputError(f"lung_method={lung_method!r}: choose one of {LUNG_METHODS}")
     options = dict(preprocess or {})
@@ -269,6 +271,7 @@ def segment_volume(volume: Volume, model: nn.Module, *, device: str | torch.devi
         raise InvalidInputError(f"preprocess options {unknown} are not known; choose from {PREPROCESS_KEYS}")
     if window_size is not None and (options or not isinstance(window_size, int) or window_size < 1):
         raise InvalidInputError(f"window_size={window_size!r} must be a positive int and excludes preprocess options")
+    resolve_amp(amp, get_device(device))  # a bad device or amp fails here, before the lung mask
     check_ct_volume(volume)
     start = time.perf_counter()
     used = lung_method

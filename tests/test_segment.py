@@ -189,6 +189,19 @@ def test_window_input_of_the_command_line_checkpoints(scan, lungs, phantom):
         segment_volume(scan, constant_network(True), window_size=32, preprocess={"margin_mm": 5.0})
 
 
+@pytest.mark.parametrize("option, message", [
+    ({"threshold": 1.5}, "threshold must lie in"),
+    ({"batch_size": 0}, "batch_size must be a positive integer"),
+    ({"lung_method": "otsu"}, "lung_method='otsu'"),
+    ({"amp": "fp16", "device": "cpu"}, "amp='fp16' needs a CUDA device"),
+    ({"preprocess": {"spacing": 1.0}}, r"preprocess options \['spacing'\] are not known"),
+])
+def test_bad_options_fail_before_any_work(scan, option, message, monkeypatch):
+    monkeypatch.setattr(segment_module, "lung_mask", lambda *args, **kwargs: pytest.fail("lung masking started"))
+    with pytest.raises(InvalidInputError, match=message):
+        segment_volume(scan, constant_network(True), **option)
+
+
 def test_lung_sides_follow_the_patient(oracle_result, scan):
     labels = oracle_result.lung_mask.array
     direction = np.asarray(scan.direction).reshape(3, 3)
