@@ -409,3 +409,84 @@ def show_normalisation(before: Mapping[str, np.ndarray], after: Mapping[str, np.
     right.legend(fontsize=7, loc="upper right")
     fig.suptitle(title or "Intensity before and after normalisation")
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Training figures
+
+
+def show_learning_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], *, title: str | None = None) -> Figure:
+    """Training loss and validation Dice per epoch, one line per run.
+
+    ``histories`` maps a run's name to its :attr:`covidlib.train.Trainer.history` (dicts with
+    ``epoch``, ``train_loss``, ``val_dice``); the best epoch of each run is marked. Losses of
+    different kinds have different scales, so the loss panel is for shape, not comparison.
+    Introduced in chapter 04.
+    """
+    if not histories or any(len(rows) == 0 for rows in histories.values()):
+        raise InvalidInputError("show_learning_curves needs at least one run with at least one epoch")
+    fig = Figure(figsize=(11, 4.0), layout="constrained")
+    loss_ax, dice_ax = fig.subplots(1, 2)
+    for colour, (name, rows) in zip(MASK_COLOURS * 3, histories.items()):
+        epochs = [row["epoch"] for row in rows]
+        dices = [row["val_dice"] for row in rows]
+        loss_ax.plot(epochs, [row["train_loss"] for row in rows], color=colour, label=name)
+        dice_ax.plot(epochs, dices, color=colour, label=name)
+        best = int(np.argmax(dices))
+        dice_ax.plot(epochs[best], dices[best], marker="o", color=colour)
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("training loss")
+    loss_ax.set_title("training loss (each loss on its own scale)", fontsize=10)
+    dice_ax.set_xlabel("epoch")
+    dice_ax.set_ylabel("validation Dice")
+    dice_ax.set_ylim(0, 1)
+    dice_ax.set_title("validation Dice (dot: best epoch, the model kept)", fontsize=10)
+    for ax in (loss_ax, dice_ax):
+        ax.grid(True, color="0.9")
+    dice_ax.legend(fontsize=8)
+    fig.suptitle(title or "Learning curves")
+    return fig
+
+
+def show_attention_maps(images: np.ndarray, masks: np.ndarray, probabilities: np.ndarray,
+                        attention: Mapping[str, np.ndarray], *, intensity_range: tuple[float, float] = (-3.0, 3.0),
+                        title: str | None = None) -> Figure:
+    """One row per slice: the image with its true mask outlined, the predicted probability, and
+    each attention map (resized to the image, values in [0, 1]).
+
+    ``images``, ``masks`` (0/1) and ``probabilities``: (N, H, W); ``attention`` maps a level's
+    name to its maps (N, h, w) (e.g. ``AttentionUNet2d.attention_maps``, channel dropped).
+    ``intensity_range``: the grey-scale limits of the (normalised) images.
+    Introduced in chapter 04.
+    """
+    images, masks, probabilities = (np.asarray(a) for a in (images, masks, probabilities))
+    if images.ndim != 3 or masks.shape != images.shape or probabilities.shape != images.shape:
+        raise InvalidInputError(f"images, masks and probabilities must share one (N, H, W) shape, got "
+                                f"{images.shape}, {masks.shape}, {probabilities.shape}")
+    rows, columns = len(images), 2 + len(attention)
+    fig = Figure(figsize=(2.4 * columns + 0.8, 2.4 * rows + 0.6), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(rows, columns, squeeze=False))
+    lo, hi = intensity_range
+    shown = None
+    for row in range(rows):
+        height, width = images[row].shape
+        axes[row, 0].imshow(images[row], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+        if masks[row].any():
+            axes[row, 0].contour(masks[row].astype(float), levels=[0.5], colors=[MASK_COLOURS[0]], linewidths=0.9)
+        shown = axes[row, 1].imshow(probabilities[row], cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        for column, maps in enumerate(attention.values(), start=2):
+            level = np.asarray(maps[row], dtype=float)
+            # Nearest upsampling keeps the coarse levels' true resolution visible.
+            rows_index = np.minimum(np.arange(height) * level.shape[0] // height, level.shape[0] - 1)
+            cols_index = np.minimum(np.arange(width) * level.shape[1] // width, level.shape[1] - 1)
+            axes[row, column].imshow(level[np.ix_(rows_index, cols_index)], cmap="viridis", vmin=0, vmax=1,
+                                     interpolation="nearest")
+    names = ["image, true infection outlined", "predicted probability", *(f"attention: {k}" for k in attention)]
+    for column, name in enumerate(names):
+        axes[0, column].set_title(name, fontsize=8)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(shown, ax=axes[:, 1:], fraction=0.02, label="probability / attention coefficient")
+    fig.suptitle(title or f"Attention maps (grey scale [{lo:g}, {hi:g}] z-score)")
+    return fig
