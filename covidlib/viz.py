@@ -111,7 +111,7 @@ def _draw(ax, image2d: np.ndarray, window: Window, masks2d: dict[str, np.ndarray
         if mask.any():
             ax.imshow(np.ma.masked_where(~mask, mask), cmap=ListedColormap([colour]), alpha=alpha,
                       interpolation="nearest", aspect=aspect, origin=origin)
-            ax.contour(mask.astype(float), levels=[0.5], colors=[colour], linewidths=0.8, origin=origin)
+            ax.contour(mask.astype(float), levels=[0.5], colors=[colour], linewidths=0.8)
     ax.set_xticks([])
     ax.set_yticks([])
 

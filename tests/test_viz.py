@@ -126,3 +126,16 @@ def test_panels_side_by_side(volume: Volume, lesion: np.ndarray) -> None:
     assert len(fig.axes[0].get_images()) == 2 and len(fig.axes[1].get_images()) == 1
     with pytest.raises(InvalidInputError, match="2D"):
         viz.show_panels({"volume": volume.array})
+
+
+@pytest.mark.parametrize("origin", ["upper", "lower"])
+def test_mask_outline_lies_on_the_mask_rows(origin: str) -> None:
+    image = np.full((20, 20), -800.0, np.float32)
+    mask = np.zeros((20, 20), bool)
+    mask[2:6, 3:8] = True
+    fig = Figure()
+    ax = fig.subplots()
+    viz._draw(ax, image, "lung", {"lesion": mask}, 0.3, 1.0, origin)
+    outline = ax.collections[-1].get_paths()[0].vertices
+    # Rows 2..5 are inside: the 0.5-level outline runs half a pixel outside them.
+    assert outline[:, 1].min() == pytest.approx(1.5) and outline[:, 1].max() == pytest.approx(5.5)
