@@ -77,7 +77,8 @@ print(format_summary(runtime))
 # ## Settings
 #
 # Quick mode shrinks everything to fit the chapter's CPU budget: a U-Net of widths 8-64 on
-# 64 x 64 slices, 8 vs 2 volumes, 60 optimizer steps a run, 2 repeats. Full mode is the report's
+# 64 x 64 slices, 8 vs 2 volumes, 60 optimizer steps a run at a learning rate of 2e-3 (so that
+# so few steps get somewhere), 2 repeats. Full mode is the report's
 # setting: the paper-sized U-Net (widths 64-1024), 1 mm slices of 256 x 256, 40 vs 5 volumes,
 # Adam at 2e-4 (x0.8 every 25 epochs), at most 500 epochs with early stopping. The report
 # validated every 100 iterations and kept a model only when it improved; full mode keeps every
@@ -211,6 +212,7 @@ figure
 # for MSD lung tumours and NSCLC effusion. All volumes go through chapter 02's preprocessing.
 
 # %%
+from covidlib.data import SliceDataset
 from covidlib.datasets import get_dataset
 from covidlib.preprocess import preprocess_case
 from covidlib.transfer import case_arrays
@@ -238,7 +240,6 @@ probe_ids, val_ids, pool_ids = covid_ids[:n_probe], covid_ids[n_probe:n_probe + 
 
 def probe_slices(ids: list[str], size: int) -> torch.Tensor:
     """Every slice with infection of the probe volumes, padded/cropped to ``size``: (N, 1, size, size)."""
-    from covidlib.data import SliceDataset
     dataset = SliceDataset([covid[i] for i in ids], case_ids=ids, empty_fraction=0.0, output_size=size)
     return torch.stack([dataset[i]["image"] for i in range(len(dataset))])
 
