@@ -56,6 +56,20 @@ def load(root: str, size: int, n_unlabelled: int | None) -> tuple[dict, list[np.
     return arrays, unlabelled
 
 
+def build_record(args: argparse.Namespace, rows: list[dict], patch: int, pseudo: PseudoLabelConfig, n_unlabelled: int,
+                 load_seconds: float, start_all: float, cpu_start: float) -> dict:
+    """The JSON record of the folds finished so far (mean ± sd over them)."""
+    summary = {arm: {"mean": float(np.mean([r["dice"][arm] for r in rows])),
+                     "sd": float(np.std([r["dice"][arm] for r in rows], ddof=1)) if len(rows) > 1 else 0.0,
+                     "per_fold": [r["dice"][arm] for r in rows]} for arm in ARMS}
+    return {"settings": {**vars(args), "patch_size": patch, "labelled_margin": pseudo.labelled_margin,
+                         "unlabelled_margin": pseudo.unlabelled_margin, "n_unlabelled": n_unlabelled},
+            "folds_done": len(rows), "summary": summary, "folds": rows, "load_seconds": load_seconds,
+            "wall_seconds": time.perf_counter() - start_all, "cpu_seconds": time.process_time() - cpu_start,
+            "commit": git_commit(Path(__file__).resolve().parent),
+            "runtime": runtime_summary(quick=False, device="cpu", seed=args.seed, dataset="covid-semiseg")}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="../shared/data/covid-semiseg")
@@ -88,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     load_seconds = time.perf_counter() - start_all
     ids = list(arrays)
     folds = kfold_volumes(ids, args.folds, args.seed)
-    rows = []
+    rows: list[dict] = []
+    record: dict = {}
     for fold, (train_val, test) in enumerate(folds[: args.run_folds or args.folds]):
         train, val = split_volumes(train_val, args.inner_val, args.seed + fold)
         train_config = TrainConfig(epochs=args.sup_epochs, lr=args.lr, patience=args.patience, amp=args.amp,
@@ -106,16 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fold {fold}: " + "  ".join(f"{arm} {result['dice'][arm]:.3f}" for arm in ARMS)
               + f"  accepted {result['pseudo']['accepted']}/{result['pseudo']['patches']}"
               + "  seconds " + " ".join(f"{k}={v:.0f}" for k, v in result["seconds"].items()), flush=True)
-    summary = {arm: {"mean": float(np.mean([r["dice"][arm] for r in rows])),
-                     "sd": float(np.std([r["dice"][arm] for r in rows], ddof=1)) if len(rows) > 1 else 0.0,
-                     "per_fold": [r["dice"][arm] for r in rows]} for arm in ARMS}
-    record = {"settings": {**vars(args), "patch_size": patch, "labelled_margin": pseudo.labelled_margin,
-                           "unlabelled_margin": pseudo.unlabelled_margin, "n_unlabelled": len(unlabelled)},
-              "summary": summary, "folds": rows, "load_seconds": load_seconds,
-              "wall_seconds": time.perf_counter() - start_all, "cpu_seconds": time.process_time() - cpu_start,
-              "commit": git_commit(Path(__file__).resolve().parent),
-              "runtime": runtime_summary(quick=False, device="cpu", seed=args.seed, dataset="covid-semiseg")}
-    atomic_write_text(args.out, json.dumps(record, indent=1, default=float) + "\n")
+        record = build_record(args, rows, patch, pseudo, len(unlabelled), load_seconds, start_all, cpu_start)
+        atomic_write_text(args.out, json.dumps(record, indent=1, default=float) + "\n")  # after every fold
+    summary = record["summary"]
     print("\nDice on held-out folds (mean ± sd over folds):")
     for arm in ARMS:
         print(f"  {arm:<14} {summary[arm]['mean']:.3f} ± {summary[arm]['sd']:.3f}")

@@ -99,30 +99,32 @@ def boxes_from_probabilities(probabilities: Sequence[np.ndarray], threshold: flo
 
 def predict_boxes_2d(model: nn.Module, images: Sequence[np.ndarray], *, threshold: float = 0.5,
                      device: str | torch.device = "auto", batch_size: int = 16) -> list[Box | None]:
-    """Boxes from a 2D network's prediction on slices (H, W) or (1, H, W) of any sizes.
+    """Boxes from a 2D network's slice-by-slice prediction on slices (H, W) or volumes (z, H, W).
 
-    Slices of equal shape are predicted together. Used for 2D datasets (COVID-SemiSeg), where
-    the fine-tuned 2D model A' stands in for the coarse 3D network. Introduced in chapter 07.
+    Images of equal in-plane shape are predicted together; a volume's box spans all its slices'
+    predictions. Used where no coarse 3D network is trained: for 2D datasets (COVID-SemiSeg) the
+    fine-tuned 2D model A' stands in for it. Introduced in chapter 07.
     """
-    slices = [_as_slice(image, f"images[{i}]") for i, image in enumerate(images)]
-    boxes: list[Box | None] = [None] * len(slices)
+    stacks = []
+    for i, image in enumerate(images):
+        array = np.asarray(image, dtype=np.float32)
+        if array.ndim == 2:
+            array = array[None]
+        if array.ndim != 3:
+            raise InvalidInputError(f"images[{i}]: expected (H, W) or (z, H, W), got shape {array.shape}")
+        stacks.append(array)
+    boxes: list[Box | None] = [None] * len(stacks)
     by_shape: dict[tuple[int, int], list[int]] = {}
-    for index, image in enumerate(slices):
-        by_shape.setdefault(image.shape, []).append(index)
+    for index, stack in enumerate(stacks):
+        by_shape.setdefault(stack.shape[1:], []).append(index)
     for indices in by_shape.values():
-        probabilities = predict_proba(model, np.stack([slices[i] for i in indices]), device, batch_size)
-        for index, box in zip(indices, boxes_from_probabilities(list(probabilities), threshold)):
-            boxes[index] = box
+        probabilities = predict_proba(model, np.concatenate([stacks[i] for i in indices]), device, batch_size)
+        start = 0
+        for index in indices:
+            depth = len(stacks[index])
+            boxes[index] = mask_bounding_box(probabilities[start:start + depth] > threshold)
+            start += depth
     return boxes
-
-
-def _as_slice(image: np.ndarray, name: str) -> np.ndarray:
-    array = np.asarray(image, dtype=np.float32)
-    if array.ndim == 3 and array.shape[0] == 1:
-        array = array[0]
-    if array.ndim != 2:
-        raise InvalidInputError(f"{name}: expected a slice (H, W) or (1, H, W), got shape {array.shape}")
-    return array
 
 
 # --- the coarse 3D segmenter -----------------------------------------------------------------

@@ -70,7 +70,7 @@ class PseudoLabelConfig:
     rule: str = "top2"
     top2_threshold: float = 0.90
     band: tuple[float, float] = (0.87, 0.96)
-    batch_size: int = 256
+    batch_size: int = 64
     chunk_size: int = 4096
     center_features: bool = True
 
@@ -189,7 +189,7 @@ def crop_patches(arrays: Sequence[np.ndarray], locations: np.ndarray, patch_size
 # --- features and similarity ------------------------------------------------------------------
 
 @torch.no_grad()
-def encode_patches(encoder_model: nn.Module, patches: np.ndarray | torch.Tensor, batch_size: int = 256,
+def encode_patches(encoder_model: nn.Module, patches: np.ndarray | torch.Tensor, batch_size: int = 64,
                    device: str | torch.device = "auto", *, amp: torch.dtype | None = None) -> np.ndarray:
     """Encoder + global average pooling: features (N, F) float32 for patches (N, P, P) or (N, 1, P, P).
 

@@ -50,6 +50,10 @@ def test_predict_boxes_2d_handles_several_sizes():
     c = np.zeros((20, 30), dtype=np.float32)
     c[0, 0] = 5
     assert predict_boxes_2d(_Brightness(), [a, b, c], device="cpu") == [Box(0, 1, 5, 8, 10, 12), None, Box(0, 1, 0, 1, 0, 1)]
+    volume = np.zeros((3, 20, 30), dtype=np.float32)
+    volume[1, 2:4, 5:9] = 5
+    volume[2, 10, 20] = 5
+    assert predict_boxes_2d(_Brightness(), [volume, a], device="cpu") == [Box(1, 3, 2, 11, 5, 21), Box(0, 1, 5, 8, 10, 12)]
 
 
 def test_resize_volume_keeps_a_constant_and_nearest_keeps_labels():

@@ -1,0 +1,331 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/covid-ct-book/covid-ct-book/blob/main/chapters/07_pseudo_labels.ipynb)
+#
+# # 07. Pseudo-labels from cosine similarity
+#
+# **What you will learn**
+#
+# - the report's second scenario: a few labelled scans and many unlabelled ones (section 5.3);
+# - how a coarse, low-resolution 3D segmentation network finds *where* to look in an unlabelled
+#   volume, and how its bounding box is enlarged to sample patches;
+# - how the encoder of the fine-tuned network A′ plus global average pooling turns a patch into
+#   a feature vector, and how cosine similarity to a dictionary of labelled patches assigns a
+#   "soft" pseudo mask;
+# - the two assignment rules the report gives (top-2 above 0.90, section 1.3; top-1 in
+#   [0.87, 0.96], section 5.3.4), and why plain cosine similarity of pooled ReLU features is
+#   nearly 1 for everything unless the features are centred;
+# - how good the pseudo masks are — on the phantom we know the truth for the "unlabelled" scans.
+#
+# **Prerequisites** chapters 04 (U-Net, Trainer) and 05 (fine-tuning).
+#
+# **Run time** quick: ~1 min CPU (phantom); full: ~1 h GPU (phantom at 256 px, or COVID-SemiSeg
+# with its 1600 unlabelled slices).
+
+# %% tags=["remove-cell"]
+# Colab and fresh kernels: install the book's library only when it is missing.
+import importlib.util, subprocess, sys
+if importlib.util.find_spec("covidlib") is None:
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q",
+                           "covidlib @ git+https://github.com/covid-ct-book/covid-ct-book"])
+
+# %% tags=["parameters"]
+dataset = "phantom"
+data_root = ""
+quick = True
+device = "auto"
+seed = 0
+output_dir = "results"
+# chapter knobs
+rule = "top2"
+center_features = True
+
+# %%
+import dataclasses
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from covidlib.coarse import mask_bounding_box, predict_boxes_2d, predict_boxes_3d, train_coarse_segmenter
+from covidlib.config import format_summary, runtime_summary, seed_everything
+from covidlib.data import fit_slice
+from covidlib.datasets import get_dataset
+from covidlib.metrics import dice
+from covidlib.models import UNet2d
+from covidlib.preprocess import normalise_image, preprocess_case
+from covidlib.pseudo import (PseudoLabelConfig, assign, build_dictionary, cosine_topk, crop_patches, encode_patches,
+                             pseudo_label, pseudo_label_examples, similarity_histogram)
+from covidlib.train import TrainConfig
+from covidlib.transfer import SliceTraining, case_arrays, fit_volumes
+
+seed_everything(seed)
+if quick:
+    torch.set_num_threads(1)  # tiny networks: more threads only add overhead on a shared CPU
+runtime = runtime_summary(quick=quick, device=device, seed=seed, dataset=dataset)
+print(format_summary(runtime))
+
+# %% [markdown]
+# ## Settings
+#
+# The report crops 68 × 68 patches from slices of about 512 pixels, 120 for the labelled
+# dictionary and 32 per unlabelled volume, with boxes enlarged by up to 10 (labelled) and 15
+# (unlabelled) pixels. Quick mode keeps those counts' proportions on tiny phantom slices, so the
+# patch and margins shrink with the slice size.
+
+# %%
+is_phantom = dataset == "phantom"
+slice_size = (64 if quick else 256) if is_phantom else (96 if quick else 352)
+scale = slice_size / 512
+patch_size = (16 if quick else 32) if is_phantom else max(8, int(round(68 * scale / 4)) * 4)
+n_labelled = 4 if quick else 20
+n_unlabelled = 8 if quick else 200
+pseudo_config = PseudoLabelConfig(
+    patch_size=patch_size, labelled_patches=40 if quick else 120, patches_per_unlabelled=8 if quick else 32,
+    labelled_margin=max(1, round(10 * scale)), unlabelled_margin=max(1, round(15 * scale)), rule=rule,
+    center_features=center_features)
+a_prime_training = SliceTraining(
+    train=TrainConfig(epochs=10 if quick else 500, lr=5e-3 if quick else 2e-4, patience=30,
+                      amp="off" if quick else "auto", seed=seed, device=device, progress=False),
+    batch_size=8, output_size=slice_size if is_phantom else None, empty_fraction=0.3, augment=not quick)
+base_width, depth = (4, 3) if quick else (32, 4)
+coarse_shape = (8, 32, 32) if quick else (32, 64, 64)
+print(f"slices {slice_size} px, patches {patch_size} px, margins {pseudo_config.labelled_margin}/"
+      f"{pseudo_config.unlabelled_margin} px, rule {rule}, centred features: {center_features}")
+
+# %% [markdown]
+# ## Data: a few labelled scans and more unlabelled ones
+#
+# On the phantom, "unlabelled" volumes are generated with masks like any other, but the masks
+# are hidden from every step below and used only at the end, to grade the pseudo-labels. For
+# COVID-SemiSeg the labelled part is its 50 slices and the unlabelled part its 1600 slices,
+# which come from other patients (the COVID-19-CT-Seg volumes) and were windowed differently.
+
+# %%
+t0 = time.perf_counter()
+if is_phantom:
+    shape = (12, 64, 64) if quick else (48, 256, 256)
+    spacing_mm = 512 / slice_size * 0.7  # the report's 0.7 mm pixels at 512, scaled
+    def prepared(split_seed: int, n: int) -> list:
+        data = get_dataset("phantom", n=n, shape=shape, disease="covid", seed=split_seed)
+        return [preprocess_case(case, lung_method="given", spacing_mm=spacing_mm) for case in data.cases()]
+    labelled = case_arrays(prepared(seed, n_labelled))
+    hidden = case_arrays(prepared(seed + 1000, n_unlabelled))
+    unlabelled = [image for image, _ in hidden.values()]
+    hidden_masks = [mask for _, mask in hidden.values()]
+else:
+    data = get_dataset(dataset, data_root or None)
+    def slice_pair(case) -> tuple[np.ndarray, np.ndarray]:
+        image = normalise_image(case.image.array[0], case.case_id)
+        mask = case.lesion_mask[0] if case.lesion_mask is not None else np.zeros(image.shape, np.uint8)
+        image, mask = fit_slice(image, mask, (slice_size, slice_size), "resize")
+        return image[None], mask[None].astype(np.uint8)
+    labelled = {c: slice_pair(data.load(c)) for c in data.case_ids("train")}
+    ids = data.case_ids("unlabelled")
+    ids = ids[:: max(1, len(ids) // (n_unlabelled * 8))][: n_unlabelled * 8]  # 8 slices per "volume"
+    unlabelled = [slice_pair(data.load(c))[0] for c in ids]
+    hidden_masks = None
+labelled_ids = list(labelled)
+n_val = max(1, len(labelled_ids) // 5)
+train_ids, val_ids = labelled_ids[:-n_val], labelled_ids[-n_val:]
+print(f"{len(train_ids)} labelled for training, {len(val_ids)} for validation, {len(unlabelled)} unlabelled "
+      f"images; loaded in {time.perf_counter() - t0:.1f} s")
+
+# %% [markdown]
+# ## Step 1 — the fine-tuned model A′
+#
+# The report fine-tunes a pretrained network until its validation Dice is "relatively good"
+# (over 0.75) and calls it A′. Chapter 05 compares initialisations; here A′ is trained on the
+# labelled slices with the book's Trainer (best epoch by validation Dice). Its encoder is what
+# the pseudo-labelling uses.
+
+# %%
+torch.manual_seed(seed)
+a_prime = UNet2d(base_width=base_width, depth=depth)
+trainer = fit_volumes(a_prime, labelled, train_ids, val_ids, a_prime_training)
+a_prime_dice = trainer.best_metric
+print(f"A': best validation Dice {a_prime_dice:.3f} at epoch {trainer.best_epoch}")
+
+# %% [markdown]
+# ## Step 2 — where to look: a coarse segmentation and its bounding box
+#
+# Cropping patches at random from an unlabelled scan would mostly give healthy lung. The
+# report first trains a coarse 3D segmentation network — a small Models Genesis-style 3D U-Net
+# on volumes downsampled to a few dozen voxels a side — and crops only inside the bounding box
+# of its prediction. For 2D data the fine-tuned A′ itself gives the box.
+
+# %%
+if is_phantom:
+    t0 = time.perf_counter()
+    coarse = train_coarse_segmenter([labelled[c][0] for c in train_ids], [labelled[c][1] for c in train_ids],
+                                    shape=coarse_shape, base_width=2 if quick else 8, epochs=15 if quick else 200,
+                                    lr=1e-2 if quick else 1e-3, seed=seed, device=device, progress=False)
+    boxes = predict_boxes_3d(coarse, unlabelled, coarse_shape, device=device)
+    print(f"coarse 3D network trained and applied in {time.perf_counter() - t0:.1f} s")
+else:
+    boxes = predict_boxes_2d(trainer.model, unlabelled, device=trainer.device)
+with_box = [i for i, b in enumerate(boxes) if b is not None]
+print(f"{len(with_box)} of {len(boxes)} unlabelled images have a predicted box")
+
+# %% [markdown]
+# On the phantom we can check what the box catches: the share of the hidden infection voxels
+# that fall inside it (its *recall*) and how much of the image it keeps.
+
+# %%
+box_recall, box_share = [], []
+if hidden_masks is not None:
+    for box, mask in zip(boxes, hidden_masks):
+        if box is None or not mask.any():
+            continue
+        inside = mask[box.z0:box.z1, box.y0:box.y1, box.x0:box.x1].sum()
+        box_recall.append(float(inside / mask.sum()))
+        box_share.append(float(np.prod(box.shape) / mask.size))
+    print(f"infection inside the coarse box: {np.mean(box_recall):.2f} (mean over volumes); "
+          f"box volume: {np.mean(box_share):.2f} of the scan")
+
+# %%
+example = with_box[0]
+box = boxes[example]
+z = (box.z0 + box.z1) // 2
+fig, ax = plt.subplots(1, 1, figsize=(4, 4))
+ax.imshow(unlabelled[example][z], cmap="gray")
+ax.add_patch(plt.Rectangle((box.x0 - 0.5, box.y0 - 0.5), box.x1 - box.x0, box.y1 - box.y0, fill=False, color="tab:orange",
+                           linewidth=2, label="coarse box"))
+if hidden_masks is not None:
+    ax.contour(hidden_masks[example][z], levels=[0.5], colors="tab:red", linewidths=1)
+ax.set_title(f"Unlabelled image {example}, slice {z}: coarse box\n(red: hidden truth; z-scored intensities)", fontsize=9)
+ax.axis("off")
+plt.show()
+
+# %% [markdown]
+# ## Step 3 — a dictionary of labelled patches
+#
+# From each labelled slice with infection, patches are centred at random inside the lesion's
+# bounding box enlarged by up to 10 pixels a side (scaled here), shifted when needed so they
+# never leave the image. Each patch goes through A′'s encoder; global average pooling of the
+# bottleneck turns it into one vector per patch.
+
+# %%
+rng = np.random.default_rng(seed)
+dictionary = build_dictionary(trainer.model, [labelled[c][0] for c in train_ids], [labelled[c][1] for c in train_ids],
+                              pseudo_config, rng, device=trainer.device)
+print(f"dictionary: {dictionary.images.shape[0]} patches of {patch_size} px -> features {dictionary.features.shape}")
+
+# %% [markdown]
+# The pooling is short enough to write by hand; it agrees with the library's `encode_patches`:
+
+# %%
+with torch.no_grad():
+    trainer.model.eval()
+    by_hand = trainer.model.encode(torch.from_numpy(dictionary.images[:4])[:, None].to(trainer.device))[-1]
+    by_hand = by_hand.mean(dim=(2, 3)).cpu().numpy()
+assert np.allclose(by_hand, encode_patches(trainer.model, dictionary.images[:4], device=trainer.device), atol=1e-5)
+
+# %% [markdown]
+# ## Step 4 — similarity and the two assignment rules
+#
+# Each unlabelled patch is compared with every dictionary patch by cosine similarity, computed
+# as one matrix product per chunk of patches so that memory stays bounded for any number of
+# them. The histogram of each patch's best score is the report's Figure 5.7. First the report's
+# plain cosine: the pooled features all come out of a ReLU, share a large common component, and
+# almost every pair scores close to 1.
+
+# %%
+t0 = time.perf_counter()
+labels = pseudo_label(trainer.model, dictionary, unlabelled, boxes, pseudo_config, np.random.default_rng(seed + 1),
+                      device=trainer.device, progress=False)
+seconds_pseudo = time.perf_counter() - t0
+patches = crop_patches(unlabelled, labels.locations, patch_size)
+features = encode_patches(trainer.model, patches, device=trainer.device)
+plain_scores, plain_indices = cosine_topk(features, dictionary.features, 2)
+print(f"{len(labels.locations)} unlabelled patches; plain cosine best score: median {np.median(plain_scores[:, 0]):.4f}, "
+      f"5th percentile {np.percentile(plain_scores[:, 0], 5):.4f}")
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
+similarity_histogram(plain_scores, pseudo_config, ax=axes[0])
+axes[0].set_title("Plain cosine (the report)")
+similarity_histogram(labels.scores, pseudo_config, ax=axes[1])
+axes[1].set_title(f"{'Centred' if center_features else 'Plain'} cosine (used below)")
+plt.show()
+
+# %% [markdown]
+# Both rules on the same scores:
+
+# %%
+rule_counts = {}
+for name in ("top2", "top1_band"):
+    decision = assign(labels.scores, labels.indices, name, threshold=pseudo_config.top2_threshold,
+                      band=pseudo_config.band)
+    rule_counts[name] = int(decision.accepted.sum())
+    print(f"{name:>9}: {rule_counts[name]} of {len(labels.scores)} patches accepted")
+
+# %% [markdown]
+# ## Step 5 — the pseudo masks, and how good they are
+#
+# Accepted patches get the similarity-weighted mix of their neighbours' masks (Figure 5.8 of
+# the report). On the phantom the hidden truth grades them: the Dice between the pseudo mask
+# (probability > 0.5) and the true mask of the same patch, for accepted and rejected patches.
+
+# %%
+accepted = labels.assignment.accepted
+soft = labels.accepted_masks(dictionary)
+if accepted.any():
+    order = np.argsort(-labels.assignment.weights[accepted])[:8]
+    pseudo_label_examples(patches[accepted][order], soft[order], labels.assignment.weights[accepted][order])
+    plt.show()
+
+# %%
+pseudo_dice = {}
+if hidden_masks is not None:
+    truth = crop_patches(hidden_masks, labels.locations, patch_size, dtype=np.uint8)
+    nearest = dictionary.masks[labels.indices[:, 0]]
+    for name, keep in (("accepted", accepted), ("rejected", ~accepted)):
+        pairs = [(nearest[i], truth[i]) for i in np.flatnonzero(keep) if truth[i].any() or nearest[i].any()]
+        pseudo_dice[name] = float(np.mean([dice(p, t) for p, t in pairs])) if pairs else float("nan")
+    print(f"Dice of the nearest label vs the hidden truth: accepted {pseudo_dice['accepted']:.3f}, "
+          f"rejected {pseudo_dice['rejected']:.3f}")
+
+# %% [markdown]
+# ## Summary
+#
+# The coarse box steers the crops towards infection, the encoder features place similar-looking
+# patches near each other, and the two rules pick which borrowed masks to trust. Whether those
+# masks help training is chapter 08's question.
+
+# %%
+from covidlib.results import write_record
+
+numbers = {"a_prime_val_dice": a_prime_dice, "unlabelled_images": len(unlabelled), "images_with_box": len(with_box),
+           "box_recall": float(np.mean(box_recall)) if box_recall else None,
+           "box_share": float(np.mean(box_share)) if box_share else None,
+           "patches": int(len(labels.locations)), "accepted_top2": rule_counts["top2"],
+           "accepted_top1_band": rule_counts["top1_band"],
+           "plain_cosine_median": float(np.median(plain_scores[:, 0])),
+           "score_median": float(np.median(labels.scores[:, 0])),
+           "pseudo_dice_accepted": pseudo_dice.get("accepted"), "pseudo_dice_rejected": pseudo_dice.get("rejected"),
+           "seconds_pseudo_labelling": seconds_pseudo}
+write_record(output_dir, "07_pseudo_labels",
+             parameters=dict(dataset=dataset, quick=quick, device=device, seed=seed, rule=rule,
+                             center_features=center_features, patch_size=patch_size,
+                             pseudo_config=dataclasses.asdict(pseudo_config)),
+             numbers=numbers, runtime=runtime)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(f"patches {numbers['patches']}, dictionary {len(dictionary.features)}, feature size {dictionary.features.shape[1]}")
+print(f"plain cosine median > 0.99: {numbers['plain_cosine_median'] > 0.99}")
+print(f"accepted: top2 {numbers['accepted_top2']}, top1_band {numbers['accepted_top1_band']}")
