@@ -43,7 +43,7 @@ from covidlib.metrics import dice, iou, sensitivity, specificity, summarise
 from covidlib.models import MODELS, get_model
 from covidlib.preprocess import normalise_image
 from covidlib.results import atomic_write_text
-from covidlib.train import AMP_CHOICES, BEST_CHECKPOINT, TrainConfig, Trainer, load_checkpoint, mixup_transform, predict_proba
+from covidlib.train import AMP_CHOICES, TrainConfig, Trainer, load_checkpoint, mixup_transform, predict_proba
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
