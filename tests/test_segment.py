@@ -448,25 +448,31 @@ def test_cli_bad_input_is_named_and_nothing_is_written(main, case, message, scan
 
 @pytest.mark.slow
 def test_trained_unet_segments_a_held_out_phantom(tmp_path):
-    """Train a small U-Net on phantom slices (the report's preprocessing), segment an unseen phantom."""
+    """Train a small U-Net on ten phantoms (the report's preprocessing), segment an unseen one.
+
+    Minutes on one CPU thread: 40 epochs of 10 batches of 8 slices, validation on two more phantoms.
+    """
     from covidlib.data import SliceDataset, seeded_loader
     from covidlib.train import Trainer, TrainConfig
 
     def prepared(seed: int):
-        case = make_phantom(seed, SHAPE, spacing=SPACING)
+        case = make_phantom(seed, (64, 128, 128))
         return preprocess_case(Case(f"p{seed}", case.image, case.lung_mask, case.lesion_mask, {"intensity": "hu"}),
                                lung_method="classical")
 
-    train = SliceDataset([prepared(s) for s in (1, 2, 3, 4, 5, 6)], empty_fraction=0.2, output_size=(192, 288), seed=0)
-    val = SliceDataset([prepared(7)], empty_fraction=0.0, output_size=(192, 288), seed=0)
-    options = {"in_channels": 1, "num_classes": 2, "base_width": 8, "depth": 3}
-    config = TrainConfig(epochs=12, max_steps_per_epoch=10, lr=2e-3, step_size=1000, patience=1000, progress=False)
+    size = (224, 320)
+    train = SliceDataset([prepared(s) for s in range(100, 110)], empty_fraction=0.2, output_size=size, seed=0)
+    val = SliceDataset([prepared(s) for s in (110, 111)], empty_fraction=0.2, output_size=size, seed=0)
+    options = {"in_channels": 1, "num_classes": 2, "base_width": 8, "depth": 4}
+    torch.manual_seed(0)
+    config = TrainConfig(epochs=40, max_steps_per_epoch=10, lr=1e-3, step_size=1000, patience=1000, progress=False)
     trainer = Trainer(get_model("unet", **options), config, out_dir=tmp_path / "run",
                       metadata={"model": "unet", "model_options": options})
-    trainer.fit(seeded_loader(train, 4, True, 0), seeded_loader(val, 4, False, 0))
+    trainer.fit(seeded_loader(train, 8, True, 0), seeded_loader(val, 8, False, 0))
 
-    held_out = make_phantom(0, SHAPE, spacing=SPACING)
-    scan_path = write_volume(Volume(held_out.image.array, SPACING, ORIGIN, DIRECTION), tmp_path / "held_out.nii.gz")
+    held_out = make_phantom(200, (64, 128, 128))
+    scan_path = write_volume(Volume(held_out.image.array, held_out.image.spacing, ORIGIN, DIRECTION),
+                             tmp_path / "held_out.nii.gz")
     model, _ = load_segmentation_model(tmp_path / "run" / "best.pt")
     started = time.perf_counter()
     result = segment_volume(read_volume(scan_path), model, lung_method="classical", progress=False)
@@ -474,5 +480,6 @@ def test_trained_unet_segments_a_held_out_phantom(tmp_path):
     assert geometry(result.infection) == geometry(read_volume(scan_path))
     assert not (result.infection.array.astype(bool) & (result.lung_mask.array == 0)).any()
     score = dice(result.infection.array, held_out.lesion_mask)
-    print(f"held-out phantom Dice {score:.3f} (best validation Dice {trainer.best_metric:.3f}); segment took {seconds:.1f} s")
-    assert score > 0.4
+    print(f"held-out phantom Dice {score:.3f} (best validation Dice {trainer.best_metric:.3f} at epoch "
+          f"{trainer.best_epoch}); segment took {seconds:.1f} s")
+    assert score > 0.45  # 0.58 measured (best validation Dice 0.77 at epoch 30)
