@@ -15,9 +15,12 @@ by slice on that grid, and its infection probability is brought back onto the sc
 The outputs, the infection mask and the lung mask (right lung 1, left lung 2), carry the scan's
 exact origin, spacing and direction (NIfTI headers hold float32, so a DICOM or NRRD scan written
 as NIfTI keeps its geometry to about 1e-7 relative; ``.nrrd`` outputs keep doubles), and the
-summary gives volumes in mL: lungs, infection,
-and the infected share of each lung and of both, the measure radiologists score severity by
-(e.g. the CT severity score of Pan et al., Radiology 2020).
+summary gives volumes in mL (lungs, infection) and the infected share of each lung and of both,
+the measure radiologists grade severity by (e.g. the CT severity score of Pan et al., Radiology
+2020). Nothing is written unless every output can be::
+
+    python -m covidlib segment scan.nii.gz -o infection.nii.gz --checkpoint runs/unet/best.pt \
+        [--lung-mask lungs.nii.gz] [--summary summary.json]
 
 Checkpoints are those of :class:`covidlib.train.Trainer` (``best.pt``/``last.pt``), loaded with
 ``torch.load(weights_only=True)``. The network is rebuilt from the checkpoint's ``metadata`` as
