@@ -58,7 +58,8 @@ class AttentionGate(nn.Module):
         gating = self.gating_projection(g)
         if gating.shape[-2:] != x.shape[-2:]:
             gating = F.interpolate(gating, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        attention = torch.sigmoid(self.psi(F.relu(self.skip_projection(x) + gating)))
+        # in place: the sum is a fresh tensor that autograd does not keep
+        attention = torch.sigmoid(self.psi(F.relu(self.skip_projection(x) + gating, inplace=True)))
         return x * attention, attention
 
 
