@@ -13,7 +13,7 @@ Images are z-scored per image (covidlib.preprocess.normalise_image) and resized 
 scaled to that size unless given.
 
 Run: ``.venv/bin/python benchmarks/cv_semisupervised.py --root ../shared/data/covid-semiseg``
-(``--quick`` for a pilot). Introduced with chapter 08.
+(``--run-folds 1 --sup-epochs 3 --semi-epochs 2 --unlabelled 100`` for a pilot). Introduced with chapter 08.
 """
 
 from __future__ import annotations
@@ -74,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="../shared/data/covid-semiseg")
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--base-width", type=int, default=8)
-    parser.add_argument("--sup-epochs", type=int, default=60)
-    parser.add_argument("--semi-epochs", type=int, default=30)
+    parser.add_argument("--base-width", type=int, default=16)
+    parser.add_argument("--sup-epochs", type=int, default=25)
+    parser.add_argument("--semi-epochs", type=int, default=8)
     parser.add_argument("--patience", type=int, default=20)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--run-folds", type=int, default=None, help="run only the first N folds (pilot)")
     parser.add_argument("--inner-val", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=2)
+    # one thread: on a shared, busy CPU a second torch thread spin-waits and slows training many times
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--amp", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/cv_semisupervised.json")
