@@ -387,6 +387,7 @@ class PseudoLabels:
 
     @property
     def num_accepted(self) -> int:
+        """How many patches the rule accepted."""
         return int(self.assignment.accepted.sum())
 
     def accepted_masks(self, dictionary: PatchDictionary) -> np.ndarray:
