@@ -420,7 +420,7 @@ def show_learning_curves(histories: Mapping[str, Sequence[Mapping[str, float]]],
 
     ``histories`` maps a run's name to its :attr:`covidlib.train.Trainer.history` (dicts with
     ``epoch``, ``train_loss``, ``val_dice``); the best epoch of each run is marked. Losses of
-    different kinds have different scales, so the loss panel is for shape, not comparison.
+    different kinds have different scales, so each is drawn relative to its first epoch.
     Introduced in chapter 04.
     """
     if not histories or any(len(rows) == 0 for rows in histories.values()):
@@ -430,13 +430,13 @@ def show_learning_curves(histories: Mapping[str, Sequence[Mapping[str, float]]],
     for colour, (name, rows) in zip(MASK_COLOURS * 3, histories.items()):
         epochs = [row["epoch"] for row in rows]
         dices = [row["val_dice"] for row in rows]
-        loss_ax.plot(epochs, [row["train_loss"] for row in rows], color=colour, label=name)
+        loss_ax.plot(epochs, [row["train_loss"] / rows[0]["train_loss"] for row in rows], color=colour, label=name)
         dice_ax.plot(epochs, dices, color=colour, label=name)
         best = int(np.argmax(dices))
         dice_ax.plot(epochs[best], dices[best], marker="o", color=colour)
     loss_ax.set_xlabel("epoch")
-    loss_ax.set_ylabel("training loss")
-    loss_ax.set_title("training loss (each loss on its own scale)", fontsize=10)
+    loss_ax.set_ylabel("training loss / loss of epoch 1")
+    loss_ax.set_title("training loss, relative to the first epoch", fontsize=10)
     dice_ax.set_xlabel("epoch")
     dice_ax.set_ylabel("validation Dice")
     dice_ax.set_ylim(0, 1)
