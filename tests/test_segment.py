@@ -482,4 +482,4 @@ def test_trained_unet_segments_a_held_out_phantom(tmp_path):
     score = dice(result.infection.array, held_out.lesion_mask)
     print(f"held-out phantom Dice {score:.3f} (best validation Dice {trainer.best_metric:.3f} at epoch "
           f"{trainer.best_epoch}); segment took {seconds:.1f} s")
-    assert score > 0.45  # 0.58 measured (best validation Dice 0.77 at epoch 30)
+    assert score > 0.45  # measured 0.65 (best validation Dice 0.76 at epoch 28), 13 min under heavy CPU load
