@@ -21,15 +21,6 @@ from covidlib.models import UNet2d
 from covidlib.svcca import flatten_conv, svcca
 from covidlib.train import TrainConfig, load_checkpoint
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run faster on one thread, above all on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 LAYERS = ["encoder.0", "encoder.1", "encoder.2", "decoder.0", "decoder.1", "head"]
 
 

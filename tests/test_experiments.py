@@ -37,15 +37,6 @@ def tiny_config(**changes) -> GridConfig:
     return GridConfig(**settings)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run faster on one thread, above all on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def weights(tmp_path):
     torch.manual_seed(0)

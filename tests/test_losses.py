@@ -22,15 +22,6 @@ from covidlib.losses import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run faster on one thread, above all on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def logits_for_foreground_probability(probability: list[float]) -> torch.Tensor:
     """Two-class logits (1, 2, 1, N) whose softmax puts ``probability`` on class 1."""
     p = torch.tensor(probability, dtype=torch.float64)

@@ -47,14 +47,6 @@ DIRECTION = (math.cos(ANGLE), -math.sin(ANGLE), 0.0, math.sin(ANGLE), math.cos(A
 TINY = {"in_channels": 1, "num_classes": 2, "base_width": 2, "depth": 2}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def phantom():
     return make_phantom(0, SHAPE, spacing=SPACING)

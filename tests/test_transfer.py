@@ -28,15 +28,6 @@ from covidlib.transfer import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run faster on one thread, above all on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_unet(seed: int = 0) -> UNet2d:
     torch.manual_seed(seed)
     return UNet2d(base_width=2, depth=4)
