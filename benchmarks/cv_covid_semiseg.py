@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--gamma", type=float, default=0.8)
     parser.add_argument("--patience", type=int, default=12)
     parser.add_argument("--loss", default="ce+dice")
-    parser.add_argument("--amp", default="auto")
+    parser.add_argument("--amp", default="bf16", help="bf16 autocast: 1.5-2x faster on a CPU with AVX512-BF16")
     parser.add_argument("--mixup-alpha", type=float, default=0.0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
