@@ -10,15 +10,6 @@ from covidlib.coarse import (Box, boxes_from_probabilities, mask_bounding_box, p
 from covidlib.errors import InvalidInputError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run faster on one thread, above all on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_mask_bounding_box_is_half_open_and_tight():
     mask = np.zeros((4, 10, 12), dtype=np.uint8)
     mask[1, 2, 3] = 1

@@ -14,15 +14,6 @@ from covidlib.models import UNet2d
 from covidlib.train import TrainConfig
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run faster on one thread, above all on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _pair() -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(0)
     teacher = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))

@@ -15,15 +15,6 @@ from covidlib.pseudo import (PseudoLabelConfig, PseudoPatchDataset, assign, buil
                              similarity_histogram, soft_masks, spread_counts)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run faster on one thread, above all on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- sampling ---
 
 @pytest.mark.parametrize("box", [Box(0, 1, 0, 3, 0, 3), Box(0, 1, 47, 50, 77, 80), Box(0, 1, 20, 30, 30, 40),
