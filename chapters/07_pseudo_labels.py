@@ -62,7 +62,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from covidlib.coarse import mask_bounding_box, predict_boxes_2d, predict_boxes_3d, train_coarse_segmenter
+from covidlib.coarse import predict_boxes_2d, predict_boxes_3d, train_coarse_segmenter
 from covidlib.config import format_summary, runtime_summary, seed_everything
 from covidlib.data import fit_slice
 from covidlib.datasets import get_dataset

@@ -55,7 +55,6 @@ consistency_weight = 1.0
 noise_std = 0.1
 
 # %%
-import math
 import time
 
 import matplotlib.pyplot as plt
