@@ -24,9 +24,9 @@
 #   scale turns it into numbers where water is 0 and air is -1000;
 # - how stored scanner values become HU (rescale slope and intercept) and what the odd values
 #   -2048 or -3024 outside the field of view are;
-# - what HU each tissue of a chest CT has, using the book's synthetic phantom, whose every
+# - what {term}`HU` each tissue of a chest CT has, using the book's synthetic {term}`phantom <Phantom>`, whose every
 #   voxel's true tissue is known;
-# - why a *display window* is needed, and what the lung window [-1250, 250] of the report shows
+# - why a *display {term}`window <Window>`* is needed, and what the lung window [-1250, 250] of the report shows
 #   that a mediastinal or a bone window hides;
 # - what thick slices do to small lesions (the partial-volume effect), measured on the same
 #   patient at 1 mm and 8 mm;
@@ -128,8 +128,8 @@ assert hu.tolist() == [-1024.0, -1000.0, 40.0, 1000.0, -1000.0]
 # Real scans cannot ship with the book, so it generates one: `covidlib.phantom.make_phantom`
 # builds a chest in millimetres (body, fat, muscle, ribs, sternum and spine, two lungs with a
 # vessel tree and airways, a table, the circular field of view with its padding) and adds
-# COVID-19-like lesions: bilateral, mostly subpleural ground-glass opacities, some with
-# consolidation. Along with the image it returns the lung mask (right lung 1, left lung 2, the
+# COVID-19-like lesions: bilateral, mostly subpleural {term}`ground-glass opacities <GGO>`, some with
+# {term}`consolidation <Consolidation>`. Along with the image it returns the {term}`lung mask <Lung mask>` (right lung 1, left lung 2, the
 # convention of the lungmask tool {cite}`hofmanninger2020lungmask`), the infection mask and
 # the tissue of every voxel. Here it is acquired with thin slices and a known noise level.
 
@@ -148,13 +148,13 @@ for name, row in summary.items():
     print(f"{name:>14} {row['mean']:8.0f} {row['sd']:6.0f} {row['voxels']:9d}")
 
 # %% [markdown]
-# Each tissue forms a peak; the spread around it is the scanner noise (here 20 HU) plus the
+# Each tissue forms a peak ({numref}`fig-01-hu-histograms`); the spread around it is the scanner noise (here 20 HU) plus the
 # tissue's own texture. Parenchyma (about -850) sits far from air (-1000), ground glass lies
 # between parenchyma and soft tissue, and consolidation overlaps soft tissue and vessels: a
 # single threshold cannot separate infection from vessels, which is one reason the book trains
 # networks rather than thresholding.
 
-# %%
+# %% mystnb={"figure": {"caption": "HU of each tissue of the phantom (log counts), with the lung window [-1250, 250] HU shaded. Ground glass lies between parenchyma and soft tissue; consolidation overlaps soft tissue and vessels, so no single threshold separates infection.", "name": "fig-01-hu-histograms"}}
 viz.show_hu_histograms(image, case.tissue_labels, tissues, title="HU by tissue in the phantom (noise 20 HU)")
 
 # %% [markdown]
@@ -175,12 +175,12 @@ for name in ("lung", "mediastinal", "bone"):
     assert np.allclose(my_window(image.array, lo, hi), window_hu(image.array, name), atol=1e-6)
     print(f"{name:>12}: [{lo:g}, {hi:g}] HU  (width {hi - lo:g}, level {(lo + hi) / 2:g})")
 
-# %%
+# %% mystnb={"figure": {"caption": "The phantom slice with the most infection, under the lung, mediastinal and bone windows. Only the lung window [-1250, 250] HU shows the ground-glass lesion; the mediastinal window turns both lungs black and the bone window squeezes them into a few dark greys.", "name": "fig-01-windows"}}
 lesion_slice = int(np.argmax(case.lesion_mask.sum(axis=(1, 2))))
 viz.show_windows(image, ("lung", "mediastinal", "bone"), index=lesion_slice, title="One slice, three windows")
 
 # %% [markdown]
-# In the mediastinal window the lungs are flat black: parenchyma and ground glass are both
+# In the mediastinal window of {numref}`fig-01-windows` the lungs are flat black: parenchyma and ground glass are both
 # below -160 HU. The bone window shows the ribs and spine but squeezes the lungs into a few
 # dark greys. Counting grey levels (of 256) between mean ground glass and mean parenchyma makes
 # this concrete:
@@ -195,7 +195,7 @@ for name, levels in grey_levels.items():
 # %% [markdown]
 # ## 5. Thin and thick slices
 #
-# Slice thickness is how much of the patient along z one image averages. Thin slices (under
+# {term}`Slice thickness` is how much of the patient along z one image averages. Thin slices (under
 # about 3 mm) show small structures sharply but are noisier and many more; thick slices (5-8 mm,
 # common where dose, storage or older scanners matter, as in the MosMed data
 # {cite}`morozov2020mosmed`) average them away. The report's data ranged from 1 mm to 8 mm. A
@@ -203,7 +203,7 @@ for name, levels in grey_levels.items():
 # `covidlib.ct.make_thick_slices` makes one. A small lesion then shares its slab with
 # parenchyma: it looks fainter and its edges blur. This is the *partial-volume effect*.
 
-# %%
+# %% mystnb={"figure": {"caption": "A thin slice (1 mm by default) beside the thick slab (8 mm) that contains it, and that slab with its infection mask, all in the lung window. The slab is less noisy, but vessels and the edges of small lesions blur into the parenchyma.", "name": "fig-01-thin-thick"}}
 thick = make_thick_slices(image, thick_mm)
 thick_lesion = make_thick_slices(image.with_array(case.lesion_mask), thick_mm).array  # majority of the thin voxels
 thick_labels = make_thick_slices(image.with_array(case.tissue_labels), thick_mm).array
@@ -248,13 +248,13 @@ print(f"noise (sd in air): thin {noise_thin:.1f} HU, thick {noise_thick:.1f} HU,
       f"(averaging {factor} independent slices predicts {1 / np.sqrt(factor):.2f})")
 
 # %% [markdown]
-# Thick slices trade noise for detail: averaging 8 slices cuts the noise by about
+# Thick slices trade noise for detail ({numref}`fig-01-thin-thick`): averaging 8 slices cuts the noise by about
 # $\sqrt{8} \approx 2.8$. Large lesions, wider than a slab, keep most of their contrast; thin
 # structures do not: vessels, a few millimetres wide, fall from soft-tissue values to a grey
 # mixture with the parenchyma around them, and small pieces of infection never make up half of any
 # thick voxel, so a mask drawn on thick slices loses them. A network trained on one kind of slice meets the other at test
-# time, which is why the report slices all volumes into 2D images and why chapter 02 resamples
-# only in-plane.
+# time, which is why the report slices all volumes into 2D images and why
+# {doc}`chapter 02 <02_data_and_preprocessing>` resamples only in-plane.
 #
 # ## 6. Three views
 #
@@ -263,13 +263,13 @@ print(f"noise (sd in air): thin {noise_thin:.1f} HU, thick {noise_thick:.1f} HU,
 # patient's feet, so the patient's right is on the image's left, which is also where the right
 # lung (label 1) is drawn here. Voxels are not cubes, so the coronal and sagittal views must be
 # stretched by the ratio of slice spacing to pixel spacing; `show_views` does this from the
-# volume's spacing.
+# volume's spacing ({numref}`fig-01-views` and, for the thick slices, {numref}`fig-01-views-thick`).
 
-# %%
+# %% mystnb={"figure": {"caption": "Axial, coronal and sagittal slices of the thin-slice phantom in the lung window, to scale, with the infection and the right (label 1) and left (label 2) lung masks. The right lung is drawn on the image's left, as radiologists read an axial slice.", "name": "fig-01-views"}}
 viz.show_views(image, masks={"infection": case.lesion_mask, "right lung": case.lung_mask == 1,
                              "left lung": case.lung_mask == 2}, title="Thin-slice phantom")
 
-# %%
+# %% mystnb={"figure": {"caption": "The same three views of the thick-slice volume with its infection mask. Each voxel is now a whole slab tall (8 mm by default), so the coronal and sagittal views turn coarse along z.", "name": "fig-01-views-thick"}}
 viz.show_views(thick, masks={"infection": thick_lesion}, title=f"The same patient at {thick_mm:g} mm")
 
 # %% [markdown]
@@ -282,7 +282,7 @@ viz.show_views(thick, masks={"infection": thick_lesion}, title=f"The same patien
 # %%
 viz.slice_viewer(image, {"infection": case.lesion_mask}, window="lung", title="Phantom")
 
-# %%
+# %% mystnb={"figure": {"caption": "Twelve evenly spaced axial slices of the thin-slice phantom in the lung window, infection overlaid: the printed stand-in for the slice viewer above.", "name": "fig-01-montage"}}
 viz.show_montage(image, n=12, masks={"infection": case.lesion_mask}, title="Phantom, every eighth slice")
 
 # %% [markdown]
@@ -292,8 +292,8 @@ viz.show_montage(image, n=12, masks={"infection": case.lesion_mask}, title="Phan
 # values need their rescale, and padding outside the field of view must become air before
 # anything else. Each tissue has its own HU range, and a window shows one range at a time: the
 # lung window [-1250, 250] is the one where infection is visible. Thick slices average thin
-# ones, which lowers noise but also the contrast and volume of small lesions. Chapter 02 reads
-# real scans and prepares them (lung masks, resampling, normalisation) for the networks.
+# ones, which lowers noise but also the contrast and volume of small lesions.
+# {doc}`Chapter 02 <02_data_and_preprocessing>` reads real scans and prepares them (lung masks, resampling, normalisation) for the networks.
 
 # %%
 from covidlib.results import write_record
