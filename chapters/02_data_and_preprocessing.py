@@ -32,7 +32,7 @@
 #   z-score inside the lungs (Fig. 3.6 and 3.8);
 # - how 2D 8-bit datasets such as COVID-SemiSeg differ, and what normalisation they get.
 #
-# **Prerequisites** chapter 01 (HU, windows, the phantom).
+# **Prerequisites** {doc}`chapter 01 <01_ct_and_hu>` (HU, windows, the phantom).
 #
 # **Run time** quick: ~1 min CPU; full: ~10 min CPU (a 40-scan cohort on 512 x 512 matrices).
 
@@ -85,7 +85,7 @@ numbers: dict[str, object] = {}
 # pleural effusion (NSCLC with the PleThora masks), and COVID-19 scans with (MosMed, the
 # "Covid Segmentation Benchmark" of Ma et al.) and without labels. The registry lists them,
 # plus the 2D COVID-SemiSeg slices used for the semi-supervised chapters and the built-in
-# phantom that lets every chapter run anywhere.
+# {term}`phantom <Phantom>` that lets every chapter run anywhere.
 #
 # Two of them can be fetched by the library (`download=True`): the file is streamed to a
 # temporary file, its checksum compared with the published one, and only then renamed; an
@@ -104,7 +104,7 @@ display(Markdown("\n".join(rows)))
 # %% [markdown]
 # Every dataset answers the same three questions: its `splits`, the `case_ids(split)` in each,
 # and `load(case_id)`, which reads one case only when asked, so listing 1600 unlabelled slices
-# costs a directory scan. A case holds the image as a `Volume` (HU for CT), a lung mask (right
+# costs a directory scan. A case holds the image as a `Volume` (HU for CT), a {term}`lung mask <Lung mask>` (right
 # lung 1, left lung 2, whatever the source's own convention was) and a lesion mask.
 
 # %%
@@ -120,12 +120,12 @@ for case in cases[:3]:
 #
 # A CT volume is a stack of axial slices. Within a slice, pixels are typically 0.6-0.95 mm
 # wide on a 512 x 512 matrix (it depends on the patient's size: the field of view is set to
-# fit the body); between slices, the spacing ranges from under 1 mm ("thin-slice") to 5-10 mm
+# fit the body); between slices, the spacing ({term}`slice thickness <Slice thickness>`) ranges from under 1 mm ("thin-slice") to 5-10 mm
 # ("thick-slice", common in emergency COVID-19 imaging, MosMed among them). The phantom
-# cohort draws both at random like a multi-centre collection. (In quick mode the matrix is
+# cohort draws both at random like a multi-centre collection ({numref}`fig-02-spacings`). (In quick mode the matrix is
 # 128 x 128, so its pixels are four times larger than a real scan's; full mode uses 512.)
 
-# %%
+# %% mystnb={"figure": {"caption": "Slice thickness against in-plane pixel size, one marker per scan of the phantom cohort (and of a real dataset when one is chosen). Slices run from about 1 mm to 8 mm thick, so a voxel of one scan can hold several times the tissue of another's.", "name": "fig-02-spacings"}}
 spacings = {"phantom cohort": [case.image.spacing for case in cases]}
 real = None
 if dataset not in ("phantom", "covid-semiseg"):
@@ -141,7 +141,8 @@ print(f"slice thickness {thickness.min():.2f}-{thickness.max():.2f} mm, pixel {p
 
 # %% [markdown]
 # A network sees voxels, not millimetres: a lesion 10 mm wide covers 3 slices of one scan and
-# 1 of another, and 10 or 15 pixels across. The report therefore resamples every scan to the
+# 1 of another, and 10 or 15 pixels across; thick slices also blur small lesions, as
+# {numref}`Fig. {number} of chapter 01 <fig-01-thin-thick>` showed. The report therefore resamples every scan to the
 # same in-plane pixel size, 1 x 1 mm, and leaves z alone (section 3.2.3). Keeping z avoids
 # inventing 7 of every 8 slices of a thick scan by interpolation; the 2D networks of later
 # chapters see one axial slice at a time, so they need in-plane consistency only.
@@ -154,7 +155,8 @@ print(f"slice thickness {thickness.min():.2f}-{thickness.max():.2f} mm, pixel {p
 # pre-trained U-Net of Hofmanninger et al. (lungmask), but the watershed part of the report was
 # left unwritten. Here is the idea from scratch, and then the library's version.
 #
-# **A bare threshold.** Lung parenchyma sits near -850 HU, soft tissue near +40: everything
+# **A bare threshold.** Lung parenchyma sits near -850 HU, soft tissue near +40 (the histograms of
+# {numref}`Fig. {number} in chapter 01 <fig-01-hu-histograms>`): everything
 # below about -350 HU should be lung... Let us try it on one scan.
 
 # %%
@@ -203,16 +205,18 @@ print(f"library classical mask: Dice {dice(classical > 0, exact):.3f} "
       f"(right {dice(classical == 1, example.lung_mask == 1):.3f}, left {dice(classical == 2, example.lung_mask == 2):.3f})")
 assert dice(classical > 0, exact) > max(dice(naive, exact), dice(two_largest, exact))
 
-# %%
+# %% mystnb={"figure": {"caption": "Axial, coronal and sagittal views of one phantom scan in the lung window, before lung extraction, with the classical lung mask (threshold, watershed split, closing and hole filling) and the lesions overlaid.", "name": "fig-02-before-extraction"}}
 background = np.where(classical > 0, hu, -1024.0).astype(np.float32)
 viz.show_views(example.image, masks={"lesion": example.lesion_mask, "classical lung mask": classical > 0},
                title=f"{example.case_id} before lung extraction (report Fig. 3.6)")
 
-# %%
+# %% mystnb={"figure": {"caption": "The same scan after lung extraction: every voxel outside the classical lung mask is set to air (-1024 HU), lung window. Only the lungs and their lesions are left for the intensity statistics.", "name": "fig-02-after-extraction"}}
 viz.show_views(example.image.with_array(background), masks={"lesion": example.lesion_mask},
                title=f"{example.case_id} after: outside the lungs set to air")
 
 # %% [markdown]
+# {numref}`fig-02-before-extraction` shows the classical mask on one scan and
+# {numref}`fig-02-after-extraction` what is left once everything outside it is set to air.
 # Over the whole cohort, against the exact masks the phantom was built with (thin and thick
 # slices, with and without lesions):
 
@@ -251,7 +255,7 @@ print(f"mean Dice {np.mean(dice_right + dice_left):.3f}, lowest {min(dice_right 
 # mask, and so does a volume whose axes are mixed up. The library checks the input is a 3D CT in
 # HU first and hands lungmask a SimpleITK image with its direction, so lungmask can reorient it.
 
-# %%
+# %% mystnb={"figure": {"caption": "Only when lungmask weights are available: the learned lungmask model's lungs against the classical mask on the same scan, lung window.", "name": "fig-02-lungmask"}}
 weights = lungmask_weights(lungmask_modelpath)
 if weights is None:
     print("No lungmask weights here (none given, none in the torch hub cache, and this build is offline), "
@@ -293,7 +297,7 @@ for case, out in list(zip(cases, prepared))[:4]:
     print(f"{case.case_id}: {case.image.shape} at {tuple(round(s, 2) for s in case.image.spacing)} mm "
           f"-> {out.image.shape} at {tuple(round(s, 2) for s in out.spacing)} mm")
 
-# %%
+# %% mystnb={"figure": {"caption": "Histograms of the lung voxels of six phantom scans, in HU (left) and after the z-score inside the lungs (right). The offsets between scans disappear, while each histogram keeps its shape, since a z-score is a straight line.", "name": "fig-02-normalisation"}}
 before = {c.case_id: c.image.array[masks[c.case_id] > 0] for c in cases[:6]}
 after = {p.case_id: p.image[p.lung_mask > 0] for p in prepared[:6]}
 viz.show_normalisation(before, after, before_label="HU (lung voxels)", after_label="z-score (lung voxels)",
@@ -310,7 +314,8 @@ assert all(abs(m) < 1e-3 for m in z_means) and all(abs(s - 1) < 1e-3 for s in z_
 
 # %% [markdown]
 # The offsets between scans (calibration drift, different noise, denser dependent lung) move the
-# whole HU histogram; after the z-score the lung histograms sit on top of each other. The shape
+# whole HU histogram; after the z-score the lung histograms sit on top of each other
+# ({numref}`fig-02-normalisation`). The shape
 # of each histogram is untouched: a z-score is a straight line. Histogram equalisation
 # (`equalise_histogram`, listed among the report's steps without details) would also change
 # shapes; it is available as an option (`preprocess_case(..., equalise=True)`) but not used by
@@ -318,7 +323,7 @@ assert all(abs(m) < 1e-3 for m in z_means) and all(abs(s - 1) < 1e-3 for s in z_
 #
 # ## 6. 2D 8-bit slices: COVID-SemiSeg
 #
-# The semi-supervised chapters use COVID-SemiSeg (Fan et al. 2020): single axial slices saved as
+# The semi-supervised chapters ({doc}`07 <07_pseudo_labels>` and {doc}`08 <08_mean_teacher>`) use COVID-SemiSeg (Fan et al. 2020): single axial slices saved as
 # 8-bit JPG, already windowed, cropped around the body, with no spacing and no HU. None of the
 # above applies: a lung mask would need HU, resampling needs a spacing. The labelled and the
 # unlabelled slices were also windowed differently (some grey, some bright), so each image is
@@ -358,12 +363,12 @@ else:
 # - The report's datasets differ in labels (infection, tumour, effusion, lungs), in format (3D HU
 #   volumes, 2D 8-bit slices) and in voxel size; `covidlib.datasets` gives them one interface.
 # - Lung extraction by threshold alone fails; body mask + watershed split + closing/hole filling
-#   gets the lungs right on the phantom (Dice above 0.95 per lung), but can cut off dense lesions
+#   gets the lungs right on the phantom ({term}`Dice` above 0.95 per lung), but can cut off dense lesions
 #   at the pleura, which matters for infection segmentation. lungmask is preferable when its
 #   weights are available; its input must be a 3D CT in HU.
 # - Preprocessing = crop to the lungs, 1 x 1 mm in-plane with z kept, z-score inside the lungs.
 #
-# **Next**: chapter 03 augments these preprocessed scans.
+# **Next**: {doc}`chapter 03 <03_augmentation>` augments these preprocessed scans.
 
 # %%
 from covidlib.results import write_record
