@@ -32,7 +32,8 @@
 # - how `covidlib.data` cuts volumes into 2D slices, splits *by volume* (the report's "10-40" and
 #   "40-10" splits) and gives each slice a reproducible augmentation.
 #
-# **Prerequisites** chapters 01 (HU and the phantom) and 02 (preprocessing).
+# **Prerequisites** chapters {doc}`01 <01_ct_and_hu>` (HU and the phantom) and
+# {doc}`02 <02_data_and_preprocessing>` (preprocessing).
 #
 # **Run time** quick: ~20 s CPU; full: ~1 min CPU (no GPU needed).
 
@@ -79,7 +80,7 @@ slice_size = 256  # network input (H, W) after padding/cropping the 1 mm slices
 # %% [markdown]
 # ## 1. One slice to augment
 #
-# We take a phantom case through chapter 02's preprocessing (lungs kept, resampled to 1 x 1 mm
+# We take a {term}`phantom <Phantom>` case through {doc}`chapter 02 <02_data_and_preprocessing>`'s preprocessing (lungs kept, resampled to 1 x 1 mm
 # in-plane, z-scored inside the lungs, 0 outside) and pick the axial slice with the most
 # infection. Every transform below is shown on this same slice with the infection outlined in
 # red, the way the report's figures 3.9-3.11 show them on a MosMed slice. With a 2D dataset such
@@ -158,9 +159,9 @@ assert np.array_equal(rotated, replayed)
 # from [-3°, 3°]. Larger rotations, or flips, would create chests that no scanner produces (the
 # heart on the wrong side, the table on top), and the report rightly calls them too "violent".
 #
-# A 3° turn is hard to see by eye, so the figure also shows how far the outline moved.
+# A 3° turn is hard to see by eye ({numref}`fig-03-rotation`), so the figure also shows how far the outline moved.
 
-# %%
+# %% mystnb={"figure": {"caption": "The example slice (z-score, grey scale [-3, 3]) turned by -3\u00b0 and +3\u00b0, the ends of the report's range, with the infection outlined in red. The change is hard to see; the outline shifts by a pixel or two near the chest wall.", "name": "fig-03-rotation"}}
 fig = plot_augmentations(image, mask, [Rotation(-rotation_degrees), Rotation(rotation_degrees)],
                          ncols=3, suptitle="Rotation (report Fig. 3.9), grey scale [-3, 3] z-score, red: infection")
 plt.show()
@@ -253,12 +254,12 @@ print(f"field: max |d| = {np.hypot(*field).max():.2f} px, mean |d| = {np.hypot(*
 # units: a tenth of the lung's intensity spread). Both leave the mask untouched.
 #
 # One caveat the report does not mention: after z-scoring, the background outside the lungs is
-# 0, so a gamma computed over the whole slice also shifts that background (visible below as a
+# 0, so a gamma computed over the whole slice also shifts that background (visible in {numref}`fig-03-gamma-noise` as a
 # lighter or darker grey), and noise is added there too. The network still sees one uniform
 # background per slice, so this is mild; `GammaCorrection` takes an explicit `intensity_range`
 # for images with a known fixed range such as [0, 1].
 
-# %%
+# %% mystnb={"figure": {"caption": "The example slice (grey scale [-3, 3] z-score) with the weakest and strongest gamma the transform draws (0.74 and 1.35) and with Gaussian noise of standard deviation 0.1. The infection outline stays put; gamma also lightens or darkens the background outside the lungs.", "name": "fig-03-gamma-noise"}}
 gamma_low, gamma_high = GammaCorrection(float(np.exp(-0.3))), GammaCorrection(float(np.exp(0.3)))
 noise = GaussianNoise(std=0.1, noise_seed=seed)
 fig = plot_augmentations(image, mask, [gamma_low, gamma_high, noise], ncols=4,
@@ -271,10 +272,10 @@ print(f"noise: asked std 0.1, measured {measured_noise:.4f}")
 # ## 6. All four together, drawn at random
 #
 # `default_augmentation` chains the four transforms, each applied with probability
-# `augmentation_p`. Every draw below is printed as JSON-ready parameters: any panel can be
+# `augmentation_p`. Every draw below ({numref}`fig-03-random-draws`) is printed as JSON-ready parameters: any panel can be
 # rebuilt exactly from its line.
 
-# %%
+# %% mystnb={"figure": {"caption": "Random draws of the chained augmentation (rotation, elastic deformation, gamma and noise, each applied with probability `augmentation_p`) on the example slice; each panel's title lists what was applied, with its parameters.", "name": "fig-03-random-draws"}}
 augmentation = default_augmentation(p=augmentation_p, degrees=rotation_degrees,
                                     max_displacement=elastic_max_displacement)
 draw_rng = np.random.default_rng(seed + 2)
@@ -291,15 +292,16 @@ plt.show()
 # %% [markdown]
 # ## 7. Mixup: soft labels
 #
-# Mixup (Zhang et al. 2018, {cite}`zhang2018mixup`) makes a new training pair by blending two:
+# {term}`Mixup` (Zhang et al. 2018, {cite}`zhang2018mixup`) makes a new training pair by blending two:
 # `x = λ x_i + (1 - λ) x_j` and `y = λ y_i + (1 - λ) y_j`, with one λ drawn from Beta(α, α) for
 # the batch and partners `j` drawn by a random permutation. The label is no longer 0 or 1 per
-# pixel but a probability, which the losses of chapter 04 accept. With α = 0.4 most λ are near
+# pixel but a probability ({numref}`fig-03-mixup`), which the losses of
+# {doc}`chapter 04 <04_unet_and_attention>` accept. With α = 0.4 most λ are near
 # 0 or 1 (a slice with a faint ghost of another); α = 1 makes λ uniform. The report used mixup
 # for its best fully supervised model (section 5.2.2); Panfilov et al. (2019) found it helps on
 # small knee MRI sets but can underfit without removing weight decay.
 
-# %%
+# %% mystnb={"figure": {"caption": "Mixup of two training slices: each with its infection outlined, their blend with weights \u03bb and 1 \u2212 \u03bb, and the soft label, the infection probability mixed from the two masks with the same weights.", "name": "fig-03-mixup"}}
 from covidlib.augment import mixup, plot_mixup, sample_mixup
 from covidlib.data import SliceDataset, seeded_loader
 
@@ -325,7 +327,7 @@ assert again_lam == mix.lam and np.allclose(again_targets.numpy(), soft_targets)
 # ## 8. From volumes to reproducible training slices
 #
 # The networks of the next chapters are 2D, like the report's ("we sliced the volume into 2D",
-# because slice thickness varies too much between datasets). `covidlib.data` takes care of three
+# because {term}`slice thickness <Slice thickness>` varies too much between datasets). `covidlib.data` takes care of three
 # things.
 #
 # **Splits by volume.** Neighbouring slices of one scan are almost copies of each other, so
