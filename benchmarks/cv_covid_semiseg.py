@@ -56,7 +56,8 @@ def run_model(args: argparse.Namespace, model: str) -> dict[str, object]:
         per_slice = [row["dice"] for row in metrics["per_case"].values()]
         folds.append({"fold": fold, "dice_mean": metrics["validation"]["dice"]["mean"], "dice_per_slice": per_slice,
                       "best_epoch": metrics["best_epoch"], "epochs_run": metrics["epochs_run"],
-                      "wall_seconds": metrics["wall_seconds"], "cpu_seconds": metrics["cpu_seconds"]})
+                      "wall_seconds": metrics["wall_seconds"], "cpu_seconds": metrics["cpu_seconds"],
+                      "autocast": metrics["amp"], "threads": metrics["threads"]})
         result = summarise_model(model, folds, metrics["settings"], args)
         atomic_write_text(RESULTS / f"cv_covid_semiseg_{model}.json", to_json(result) + "\n")
     return result
