@@ -20,8 +20,8 @@
 #
 # **What you will learn**
 #
-# - how to reuse a U-Net trained on *other* lung disease (tumours, pleural effusion) when only a
-#   handful of COVID-19 scans carry infection masks, and the two fine-tuning recipes the report
+# - how to reuse a {term}`U-Net` trained on *other* lung disease (tumours, pleural effusion) when only a
+#   handful of COVID-19 scans carry infection masks, and the two {term}`fine-tuning <Transfer learning>` recipes the report
 #   compares: fine-tune the decoder (first half of the encoder frozen, output layer redrawn) and
 #   fine-tune everything (last block of convolutions redrawn);
 # - what "frozen" has to mean in code (no gradient *and* no drifting BatchNorm statistics);
@@ -30,7 +30,8 @@
 # - how the report's Table 5.1 is run as a grid of independent, resumable cells and filled with
 #   mean ± sd over folds — including the half the report left empty.
 #
-# **Prerequisites** chapters 03 (slices, volume splits, augmentation) and 04 (U-Net, attention
+# **Prerequisites** chapters {doc}`03 <03_augmentation>` (slices, volume splits, augmentation) and
+# {doc}`04 <04_unet_and_attention>` (U-Net, attention
 # U-Net, the Trainer).
 #
 # **Run time** quick: ~1.5-2 min CPU (tiny networks, small phantom cohort, 2 folds); full: the
@@ -86,7 +87,8 @@ print(format_summary(runtime))
 # ## Settings
 #
 # Quick mode shrinks everything so the whole grid runs in the chapter's CPU budget; full mode is
-# the report's experiment (section 5.1-5.2): Adam at 2e-4, ×0.8 every 25 epochs, at most 500
+# the report's experiment (section 5.1-5.2) with the training recipe of
+# {doc}`chapter 04 <04_unet_and_attention>`: Adam at 2e-4, ×0.8 every 25 epochs, at most 500
 # epochs, the best epoch by validation Dice, stop after 30 epochs without improvement, five
 # folds, the paper-sized U-Net (widths 64-1024) and the published Models Genesis widths.
 
@@ -116,7 +118,7 @@ print(f"grid: {len(config.cells())} cells = {len(config.networks)} networks x {l
 # The target is COVID-19 infection. The source the report pretrains on is other lung disease
 # with masks: MSD lung tumours and NSCLC pleural effusion. Without those downloads the phantom
 # stands in for them — the same synthetic chest with solid nodules or a dependent effusion
-# instead of ground-glass opacities. Every case goes through chapter 02's preprocessing (lung
+# instead of ground-glass opacities. Every case goes through {doc}`chapter 02 <02_data_and_preprocessing>`'s preprocessing (lung
 # crop, in-plane resampling, z-score inside the lungs).
 
 # %%
@@ -170,7 +172,7 @@ print({k: round(v, 3) for k, v in pretrain_dice.items()})
 # %% [markdown]
 # ## Models Genesis: a 3D network, and its weights in 2D
 #
-# Models Genesis (Zhou et al., MICCAI 2019) trained a 3D U-Net without labels, to restore CT
+# {term}`Models Genesis` (Zhou et al., MICCAI 2019) trained a 3D U-Net without labels, to restore CT
 # cubes that had been corrupted (voxels shuffled locally, boxes painted over, intensities bent).
 # `covidlib.models.UNet3d` has its exact layout — the parameter names of the published
 # `Genesis_Chest_CT.pt` — so the real checkpoint loads by name with
@@ -228,10 +230,10 @@ print("max |3D - 2D| on the first layer:", float((out3d - out2d).abs().max()))
 # %% [markdown]
 # ## The recipes, layer by layer
 #
-# Each bar is one convolution of the network, its height the number of weights (log scale),
+# In {numref}`fig-05-recipes` each bar is one convolution of the network, its height the number of weights (log scale),
 # its colour what the recipe does to it before fine-tuning on COVID.
 
-# %%
+# %% mystnb={"figure": {"caption": "Each convolution of the U-Net (top two panels) and of the Models Genesis twin (bottom), from the first encoder block to the head, as one bar: its height is the number of weights (log scale), its colour what the recipe does to it before fine-tuning. Fine-tuning the decoder freezes the first half of the encoder and redraws the head; fine-tuning everything redraws the last decoder block and the head; the Models Genesis start keeps every flattened layer and redraws only the head.", "name": "fig-05-recipes"}}
 pretrained_state = torch.load(pretrained_paths["unet"], weights_only=True)
 torch.manual_seed(seed)
 recipes_shown = {
@@ -265,7 +267,7 @@ plt.show()
 # ## The grid of Table 5.1
 #
 # Every cell trains one network from one initialisation on one split and fold, then records
-# the train, validation and held-out test Dice. Dice here is the **3D Dice of each volume**
+# the train, validation and held-out test Dice. {term}`Dice` here is the **3D Dice of each volume**
 # (the slice predictions stacked back into the volume), averaged over volumes; the table shows
 # the mean ± sd of that number over folds. Cells are saved one JSON file each, so re-running
 # this cell (or the whole chapter with the same `grid_dir`) skips finished cells and resumes
@@ -290,9 +292,9 @@ display(Markdown(render_table(records)))
 # ## Learning curves: scratch vs fine-tuned
 #
 # Validation Dice per epoch on the small-sample split ("10-40": train on one fold) for the
-# first fold. A good initialisation shows up as a higher start and a faster climb.
+# first fold ({numref}`fig-05-learning-curves`). A good initialisation shows up as a higher start and a faster climb.
 
-# %%
+# %% mystnb={"figure": {"caption": "Validation Dice (3D, per volume) after each epoch for every initialisation (scratch, decoder, all, genesis), U-Net on the left and attention U-Net on the right, small-sample split 10-40, fold 0. In quick mode these are runs of a few steps each: they show the mechanics, not which start is better.", "name": "fig-05-learning-curves"}}
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
 for ax, network in zip(axes, config.networks):
     for record in records:
