@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,15 +26,6 @@ from covidlib.train import load_checkpoint, predict_proba
 SIZES = [(40, 48), (36, 44), (44, 40), (40, 40), (38, 46), (42, 42)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """One torch thread: on a shared, busy CPU a second thread makes these tiny runs far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_semiseg(root: Path) -> Path:
     """A tiny COVID-SemiSeg layout: 6 grey JPG slices of varied size with PNG masks {0, 255}."""
     rng = np.random.default_rng(0)
@@ -54,7 +44,7 @@ def make_semiseg(root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> tuple[Path, Path]:
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(data root, run folder) of one quick training run shared by the tests below."""
     root = make_semiseg(tmp_path_factory.mktemp("semiseg"))
     out = tmp_path_factory.mktemp("run")
