@@ -31,7 +31,8 @@
 #   (Fig. 5.5, and the report's unfinished "5 volumes" question);
 # - what such numbers can and cannot support with one seed, a few seeds, and a synthetic cohort.
 #
-# **Prerequisites** chapter 04 (U-Net, Trainer) and chapter 05 (pretraining, fine-tuning recipes).
+# **Prerequisites** {doc}`chapter 04 <04_unet_and_attention>` (U-Net, Trainer) and
+# {doc}`chapter 05 <05_transfer_learning>` (pretraining, fine-tuning recipes).
 #
 # **Run time** quick: ~1.5 min CPU; full: many GPU hours (the report's 40-vs-5-volume setting,
 # several repeats).
@@ -113,7 +114,7 @@ print(f"U-Net widths {base_width}-{base_width * 2**depth}, {slice_size}px slices
 # %% [markdown]
 # ## 1. SVCCA in four equations
 #
-# SVCCA was introduced to study how deep networks learn {cite}`raghu2017svcca`, and later used to
+# {term}`SVCCA` was introduced to study how deep networks learn {cite}`raghu2017svcca`, and later used to
 # ask what transfer learning from natural images really gives medical-imaging networks
 # {cite}`raghu2019transfusion` — the question the report brings to COVID-19 segmentation
 # (its sections 2.4.2 and 5.2.4).
@@ -180,11 +181,11 @@ print(f"a layer vs an invertible linear map of itself (plain CCA): {cca(layer_a,
 # CCA finds the best-aligned directions, and with few datapoints per dimension it always finds
 # some. For Gaussian data the limit is known (Wachter 1980): with $n$ datapoints and $p, q$
 # dimensions the squared correlations follow a known law, whose mean `chance_mean_correlation`
-# computes (`svcca` reports it for every comparison as `.chance`). Below, simulated independent
+# computes (`svcca` reports it for every comparison as `.chance`). Below ({numref}`fig-06-chance`), simulated independent
 # layers against that curve: at 20 dimensions and 200 datapoints the "similarity" of pure noise
 # is already about 0.3. A layer's score means something only well above its chance level.
 
-# %%
+# %% mystnb={"figure": {"caption": "Mean canonical correlation between two independent 20-dimensional Gaussian layers against the number of datapoints: simulations (dots, mean of 3) and the Wachter limit (line). With few datapoints per dimension, pure noise scores far above 0.", "name": "fig-06-chance"}}
 from matplotlib.figure import Figure
 
 dims = 20
@@ -208,8 +209,9 @@ figure
 # The COVID cohort is split by volume into a training pool, validation volumes and *probe*
 # volumes. The probe slices are never trained on; every snapshot of every network is run on
 # exactly these slices, so all comparisons share their datapoints. The pretraining source is
-# other lung disease, as in chapter 05 — the phantom's nodule and effusion cohorts standing in
-# for MSD lung tumours and NSCLC effusion. All volumes go through chapter 02's preprocessing.
+# other lung disease, as in {doc}`chapter 05 <05_transfer_learning>` — the phantom's nodule and effusion cohorts standing in
+# for MSD lung tumours and NSCLC effusion. All volumes go through
+# {doc}`chapter 02 <02_data_and_preprocessing>`'s preprocessing.
 
 # %%
 from covidlib.data import SliceDataset
@@ -251,7 +253,7 @@ print(f"{len(pool_ids)} training, {len(val_ids)} validation, {len(probe_ids)} pr
 # %% [markdown]
 # ## 3. Training with snapshots
 #
-# `covidlib.activations.SnapshotTrainer` is chapter 04's Trainer that also keeps the weights
+# `covidlib.activations.SnapshotTrainer` is {doc}`chapter 04 <04_unet_and_attention>`'s Trainer that also keeps the weights
 # every `interval` optimizer steps (and before the first step). The report instead saved a
 # model only when validation improved; a fixed interval samples the whole trajectory,
 # including the early steps where most of the change happens. The *converged* model every
@@ -302,11 +304,11 @@ print(f"from scratch: {scratch.step} steps, best validation Dice {scratch.best_m
 # %% [markdown]
 # ### Convergence from random initialisation (the report's Figs. 5.2 and 5.3)
 #
-# One line per layer: the SVCCA similarity of that layer's output at each snapshot with the
+# One line per layer in {numref}`fig-06-scratch`: the SVCCA similarity of that layer's output at each snapshot with the
 # same layer of the converged model. Encoder blocks are solid, decoder blocks and the output
 # head dashed. The right panel leaves the head out, as the report's Fig. 5.3 does.
 
-# %%
+# %% mystnb={"figure": {"caption": "Training from scratch: the SVCCA similarity of each layer at every snapshot with the same layer of the converged model (encoder solid, decoder and head dashed). Left all layers, right without the output head, as in the report's Figs. 5.2 and 5.3.", "name": "fig-06-scratch"}}
 from covidlib.activations import plot_layer_bars, plot_layer_curves
 
 
@@ -355,7 +357,8 @@ print(f"median step to 0.8: encoder {np.median([s for s in encoder_steps if s is
 # ## 4. Convergence during fine-tuning (the report's Fig. 5.4)
 #
 # Pretrain on the source domain (chapter 05's `pretrain`), then fine-tune on COVID with the
-# report's "fine-tune all" recipe: every layer trainable, the last decoder block and the head
+# report's "fine-tune all" recipe (the middle panel of
+# {numref}`Fig. {number} in chapter 05 <fig-05-recipes>`): every layer trainable, the last decoder block and the head
 # re-initialised (`prepare_finetune(..., "all")`). Those two layers start from random weights,
 # so their low early similarity is by construction; they are starred in the legend. We
 # fine-tune twice: on the `n_many` training volumes and on only `n_few` of them, with the same
@@ -384,7 +387,7 @@ print(f"pretraining (best validation Dice {pretrained_model_dice:.3f}) + {len(ru
       f"{time.perf_counter() - start:.1f} s")
 print({f"{c} #{r}": round(t.best_metric, 3) for (c, r), t in runs.items()}, "best validation Dice")
 
-# %%
+# %% mystnb={"figure": {"caption": "The same per-layer similarity curves when the pretrained U-Net is fine-tuned on many volumes (left, the report's Fig. 5.4) and on few (middle), with training from scratch for comparison (right). Layers marked * were re-initialised by the recipe, so their low start is by construction.", "name": "fig-06-finetune"}}
 finetune_similarity = {condition: layer_similarity(runs[condition, 0]) for condition in ("many", "few")}
 plot_layer_curves({f"fine-tuning on {n_many} volumes (Fig. 5.4)": steps_only(finetune_similarity["many"], layers),
                    f"fine-tuning on {n_few} volumes": steps_only(finetune_similarity["few"], layers),
@@ -394,7 +397,7 @@ plot_layer_curves({f"fine-tuning on {n_many} volumes (Fig. 5.4)": steps_only(fin
 # %% [markdown]
 # The report saw the fine-tuned encoder start much closer to its converged state than a
 # randomly initialised one ("feature reuse"), most of all in the lowest layers, and the decoder
-# layers converge together. The step-0 values say how much of each layer's final representation
+# layers converge together. The step-0 values of {numref}`fig-06-finetune` say how much of each layer's final representation
 # was already there when fine-tuning began; compare them with training from scratch:
 
 # %%
@@ -425,9 +428,9 @@ for layer in layers:
 # - the **SVCCA similarity** of the layer's outputs at the start and at the end: whether what
 #   the layer computes changed, whatever happened to the individual weights.
 #
-# The bars are means over repeats, the dots the repeats.
+# The bars ({numref}`fig-06-weight-distance` and {numref}`fig-06-svcca-start-end`) are means over repeats, the dots the repeats.
 
-# %%
+# %% mystnb={"figure": {"caption": "Relative weight distance of each layer between the start and the end of fine-tuning, on many and on few volumes; bars are means over repeats, dots the single repeats. The last two layers were re-initialised, so they travel from random weights.", "name": "fig-06-weight-distance"}}
 def start_vs_end(trainer: SnapshotTrainer) -> tuple[dict[str, float], dict[str, float]]:
     """Per-layer weight distance and SVCCA similarity between step 0 and the converged model."""
     start_model, end_model = new_unet(0), new_unet(0)
@@ -449,7 +452,7 @@ similarities = {label: {layer: [movement[c, r][1][layer] for r in range(n_repeat
 plot_layer_bars(distances, title="How far each layer's weights moved during fine-tuning (last 2: re-initialised)",
                 ylabel="relative weight distance")
 
-# %%
+# %% mystnb={"figure": {"caption": "SVCCA similarity of each layer's output at the start and at the end of fine-tuning, on many and on few volumes (the report's Fig. 5.5); bars are means over repeats, dots the single repeats. Near 1, the layer still computes much what it computed when fine-tuning began.", "name": "fig-06-svcca-start-end"}}
 plot_layer_bars(similarities, title="SVCCA similarity of each layer before and after fine-tuning (Fig. 5.5)",
                 ylabel="SVCCA(start, converged)")
 
@@ -532,7 +535,7 @@ for layer, result in between_seeds.items():
 # snapshots, it shows when each layer of a U-Net settles; compared before and after
 # fine-tuning, it shows which pretrained layers were reused. Read every value against its chance
 # level and against a second seed, and every difference between conditions against the spread
-# of repeats. Chapter 07 reuses the pretrained encoder's features to pseudo-label unannotated
+# of repeats. {doc}`Chapter 07 <07_pseudo_labels>` reuses the pretrained encoder's features to pseudo-label unannotated
 # scans.
 
 # %%
