@@ -25,13 +25,14 @@
 #   volume, and how its bounding box is enlarged to sample patches;
 # - how the encoder of the fine-tuned network A′ plus global average pooling turns a patch into
 #   a feature vector, and how cosine similarity to a dictionary of labelled patches assigns a
-#   "soft" pseudo mask;
+#   "soft" {term}`pseudo mask <Pseudo-label>`;
 # - the two assignment rules the report gives (top-2 above 0.90, section 1.3; top-1 in
 #   [0.87, 0.96], section 5.3.4), and why plain cosine similarity of pooled ReLU features is
 #   nearly 1 for everything unless the features are centred;
 # - how good the pseudo masks are — on the phantom we know the truth for the "unlabelled" scans.
 #
-# **Prerequisites** chapters 04 (U-Net, Trainer) and 05 (fine-tuning).
+# **Prerequisites** chapters {doc}`04 <04_unet_and_attention>` (U-Net, Trainer) and
+# {doc}`05 <05_transfer_learning>` (fine-tuning).
 #
 # **Run time** quick: ~1 min CPU (phantom); full: ~1 h GPU (phantom at 256 px, or COVID-SemiSeg
 # with its 1600 unlabelled slices).
@@ -150,7 +151,7 @@ print(f"{len(train_ids)} labelled for training, {len(val_ids)} for validation, {
 # ## Step 1 — the fine-tuned model A′
 #
 # The report fine-tunes a pretrained network until its validation Dice is "relatively good"
-# (over 0.75) and calls it A′. Chapter 05 compares initialisations; here A′ is trained on the
+# (over 0.75) and calls it A′. {doc}`Chapter 05 <05_transfer_learning>` compares initialisations; here A′ is trained on the
 # labelled slices with the book's Trainer (best epoch by validation Dice). Its encoder is what
 # the pseudo-labelling uses.
 
@@ -165,7 +166,7 @@ print(f"A': best validation Dice {a_prime_dice:.3f} at epoch {trainer.best_epoch
 # ## Step 2 — where to look: a coarse segmentation and its bounding box
 #
 # Cropping patches at random from an unlabelled scan would mostly give healthy lung. The
-# report first trains a coarse 3D segmentation network — a small Models Genesis-style 3D U-Net
+# report first trains a coarse 3D segmentation network — a small {term}`Models Genesis`-style 3D U-Net
 # on volumes downsampled to a few dozen voxels a side — and crops only inside the bounding box
 # of its prediction. For 2D data the fine-tuned A′ itself gives the box.
 
@@ -184,7 +185,8 @@ print(f"{len(with_box)} of {len(boxes)} unlabelled images have a predicted box")
 
 # %% [markdown]
 # On the phantom we can check what the box catches: the share of the hidden infection voxels
-# that fall inside it (its *recall*) and how much of the image it keeps.
+# that fall inside it (its *recall*) and how much of the image it keeps. {numref}`fig-07-coarse-box`
+# shows the box of one unlabelled image.
 
 # %%
 box_recall, box_share = [], []
@@ -198,7 +200,7 @@ if hidden_masks is not None:
     print(f"infection inside the coarse box: {np.mean(box_recall):.2f} (mean over volumes); "
           f"box volume: {np.mean(box_share):.2f} of the scan")
 
-# %%
+# %% mystnb={"figure": {"caption": "The middle slice of the predicted box in one unlabelled image (z-scored intensities): the bounding box in orange (from the coarse 3D network on the phantom, from A\u2032 on 2D data) and, on the phantom, the hidden true infection outlined in red. Patches are cropped only inside this box, enlarged by a margin.", "name": "fig-07-coarse-box"}}
 example = with_box[0]
 box = boxes[example]
 z = (box.z0 + box.z1) // 2
@@ -241,11 +243,11 @@ assert np.allclose(by_hand, encode_patches(trainer.model, dictionary.images[:4],
 #
 # Each unlabelled patch is compared with every dictionary patch by cosine similarity, computed
 # as one matrix product per chunk of patches so that memory stays bounded for any number of
-# them. The histogram of each patch's best score is the report's Figure 5.7. First the report's
+# them. The histogram of each patch's best score is the report's Figure 5.7 ({numref}`fig-07-similarity`). First the report's
 # plain cosine: the pooled features all come out of a ReLU, share a large common component, and
 # almost every pair scores close to 1.
 
-# %%
+# %% mystnb={"figure": {"caption": "Best cosine similarity of each unlabelled patch to the labelled dictionary, with plain cosine as in the report (left) and with the features used below (right; centred by default). The orange band is the top-1 rule's [0.87, 0.96] and the dashed line the top-2 threshold 0.90; plain cosine puts almost every patch near 1.", "name": "fig-07-similarity"}}
 t0 = time.perf_counter()
 labels = pseudo_label(trainer.model, dictionary, unlabelled, boxes, pseudo_config, np.random.default_rng(seed + 1),
                       device=trainer.device, progress=False)
@@ -277,10 +279,10 @@ for name in ("top2", "top1_band"):
 # ## Step 5 — the pseudo masks, and how good they are
 #
 # Accepted patches get the similarity-weighted mix of their neighbours' masks (Figure 5.8 of
-# the report). On the phantom the hidden truth grades them: the Dice between the pseudo mask
+# the report). On the phantom the hidden truth grades them: the {term}`Dice` between the pseudo mask
 # (probability > 0.5) and the true mask of the same patch, for accepted and rejected patches.
 
-# %%
+# %% mystnb={"figure": {"caption": "Only when some patch is accepted: the accepted unlabelled patches with the largest similarity weight w, each shown alone (top) and with its soft pseudo mask in red, opacity following the mask's probability (bottom), as in the report's Fig. 5.8.", "name": "fig-07-pseudo-examples"}}
 accepted = labels.assignment.accepted
 soft = labels.accepted_masks(dictionary)
 if accepted.any():
@@ -304,7 +306,7 @@ if hidden_masks is not None:
 #
 # The coarse box steers the crops towards infection, the encoder features place similar-looking
 # patches near each other, and the two rules pick which borrowed masks to trust. Whether those
-# masks help training is chapter 08's question.
+# masks help training is {doc}`chapter 08 <08_mean_teacher>`'s question.
 
 # %%
 from covidlib.results import write_record
