@@ -20,16 +20,17 @@
 #
 # **What you will learn**
 #
-# - the mean-teacher scheme of Tarvainen and Valpola (2017): a student network, a teacher whose
-#   weights are the student's exponential moving average, and a consistency cost between their
+# - the {term}`mean-teacher <Mean teacher>` scheme of Tarvainen and Valpola (2017): a student network, a teacher whose
+#   weights are the student's {term}`exponential moving average <EMA>`, and a consistency cost between their
 #   predictions under independent noise;
 # - the warm-up of the averaging rate, α_t = min(1 − 1/(t+1), α), and the sigmoid ramp-up of the
 #   consistency weight, exp(−5(1 − t/T)²), written out and checked against the library;
-# - how chapter 07's soft pseudo masks enter the loss, each patch weighted by its similarity;
+# - how {doc}`chapter 07 <07_pseudo_labels>`'s soft {term}`pseudo masks <Pseudo-label>` enter the loss, each patch weighted by its similarity;
 # - the comparison the report left blank ("an improvement of ??? percent"): A′ alone vs
 #   + pseudo-labels vs + pseudo-labels and mean teacher, as mean ± sd over folds.
 #
-# **Prerequisites** chapter 07 (pseudo-labels); chapter 04 (the Trainer).
+# **Prerequisites** {doc}`chapter 07 <07_pseudo_labels>` (pseudo-labels); {doc}`chapter 04 <04_unet_and_attention>`
+# (the Trainer).
 #
 # **Run time** quick: ~1.5 min CPU (phantom, 2 folds of tiny networks); full: hours on a GPU
 # (5 folds; `dataset="covid-semiseg"` uses its 50 labelled and 1600 unlabelled slices).
@@ -86,9 +87,9 @@ print(format_summary(runtime))
 # up: α_t = min(1 − 1/(t+1), α) makes the teacher the plain average of all student weights so
 # far until that average is older than α allows. The consistency weight starts near zero,
 # while the pseudo-labels and the teacher are still poor, and reaches its full value after T
-# steps.
+# steps. {numref}`fig-08-schedules` shows both.
 
-# %%
+# %% mystnb={"figure": {"caption": "Left: a student weight that swings like a sine and the teacher, its exponential moving average with the warm-up (\u03b1 = 0.99 by default). While \u03b1_t warms up the teacher is the plain average of the student so far; afterwards it smooths the swings to a small ripple. Right: the sigmoid ramp-up of the consistency weight, at full value after T = 100 steps.", "name": "fig-08-schedules"}}
 steps = np.arange(0, 300)
 by_hand_alpha = np.minimum(1 - 1 / (steps + 1), ema_alpha)
 ramp_length = 100
@@ -177,9 +178,9 @@ print(f"{len(arrays)} labelled, {len(unlabelled)} unlabelled images; loaded in {
 # ## The comparison
 #
 # Five folds over the labelled cases: each fold's held-out cases are the test set; of the rest,
-# a fifth selects the best epoch (validation Dice) and the others train. Per fold, A′ is trained
+# a fifth selects the best epoch (validation {term}`Dice`) and the others train. Per fold, A′ is trained
 # on labels only, its prediction on the unlabelled images gives the boxes (a 2D stand-in for the
-# coarse 3D network of chapter 07, which is cheap to swap in), the patches are pseudo-labelled,
+# coarse 3D network of {doc}`chapter 07 <07_pseudo_labels>`, which is cheap to swap in), the patches are pseudo-labelled,
 # and the two arms continue from A′. All arms are scored on the same held-out cases.
 
 # %%
@@ -203,7 +204,7 @@ print(f"{'arm':<15} {'Dice mean ± sd':>16} {'vs A′':>9}")
 for arm in ARMS:
     print(f"{arm:<15} {summary[arm][0]:>8.3f} ± {summary[arm][1]:.3f} {improvement[arm]:>+8.1f}%")
 
-# %%
+# %% mystnb={"figure": {"caption": "Test Dice on each fold's held-out cases (grey, one line per fold) for A\u2032 trained on labels only, with pseudo-labels added, and with pseudo-labels and a mean teacher; red: mean \u00b1 sd over folds. In quick mode these are two folds of tiny networks: a check that the pipeline runs, not evidence.", "name": "fig-08-arms"}}
 fig, ax = plt.subplots(figsize=(5, 3.2))
 for fold in range(len(rows)):
     ax.plot(range(len(ARMS)), [dice_by_arm[arm][fold] for arm in ARMS], marker="o", color="0.6")
@@ -214,7 +215,7 @@ ax.set_ylabel("test Dice"); ax.set_title(f"Held-out Dice per fold ({dataset}, {'
 ax.legend(fontsize=8); plt.tight_layout(); plt.show()
 
 # %% [markdown]
-# Read the quick-mode numbers as a demonstration that the pipeline runs, not as evidence: the
+# Read the quick-mode numbers ({numref}`fig-08-arms`) as a demonstration that the pipeline runs, not as evidence: the
 # networks are tiny and train for a handful of steps. The full run (and the COVID-SemiSeg
 # cross-validation in `benchmarks/cv_semisupervised.py`) fills the report's blank with the
 # improvement — or the lack of one — of each arm over A′.
