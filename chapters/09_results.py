@@ -25,7 +25,8 @@
 # - where each number comes from: quick or full mode, data set, device, seed and git commit;
 # - what the experiments say, and what they do not.
 #
-# **Prerequisites** run chapters 01-08 first with the same `output_dir` (`ci/book` does); a
+# **Prerequisites** run chapters {doc}`01 <01_ct_and_hu>`-{doc}`08 <08_mean_teacher>` first with the same
+# `output_dir` (`ci/book` does); a
 # chapter that has not been run is listed as "not run".
 #
 # **Run time** a few seconds.
@@ -136,7 +137,8 @@ for name in expected:
 # ## The semi-supervised comparison (chapter 08)
 #
 # The report's summary ends with "an improvement of ??? percent". This is the number, for the
-# run recorded here: each arm's Dice on the held-out folds and its change relative to A′.
+# run recorded here: each arm's {term}`Dice` on the held-out folds and its change relative to A′
+# ({numref}`Fig. {number} of chapter 08 <fig-08-arms>` plots the comparison fold by fold).
 
 # %%
 comparison_rows = []
@@ -157,11 +159,13 @@ else:
 # The book rebuilds the report's two scenarios on data anyone can generate. What the records
 # above can and cannot support:
 #
-# - Quick-mode numbers come from tiny networks trained for a few steps on a synthetic phantom.
+# - {term}`Quick-mode <Quick mode>` numbers come from tiny networks trained for a few steps on a synthetic
+#   {term}`phantom <Phantom>`.
 #   They show that every step runs and is reproducible; they are not evidence for or against a
 #   method. Full-mode records (and the COVID-SemiSeg cross-validation in `benchmarks/`) are.
-# - The pseudo-labelling of chapter 07 depends on a detail the report does not discuss: pooled
-#   ReLU features are nearly parallel, so plain cosine similarity is close to 1 for every pair
+# - The pseudo-labelling of {doc}`chapter 07 <07_pseudo_labels>` depends on a detail the report does not
+#   discuss: pooled ReLU features are nearly parallel, so plain cosine similarity is close to 1 for every pair
+#   ({numref}`Fig. {number} of chapter 07 <fig-07-similarity>`)
 #   and the report's thresholds (0.87-0.96, 0.90) select almost nothing in particular; centring
 #   the features restores a usable spread.
 # - The improvement the report left blank is whatever the comparison table above says for the
