@@ -20,10 +20,10 @@
 #
 # **What you will learn**
 #
-# - how the U-Net of Ronneberger et al. (2015) is put together, read off a live model as the
+# - how the {term}`U-Net` of Ronneberger et al. (2015) is put together, read off a live model as the
 #   layer table of the original paper (input 572, output 388, no padding) next to the padded
 #   version this book trains;
-# - the additive attention gate of Oktay et al. (2018), written from its equations and checked
+# - the additive {term}`attention gate <Attention gate>` of Oktay et al. (2018), written from its equations and checked
 #   against the library, and what its attention maps look like after training;
 # - the four losses the report discusses — cross entropy, soft Dice, their sum, and the
 #   distance-transform Hausdorff loss — compared on the same data;
@@ -31,7 +31,8 @@
 #   best model by validation Dice, early stop after 30 epochs without improvement), with
 #   learning curves and Dice on held-out volumes for both networks.
 #
-# **Prerequisites** chapters 02 (preprocessing) and 03 (augmentation, slices and splits).
+# **Prerequisites** chapters {doc}`02 <02_data_and_preprocessing>` (preprocessing) and
+# {doc}`03 <03_augmentation>` (augmentation, slices and splits).
 #
 # **Run time** quick: ~1.5 min CPU (small networks, few epochs); full: the report's settings,
 # hours on a GPU.
@@ -245,10 +246,11 @@ assert gate_error < 1e-5
 # ## 3. Data: phantom volumes, split by volume
 #
 # The chapter trains on the built-in phantom (or another dataset by the `dataset` parameter),
-# preprocessed as in chapter 02: lungs masked, cropped, resampled in-plane, z-scored inside the
+# preprocessed as in {doc}`chapter 02 <02_data_and_preprocessing>`: lungs masked, cropped, resampled in-plane, z-scored inside the
 # lungs. Whole volumes go to the test set, the validation set (used for early stopping and
 # choosing the best epoch) and the training set; slices are cut only afterwards, so no volume
-# is on both sides of a split. Training slices get the report's augmentation (chapter 03); only
+# is on both sides of a split. Training slices get the report's augmentation ({doc}`chapter 03 <03_augmentation>`,
+# {numref}`Fig. {number} there <fig-03-random-draws>`); only
 # a share `empty_fraction` of the training slices without infection is kept.
 
 # %%
@@ -292,7 +294,7 @@ for name, part in (("train", train_slices), ("validation", val_slices), ("test",
 #
 # `covidlib.train.Trainer` carries the report's recipe as its defaults: Adam at learning rate
 # 2e-4, multiplied by 0.8 every 25 epochs, validation after every epoch, the model with the best
-# validation Dice kept, and a stop after 30 epochs without improvement (at most 500). It writes
+# validation {term}`Dice` kept, and a stop after 30 epochs without improvement (at most 500). It writes
 # `last.pt` after every epoch and `best.pt` when the validation Dice improves, and a run that is
 # killed resumes from `last.pt` to the same weights as a run that never stopped (tested in
 # `tests/test_train.py`). Quick mode keeps the recipe's shape but trains few epochs, so it uses
@@ -316,7 +318,7 @@ for name, part in (("train", train_slices), ("validation", val_slices), ("test",
 #   from a boundary cost more. (The report writes $(s_i - g_i)$ unsquared, which can go
 #   negative; the paper squares it.)
 #
-# The same U-Net, the same seed and the same batches are trained with each.
+# The same U-Net, the same seed and the same batches are trained with each ({numref}`fig-04-losses`).
 
 # %%
 from covidlib.train import TrainConfig, Trainer, evaluate
@@ -344,7 +346,7 @@ for loss in losses:
           f"test Dice {test['summary']['dice']['mean']:.3f} (volumes: "
           + ", ".join(f"{row['dice']:.3f}" for row in test["per_case"].values()) + ")")
 
-# %%
+# %% mystnb={"figure": {"caption": "The same small U-Net trained with cross entropy, soft Dice, their sum and the Hausdorff loss: training loss relative to its first epoch (left) and validation Dice per epoch (right), a dot at each run's best epoch, the model kept. On this little data the order of the runs is noise; how each curve rises is the point.", "name": "fig-04-losses"}}
 from covidlib.viz import show_learning_curves
 
 show_learning_curves({loss: runs[loss][0].history for loss in losses},
@@ -360,9 +362,9 @@ show_learning_curves({loss: runs[loss][0].history for loss in losses},
 #
 # The attention U-Net is the U-Net with a gate on every skip connection (the channels of the
 # gate's intermediate layer are half the skip's, as in the paper's code). Both train with
-# `network_loss`.
+# `network_loss` ({numref}`fig-04-networks`).
 
-# %%
+# %% mystnb={"figure": {"caption": "Learning curves of the U-Net and the attention U-Net trained with the same loss (`network_loss`, CE + Dice by default): training loss relative to epoch 1 (left) and validation Dice, with the kept epoch dotted (right).", "name": "fig-04-networks"}}
 unet_trainer, unet_test = runs[network_loss] if network_loss in runs else train(UNet2d, network_loss)
 attention_trainer, attention_test = train(AttentionUNet2d, network_loss)
 networks = {"U-Net": (unet_trainer, unet_test), "attention U-Net": (attention_trainer, attention_test)}
@@ -377,11 +379,11 @@ show_learning_curves({name: trainer.history for name, (trainer, _) in networks.i
 # ## 7. Where the gates look
 #
 # After a forward pass, `AttentionUNet2d.attention_maps` holds the coefficients $\alpha$ of each
-# gate, coarsest level first. The figure shows test slices with the most infection: the image
+# gate, coarsest level first. {numref}`fig-04-attention` shows test slices with the most infection: the image
 # with the true infection outlined, the predicted probability, and the gates of the finest and
 # the next coarser level.
 
-# %%
+# %% mystnb={"figure": {"caption": "The three test slices with the most infection, one per row: the z-scored image (grey scale [-3, 3]) with the true infection outlined, the attention U-Net's predicted infection probability, and the coefficients \u03b1 of its two finest attention gates, shown at their own coarser resolution. After a short quick-mode training the gate maps are still rough.", "name": "fig-04-attention"}}
 from covidlib.viz import show_attention_maps
 
 lesion_counts = [int(test_slices[i]["mask"].sum()) for i in range(len(test_slices))]
