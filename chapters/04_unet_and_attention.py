@@ -383,7 +383,7 @@ show_learning_curves({name: trainer.history for name, (trainer, _) in networks.i
 # with the true infection outlined, the predicted probability, and the gates of the finest and
 # the next coarser level.
 
-# %% mystnb={"figure": {"caption": "The three test slices with the most infection, one per row: the z-scored image (grey scale [-3, 3]) with the true infection outlined, the attention U-Net's predicted infection probability, and the coefficients \u03b1 of its two finest attention gates, shown at their own coarser resolution. After a short quick-mode training the gate maps are still rough.", "name": "fig-04-attention"}}
+# %% mystnb={"figure": {"caption": "The three test slices with the most infection, one per row: the z-scored image (grey scale [-3, 3]) with the true infection outlined, the attention U-Net's predicted infection probability, and the coefficients \u03b1 of its two finest attention gates (upsampled by nearest neighbour, so the coarser gate keeps its blocky grid). After a short quick-mode training the gate maps are still rough.", "name": "fig-04-attention"}}
 from covidlib.viz import show_attention_maps
 
 lesion_counts = [int(test_slices[i]["mask"].sum()) for i in range(len(test_slices))]
