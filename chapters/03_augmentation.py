@@ -161,7 +161,7 @@ assert np.array_equal(rotated, replayed)
 #
 # A 3° turn is hard to see by eye ({numref}`fig-03-rotation`), so the figure also shows how far the outline moved.
 
-# %% mystnb={"figure": {"caption": "The example slice (z-score, grey scale [-3, 3]) turned by -3\u00b0 and +3\u00b0, the ends of the report's range, with the infection outlined in red. The change is hard to see; the outline shifts by a pixel or two near the chest wall.", "name": "fig-03-rotation"}}
+# %% mystnb={"figure": {"caption": "The example slice (z-score, grey scale [-3, 3]) turned by -3\u00b0 and +3\u00b0, the ends of the report's range, with the infection outlined in red. The change is hard to see; the outline moves by a few pixels, most where it lies far from the slice centre.", "name": "fig-03-rotation"}}
 fig = plot_augmentations(image, mask, [Rotation(-rotation_degrees), Rotation(rotation_degrees)],
                          ncols=3, suptitle="Rotation (report Fig. 3.9), grey scale [-3, 3] z-score, red: infection")
 plt.show()
