@@ -154,6 +154,25 @@ else:
     display(Markdown(provenance(record_08) + "\n\n" + "\n".join(lines)))
 
 # %% [markdown]
+# ## How long it took
+#
+# `ci/book` times every chapter it executes and writes the times next to the records
+# (`_timings.json`), so this page shows what the run that produced it cost on its machine. The
+# quick-mode budget is about two minutes a chapter on a 2-core CPU.
+
+# %% mystnb={"figure": {"caption": "Wall time of each chapter in the run that produced this book, with the quick-mode budget of two minutes a chapter (dashed).", "name": "fig-09-run-times"}}
+from covidlib import viz
+from covidlib.results import read_build_timings
+
+timings = read_build_timings(output_dir) if Path(output_dir).is_dir() else None
+if timings and timings.get("seconds"):
+    total = sum(timings["seconds"].values())
+    display(viz.show_run_times(timings["seconds"], budget_s=120 if quick else None,
+                               title=f"Chapter run times, total {total:.0f} s ({timings.get('machine', '?')})"))
+else:
+    print("no _timings.json here: run the book with ci/book to measure each chapter's time")
+
+# %% [markdown]
 # ## Conclusion
 #
 # The book rebuilds the report's two scenarios on data anyone can generate. What the records

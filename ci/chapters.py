@@ -120,6 +120,8 @@ def execute_chapter(name: str, parameters: dict[str, object]) -> float:
 
 def execute_chapters(names: list[str], *, quick: bool, device: str, dataset: str, seed: int,
                      data_root: str | None) -> Path:
+    from covidlib.results import atomic_write_text
+
     results_dir = RESULTS / run_name(quick, dataset)
     results_dir.mkdir(parents=True, exist_ok=True)
     parameters: dict[str, object] = dict(dataset=dataset, quick=quick, device=device, seed=seed,
@@ -127,16 +129,22 @@ def execute_chapters(names: list[str], *, quick: bool, device: str, dataset: str
     if data_root:
         parameters["data_root"] = str(Path(data_root).resolve())
     print(f"[book] executing {len(names)} chapter(s) with {parameters}", flush=True)
+    timings_path = results_dir / "_timings.json"
     timings: dict[str, float] = {}
+    if timings_path.exists():  # a partial run (--chapters) keeps the other chapters' times
+        previous = json.loads(timings_path.read_text())
+        if previous.get("parameters") == parameters:
+            timings = {name: previous["seconds"][name] for name in toc_chapters() if name in previous["seconds"]}
     for name in names:
         print(f"[book] {name} ...", end=" ", flush=True)
         timings[name] = round(execute_chapter(name, parameters), 1)
+        timings = {n: timings[n] for n in toc_chapters() if n in timings}  # in book order
         print(f"{timings[name]:.1f} s", flush=True)
         # Written after every chapter so that the results chapter, run last, sees the others' times.
         timing_record = {"parameters": parameters, "seconds": timings,
                          "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}"}
-        (results_dir / "_timings.json").write_text(json.dumps(timing_record, indent=2) + "\n")
-    print(f"[book] all chapters executed in {sum(timings.values()):.1f} s", flush=True)
+        atomic_write_text(timings_path, json.dumps(timing_record, indent=2) + "\n")
+    print(f"[book] {len(names)} chapter(s) executed in {sum(timings[n] for n in names):.1f} s", flush=True)
     return results_dir
 
 

@@ -490,3 +490,36 @@ def show_attention_maps(images: np.ndarray, masks: np.ndarray, probabilities: np
     fig.colorbar(shown, ax=axes[:, 1:], fraction=0.02, label="probability / attention coefficient")
     fig.suptitle(title or f"Attention maps (grey scale [{lo:g}, {hi:g}] z-score)")
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# The book's own run (chapter 09)
+
+
+def show_run_times(seconds: Mapping[str, float], *, budget_s: float | None = None,
+                   title: str | None = None) -> Figure:
+    """Horizontal bars of the measured wall time of each chapter, with an optional budget line.
+
+    ``seconds`` maps a chapter name to its wall time in seconds (``ci/book``'s ``_timings.json``).
+    Introduced in chapter 09.
+    """
+    if not seconds:
+        raise InvalidInputError("show_run_times needs at least one chapter's time")
+    if any(not np.isfinite(v) or v < 0 for v in seconds.values()):
+        raise InvalidInputError(f"show_run_times: times must be finite and non-negative, got {dict(seconds)}")
+    names = list(seconds)
+    values = np.array([seconds[n] for n in names], dtype=float)
+    fig = Figure(figsize=(6.4, 0.4 * len(names) + 1.2), layout="constrained")
+    ax = fig.subplots()
+    positions = np.arange(len(names))[::-1]
+    ax.barh(positions, values, color=MASK_COLOURS[0])
+    ax.set_yticks(positions, names)
+    for y, value in zip(positions, values):
+        ax.text(value, y, f" {value:.0f} s", va="center", fontsize=8)
+    if budget_s is not None:
+        ax.axvline(budget_s, color="0.3", linestyle="--", linewidth=1, label=f"budget {budget_s:.0f} s")
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_xlabel("wall time (s)")
+    ax.set_xlim(0, max(values.max(), budget_s or 0) * 1.15)
+    ax.set_title(title or f"Chapter run times (total {values.sum():.0f} s)")
+    return fig

@@ -139,3 +139,17 @@ def test_mask_outline_lies_on_the_mask_rows(origin: str) -> None:
     outline = ax.collections[-1].get_paths()[0].vertices
     # Rows 2..5 are inside: the 0.5-level outline runs half a pixel outside them.
     assert outline[:, 1].min() == pytest.approx(1.5) and outline[:, 1].max() == pytest.approx(5.5)
+
+
+def test_run_times_one_bar_per_chapter_in_order() -> None:
+    fig = viz.show_run_times({"01_ct": 6.0, "02_data": 8.5}, budget_s=120)
+    ax = fig.axes[0]
+    widths = [bar.get_width() for bar in ax.patches]
+    assert widths == [6.0, 8.5]
+    labels = {t.get_text(): t.get_position()[1] for t in ax.get_yticklabels()}
+    assert labels["01_ct"] > labels["02_data"]  # first chapter on top
+    assert fig.axes[0].get_title() == "Chapter run times (total 14 s)"
+    with pytest.raises(InvalidInputError):
+        viz.show_run_times({})
+    with pytest.raises(InvalidInputError):
+        viz.show_run_times({"x": float("nan")})
