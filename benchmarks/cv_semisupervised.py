@@ -8,9 +8,10 @@ pseudo-labelled with A''s encoder (chapter 07) and two arms continue from A': ps
 only, and pseudo-labels + mean teacher (chapter 08). Reported: Dice on each held-out fold (mean
 over slices), mean ± sd over folds, wall time per stage.
 
-Images are z-scored per image (covidlib.preprocess.normalise_image) and resized to
-``--size`` pixels; patch size and margins are the report's (68 px, 10/15 px at about 512 px)
-scaled to that size unless given.
+Images are prepared by covidlib.mean_teacher.load_semi_supervised (z-scored per image, resized
+to ``--size`` pixels) and the settings built by semi_supervised_settings: patch size and margins
+are the report's (68 px, 10/15 px at about 512 px) scaled to that size. One fold of the same
+comparison is ``python -m covidlib semi``.
 
 Run: ``.venv/bin/python benchmarks/cv_semisupervised.py --root ../shared/data/covid-semiseg``
 (``--run-folds 1 --sup-epochs 3 --semi-epochs 2 --unlabelled 100`` for a pilot). Introduced with chapter 08.
@@ -28,41 +29,20 @@ import numpy as np
 import torch
 
 from covidlib.config import runtime_summary, seed_everything
-from covidlib.data import fit_slice, kfold_volumes, split_volumes
 from covidlib.datasets import get_dataset
-from covidlib.mean_teacher import ARMS, MeanTeacherConfig, SemiSupervisedSettings, semi_supervised_fold
-from covidlib.preprocess import normalise_image
+from covidlib.mean_teacher import (ARMS, load_semi_supervised, nested_fold, semi_supervised_fold,
+                                   semi_supervised_settings)
 from covidlib.pseudo import PseudoLabelConfig
 from covidlib.results import atomic_write_text, git_commit
-from covidlib.train import TrainConfig
-from covidlib.transfer import SliceTraining
 
 
-def load(root: str, size: int, n_unlabelled: int | None) -> tuple[dict, list[np.ndarray]]:
-    dataset = get_dataset("covid-semiseg", root)
-    arrays = {}
-    for case_id in dataset.case_ids("train"):
-        case = dataset.load(case_id)
-        image = normalise_image(case.image.array[0], case_id)
-        image, mask = fit_slice(image, case.lesion_mask[0], (size, size), "resize")
-        arrays[case_id] = (image[None].astype(np.float32), mask[None].astype(np.uint8))
-    unlabelled_ids = dataset.case_ids("unlabelled")
-    if n_unlabelled is not None:
-        unlabelled_ids = unlabelled_ids[:: max(1, len(unlabelled_ids) // n_unlabelled)][:n_unlabelled]
-    unlabelled = []
-    for case_id in unlabelled_ids:
-        image = normalise_image(dataset.load(case_id).image.array[0], case_id)
-        unlabelled.append(fit_slice(image, np.zeros(image.shape, np.uint8), (size, size), "resize")[0][None])
-    return arrays, unlabelled
-
-
-def build_record(args: argparse.Namespace, rows: list[dict], patch: int, pseudo: PseudoLabelConfig, n_unlabelled: int,
+def build_record(args: argparse.Namespace, rows: list[dict], pseudo: PseudoLabelConfig, n_unlabelled: int,
                  load_seconds: float, start_all: float, cpu_start: float) -> dict:
     """The JSON record of the folds finished so far (mean ± sd over them)."""
     summary = {arm: {"mean": float(np.mean([r["dice"][arm] for r in rows])),
                      "sd": float(np.std([r["dice"][arm] for r in rows], ddof=1)) if len(rows) > 1 else 0.0,
                      "per_fold": [r["dice"][arm] for r in rows]} for arm in ARMS}
-    return {"settings": {**vars(args), "patch_size": patch, "labelled_margin": pseudo.labelled_margin,
+    return {"settings": {**vars(args), "patch_size": pseudo.patch_size, "labelled_margin": pseudo.labelled_margin,
                          "unlabelled_margin": pseudo.unlabelled_margin, "n_unlabelled": n_unlabelled},
             "folds_done": len(rows), "summary": summary, "folds": rows, "load_seconds": load_seconds,
             "wall_seconds": time.perf_counter() - start_all, "cpu_seconds": time.process_time() - cpu_start,
@@ -93,36 +73,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     seed_everything(args.seed)
-    scale = args.size / 512
-    patch = max(8, int(round(68 * scale / 4)) * 4)
-    pseudo = PseudoLabelConfig(patch_size=patch, labelled_margin=max(1, round(10 * scale)),
-                               unlabelled_margin=max(1, round(15 * scale)), rule=args.rule, batch_size=256, chunk_size=4096)
     start_all = time.perf_counter()
     cpu_start = time.process_time()
-    arrays, unlabelled = load(args.root, args.size, args.unlabelled)
+    arrays, unlabelled = load_semi_supervised(get_dataset("covid-semiseg", args.root), args.size, args.unlabelled)
     load_seconds = time.perf_counter() - start_all
     ids = list(arrays)
-    folds = kfold_volumes(ids, args.folds, args.seed)
     rows: list[dict] = []
     record: dict = {}
-    for fold, (train_val, test) in enumerate(folds[: args.run_folds or args.folds]):
-        train, val = split_volumes(train_val, args.inner_val, args.seed + fold)
-        train_config = TrainConfig(epochs=args.sup_epochs, lr=args.lr, patience=args.patience, amp=args.amp,
-                                   seed=args.seed + fold, device="cpu", progress=False)
-        semi_config = TrainConfig(epochs=args.semi_epochs, lr=args.lr / 2, patience=args.patience, amp=args.amp,
-                                  seed=args.seed + fold, device="cpu", progress=False)
-        steps_per_epoch = -(-len(train) // args.batch_size)
-        settings = SemiSupervisedSettings(
-            supervised=SliceTraining(train=train_config, batch_size=args.batch_size),
-            semi=semi_config, pseudo=pseudo,
-            mean_teacher=MeanTeacherConfig(rampup_steps=5 * steps_per_epoch, pseudo_batch_size=args.batch_size),
-            base_width=args.base_width)
+    for fold in range(args.run_folds or args.folds):
+        train, val, test = nested_fold(ids, args.folds, fold, args.seed, args.inner_val)
+        settings = semi_supervised_settings(args.size, len(train), base_width=args.base_width,
+                                            supervised_epochs=args.sup_epochs, semi_epochs=args.semi_epochs,
+                                            lr=args.lr, patience=args.patience, batch_size=args.batch_size,
+                                            rule=args.rule, amp=args.amp, device="cpu", seed=args.seed + fold)
         result = semi_supervised_fold(arrays, train, val, test, unlabelled, settings)
         rows.append({"fold": fold, **result})
         print(f"fold {fold}: " + "  ".join(f"{arm} {result['dice'][arm]:.3f}" for arm in ARMS)
               + f"  accepted {result['pseudo']['accepted']}/{result['pseudo']['patches']}"
               + "  seconds " + " ".join(f"{k}={v:.0f}" for k, v in result["seconds"].items()), flush=True)
-        record = build_record(args, rows, patch, pseudo, len(unlabelled), load_seconds, start_all, cpu_start)
+        record = build_record(args, rows, settings.pseudo, len(unlabelled), load_seconds, start_all, cpu_start)
         atomic_write_text(args.out, json.dumps(record, indent=1, default=float) + "\n")  # after every fold
     summary = record["summary"]
     print("\nDice on held-out folds (mean ± sd over folds):")

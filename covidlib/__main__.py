@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from covidlib import segment
+from covidlib import mean_teacher, segment
 from covidlib.augment import default_augmentation
 from covidlib.config import get_device, seed_everything
 from covidlib.ct import window_hu
@@ -368,6 +368,8 @@ COMMANDS: dict[str, Command] = {
     "predict": Command("probability maps for a folder of 2D images or a NIfTI volume", _predict_arguments, run_predict),
     "segment": Command("infection and lung masks of a CT scan on its own grid, with volumes in mL",
                        segment.add_arguments, segment.run),
+    "semi": Command("one fold of supervised A' vs + pseudo-labels vs + mean teacher, using the unlabelled split",
+                    mean_teacher.add_arguments, mean_teacher.run),
 }
 
 

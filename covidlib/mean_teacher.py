@@ -19,17 +19,24 @@ independently for each.
 early stopping, best checkpoint by validation Dice and exact resume; the teacher is what is
 validated and kept (``validate="teacher"``).
 
+The book's comparison of the three arms (supervised A', + pseudo-labels, + mean teacher) on
+one fold is :func:`semi_supervised_fold`; the command line runs it as
+``python -m covidlib semi`` (:func:`add_arguments`, :func:`run`).
+
 Introduced in chapter 08.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
+import json
 import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,10 +46,15 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from covidlib.coarse import Box, predict_boxes_2d
+from covidlib.config import seed_everything
+from covidlib.data import kfold_volumes, split_volumes
+from covidlib.datasets import Dataset as CaseDataset
+from covidlib.datasets import get_dataset
 from covidlib.errors import InvalidInputError
-from covidlib.models import get_model
-from covidlib.pseudo import PseudoLabelConfig, PseudoPatchDataset, build_dictionary, pseudo_label
-from covidlib.train import Trainer, TrainConfig, evaluate, split_batch, validate_batch
+from covidlib.models import MODELS, get_model
+from covidlib.pseudo import RULES, PseudoLabelConfig, PseudoPatchDataset, build_dictionary, pseudo_label
+from covidlib.results import atomic_write_text
+from covidlib.train import AMP_CHOICES, Trainer, TrainConfig, evaluate, save_checkpoint, split_batch, validate_batch
 from covidlib.transfer import SliceTraining, fit_volumes, slice_loader
 
 VALIDATE_CHOICES = ("teacher", "student")
@@ -255,7 +267,7 @@ def semi_supervised_fold(arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], tr
                          val_ids: Sequence[str], test_ids: Sequence[str], unlabelled: Sequence[np.ndarray],
                          settings: SemiSupervisedSettings, *, unlabelled_boxes: Sequence[Box | None] | None = None,
                          initial_state: Mapping[str, torch.Tensor] | None = None,
-                         progress: bool = False) -> dict[str, Any]:
+                         progress: bool = False, return_models: bool = False) -> dict[str, Any]:
     """Train A' on ``train_ids`` (selected on ``val_ids``), pseudo-label ``unlabelled``, train
     the two semi-supervised arms from A', and return each arm's Dice on ``test_ids``.
 
@@ -265,7 +277,9 @@ def semi_supervised_fold(arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], tr
     ``None`` takes them from A''s own prediction (2D slices). ``initial_state``: pretrained
     weights for A' (transfer learning); ``None`` trains it from scratch.
     Returns ``{"dice": {arm: mean test Dice}, "per_case": {arm: {case: Dice}}, "pseudo": counts,
-    "seconds": {stage: wall time}, "history": {arm: learning curve}}``. Introduced in chapter 08.
+    "seconds": {stage: wall time}, "history": {arm: learning curve}}``, plus ``"models": {arm:
+    network}`` (each arm's kept network, best weights loaded) when ``return_models``.
+    Introduced in chapter 08.
     """
     seconds: dict[str, float] = {}
     start = time.perf_counter()
@@ -279,11 +293,13 @@ def semi_supervised_fold(arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], tr
     test_loader = slice_loader(arrays, test_ids, settings.supervised, training=False, seed=seed)
     device = supervised.device
     results: dict[str, Any] = {"dice": {}, "per_case": {}, "history": {"supervised": supervised.history}}
+    models: dict[str, nn.Module] = {}
 
     def record(arm: str, network: nn.Module) -> None:
         evaluation = evaluate(network, test_loader, device)
         results["dice"][arm] = float(evaluation["summary"]["dice"]["mean"])
         results["per_case"][arm] = {case: row["dice"] for case, row in evaluation["per_case"].items()}
+        models[arm] = network
 
     record("supervised", supervised.model)
 
@@ -318,4 +334,216 @@ def semi_supervised_fold(arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], tr
         results["history"][arm] = trainer.history
         seconds[arm] = time.perf_counter() - start
     results["seconds"] = seconds
+    if return_models:
+        results["models"] = models
     return results
+
+
+# --- data, settings and folds of the comparison on a registered dataset ------------------------
+
+def load_semi_supervised(dataset: CaseDataset, image_size: int, n_unlabelled: int | None = None, *,
+                         split: str | None = None) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[np.ndarray]]:
+    """The labelled cases and unlabelled images of ``dataset``, prepared as ``python -m covidlib train``
+    prepares slices: grey levels, z-scored per slice, resized to ``image_size`` squared.
+
+    ``split``: the labelled split (default ``"train"``, else the dataset's first); the dataset
+    must have an ``"unlabelled"`` split. ``n_unlabelled``: how many unlabelled cases, taken at
+    an even stride through the sorted ids (default all). Returns ``({case_id: (image (z, S, S)
+    float32, lesion (z, S, S) uint8)}, [unlabelled image (z, S, S) float32])``; a COVID-SemiSeg
+    slice has ``z = 1``. Introduced in chapter 08.
+    """
+    # The command line owns the slice preparation that evaluate/predict/segment apply to a
+    # checkpoint; reusing it keeps training and inference identical.
+    from covidlib.__main__ import grey_levels, normalise_slices, prepare_case, resize_stack
+
+    if "unlabelled" not in dataset.splits:
+        raise InvalidInputError(f"dataset {dataset.name!r} has no 'unlabelled' split (splits: {', '.join(dataset.splits)}); "
+                                "semi-supervised training needs unlabelled images, e.g. --dataset covid-semiseg")
+    # patches are at least 8 px and the default 4-pooling U-Net halves a side 4 times
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 16:
+        raise InvalidInputError(f"image_size must be an integer of at least 16 pixels, got {image_size!r}")
+    split = split or ("train" if "train" in dataset.splits else dataset.splits[0])
+    labelled_ids = dataset.case_ids(split)
+    unlabelled_ids = dataset.case_ids("unlabelled")
+    if not unlabelled_ids:
+        raise InvalidInputError(f"the 'unlabelled' split of dataset {dataset.name!r} is empty")
+    if n_unlabelled is not None:
+        if isinstance(n_unlabelled, bool) or not 1 <= n_unlabelled <= len(unlabelled_ids):
+            raise InvalidInputError(f"n_unlabelled must be in [1, {len(unlabelled_ids)}] for dataset {dataset.name!r}, "
+                                    f"got {n_unlabelled!r}")
+        unlabelled_ids = unlabelled_ids[:: max(1, len(unlabelled_ids) // n_unlabelled)][:n_unlabelled]
+    size = (image_size, image_size)
+    arrays = {}
+    for case_id in labelled_ids:
+        image, mask = prepare_case(dataset.load(case_id))
+        arrays[case_id] = (resize_stack(image, size, "bilinear"), resize_stack(mask, size, "nearest-exact").astype(np.uint8))
+    unlabelled = []
+    for case_id in unlabelled_ids:
+        case = dataset.load(case_id)
+        grey = grey_levels(case.image.array, case.meta.get("intensity", "hu"))
+        unlabelled.append(resize_stack(normalise_slices(grey, f"case {case_id!r}"), size, "bilinear"))
+    return arrays, unlabelled
+
+
+def semi_supervised_settings(image_size: int, n_train: int, *, network: str = "unet", base_width: int = 16,
+                             depth: int = 4, supervised_epochs: int = 25, semi_epochs: int = 8, lr: float = 1e-3,
+                             patience: int = 20, batch_size: int = 8, rule: str = "top2", amp: str = "auto",
+                             device: str = "auto", seed: int = 0, max_steps_per_epoch: int | None = None,
+                             progress: bool = False) -> SemiSupervisedSettings:
+    """The comparison's settings for slices of ``image_size`` pixels and ``n_train`` training slices.
+
+    A' trains ``supervised_epochs`` at ``lr``; the two semi-supervised arms ``semi_epochs`` at
+    ``lr / 2``. The patch size and box margins are the report's (68 px, 10 and 15 px on 512 px
+    slices) scaled to ``image_size``; the consistency ramp-up lasts 5 epochs of steps.
+    Introduced in chapter 08.
+    """
+    scale = image_size / 512
+    pseudo = PseudoLabelConfig(patch_size=max(8, int(round(68 * scale / 4)) * 4),
+                               labelled_margin=max(1, round(10 * scale)), unlabelled_margin=max(1, round(15 * scale)),
+                               rule=rule, batch_size=256, chunk_size=4096)
+    steps_per_epoch = -(-n_train // batch_size)
+    if max_steps_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, max_steps_per_epoch)
+
+    def config(epochs: int, rate: float) -> TrainConfig:
+        return TrainConfig(epochs=epochs, lr=rate, patience=patience, amp=amp, max_steps_per_epoch=max_steps_per_epoch,
+                           seed=seed, device=device, progress=progress)
+
+    return SemiSupervisedSettings(
+        supervised=SliceTraining(train=config(supervised_epochs, lr), batch_size=batch_size),
+        semi=config(semi_epochs, lr / 2), pseudo=pseudo,
+        mean_teacher=MeanTeacherConfig(rampup_steps=5 * steps_per_epoch, pseudo_batch_size=batch_size),
+        network=network, base_width=base_width, depth=depth)
+
+
+def nested_fold(case_ids: Sequence[str], folds: int, fold: int, seed: int,
+                n_val: int | None = None) -> tuple[list[str], list[str], list[str]]:
+    """(train, validation, test) ids of fold ``fold`` of ``folds``: the fold's cases test; of the
+    rest, ``n_val`` (default a fifth, at least 1) select the best epoch and the others train.
+
+    The test folds are :func:`covidlib.data.kfold_volumes` with ``seed``; the validation draw
+    uses ``seed + fold``. Introduced in chapter 08.
+    """
+    if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < folds:
+        raise InvalidInputError(f"fold must be an integer in [0, {folds - 1}] for {folds} folds, got {fold!r}")
+    train_val, test = kfold_volumes(case_ids, folds, seed)[fold]
+    if n_val is None:
+        n_val = max(1, len(train_val) // 5)
+    if not 1 <= n_val < len(train_val):
+        raise InvalidInputError(f"the validation count must be in [1, {len(train_val) - 1}] for the {len(train_val)} "
+                                f"non-test cases of fold {fold}, got {n_val!r}")
+    train, val = split_volumes(train_val, n_val, seed + fold)
+    return train, val, test
+
+
+# --- the command line: python -m covidlib semi ------------------------------------------------
+
+#: Sizes of ``semi`` without and with ``--quick``; explicit flags win. Full = the reported CV run.
+SEMI_FULL = {"image_size": 128, "base_width": 16, "epochs": 25, "semi_epochs": 8, "batch_size": 8,
+             "max_steps_per_epoch": None}
+SEMI_QUICK = {"image_size": 64, "base_width": 8, "epochs": 6, "semi_epochs": 3, "batch_size": 4,
+              "max_steps_per_epoch": 4}
+#: With ``--quick`` and no ``--unlabelled``: at most this many unlabelled images (else all of them).
+QUICK_UNLABELLED = 64
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``semi`` subcommand's arguments (see :func:`run`)."""
+    parser.add_argument("--dataset", default="covid-semiseg", help="registered dataset with an 'unlabelled' split "
+                                                                   "(default: covid-semiseg)")
+    parser.add_argument("--data-root", help="the dataset's folder (default: $COVIDLIB_DATA/<dataset>)")
+    parser.add_argument("--out", required=True, help="output folder: best.pt (the mean teacher) and metrics.json")
+    parser.add_argument("--folds", type=int, default=5, help="k of the k-fold split of the labelled cases (default 5)")
+    parser.add_argument("--fold", type=int, default=0, help="which fold (0..k-1) is held out to test (default 0)")
+    parser.add_argument("--inner-val", type=int, help="non-test cases that select the best epoch (default: a fifth)")
+    parser.add_argument("--unlabelled", type=int,
+                        help=f"unlabelled images to pseudo-label, spread evenly (default all; quick at most {QUICK_UNLABELLED})")
+    parser.add_argument("--rule", choices=[rule.replace("_", "-") for rule in RULES], default="top2",
+                        help="pseudo-label rule: top2 (both best scores > 0.90) or top1-band (best in [0.87, 0.96])")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: small images, a small network, few short epochs")
+    parser.add_argument("--model", choices=sorted(MODELS), default="unet", help="network (default: unet)")
+    parser.add_argument("--image-size", type=int, help=f"square network input in pixels (default {SEMI_FULL['image_size']})")
+    parser.add_argument("--base-width", type=int, help=f"channels of the first level (default {SEMI_FULL['base_width']})")
+    parser.add_argument("--depth", type=int, default=4, help="number of poolings (default 4)")
+    parser.add_argument("--epochs", type=int, help=f"epochs of the supervised A' (default {SEMI_FULL['epochs']})")
+    parser.add_argument("--semi-epochs", type=int, help=f"epochs of each semi-supervised arm (default {SEMI_FULL['semi_epochs']})")
+    parser.add_argument("--batch-size", type=int, help=f"slices (and pseudo-labelled patches) a step (default {SEMI_FULL['batch_size']})")
+    parser.add_argument("--max-steps-per-epoch", type=int, help="cap the batches of an epoch")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of A' (default 1e-3; the arms use half)")
+    parser.add_argument("--patience", type=int, default=20, help="stop after this many epochs without a better validation Dice")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
+    parser.add_argument("--amp", choices=AMP_CHOICES, default="auto",
+                        help="mixed precision: auto (bf16/fp16 on a GPU, float32 on the CPU), bf16, fp16 or off")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the folds, initialisation, batches and sampling")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _size(args: argparse.Namespace, name: str) -> Any:
+    value = getattr(args, name)
+    return value if value is not None else (SEMI_QUICK if args.quick else SEMI_FULL)[name]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one fold of the comparison; write OUT/best.pt and OUT/metrics.json; print a JSON summary.
+
+    ``best.pt`` holds the mean-teacher arm's kept network (the teacher, the one validated) with
+    the metadata ``python -m covidlib train`` writes, so evaluate/predict/segment load it; its
+    ``val_cases`` are the held-out test fold. Dice in ``metrics.json`` is measured on the
+    ``image_size`` slices the networks see.
+    """
+    from covidlib.__main__ import to_json  # the command line's JSON (nan becomes null)
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if not 0 <= args.fold < args.folds:  # before reading any image
+        raise InvalidInputError(f"--fold must be in [0, {args.folds - 1}] for --folds {args.folds}, got {args.fold}")
+    seed_everything(args.seed)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    dataset = get_dataset(args.dataset, args.data_root)
+    split = "train" if "train" in dataset.splits else dataset.splits[0]
+    image_size = _size(args, "image_size")
+    n_unlabelled = args.unlabelled
+    if n_unlabelled is None and args.quick and "unlabelled" in dataset.splits:
+        n_unlabelled = min(QUICK_UNLABELLED, len(dataset.case_ids("unlabelled"))) or None
+    arrays, unlabelled = load_semi_supervised(dataset, image_size, n_unlabelled, split=split)
+    train_ids, val_ids, test_ids = nested_fold(list(arrays), args.folds, args.fold, args.seed, args.inner_val)
+    batch_size = _size(args, "batch_size")
+    settings = semi_supervised_settings(
+        image_size, len(train_ids), network=args.model, base_width=_size(args, "base_width"), depth=args.depth,
+        supervised_epochs=_size(args, "epochs"), semi_epochs=_size(args, "semi_epochs"), lr=args.lr,
+        patience=args.patience, batch_size=batch_size, rule=args.rule.replace("-", "_"), amp=args.amp,
+        device=args.device, seed=args.seed + args.fold, max_steps_per_epoch=_size(args, "max_steps_per_epoch"),
+        progress=not args.no_progress)
+    load_seconds = time.perf_counter() - started
+    result = semi_supervised_fold(arrays, train_ids, val_ids, test_ids, unlabelled, settings,
+                                  progress=not args.no_progress, return_models=True)
+    kept = result.pop("models")["mean_teacher"]
+    model_options = {"in_channels": 1, "num_classes": 2, "base_width": settings.base_width, "depth": settings.depth}
+    metadata = {"model": settings.network, "model_options": model_options, "image_size": image_size,
+                "dataset": args.dataset, "split": split, "train_cases": train_ids, "val_cases": test_ids,
+                "selection_cases": val_ids, "folds": args.folds, "fold": args.fold,
+                "augment": settings.supervised.augment, "mixup_alpha": 0.0,
+                "semi_supervised": {"arm": "mean_teacher", "network": settings.mean_teacher.validate,
+                                    "unlabelled_cases": len(unlabelled), "rule": settings.pseudo.rule}}
+    out = Path(args.out)
+    save_checkpoint({"model": {k: v.detach().cpu() for k, v in kept.state_dict().items()},
+                     "config": dataclasses.asdict(settings.semi), "metadata": metadata}, out / "best.pt")
+    metrics = {
+        "dice": result["dice"], "per_case": result["per_case"], "pseudo": result["pseudo"],
+        "seconds": {"loading": load_seconds, **result["seconds"]},
+        "wall_seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu_started,
+        "device": str(next(kept.parameters()).device), "threads": torch.get_num_threads(),
+        "dice_measured_at": f"{image_size} x {image_size} px", "checkpoint": "best.pt",
+        "settings": {"dataset": args.dataset, "split": split, "folds": args.folds, "fold": args.fold, "seed": args.seed,
+                     "quick": args.quick, "train_cases": train_ids, "selection_cases": val_ids, "test_cases": test_ids,
+                     "image_size": image_size, **dataclasses.asdict(settings)},
+        "history": result["history"],
+    }
+    atomic_write_text(out / "metrics.json", to_json(metrics) + "\n")
+    summary = {"dice": {arm: round(value, 4) for arm, value in result["dice"].items()},
+               "test_cases": len(test_ids), "unlabelled": len(unlabelled),
+               "pseudo_patches": {"accepted": result["pseudo"]["accepted"], "sampled": result["pseudo"]["patches"]},
+               "wall_seconds": round(metrics["wall_seconds"], 1), "out": str(out)}
+    print(json.dumps(summary))
+    return 0

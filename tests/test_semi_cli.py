@@ -1,0 +1,200 @@
+"""``python -m covidlib semi``: one fold of supervised A' vs + pseudo-labels vs + mean teacher,
+run in-process through main([...]) on a tiny synthetic COVID-SemiSeg folder."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_datasets import REAL_SEMISEG, _save_jpg, _save_png
+
+from covidlib.__main__ import main, model_from_checkpoint
+from covidlib.data import fit_slice, kfold_volumes
+from covidlib.datasets import get_dataset
+from covidlib.errors import InvalidInputError
+from covidlib.mean_teacher import ARMS, load_semi_supervised, nested_fold, semi_supervised_settings
+from covidlib.preprocess import normalise_image
+
+SIDE = 32  # the images are as large as the network input, so evaluate sees exactly what training saw
+N_LABELLED, N_UNLABELLED = 12, 5
+#: The metadata keys ``python -m covidlib train`` writes into a checkpoint.
+TRAIN_METADATA_KEYS = {"model", "model_options", "image_size", "dataset", "split", "train_cases", "val_cases",
+                       "folds", "fold", "augment", "mixup_alpha"}
+UNLABELLED_NAME = "Data-1_coronacases_org_001_{}"
+
+
+def _disc_slice(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A grey 8-bit slice (SIDE, SIDE) with one bright disc "lesion", and its {0, 255} mask."""
+    yy, xx = np.mgrid[:SIDE, :SIDE]
+    radius = rng.uniform(4, 7)
+    cy, cx = rng.uniform(radius + 2, SIDE - radius - 2, size=2)
+    mask = (((yy - cy) ** 2 + (xx - cx) ** 2) <= radius**2).astype(np.uint8) * 255
+    image = np.clip(70 + 0.45 * mask + rng.normal(0, 8, (SIDE, SIDE)), 0, 255)
+    return image, mask
+
+
+def make_semiseg(root: Path) -> Path:
+    """COVID-SemiSeg layout: N_LABELLED labelled slices (JPG + PNG mask) and N_UNLABELLED unlabelled ones."""
+    rng = np.random.default_rng(7)
+    train = root / "TrainingSet" / "LungInfection-Train"
+    for index in range(N_LABELLED):
+        image, mask = _disc_slice(rng)
+        _save_jpg(train / "Doctor-label" / "Imgs" / f"{index}.jpg", image)
+        _save_png(train / "Doctor-label" / "GT" / f"{index}.png", mask)
+    for index in range(N_UNLABELLED):
+        _save_jpg(train / "Pseudo-label" / "Imgs" / f"{UNLABELLED_NAME.format(index)}.jpg", _disc_slice(rng)[0])
+    return root
+
+
+TINY = ["--folds", "3", "--fold", "1", "--image-size", str(SIDE), "--base-width", "4", "--depth", "2",
+        "--epochs", "6", "--semi-epochs", "3", "--lr", "5e-3", "--batch-size", "4", "--device", "cpu", "--amp", "off",
+        "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def semi_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    """(data root, output folder, printed summary) of one tiny ``semi`` run shared by the tests below."""
+    root = make_semiseg(tmp_path_factory.mktemp("semiseg"))
+    out = tmp_path_factory.mktemp("semi")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["semi", "--data-root", str(root), "--out", str(out), "--unlabelled", "3", *TINY])
+    assert code == 0
+    return root, out, json.loads(printed.getvalue().strip().splitlines()[-1])
+
+
+def test_semi_writes_three_arms_and_pseudo_label_counts(semi_run: tuple[Path, Path, dict]) -> None:
+    root, out, printed = semi_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    ids = get_dataset("covid-semiseg", root).case_ids("train")
+    test_ids = kfold_volumes(ids, 3, 0)[1][1]  # fold 1 of 3, computed here independently
+    assert set(metrics["dice"]) == set(ARMS) == set(printed["dice"])
+    for arm in ARMS:
+        assert 0.0 <= metrics["dice"][arm] <= 1.0
+        assert sorted(metrics["per_case"][arm]) == sorted(test_ids)
+        # the reported Dice is the mean over the held-out slices
+        assert metrics["dice"][arm] == pytest.approx(np.mean(list(metrics["per_case"][arm].values())))
+        assert printed["dice"][arm] == pytest.approx(metrics["dice"][arm], abs=5e-5)
+    settings = metrics["settings"]
+    assert sorted(settings["test_cases"]) == sorted(test_ids)
+    parts = [settings["train_cases"], settings["selection_cases"], settings["test_cases"]]
+    assert sorted(sum(parts, [])) == sorted(ids)  # a partition of the labelled slices
+    assert len(settings["selection_cases"]) == (N_LABELLED - len(test_ids)) // 5
+    pseudo = metrics["pseudo"]
+    assert pseudo["unlabelled_images"] == 3 == printed["unlabelled"]
+    assert 0 <= pseudo["images_with_box"] <= 3
+    assert 0 <= pseudo["accepted"] <= pseudo["patches"] <= 32 * pseudo["images_with_box"]
+    assert set(metrics["seconds"]) >= {"loading", "supervised", "pseudo_labelling", *ARMS[1:]}
+    assert settings["image_size"] == SIDE and settings["base_width"] == 4 and settings["depth"] == 2
+    assert settings["pseudo"]["patch_size"] == 8 and settings["pseudo"]["rule"] == "top2"
+
+
+def test_semi_checkpoint_is_loaded_by_evaluate_and_predict(semi_run: tuple[Path, Path, dict], tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    root, out, _ = semi_run
+    model, metadata = model_from_checkpoint(out / "best.pt")
+    assert set(metadata) >= TRAIN_METADATA_KEYS
+    assert metadata["model"] == "unet" and metadata["image_size"] == SIDE
+    assert metadata["model_options"] == {"in_channels": 1, "num_classes": 2, "base_width": 4, "depth": 2}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert sorted(metadata["val_cases"]) == sorted(metrics["per_case"]["mean_teacher"])
+
+    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-root", str(root), "--device", "cpu",
+                 "--per-case"]) == 0
+    evaluation = json.loads(capsys.readouterr().out)
+    # evaluate's own pipeline (read, z-score, predict, threshold) reproduces the mean-teacher arm's Dice
+    for case, dice in metrics["per_case"]["mean_teacher"].items():
+        assert evaluation["per_case"][case]["dice"] == pytest.approx(dice, abs=1e-6)
+
+    unlabelled = root / "TrainingSet" / "LungInfection-Train" / "Pseudo-label" / "Imgs"
+    assert main(["predict", "--checkpoint", str(out / "best.pt"), "--input", str(unlabelled),
+                 "--output", str(tmp_path / "maps"), "--device", "cpu"]) == 0
+    assert len(list((tmp_path / "maps").glob("*.png"))) == N_UNLABELLED
+
+
+def test_load_matches_per_image_zscore_and_resize(tmp_path: Path) -> None:
+    """A second route to the same arrays: normalise_image then fit_slice, on images resized 32 -> 24."""
+    dataset = get_dataset("covid-semiseg", make_semiseg(tmp_path))
+    arrays, unlabelled = load_semi_supervised(dataset, 24, 2)
+    assert list(arrays) == [f"train/{i}" for i in range(N_LABELLED)]
+    for case_id, (image, mask) in arrays.items():
+        case = dataset.load(case_id)
+        expected_image, expected_mask = fit_slice(normalise_image(case.image.array[0]), case.lesion_mask[0], (24, 24), "resize")
+        np.testing.assert_allclose(image[0], expected_image, atol=1e-6)
+        np.testing.assert_array_equal(mask[0], expected_mask)
+        assert image.shape == (1, 24, 24) and image.dtype == np.float32 and mask.dtype == np.uint8
+    # two of five unlabelled slices at an even stride: the 1st and the 3rd
+    for image, index in zip(unlabelled, (0, 2), strict=True):
+        pixels = dataset.load(f"unlabelled/{UNLABELLED_NAME.format(index)}").image.array[0]
+        expected = fit_slice(normalise_image(pixels), np.zeros(pixels.shape, np.uint8), (24, 24), "resize")[0]
+        np.testing.assert_allclose(image[0], expected, atol=1e-6)
+
+
+def test_settings_scale_the_report_patch_and_margins() -> None:
+    # 128 px is a quarter of 512: patch 68/4 = 17 -> 16 (a multiple of 4), margins 10/4 = 2.5 -> 2, 15/4 = 3.75 -> 4
+    settings = semi_supervised_settings(128, 32, batch_size=8, lr=1e-3, seed=3)
+    assert (settings.pseudo.patch_size, settings.pseudo.labelled_margin, settings.pseudo.unlabelled_margin) == (16, 2, 4)
+    assert settings.mean_teacher.rampup_steps == 5 * 4  # five epochs of ceil(32 / 8) steps
+    assert settings.semi.lr == pytest.approx(5e-4) and settings.supervised.train.lr == pytest.approx(1e-3)
+    assert settings.supervised.train.seed == settings.semi.seed == 3
+    capped = semi_supervised_settings(128, 32, batch_size=8, max_steps_per_epoch=2)
+    assert capped.mean_teacher.rampup_steps == 5 * 2
+
+
+def test_nested_fold_partitions_the_cases() -> None:
+    ids = [f"c{i}" for i in range(12)]
+    tests = []
+    for fold in range(3):
+        train, val, test = nested_fold(ids, 3, fold, seed=0)
+        assert (len(train), len(val), len(test)) == (7, 1, 4)
+        assert sorted(train + val + test) == sorted(ids)
+        tests += test
+    assert sorted(tests) == sorted(ids)  # every case is tested exactly once
+    with pytest.raises(InvalidInputError, match="fold"):
+        nested_fold(ids, 3, 3, seed=0)
+    with pytest.raises(InvalidInputError, match="validation count"):
+        nested_fold(ids, 3, 0, seed=0, n_val=8)
+
+
+def test_bad_input_names_the_dataset_or_argument(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(InvalidInputError, match=r"'phantom' has no 'unlabelled' split"):
+        load_semi_supervised(get_dataset("phantom"), 32)
+    assert main(["semi", "--dataset", "phantom", "--out", str(tmp_path / "run"), "--quick"]) == 2
+    assert "'phantom' has no 'unlabelled' split" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+    root = make_semiseg(tmp_path / "data")
+    dataset = get_dataset("covid-semiseg", root)
+    for count in (0, N_UNLABELLED + 1):
+        with pytest.raises(InvalidInputError, match=r"n_unlabelled must be in \[1, 5\]"):
+            load_semi_supervised(dataset, 32, count)
+    with pytest.raises(InvalidInputError, match="image_size"):
+        load_semi_supervised(dataset, 8)
+    assert main(["semi", "--data-root", str(root), "--out", str(tmp_path / "run"), "--folds", "3", "--fold", "3"]) == 2
+    assert "--fold must be in [0, 2]" in capsys.readouterr().err
+
+    for path in (root / "TrainingSet" / "LungInfection-Train" / "Pseudo-label" / "Imgs").iterdir():
+        path.unlink()
+    with pytest.raises(InvalidInputError, match=r"'unlabelled' split of dataset 'covid-semiseg' is empty"):
+        load_semi_supervised(get_dataset("covid-semiseg", root), 32)
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+@pytest.mark.skipif(not REAL_SEMISEG.is_dir(), reason="real COVID-SemiSeg data not present")
+def test_semi_quick_on_real_covid_semiseg(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert main(["semi", "--data-root", str(REAL_SEMISEG), "--out", str(out), "--quick", "--unlabelled", "16",
+                 "--device", "cpu", "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert all(0.0 <= metrics["dice"][arm] <= 1.0 for arm in ARMS)
+    assert all(len(metrics["per_case"][arm]) == 10 for arm in ARMS)  # fold 0 of 5 over 50 slices
+    assert metrics["pseudo"]["unlabelled_images"] == 16
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-root", str(REAL_SEMISEG),
+                 "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["summary"]["dice"]["n"] == 10
