@@ -51,6 +51,7 @@ quick = True
 device = "auto"
 seed = 0
 output_dir = "results"
+data_root = ""  # folder of a real dataset (empty: $COVIDLIB_DATA or the cache folder)
 # chapter knobs
 source = "phantom"  # pretraining domain: "phantom" (nodule + effusion phantoms), "msd-lung" or "nsclc"
 genesis_checkpoint = ""  # path to the published Genesis_Chest_CT.pt, or empty for the Genesis-style proxy
@@ -72,7 +73,7 @@ from covidlib.datasets import get_dataset
 from covidlib.experiments import GridConfig, render_table, run_grid, summarise
 from covidlib.models import UNet2d, get_model
 from covidlib.models.unet3d import GenesisUNet2d, UNet3d, load_genesis_checkpoint
-from covidlib.preprocess import preprocess_case
+from covidlib.preprocess import preprocess_cohort
 from covidlib.train import TrainConfig
 from covidlib.transfer import (SliceTraining, flatten_3d_to_2d, flatten_kernel, layer_status, prepare_finetune,
                                pretrain, pretrain_genesis_proxy)
@@ -122,25 +123,15 @@ print(f"grid: {len(config.cells())} cells = {len(config.networks)} networks x {l
 # crop, in-plane resampling, z-score inside the lungs).
 
 # %%
-def load_cohort(name: str, disease: str, n: int, cohort_seed: int) -> list:
-    """Preprocessed cases; ids carry the disease so that pooled cohorts stay unique."""
-    if name == "phantom":
-        data = get_dataset("phantom", n=n, shape=phantom_shape, disease=disease, seed=cohort_seed)
-        cases = [preprocess_case(case, lung_method="given", spacing_mm=spacing_mm) for case in data.cases()]
-    else:
-        data = get_dataset(name)
-        cases = [preprocess_case(data.load(case_id), lung_method="auto", spacing_mm=spacing_mm)
-                 for case_id in data.case_ids()[:n]]
-    return [dataclasses.replace(case, case_id=f"{disease or name}_{case.case_id}") for case in cases]
-
-
 start = time.perf_counter()
-covid = load_cohort(dataset, "covid", n_cases, seed)
+cohort = dict(root=data_root or None, spacing_mm=spacing_mm, phantom_shape=phantom_shape)
+covid = preprocess_cohort(dataset, n_cases, seed=seed, id_prefix="covid_", **cohort)
 if source == "phantom":
-    source_cases = (load_cohort("phantom", "nodule", n_source, seed + 1000)
-                    + load_cohort("phantom", "effusion", n_source, seed + 2000))
+    source_cases = (preprocess_cohort("phantom", n_source, seed=seed + 1000, disease="nodule", id_prefix="nodule_", **cohort)
+                    + preprocess_cohort("phantom", n_source, seed=seed + 2000, disease="effusion", id_prefix="effusion_",
+                                        **cohort))
 else:
-    source_cases = load_cohort(source, "", n_source, seed)
+    source_cases = preprocess_cohort(source, n_source, seed=seed, id_prefix=f"{source}_", **cohort)
 print(f"{len(covid)} COVID volumes, {len(source_cases)} source volumes "
       f"({time.perf_counter() - start:.1f} s)")
 

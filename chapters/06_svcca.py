@@ -50,6 +50,7 @@ quick = True
 device = "auto"
 seed = 0
 output_dir = "results"
+data_root = ""  # folder of a real dataset (empty: $COVIDLIB_DATA or the cache folder)
 # chapter knobs
 variance = 0.99  # fraction of each layer's variance SVD keeps (the report: 99%)
 many_volumes = 40  # training volumes of the "many" condition (the report's 40-10 split)
@@ -215,27 +216,16 @@ figure
 
 # %%
 from covidlib.data import SliceDataset
-from covidlib.datasets import get_dataset
-from covidlib.preprocess import preprocess_case
+from covidlib.preprocess import preprocess_cohort
 from covidlib.transfer import case_arrays
 
 
-def load_cohort(name: str, disease: str, n: int, cohort_seed: int) -> list:
-    """``n`` preprocessed cases; ids carry the disease so that pooled cohorts stay unique."""
-    if name == "phantom":
-        data = get_dataset("phantom", n=n, shape=phantom_shape, disease=disease, seed=cohort_seed)
-        cases = [preprocess_case(case, lung_method="given", spacing_mm=spacing_mm) for case in data.cases()]
-    else:
-        data = get_dataset(name)
-        cases = [preprocess_case(data.load(case_id), lung_method="auto", spacing_mm=spacing_mm)
-                 for case_id in data.case_ids()[:n]]
-    return [dataclasses.replace(case, case_id=f"{disease}_{case.case_id}") for case in cases]
-
-
 start = time.perf_counter()
-covid = case_arrays(load_cohort(dataset, "covid", n_many + n_val + n_probe, seed))
-source_cases = (load_cohort("phantom", "nodule", n_source, seed + 1000)
-                + load_cohort("phantom", "effusion", n_source, seed + 2000))
+cohort = dict(root=data_root or None, spacing_mm=spacing_mm, phantom_shape=phantom_shape)
+covid = case_arrays(preprocess_cohort(dataset, n_many + n_val + n_probe, seed=seed, id_prefix="covid_", **cohort))
+source_cases = (preprocess_cohort("phantom", n_source, seed=seed + 1000, disease="nodule", id_prefix="nodule_", **cohort)
+                + preprocess_cohort("phantom", n_source, seed=seed + 2000, disease="effusion", id_prefix="effusion_",
+                                    **cohort))
 covid_ids = list(covid)
 probe_ids, val_ids, pool_ids = covid_ids[:n_probe], covid_ids[n_probe:n_probe + n_val], covid_ids[n_probe + n_val:]
 

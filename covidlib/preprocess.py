@@ -24,7 +24,7 @@ import json
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -594,3 +594,29 @@ def preprocess_case(case: Case, *, lung_method: str = "auto", spacing_mm: float 
     if cache is not None:
         cache.put(key, result)
     return result
+
+
+def preprocess_cohort(name: str, n: int, *, seed: int = 0, root: str | Path | None = None,
+                      split: str | None = None, id_prefix: str = "", spacing_mm: float = 1.0,
+                      lung_method: str = "auto", phantom_shape: tuple[int, int, int] = (64, 128, 128),
+                      disease: str = "covid") -> list[PreprocessedCase]:
+    """The first ``n`` cases of dataset ``name``, preprocessed with :func:`preprocess_case`.
+
+    The phantom cohort is made from ``seed``, ``phantom_shape`` and ``disease`` and uses its
+    exact lung masks (``lung_method="given"``); a real dataset is read from ``root`` (its
+    ``split``, default all), has its own disease, and is masked with ``lung_method``.
+    ``id_prefix`` is put before every case id, so that cohorts can be pooled.
+    Introduced in chapter 05.
+    """
+    from covidlib.datasets import get_dataset
+
+    if n < 1:
+        raise InvalidInputError(f"preprocess_cohort: n must be at least 1, got {n}")
+    if name == "phantom":
+        dataset = get_dataset("phantom", root, n=n, seed=seed, shape=phantom_shape, disease=disease)
+        lung_method = "given"
+    else:
+        dataset = get_dataset(name, root)
+    cases = [preprocess_case(dataset.load(case_id), lung_method=lung_method, spacing_mm=spacing_mm)
+             for case_id in dataset.case_ids(split)[:n]]
+    return [replace(case, case_id=f"{id_prefix}{case.case_id}") for case in cases]

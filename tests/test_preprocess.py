@@ -370,3 +370,18 @@ def test_resampled_geometry_matches_sitk() -> None:
     out = resample_in_plane(cropped, 1.0)
     reference = sitk.Resample(cropped.to_sitk(), out.to_sitk(), sitk.Transform(), sitk.sitkLinear, float(cropped.array.min()))
     np.testing.assert_allclose(out.array, sitk.GetArrayFromImage(reference), atol=1e-3)
+
+
+def test_preprocess_cohort_is_preprocess_case_over_the_dataset_with_prefixed_ids():
+    from covidlib.datasets import get_dataset
+    from covidlib.preprocess import preprocess_cohort
+
+    cohort = preprocess_cohort("phantom", 2, seed=5, phantom_shape=(8, 48, 48), disease="nodule",
+                               id_prefix="nodule_", spacing_mm=4.0)
+    dataset = get_dataset("phantom", n=2, seed=5, shape=(8, 48, 48), disease="nodule")
+    assert [case.case_id for case in cohort] == [f"nodule_{cid}" for cid in dataset.case_ids()]
+    expected = preprocess_case(dataset.load(dataset.case_ids()[1]), lung_method="given", spacing_mm=4.0)
+    np.testing.assert_array_equal(cohort[1].image, expected.image)
+    np.testing.assert_array_equal(cohort[1].lesion_mask, expected.lesion_mask)
+    with pytest.raises(InvalidInputError, match="at least 1"):
+        preprocess_cohort("phantom", 0)
