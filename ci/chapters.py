@@ -107,6 +107,9 @@ def execute_chapter(name: str, parameters: dict[str, object]) -> float:
             papermill.execute_notebook(
                 str(source), str(output), parameters=parameters, kernel_name="python3",
                 cwd=str(CHAPTER_SOURCES), progress_bar=False, request_save_on_cell_execute=False,
+                # The kernel's own log (TCP transport notice, the interrupt at shutdown) is noise
+                # here; errors in cells still reach papermill and stop the build.
+                extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
             )
         except PapermillExecutionError as error:
             first_lines = "\n    ".join(error.source.strip().splitlines()[:6])

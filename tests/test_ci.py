@@ -70,3 +70,15 @@ def test_missing_partner_and_missing_parameters_are_reported(chapters):
 def test_toc_lists_only_chapters_with_sources():
     for name in ci_chapters.toc_chapters():
         assert (ROOT / "chapters" / f"{name}.py").exists()
+
+
+def test_a_failing_chapter_stops_the_build_naming_chapter_and_cell(chapters, monkeypatch, tmp_path, capsys):
+    (chapters / "01_demo.py").write_text(SOURCE.replace("print(quick)", "raise ValueError('phantom lost')"))
+    monkeypatch.setattr(ci_chapters, "EXECUTED", tmp_path / "executed")
+    with pytest.raises(SystemExit) as stop:
+        ci_chapters.execute_chapter("01_demo", {"quick": True})
+    assert stop.value.code == 1
+    message = capsys.readouterr().err
+    assert "chapter 01_demo: cell" in message and "ValueError: phantom lost" in message
+    assert "raise ValueError" in message  # the failing cell's source
+    assert (tmp_path / "executed" / "01_demo.ipynb").exists()  # kept, with the traceback, for reading
