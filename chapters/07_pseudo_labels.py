@@ -65,11 +65,11 @@ import torch
 
 from covidlib.coarse import predict_boxes_2d, predict_boxes_3d, train_coarse_segmenter
 from covidlib.config import format_summary, runtime_summary, seed_everything
-from covidlib.data import fit_slice
+from covidlib.data import resized_slice_pair
 from covidlib.datasets import get_dataset
 from covidlib.metrics import dice
 from covidlib.models import UNet2d
-from covidlib.preprocess import normalise_image, preprocess_case
+from covidlib.preprocess import preprocess_cohort
 from covidlib.pseudo import (PseudoLabelConfig, assign, build_dictionary, cosine_topk, crop_patches, encode_patches,
                              pseudo_label, pseudo_label_examples, similarity_histogram)
 from covidlib.train import TrainConfig
@@ -122,24 +122,17 @@ t0 = time.perf_counter()
 if is_phantom:
     shape = (12, 64, 64) if quick else (48, 256, 256)
     spacing_mm = 512 / slice_size * 0.7  # the report's 0.7 mm pixels at 512, scaled
-    def prepared(split_seed: int, n: int) -> list:
-        data = get_dataset("phantom", n=n, shape=shape, disease="covid", seed=split_seed)
-        return [preprocess_case(case, lung_method="given", spacing_mm=spacing_mm) for case in data.cases()]
-    labelled = case_arrays(prepared(seed, n_labelled))
-    hidden = case_arrays(prepared(seed + 1000, n_unlabelled))
+    cohort = dict(phantom_shape=shape, spacing_mm=spacing_mm)
+    labelled = case_arrays(preprocess_cohort("phantom", n_labelled, seed=seed, **cohort))
+    hidden = case_arrays(preprocess_cohort("phantom", n_unlabelled, seed=seed + 1000, **cohort))
     unlabelled = [image for image, _ in hidden.values()]
     hidden_masks = [mask for _, mask in hidden.values()]
 else:
     data = get_dataset(dataset, data_root or None)
-    def slice_pair(case) -> tuple[np.ndarray, np.ndarray]:
-        image = normalise_image(case.image.array[0], case.case_id)
-        mask = case.lesion_mask[0] if case.lesion_mask is not None else np.zeros(image.shape, np.uint8)
-        image, mask = fit_slice(image, mask, (slice_size, slice_size), "resize")
-        return image[None], mask[None].astype(np.uint8)
-    labelled = {c: slice_pair(data.load(c)) for c in data.case_ids("train")}
+    labelled = {c: resized_slice_pair(data.load(c), slice_size) for c in data.case_ids("train")}
     ids = data.case_ids("unlabelled")
     ids = ids[:: max(1, len(ids) // (n_unlabelled * 8))][: n_unlabelled * 8]  # 8 slices per "volume"
-    unlabelled = [slice_pair(data.load(c))[0] for c in ids]
+    unlabelled = [resized_slice_pair(data.load(c), slice_size)[0] for c in ids]
     hidden_masks = None
 labelled_ids = list(labelled)
 n_val = max(1, len(labelled_ids) // 5)

@@ -64,11 +64,11 @@ import torch
 from torch import nn
 
 from covidlib.config import format_summary, runtime_summary, seed_everything
-from covidlib.data import fit_slice, kfold_volumes, split_volumes
+from covidlib.data import kfold_volumes, resized_slice_pair, split_volumes
 from covidlib.datasets import get_dataset
 from covidlib.mean_teacher import (ARMS, MeanTeacherConfig, SemiSupervisedSettings, ema_update, semi_supervised_fold,
                                    sigmoid_rampup)
-from covidlib.preprocess import normalise_image, preprocess_case
+from covidlib.preprocess import preprocess_cohort
 from covidlib.pseudo import PseudoLabelConfig
 from covidlib.train import TrainConfig
 from covidlib.transfer import SliceTraining, case_arrays
@@ -156,22 +156,16 @@ t0 = time.perf_counter()
 if is_phantom:
     shape = (12, 64, 64) if quick else (48, 256, 256)
     spacing_mm = 512 / slice_size * 0.7
-    def prepared(cohort_seed: int, n: int) -> list:
-        data = get_dataset("phantom", n=n, shape=shape, disease="covid", seed=cohort_seed)
-        return [preprocess_case(case, lung_method="given", spacing_mm=spacing_mm) for case in data.cases()]
-    arrays = case_arrays(prepared(seed, n_labelled))
-    unlabelled = [image for image, _ in case_arrays(prepared(seed + 1000, n_unlabelled)).values()]
+    cohort = dict(phantom_shape=shape, spacing_mm=spacing_mm)
+    arrays = case_arrays(preprocess_cohort("phantom", n_labelled, seed=seed, **cohort))
+    hidden = case_arrays(preprocess_cohort("phantom", n_unlabelled, seed=seed + 1000, **cohort))
+    unlabelled = [image for image, _ in hidden.values()]
 else:
     data = get_dataset(dataset, data_root or None)
-    def slice_pair(case) -> tuple[np.ndarray, np.ndarray]:
-        image = normalise_image(case.image.array[0], case.case_id)
-        mask = case.lesion_mask[0] if case.lesion_mask is not None else np.zeros(image.shape, np.uint8)
-        image, mask = fit_slice(image, mask, (slice_size, slice_size), "resize")
-        return image[None], mask[None].astype(np.uint8)
-    arrays = {c: slice_pair(data.load(c)) for c in data.case_ids("train")}
+    arrays = {c: resized_slice_pair(data.load(c), slice_size) for c in data.case_ids("train")}
     ids = data.case_ids("unlabelled")
     ids = ids[:: max(1, len(ids) // (n_unlabelled * 8))][: n_unlabelled * 8]
-    unlabelled = [slice_pair(data.load(c))[0] for c in ids]
+    unlabelled = [resized_slice_pair(data.load(c), slice_size)[0] for c in ids]
 print(f"{len(arrays)} labelled, {len(unlabelled)} unlabelled images; loaded in {time.perf_counter() - t0:.1f} s")
 
 # %% [markdown]
