@@ -48,15 +48,12 @@ output_dir = "results"
 digits = 3
 
 # %%
-import math
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 from IPython.display import Markdown, display
 
 from covidlib.config import format_summary, runtime_summary, seed_everything
-from covidlib.results import read_records
+from covidlib.results import flatten_numbers, format_value, markdown_table, provenance, read_records
 
 seed_everything(seed)
 runtime = runtime_summary(quick=quick, device=device, seed=seed, dataset=dataset)
@@ -78,49 +75,6 @@ expected = sorted(set(book_chapters) | (set(records) - {this_chapter}))
 missing = [name for name in expected if name not in records]
 print(f"{len(records)} records in {output_dir!r}; chapters not run: {', '.join(missing) if missing else 'none'}")
 
-# %%
-def format_value(value: Any) -> str:
-    """A number rounded to ``digits``; a list of numbers as mean ± sd (n); anything else as text."""
-    if isinstance(value, bool) or value is None:
-        return str(value)
-    if isinstance(value, (int, np.integer)):
-        return str(value)
-    if isinstance(value, float):
-        return "nan" if not math.isfinite(value) else f"{value:.{digits}f}"
-    if isinstance(value, list) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-        array = np.asarray(value, dtype=float)
-        sd = f" ± {array.std(ddof=1):.{digits}f}" if len(array) > 1 else ""
-        return f"{array.mean():.{digits}f}{sd} (n={len(array)})"
-    text = str(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def flatten(numbers: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """Nested dicts as (dotted key, value) rows, in the record's order."""
-    rows = []
-    for key, value in numbers.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            rows.extend(flatten(value, name + "."))
-        else:
-            rows.append((name, value))
-    return rows
-
-
-def provenance(record: dict[str, Any]) -> str:
-    run = record.get("runtime", {})
-    params = record.get("parameters", {})
-    return (f"mode **{run.get('mode', 'quick' if params.get('quick') else 'full')}**, "
-            f"dataset **{run.get('dataset', params.get('dataset', '?'))}**, device {run.get('device', '?')} "
-            f"({run.get('device_name', '?')}), seed {run.get('seed', params.get('seed', '?'))}, "
-            f"commit `{str(record.get('commit', 'unknown'))[:12]}`, written {record.get('created', '?')}")
-
-
-def table(rows: list[tuple[str, str]], header: tuple[str, str] = ("quantity", "value")) -> str:
-    lines = [f"| {header[0]} | {header[1]} |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in rows]
-    return "\n".join(lines)
-
 # %% [markdown]
 # ## Chapter by chapter
 
@@ -130,8 +84,8 @@ for name in expected:
         display(Markdown(f"### {name}\n\n*not run* — no record `{name}.json` in `{output_dir}`."))
         continue
     record = records[name]
-    rows = [(key, format_value(value)) for key, value in flatten(record["numbers"])]
-    display(Markdown(f"### {name}\n\n{provenance(record)}\n\n{table(rows)}"))
+    rows = [(key, format_value(value, digits)) for key, value in flatten_numbers(record["numbers"])]
+    display(Markdown(f"### {name}\n\n{provenance(record)}\n\n{markdown_table(rows)}"))
 
 # %% [markdown]
 # ## The semi-supervised comparison (chapter 08)
@@ -148,10 +102,9 @@ if record_08 is None:
 else:
     numbers_08 = record_08["numbers"]
     for arm, values in numbers_08["dice"].items():
-        comparison_rows.append((arm, format_value(values), f"{numbers_08['improvement_percent'][arm]:+.1f} %"))
-    lines = ["| arm | Dice, mean ± sd over folds | change vs A′ |", "|---|---|---|"]
-    lines += [f"| {a} | {d} | {i} |" for a, d, i in comparison_rows]
-    display(Markdown(provenance(record_08) + "\n\n" + "\n".join(lines)))
+        comparison_rows.append((arm, format_value(values, digits), f"{numbers_08['improvement_percent'][arm]:+.1f} %"))
+    header = ("arm", "Dice, mean ± sd over folds", "change vs A′")
+    display(Markdown(provenance(record_08) + "\n\n" + markdown_table(comparison_rows, header)))
 
 # %% [markdown]
 # ## How long it took

@@ -103,3 +103,51 @@ def read_build_timings(results_dir: str | Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise InvalidInputError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def format_value(value: Any, digits: int = 3) -> str:
+    """A record value as table text: floats rounded to ``digits``, a list of numbers as
+    ``mean ± sd (n=...)`` (sample sd), long text shortened. Introduced in chapter 09."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, (int, np.integer)):
+        return str(value)
+    if isinstance(value, (float, np.floating)):
+        return "nan" if not math.isfinite(value) else f"{value:.{digits}f}"
+    if isinstance(value, list) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        array = np.asarray(value, dtype=float)
+        sd = f" ± {array.std(ddof=1):.{digits}f}" if len(array) > 1 else ""
+        return f"{array.mean():.{digits}f}{sd} (n={len(array)})"
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def flatten_numbers(numbers: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested dicts of a record as ``(dotted.key, value)`` rows, in the record's order."""
+    rows: list[tuple[str, Any]] = []
+    for key, value in numbers.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            rows.extend(flatten_numbers(value, name + "."))
+        else:
+            rows.append((name, value))
+    return rows
+
+
+def provenance(record: dict[str, Any]) -> str:
+    """One Markdown line saying how a record was made: mode, dataset, device, seed, commit, time."""
+    run = record.get("runtime", {})
+    params = record.get("parameters", {})
+    return (f"mode **{run.get('mode', 'quick' if params.get('quick') else 'full')}**, "
+            f"dataset **{run.get('dataset', params.get('dataset', '?'))}**, device {run.get('device', '?')} "
+            f"({run.get('device_name', '?')}), seed {run.get('seed', params.get('seed', '?'))}, "
+            f"commit `{str(record.get('commit', 'unknown'))[:12]}`, written {record.get('created', '?')}")
+
+
+def markdown_table(rows: list[tuple[str, ...]], header: tuple[str, ...] = ("quantity", "value")) -> str:
+    """A Markdown table of ``rows`` under ``header`` (every row as long as the header)."""
+    if any(len(row) != len(header) for row in rows):
+        raise InvalidInputError(f"markdown_table: every row needs {len(header)} cells like the header {header}")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)

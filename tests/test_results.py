@@ -41,3 +41,27 @@ def test_atomic_write_leaves_nothing_when_writing_fails(tmp_path, monkeypatch):
     with pytest.raises(Boom):
         atomic_write_text(target, "{}")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_format_value_rounds_and_summarises_lists_by_hand():
+    from covidlib.results import format_value
+
+    assert format_value(0.12345) == "0.123"
+    assert format_value([0.5, 0.7]) == "0.600 ± 0.141 (n=2)"  # sd = 0.2 / sqrt(2)
+    assert format_value([0.25]) == "0.250 (n=1)"
+    assert format_value(float("nan")) == "nan" and format_value(3) == "3" and format_value(True) == "True"
+    assert format_value("x" * 80).endswith("...") and len(format_value("x" * 80)) == 60
+
+
+def test_flatten_provenance_and_table():
+    from covidlib.results import flatten_numbers, markdown_table, provenance
+
+    rows = flatten_numbers({"dice": {"unet": 0.5, "att": {"10-40": 0.4}}, "n": 3})
+    assert rows == [("dice.unet", 0.5), ("dice.att.10-40", 0.4), ("n", 3)]
+    record = {"runtime": {"mode": "quick", "dataset": "phantom", "device": "cpu", "device_name": "x86_64", "seed": 0},
+              "commit": "0123456789abcdef", "created": "2026-11-25T20:00:00+00:00"}
+    line = provenance(record)
+    assert "mode **quick**" in line and "commit `0123456789ab`" in line and "seed 0" in line
+    assert markdown_table([("a", "1")]) == "| quantity | value |\n|---|---|\n| a | 1 |"
+    with pytest.raises(InvalidInputError, match="2 cells"):
+        markdown_table([("a",)])
