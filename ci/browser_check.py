@@ -131,9 +131,20 @@ def slider_changes_image(driver) -> bool:
 
 def check_page(driver, url: str, relative: str, screenshots: Path) -> list[str]:
     driver.get(url)
+    is_chapter = "/chapters/" in relative
+
+    def settled(probe: dict) -> bool:
+        # A page counts as loaded once it is this URL, complete, its images decoded and its
+        # widgets drawn; until then (or the deadline) look again, so a slow page is not a failure.
+        return (driver.execute_script("return document.readyState") == "complete"
+                and driver.current_url == url
+                and (probe["images"] or not is_chapter)
+                and all(i["complete"] for i in probe["images"])
+                and (not probe["widgetViews"] or probe["renderedWidgets"]))
+
     probe = driver.execute_script(PAGE_PROBE)
     deadline = time.monotonic() + WIDGET_WAIT_S
-    while probe["widgetViews"] and not probe["renderedWidgets"] and time.monotonic() < deadline:
+    while not settled(probe) and time.monotonic() < deadline:
         time.sleep(0.5)
         probe = driver.execute_script(PAGE_PROBE)
     problems = []
@@ -144,7 +155,6 @@ def check_page(driver, url: str, relative: str, screenshots: Path) -> list[str]:
     broken = [i["src"] for i in probe["images"] if not i["complete"] or i["width"] == 0 or i["height"] == 0]
     if broken:
         problems.append(f"{len(broken)} image(s) missing or empty: {broken[:3]}")
-    is_chapter = "/chapters/" in relative
     if is_chapter and not probe["images"]:
         problems.append("a chapter page without a single figure")
     if probe["widgetViews"] and not probe["renderedWidgets"]:
