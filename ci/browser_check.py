@@ -4,7 +4,8 @@
 
 For every page in the table of contents: it loads, it contains no traceback or error output,
 every image in it is present and decoded (non-zero natural size), each chapter page shows at
-least one figure, pages that embed widget state render the widgets, and moving a slice
+least one figure and every figure a chapter's cells output has a caption, no markdown table is
+shown as text (pipes and dashes) instead of a table, pages that embed widget state render the widgets, and moving a slice
 viewer's slider changes its image (no kernel behind it). A screenshot of each
 page goes to book/_build/screenshots/. Debian's chromium and chromedriver are installed with
 apt-get when missing; without a browser (and no way to install one) the check is skipped with a
@@ -44,6 +45,15 @@ return {
   widgetState: document.querySelectorAll('script[type="application/vnd.jupyter.widget-state+json"]').length,
   widgetViews: document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]').length,
   renderedWidgets: document.querySelectorAll('.jupyter-widgets, .widget-slider, .lm-Widget').length,
+  tables: main.querySelectorAll('table').length,
+  // A markdown table that was not parsed shows as a paragraph of pipes and dashes.
+  pipeTablesAsText: Array.from(main.querySelectorAll('p, pre, .output.text_plain'))
+    .filter(e => /^\s*\|.*\|\s*$/m.test(e.innerText) && /\|\s*:?-{3,}/.test(e.innerText))
+    .map(e => e.innerText.slice(0, 80)),
+  // Every output figure of a chapter sits in a numbered, captioned figure (myst-nb glue or figure).
+  uncaptioned: Array.from(main.querySelectorAll('.cell_output img'))
+    .filter(i => !i.closest('figure') || !i.closest('figure').querySelector('figcaption'))
+    .map(i => i.getAttribute('src')),
 };
 """
 
@@ -157,6 +167,11 @@ def check_page(driver, url: str, relative: str, screenshots: Path) -> list[str]:
         problems.append(f"{len(broken)} image(s) missing or empty: {broken[:3]}")
     if is_chapter and not probe["images"]:
         problems.append("a chapter page without a single figure")
+    if probe["pipeTablesAsText"]:
+        problems.append(f"{len(probe['pipeTablesAsText'])} markdown table(s) shown as text, not as a table: "
+                        f"{probe['pipeTablesAsText'][0]!r}")
+    if is_chapter and probe["uncaptioned"]:
+        problems.append(f"{len(probe['uncaptioned'])} figure(s) without a caption: {probe['uncaptioned'][:3]}")
     if probe["widgetViews"] and not probe["renderedWidgets"]:
         problems.append(f"{probe['widgetViews']} widget(s) embedded but none rendered within {WIDGET_WAIT_S:.0f} s")
     shot = screenshots / (relative.replace("/", "__").removesuffix(".html") + ".png")
@@ -164,7 +179,8 @@ def check_page(driver, url: str, relative: str, screenshots: Path) -> list[str]:
     widgets = f", widgets {probe['renderedWidgets']} rendered" if probe["widgetViews"] else ""
     stderr = f", {probe['stderr']} stderr output(s)" if probe["stderr"] else ""
     status = "FAIL" if problems else "ok"
-    print(f"[browser] {status:4} {relative}: {len(probe['images'])} image(s){widgets}{stderr} -> {shot.name}", flush=True)
+    print(f"[browser] {status:4} {relative}: {len(probe['images'])} image(s), {probe['tables']} table(s)"
+          f"{widgets}{stderr} -> {shot.name}", flush=True)
     for problem in problems:
         print(f"[browser]      {problem}", flush=True)
     return [f"{relative}: {p}" for p in problems]
