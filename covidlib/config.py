@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import platform
 import random
+import time
 from importlib import metadata
 
 import numpy as np
@@ -74,6 +75,9 @@ def runtime_summary(*, quick: bool, device: torch.device | str, seed: int, datas
         "seed": seed,
     }
     summary.update(package_versions())
+    # Where the chapter's clock starts: results.write_record stores the wall and CPU time since.
+    summary["started_unix"] = time.time()
+    summary["started_cpu_seconds"] = sum(os.times()[:4])
     return summary
 
 

@@ -12,12 +12,14 @@ import math
 import os
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from covidlib.errors import InvalidInputError
+from covidlib.fingerprint import PACKAGE_PARENT, code_fingerprint, data_fingerprint, loaded_covidlib_modules
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
@@ -67,14 +69,28 @@ def write_record(output_dir: str | Path, chapter: str, *, parameters: dict[str, 
     """Save a chapter's numbers with their provenance as ``output_dir/<chapter>.json``.
 
     ``parameters`` are the chapter's parameter-cell values, ``numbers`` its results (per-fold
-    lists welcome), ``runtime`` the :func:`covidlib.config.runtime_summary`.
+    lists welcome), ``runtime`` the :func:`covidlib.config.runtime_summary`. The record also
+    holds the wall and CPU time since that summary was made (CPU of this process and its
+    workers) and the fingerprint of the code that ran (every ``covidlib`` module loaded, and
+    the chapter's source when it is in the checkout) and of the data folder.
     """
+    runtime = runtime or {}
+    chapter_source = PACKAGE_PARENT / "chapters" / f"{chapter}.py"
+    timing = {}
+    if "started_unix" in runtime:
+        timing = {"wall_seconds": time.time() - runtime["started_unix"],
+                  "cpu_seconds": sum(os.times()[:4]) - runtime.get("started_cpu_seconds", 0.0)}
     record = {
         "chapter": chapter,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "commit": git_commit(Path(__file__).resolve().parent),
         "parameters": parameters,
-        "runtime": runtime or {},
+        "runtime": runtime,
+        "timing": timing,
+        "fingerprint": {
+            "code": code_fingerprint(loaded_covidlib_modules(), [chapter_source] if chapter_source.exists() else []),
+            "data": data_fingerprint(parameters.get("data_root")),
+        },
         "numbers": numbers,
     }
     return atomic_write_text(Path(output_dir) / f"{chapter}.json", json.dumps(_to_jsonable(record), indent=2, sort_keys=False) + "\n")

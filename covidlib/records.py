@@ -1,0 +1,100 @@
+"""Committed reference records: the real-data results the book shows, and whether they are stale.
+
+``ci/book --reference --dataset covid-semiseg --data-root DIR`` runs every chapter in the
+*reference* setting (real data, sized for a 2-core CPU) and writes each chapter's record to
+``records/reference-<dataset>/NN_name.json``, which is committed. A chapter then shows, beside
+what its live run just computed, the tables and figures of its reference record, labelled with
+where they come from. Each record carries the fingerprint of the code and data that produced it
+(:mod:`covidlib.fingerprint`); when that code changes the record is *stale*: the page says so
+and ``ci/test`` lists it, but nothing is recomputed behind the reader's back.
+
+Introduced in chapter 09.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from covidlib.errors import InvalidInputError
+from covidlib.fingerprint import PACKAGE_PARENT, changed_sources
+
+#: Where committed records live in a checkout (``records/<setting>-<dataset>/``).
+RECORDS_DIR = PACKAGE_PARENT / "records"
+REFERENCE_DATASET = "covid-semiseg"
+
+
+def reference_dir(dataset: str = REFERENCE_DATASET, records_dir: str | Path | None = None) -> Path:
+    """The folder of the committed reference records of ``dataset``."""
+    return Path(records_dir or RECORDS_DIR) / f"reference-{dataset}"
+
+
+@dataclass
+class ReferenceRecord:
+    """A committed record, where it lives, and the source files changed since it was made."""
+
+    record: dict[str, Any]
+    path: Path
+    stale: list[str] = field(default_factory=list)
+
+    @property
+    def numbers(self) -> dict[str, Any]:
+        return self.record["numbers"]
+
+    def source_line(self) -> str:
+        """One Markdown line naming the record: dataset, setting, commit, date, time it took."""
+        run = self.record.get("runtime", {})
+        timing = self.record.get("timing", {})
+        minutes = ""
+        if timing.get("wall_seconds") is not None:
+            minutes = (f", {timing['wall_seconds'] / 60:.1f} min wall / "
+                       f"{timing.get('cpu_seconds', float('nan')) / 60:.1f} min CPU on {run.get('device_name', '?')}")
+        return (f"**Reference record** `{self.path.parent.name}/{self.path.name}`: dataset "
+                f"**{run.get('dataset', '?')}**, setting **{run.get('setting', '?')}**, seed {run.get('seed', '?')}, "
+                f"commit `{str(self.record.get('commit', 'unknown'))[:12]}`, written {self.record.get('created', '?')}"
+                f"{minutes}.")
+
+    def notice(self) -> str:
+        """The record's source line, and a MyST warning box when it is stale."""
+        text = self.source_line()
+        if self.stale:
+            text += ("\n\n:::{warning}\nThis record is **stale**: the code that produced it has changed since "
+                     f"({', '.join(f'`{name}`' for name in self.stale[:6])}"
+                     f"{' and more' if len(self.stale) > 6 else ''}). Regenerate it with "
+                     "`ci/book --reference --dataset covid-semiseg --data-root DIR`.\n:::")
+        return text
+
+
+def check_record(record: dict[str, Any], path: Path) -> None:
+    """Raise a clear error when ``record`` read from ``path`` is not a chapter record."""
+    if not isinstance(record, dict) or "chapter" not in record or "numbers" not in record:
+        raise InvalidInputError(f"{path}: not a chapter record (no 'chapter'/'numbers' keys)")
+
+
+def read_reference(path: str | Path) -> ReferenceRecord:
+    """A committed record with its staleness (from its code fingerprint)."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"{path}: not a valid JSON record ({exc})") from exc
+    check_record(record, path)
+    code = record.get("fingerprint", {}).get("code")
+    stale = changed_sources(code) if code else ["(no code fingerprint)"]
+    return ReferenceRecord(record, path, stale)
+
+
+def load_reference(chapter: str, dataset: str = REFERENCE_DATASET,
+                   records_dir: str | Path | None = None) -> ReferenceRecord | None:
+    """The committed reference record of ``chapter`` (``"NN_name"``), or ``None`` when there is none."""
+    path = reference_dir(dataset, records_dir) / f"{chapter}.json"
+    return read_reference(path) if path.exists() else None
+
+
+def stale_records(records_dir: str | Path | None = None) -> list[ReferenceRecord]:
+    """Every committed record whose code has changed since it was written."""
+    root = Path(records_dir or RECORDS_DIR)
+    found = [read_reference(path) for path in sorted(root.glob("*/[!_]*.json"))]
+    return [reference for reference in found if reference.stale]

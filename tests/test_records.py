@@ -1,0 +1,69 @@
+"""Committed reference records: provenance written, staleness detected from the code fingerprint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from covidlib import records
+from covidlib.config import runtime_summary
+from covidlib.errors import InvalidInputError
+from covidlib.fingerprint import code_fingerprint
+from covidlib.results import write_record
+
+
+def test_write_record_holds_timing_and_the_fingerprint_of_loaded_code(tmp_path):
+    import covidlib.svcca  # noqa: F401  (a module the "chapter" used)
+
+    runtime = runtime_summary(quick=True, device="cpu", seed=0, dataset="phantom")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "x.png").write_bytes(b"abc")
+    path = write_record(tmp_path / "out", "99_test", parameters={"data_root": str(data)}, numbers={"a": 1},
+                        runtime=runtime)
+    record = json.loads(path.read_text())
+    assert record["timing"]["wall_seconds"] >= 0
+    assert record["timing"]["cpu_seconds"] >= 0
+    assert "covidlib/svcca.py" in record["fingerprint"]["code"]
+    assert record["fingerprint"]["data"]["files"] == 1
+    assert records.read_reference(path).stale == []
+
+
+def test_a_record_whose_code_changed_is_stale(tmp_path):
+    source = tmp_path / "module.py"
+    source.write_text("VALUE = 1\n")
+    folder = records.reference_dir("covid-semiseg", tmp_path)
+    folder.mkdir(parents=True)
+    record = {"chapter": "04_x", "numbers": {"dice": 0.7}, "runtime": {"dataset": "covid-semiseg", "setting": "reference"},
+              "fingerprint": {"code": code_fingerprint(files=[source])}}
+    (folder / "04_x.json").write_text(json.dumps(record))
+    loaded = records.load_reference("04_x", records_dir=tmp_path)
+    assert loaded.numbers == {"dice": 0.7} and loaded.stale == []
+    assert records.stale_records(tmp_path) == []
+    assert "warning" not in loaded.notice()
+
+    source.write_text("VALUE = 2\n")
+    loaded = records.load_reference("04_x", records_dir=tmp_path)
+    assert loaded.stale == [source.resolve().as_posix()]
+    assert [r.path.name for r in records.stale_records(tmp_path)] == ["04_x.json"]
+    assert ":::{warning}" in loaded.notice() and "stale" in loaded.notice()
+
+
+def test_missing_and_broken_records(tmp_path):
+    assert records.load_reference("01_none", records_dir=tmp_path) is None
+    folder = records.reference_dir("covid-semiseg", tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "02_bad.json").write_text("{not json")
+    with pytest.raises(InvalidInputError, match="02_bad.json"):
+        records.load_reference("02_bad", records_dir=tmp_path)
+    (folder / "03_other.json").write_text(json.dumps({"chapter": "03"}))
+    with pytest.raises(InvalidInputError, match="not a chapter record"):
+        records.load_reference("03_other", records_dir=tmp_path)
+
+
+def test_a_record_without_fingerprint_counts_as_stale(tmp_path):
+    folder = records.reference_dir("covid-semiseg", tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "05_old.json").write_text(json.dumps({"chapter": "05_old", "numbers": {}}))
+    assert records.load_reference("05_old", records_dir=tmp_path).stale == ["(no code fingerprint)"]
