@@ -57,6 +57,8 @@ __all__ = [
     "Mixup",
     "sample_mixup",
     "mixup",
+    "Dihedral",
+    "RandomDihedral",
     "as_generator",
     "default_augmentation",
     "plot_augmentations",
@@ -273,6 +275,57 @@ class RandomRotation(RandomTransform):
     def sample(self, rng: np.random.Generator | int) -> Rotation:
         angle = as_generator(rng).uniform(-self.degrees, self.degrees)
         return Rotation(angle_deg=float(angle), fill=self.fill)
+
+
+@dataclass(frozen=True)
+class Dihedral(Transform):
+    """Rotate by ``quarter_turns`` x 90 degrees (counter-clockwise, as ``np.rot90``), then mirror
+    left-right when ``flip``: the 8 symmetries of a square, exact (no interpolation).
+
+    COVID-SemiSeg stores its slices turned by 90 degrees, with the spine on either side, so on
+    real slices the orientation is not a fixed property the network may rely on.
+    """
+
+    quarter_turns: int = 0
+    flip: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.quarter_turns, bool) or self.quarter_turns not in (0, 1, 2, 3):
+            raise InvalidInputError(f"Dihedral: quarter_turns must be 0, 1, 2 or 3, got {self.quarter_turns!r}")
+
+    @staticmethod
+    def _turn(array: Array, quarter_turns: int, flip: bool) -> Array:
+        if isinstance(array, torch.Tensor):
+            array = torch.rot90(array, quarter_turns, dims=(-2, -1))
+            return torch.flip(array, dims=(-1,)) if flip else array
+        array = np.rot90(array, quarter_turns, axes=(-2, -1))
+        return np.ascontiguousarray(array[..., ::-1] if flip else array)
+
+    def apply(self, image: Array, mask: Array | None) -> tuple[Array, Array | None]:
+        if self.quarter_turns == 0 and not self.flip:
+            return image, mask
+        turned = self._turn(image, self.quarter_turns, self.flip)
+        return turned, None if mask is None else self._turn(mask, self.quarter_turns, self.flip)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "Dihedral", "quarter_turns": int(self.quarter_turns), "flip": bool(self.flip)}
+
+    def label(self) -> str:
+        return f"turn {90 * self.quarter_turns}°" + (", mirror" if self.flip else "")
+
+
+@dataclass(frozen=True)
+class RandomDihedral(RandomTransform):
+    """One of the 8 symmetries of the square, drawn uniformly (:class:`Dihedral`)."""
+
+    p: float = 1.0
+
+    def __post_init__(self) -> None:
+        self._check_p()
+
+    def sample(self, rng: np.random.Generator | int) -> Dihedral:
+        index = int(as_generator(rng).integers(8))
+        return Dihedral(quarter_turns=index % 4, flip=index >= 4)
 
 
 @functools.lru_cache(maxsize=32)
@@ -518,12 +571,15 @@ class Compose(RandomTransform):
 
 def default_augmentation(*, p: float = 0.5, degrees: float = 3.0, max_displacement: float = 4.0,
                          log_gamma: tuple[float, float] = (-0.3, 0.3),
-                         noise_std: tuple[float, float] = (0.0, 0.1)) -> Compose:
+                         noise_std: tuple[float, float] = (0.0, 0.1), dihedral: bool = False) -> Compose:
     """The report's augmentation (section 3.3): rotation, elastic, gamma, noise, each with probability ``p``.
 
+    ``dihedral=True`` first turns and mirrors each slice at random (:class:`RandomDihedral`),
+    for data such as COVID-SemiSeg whose slices come in several orientations.
     Mixup is batch-level and lives in :func:`mixup`, applied by the training loop.
     """
     return Compose((
+        *((RandomDihedral(),) if dihedral else ()),
         RandomRotation(degrees=degrees, p=p),
         RandomElasticDeformation(max_displacement=max_displacement, p=p),
         RandomGamma(log_gamma=log_gamma, p=p),

@@ -330,3 +330,43 @@ def test_labels_and_figures(slice_and_mask):
     fig = plot_mixup(images, targets, mixed, soft, transform)
     assert "λ=0.25" in fig.axes[0].get_title()
     plt.close(fig)
+
+
+# --- the dihedral group (real slices come in several orientations) -----------------------------
+
+def test_dihedral_matches_rot90_and_fliplr_by_hand():
+    from covidlib.augment import Dihedral
+
+    image = np.arange(6, dtype=np.float32).reshape(2, 3)
+    mask = (image > 2).astype(np.uint8)
+    turned, turned_mask = Dihedral(1, False)(image, mask)
+    assert np.array_equal(turned, np.array([[2, 5], [1, 4], [0, 3]], dtype=np.float32))
+    assert np.array_equal(turned_mask, (turned > 2).astype(np.uint8))
+    mirrored, _ = Dihedral(0, True)(image)
+    assert np.array_equal(mirrored, np.array([[2, 1, 0], [5, 4, 3]], dtype=np.float32))
+
+
+def test_dihedral_same_on_numpy_and_torch_and_covers_the_eight_symmetries():
+    from covidlib.augment import Dihedral, RandomDihedral
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(1, 5, 5)).astype(np.float32)
+    results = set()
+    for k in range(4):
+        for flip in (False, True):
+            as_numpy, _ = Dihedral(k, flip)(image)
+            as_torch, _ = Dihedral(k, flip)(torch.from_numpy(image))
+            assert np.array_equal(as_numpy, as_torch.numpy())
+            results.add(as_numpy.tobytes())
+    assert len(results) == 8
+    drawn = {RandomDihedral().sample(np.random.default_rng(seed)).describe()["quarter_turns"] for seed in range(40)}
+    assert drawn == {0, 1, 2, 3}
+    with pytest.raises(InvalidInputError, match="quarter_turns"):
+        Dihedral(4)
+
+
+def test_default_augmentation_with_dihedral_puts_it_first():
+    from covidlib.augment import RandomDihedral
+
+    assert isinstance(default_augmentation(dihedral=True).transforms[0], RandomDihedral)
+    assert not any(isinstance(t, RandomDihedral) for t in default_augmentation().transforms)
