@@ -78,15 +78,24 @@ class EpochLoader:
 
     :class:`~torch.utils.data.distributed.DistributedSampler` reshuffles only when told the
     epoch, and :class:`~covidlib.data.SliceDataset` draws its augmentation per epoch the same
-    way; the Trainer iterates loaders without knowing either, so this wrapper counts passes.
-    ``start_epoch`` continues the count after a resume. ``generator`` is the inner loader's
-    (the Trainer checkpoints it).
+    way. Each pass uses :attr:`epoch` and then counts it up; :meth:`set_epoch` (which
+    :meth:`covidlib.train.Trainer.fit` calls before every epoch, also after a resume) sets the
+    epoch of the next pass, so a resumed run draws the shuffles and augmentations of the epoch
+    it stopped at, not epoch 0's. ``generator`` is the inner loader's (the Trainer
+    checkpoints it).
     """
 
     def __init__(self, loader: DataLoader, start_epoch: int = 0) -> None:
         self.loader = loader
-        self.epoch = start_epoch
+        self.epoch = 0
+        self.set_epoch(start_epoch)
         self.generator = loader.generator
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass epoch ``epoch`` (a non-negative integer)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise InvalidInputError(f"epoch must be a non-negative integer, got {epoch!r}")
+        self.epoch = epoch
 
     def __iter__(self) -> Iterator[Any]:
         for owner in (self.loader.sampler, self.loader.dataset):

@@ -212,6 +212,20 @@ def restore_rng_state(state: Mapping[str, Any], loader_generator: torch.Generato
         loader_generator.set_state(state["loader"])
 
 
+def set_loader_epoch(loader: Iterable[Any], epoch: int) -> None:
+    """Tell ``loader`` which epoch its next pass is: ``loader.set_epoch`` when it has one (an
+    :class:`~covidlib.distributed.EpochLoader`), else its sampler's and dataset's (a
+    DistributedSampler reshuffles and a :class:`~covidlib.data.SliceDataset` draws its
+    augmentation by epoch). The Trainer calls it before every epoch, after a resume too, so
+    the resumed epochs see the same batches as an uninterrupted run."""
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+        return
+    for owner in (getattr(loader, "sampler", None), getattr(loader, "dataset", None)):
+        if hasattr(owner, "set_epoch"):
+            owner.set_epoch(epoch)
+
+
 def save_checkpoint(payload: Mapping[str, Any], path: str | Path) -> Path:
     """``torch.save`` to a temporary file in the same folder, then rename: never a partial file."""
     path = Path(path)
@@ -334,10 +348,7 @@ class Trainer:
         bar = tqdm(total=config.epochs, initial=self.epoch, desc="epochs", disable=not config.progress)
         while self.epoch < config.epochs and not self.stopped_early:
             start = time.perf_counter()
-            # SliceDataset seeds each item's augmentation by (seed, epoch, index).
-            dataset = getattr(train_loader, "dataset", None)
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(self.epoch)
+            set_loader_epoch(train_loader, self.epoch)
             losses = [self.train_step(batch) for batch in self._limited(train_loader)]
             if not losses:
                 raise InvalidInputError("the training loader yielded no batches")

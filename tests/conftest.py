@@ -1,5 +1,8 @@
-"""Shared test settings."""
+"""Shared test settings and fixtures."""
 
+from pathlib import Path
+
+import pytest
 import torch
 
 
@@ -7,3 +10,29 @@ def pytest_configure(config) -> None:
     # The tests' networks are tiny: one thread is faster than two fighting over a 2-core CPU
     # (measured about 40x on a busy machine), and it keeps timings steady.
     torch.set_num_threads(1)
+
+
+class Interrupted(Exception):
+    """Stands for a process killed between two epochs in the resume tests."""
+
+
+@pytest.fixture
+def interrupt_after_epoch(monkeypatch):
+    """``arm(n)`` makes the next ``Trainer.fit`` raise :class:`Interrupted` right after it wrote
+    epoch ``n``'s ``last.pt``, as if the process had been killed there; returns the exception type."""
+    import covidlib.train as train
+
+    def arm(epoch: int) -> type[Exception]:
+        real = train.save_checkpoint
+
+        def save_then_stop(payload, path):
+            written = real(payload, path)
+            if Path(path).name == train.LAST_CHECKPOINT and payload["epoch"] == epoch:
+                monkeypatch.setattr(train, "save_checkpoint", real)
+                raise Interrupted(f"stopped after epoch {epoch}")
+            return written
+
+        monkeypatch.setattr(train, "save_checkpoint", save_then_stop)
+        return Interrupted
+
+    return arm

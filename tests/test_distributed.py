@@ -96,6 +96,24 @@ def test_epoch_loader_reshuffles_each_pass() -> None:
     assert loader.epoch == 2 and not torch.equal(first, second)
 
 
+def test_epoch_loader_set_epoch_picks_the_next_passs_shuffle() -> None:
+    """After set_epoch(3) (what the Trainer does on resume) a fresh loader yields epoch 3's order."""
+    data = toy_data()
+
+    def loader() -> EpochLoader:
+        return EpochLoader(torch.utils.data.DataLoader(
+            data, batch_size=16, sampler=DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=1)))
+
+    counting = loader()
+    passes = [next(iter(counting))[0] for _ in range(4)]
+    resumed = loader()
+    resumed.set_epoch(3)
+    assert torch.equal(next(iter(resumed))[0], passes[3]) and resumed.epoch == 4
+    assert not torch.equal(passes[3], passes[0])
+    with pytest.raises(InvalidInputError, match="epoch"):
+        resumed.set_epoch(-1)
+
+
 def test_init_from_env_names_missing_variables(monkeypatch) -> None:
     for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)

@@ -13,7 +13,7 @@ from covidlib.errors import InvalidInputError
 from covidlib.experiments import Cell, GridConfig, load_records, render_table, run_grid, summarise
 from covidlib.models import UNet2d
 from covidlib.models.unet3d import UNet3d
-from covidlib.train import TrainConfig
+from covidlib.train import TrainConfig, load_checkpoint
 from covidlib.transfer import SliceTraining
 
 
@@ -94,6 +94,38 @@ def test_run_grid_writes_records_holds_out_test_and_resumes(tmp_path, weights, m
 
     with pytest.raises(InvalidInputError, match="other grid settings"):
         load_records(results, tiny_config(networks=("unet",), folds=1, base_width=4))
+
+
+def without_seconds(record: dict) -> dict:
+    kept = {k: v for k, v in record.items() if k != "seconds"}
+    kept["history"] = [{k: v for k, v in row.items() if k != "seconds"} for row in record["history"]]
+    return kept
+
+
+def test_interrupted_augmented_cell_resumes_bit_for_bit(tmp_path, weights, interrupt_after_epoch) -> None:
+    """A cell killed after epoch 2 of 4 and run again ends with the uninterrupted run's weights:
+    the resumed epochs draw epoch 3's and 4's augmentation and shuffles, not epoch 1's again."""
+    pretrained, _ = weights
+    cases = [ToyCase(i) for i in range(8)]
+    train = TrainConfig(epochs=4, patience=10, max_steps_per_epoch=2, amp="off", progress=False, device="cpu", lr=1e-2)
+    config = tiny_config(networks=("unet",), recipes=("all",), folds=1,
+                         training=SliceTraining(train=train, batch_size=2, augment=True))
+    straight = run_grid(cases, config, tmp_path / "straight", pretrained=pretrained, progress=False)
+
+    interrupted = interrupt_after_epoch(2)
+    with pytest.raises(interrupted):
+        run_grid(cases, config, tmp_path / "resumed", pretrained=pretrained, progress=False)
+    key = config.cells()[0].key
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / key / "last.pt")["epoch"] == 2
+    assert not (tmp_path / "resumed" / "cells" / f"{key}.json").exists()
+    torch.manual_seed(123)  # a new process: other global random state
+    resumed = run_grid(cases, config, tmp_path / "resumed", pretrained=pretrained, progress=False)
+
+    assert [without_seconds(r) for r in resumed] == [without_seconds(r) for r in straight]
+    for name in ("last.pt", "best.pt"):
+        a = load_checkpoint(tmp_path / "straight" / "checkpoints" / key / name)["model"]
+        b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / key / name)["model"]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
 def test_missing_weights_are_named(tmp_path) -> None:

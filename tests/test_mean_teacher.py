@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -10,7 +11,8 @@ from covidlib.errors import InvalidInputError
 from covidlib.mean_teacher import (MeanTeacher, MeanTeacherConfig, consistency_loss, ema_alpha, ema_update,
                                    sigmoid_rampup)
 from covidlib.models import UNet2d
-from covidlib.train import TrainConfig
+from covidlib.train import TrainConfig, load_checkpoint
+from covidlib.transfer import SliceTraining, slice_loader
 
 
 def _pair() -> tuple[nn.Module, nn.Module]:
@@ -105,21 +107,81 @@ def _loaders():
     return batches, batches
 
 
+class _RecordingMeanTeacher(MeanTeacher):
+    """Keeps the student's weights after each optimizer step and the teacher's after its EMA update."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.students: list[dict[str, torch.Tensor]] = []
+        self.teachers: list[dict[str, torch.Tensor]] = []
+
+    def after_step(self) -> None:
+        self.students.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+        super().after_step()
+        self.teachers.append({k: v.detach().clone() for k, v in self.teacher.state_dict().items()})
+
+
 def test_mean_teacher_trains_keeps_teacher_as_ema_and_records_terms():
     torch.manual_seed(0)
     model = UNet2d(base_width=2, depth=2)
     config = TrainConfig(epochs=2, patience=5, amp="off", progress=False, device="cpu")
-    trainer = MeanTeacher(model, config, MeanTeacherConfig(rampup_steps=2, pseudo_batch_size=3),
-                          pseudo_patches=_Patches(5, 16, [0.9, 0.95, 0.91, 0.99, 0.88]))
+    # alpha 0.6: the warm-up decays of steps 0, 1, 2 are min(1 - 1/(t + 1), 0.6) = 0, 0.5, 0.6 (capped).
+    trainer = _RecordingMeanTeacher(model, config, MeanTeacherConfig(alpha=0.6, rampup_steps=2, pseudo_batch_size=3),
+                                    pseudo_patches=_Patches(5, 16, [0.9, 0.95, 0.91, 0.99, 0.88]))
     train, val = _loaders()
     history = trainer.fit(train, val)
     assert len(history) == 2 and trainer.global_step == 4
     assert set(trainer.last_terms) == {"supervised", "pseudo", "consistency", "ramp"}
     assert trainer.last_terms["ramp"] == pytest.approx(1.0)  # step 3 > ramp-up length 2
-    # the teacher moved away from the student (it averages), yet stays a valid network
-    differences = [float((a - b).detach().abs().max()) for a, b in zip(trainer.teacher.parameters(), trainer.model.parameters())]
-    assert max(differences) > 0
+    # The EMA by hand over the first three steps, from the students s0, s1, s2 after each step:
+    # t0 = s0; t1 = 0.5 t0 + 0.5 s1; t2 = 0.6 t1 + 0.4 s2 = 0.3 s0 + 0.3 s1 + 0.4 s2.
+    s0, s1, s2 = trainer.students[:3]
+    by_hand = [{k: s0[k] for k in s0},
+               {k: 0.5 * s0[k] + 0.5 * s1[k] for k in s0},
+               {k: 0.3 * s0[k] + 0.3 * s1[k] + 0.4 * s2[k] for k in s0}]
+    for step, expected in enumerate(by_hand):
+        for name, value in trainer.teachers[step].items():
+            if value.is_floating_point():
+                torch.testing.assert_close(value, expected[name], msg=f"step {step}, {name}")
+            else:  # num_batches_tracked is copied from the student
+                assert torch.equal(value, trainer.students[step][name]), (step, name)
+    assert not torch.equal(trainer.teachers[2]["encoder.0.0.weight"], s2["encoder.0.0.weight"])  # averages, not copies
     assert trainer.validation_model() is trainer.teacher
+
+
+def test_interrupted_mean_teacher_resumes_bit_for_bit(tmp_path, interrupt_after_epoch):
+    """Student, teacher, step count and draws continue exactly after a kill after epoch 2 of 4,
+    with augmented slices from the EpochLoader the book's loaders use."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for case in ("a", "b", "c"):
+        lesion = np.zeros((2, 16, 16), np.uint8)
+        lesion[:, 4:10, 5:11] = 1
+        arrays[case] = ((rng.normal(0, 0.3, lesion.shape) + 2.0 * lesion).astype(np.float32), lesion)
+    config = TrainConfig(epochs=4, patience=10, amp="off", progress=False, device="cpu", lr=1e-2)
+    settings = SliceTraining(train=config, batch_size=2, augment=True)
+    teacher_settings = MeanTeacherConfig(alpha=0.9, rampup_steps=3, pseudo_batch_size=2)
+
+    def run(out_dir):
+        torch.manual_seed(0)
+        trainer = MeanTeacher(UNet2d(base_width=2, depth=2), config, teacher_settings,
+                              pseudo_patches=_Patches(4, 16, [0.9, 1.0, 0.8, 0.95]), out_dir=str(out_dir))
+        trainer.fit(slice_loader(arrays, ["a", "b"], settings, training=True, seed=0),
+                    slice_loader(arrays, ["c"], settings, training=False, seed=0), resume=True)
+        return trainer
+
+    straight = run(tmp_path / "straight")
+    interrupted = interrupt_after_epoch(2)
+    with pytest.raises(interrupted):
+        run(tmp_path / "resumed")
+    np.random.seed(7)
+    resumed = run(tmp_path / "resumed")
+    assert resumed.global_step == straight.global_step == 4 * 2
+    a, b = (load_checkpoint(tmp_path / name / "last.pt") for name in ("straight", "resumed"))
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+        assert torch.equal(a["extra"]["teacher"][key], b["extra"]["teacher"][key]), key
+    assert a["batch_rng"] == b["batch_rng"]
 
 
 def test_mean_teacher_without_consistency_is_plain_training_on_labels_and_pseudo_labels():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -11,8 +13,10 @@ from torch import nn
 from covidlib.errors import InvalidInputError
 from covidlib.models import AttentionUNet2d, UNet2d
 from covidlib.models.unet3d import ConvUnit, GenesisUNet2d, UNet3d
+from covidlib.train import TrainConfig, load_checkpoint
 from covidlib.transfer import (
     PARTS,
+    SliceTraining,
     flatten_3d_to_2d,
     flatten_kernel,
     freeze,
@@ -21,6 +25,7 @@ from covidlib.transfer import (
     model_parts,
     parameter_parts,
     prepare_finetune,
+    pretrain,
     pretrain_genesis_proxy,
     reinitialise,
     trainable_summary,
@@ -287,3 +292,42 @@ def test_genesis_proxy_pretraining_lowers_restoration_loss() -> None:
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
     with pytest.raises(InvalidInputError, match="num_classes=1"):
         pretrain_genesis_proxy(UNet3d(num_classes=2, base_width=2), [volume], progress=False)
+
+
+def toy_source_cases(count: int) -> list[SimpleNamespace]:
+    """Cases with a bright square lesion on noise, as ``case_arrays`` reads them."""
+    cases = []
+    for index in range(count):
+        rng = np.random.default_rng(index)
+        lesion = np.zeros((3, 16, 16), np.uint8)
+        y, x = rng.integers(2, 9, size=2)
+        lesion[1:, y:y + 6, x:x + 6] = 1
+        image = (rng.normal(0, 0.3, lesion.shape) + 2.0 * lesion).astype(np.float32)
+        cases.append(SimpleNamespace(case_id=f"source{index}", image=image, lesion_mask=lesion))
+    return cases
+
+
+def test_interrupted_augmented_pretraining_resumes_bit_for_bit(tmp_path, interrupt_after_epoch) -> None:
+    """Pretraining killed after epoch 2 of 4 and run again (a new model object, other global
+    random state) ends with the uninterrupted run's weights, augmentation on."""
+    cases = toy_source_cases(5)
+    train = TrainConfig(epochs=4, patience=10, max_steps_per_epoch=2, amp="off", progress=False, device="cpu", lr=1e-2)
+    settings = SliceTraining(train=train, batch_size=2, augment=True, empty_fraction=0.5)
+    straight = small_unet()
+    pretrain(straight, cases, settings, out_dir=tmp_path / "straight", resume=True)
+
+    interrupted = interrupt_after_epoch(2)
+    with pytest.raises(interrupted):
+        pretrain(small_unet(), cases, settings, out_dir=tmp_path / "resumed", resume=True)
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 2
+    torch.manual_seed(99)
+    np.random.seed(99)
+    resumed = small_unet()
+    trainer = pretrain(resumed, cases, settings, out_dir=tmp_path / "resumed", resume=True)
+
+    assert [row["epoch"] for row in trainer.history] == [1, 2, 3, 4]
+    for name in ("last.pt", "best.pt"):
+        a = load_checkpoint(tmp_path / "straight" / name)["model"]
+        b = load_checkpoint(tmp_path / "resumed" / name)["model"]
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()))
