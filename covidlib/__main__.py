@@ -8,10 +8,10 @@ split), ``evaluate`` (a checkpoint on a split, metrics as JSON on stdout), ``pre
 teacher using a dataset's unlabelled split; :mod:`covidlib.mean_teacher`).
 Each command is one :class:`Command` in :data:`COMMANDS`; adding one is a line there.
 
-The command line works in image pixels: every slice is windowed to 8-bit grey levels
-(CT in HU through the lung window [-1250, 250] HU; COVID-SemiSeg slices already are),
-z-scored per slice (the windowing differs between sources, so a per-image scale matters),
-and resized to the network's square input. Predictions are resized back to each input's size.
+The command line works in image pixels: every slice is prepared the "window" way of
+:mod:`covidlib.inference` (8-bit grey levels, z-scored per slice, resized to the network's
+square input), and predictions are resized back to each input's size. This module only parses
+arguments and calls the library.
 
 Introduced in chapter 04.
 """
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -30,124 +29,25 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from covidlib import mean_teacher, segment
 from covidlib.augment import default_augmentation
 from covidlib.config import get_device, seed_everything
-from covidlib.ct import window_hu
 from covidlib.data import SliceDataset, kfold_volumes, seeded_loader, split_volumes
-from covidlib.datasets import Case, get_dataset
+from covidlib.datasets import get_dataset
 from covidlib.errors import InvalidInputError
-from covidlib.io import Volume, read_volume, write_volume
+from covidlib.inference import evaluate_cases, grey_levels, load_model, normalise_slices, predict_stack, prepare_slices
+from covidlib.io import Volume, atomic_path, atomic_write_text, read_volume, write_volume
 from covidlib.losses import LOSSES
-from covidlib.metrics import dice, iou, sensitivity, specificity, summarise
 from covidlib.models import MODELS, get_model
-from covidlib.preprocess import normalise_image
-from covidlib.results import atomic_write_text
-from covidlib.train import AMP_CHOICES, TrainConfig, Trainer, load_checkpoint, mixup_transform, predict_proba
+from covidlib.results import to_json
+from covidlib.train import AMP_CHOICES, TrainConfig, Trainer, mixup_transform
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # Quick mode: a smoke run in seconds (tests, trying a setup); explicit flags still win.
 QUICK = {"epochs": 3, "max_steps_per_epoch": 2, "image_size": 64, "base_width": 8, "batch_size": 4}
 FULL = {"epochs": 500, "max_steps_per_epoch": None, "image_size": 256, "base_width": 32, "batch_size": 8}
-
-
-# --- images: one normalisation for training, evaluation and prediction ------------------------
-
-def grey_levels(image: np.ndarray, intensity: str) -> np.ndarray:
-    """Grey levels 0..255 float32 of an image given in ``intensity`` ``"8bit"`` or ``"hu"``.
-
-    HU go through the lung window [-1250, 250] HU, the window the book uses for display.
-    """
-    if intensity == "8bit":
-        return np.asarray(image, dtype=np.float32)
-    if intensity == "hu":
-        return 255.0 * window_hu(np.asarray(image))
-    raise InvalidInputError(f"intensity must be '8bit' or 'hu', got {intensity!r}")
-
-
-def normalise_slices(grey: np.ndarray, source: str) -> np.ndarray:
-    """Z-score each slice of ``grey`` (z, H, W) by its own mean and standard deviation
-    (:func:`covidlib.preprocess.normalise_image`); ``source`` names the input in errors."""
-    return np.stack([normalise_image(plane, f"{source} slice {z}") for z, plane in enumerate(np.asarray(grey))])
-
-
-def prepare_case(case: Case) -> tuple[np.ndarray, np.ndarray]:
-    """A dataset case as (normalised image (z, H, W) float32, lesion mask (z, H, W) uint8)."""
-    if case.lesion_mask is None:
-        raise InvalidInputError(f"case {case.case_id!r} has no lesion mask; training and evaluation need labelled cases")
-    intensity = case.meta.get("intensity", "hu")
-    image = normalise_slices(grey_levels(case.image.array, intensity), f"case {case.case_id!r}")
-    return image, np.asarray(case.lesion_mask, dtype=np.uint8)
-
-
-def resize_stack(stack: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
-    """Resize (N, H, W) to (N, *size): ``"bilinear"`` for images/probabilities, ``"nearest-exact"`` for masks."""
-    tensor = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
-    if tuple(tensor.shape[-2:]) == tuple(size):
-        return tensor[:, 0].numpy()
-    options = {"align_corners": False} if mode == "bilinear" else {}
-    return F.interpolate(tensor, size=size, mode=mode, **options)[:, 0].numpy()
-
-
-def predict_stack(model: nn.Module, images: np.ndarray, image_size: int, device: torch.device,
-                  batch_size: int = 8) -> np.ndarray:
-    """Foreground probabilities (z, H, W) for normalised slices (z, H, W) of any size.
-
-    Slices are resized to ``image_size`` squared for the network and the probabilities back.
-    """
-    resized = resize_stack(images, (image_size, image_size), "bilinear")
-    probabilities = predict_proba(model, resized, device, batch_size)
-    return np.clip(resize_stack(probabilities, images.shape[-2:], "bilinear"), 0.0, 1.0)
-
-
-def case_metrics(prediction: np.ndarray, target: np.ndarray) -> dict[str, float]:
-    """Dice, IoU, sensitivity and specificity of one case (binary arrays, any shape)."""
-    return {"dice": dice(prediction, target), "iou": iou(prediction, target),
-            "sensitivity": sensitivity(prediction, target), "specificity": specificity(prediction, target)}
-
-
-def evaluate_cases(model: nn.Module, dataset: Any, case_ids: Sequence[str], image_size: int,
-                   device: torch.device) -> dict[str, Any]:
-    """Metrics of ``model`` on ``case_ids`` at each case's own resolution.
-
-    Returns ``{"per_case": {id: metrics}, "summary": {metric: summarise(...)}}``.
-    """
-    if not case_ids:
-        raise InvalidInputError("no cases to evaluate")
-    per_case = {}
-    for case_id in case_ids:
-        image, mask = prepare_case(dataset.load(case_id))
-        probabilities = predict_stack(model, image, image_size, device)
-        per_case[case_id] = case_metrics(probabilities > 0.5, mask)
-    names = next(iter(per_case.values())).keys()
-    return {"per_case": per_case, "summary": {name: summarise(row[name] for row in per_case.values()) for name in names}}
-
-
-def to_json(value: Any) -> str:
-    """Indented, valid JSON: nan (an undefined metric, e.g. sensitivity of an empty mask) becomes null."""
-    def clean(item: Any) -> Any:
-        if isinstance(item, dict):
-            return {str(k): clean(v) for k, v in item.items()}
-        if isinstance(item, (list, tuple)):
-            return [clean(v) for v in item]
-        return None if isinstance(item, float) and not np.isfinite(item) else item
-
-    return json.dumps(clean(value), indent=1, allow_nan=False)
-
-
-def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The network stored in a checkpoint written by ``train``, and the checkpoint's metadata."""
-    checkpoint = load_checkpoint(path)
-    metadata = checkpoint.get("metadata") or {}
-    if "model" not in metadata or "model_options" not in metadata:
-        raise InvalidInputError(f"checkpoint {path} has no model description; was it written by 'python -m covidlib train'?")
-    model = get_model(metadata["model"], **metadata["model_options"])
-    model.load_state_dict(checkpoint["model"])
-    return model.eval(), metadata
 
 
 # --- train ------------------------------------------------------------------------------------
@@ -192,7 +92,7 @@ def _setting(args: argparse.Namespace, name: str) -> Any:
 
 
 def _train_and_val_ids(dataset: Any, args: argparse.Namespace) -> tuple[str, list[str], list[str]]:
-    split = args.split or ("train" if "train" in dataset.splits else dataset.splits[0])
+    split = args.split or dataset.default_split
     ids = dataset.case_ids(split)
     if len(ids) < 2:
         raise InvalidInputError(f"split {split!r} of dataset {args.dataset!r} has {len(ids)} case(s); training needs at least 2")
@@ -217,10 +117,10 @@ def run_train(args: argparse.Namespace) -> int:
     dataset = get_dataset(args.dataset, args.data_root)
     split, train_ids, val_ids = _train_and_val_ids(dataset, args)
     image_size, batch_size = _setting(args, "image_size"), _setting(args, "batch_size")
+    prepared = prepare_slices(dataset, image_size, case_ids=train_ids + val_ids)
 
     def slices(ids: list[str], augment: bool) -> SliceDataset:
-        cases = [prepare_case(dataset.load(case_id)) for case_id in ids]
-        return SliceDataset(cases, case_ids=ids, output_size=image_size, resize_mode="resize",
+        return SliceDataset([prepared.labelled[case_id] for case_id in ids], case_ids=ids,
                             empty_fraction=args.empty_fraction if augment else 1.0,
                             transform=default_augmentation() if augment and not args.no_augment else None, seed=args.seed)
 
@@ -235,7 +135,7 @@ def run_train(args: argparse.Namespace) -> int:
     metadata = {"model": args.model, "model_options": model_options, "image_size": image_size,
                 "dataset": args.dataset, "split": split, "train_cases": train_ids, "val_cases": val_ids,
                 "folds": args.folds, "fold": args.fold if args.folds is not None else None,
-                "augment": not args.no_augment, "mixup_alpha": args.mixup_alpha}
+                "augment": not args.no_augment, "mixup_alpha": args.mixup_alpha, "preparation": prepared.steps}
     out = Path(args.out)
     trainer = Trainer(model, config, out_dir=out, metadata=metadata,
                       batch_transform=mixup_transform(args.mixup_alpha) if args.mixup_alpha > 0 else None)
@@ -270,7 +170,8 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Print the checkpoint's metrics on a split (or its validation cases) as JSON."""
-    model, metadata = model_from_checkpoint(args.checkpoint)
+    model, metadata = load_model(args.checkpoint)
+    image_size = _image_size(metadata, args.checkpoint)
     name = args.dataset or metadata.get("dataset")
     if not name:
         raise InvalidInputError("--dataset is needed: the checkpoint does not name its dataset")
@@ -281,7 +182,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         case_ids = list(metadata["val_cases"])
     else:
         raise InvalidInputError("--split is needed: the checkpoint's validation cases belong to another dataset")
-    evaluation = evaluate_cases(model, dataset, case_ids, int(metadata["image_size"]), get_device(args.device))
+    evaluation = evaluate_cases(model, dataset, case_ids, image_size, get_device(args.device))
     output = {"checkpoint": str(args.checkpoint), "dataset": name, "split": args.split or "validation cases",
               "summary": evaluation["summary"]}
     if args.per_case:
@@ -316,20 +217,22 @@ def _read_grey_image(path: Path) -> np.ndarray:
 def _write_png(probabilities: np.ndarray, path: Path) -> None:
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_path(path, suffix=".png") as tmp:
         Image.fromarray(np.round(probabilities * 255.0).astype(np.uint8), mode="L").save(tmp, format="PNG")
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+
+def _image_size(metadata: dict[str, Any], checkpoint: str) -> int:
+    """The square input size a checkpoint's network was trained on (``train`` and ``semi`` record it)."""
+    if "image_size" not in metadata:
+        raise InvalidInputError(f"checkpoint {checkpoint} does not record its input size (metadata 'image_size'); "
+                                "evaluate and predict need a checkpoint written by 'train' or 'semi'")
+    return int(metadata["image_size"])
 
 
 def run_predict(args: argparse.Namespace) -> int:
     """Write probability maps for a folder of 2D images or for one NIfTI volume."""
-    model, metadata = model_from_checkpoint(args.checkpoint)
-    image_size = int(metadata["image_size"])
+    model, metadata = load_model(args.checkpoint)
+    image_size = _image_size(metadata, args.checkpoint)
     device = get_device(args.device)
     source, target = Path(args.input), Path(args.output)
     if source.is_dir():

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from covidlib.download import download, extract_archive
+from covidlib.download import RemoteFile, fetch
 from covidlib.errors import InvalidInputError
 from covidlib.io import IDENTITY_DIRECTION, Volume, read_mask, read_volume
 
@@ -118,6 +118,13 @@ class Dataset(ABC):
         if split not in self.splits:
             raise InvalidInputError(f"split={split!r} is not a split of dataset {self.name!r}; choose from {self.splits}")
         return list(self._index.get(split, []))
+
+    @property
+    def default_split(self) -> str:
+        """The split to train on when none is named: ``"train"`` if the dataset has one, else its first."""
+        if not self.splits:
+            raise InvalidInputError(f"dataset {self.name!r} has no splits")
+        return "train" if "train" in self.splits else self.splits[0]
 
     def split_of(self, case_id: str) -> str:
         """The split that holds ``case_id``."""
@@ -259,7 +266,11 @@ class PhantomDataset(Dataset):
 
     Case ``phantom_007`` is the phantom of seed ``seed + 7``; nothing is stored on disk.
     Options: ``n`` cases, ``shape`` (z, y, x), ``disease`` ("covid", "nodule", "effusion",
-    "healthy"), ``seed``; other keyword options go to ``make_phantom`` (spacing, noise_hu).
+    "healthy"), ``seed``, ``view``; other keyword options go to ``make_phantom`` (spacing, noise_hu).
+    ``view="semiseg"`` makes each case one 2D slice shown like COVID-SemiSeg's
+    (:func:`covidlib.phantom.semiseg_view`: 8-bit, cropped to the chest, rotated): the slice with
+    the most lesion (the middle one when there is none), a (1, H, W) image of values 0..255 with
+    ``meta["intensity"] == "8bit"``; the default ``view="volume"`` is the HU volume.
 
     Introduced in chapter 02.
     """
@@ -268,21 +279,33 @@ class PhantomDataset(Dataset):
     splits = ("all",)
 
     def __init__(self, n: int = 8, shape: tuple[int, int, int] = (64, 128, 128), disease: str = "covid",
-                 seed: int = 0, **phantom_options: Any) -> None:
+                 seed: int = 0, view: str = "volume", **phantom_options: Any) -> None:
         if n < 1:
             raise InvalidInputError(f"n={n}: a phantom cohort needs at least one case")
+        if view not in ("volume", "semiseg"):
+            raise InvalidInputError(f"view={view!r}: a phantom cohort's view is 'volume' or 'semiseg'")
         self.n, self.shape, self.disease, self.seed = int(n), tuple(shape), disease, int(seed)
+        self.view = view
         self.phantom_options = phantom_options
 
     def _ids_by_split(self) -> dict[str, list[str]]:
         return {"all": [f"phantom_{i:03d}" for i in range(self.n)]}
 
     def load(self, case_id: str) -> Case:
-        from covidlib.phantom import make_phantom
+        from covidlib.phantom import make_phantom, semiseg_view
 
         self.split_of(case_id)
         index = int(case_id.rsplit("_", 1)[1])
         phantom = make_phantom(self.seed + index, self.shape, disease=self.disease, **self.phantom_options)
+        if self.view == "semiseg":
+            per_slice = phantom.lesion_mask.reshape(phantom.lesion_mask.shape[0], -1).sum(axis=1)
+            z = int(np.argmax(per_slice)) if per_slice.any() else phantom.lesion_mask.shape[0] // 2
+            shown = semiseg_view(phantom, z, self.seed + index)
+            image = Volume(shown.image[None].astype(np.float32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), IDENTITY_DIRECTION,
+                           source=f"{phantom.image.source}, semiseg view of slice {z}")
+            meta = {"dataset": self.name, "split": "all", "intensity": "8bit", "spacing_known": False,
+                    "seed": self.seed + index, "disease": phantom.disease, "slice": z, "window": shown.window}
+            return Case(case_id, image, shown.lung_mask[None], shown.lesion_mask[None], meta)
         meta = {"dataset": self.name, "split": "all", "intensity": "hu", "seed": self.seed + index,
                 "disease": phantom.disease, "tissue_labels": phantom.tissue_labels}
         return Case(case_id, phantom.image, phantom.lung_mask, phantom.lesion_mask, meta)
@@ -361,17 +384,6 @@ class PatternDataset(Dataset):
         return Case(case_id, image, lung, lesion, meta)
 
 
-@dataclass(frozen=True)
-class RemoteFile:
-    """A published archive: where it is, its name, and its checksum (with where that came from)."""
-
-    url: str
-    filename: str
-    sha256: str | None = None
-    md5: str | None = None
-    checksum_source: str = ""
-
-
 # Zenodo record 3757476 (Ma et al. 2020). The sha256 values are the ones torch-em's loader
 # (github.com/constantinpape/torch-em, torch_em/data/datasets/medical/covid19_seg.py) pins; this
 # project could not download the files to recompute them. Zenodo itself publishes md5 only.
@@ -392,30 +404,6 @@ COVID19_CT_SEG_FILES = {
 MSD_LUNG_FILE = RemoteFile("https://msd-for-monai.s3-us-west-2.amazonaws.com/Task06_Lung.tar", "Task06_Lung.tar",
                            md5="8afd997733c7fc0432f71255ba4e52dc",
                            checksum_source="MONAI DecathlonDataset (md5), not recomputed here")
-
-
-def fetch(remote: RemoteFile, folder: Path, *, sha256: str | None = None, progress: bool = True) -> list[Path]:
-    """Download ``remote`` into ``folder`` (checksum-verified) and unpack it there.
-
-    ``sha256`` overrides the registry's checksum (for a re-published file you have checked).
-    The archive is removed after a successful unpack; a marker file records what was unpacked.
-
-    Introduced in chapter 02.
-    """
-    marker = folder / f".{remote.filename}.unpacked"
-    if marker.is_file():
-        return [folder / line for line in marker.read_text().splitlines() if line]
-    checksum = sha256 or remote.sha256
-    md5 = None if sha256 else remote.md5
-    if not checksum and not md5:
-        raise InvalidInputError(f"{remote.url}: no checksum is known for this file; pass sha256= after checking it")
-    archive = download(remote.url, folder / remote.filename, checksum, md5=md5, progress=progress)
-    files = extract_archive(archive, folder)
-    from covidlib.results import atomic_write_text
-
-    atomic_write_text(marker, "\n".join(f.relative_to(folder).as_posix() for f in files) + "\n")
-    archive.unlink()
-    return files
 
 
 class Covid19CtSegDataset(PatternDataset):

@@ -21,11 +21,13 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
 from covidlib.errors import InvalidInputError
+from covidlib.io import atomic_path, atomic_write_text
 
 CHUNK_BYTES = 1 << 20
 
@@ -76,11 +78,9 @@ def download(url: str, dest: str | Path, sha256: str | None, *, md5: str | None 
     dest.parent.mkdir(parents=True, exist_ok=True)
     if not url.lower().startswith(("http://", "https://")):
         raise InvalidInputError(f"url={url!r}: only http:// and https:// downloads are supported")
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
     hashers = {name: hashlib.new(name) for name in expected}
     try:
-        with os.fdopen(fd, "wb") as out:
+        with atomic_path(dest, suffix=".part") as tmp, open(tmp, "wb") as out:
             try:
                 response = urllib.request.urlopen(url, timeout=timeout_s)  # noqa: S310 (scheme checked above)
             except (urllib.error.URLError, OSError, ValueError) as exc:
@@ -103,23 +103,22 @@ def download(url: str, dest: str | Path, sha256: str | None, *, md5: str | None 
                             hasher.update(chunk)
                         received += len(chunk)
                         bar.update(len(chunk))
-        if expected_bytes is not None and received != expected_bytes:
-            raise DownloadError(
-                f"download of {url} is truncated: received {received} of {expected_bytes} bytes; "
-                "nothing was kept, try again"
-            )
-        for name, value in expected.items():
-            actual = hashers[name].hexdigest()
-            if actual != value:
+            out.flush()
+            if expected_bytes is not None and received != expected_bytes:
                 raise DownloadError(
-                    f"checksum mismatch for {url}: expected {name} {value}, got {actual}; "
-                    "the file was deleted (corrupted transfer, or the publisher changed the file: "
-                    "check the source and pass the new checksum if you trust it)"
+                    f"download of {url} is truncated: received {received} of {expected_bytes} bytes; "
+                    "nothing was kept, try again"
                 )
-        os.replace(tmp, dest)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, Exception) and not isinstance(exc, (DownloadError, InvalidInputError)):
+            for name, value in expected.items():
+                actual = hashers[name].hexdigest()
+                if actual != value:
+                    raise DownloadError(
+                        f"checksum mismatch for {url}: expected {name} {value}, got {actual}; "
+                        "the file was deleted (corrupted transfer, or the publisher changed the file: "
+                        "check the source and pass the new checksum if you trust it)"
+                    )
+    except Exception as exc:
+        if not isinstance(exc, (DownloadError, InvalidInputError)):
             raise DownloadError(f"could not download {url}: {exc}") from exc
         raise
     return dest
@@ -215,3 +214,36 @@ def extract_archive(archive: str | Path, target: str | Path) -> list[Path]:
         return extracted
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A published archive: where it is, its name, and its checksum (with where that came from)."""
+
+    url: str
+    filename: str
+    sha256: str | None = None
+    md5: str | None = None
+    checksum_source: str = ""
+
+
+def fetch(remote: RemoteFile, folder: Path, *, sha256: str | None = None, progress: bool = True) -> list[Path]:
+    """Download ``remote`` into ``folder`` (checksum-verified) and unpack it there.
+
+    ``sha256`` overrides the registry's checksum (for a re-published file you have checked).
+    The archive is removed after a successful unpack; a marker file records what was unpacked.
+
+    Introduced in chapter 02.
+    """
+    marker = folder / f".{remote.filename}.unpacked"
+    if marker.is_file():
+        return [folder / line for line in marker.read_text().splitlines() if line]
+    checksum = sha256 or remote.sha256
+    md5 = None if sha256 else remote.md5
+    if not checksum and not md5:
+        raise InvalidInputError(f"{remote.url}: no checksum is known for this file; pass sha256= after checking it")
+    archive = download(remote.url, folder / remote.filename, checksum, md5=md5, progress=progress)
+    files = extract_archive(archive, folder)
+    atomic_write_text(marker, "\n".join(f.relative_to(folder).as_posix() for f in files) + "\n")
+    archive.unlink()
+    return files

@@ -10,10 +10,12 @@ Introduced in chapter 01.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import tempfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -259,14 +261,46 @@ def write_volume(volume: Volume, path: str | Path, *, compress: bool = True) -> 
         raise InvalidInputError(f"{path}: cannot write {suffix!r}; use one of {WRITE_SUFFIXES}")
     if not isinstance(volume, Volume):
         raise InvalidInputError(f"{path}: write_volume expects a covidlib.io.Volume, got {type(volume).__name__}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     image = volume.to_sitk()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    with atomic_path(path, suffix=suffix) as tmp:
+        sitk.WriteImage(image, str(tmp), compress)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic writes: every file the book writes goes through these
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, *, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary path beside ``path`` for a writer that needs a file name (torch.save, SimpleITK).
+
+    The file is renamed over ``path`` when the ``with`` block ends normally, and removed when it
+    raises, so ``path`` is never left partial. ``suffix`` is the temporary file's ending (writers
+    that choose a format by it need the target's, e.g. ``".nii.gz"``). The folder is created.
+
+    Introduced in chapter 01.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
+    tmp = Path(name)
     try:
-        sitk.WriteImage(image, tmp, compress)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and a rename: never a partial file."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file and a rename: never a partial file."""
+    return atomic_write_bytes(path, text.encode("utf-8"))

@@ -48,12 +48,13 @@ from torch.utils.data import Dataset
 from covidlib.coarse import Box, predict_boxes_2d
 from covidlib.config import seed_everything
 from covidlib.data import kfold_volumes, split_volumes
-from covidlib.datasets import Dataset as CaseDataset
 from covidlib.datasets import get_dataset
 from covidlib.errors import InvalidInputError
+from covidlib.inference import prepare_slices
+from covidlib.io import atomic_write_text
 from covidlib.models import MODELS, get_model
 from covidlib.pseudo import RULES, PseudoLabelConfig, PseudoPatchDataset, build_dictionary, pseudo_label
-from covidlib.results import atomic_write_text
+from covidlib.results import to_json
 from covidlib.train import AMP_CHOICES, Trainer, TrainConfig, evaluate, save_checkpoint, split_batch, validate_batch
 from covidlib.transfer import SliceTraining, fit_volumes, slice_loader
 
@@ -341,66 +342,35 @@ def semi_supervised_fold(arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], tr
 
 # --- data, settings and folds of the comparison on a registered dataset ------------------------
 
-def load_semi_supervised(dataset: CaseDataset, image_size: int, n_unlabelled: int | None = None, *,
-                         split: str | None = None) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[np.ndarray]]:
-    """The labelled cases and unlabelled images of ``dataset``, prepared as ``python -m covidlib train``
-    prepares slices: grey levels, z-scored per slice, resized to ``image_size`` squared.
-
-    ``split``: the labelled split (default ``"train"``, else the dataset's first); the dataset
-    must have an ``"unlabelled"`` split. ``n_unlabelled``: how many unlabelled cases, taken at
-    an even stride through the sorted ids (default all). Returns ``({case_id: (image (z, S, S)
-    float32, lesion (z, S, S) uint8)}, [unlabelled image (z, S, S) float32])``; a COVID-SemiSeg
-    slice has ``z = 1``. Introduced in chapter 08.
-    """
-    # The command line owns the slice preparation that evaluate/predict/segment apply to a
-    # checkpoint; reusing it keeps training and inference identical.
-    from covidlib.__main__ import grey_levels, normalise_slices, prepare_case, resize_stack
-
-    if "unlabelled" not in dataset.splits:
-        raise InvalidInputError(f"dataset {dataset.name!r} has no 'unlabelled' split (splits: {', '.join(dataset.splits)}); "
-                                "semi-supervised training needs unlabelled images, e.g. --dataset covid-semiseg")
-    # patches are at least 8 px and the default 4-pooling U-Net halves a side 4 times
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 16:
-        raise InvalidInputError(f"image_size must be an integer of at least 16 pixels, got {image_size!r}")
-    split = split or ("train" if "train" in dataset.splits else dataset.splits[0])
-    labelled_ids = dataset.case_ids(split)
-    unlabelled_ids = dataset.case_ids("unlabelled")
-    if not unlabelled_ids:
-        raise InvalidInputError(f"the 'unlabelled' split of dataset {dataset.name!r} is empty")
-    if n_unlabelled is not None:
-        if isinstance(n_unlabelled, bool) or not 1 <= n_unlabelled <= len(unlabelled_ids):
-            raise InvalidInputError(f"n_unlabelled must be in [1, {len(unlabelled_ids)}] for dataset {dataset.name!r}, "
-                                    f"got {n_unlabelled!r}")
-        unlabelled_ids = unlabelled_ids[:: max(1, len(unlabelled_ids) // n_unlabelled)][:n_unlabelled]
-    size = (image_size, image_size)
-    arrays = {}
-    for case_id in labelled_ids:
-        image, mask = prepare_case(dataset.load(case_id))
-        arrays[case_id] = (resize_stack(image, size, "bilinear"), resize_stack(mask, size, "nearest-exact").astype(np.uint8))
-    unlabelled = []
-    for case_id in unlabelled_ids:
-        case = dataset.load(case_id)
-        grey = grey_levels(case.image.array, case.meta.get("intensity", "hu"))
-        unlabelled.append(resize_stack(normalise_slices(grey, f"case {case_id!r}"), size, "bilinear"))
-    return arrays, unlabelled
-
-
 def semi_supervised_settings(image_size: int, n_train: int, *, network: str = "unet", base_width: int = 16,
                              depth: int = 4, supervised_epochs: int = 25, semi_epochs: int = 8, lr: float = 1e-3,
-                             patience: int = 20, batch_size: int = 8, rule: str = "top2", amp: str = "auto",
-                             device: str = "auto", seed: int = 0, max_steps_per_epoch: int | None = None,
-                             progress: bool = False) -> SemiSupervisedSettings:
+                             semi_lr: float | None = None, patience: int = 20, batch_size: int = 8, rule: str = "top2",
+                             amp: str = "auto", device: str = "auto", seed: int = 0,
+                             max_steps_per_epoch: int | None = None, progress: bool = False,
+                             patch_size: int | None = None, labelled_patches: int = 120,
+                             patches_per_unlabelled: int = 32, center_features: bool = True,
+                             rampup_steps: int | None = None, alpha: float = 0.99, consistency_weight: float = 1.0,
+                             noise_std: float = 0.1, output_size: int | None = None, empty_fraction: float = 1.0,
+                             augment: bool = True) -> SemiSupervisedSettings:
     """The comparison's settings for slices of ``image_size`` pixels and ``n_train`` training slices.
 
-    A' trains ``supervised_epochs`` at ``lr``; the two semi-supervised arms ``semi_epochs`` at
-    ``lr / 2``. The patch size and box margins are the report's (68 px, 10 and 15 px on 512 px
-    slices) scaled to ``image_size``; the consistency ramp-up lasts 5 epochs of steps.
-    Introduced in chapter 08.
+    A' trains ``supervised_epochs`` at ``lr`` on slices of ``output_size`` (``None``: their own
+    size) with ``empty_fraction`` of the lesion-free ones and the report's augmentation when
+    ``augment``; the two semi-supervised arms train ``semi_epochs`` at ``semi_lr`` (default
+    ``lr / 2``). The patch size (unless given) and the box margins are the report's (68 px, 10
+    and 15 px on 512 px slices) scaled to ``image_size``; the consistency ramp-up lasts
+    ``rampup_steps`` (default 5 epochs of steps). ``alpha``, ``consistency_weight`` and
+    ``noise_std`` are the mean teacher's (:class:`MeanTeacherConfig`). Raises
+    :class:`InvalidInputError` for an ``image_size`` under 16 px (patches are at least 8 px
+    and the default U-Net halves a side 4 times). Introduced in chapter 08.
     """
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 16:
+        raise InvalidInputError(f"image_size must be an integer of at least 16 pixels, got {image_size!r}")
     scale = image_size / 512
-    pseudo = PseudoLabelConfig(patch_size=max(8, int(round(68 * scale / 4)) * 4),
+    pseudo = PseudoLabelConfig(patch_size=patch_size or max(8, int(round(68 * scale / 4)) * 4),
+                               labelled_patches=labelled_patches, patches_per_unlabelled=patches_per_unlabelled,
                                labelled_margin=max(1, round(10 * scale)), unlabelled_margin=max(1, round(15 * scale)),
-                               rule=rule, batch_size=256, chunk_size=4096)
+                               rule=rule, batch_size=256, chunk_size=4096, center_features=center_features)
     steps_per_epoch = -(-n_train // batch_size)
     if max_steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, max_steps_per_epoch)
@@ -410,9 +380,12 @@ def semi_supervised_settings(image_size: int, n_train: int, *, network: str = "u
                            seed=seed, device=device, progress=progress)
 
     return SemiSupervisedSettings(
-        supervised=SliceTraining(train=config(supervised_epochs, lr), batch_size=batch_size),
-        semi=config(semi_epochs, lr / 2), pseudo=pseudo,
-        mean_teacher=MeanTeacherConfig(rampup_steps=5 * steps_per_epoch, pseudo_batch_size=batch_size),
+        supervised=SliceTraining(train=config(supervised_epochs, lr), batch_size=batch_size, output_size=output_size,
+                                 empty_fraction=empty_fraction, augment=augment),
+        semi=config(semi_epochs, lr / 2 if semi_lr is None else semi_lr), pseudo=pseudo,
+        mean_teacher=MeanTeacherConfig(alpha=alpha, consistency_weight=consistency_weight, noise_std=noise_std,
+                                       rampup_steps=5 * steps_per_epoch if rampup_steps is None else rampup_steps,
+                                       pseudo_batch_size=batch_size),
         network=network, base_width=base_width, depth=depth)
 
 
@@ -492,8 +465,6 @@ def run(args: argparse.Namespace) -> int:
     ``val_cases`` are the held-out test fold. Dice in ``metrics.json`` is measured on the
     ``image_size`` slices the networks see.
     """
-    from covidlib.__main__ import to_json  # the command line's JSON (nan becomes null)
-
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if not 0 <= args.fold < args.folds:  # before reading any image
@@ -501,13 +472,15 @@ def run(args: argparse.Namespace) -> int:
     seed_everything(args.seed)
     started, cpu_started = time.perf_counter(), time.process_time()
     dataset = get_dataset(args.dataset, args.data_root)
-    split = "train" if "train" in dataset.splits else dataset.splits[0]
+    split = dataset.default_split
     image_size = _size(args, "image_size")
     n_unlabelled = args.unlabelled
+    if n_unlabelled is not None and n_unlabelled < 1:
+        raise InvalidInputError(f"--unlabelled must be at least 1, got {n_unlabelled}")
     if n_unlabelled is None and args.quick and "unlabelled" in dataset.splits:
         n_unlabelled = min(QUICK_UNLABELLED, len(dataset.case_ids("unlabelled"))) or None
-    arrays, unlabelled = load_semi_supervised(dataset, image_size, n_unlabelled, split=split)
-    train_ids, val_ids, test_ids = nested_fold(list(arrays), args.folds, args.fold, args.seed, args.inner_val)
+    # folds and settings first: bad arguments fail before any image is read
+    train_ids, val_ids, test_ids = nested_fold(dataset.case_ids(split), args.folds, args.fold, args.seed, args.inner_val)
     batch_size = _size(args, "batch_size")
     settings = semi_supervised_settings(
         image_size, len(train_ids), network=args.model, base_width=_size(args, "base_width"), depth=args.depth,
@@ -515,6 +488,8 @@ def run(args: argparse.Namespace) -> int:
         patience=args.patience, batch_size=batch_size, rule=args.rule.replace("-", "_"), amp=args.amp,
         device=args.device, seed=args.seed + args.fold, max_steps_per_epoch=_size(args, "max_steps_per_epoch"),
         progress=not args.no_progress)
+    prepared = prepare_slices(dataset, image_size, split=split, n_unlabelled=n_unlabelled)
+    arrays, unlabelled = prepared.labelled, prepared.unlabelled
     load_seconds = time.perf_counter() - started
     result = semi_supervised_fold(arrays, train_ids, val_ids, test_ids, unlabelled, settings,
                                   progress=not args.no_progress, return_models=True)
@@ -523,7 +498,7 @@ def run(args: argparse.Namespace) -> int:
     metadata = {"model": settings.network, "model_options": model_options, "image_size": image_size,
                 "dataset": args.dataset, "split": split, "train_cases": train_ids, "val_cases": test_ids,
                 "selection_cases": val_ids, "folds": args.folds, "fold": args.fold,
-                "augment": settings.supervised.augment, "mixup_alpha": 0.0,
+                "augment": settings.supervised.augment, "mixup_alpha": 0.0, "preparation": prepared.steps,
                 "semi_supervised": {"arm": "mean_teacher", "network": settings.mean_teacher.validate,
                                     "unlabelled_cases": len(unlabelled), "rule": settings.pseudo.rule}}
     out = Path(args.out)

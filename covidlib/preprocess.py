@@ -11,8 +11,11 @@ the air outside the body and the padding outside the field of view, split the lu
 trachea and from each other by a marker-based watershed on the distance map, fill holes
 (vessels, lesions), and label right lung 1 / left lung 2 as lungmask does.
 
-2D 8-bit slice datasets (COVID-SemiSeg) are not in HU and have no lung mask, so they get
-per-image intensity normalisation only (:func:`normalise_image`).
+2D 8-bit slice datasets (COVID-SemiSeg) are not in HU and have no lung mask or spacing, so
+:func:`preprocess_case` gives them the 2D equivalents of those steps (:func:`preprocess_slices`):
+the whole image stands for the lungs, the slice is resized as if it spanned
+:data:`SLICE_EXTENT_MM`, and its grey levels are z-scored over the whole image. The returned
+``meta["steps"]`` says, for every case, which steps ran.
 
 Introduced in chapter 02.
 """
@@ -21,8 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -34,9 +35,10 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from covidlib.ct import check_hu, fill_padding
+from covidlib.data import fit_slice
 from covidlib.datasets import Case, lungs_by_side
 from covidlib.errors import InvalidInputError
-from covidlib.io import Volume
+from covidlib.io import Volume, atomic_path
 
 
 #: lungmask's R231 weights as torch hub names them (``lungmask.mask.MODEL_URLS["R231"]``).
@@ -48,7 +50,10 @@ LUNG_THRESHOLD_HU = -350.0
 #: and main bronchi hold about 20 mL, a lung even in a 1 cm slab far more.
 MIN_LUNG_CORE_ML = 30.0
 #: Bumped whenever preprocessing changes its output, so cached results are never reused across versions.
-PREPROCESS_VERSION = "1"
+PREPROCESS_VERSION = "2"
+#: Physical extent assumed for the longer side of a 2D 8-bit slice, whose spacing is unknown:
+#: such slices (COVID-SemiSeg) are cropped around the body, about as wide as a lung crop of a CT.
+SLICE_EXTENT_MM = 300.0
 
 
 def _where(volume: Volume) -> str:
@@ -442,10 +447,11 @@ def normalise_image(image: np.ndarray, source: str = "<image>") -> np.ndarray:
     Introduced in chapter 02.
     """
     image = np.asarray(image, dtype=np.float32)
-    std = float(image.std())
-    if not np.isfinite(std) or std == 0:
+    std, mean = float(image.std()), float(image.mean())
+    # relative: resizing a constant image in float32 leaves rounding noise, not contrast
+    if not np.isfinite(std) or std <= 1e-6 * max(1.0, abs(mean)):
         raise InvalidInputError(f"{source}: the image is constant (or not finite); cannot normalise")
-    return ((image - float(image.mean())) / std).astype(np.float32)
+    return ((image - mean) / std).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -519,17 +525,11 @@ class PreprocessCache:
     def put(self, key: str, case: PreprocessedCase) -> Path:
         """Store ``case`` under ``key`` atomically; returns the file."""
         path = self._path(key)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{key}.", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as stream:
-                np.savez(stream, case_id=np.array(case.case_id), image=case.image, lung_mask=case.lung_mask,
-                         lesion_mask=case.lesion_mask if case.lesion_mask is not None else np.zeros(0, np.uint8),
-                         has_lesion=np.array(case.lesion_mask is not None), spacing=np.asarray(case.spacing),
-                         meta=np.array(json.dumps(case.meta, default=str)))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path, suffix=".npz") as tmp:
+            np.savez(tmp, case_id=np.array(case.case_id), image=case.image, lung_mask=case.lung_mask,
+                     lesion_mask=case.lesion_mask if case.lesion_mask is not None else np.zeros(0, np.uint8),
+                     has_lesion=np.array(case.lesion_mask is not None), spacing=np.asarray(case.spacing),
+                     meta=np.array(json.dumps(case.meta, default=str)))
         return path
 
 
@@ -543,15 +543,15 @@ def preprocess_case(case: Case, *, lung_method: str = "auto", spacing_mm: float 
     ``margin_mm``, resampled to ``spacing_mm`` in-plane (z unchanged; masks nearest neighbour),
     optionally histogram-equalised inside the lungs, and z-scored inside the lungs with 0
     outside. ``cache`` returns a stored result for the same content and parameters.
-    2D 8-bit cases (``meta["intensity"] == "8bit"``) are refused: use :func:`normalise_image`.
+    2D 8-bit cases (``meta["intensity"] == "8bit"``) get the 2D equivalents instead
+    (:func:`preprocess_slices`; ``lung_method`` does not apply). ``meta["steps"]`` lists what ran.
 
     Introduced in chapter 02.
     """
     volume = case.image
     where = _where(volume)
     if case.meta.get("intensity") == "8bit":
-        raise InvalidInputError(f"{where}: case {case.case_id!r} is an 8-bit windowed image, not HU; "
-                                "lung masking and HU preprocessing do not apply (use normalise_image)")
+        return preprocess_slices(case, spacing_mm=spacing_mm, equalise=equalise)
     if lung_method not in (*LUNG_METHODS, "given"):
         raise InvalidInputError(f"lung_method={lung_method!r}: choose one of {(*LUNG_METHODS, 'given')}")
     check_ct_volume(volume)
@@ -586,7 +586,9 @@ def preprocess_case(case: Case, *, lung_method: str = "auto", spacing_mm: float 
     image = normalise_in_lungs(image, lungs_r, where)
 
     lesion_voxels = int(np.count_nonzero(lesion)) if lesion is not None else 0
-    meta = {"lung_method": used, "source": volume.source, "original_shape": list(volume.shape),
+    steps = [f"lung mask ({used})", f"crop to the lungs + {margin_mm:g} mm", f"resample in-plane to {spacing_mm:g} mm (z kept)",
+             *(["histogram equalisation inside the lungs"] if equalise else []), "z-score inside the lungs, 0 outside"]
+    meta = {"steps": steps, "lung_method": used, "source": volume.source, "original_shape": list(volume.shape),
             "original_spacing": list(volume.spacing), "crop_box": [[s.start, s.stop] for s in box],
             "lesion_inside_lungs": (float(np.count_nonzero((lesion > 0) & (lungs > 0)) / lesion_voxels)
                                     if lesion_voxels else None)}
@@ -594,6 +596,44 @@ def preprocess_case(case: Case, *, lung_method: str = "auto", spacing_mm: float 
     if cache is not None:
         cache.put(key, result)
     return result
+
+
+def preprocess_slices(case: Case, *, spacing_mm: float = 1.0, equalise: bool = False) -> PreprocessedCase:
+    """The 2D equivalent of :func:`preprocess_case` for 8-bit slices (z, H, W) without HU, lungs or spacing.
+
+    No lung mask: the whole image stands for the lungs (``lung_mask`` all 1). No spacing: the
+    longer side is taken to span :data:`SLICE_EXTENT_MM` and the slice is resized (bilinear;
+    masks nearest) to ``spacing_mm`` pixels on that scale. Then, optionally, histogram
+    equalisation of the whole image, and a z-score of its grey levels over the whole image
+    (:func:`normalise_image`; the windowing of such slices is unknown, so each is scaled on its own).
+    Introduced in chapter 05.
+    """
+    volume = case.image
+    where = _where(volume)
+    if not spacing_mm > 0:
+        raise InvalidInputError(f"spacing_mm must be positive, got {spacing_mm}")
+    lesion = None if case.lesion_mask is None else np.asarray(_check_mask_on(volume, case.lesion_mask, "lesion mask"), np.uint8)
+    height, width = volume.shape[1:]
+    scale = SLICE_EXTENT_MM / spacing_mm / max(height, width)
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    planes, masks = [], []
+    for z, plane in enumerate(np.asarray(volume.array, np.float32)):
+        empty = np.zeros(plane.shape, np.uint8)
+        image, mask = fit_slice(plane, empty if lesion is None else lesion[z], size, "resize")
+        if equalise:
+            image = equalise_histogram(image)
+        planes.append(normalise_image(image, f"{where} slice {z}"))
+        masks.append(mask)
+    steps = ["no lung mask (8-bit slice): the whole image stands for the lungs",
+             f"resize to {spacing_mm:g} mm pixels, the longer side taken as {SLICE_EXTENT_MM:g} mm (no spacing known)",
+             *(["histogram equalisation of the whole image"] if equalise else []),
+             "z-score of the grey levels over the whole image"]
+    meta = {"steps": steps, "lung_method": None, "source": volume.source, "original_shape": list(volume.shape),
+            "original_spacing": None, "crop_box": None, "lesion_inside_lungs": None}
+    image = np.stack(planes).astype(np.float32)
+    return PreprocessedCase(case.case_id, image, np.ones(image.shape, np.uint8),
+                            None if lesion is None else np.stack(masks).astype(np.uint8),
+                            (volume.spacing[0], spacing_mm, spacing_mm), meta)
 
 
 def preprocess_cohort(name: str, n: int, *, seed: int = 0, root: str | Path | None = None,
@@ -604,7 +644,8 @@ def preprocess_cohort(name: str, n: int, *, seed: int = 0, root: str | Path | No
 
     The phantom cohort is made from ``seed``, ``phantom_shape`` and ``disease`` and uses its
     exact lung masks (``lung_method="given"``); a real dataset is read from ``root`` (its
-    ``split``, default all), has its own disease, and is masked with ``lung_method``.
+    ``split``, default :attr:`~covidlib.datasets.Dataset.default_split`), has its own disease,
+    and is masked with ``lung_method`` (2D 8-bit slices: :func:`preprocess_slices`).
     ``id_prefix`` is put before every case id, so that cohorts can be pooled.
     Introduced in chapter 05.
     """
@@ -618,5 +659,5 @@ def preprocess_cohort(name: str, n: int, *, seed: int = 0, root: str | Path | No
     else:
         dataset = get_dataset(name, root)
     cases = [preprocess_case(dataset.load(case_id), lung_method=lung_method, spacing_mm=spacing_mm)
-             for case_id in dataset.case_ids(split)[:n]]
+             for case_id in dataset.case_ids(split or dataset.default_split)[:n]]
     return [replace(case, case_id=f"{id_prefix}{case.case_id}") for case in cases]

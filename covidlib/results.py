@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from covidlib.errors import InvalidInputError
+from covidlib.io import atomic_write_text
 from covidlib.fingerprint import PACKAGE_PARENT, code_fingerprint, data_fingerprint, loaded_covidlib_modules
 
 
@@ -33,35 +34,26 @@ def git_commit(cwd: str | Path | None = None) -> str:
         return "unknown"
 
 
-def _to_jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_to_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _to_jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return _to_jsonable(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
-        return _to_jsonable(value.item())
-    return value
+def to_json(value: Any, indent: int = 1) -> str:
+    """``value`` as valid, indented JSON: numpy arrays and scalars become lists and numbers,
+    tuples lists, keys strings, and nan or infinity (an undefined metric, e.g. the sensitivity
+    of an empty mask) ``null``. Introduced in chapter 01."""
+    def clean(item: Any) -> Any:
+        if isinstance(item, dict):
+            return {str(k): clean(v) for k, v in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [clean(v) for v in item]
+        if isinstance(item, np.ndarray):
+            return clean(item.tolist())
+        if isinstance(item, np.generic):
+            return clean(item.item())
+        if isinstance(item, float) and not math.isfinite(item):
+            return None
+        if hasattr(item, "item") and callable(item.item) and getattr(item, "ndim", 1) == 0:
+            return clean(item.item())
+        return item
 
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename: never a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return json.dumps(clean(value), indent=indent, allow_nan=False)
 
 
 def write_record(output_dir: str | Path, chapter: str, *, parameters: dict[str, Any],
@@ -93,7 +85,7 @@ def write_record(output_dir: str | Path, chapter: str, *, parameters: dict[str, 
         },
         "numbers": numbers,
     }
-    return atomic_write_text(Path(output_dir) / f"{chapter}.json", json.dumps(_to_jsonable(record), indent=2, sort_keys=False) + "\n")
+    return atomic_write_text(Path(output_dir) / f"{chapter}.json", to_json(record, indent=2) + "\n")
 
 
 def read_records(results_dir: str | Path) -> dict[str, dict[str, Any]]:

@@ -22,7 +22,8 @@ the measure radiologists grade severity by (e.g. the CT severity score of Pan et
     python -m covidlib segment scan.nii.gz -o infection.nii.gz --checkpoint runs/unet/best.pt \
         [--lung-mask lungs.nii.gz] [--summary summary.json]
 
-Checkpoints are those of :class:`covidlib.train.Trainer` (``best.pt``/``last.pt``), loaded with
+Checkpoints are those of :class:`covidlib.train.Trainer` (``best.pt``/``last.pt``), loaded by
+:func:`covidlib.inference.load_model` with
 ``torch.load(weights_only=True)``. The network is rebuilt from the checkpoint's ``metadata`` as
 ``python -m covidlib train`` writes it: ``{"model": "unet", "model_options": {"base_width": 32,
 "depth": 4, ...}}`` (:func:`covidlib.models.get_model`'s names and arguments). Checkpoints
@@ -43,12 +44,11 @@ Introduced in chapter 04.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,24 +61,16 @@ from tqdm.auto import tqdm
 from covidlib.config import get_device
 from covidlib.datasets import Case
 from covidlib.errors import InvalidInputError
-from covidlib.io import WRITE_SUFFIXES, Volume, read_volume, write_volume
-from covidlib.models import MODELS, get_model
+from covidlib.inference import Architecture, grey_levels, load_model, normalise_slices, resize_stack
+from covidlib.io import WRITE_SUFFIXES, Volume, atomic_path, read_volume, write_volume
+from covidlib.models import MODELS
 from covidlib.preprocess import LUNG_METHODS, check_ct_volume, crop_to_mask, lung_mask, lungmask_weights, preprocess_case
-from covidlib.results import atomic_write_text
-from covidlib.train import AMP_CHOICES, load_checkpoint, predict_proba, resolve_amp
+from covidlib.train import AMP_CHOICES, predict_proba, resolve_amp
 
 #: Lung labels of lungmask's convention and the names the summary uses for them.
 LUNG_SIDES = {1: "right", 2: "left"}
 #: Preprocessing settings a checkpoint's ``metadata["preprocess"]`` may fix (see preprocess_case).
 PREPROCESS_KEYS = ("spacing_mm", "margin_mm", "equalise")
-
-
-@dataclass
-class Architecture:
-    """How to rebuild a network: a :func:`covidlib.models.get_model` name and its keyword arguments."""
-
-    model: str
-    model_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,56 +92,6 @@ class Segmentation:
 
 # --------------------------------------------------------------------------------------------
 # The network
-
-
-def _architecture_from(metadata: Mapping[str, Any], path: Path) -> Architecture | None:
-    if "model" not in metadata:
-        return None
-    options = metadata.get("model_options", {})
-    if not isinstance(metadata["model"], str) or not isinstance(options, Mapping):
-        raise InvalidInputError(f"checkpoint {path}: metadata 'model' must be a model name and 'model_options' a dict, "
-                                f"got {metadata['model']!r} and {options!r}")
-    return Architecture(metadata["model"], dict(options))
-
-
-def load_segmentation_model(path: str | Path, architecture: Architecture | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the 2D network stored in a :class:`~covidlib.train.Trainer` checkpoint.
-
-    The architecture comes from ``architecture`` when given, else from the checkpoint's
-    ``metadata`` (``model``, ``model_options``). The network must take one channel and give two
-    classes (background, infection). Returns the network (CPU, eval mode) and the checkpoint's
-    ``metadata`` with the architecture used filled in. Raises :class:`InvalidInputError` naming
-    the file when it is missing, unreadable, records no architecture, or its weights do not fit.
-
-    Introduced in chapter 04.
-    """
-    path = Path(path)
-    payload = load_checkpoint(path)
-    if not isinstance(payload, Mapping) or not isinstance(payload.get("model"), Mapping):
-        found = sorted(payload) if isinstance(payload, Mapping) else type(payload).__name__
-        raise InvalidInputError(f"checkpoint {path}: expected a covidlib Trainer checkpoint with the network's weights "
-                                f"under 'model', found {found}")
-    metadata = dict(payload.get("metadata") or {})
-    chosen = architecture or _architecture_from(metadata, path)
-    if chosen is None:
-        raise InvalidInputError(f"checkpoint {path} does not record its architecture (metadata 'model'/'model_options'); "
-                                f"give it explicitly: --model {{{','.join(sorted(MODELS))}}} --base-width N --depth N")
-    try:
-        model = get_model(chosen.model, **chosen.model_options)
-    except (InvalidInputError, TypeError) as exc:
-        raise InvalidInputError(f"checkpoint {path}: cannot build {chosen.model!r} with {chosen.model_options}: {exc}") from exc
-    if getattr(model, "in_channels", 1) != 1 or getattr(model, "num_classes", 2) != 2:
-        raise InvalidInputError(f"checkpoint {path}: the network must take 1 channel and give 2 classes, "
-                                f"got {chosen.model_options}")
-    try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        detail = " ".join(line.strip() for line in str(exc).splitlines()[1:3])
-        raise InvalidInputError(f"checkpoint {path}: its weights do not fit a {chosen.model!r} network with "
-                                f"{chosen.model_options} ({reason} {detail})") from exc
-    metadata.update(model=chosen.model, model_options=chosen.model_options)
-    return model.eval(), metadata
 
 
 def predict_volume(model: nn.Module, image: np.ndarray, *, device: str | torch.device = "auto", batch_size: int = 8,
@@ -239,8 +181,6 @@ def _lung_crop_probability(volume: Volume, lungs: np.ndarray, model: nn.Module, 
 def _window_probability(volume: Volume, model: nn.Module, image_size: int,
                         predict: dict[str, Any]) -> tuple[np.ndarray, tuple[int, ...]]:
     """Probability on the scan's grid through ``python -m covidlib train``'s input preparation."""
-    from covidlib.__main__ import grey_levels, normalise_slices, resize_stack
-
     grey = grey_levels(volume.array, "hu")
     image = resize_stack(normalise_slices(grey, volume.source or "<volume>"), (image_size, image_size), "bilinear")
     probability = resize_stack(predict_volume(model, image, **predict), volume.shape[1:], "bilinear")
@@ -348,30 +288,18 @@ def write_segmentation(result: Segmentation, mask_path: str | Path, lung_mask_pa
 
     Introduced in chapter 04.
     """
-    targets: list[Path] = []
-    staged: list[Path] = []
-    try:
-        for volume, path in ((result.infection, Path(mask_path)), (result.lung_mask, Path(lung_mask_path))):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_image_suffix(path))
-            os.close(fd)
-            staged.append(Path(tmp))
-            write_volume(volume, tmp)
-            targets.append(path)
-        if summary_path is not None:
-            path = Path(summary_path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.staged")
-            staged.append(tmp)
-            atomic_write_text(tmp, json.dumps(result.summary, indent=2) + "\n")
-            targets.append(path)
-        for tmp, path in zip(staged, targets):
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp in staged:
-            tmp.unlink(missing_ok=True)
-        raise
-    return targets
+    outputs: list[tuple[Any, Path]] = [(result.infection, Path(mask_path)), (result.lung_mask, Path(lung_mask_path))]
+    if summary_path is not None:
+        outputs.append((result.summary, Path(summary_path)))
+    # Every temporary file is written before the first rename; a failure removes them all.
+    with contextlib.ExitStack() as stack:
+        for content, path in outputs:
+            tmp = stack.enter_context(atomic_path(path, suffix=_image_suffix(path)))
+            if isinstance(content, Volume):
+                write_volume(content, tmp)
+            else:
+                tmp.write_text(json.dumps(content, indent=2) + "\n")
+    return [path for _, path in outputs]
 
 
 def format_volume_summary(summary: Mapping[str, Any]) -> str:
@@ -425,7 +353,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the ``segment`` subcommand: read, segment, write all outputs at the end, print the summary."""
     lung_mask_path = Path(args.lung_mask) if args.lung_mask else default_lung_mask_path(args.output)
     check_output_paths(args.scan, args.output, lung_mask_path, args.summary)
-    model, metadata = load_segmentation_model(args.checkpoint, _architecture_option(args))
+    model, metadata = load_model(args.checkpoint, _architecture_option(args))
     volume = read_volume(args.scan, series_id=args.series_id)
     preprocess = {k: v for k, v in dict(metadata.get("preprocess") or {}).items() if k in PREPROCESS_KEYS}
     window_size = int(metadata["image_size"]) if "image_size" in metadata and not preprocess else None

@@ -11,15 +11,9 @@ import SimpleITK as sitk
 import torch
 from PIL import Image
 
-from covidlib.__main__ import (
-    COMMANDS,
-    grey_levels,
-    main,
-    model_from_checkpoint,
-    normalise_slices,
-)
+from covidlib.__main__ import COMMANDS, main
 from covidlib.data import kfold_volumes
-from covidlib.errors import InvalidInputError
+from covidlib.inference import load_model
 from covidlib.io import read_volume
 from covidlib.train import load_checkpoint, predict_proba
 
@@ -78,6 +72,8 @@ def test_train_writes_checkpoints_history_and_metrics(trained: tuple[Path, Path]
     assert sorted(metrics["per_case"]) == sorted(metrics["settings"]["val_cases"])
     assert metrics["validation"]["dice"]["n"] == 2
     assert metrics["settings"]["model_options"]["base_width"] == 8
+    assert metrics["settings"]["preparation"] == ["8-bit grey levels as stored", "z-score per slice",
+                                                  "resize to 64 x 64 px (images bilinear, masks nearest)"]
     best = load_checkpoint(out / "best.pt")
     assert best["epoch"] == metrics["best_epoch"]
 
@@ -102,7 +98,7 @@ def test_predict_folder_writes_8bit_pngs_with_the_same_names(trained: tuple[Path
     assert main(["predict", "--checkpoint", str(out / "best.pt"), "--input", str(inputs),
                  "--output", str(tmp_path / "maps"), "--device", "cpu"]) == 0
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == sorted(f"{i}.png" for i in range(len(SIZES)))
-    model, metadata = model_from_checkpoint(out / "best.pt")
+    model, metadata = load_model(out / "best.pt")
     size = metadata["image_size"]
     for index, shape in enumerate(SIZES):
         written = np.asarray(Image.open(tmp_path / "maps" / f"{index}.png"))
@@ -150,6 +146,7 @@ def test_training_resumes_through_the_command_line(tmp_path: Path) -> None:
     (["train", "--dataset", "nope", "--out", "{tmp}/o"], "unknown"),
     (["train", "--data-root", "{data}", "--out", "{tmp}/o", "--folds", "3", "--fold", "3", "--quick"], "--fold"),
     (["evaluate", "--checkpoint", "{tmp}/missing.pt"], "does not exist"),
+    (["evaluate", "--checkpoint", "{tmp}/bare.pt", "--dataset", "covid-semiseg"], "does not record its input size"),
     (["predict", "--checkpoint", "{run}/best.pt", "--input", "{tmp}/empty", "--output", "{tmp}/o"], "no 2D images"),
     (["predict", "--checkpoint", "{run}/best.pt", "--input", "{tmp}/scan.nii.gz", "--output", "{tmp}/o.png"], ".nii"),
 ])
@@ -158,18 +155,10 @@ def test_bad_input_gives_exit_code_2_and_a_message(argv: list[str], message: str
     root, out = trained
     (tmp_path / "empty").mkdir()
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 8, 8), dtype=np.float32)), str(tmp_path / "scan.nii.gz"))
+    bare = load_checkpoint(out / "best.pt")  # a chapter's checkpoint: architecture but no input size
+    bare["metadata"] = {k: v for k, v in bare["metadata"].items() if k != "image_size"}
+    torch.save(bare, tmp_path / "bare.pt")
     filled = [a.format(tmp=tmp_path, data=root, run=out) for a in argv]
     assert main(filled) == 2
     error = capsys.readouterr().err
     assert error.startswith("error:") and message in error
-
-
-def test_normalisation_helpers() -> None:
-    np.testing.assert_allclose(grey_levels(np.array([-1300.0, -1250.0, -500.0, 250.0, 400.0]), "hu"),
-                               [0.0, 0.0, 127.5, 255.0, 255.0])
-    stack = np.stack([np.arange(12, dtype=np.float32).reshape(3, 4), np.arange(12, dtype=np.float32).reshape(3, 4) ** 2])
-    normalised = normalise_slices(stack, "test")
-    for plane, original in zip(normalised, stack):
-        np.testing.assert_allclose(plane, (original - original.mean()) / original.std(), rtol=1e-5)
-    with pytest.raises(InvalidInputError, match="constant"):
-        normalise_slices(np.full((2, 3, 4), 7.0), "flat.png")

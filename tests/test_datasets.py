@@ -17,13 +17,12 @@ from PIL import Image
 from covidlib import datasets
 from covidlib.datasets import (
     Case,
-    RemoteFile,
     data_root,
-    fetch,
     get_dataset,
     list_datasets,
     lungs_by_side,
 )
+from covidlib.download import RemoteFile, fetch
 from covidlib.errors import InvalidInputError
 from covidlib.io import Volume, write_volume
 
@@ -359,3 +358,17 @@ def test_phantom_cohort_is_deterministic_and_lazy() -> None:
     assert first.image.shape == (16, 48, 48) and first.meta["seed"] == 6 and first.meta["intensity"] == "hu"
     assert first.lung_mask is not None and set(np.unique(first.lung_mask)) == {0, 1, 2}
     assert not np.array_equal(ds.load("phantom_000").image.array, first.image.array)
+
+
+def test_default_split_is_train_when_present_else_the_first(tmp_path: Path) -> None:
+    assert get_dataset("phantom", n=1).default_split == "all"
+    (tmp_path / "images").mkdir()
+    assert get_dataset("folder", tmp_path).default_split == "labelled"
+
+    class Splits(datasets.PhantomDataset):
+        splits = ("unlabelled", "train")
+
+    assert Splits(n=1).default_split == "train"
+    Splits.splits = ()
+    with pytest.raises(InvalidInputError, match="no splits"):
+        Splits(n=1).default_split

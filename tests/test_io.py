@@ -245,6 +245,21 @@ def test_write_is_atomic_when_the_writer_fails(tmp_path: Path, monkeypatch: pyte
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new.nii.gz", "out.nii.gz"]
 
 
+def test_atomic_writes_replace_whole_files_or_leave_the_old_one(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "record.json"
+    assert io.atomic_write_text(target, "é first\n") == target  # the folder is created
+    assert target.read_bytes() == "é first\n".encode("utf-8")
+    io.atomic_write_bytes(target, b"\x00\x01")
+    assert target.read_bytes() == b"\x00\x01"
+    with pytest.raises(ZeroDivisionError):
+        with io.atomic_path(target, suffix=".npz") as tmp:
+            assert tmp.parent == target.parent and tmp.name.endswith(".npz") and tmp != target
+            tmp.write_bytes(b"half")
+            1 / 0
+    assert target.read_bytes() == b"\x00\x01"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["record.json"]  # no temporary file left
+
+
 def test_write_rejects_multi_file_formats(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="cannot write"):
         write_volume(small_volume(), tmp_path / "scan.mhd")

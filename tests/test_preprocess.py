@@ -338,8 +338,31 @@ def test_preprocess_case_bad_input() -> None:
     with pytest.raises(InvalidInputError, match="has no lung mask"):
         preprocess_case(Case("x", case.image, None, None, {}), lung_method="given")
     slice_8bit = Volume(np.full((1, 8, 8), 100, np.float32), (1.0, 1.0, 1.0), source="/d/Imgs/3.jpg")
-    with pytest.raises(InvalidInputError, match=r"/d/Imgs/3\.jpg.*8-bit"):
+    with pytest.raises(InvalidInputError, match=r"/d/Imgs/3\.jpg slice 0: the image is constant"):
         preprocess_case(Case("train/3", slice_8bit, None, None, {"intensity": "8bit"}))
+
+
+def test_8bit_slices_get_the_2d_equivalents_and_say_so() -> None:
+    from covidlib.preprocess import SLICE_EXTENT_MM
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (1, 40, 60)).astype(np.float32)
+    lesion = np.zeros((1, 40, 60), np.uint8)
+    lesion[0, 10:20, 30:50] = 1
+    case = Case("train/0", Volume(pixels, (1.0, 1.0, 1.0), source="/d/Imgs/0.jpg"), None, lesion, {"intensity": "8bit"})
+    # the longer side (60 px) spans 300 mm: at 10 mm pixels the slice is 30 px wide and 20 px high
+    out = preprocess_case(case, spacing_mm=SLICE_EXTENT_MM / 30, lung_method="classical")
+    assert out.image.shape == out.lesion_mask.shape == out.lung_mask.shape == (1, 20, 30)
+    assert out.lung_mask.min() == 1  # no lung mask: the whole image
+    assert abs(float(out.image.mean())) < 1e-5 and abs(float(out.image.std()) - 1) < 1e-4
+    # halving by 2 with bilinear (align_corners=False) samples 2 x 2 block centres: block means, z-scored
+    blocks = pixels[0].reshape(20, 2, 30, 2).mean(axis=(1, 3))
+    np.testing.assert_allclose(out.image[0], (blocks - blocks.mean()) / blocks.std(), atol=1e-4)
+    assert out.lesion_mask.sum() == 5 * 10 and out.lesion_mask[0, 5:10, 15:25].all()
+    assert out.meta["steps"] == ["no lung mask (8-bit slice): the whole image stands for the lungs",
+                                 "resize to 10 mm pixels, the longer side taken as 300 mm (no spacing known)",
+                                 "z-score of the grey levels over the whole image"]
+    assert "lung mask (given)" in preprocess_case(_phantom_case(), lung_method="given").meta["steps"]
 
 
 def test_preprocess_cache_hits_and_misses(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ def test_atomic_write_leaves_nothing_when_writing_fails(tmp_path, monkeypatch):
     def failing_replace(src, dst):
         raise Boom
 
-    monkeypatch.setattr("covidlib.results.os.replace", failing_replace)
+    monkeypatch.setattr("covidlib.io.os.replace", failing_replace)
     with pytest.raises(Boom):
         atomic_write_text(target, "{}")
     assert list(tmp_path.iterdir()) == []

@@ -12,18 +12,19 @@ import numpy as np
 import pytest
 from test_datasets import REAL_SEMISEG, _save_jpg, _save_png
 
-from covidlib.__main__ import main, model_from_checkpoint
+from covidlib.__main__ import main
 from covidlib.data import fit_slice, kfold_volumes
 from covidlib.datasets import get_dataset
 from covidlib.errors import InvalidInputError
-from covidlib.mean_teacher import ARMS, load_semi_supervised, nested_fold, semi_supervised_settings
+from covidlib.inference import load_model, prepare_slices
+from covidlib.mean_teacher import ARMS, nested_fold, semi_supervised_settings
 from covidlib.preprocess import normalise_image
 
 SIDE = 32  # the images are as large as the network input, so evaluate sees exactly what training saw
 N_LABELLED, N_UNLABELLED = 12, 5
 #: The metadata keys ``python -m covidlib train`` writes into a checkpoint.
 TRAIN_METADATA_KEYS = {"model", "model_options", "image_size", "dataset", "split", "train_cases", "val_cases",
-                       "folds", "fold", "augment", "mixup_alpha"}
+                       "folds", "fold", "augment", "mixup_alpha", "preparation"}
 UNLABELLED_NAME = "Data-1_coronacases_org_001_{}"
 
 
@@ -96,7 +97,7 @@ def test_semi_writes_three_arms_and_pseudo_label_counts(semi_run: tuple[Path, Pa
 def test_semi_checkpoint_is_loaded_by_evaluate_and_predict(semi_run: tuple[Path, Path, dict], tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     root, out, _ = semi_run
-    model, metadata = model_from_checkpoint(out / "best.pt")
+    model, metadata = load_model(out / "best.pt")
     assert set(metadata) >= TRAIN_METADATA_KEYS
     assert metadata["model"] == "unet" and metadata["image_size"] == SIDE
     assert metadata["model_options"] == {"in_channels": 1, "num_classes": 2, "base_width": 4, "depth": 2}
@@ -119,7 +120,11 @@ def test_semi_checkpoint_is_loaded_by_evaluate_and_predict(semi_run: tuple[Path,
 def test_load_matches_per_image_zscore_and_resize(tmp_path: Path) -> None:
     """A second route to the same arrays: normalise_image then fit_slice, on images resized 32 -> 24."""
     dataset = get_dataset("covid-semiseg", make_semiseg(tmp_path))
-    arrays, unlabelled = load_semi_supervised(dataset, 24, 2)
+    prepared = prepare_slices(dataset, 24, n_unlabelled=2)
+    arrays, unlabelled = prepared.labelled, prepared.unlabelled
+    assert prepared.split == "train"
+    assert prepared.steps == ["8-bit grey levels as stored", "z-score per slice",
+                              "resize to 24 x 24 px (images bilinear, masks nearest)"]
     assert list(arrays) == [f"train/{i}" for i in range(N_LABELLED)]
     for case_id, (image, mask) in arrays.items():
         case = dataset.load(case_id)
@@ -162,25 +167,30 @@ def test_nested_fold_partitions_the_cases() -> None:
 
 def test_bad_input_names_the_dataset_or_argument(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(InvalidInputError, match=r"'phantom' has no 'unlabelled' split"):
-        load_semi_supervised(get_dataset("phantom"), 32)
+        prepare_slices(get_dataset("phantom", n=2, shape=(4, 32, 32)), 32, n_unlabelled=None)
     assert main(["semi", "--dataset", "phantom", "--out", str(tmp_path / "run"), "--quick"]) == 2
     assert "'phantom' has no 'unlabelled' split" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
     root = make_semiseg(tmp_path / "data")
     dataset = get_dataset("covid-semiseg", root)
-    for count in (0, N_UNLABELLED + 1):
+    for count in (-1, N_UNLABELLED + 1):
         with pytest.raises(InvalidInputError, match=r"n_unlabelled must be in \[1, 5\]"):
-            load_semi_supervised(dataset, 32, count)
+            prepare_slices(dataset, 32, n_unlabelled=count)
+    assert prepare_slices(dataset, 32, n_unlabelled=0).unlabelled == []  # 0: labelled slices only
     with pytest.raises(InvalidInputError, match="image_size"):
-        load_semi_supervised(dataset, 8)
+        semi_supervised_settings(8, 10)
+    assert main(["semi", "--data-root", str(root), "--out", str(tmp_path / "run"), "--image-size", "8"]) == 2
+    assert "image_size must be an integer of at least 16" in capsys.readouterr().err
+    assert main(["semi", "--data-root", str(root), "--out", str(tmp_path / "run"), "--unlabelled", "0"]) == 2
+    assert "--unlabelled must be at least 1" in capsys.readouterr().err
     assert main(["semi", "--data-root", str(root), "--out", str(tmp_path / "run"), "--folds", "3", "--fold", "3"]) == 2
     assert "--fold must be in [0, 2]" in capsys.readouterr().err
 
     for path in (root / "TrainingSet" / "LungInfection-Train" / "Pseudo-label" / "Imgs").iterdir():
         path.unlink()
     with pytest.raises(InvalidInputError, match=r"'unlabelled' split of dataset 'covid-semiseg' is empty"):
-        load_semi_supervised(get_dataset("covid-semiseg", root), 32)
+        prepare_slices(get_dataset("covid-semiseg", root), 32, n_unlabelled=None)
 
 
 @pytest.mark.slow

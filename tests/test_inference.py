@@ -1,0 +1,148 @@
+"""Tests for covidlib.inference: slice preparation, prediction at any size, the checkpoint loader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_semi_cli import N_LABELLED, UNLABELLED_NAME, make_semiseg
+from torch import nn
+
+from covidlib.datasets import get_dataset
+from covidlib.errors import InvalidInputError
+from covidlib.inference import (
+    Architecture,
+    case_metrics,
+    grey_levels,
+    load_model,
+    normalise_slices,
+    predict_stack,
+    prepare_slices,
+    resize_stack,
+)
+from covidlib.models import get_model
+from covidlib.preprocess import preprocess_case
+from covidlib.train import save_checkpoint
+
+PHANTOM = {"n": 2, "shape": (6, 64, 64), "seed": 3}
+
+
+class SigmoidOfInput(nn.Module):
+    """Logits (0, x): the infection probability of each pixel is sigmoid(x), known in closed form."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.zeros_like(images), images], dim=1)
+
+
+def test_normalisation_helpers() -> None:
+    np.testing.assert_allclose(grey_levels(np.array([-1300.0, -1250.0, -500.0, 250.0, 400.0]), "hu"),
+                               [0.0, 0.0, 127.5, 255.0, 255.0])
+    stack = np.stack([np.arange(12, dtype=np.float32).reshape(3, 4), np.arange(12, dtype=np.float32).reshape(3, 4) ** 2])
+    normalised = normalise_slices(stack, "test")
+    for plane, original in zip(normalised, stack):
+        np.testing.assert_allclose(plane, (original - original.mean()) / original.std(), rtol=1e-5)
+    with pytest.raises(InvalidInputError, match="constant"):
+        normalise_slices(np.full((2, 3, 4), 7.0), "flat.png")
+    with pytest.raises(InvalidInputError, match="intensity"):
+        grey_levels(np.zeros(3), "raw")
+
+
+def test_resize_stack_halves_to_block_means_and_keeps_mask_labels() -> None:
+    image = np.arange(16, dtype=np.float32).reshape(1, 4, 4)
+    # bilinear, align_corners=False, by 2: each output pixel samples the centre of a 2 x 2 block
+    expected = image[0].reshape(2, 2, 2, 2).mean(axis=(1, 3))
+    np.testing.assert_allclose(resize_stack(image, (2, 2), "bilinear")[0], expected)
+    mask = np.zeros((1, 5, 7), np.uint8)
+    mask[0, 1:4, 2:5] = 1
+    resized = resize_stack(mask, (11, 13), "nearest-exact")
+    assert resized.shape == (1, 11, 13) and set(np.unique(resized)) == {0.0, 1.0}
+    np.testing.assert_array_equal(resize_stack(image, (4, 4), "bilinear"), image)
+
+
+def test_predict_stack_at_the_networks_size_and_back() -> None:
+    model = SigmoidOfInput()
+    images = np.random.default_rng(0).normal(size=(2, 16, 16)).astype(np.float32)
+    same = predict_stack(model, images, 16, torch.device("cpu"))
+    np.testing.assert_allclose(same, 1 / (1 + np.exp(-images)), atol=1e-6)
+    constant = np.full((1, 30, 20), 0.7, np.float32)  # resized twice, a constant stays constant
+    other = predict_stack(model, constant, 16, torch.device("cpu"))
+    assert other.shape == (1, 30, 20)
+    np.testing.assert_allclose(other, 1 / (1 + np.exp(-0.7)), atol=1e-6)
+
+
+def test_case_metrics_by_hand() -> None:
+    prediction = np.array([[1, 1, 0, 0]], bool)
+    target = np.array([[1, 0, 0, 0]], bool)
+    metrics = case_metrics(prediction, target)
+    assert metrics["dice"] == pytest.approx(2 / 3) and metrics["iou"] == pytest.approx(1 / 2)
+    assert metrics["sensitivity"] == pytest.approx(1.0) and metrics["specificity"] == pytest.approx(2 / 3)
+
+
+def test_window_preparation_of_a_phantom_by_a_second_route() -> None:
+    dataset = get_dataset("phantom", **PHANTOM)
+    prepared = prepare_slices(dataset, 32)
+    assert prepared.split == "all" and list(prepared.labelled) == dataset.case_ids("all")
+    assert prepared.steps == ["lung window [-1250, 250] HU to grey levels 0..255", "z-score per slice",
+                              "resize to 32 x 32 px (images bilinear, masks nearest)"]
+    case = dataset.load("phantom_001")
+    grey = np.clip((case.image.array + 1250.0) / 1500.0, 0, 1) * 255.0
+    mean = grey.mean(axis=(1, 2), keepdims=True)
+    z = (grey - mean) / grey.std(axis=(1, 2), keepdims=True)
+    expected = torch.nn.functional.interpolate(torch.from_numpy(z.astype(np.float32))[:, None], size=(32, 32),
+                                               mode="bilinear", align_corners=False)[:, 0].numpy()
+    image, mask = prepared.labelled["phantom_001"]
+    np.testing.assert_allclose(image, expected, atol=1e-4)
+    assert image.dtype == np.float32 and mask.dtype == np.uint8 and mask.shape == (6, 32, 32)
+    assert mask.sum() > 0 and set(np.unique(mask)) <= {0, 1}
+
+
+def test_lung_crop_preparation_is_preprocess_case() -> None:
+    dataset = get_dataset("phantom", **PHANTOM)
+    prepared = prepare_slices(dataset, method="lung-crop", spacing_mm=2.0, case_ids=["phantom_000"])
+    reference = preprocess_case(dataset.load("phantom_000"), lung_method="given", spacing_mm=2.0)
+    image, mask = prepared.labelled["phantom_000"]
+    np.testing.assert_array_equal(image, reference.image)
+    np.testing.assert_array_equal(mask, reference.lesion_mask)
+    assert prepared.steps == reference.meta["steps"] and any("lung mask" in step for step in prepared.steps)
+
+
+def test_unlabelled_slices_are_spread_evenly(tmp_path: Path) -> None:
+    dataset = get_dataset("covid-semiseg", make_semiseg(tmp_path))
+    prepared = prepare_slices(dataset, 16, n_unlabelled=2)
+    assert len(prepared.labelled) == N_LABELLED
+    assert prepared.unlabelled_ids == [f"unlabelled/{UNLABELLED_NAME.format(i)}" for i in (0, 2)]
+    assert all(image.shape == (1, 16, 16) for image in prepared.unlabelled)
+    assert len(prepare_slices(dataset, 16, n_unlabelled=None).unlabelled) == 5
+
+
+def test_bad_arguments_are_named() -> None:
+    dataset = get_dataset("phantom", **PHANTOM)
+    with pytest.raises(InvalidInputError, match="method"):
+        prepare_slices(dataset, method="crop")
+    with pytest.raises(InvalidInputError, match="image_size"):
+        prepare_slices(dataset, 0)
+    with pytest.raises(InvalidInputError, match="no 'unlabelled' split"):
+        prepare_slices(dataset, n_unlabelled=1)
+
+
+def test_load_model_rebuilds_the_network_and_names_bad_files(tmp_path: Path) -> None:
+    options = {"base_width": 4, "depth": 2}
+    torch.manual_seed(0)
+    model = get_model("unet", **options)
+    save_checkpoint({"model": model.state_dict(), "metadata": {"model": "unet", "model_options": options,
+                                                               "image_size": 32}}, tmp_path / "best.pt")
+    loaded, metadata = load_model(tmp_path / "best.pt")
+    assert metadata["image_size"] == 32 and not loaded.training
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model.eval()(x))
+    save_checkpoint({"model": model.state_dict()}, tmp_path / "bare.pt")
+    with pytest.raises(InvalidInputError, match="does not record its architecture"):
+        load_model(tmp_path / "bare.pt")
+    assert load_model(tmp_path / "bare.pt", Architecture("unet", options))[1]["model"] == "unet"
+    with pytest.raises(InvalidInputError, match="do not fit"):
+        load_model(tmp_path / "bare.pt", Architecture("unet", {"base_width": 8, "depth": 2}))
+    with pytest.raises(InvalidInputError, match="does not exist"):
+        load_model(tmp_path / "missing.pt")
