@@ -1,0 +1,240 @@
+"""Nested cross-validation on a few labelled slices: the outer fold only scores.
+
+With 50 labelled slices every choice made on the slices that are then scored inflates the score.
+Here each outer fold's test slices are used once, to score; the epoch is picked on an inner
+validation split of the remaining slices (:func:`nested_folds`), and the threshold is fixed
+(0.5). Each (seed, fold) is one JSON file keyed by the recipe, so a run that is interrupted
+continues where it stopped, and a changed recipe or changed code is computed afresh.
+
+Scores are per slice at the slice's own resolution: Dice at 0.5 and, when
+:func:`covidlib.metrics.infnet_metrics` is there, Inf-Net's mean Dice over thresholds
+(Fan et al., "Inf-Net", IEEE TMI 2020), the number every published result on COVID-SemiSeg uses.
+
+Introduced in chapter 04 (supervised) and used by chapter 08 (semi-supervised).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from covidlib import metrics
+from covidlib.augment import Dihedral, default_augmentation
+from covidlib.config import get_device
+from covidlib.data import SliceDataset, kfold_volumes, seeded_loader, split_volumes
+from covidlib.datasets import Dataset as CaseDataset
+from covidlib.errors import InvalidInputError
+from covidlib.fingerprint import changed_sources, code_fingerprint, settings_key
+from covidlib.inference import PreparedSlices, prepare_case, resize_stack
+from covidlib.io import atomic_write_text
+from covidlib.models import get_model
+from covidlib.train import TrainConfig, Trainer, predict_proba
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one supervised network is trained and applied (defaults: this book's reference recipe).
+
+    ``image_size``: square network input in pixels; ``dihedral``: random turns and mirrors on
+    top of the report's augmentation; ``tta``: average the predictions over the 8 turns and
+    mirrors at test time. The rest are :class:`covidlib.train.TrainConfig`'s.
+    """
+
+    model: str = "unet"
+    image_size: int = 256
+    base_width: int = 16
+    depth: int = 4
+    epochs: int = 120
+    lr: float = 1e-3
+    step_size: int = 25
+    gamma: float = 0.8
+    patience: int = 40
+    batch_size: int = 8
+    loss: str = "ce+dice"
+    amp: str = "bf16"
+    augment: bool = True
+    dihedral: bool = True
+    tta: bool = True
+    max_steps_per_epoch: int | None = None
+
+    def model_options(self) -> dict[str, int]:
+        return {"in_channels": 1, "num_classes": 2, "base_width": self.base_width, "depth": self.depth}
+
+    def train_config(self, seed: int, device: str, progress: bool) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, lr=self.lr, step_size=self.step_size, gamma=self.gamma,
+                           patience=self.patience, loss=self.loss, amp=self.amp,
+                           max_steps_per_epoch=self.max_steps_per_epoch, seed=seed, device=device, progress=progress)
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One outer fold: ``train`` fits, ``val`` picks the epoch, ``test`` only scores."""
+
+    index: int
+    train: list[str]
+    val: list[str]
+    test: list[str]
+
+
+def nested_folds(case_ids: Sequence[str], folds: int, seed: int, n_val: int | None = None) -> list[Fold]:
+    """The ``folds`` outer folds of ``case_ids``; of each fold's non-test cases, ``n_val``
+    (default a fifth, at least 1) select the epoch and the others train.
+
+    Test folds are :func:`covidlib.data.kfold_volumes` with ``seed``; fold ``k``'s validation
+    draw uses ``seed + k``. Every case is tested exactly once.
+    """
+    result = []
+    for index, (train_val, test) in enumerate(kfold_volumes(case_ids, folds, seed)):
+        count = max(1, len(train_val) // 5) if n_val is None else n_val
+        if not 1 <= count < len(train_val):
+            raise InvalidInputError(f"the validation count must be in [1, {len(train_val) - 1}] for the "
+                                    f"{len(train_val)} non-test cases of fold {index}, got {count!r}")
+        train, val = split_volumes(train_val, count, seed + index)
+        result.append(Fold(index, train, val, test))
+    return result
+
+
+def slice_dataset(prepared: PreparedSlices, ids: Sequence[str], recipe: Recipe, *, training: bool,
+                  seed: int) -> SliceDataset:
+    """The slices of ``ids`` from ``prepared`` (already at ``recipe.image_size``), augmented when training."""
+    transform = default_augmentation(dihedral=recipe.dihedral) if training and recipe.augment else None
+    return SliceDataset([prepared.labelled[i] for i in ids], case_ids=list(ids), transform=transform, seed=seed)
+
+
+def train_supervised(prepared: PreparedSlices, train_ids: Sequence[str], val_ids: Sequence[str], recipe: Recipe, *,
+                     seed: int = 0, device: str = "auto", out_dir: str | Path | None = None,
+                     progress: bool = False) -> Trainer:
+    """Train ``recipe``'s network on ``train_ids``, keeping the epoch best on ``val_ids``.
+
+    With ``out_dir`` the run checkpoints every epoch and resumes from ``last.pt``.
+    """
+    torch.manual_seed(seed)
+    model = get_model(recipe.model, **recipe.model_options())
+    trainer = Trainer(model, recipe.train_config(seed, device, progress), out_dir=out_dir,
+                      metadata={"model": recipe.model, "model_options": recipe.model_options(),
+                                "image_size": recipe.image_size, "recipe": dataclasses.asdict(recipe)})
+    train = seeded_loader(slice_dataset(prepared, train_ids, recipe, training=True, seed=seed),
+                          recipe.batch_size, shuffle=True, seed=seed)
+    val = seeded_loader(slice_dataset(prepared, val_ids, recipe, training=False, seed=seed),
+                        recipe.batch_size, shuffle=False, seed=seed)
+    trainer.fit(train, val, resume=out_dir is not None)
+    return trainer
+
+
+DIHEDRAL_GROUP = tuple(Dihedral(k, flip) for flip in (False, True) for k in range(4))
+
+
+def _inverse(transform: Dihedral) -> Callable[[np.ndarray], np.ndarray]:
+    # Undo a mirror first, then turn back.
+    def undo(array: np.ndarray) -> np.ndarray:
+        array = array[..., ::-1] if transform.flip else array
+        return np.ascontiguousarray(np.rot90(array, -transform.quarter_turns, axes=(-2, -1)))
+    return undo
+
+
+def predict_slices(model: nn.Module, images: np.ndarray, image_size: int, device: str | torch.device = "auto", *,
+                   tta: bool = False, amp: torch.dtype | None = None) -> np.ndarray:
+    """Foreground probabilities (z, H, W) for normalised slices (z, H, W) of any size.
+
+    Slices are resized to ``image_size`` squared for the network and the probabilities back;
+    ``tta`` averages the 8 turns and mirrors of each slice (each mapped back before averaging).
+    """
+    resized = resize_stack(images, (image_size, image_size), "bilinear")
+    transforms = DIHEDRAL_GROUP if tta else DIHEDRAL_GROUP[:1]
+    total = np.zeros_like(resized)
+    for transform in transforms:
+        turned, _ = transform(resized)
+        total += _inverse(transform)(predict_proba(model, turned, device, amp=amp))
+    probabilities = total / len(transforms)
+    return np.clip(resize_stack(probabilities, images.shape[-2:], "bilinear"), 0.0, 1.0)
+
+
+def score_slices(probabilities: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """Dice, sensitivity and specificity at 0.5, plus Inf-Net's threshold-averaged metrics when available."""
+    prediction = probabilities > 0.5
+    scores = {"dice": metrics.dice(prediction, mask), "sensitivity": metrics.sensitivity(prediction, mask),
+              "specificity": metrics.specificity(prediction, mask)}
+    infnet = getattr(metrics, "infnet_metrics", None)
+    if infnet is not None:  # Inf-Net scores 2D maps: average a stack's slices
+        planes = [infnet(p, m) for p, m in zip(probabilities.reshape(-1, *probabilities.shape[-2:]),
+                                                np.asarray(mask).reshape(-1, *mask.shape[-2:]))]
+        scores.update({f"infnet_{name}": float(np.mean([plane[name] for plane in planes])) for name in planes[0]})
+    return scores
+
+
+def score_cases(model: nn.Module, dataset: CaseDataset, case_ids: Sequence[str], recipe: Recipe,
+                device: str | torch.device = "auto") -> dict[str, dict[str, float]]:
+    """``{case_id: scores}`` of ``model`` on ``case_ids`` at each slice's own size, with and without TTA."""
+    resolved = get_device(device)
+    per_case = {}
+    for case_id in case_ids:
+        image, mask = prepare_case(dataset.load(case_id))
+        plain = score_slices(predict_slices(model, image, recipe.image_size, resolved), mask)
+        per_case[case_id] = plain
+        if recipe.tta:
+            tta = score_slices(predict_slices(model, image, recipe.image_size, resolved, tta=True), mask)
+            per_case[case_id].update({f"tta_{name}": value for name, value in tta.items()})
+    return per_case
+
+
+def run_key(recipe: Recipe, dataset: str, folds: int) -> str:
+    """The folder name of a recipe's runs: a hash of the recipe, the dataset and the fold count."""
+    return f"{recipe.model}-{settings_key([dataclasses.asdict(recipe), dataset, folds])}"
+
+
+def run_nested_cv(dataset: CaseDataset, prepared: PreparedSlices, recipe: Recipe, out_dir: str | Path, *,
+                  folds: int = 5, seeds: Sequence[int] = (0,), device: str = "auto", checkpoints: bool = True,
+                  progress: bool = True) -> list[dict[str, Any]]:
+    """Every (seed, outer fold) of ``recipe``: train on the inner split, score the outer test fold.
+
+    ``prepared``: the dataset's labelled slices at ``recipe.image_size``
+    (:func:`covidlib.inference.prepare_slices`). One JSON result per (seed, fold) goes to
+    ``out_dir/<run_key>/``; a result whose recipe or code is unchanged is read instead of
+    recomputed, and with ``checkpoints`` an interrupted training resumes from its last epoch.
+    Returns the results in (seed, fold) order.
+    """
+    ids = sorted(prepared.labelled)
+    folder = Path(out_dir) / run_key(recipe, dataset.name, folds)
+    code = code_fingerprint(["covidlib.crossval", "covidlib.train", "covidlib.inference", "covidlib.data",
+                             "covidlib.augment", "covidlib.losses", "covidlib.metrics", "covidlib.models.unet2d",
+                             "covidlib.models.attention"])
+    results = []
+    jobs = [(seed, fold) for seed in seeds for fold in nested_folds(ids, folds, seed)]
+    for seed, fold in tqdm(jobs, desc=f"nested CV {recipe.model}", disable=not progress):
+        path = folder / f"seed{seed}_fold{fold.index}.json"
+        if path.exists():
+            stored = json.loads(path.read_text())
+            if not changed_sources(stored["code"]):
+                results.append(stored)
+                continue
+        started, cpu_started = time.perf_counter(), time.process_time()
+        trainer = train_supervised(prepared, fold.train, fold.val, recipe, seed=seed, device=device,
+                                   out_dir=folder / f"seed{seed}_fold{fold.index}" if checkpoints else None)
+        per_case = score_cases(trainer.model, dataset, fold.test, recipe, trainer.device)
+        result = {"seed": seed, "fold": fold.index, "train": fold.train, "val": fold.val, "test": fold.test,
+                  "recipe": dataclasses.asdict(recipe), "dataset": dataset.name, "best_epoch": trainer.best_epoch,
+                  "epochs_run": len(trainer.history), "best_val_dice": trainer.best_metric, "per_case": per_case,
+                  "wall_seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu_started,
+                  "threads": torch.get_num_threads(), "code": code}
+        atomic_write_text(path, json.dumps(result, indent=1, allow_nan=True) + "\n")
+        results.append(result)
+    return results
+
+
+def fold_means(results: Sequence[dict[str, Any]], metric: str = "dice") -> dict[int, list[float]]:
+    """``{seed: [mean of metric over the fold's test slices, for each fold]}``."""
+    table: dict[int, list[float]] = {}
+    for result in results:
+        values = [row[metric] for row in result["per_case"].values()]
+        table.setdefault(result["seed"], []).append(float(np.nanmean(values)))
+    return table
