@@ -1,6 +1,7 @@
 """5-fold cross-validation by slice on COVID-SemiSeg's 50 labelled slices, U-Net and attention U-Net.
 
-Each (model, fold) is one ``python -m covidlib train`` run (through ``covidlib.__main__.main``);
+Each (model, fold) is one ``python -m covidlib train`` run (through ``covidlib.__main__.main``, whose
+slices come from ``covidlib.inference.prepare_slices``);
 its ``metrics.json`` holds the validation metrics at each slice's own resolution. This script
 collects them into one JSON file per model and prints per-fold Dice and mean ± sd.
 
@@ -28,8 +29,8 @@ import numpy as np
 import torch
 
 from covidlib.__main__ import main as covidlib_main
-from covidlib.__main__ import to_json
-from covidlib.results import atomic_write_text
+from covidlib.io import atomic_write_text
+from covidlib.results import to_json
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "covid-semiseg"

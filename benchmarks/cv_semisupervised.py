@@ -8,8 +8,8 @@ pseudo-labelled with A''s encoder (chapter 07) and two arms continue from A': ps
 only, and pseudo-labels + mean teacher (chapter 08). Reported: Dice on each held-out fold (mean
 over slices), mean ± sd over folds, wall time per stage.
 
-Images are prepared by covidlib.mean_teacher.load_semi_supervised (z-scored per image, resized
-to ``--size`` pixels) and the settings built by semi_supervised_settings: patch size and margins
+Images are prepared by covidlib.inference.prepare_slices (z-scored per image, resized to
+``--size`` pixels), as ``python -m covidlib semi`` prepares them, and the settings built by semi_supervised_settings: patch size and margins
 are the report's (68 px, 10/15 px at about 512 px) scaled to that size. One fold of the same
 comparison is ``python -m covidlib semi``.
 
@@ -30,19 +30,21 @@ import torch
 
 from covidlib.config import runtime_summary, seed_everything
 from covidlib.datasets import get_dataset
-from covidlib.mean_teacher import (ARMS, load_semi_supervised, nested_fold, semi_supervised_fold,
-                                   semi_supervised_settings)
+from covidlib.inference import prepare_slices
+from covidlib.io import atomic_write_text
+from covidlib.mean_teacher import ARMS, nested_fold, semi_supervised_fold, semi_supervised_settings
 from covidlib.pseudo import PseudoLabelConfig
-from covidlib.results import atomic_write_text, git_commit
+from covidlib.results import git_commit
 
 
 def build_record(args: argparse.Namespace, rows: list[dict], pseudo: PseudoLabelConfig, n_unlabelled: int,
-                 load_seconds: float, start_all: float, cpu_start: float) -> dict:
+                 preparation: list[str], load_seconds: float, start_all: float, cpu_start: float) -> dict:
     """The JSON record of the folds finished so far (mean ± sd over them)."""
     summary = {arm: {"mean": float(np.mean([r["dice"][arm] for r in rows])),
                      "sd": float(np.std([r["dice"][arm] for r in rows], ddof=1)) if len(rows) > 1 else 0.0,
                      "per_fold": [r["dice"][arm] for r in rows]} for arm in ARMS}
-    return {"settings": {**vars(args), "patch_size": pseudo.patch_size, "labelled_margin": pseudo.labelled_margin,
+    return {"settings": {**vars(args), "preparation": preparation, "patch_size": pseudo.patch_size,
+                         "labelled_margin": pseudo.labelled_margin,
                          "unlabelled_margin": pseudo.unlabelled_margin, "n_unlabelled": n_unlabelled},
             "folds_done": len(rows), "summary": summary, "folds": rows, "load_seconds": load_seconds,
             "wall_seconds": time.perf_counter() - start_all, "cpu_seconds": time.process_time() - cpu_start,
@@ -75,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     seed_everything(args.seed)
     start_all = time.perf_counter()
     cpu_start = time.process_time()
-    arrays, unlabelled = load_semi_supervised(get_dataset("covid-semiseg", args.root), args.size, args.unlabelled)
+    prepared = prepare_slices(get_dataset("covid-semiseg", args.root), args.size, n_unlabelled=args.unlabelled)
+    arrays, unlabelled = prepared.labelled, prepared.unlabelled
     load_seconds = time.perf_counter() - start_all
     ids = list(arrays)
     rows: list[dict] = []
@@ -91,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fold {fold}: " + "  ".join(f"{arm} {result['dice'][arm]:.3f}" for arm in ARMS)
               + f"  accepted {result['pseudo']['accepted']}/{result['pseudo']['patches']}"
               + "  seconds " + " ".join(f"{k}={v:.0f}" for k, v in result["seconds"].items()), flush=True)
-        record = build_record(args, rows, settings.pseudo, len(unlabelled), load_seconds, start_all, cpu_start)
+        record = build_record(args, rows, settings.pseudo, len(unlabelled), prepared.steps, load_seconds, start_all,
+                              cpu_start)
         atomic_write_text(args.out, json.dumps(record, indent=1, default=float) + "\n")  # after every fold
     summary = record["summary"]
     print("\nDice on held-out folds (mean ± sd over folds):")
