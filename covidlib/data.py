@@ -119,21 +119,6 @@ def fit_slice(image: np.ndarray, mask: np.ndarray, size: tuple[int, int],
     raise InvalidInputError(f"resize mode must be 'pad_crop' or 'resize', got {mode!r}")
 
 
-def resized_slice_pair(case: Any, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """A 2D 8-bit case (COVID-SemiSeg) as network input, both of shape (1, size, size).
-
-    The image is z-scored on its own (:func:`covidlib.preprocess.normalise_image`: its windowing
-    is unknown) and resized bilinearly; the mask (zeros for an unlabelled case) is resized with
-    nearest neighbour and returned as uint8. Introduced in chapter 07.
-    """
-    from covidlib.preprocess import normalise_image
-
-    image = normalise_image(case.image.array[0], case.case_id)
-    mask = case.lesion_mask[0] if case.lesion_mask is not None else np.zeros(image.shape, np.uint8)
-    image, mask = fit_slice(image, mask, (size, size), "resize")
-    return image[None], mask[None].astype(np.uint8)
-
-
 def _centre_window(source: int, target: int) -> tuple[int, int, int]:
     """(start in source, start in target, length) of the centred overlap of two lengths."""
     length = min(source, target)

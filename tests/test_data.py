@@ -275,23 +275,3 @@ def test_covid_semiseg_five_fold_by_slice():
     batch = next(iter(seeded_loader(ds, batch_size=3, shuffle=False, seed=0)))
     assert batch["image"].shape == (3, 1, 256, 256) and set(batch["mask"].unique().tolist()) <= {0, 1}
     assert abs(float(batch["image"].mean())) < 0.2  # per-image z-score survives the resize
-
-
-def test_resized_slice_pair_gives_network_ready_arrays_for_labelled_and_unlabelled_slices():
-    from covidlib.data import resized_slice_pair
-    from covidlib.datasets import Case
-    from covidlib.io import Volume
-
-    rng = np.random.default_rng(0)
-    grey = rng.integers(0, 256, size=(1, 40, 40)).astype(np.float32)
-    lesion = np.zeros((1, 40, 40), np.uint8)
-    lesion[0, 10:20, 10:30] = 1
-    labelled = Case("train/0", Volume(grey, (1.0, 1.0, 1.0)), None, lesion, {"intensity": "8bit"})
-    image, mask = resized_slice_pair(labelled, 20)
-    assert image.shape == mask.shape == (1, 20, 20) and mask.dtype == np.uint8
-    # Halving both axes with nearest neighbour keeps the lesion rectangle at half size.
-    assert mask.sum() == 5 * 10 and set(np.unique(mask)) == {0, 1}
-    # z-scored white noise, then bilinear halving averages 2x2 pixels: the sd halves.
-    assert abs(float(image.mean())) < 0.05 and 0.45 < float(image.std()) < 0.55
-    unlabelled = Case("unlabelled/0", Volume(grey, (1.0, 1.0, 1.0)), None, None, {"intensity": "8bit"})
-    assert not resized_slice_pair(unlabelled, 20)[1].any()
