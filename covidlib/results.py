@@ -11,7 +11,6 @@ import json
 import math
 import os
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from covidlib.errors import InvalidInputError
-from covidlib.io import atomic_write_text
 from covidlib.fingerprint import PACKAGE_PARENT, code_fingerprint, data_fingerprint, loaded_covidlib_modules
+from covidlib.io import atomic_write_text
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
