@@ -45,6 +45,7 @@ if importlib.util.find_spec("covidlib") is None:
 
 # %% tags=["parameters"]
 dataset = "phantom"
+data_root = ""  # folder of a real dataset (not read here; accepted so every chapter takes the same parameters)
 quick = True
 device = "auto"
 seed = 0

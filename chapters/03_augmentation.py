@@ -58,14 +58,20 @@ mixup_alpha = 0.4
 augmentation_p = 0.5
 
 # %%
-import dataclasses
 import json
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from covidlib.augment import (ElasticDeformation, GammaCorrection, GaussianNoise, RandomElasticDeformation,
+                              RandomRotation, Rotation, default_augmentation, mixup, plot_augmentations, plot_mixup,
+                              sample_mixup)
 from covidlib.config import format_summary, runtime_summary, seed_everything
+from covidlib.data import SliceDataset, fit_slice, kfold_volumes, report_split, seeded_loader
+from covidlib.datasets import get_dataset
+from covidlib.inference import prepare_slices
+from covidlib.results import write_record
 
 seed_everything(seed)
 runtime = runtime_summary(quick=quick, device=device, seed=seed, dataset=dataset)
@@ -83,42 +89,27 @@ slice_size = 256  # network input (H, W) after padding/cropping the 1 mm slices
 # We take a {term}`phantom <Phantom>` case through {doc}`chapter 02 <02_data_and_preprocessing>`'s preprocessing (lungs kept, resampled to 1 x 1 mm
 # in-plane, z-scored inside the lungs, 0 outside) and pick the axial slice with the most
 # infection. Every transform below is shown on this same slice with the infection outlined in
-# red, the way the report's figures 3.9-3.11 show them on a MosMed slice. With a 2D dataset such
-# as COVID-SemiSeg (`dataset="covid-semiseg"`, `data_root=...`) the slice is an 8-bit image,
-# standardised per image instead.
+# red, the way the report's figures 3.9-3.11 show them on a MosMed slice. One library call,
+# `covidlib.inference.prepare_slices`, prepares the cases and prints what it did; with a 2D
+# dataset such as COVID-SemiSeg (`dataset="covid-semiseg"`, `data_root=...`) the slice is an
+# 8-bit image, and the lung-only steps are replaced by their 2D equivalents (the whole image
+# z-scored, the slice resized as if it spanned 300 mm).
 
 # %%
-from covidlib.datasets import get_dataset
-from covidlib.preprocess import normalise_image, preprocess_case
-
-
-def prepared_cases(name: str, root: str, count: int) -> list:
-    """``count`` labelled cases of dataset ``name``, preprocessed as chapter 02 does."""
-    if name == "phantom":
-        source = get_dataset("phantom", n=count, shape=phantom_shape, seed=seed)
-        return [preprocess_case(source.load(cid), lung_method="given") for cid in source.case_ids("all")[:count]]
-    source = get_dataset(name, root or None)
-    cases = [source.load(cid) for cid in source.case_ids("train")[:count]]
-    if cases[0].meta.get("intensity") == "8bit":  # 2D windowed slices: no HU, no lung mask
-        return [dataclasses.replace(case, image=case.image.with_array(normalise_image(case.image.array, case.case_id)))
-                for case in cases]
-    return [preprocess_case(case) for case in cases]
-
-
-cases = prepared_cases(dataset, data_root, n_cases)
-# 1 mm CT slices are padded/cropped (pixels keep their size); 2D screenshots of any size are resized
-resize_mode = "resize" if cases[0].meta.get("intensity") == "8bit" else "pad_crop"
-example = cases[0]
-example_image = np.asarray(getattr(example.image, "array", example.image))  # a Volume for 2D datasets
-lesion_area = np.asarray(example.lesion_mask).reshape(len(example.lesion_mask), -1).sum(axis=1)
+source = (get_dataset("phantom", n=n_cases, shape=phantom_shape, seed=seed) if dataset == "phantom"
+          else get_dataset(dataset, data_root or None))
+prepared = prepare_slices(source, method="lung-crop", case_ids=source.case_ids(source.default_split)[:n_cases])
+print("preparation:", "; ".join(prepared.steps))
+case_ids = list(prepared.labelled)
+example_id = case_ids[0]
+example_image, example_mask = prepared.labelled[example_id]
+lesion_area = example_mask.reshape(len(example_mask), -1).sum(axis=1)
 z = int(lesion_area.argmax())
 
-from covidlib.data import fit_slice
-
-image, mask = fit_slice(example_image[z].astype(np.float32), np.asarray(example.lesion_mask)[z],
-                        (slice_size, slice_size), mode=resize_mode)
+# 1 mm slices are padded/cropped to the network's input: pixels keep their size
+image, mask = fit_slice(example_image[z], example_mask[z], (slice_size, slice_size))
 mask = mask.astype(np.int64)
-print(f"case {example.case_id}, slice z={z}: image {image.shape} {image.dtype}, "
+print(f"case {example_id}, slice z={z}: image {image.shape} {image.dtype}, "
       f"infection {int(mask.sum())} pixels, intensities [{image.min():.2f}, {image.max():.2f}]")
 
 # %% [markdown]
@@ -130,17 +121,6 @@ print(f"case {example.case_id}, slice z={z}: image {image.shape} {image.dtype}, 
 # apply again later to get the identical result.
 
 # %%
-from covidlib.augment import (
-    ElasticDeformation,
-    GammaCorrection,
-    GaussianNoise,
-    RandomElasticDeformation,
-    RandomRotation,
-    Rotation,
-    default_augmentation,
-    plot_augmentations,
-)
-
 random_rotation = RandomRotation(degrees=rotation_degrees)
 drawn = random_rotation.sample(np.random.default_rng(seed))
 print("drawn:", drawn)
@@ -302,10 +282,9 @@ plt.show()
 # small knee MRI sets but can underfit without removing weight decay.
 
 # %% mystnb={"figure": {"caption": "Mixup of two training slices: each with its infection outlined, their blend with weights \u03bb and 1 \u2212 \u03bb, and the soft label, the infection probability mixed from the two masks with the same weights.", "name": "fig-03-mixup"}}
-from covidlib.augment import mixup, plot_mixup, sample_mixup
-from covidlib.data import SliceDataset, seeded_loader
 
-slices = SliceDataset(cases, empty_fraction=0.0, output_size=slice_size, resize_mode=resize_mode, seed=seed)
+cases = [prepared.labelled[case_id] for case_id in case_ids]
+slices = SliceDataset(cases, case_ids=case_ids, empty_fraction=0.0, output_size=slice_size, seed=seed)
 batch = next(iter(seeded_loader(slices, batch_size=4, shuffle=True, seed=seed)))
 batch_images, batch_masks = batch["image"].numpy(), batch["mask"].numpy()
 mix = sample_mixup(len(batch_images), mixup_alpha, np.random.default_rng(seed + 3))
@@ -348,8 +327,6 @@ assert again_lam == mix.lam and np.allclose(again_targets.numpy(), soft_targets)
 # shuffling its own seeded generator.
 
 # %%
-from covidlib.data import kfold_volumes, report_split
-
 cohort_ids = [f"volume_{i:02d}" for i in range(70)]
 splits = {name: report_split(cohort_ids, name, seed=seed) for name in ("10-40", "40-10")}
 for name, split in splits.items():
@@ -359,8 +336,8 @@ assert splits["10-40"].train == splits["40-10"].val and splits["10-40"].test == 
 slice_folds = kfold_volumes([f"train/{i}" for i in range(50)], k=5, seed=seed)
 print("5-fold by slice, validation sizes:", [len(val) for _, val in slice_folds])
 
-full_slices = SliceDataset(cases, empty_fraction=1.0, seed=seed)
-half_empty = SliceDataset(cases, empty_fraction=0.5, output_size=slice_size, resize_mode=resize_mode, seed=seed,
+full_slices = SliceDataset(cases, case_ids=case_ids, empty_fraction=1.0, seed=seed)
+half_empty = SliceDataset(cases, case_ids=case_ids, empty_fraction=0.5, output_size=slice_size, seed=seed,
                           transform=augmentation)
 print(f"{len(cases)} volumes -> {len(full_slices)} slices, {full_slices.num_lesion_slices} with infection; "
       f"empty_fraction=0.5 keeps {len(half_empty) - half_empty.num_lesion_slices} "
@@ -373,10 +350,8 @@ first_run = half_empty[0]["image"]
 assert torch.equal(first_run, half_empty[0]["image"])
 
 # %%
-from covidlib.results import write_record
-
 numbers = {
-    "example_case": example.case_id,
+    "example_case": example_id,
     "example_slice": z,
     "example_lesion_pixels": int(mask.sum()),
     "rotation_angle_deg_seed": round(drawn.angle_deg, 4),
@@ -390,16 +365,17 @@ numbers = {
     "slices_total": len(full_slices),
     "slices_with_infection": full_slices.num_lesion_slices,
     "slices_kept_empty_fraction_0.5": len(half_empty),
+    "preparation": prepared.steps,
 }
 write_record(output_dir, "03_augmentation",
-             parameters=dict(dataset=dataset, quick=quick, device=device, seed=seed,
+             parameters=dict(dataset=dataset, data_root=data_root, quick=quick, device=device, seed=seed,
                              rotation_degrees=rotation_degrees, elastic_max_displacement=elastic_max_displacement,
                              mixup_alpha=mixup_alpha, augmentation_p=augmentation_p),
              numbers=numbers, runtime=runtime)
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(f"example: {example.case_id} z={z}, {int(mask.sum())} infection pixels")
+print(f"example: {example_id} z={z}, {int(mask.sum())} infection pixels")
 print(f"rotation drawn: {drawn.angle_deg:+.3f} deg; mask pixels changed at -/+{rotation_degrees:g} deg: "
       f"{moved[-rotation_degrees]}/{moved[rotation_degrees]}")
 print(f"from-scratch rotation agrees with covidlib: {scratch_error < 1e-9}")

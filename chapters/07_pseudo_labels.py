@@ -65,15 +65,15 @@ import torch
 
 from covidlib.coarse import predict_boxes_2d, predict_boxes_3d, train_coarse_segmenter
 from covidlib.config import format_summary, runtime_summary, seed_everything
-from covidlib.data import resized_slice_pair
 from covidlib.datasets import get_dataset
+from covidlib.inference import prepare_slices
 from covidlib.metrics import dice
 from covidlib.models import UNet2d
-from covidlib.preprocess import preprocess_cohort
 from covidlib.pseudo import (PseudoLabelConfig, assign, build_dictionary, cosine_topk, crop_patches, encode_patches,
                              pseudo_label, pseudo_label_examples, similarity_histogram)
+from covidlib.results import write_record
 from covidlib.train import TrainConfig
-from covidlib.transfer import SliceTraining, case_arrays, fit_volumes
+from covidlib.transfer import SliceTraining, fit_volumes
 
 seed_everything(seed)
 if quick:
@@ -122,18 +122,19 @@ t0 = time.perf_counter()
 if is_phantom:
     shape = (12, 64, 64) if quick else (48, 256, 256)
     spacing_mm = 512 / slice_size * 0.7  # the report's 0.7 mm pixels at 512, scaled
-    cohort = dict(phantom_shape=shape, spacing_mm=spacing_mm)
-    labelled = case_arrays(preprocess_cohort("phantom", n_labelled, seed=seed, **cohort))
-    hidden = case_arrays(preprocess_cohort("phantom", n_unlabelled, seed=seed + 1000, **cohort))
+    labelled_part = prepare_slices(get_dataset("phantom", n=n_labelled, seed=seed, shape=shape), method="lung-crop",
+                                   spacing_mm=spacing_mm)
+    hidden = prepare_slices(get_dataset("phantom", n=n_unlabelled, seed=seed + 1000, shape=shape), method="lung-crop",
+                            spacing_mm=spacing_mm).labelled
+    labelled, preparation = labelled_part.labelled, labelled_part.steps
     unlabelled = [image for image, _ in hidden.values()]
     hidden_masks = [mask for _, mask in hidden.values()]
 else:
-    data = get_dataset(dataset, data_root or None)
-    labelled = {c: resized_slice_pair(data.load(c), slice_size) for c in data.case_ids("train")}
-    ids = data.case_ids("unlabelled")
-    ids = ids[:: max(1, len(ids) // (n_unlabelled * 8))][: n_unlabelled * 8]  # 8 slices per "volume"
-    unlabelled = [resized_slice_pair(data.load(c), slice_size)[0] for c in ids]
+    # 8 unlabelled slices stand for one unlabelled "volume"
+    prepared = prepare_slices(get_dataset(dataset, data_root or None), slice_size, n_unlabelled=n_unlabelled * 8)
+    labelled, unlabelled, preparation = prepared.labelled, prepared.unlabelled, prepared.steps
     hidden_masks = None
+print("preparation:", "; ".join(preparation))
 labelled_ids = list(labelled)
 n_val = max(1, len(labelled_ids) // 5)
 train_ids, val_ids = labelled_ids[:-n_val], labelled_ids[-n_val:]
@@ -302,8 +303,6 @@ if hidden_masks is not None:
 # masks help training is {doc}`chapter 08 <08_mean_teacher>`'s question.
 
 # %%
-from covidlib.results import write_record
-
 numbers = {"a_prime_val_dice": a_prime_dice, "unlabelled_images": len(unlabelled), "images_with_box": len(with_box),
            "box_recall": float(np.mean(box_recall)) if box_recall else None,
            "box_share": float(np.mean(box_share)) if box_share else None,
@@ -312,9 +311,9 @@ numbers = {"a_prime_val_dice": a_prime_dice, "unlabelled_images": len(unlabelled
            "plain_cosine_median": float(np.median(plain_scores[:, 0])),
            "score_median": float(np.median(labels.scores[:, 0])),
            "pseudo_dice_accepted": pseudo_dice.get("accepted"), "pseudo_dice_rejected": pseudo_dice.get("rejected"),
-           "seconds_pseudo_labelling": seconds_pseudo}
+           "seconds_pseudo_labelling": seconds_pseudo, "preparation": preparation}
 write_record(output_dir, "07_pseudo_labels",
-             parameters=dict(dataset=dataset, quick=quick, device=device, seed=seed, rule=rule,
+             parameters=dict(dataset=dataset, data_root=data_root, quick=quick, device=device, seed=seed, rule=rule,
                              center_features=center_features, patch_size=patch_size,
                              pseudo_config=dataclasses.asdict(pseudo_config)),
              numbers=numbers, runtime=runtime)

@@ -64,14 +64,11 @@ import torch
 from torch import nn
 
 from covidlib.config import format_summary, runtime_summary, seed_everything
-from covidlib.data import kfold_volumes, resized_slice_pair, split_volumes
 from covidlib.datasets import get_dataset
-from covidlib.mean_teacher import (ARMS, MeanTeacherConfig, SemiSupervisedSettings, ema_update, semi_supervised_fold,
+from covidlib.inference import prepare_slices
+from covidlib.mean_teacher import (ARMS, ema_update, nested_fold, semi_supervised_fold, semi_supervised_settings,
                                    sigmoid_rampup)
-from covidlib.preprocess import preprocess_cohort
-from covidlib.pseudo import PseudoLabelConfig
-from covidlib.train import TrainConfig
-from covidlib.transfer import SliceTraining, case_arrays
+from covidlib.results import write_record
 
 seed_everything(seed)
 if quick:
@@ -127,45 +124,37 @@ plt.tight_layout(); plt.show()
 # %%
 is_phantom = dataset == "phantom"
 slice_size = (64 if quick else 256) if is_phantom else (96 if quick else 352)
-scale = slice_size / 512
 n_labelled = 10 if quick else 50
 n_unlabelled = 6 if quick else 200
 n_folds = 5
 run_folds = 2 if quick else 5
 base_width, depth = (4, 3) if quick else (32, 4)
 batch_size = 8
-supervised_training = SliceTraining(
-    train=TrainConfig(epochs=6 if quick else 500, lr=5e-3 if quick else 2e-4, patience=30,
-                      max_steps_per_epoch=4 if quick else None, amp="off" if quick else "auto",
-                      seed=seed, device=device, progress=False),
-    batch_size=batch_size, output_size=slice_size if is_phantom else None, empty_fraction=0.3, augment=not quick)
-semi_training = TrainConfig(epochs=3 if quick else 100, lr=2.5e-3 if quick else 1e-4, patience=30,
-                            max_steps_per_epoch=4 if quick else None, amp="off" if quick else "auto",
-                            seed=seed, device=device, progress=False)
-pseudo_config = PseudoLabelConfig(
-    patch_size=(16 if quick else 32) if is_phantom else max(8, int(round(68 * scale / 4)) * 4),
+# A' and the two arms start from these settings; each fold adds its own number of training cases.
+settings_options = dict(
+    base_width=base_width, depth=depth, supervised_epochs=6 if quick else 500, semi_epochs=3 if quick else 100,
+    lr=5e-3 if quick else 2e-4, patience=30, batch_size=batch_size, rule=rule, amp="off" if quick else "auto",
+    device=device, seed=seed, max_steps_per_epoch=4 if quick else None,
+    patch_size=(16 if quick else 32) if is_phantom else None,
     labelled_patches=40 if quick else 120, patches_per_unlabelled=8 if quick else 32,
-    labelled_margin=max(1, round(10 * scale)), unlabelled_margin=max(1, round(15 * scale)), rule=rule)
-mean_teacher_config = MeanTeacherConfig(alpha=ema_alpha, consistency_weight=consistency_weight,
-                                        rampup_steps=4 if quick else 500, pseudo_batch_size=batch_size,
-                                        noise_std=noise_std)
-settings = SemiSupervisedSettings(supervised=supervised_training, semi=semi_training, pseudo=pseudo_config,
-                                  mean_teacher=mean_teacher_config, base_width=base_width, depth=depth)
+    rampup_steps=4 if quick else 500, alpha=ema_alpha, consistency_weight=consistency_weight, noise_std=noise_std,
+    output_size=slice_size if is_phantom else None, empty_fraction=0.3, augment=not quick)
 
 t0 = time.perf_counter()
 if is_phantom:
     shape = (12, 64, 64) if quick else (48, 256, 256)
     spacing_mm = 512 / slice_size * 0.7
-    cohort = dict(phantom_shape=shape, spacing_mm=spacing_mm)
-    arrays = case_arrays(preprocess_cohort("phantom", n_labelled, seed=seed, **cohort))
-    hidden = case_arrays(preprocess_cohort("phantom", n_unlabelled, seed=seed + 1000, **cohort))
+    labelled_part = prepare_slices(get_dataset("phantom", n=n_labelled, seed=seed, shape=shape), method="lung-crop",
+                                   spacing_mm=spacing_mm)
+    hidden = prepare_slices(get_dataset("phantom", n=n_unlabelled, seed=seed + 1000, shape=shape), method="lung-crop",
+                            spacing_mm=spacing_mm).labelled
+    arrays, preparation = labelled_part.labelled, labelled_part.steps
     unlabelled = [image for image, _ in hidden.values()]
 else:
-    data = get_dataset(dataset, data_root or None)
-    arrays = {c: resized_slice_pair(data.load(c), slice_size) for c in data.case_ids("train")}
-    ids = data.case_ids("unlabelled")
-    ids = ids[:: max(1, len(ids) // (n_unlabelled * 8))][: n_unlabelled * 8]
-    unlabelled = [resized_slice_pair(data.load(c), slice_size)[0] for c in ids]
+    # 8 unlabelled slices stand for one unlabelled "volume"
+    prepared = prepare_slices(get_dataset(dataset, data_root or None), slice_size, n_unlabelled=n_unlabelled * 8)
+    arrays, unlabelled, preparation = prepared.labelled, prepared.unlabelled, prepared.steps
+print("preparation:", "; ".join(preparation))
 print(f"{len(arrays)} labelled, {len(unlabelled)} unlabelled images; loaded in {time.perf_counter() - t0:.1f} s")
 
 # %% [markdown]
@@ -178,10 +167,10 @@ print(f"{len(arrays)} labelled, {len(unlabelled)} unlabelled images; loaded in {
 # and the two arms continue from A′. All arms are scored on the same held-out cases.
 
 # %%
-folds = kfold_volumes(list(arrays), n_folds, seed)
 rows = []
-for fold, (train_val, test_ids) in enumerate(folds[:run_folds]):
-    train_ids, val_ids = split_volumes(train_val, max(1, len(train_val) // 5), seed + fold)
+for fold in range(run_folds):
+    train_ids, val_ids, test_ids = nested_fold(list(arrays), n_folds, fold, seed)
+    settings = semi_supervised_settings(slice_size, len(train_ids), **settings_options)
     t0 = time.perf_counter()
     result = semi_supervised_fold(arrays, train_ids, val_ids, test_ids, unlabelled, settings)
     rows.append(result)
@@ -215,14 +204,12 @@ ax.legend(fontsize=8); plt.tight_layout(); plt.show()
 # improvement — or the lack of one — of each arm over A′.
 
 # %%
-from covidlib.results import write_record
-
 numbers = {"dice": dice_by_arm, "mean": {a: summary[a][0] for a in ARMS}, "sd": {a: summary[a][1] for a in ARMS},
            "improvement_percent": improvement, "folds_run": len(rows), "n_folds": n_folds,
            "accepted": [row["pseudo"]["accepted"] for row in rows], "patches": [row["pseudo"]["patches"] for row in rows],
-           "seconds": [row["seconds"] for row in rows]}
+           "seconds": [row["seconds"] for row in rows], "preparation": preparation}
 write_record(output_dir, "08_mean_teacher",
-             parameters=dict(dataset=dataset, quick=quick, device=device, seed=seed, rule=rule, ema_alpha=ema_alpha,
+             parameters=dict(dataset=dataset, data_root=data_root, quick=quick, device=device, seed=seed, rule=rule, ema_alpha=ema_alpha,
                              consistency_weight=consistency_weight, noise_std=noise_std, base_width=base_width,
                              depth=depth, slice_size=slice_size),
              numbers=numbers, runtime=runtime)
