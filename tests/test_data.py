@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from covidlib import datasets, phantom, preprocess
 from covidlib.augment import RandomRotation, default_augmentation
 from covidlib.data import (
     SliceDataset,
@@ -239,9 +240,6 @@ def test_worker_processes_do_not_change_the_batches():
 # --- with the library's own cases ---------------------------------------------------------
 
 def test_slices_of_a_preprocessed_phantom():
-    phantom = pytest.importorskip("covidlib.phantom")
-    preprocess = pytest.importorskip("covidlib.preprocess")
-    datasets = pytest.importorskip("covidlib.datasets")
     generated = phantom.make_phantom(3, (12, 64, 64))
     case = datasets.Case("ph3", generated.image, generated.lung_mask, generated.lesion_mask, {"intensity": "hu"})
     prepared = preprocess.preprocess_case(case, lung_method="given")

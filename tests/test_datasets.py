@@ -350,7 +350,6 @@ def test_fetch_downloads_unpacks_once(tmp_path: Path) -> None:
 
 
 def test_phantom_cohort_is_deterministic_and_lazy() -> None:
-    pytest.importorskip("covidlib.phantom")
     ds = get_dataset("phantom", n=3, shape=(16, 48, 48), seed=5)
     assert ds.case_ids() == ["phantom_000", "phantom_001", "phantom_002"] and len(ds) == 3
     first, again = ds.load("phantom_001"), ds.load("phantom_001")
