@@ -58,12 +58,20 @@ amp = "auto"  # "bf16" trains in bfloat16 on a CPU too (faster; see section 4)
 empty_fraction = 0.5
 
 # %%
-import dataclasses
-
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
+from covidlib.augment import default_augmentation
 from covidlib.config import format_summary, runtime_summary, seed_everything
+from covidlib.data import SliceDataset, seeded_loader, split_volumes
+from covidlib.datasets import get_dataset
+from covidlib.inference import prepare_slices
+from covidlib.models import AttentionGate, AttentionUNet2d, UNet2d
+from covidlib.results import write_record
+from covidlib.train import TrainConfig, Trainer, evaluate
+from covidlib.viz import show_attention_maps, show_learning_curves
 
 seed_everything(seed)
 if quick:
@@ -99,10 +107,6 @@ batch_size = 8
 # convolutions are labelled 1x1 where they are 3x3, and its last rows skip a convolution.)
 
 # %%
-from torch import nn
-
-from covidlib.models import AttentionUNet2d, UNet2d
-
 reference = UNet2d(in_channels=1, num_classes=2, base_width=64, depth=4)
 
 
@@ -214,11 +218,6 @@ assert rows[-1]["ours_out"] == 256
 # `AttentionGate` carrying the same weights.
 
 # %%
-import torch.nn.functional as F
-
-from covidlib.models import AttentionGate
-
-
 def attention_gate_from_scratch(x: torch.Tensor, g: torch.Tensor, w_x: torch.Tensor, w_g: torch.Tensor,
                                 b_xg: torch.Tensor, psi: torch.Tensor, b_psi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x (B, Cx, H, W), g (B, Cg, h, w); w_x (F, Cx), w_g (F, Cg), b_xg (F,), psi (F,), b_psi ()."""
@@ -254,33 +253,17 @@ assert gate_error < 1e-5
 # a share `empty_fraction` of the training slices without infection is kept.
 
 # %%
-from covidlib.augment import default_augmentation
-from covidlib.data import SliceDataset, seeded_loader, split_volumes
-from covidlib.datasets import Case, get_dataset
-from covidlib.preprocess import normalise_image, preprocess_case
-
-def prepare(case: Case) -> object:
-    """Chapter 02's preprocessing; 2D 8-bit slices (COVID-SemiSeg) are z-scored per image instead."""
-    if case.meta.get("intensity") == "8bit":
-        return dataclasses.replace(case, image=normalise_image(case.image.array, case.case_id))
-    return preprocess_case(case, lung_method="given" if case.lung_mask is not None else "auto", spacing_mm=pixel_mm)
-
-
-if dataset == "phantom":
-    source = get_dataset("phantom", n=n_volumes, shape=phantom_shape, seed=seed)
-else:
-    source = get_dataset(dataset, data_root or None)
-split = "train" if "train" in source.splits else source.splits[0]
-all_ids = source.case_ids(split)
+source = (get_dataset("phantom", n=n_volumes, shape=phantom_shape, seed=seed) if dataset == "phantom"
+          else get_dataset(dataset, data_root or None))
+prepared = prepare_slices(source, method="lung-crop", spacing_mm=pixel_mm)
+print("preparation:", "; ".join(prepared.steps))
+all_ids = list(prepared.labelled)
 trainval_ids, test_ids = split_volumes(all_ids, n_test, seed)
 train_ids, val_ids = split_volumes(trainval_ids, n_val, seed)
-prepared = {cid: prepare(source.load(cid)) for cid in all_ids}
-# Slices of 2D datasets come in many sizes and without spacing: resize them; CT slices keep 1 mm pixels.
-resize_mode = "resize" if source.load(all_ids[0]).meta.get("intensity") == "8bit" else "pad_crop"
 
 
 def slices(ids: list[str], training: bool) -> SliceDataset:
-    return SliceDataset([prepared[cid] for cid in ids], case_ids=ids, output_size=slice_size, resize_mode=resize_mode,
+    return SliceDataset([prepared.labelled[cid] for cid in ids], case_ids=ids, output_size=slice_size,
                         empty_fraction=empty_fraction if training else 1.0,
                         transform=default_augmentation() if training else None, seed=seed)
 
@@ -321,9 +304,6 @@ for name, part in (("train", train_slices), ("validation", val_slices), ("test",
 # The same U-Net, the same seed and the same batches are trained with each ({numref}`fig-04-losses`).
 
 # %%
-from covidlib.train import TrainConfig, Trainer, evaluate
-
-
 def train(network: type[UNet2d], loss: str) -> tuple[Trainer, dict]:
     """Train ``network`` with ``loss``; return the trainer (best weights loaded) and test metrics."""
     torch.manual_seed(seed)
@@ -347,8 +327,6 @@ for loss in losses:
           + ", ".join(f"{row['dice']:.3f}" for row in test["per_case"].values()) + ")")
 
 # %% mystnb={"figure": {"caption": "The same small U-Net trained with cross entropy, soft Dice, their sum and the Hausdorff loss: training loss relative to its first epoch (left) and validation Dice per epoch (right), a dot at each run's best epoch, the model kept. On this little data the order of the runs is noise; how each curve rises is the point.", "name": "fig-04-losses"}}
-from covidlib.viz import show_learning_curves
-
 show_learning_curves({loss: runs[loss][0].history for loss in losses},
                      title=f"U-Net (width {base_width}, depth {depth}) with four losses")
 
@@ -384,8 +362,6 @@ show_learning_curves({name: trainer.history for name, (trainer, _) in networks.i
 # the next coarser level.
 
 # %% mystnb={"figure": {"caption": "The three test slices with the most infection, one per row: the z-scored image (grey scale [-3, 3]) with the true infection outlined, the attention U-Net's predicted infection probability, and the coefficients \u03b1 of its two finest attention gates (upsampled by nearest neighbour, so the coarser gate keeps its blocky grid). After a short quick-mode training the gate maps are still rough.", "name": "fig-04-attention"}}
-from covidlib.viz import show_attention_maps
-
 lesion_counts = [int(test_slices[i]["mask"].sum()) for i in range(len(test_slices))]
 chosen = list(np.argsort(lesion_counts)[::-1][:3])
 images = torch.stack([test_slices[int(i)]["image"] for i in chosen])
@@ -418,8 +394,6 @@ print(f"finest gate: mean alpha {inside:.3f} on infection, {outside:.3f} elsewhe
 # 5-fold cross-validation on the 50 labelled COVID-SemiSeg slices (`benchmarks/cv_covid_semiseg.py`).
 
 # %%
-from covidlib.results import write_record
-
 numbers = {
     "unet_parameters_paper_widths": n_parameters,
     "paper_output_size_for_572": rows[-1]["paper"][1],
@@ -435,6 +409,7 @@ numbers = {
     "network_val_dice": {name: trainer.best_metric for name, (trainer, _) in networks.items()},
     "histories": {name: trainer.history for name, (trainer, _) in networks.items()},
     "attention_finest_mean_alpha": {"infection": inside, "elsewhere": outside},
+    "preparation": prepared.steps,
 }
 write_record(output_dir, "04_unet_and_attention",
              parameters=dict(dataset=dataset, data_root=data_root, quick=quick, device=device, seed=seed, losses=losses,
