@@ -74,7 +74,7 @@ from covidlib.experiments import GridConfig, render_table, run_grid, summarise
 from covidlib.models import UNet2d, get_model
 from covidlib.models.unet3d import GenesisUNet2d, UNet3d, load_genesis_checkpoint
 from covidlib.preprocess import preprocess_cohort
-from covidlib.train import TrainConfig
+from covidlib.train import TrainConfig, save_checkpoint
 from covidlib.transfer import (SliceTraining, flatten_3d_to_2d, flatten_kernel, layer_status, prepare_finetune,
                                pretrain, pretrain_genesis_proxy)
 
@@ -140,7 +140,9 @@ print(f"{len(covid)} COVID volumes, {len(source_cases)} source volumes "
 #
 # Each network first learns to segment the source lesions (a binary task, like the target).
 # Its best weights by validation Dice are saved and become the starting point of the
-# `"decoder"` and `"all"` recipes.
+# `"decoder"` and `"all"` recipes. The checkpoints carry a fingerprint of the settings, the
+# source volumes, the starting weights and the library code: run again unchanged, a finished
+# pretraining is only reloaded; after any change it is trained again.
 
 # %%
 results_root.mkdir(parents=True, exist_ok=True)
@@ -149,15 +151,11 @@ pretrain_dice = {}
 source_training = SliceTraining(train=TrainConfig(**{**train_settings.__dict__, "epochs": pretrain_epochs}),
                                 batch_size=8, output_size=slice_size, empty_fraction=0.5, augment=not quick)
 for network in config.networks:
-    path = results_root / f"pretrained_{network}.pt"
-    if not path.exists():
-        torch.manual_seed(seed)
-        model = get_model(network, in_channels=1, num_classes=2, base_width=config.base_width, depth=config.depth)
-        trainer = pretrain(model, source_cases, source_training, out_dir=results_root / f"pretrain_{network}", resume=True)
-        torch.save(model.state_dict(), path)
-    pretrained_paths[network] = path
-    pretrain_dice[network] = float(torch.load(results_root / f"pretrain_{network}" / "best.pt",
-                                              weights_only=True)["val_dice"])
+    torch.manual_seed(seed)
+    model = get_model(network, in_channels=1, num_classes=2, base_width=config.base_width, depth=config.depth)
+    trainer = pretrain(model, source_cases, source_training, out_dir=results_root / f"pretrain_{network}", resume=True)
+    pretrained_paths[network] = save_checkpoint(model.state_dict(), results_root / f"pretrained_{network}.pt")
+    pretrain_dice[network] = trainer.best_metric
 print({k: round(v, 3) for k, v in pretrain_dice.items()})
 
 # %% [markdown]
@@ -185,19 +183,16 @@ if genesis_checkpoint:
     genesis_source = f"published checkpoint {genesis_checkpoint}"
 else:
     genesis_path = results_root / "genesis_proxy.pt"
-    if genesis_path.exists():
-        genesis3d = load_genesis_checkpoint(genesis_path)
-    else:
-        torch.manual_seed(seed)
-        genesis3d = UNet3d(base_width=config.genesis_width)
-        volumes_hu = [get_dataset("phantom", n=1, shape=phantom_shape, disease=d, seed=seed + 3000 + i).load("phantom_000").image.array
-                      for i, d in enumerate(("covid", "nodule", "effusion", "healthy"))]
-        cube = (32, 32, 8) if quick else (64, 64, 32)  # (y, x, z): depth last, as Models Genesis
-        losses = pretrain_genesis_proxy(genesis3d, volumes_hu, cube=cube, steps=genesis_steps, batch_size=2 if quick else 8,
-                                        lr=1e-3, seed=seed, progress=False)
-        torch.save({"state_dict": {f"module.{k}": v for k, v in genesis3d.state_dict().items()}}, genesis_path)
-        genesis3d = load_genesis_checkpoint(genesis_path)  # the same path the real checkpoint takes
-        print(f"restoration loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} steps")
+    torch.manual_seed(seed)
+    genesis3d = UNet3d(base_width=config.genesis_width)
+    volumes_hu = [get_dataset("phantom", n=1, shape=phantom_shape, disease=d, seed=seed + 3000 + i).load("phantom_000").image.array
+                  for i, d in enumerate(("covid", "nodule", "effusion", "healthy"))]
+    cube = (32, 32, 8) if quick else (64, 64, 32)  # (y, x, z): depth last, as Models Genesis
+    # cache: reused only when its fingerprint (settings, volumes, starting weights, code) matches
+    losses = pretrain_genesis_proxy(genesis3d, volumes_hu, cube=cube, steps=genesis_steps, batch_size=2 if quick else 8,
+                                    lr=1e-3, seed=seed, progress=False, cache=genesis_path)
+    genesis3d = load_genesis_checkpoint(genesis_path)  # the same path the real checkpoint takes
+    print(f"restoration loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} steps")
     genesis_path_used = genesis_path
     genesis_source = "Genesis-style restoration proxy on phantom volumes"
 print(genesis_source, "| parameters:", sum(p.numel() for p in genesis3d.parameters()))
@@ -260,9 +255,11 @@ plt.show()
 # Every cell trains one network from one initialisation on one split and fold, then records
 # the train, validation and held-out test Dice. {term}`Dice` here is the **3D Dice of each volume**
 # (the slice predictions stacked back into the volume), averaged over volumes; the table shows
-# the mean ± sd of that number over folds. Cells are saved one JSON file each, so re-running
-# this cell (or the whole chapter with the same `grid_dir`) skips finished cells and resumes
-# an interrupted one from its last epoch.
+# the mean ± sd of that number over folds. Cells are saved one JSON file each with a
+# fingerprint of the settings, the cohort, the starting weights and the library code, so
+# re-running this cell (or the whole chapter with the same `grid_dir`) skips the cells whose
+# fingerprint still matches, recomputes the others, and resumes an interrupted one from its
+# last epoch.
 #
 # The `"genesis"` rows use the Models Genesis twin (`GenesisUNet2d`, with attention gates for
 # the attention U-Net row), because the flattened weights only fit that layout; their widths

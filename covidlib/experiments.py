@@ -6,9 +6,13 @@ a split (``"10-40"``, ``"40-10"``; see :func:`covidlib.data.report_split`) x a f
 volumes are held out once for the whole grid; splits are by volume. Each finished cell is one
 JSON record ``<results_dir>/cells/<key>.json`` (written atomically) with its train, validation
 and test Dice — the mean over volumes of the 3D (volume) Dice of the stacked slice
-predictions — its per-volume values, learning curve and provenance. Finished cells are skipped
-when the grid runs again, and a cell interrupted mid-training resumes from its ``last.pt``, so
-an interrupted grid continues where it stopped. :func:`render_table` gives mean ± sd over folds
+predictions — its per-volume values, learning curve and provenance. Each record carries the
+cell's fingerprint (:func:`cell_fingerprint`: the grid settings, the cohort's ids and array
+contents, the pretrained or Models Genesis weights the cell starts from, and the code of the
+modules that compute it). When the grid runs again, cells whose record has the current
+fingerprint are skipped and every other cell is computed again (never silently reused); a cell
+interrupted mid-training resumes from its ``last.pt`` when that run's own fingerprint matches,
+so an interrupted grid continues where it stopped. :func:`render_table` gives mean ± sd over folds
 in the layout of Table 5.1.
 
 Cells run in worker processes (``spawn``): one per GPU when several are present, else
@@ -40,12 +44,14 @@ from tqdm.auto import tqdm
 from covidlib.config import get_device
 from covidlib.data import REPORT_SPLITS, report_split
 from covidlib.errors import InvalidInputError
+from covidlib.fingerprint import content_key
 from covidlib.metrics import summarise as summarise_values
 from covidlib.models import get_model
 from covidlib.models.unet3d import GenesisUNet2d, load_genesis_checkpoint
 from covidlib.results import atomic_write_text
 from covidlib.train import evaluate
-from covidlib.transfer import RECIPES, SliceTraining, case_arrays, fit_volumes, prepare_finetune, slice_loader
+from covidlib.transfer import (RECIPES, SliceTraining, case_arrays, code_versions, fit_volumes, prepare_finetune,
+                               slice_loader, stable_settings)
 
 NETWORKS = ("unet", "attention-unet")
 NETWORK_TITLES = {"unet": "U-Net", "attention-unet": "Attention U-Net"}
@@ -104,10 +110,10 @@ class GridConfig:
                 for f in range(self.folds)]
 
     def fingerprint(self) -> str:
-        """A hash of everything that changes a cell's result (not the device or progress bars)."""
+        """A hash of the settings that change a cell's result (not the device or progress bars,
+        nor which cells run); :func:`cell_fingerprint` adds the data, weights and code."""
         settings = dataclasses.asdict(self)
-        for volatile in ("device", "progress"):
-            settings["training"]["train"].pop(volatile)
+        settings["training"] = stable_settings(self.training)
         for per_cell in ("networks", "recipes", "splits", "folds"):
             settings.pop(per_cell)
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
@@ -138,13 +144,43 @@ def _pretrained_for(cell: Cell, pretrained: Mapping[str, str | Path], genesis: s
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def cell_inputs(cells: Sequence[Cell], arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], config: GridConfig, *,
+                pretrained: Mapping[str, str | Path], genesis: str | Path | None) -> dict[str, dict[str, Any]]:
+    """``{cell key: what the cell's result depends on}``: ``settings`` (:meth:`GridConfig.fingerprint`),
+    ``data`` (the cohort's case ids and array contents, which fix the split), ``weights`` (the
+    content of the pretrained or Models Genesis weights it starts from; ``None`` from scratch)
+    and ``code`` (``{path: hash}`` of this module and every covidlib module it imports).
+    Weight files are read once each. Introduced in chapter 05."""
+    data = content_key(dict(arrays))
+    code = code_versions(__name__)
+    weights: dict[tuple[str, str], str | None] = {}
+    inputs = {}
+    for cell in cells:
+        source = ("scratch", "") if cell.recipe == "scratch" else ("genesis", "") if cell.recipe == "genesis" \
+            else ("pretrained", cell.network)
+        if source not in weights:
+            with torch.random.fork_rng(devices=[]):  # building the Genesis network draws initial weights
+                loaded = _pretrained_for(cell, pretrained, genesis)
+            weights[source] = None if loaded is None else content_key(
+                loaded.state_dict() if isinstance(loaded, nn.Module) else loaded)
+        inputs[cell.key] = {"settings": config.fingerprint(), "data": data, "weights": weights[source], "code": code}
+    return inputs
+
+
+def cell_fingerprint(cell: Cell, inputs: Mapping[str, Any]) -> str:
+    """The key of a cell's record: a hash of the cell and its :func:`cell_inputs`."""
+    return content_key(dataclasses.asdict(cell), dict(inputs))
+
+
 def run_cell(cell: Cell, arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], config: GridConfig,
              results_dir: str | Path, *, pretrained: Mapping[str, str | Path], genesis: str | Path | None,
              device: str = "auto") -> dict[str, Any]:
     """Train and evaluate one cell; write and return its record. Resumes from the cell's
-    ``last.pt`` when an earlier run was interrupted. Introduced in chapter 05."""
+    ``last.pt`` when an earlier run of the same settings, data, weights and code was
+    interrupted. Introduced in chapter 05."""
     start = time.perf_counter()
     results_dir = Path(results_dir)
+    inputs = cell_inputs([cell], arrays, config, pretrained=pretrained, genesis=genesis)[cell.key]
     split = report_split(list(arrays), cell.split, config.split_seed, fold=cell.fold, n_test=config.n_test,
                          n_folds=config.n_folds)
     seed = config.training.train.seed
@@ -164,7 +200,8 @@ def run_cell(cell: Cell, arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], co
                            per_case={case: values["dice"] for case, values in result["per_case"].items()})
     record = {
         "cell": dataclasses.asdict(cell),
-        "fingerprint": config.fingerprint(),
+        "fingerprint": cell_fingerprint(cell, inputs),
+        "inputs": inputs,
         "dice": dice,
         "cases": {"train": split.train, "val": split.val, "test": split.test},
         "history": trainer.history,
@@ -184,22 +221,29 @@ def cell_path(results_dir: str | Path, cell: Cell) -> Path:
     return Path(results_dir) / "cells" / f"{cell.key}.json"
 
 
+def read_record(path: Path) -> dict[str, Any]:
+    """One cell record; :class:`InvalidInputError` naming the file when it is not valid JSON."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"{path}: not a valid cell record ({exc})") from exc
+
+
 def load_records(results_dir: str | Path, config: GridConfig | None = None) -> list[dict[str, Any]]:
     """The finished cells' records in ``results_dir`` (only ``config``'s cells when given, and
-    then an error if a record was made with different settings)."""
+    then an error naming a record made with other settings: it is stale, not a result of
+    ``config``). Data, weights and code are checked by :func:`run_grid`, which recomputes."""
     records = []
     wanted = None if config is None else {c.key for c in config.cells()}
     for path in sorted((Path(results_dir) / "cells").glob("*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise InvalidInputError(f"{path}: not a valid cell record ({exc})") from exc
+        record = read_record(path)
         if wanted is not None:
             if Cell(**record["cell"]).key not in wanted:
                 continue
-            if record.get("fingerprint") != config.fingerprint():
-                raise InvalidInputError(f"{path} was made with other grid settings (fingerprint "
-                                        f"{record.get('fingerprint')} != {config.fingerprint()}); use a fresh results_dir")
+            made_with = record.get("inputs", {}).get("settings")
+            if made_with != config.fingerprint():
+                raise InvalidInputError(f"{path} is stale: made with other grid settings (fingerprint "
+                                        f"{made_with} != {config.fingerprint()}); run the grid again to recompute it")
         records.append(record)
     return records
 
@@ -223,19 +267,28 @@ def run_grid(cases: Sequence[Any], config: GridConfig, results_dir: str | Path, 
              pretrained: Mapping[str, str | Path] | None = None, genesis: str | Path | None = None,
              n_workers: int = 0, threads_per_worker: int = 1, device: str = "auto",
              progress: bool = True) -> list[dict[str, Any]]:
-    """Run every unfinished cell of ``config`` on ``cases`` (preprocessed, with lesion masks);
-    return all of the grid's records. ``pretrained`` maps a network name to a state-dict file
-    (the ``"decoder"``/``"all"`` recipes), ``genesis`` is a Models Genesis checkpoint file.
+    """Run every cell of ``config`` on ``cases`` (preprocessed, with lesion masks) that has no
+    record with its current :func:`cell_fingerprint` (missing, or made from other settings,
+    data, weights or code: recomputed); return the grid's records in :meth:`GridConfig.cells`
+    order. ``pretrained`` maps a network name to a state-dict file (the ``"decoder"``/``"all"``
+    recipes), ``genesis`` is a Models Genesis checkpoint file.
 
     With several CUDA devices (and ``device`` ``"auto"``/``"cuda"``) one worker runs per GPU;
     otherwise ``n_workers`` CPU processes (0 = in this process). Introduced in chapter 05.
     """
     results_dir = Path(results_dir)
     arrays = case_arrays(cases)
-    done = {Cell(**r["cell"]).key for r in load_records(results_dir, config)}
-    todo = [cell for cell in config.cells() if cell.key not in done]
     pretrained = {name: str(path) for name, path in (pretrained or {}).items()}
     genesis = None if genesis is None else str(genesis)
+    inputs = cell_inputs(config.cells(), arrays, config, pretrained=pretrained, genesis=genesis)
+    expected = {cell.key: cell_fingerprint(cell, inputs[cell.key]) for cell in config.cells()}
+
+    def current(cell: Cell) -> dict[str, Any] | None:
+        path = cell_path(results_dir, cell)
+        record = read_record(path) if path.is_file() else None
+        return record if record is not None and record.get("fingerprint") == expected[cell.key] else None
+
+    todo = [cell for cell in config.cells() if current(cell) is None]
     resolved = get_device(device)
     gpus = torch.cuda.device_count() if resolved.type == "cuda" else 0
     bar = tqdm(total=len(todo), desc="grid cells", disable=not progress)
@@ -258,7 +311,12 @@ def run_grid(cases: Sequence[Any], config: GridConfig, results_dir: str | Path, 
             run_cell(cell, arrays, config, results_dir, pretrained=pretrained, genesis=genesis, device=str(resolved))
             bar.update(1)
     bar.close()
-    return load_records(results_dir, config)
+    # Read back as written: a source file edited while the grid ran gives the later records its
+    # new hash (they carry their own inputs), and the next run recomputes the earlier ones.
+    missing = [cell.key for cell in config.cells() if not cell_path(results_dir, cell).is_file()]
+    if missing:
+        raise InvalidInputError(f"grid cells {missing} have no record in {results_dir} after running")
+    return [read_record(cell_path(results_dir, cell)) for cell in config.cells()]
 
 
 def summarise(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:

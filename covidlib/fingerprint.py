@@ -98,3 +98,97 @@ def settings_key(settings: Any) -> str:
     """A short stable hash of JSON-able ``settings`` (dict keys sorted): a cache key."""
     text = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]
+
+
+def content_key(*values: Any) -> str:
+    """A short stable hash of ``values`` by content, arrays included: a cache key for inputs.
+
+    Plain types (floats exactly, by ``repr``), paths, dataclasses (by field), mappings (by
+    sorted key), lists and tuples, and NumPy arrays and torch tensors by dtype, shape and the
+    bytes of their data (where :func:`settings_key` would hash a truncated printout). Each
+    value is tagged with its kind, so ``1``, ``"1"`` and ``1.0`` differ.
+    """
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    digest = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if value is None or isinstance(value, (bool, int, float, str, Path)):
+            digest.update(f"{type(value).__name__}:{value!r};".encode())
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            digest.update(f"dataclass:{type(value).__name__};".encode())
+            feed({field.name: getattr(value, field.name) for field in dataclasses.fields(value)})
+        elif isinstance(value, Mapping):
+            digest.update(f"mapping:{len(value)};".encode())
+            for key in sorted(value, key=str):
+                feed(str(key))
+                feed(value[key])
+        elif isinstance(value, (list, tuple)):
+            digest.update(f"sequence:{len(value)};".encode())
+            for item in value:
+                feed(item)
+        elif isinstance(value, torch.Tensor):
+            flat = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"tensor:{flat.dtype}:{tuple(value.shape)};".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, np.ndarray):
+            digest.update(f"array:{value.dtype.str}:{value.shape};".encode())
+            digest.update(np.ascontiguousarray(value).tobytes())
+        elif isinstance(value, np.generic):
+            feed(value.item())
+        else:
+            raise InvalidInputError(f"content_key cannot hash a {type(value).__name__}; pass plain types, "
+                                    "dataclasses, mappings, sequences, arrays or tensors")
+
+    feed(list(values))
+    return digest.hexdigest()[:HASH_CHARS]
+
+
+def imported_modules(modules: Iterable[str | ModuleType]) -> list[str]:
+    """``modules`` and every ``covidlib`` module they import, directly or not, sorted: what
+    :func:`code_fingerprint` should cover for a result those modules compute.
+
+    Read from the source (imports inside functions count; nothing is imported), with each
+    module's parent packages, whose ``__init__`` runs first.
+    """
+    import ast
+
+    package_dir = PACKAGE_PARENT / "covidlib"
+
+    def source(name: str) -> Path | None:
+        base = package_dir.joinpath(*name.split(".")[1:])
+        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+            if name.split(".")[0] == "covidlib" and candidate.is_file():
+                return candidate
+        return None
+
+    seen: set[str] = set()
+    todo = [module.__name__ if isinstance(module, ModuleType) else module for module in modules]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        path = source(name)
+        if path is None:
+            raise InvalidInputError(f"{name!r} is not a covidlib module with a source file")
+        seen.add(name)
+        parts = name.split(".")
+        todo.extend(".".join(parts[:end]) for end in range(1, len(parts)))
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                found = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                origin = node.module or ""
+                if node.level:
+                    base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    origin = ".".join(base + ([node.module] if node.module else []))
+                # `from covidlib.models import unet` imports a module, not only a name
+                found = [origin] + [f"{origin}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            todo.extend(item for item in found if item != "covidlib.__main__" and source(item) is not None)
+    return sorted(seen)

@@ -249,7 +249,9 @@ class Trainer:
     ``model`` maps (B, C_in, H, W) to logits (B, num_classes, H, W). ``out_dir`` receives
     ``last.pt``/``best.pt`` (no files when ``None``). ``batch_transform`` is applied to each
     training batch with the trainer's own seeded generator (mixup). ``metadata`` (plain types)
-    is stored in every checkpoint, e.g. the model's constructor arguments.
+    is stored in every checkpoint, e.g. the model's constructor arguments; its ``"fingerprint"``
+    (see :mod:`covidlib.fingerprint`) keys the run, so ``fit(resume=True)`` continues only a
+    ``last.pt`` written with the same one.
 
     Introduced in chapter 04.
     """
@@ -322,19 +324,19 @@ class Trainer:
     def fit(self, train_loader: Iterable[Any], val_loader: Iterable[Any], *, resume: bool = False) -> list[dict[str, float]]:
         """Train until ``config.epochs`` or early stopping; returns :attr:`history`.
 
-        ``resume=True`` continues from ``out_dir/last.pt`` when it exists (a fresh start when
-        it does not). At the end the model holds the best weights by validation Dice.
+        ``resume=True`` continues from ``out_dir/last.pt`` when it exists and carries the same
+        ``metadata["fingerprint"]`` as this Trainer (a fresh start otherwise: a checkpoint of
+        other settings, inputs or code is never continued). At the end the model holds the best
+        weights by validation Dice.
         """
         loader_generator = getattr(train_loader, "generator", None)
-        if resume:
-            if self.out_dir is None:
-                raise InvalidInputError("fit(resume=True) needs the Trainer's out_dir to find last.pt")
-            if (self.out_dir / LAST_CHECKPOINT).exists():
-                self._load_training_state(load_checkpoint(self.out_dir / LAST_CHECKPOINT), loader_generator)
-            else:
-                self._seed()
+        if resume and self.out_dir is None:
+            raise InvalidInputError("fit(resume=True) needs the Trainer's out_dir to find last.pt")
+        state = self._resumable_state() if resume else None
+        if state is not None:
+            self._load_training_state(state, loader_generator)
         else:
-            self._seed()
+            self._start_fresh()
         config = self.config
         bar = tqdm(total=config.epochs, initial=self.epoch, desc="epochs", disable=not config.progress)
         while self.epoch < config.epochs and not self.stopped_early:
@@ -374,6 +376,24 @@ class Trainer:
             if self.config.max_steps_per_epoch is not None and step >= self.config.max_steps_per_epoch:
                 break
             yield batch
+
+    def _resumable_state(self) -> dict[str, Any] | None:
+        """``last.pt`` when it exists and was written by the same run: a ``metadata["fingerprint"]``
+        that differs from this Trainer's marks a checkpoint of other settings, data or code."""
+        assert self.out_dir is not None
+        path = self.out_dir / LAST_CHECKPOINT
+        if not path.exists():
+            return None
+        state = load_checkpoint(path)
+        if state.get("metadata", {}).get("fingerprint") != self.metadata.get("fingerprint"):
+            return None
+        return state
+
+    def _start_fresh(self) -> None:
+        self._seed()
+        if self.out_dir is not None:
+            # a best.pt left by another run must not stand for this one's
+            (self.out_dir / BEST_CHECKPOINT).unlink(missing_ok=True)
 
     def _seed(self) -> None:
         random.seed(self.config.seed)

@@ -25,6 +25,7 @@ Introduced in chapter 05.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +41,9 @@ from covidlib.augment import default_augmentation
 from covidlib.data import SliceDataset, seeded_loader, split_volumes
 from covidlib.distributed import EpochLoader
 from covidlib.errors import InvalidInputError
+from covidlib.fingerprint import code_fingerprint, content_key, imported_modules
 from covidlib.models.unet3d import GenesisUNet2d, UNet3d
-from covidlib.train import TrainConfig, Trainer
+from covidlib.train import TrainConfig, Trainer, load_checkpoint, save_checkpoint
 
 PARTS = ("encoder_first_half", "encoder_second_half", "bottleneck", "decoder", "head")
 RECIPES = ("scratch", "decoder", "all", "genesis")
@@ -317,14 +319,44 @@ def slice_loader(arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], case_ids: 
     return EpochLoader(loader) if training else loader
 
 
+def stable_settings(settings: SliceTraining) -> dict[str, Any]:
+    """``settings`` as a dict without what does not change a result (device, progress bars)."""
+    plain = dataclasses.asdict(settings)
+    for volatile in ("device", "progress"):
+        plain["train"].pop(volatile)
+    return plain
+
+
+def code_versions(*modules: str) -> dict[str, str]:
+    """``{path: hash}`` of the source of ``modules`` and every covidlib module they import
+    (:func:`covidlib.fingerprint.code_fingerprint` over their import closure)."""
+    return code_fingerprint(imported_modules(modules))
+
+
+def training_fingerprint(model: nn.Module, arrays: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                         train_ids: Sequence[str], val_ids: Sequence[str], settings: SliceTraining) -> str:
+    """The key of one :func:`fit_volumes` run: its settings (not the device), the ids and
+    array contents of its cases, the network's class, starting weights and trainable
+    parameters, and the code of the modules that train it. Introduced in chapter 05."""
+    cases = {case: arrays[case] for case in [*train_ids, *val_ids]}
+    trainable = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+    return content_key(stable_settings(settings), list(train_ids), list(val_ids), cases, type(model).__qualname__,
+                       model.state_dict(), trainable, code_versions(__name__, type(model).__module__))
+
+
 def fit_volumes(model: nn.Module, arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], train_ids: Sequence[str],
                 val_ids: Sequence[str], settings: SliceTraining, *, out_dir: str | Path | None = None,
                 resume: bool = False) -> Trainer:
     """Train ``model`` on the axial slices of ``train_ids``, validating by volume Dice on
     ``val_ids``; returns the :class:`~covidlib.train.Trainer` (history, best weights loaded).
+
+    With ``out_dir`` the checkpoints carry :func:`training_fingerprint`, so ``resume=True``
+    continues (or, when finished, just reloads) only a run of the same settings, cases,
+    starting weights and code; any other ``last.pt`` there is replaced by a fresh run.
     Introduced in chapter 05."""
     seed = settings.train.seed
-    trainer = Trainer(model, settings.train, out_dir=out_dir)
+    metadata = None if out_dir is None else {"fingerprint": training_fingerprint(model, arrays, train_ids, val_ids, settings)}
+    trainer = Trainer(model, settings.train, out_dir=out_dir, metadata=metadata)
     trainer.fit(slice_loader(arrays, train_ids, settings, training=True, seed=seed),
                 slice_loader(arrays, val_ids, settings, training=False, seed=seed), resume=resume)
     return trainer
@@ -375,7 +407,7 @@ def genesis_corruption(cube: Tensor, generator: torch.Generator, *, block: int =
 
 def pretrain_genesis_proxy(unet3d: UNet3d, volumes_hu: Sequence[np.ndarray], *, cube: tuple[int, int, int] = (32, 32, 16),
                            steps: int = 100, batch_size: int = 4, lr: float = 1e-3, seed: int = 0,
-                           progress: bool = True) -> list[float]:
+                           progress: bool = True, cache: str | Path | None = None) -> list[float]:
     """Self-supervised restoration pretraining of ``unet3d`` in the Models Genesis way, for when
     the published ``Genesis_Chest_CT.pt`` is not at hand: cubes cut from ``volumes_hu``
     ((z, y, x) HU arrays, clipped to [-1000, 1000] HU and scaled to [0, 1] as Models Genesis
@@ -383,10 +415,26 @@ def pretrain_genesis_proxy(unet3d: UNet3d, volumes_hu: Sequence[np.ndarray], *, 
     squared error. Cubes are laid out ``(y, x, z)`` — depth last, like Models Genesis — so
     :func:`flatten_3d_to_2d` with its default ``depth_axis=-1`` applies. ``cube`` is
     ``(y, x, z)`` voxels, multiples of 8. Returns the loss of each step.
+
+    ``cache``: a file in the published checkpoint's layout (``state_dict`` with the ``module.``
+    prefix, so :func:`~covidlib.models.unet3d.load_genesis_checkpoint` reads it) plus the
+    losses and a fingerprint of the settings, the volumes, ``unet3d``'s starting weights and
+    the code. When the file's fingerprint matches, its weights are loaded into ``unet3d`` and
+    its losses returned without training; otherwise the proxy is trained and the file
+    (re)written atomically.
     Zhou et al., MICCAI 2019. Introduced in chapter 05.
     """
     if unet3d.in_channels != 1 or unet3d.num_classes != 1:
         raise InvalidInputError("pretrain_genesis_proxy restores one-channel images: use UNet3d(in_channels=1, num_classes=1)")
+    key = None
+    if cache is not None:
+        key = content_key(dict(cube=list(cube), steps=steps, batch_size=batch_size, lr=lr, seed=seed),
+                          [np.asarray(v) for v in volumes_hu], unet3d.state_dict(), code_versions(__name__))
+        if Path(cache).is_file():
+            stored = load_checkpoint(cache)
+            if stored.get("fingerprint") == key:
+                unet3d.load_state_dict({k.removeprefix("module."): v for k, v in stored["state_dict"].items()})
+                return [float(loss) for loss in stored["losses"]]
     scaled = [np.transpose((np.clip(np.asarray(v, np.float32), -1000, 1000) + 1000) / 2000, (1, 2, 0)) for v in volumes_hu]
     for index, volume in enumerate(scaled):
         if any(s < c for s, c in zip(volume.shape, cube)):
@@ -407,6 +455,9 @@ def pretrain_genesis_proxy(unet3d: UNet3d, volumes_hu: Sequence[np.ndarray], *, 
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
+    if cache is not None:
+        save_checkpoint({"state_dict": {f"module.{k}": v for k, v in unet3d.state_dict().items()},
+                         "losses": losses, "fingerprint": key}, cache)
     return losses
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import covidlib.experiments as experiments
+from covidlib import fingerprint
 from covidlib.errors import InvalidInputError
 from covidlib.experiments import Cell, GridConfig, load_records, render_table, run_grid, summarise
 from covidlib.models import UNet2d
@@ -126,6 +128,58 @@ def test_interrupted_augmented_cell_resumes_bit_for_bit(tmp_path, weights, inter
         a = load_checkpoint(tmp_path / "straight" / "checkpoints" / key / name)["model"]
         b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / key / name)["model"]
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_stale_cells_are_recomputed_when_a_setting_the_weights_or_the_code_change(tmp_path, weights,
+                                                                                  monkeypatch) -> None:
+    pretrained, genesis = weights
+    cases = [ToyCase(i) for i in range(8)]
+    config = tiny_config(networks=("unet",), recipes=("scratch", "all"), folds=1)
+    results = tmp_path / "grid"
+    calls = []
+    real_run_cell = experiments.run_cell
+    monkeypatch.setattr(experiments, "run_cell", lambda cell, *a, **k: calls.append(cell.key) or real_run_cell(cell, *a, **k))
+    first = run_grid(cases, config, results, pretrained=pretrained, progress=False)
+    scratch, all_ = (c.key for c in config.cells())
+    assert calls == [scratch, all_]
+
+    # An edited setting: every cell is recomputed from scratch (its stale last.pt is not continued).
+    calls.clear()
+    edited = tiny_config(networks=("unet",), recipes=("scratch", "all"), folds=1, training=SliceTraining(
+        train=TrainConfig(epochs=1, max_steps_per_epoch=2, amp="off", progress=False, device="cpu", lr=5e-3),
+        batch_size=4, augment=False))
+    again = run_grid(cases, edited, results, pretrained=pretrained, progress=False)
+    assert calls == [scratch, all_]
+    fresh = run_grid(cases, edited, tmp_path / "fresh", pretrained=pretrained, progress=False)
+    losses = lambda records: [[row["train_loss"] for row in r["history"]] for r in records]  # noqa: E731
+    assert losses(again) == losses(fresh) != losses(first)
+    assert all(a["fingerprint"] != b["fingerprint"] for a, b in zip(first, again))
+    with pytest.raises(InvalidInputError, match="stale"):
+        load_records(results, config)
+
+    # Unchanged: nothing runs. Other pretrained weights: only the cell that starts from them.
+    calls.clear()
+    run_grid(cases, edited, results, pretrained=pretrained, progress=False)
+    assert calls == []
+    torch.manual_seed(1)
+    torch.save(UNet2d(base_width=2, depth=2).state_dict(), pretrained["unet"])
+    run_grid(cases, edited, results, pretrained=pretrained, progress=False)
+    assert calls == [all_]
+
+    # A code edit (a module the cells import, here the losses) makes every record stale.
+    calls.clear()
+    real_hash = fingerprint.file_hash
+    monkeypatch.setattr(fingerprint, "file_hash",
+                        lambda path: "edited" if Path(path).name == "losses.py" else real_hash(path))
+    edited_code = run_grid(cases, edited, results, pretrained=pretrained, progress=False)
+    assert calls == [scratch, all_]
+    assert all("covidlib/losses.py" in r["inputs"]["code"] for r in edited_code)
+    # ...but an edit to a module they do not import changes nothing.
+    calls.clear()
+    monkeypatch.setattr(fingerprint, "file_hash",
+                        lambda path: "edited" if Path(path).name in ("losses.py", "svcca.py") else real_hash(path))
+    run_grid(cases, edited, results, pretrained=pretrained, progress=False)
+    assert calls == []
 
 
 def test_missing_weights_are_named(tmp_path) -> None:

@@ -59,3 +59,32 @@ def test_data_fingerprint_sees_added_and_resized_files(tmp_path):
 def test_settings_key_ignores_key_order_but_not_values():
     assert fingerprint.settings_key({"a": 1, "b": 2}) == fingerprint.settings_key({"b": 2, "a": 1})
     assert fingerprint.settings_key({"a": 1}) != fingerprint.settings_key({"a": 2})
+
+
+def test_content_key_hashes_array_contents_and_kinds():
+    import numpy as np
+    import torch
+
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    assert fingerprint.content_key({"x": a}) == fingerprint.content_key({"x": np.asfortranarray(a)})  # layout-free
+    changed = a.copy()
+    changed[1, 2] = np.nextafter(changed[1, 2], np.float32(10))  # one ulp in one element
+    assert fingerprint.content_key({"x": a}) != fingerprint.content_key({"x": changed})
+    assert fingerprint.content_key(a) != fingerprint.content_key(a.reshape(3, 2))  # shape counts
+    assert fingerprint.content_key(a) != fingerprint.content_key(a.astype(np.float64))  # dtype counts
+    assert fingerprint.content_key(torch.from_numpy(a)) == fingerprint.content_key(torch.from_numpy(a).t().t())
+    assert len({fingerprint.content_key(v) for v in (1, "1", 1.0, True, None)}) == 5
+    assert fingerprint.content_key({"b": 1, "a": 2}) == fingerprint.content_key({"a": 2, "b": 1})
+    with pytest.raises(InvalidInputError, match="cannot hash"):
+        fingerprint.content_key(object())
+
+
+def test_imported_modules_follow_imports_transitively():
+    closure = fingerprint.imported_modules(["covidlib.experiments"])
+    # experiments -> transfer -> train -> losses: found through two modules in between
+    assert {"covidlib", "covidlib.experiments", "covidlib.transfer", "covidlib.train", "covidlib.losses",
+            "covidlib.models", "covidlib.errors"} <= set(closure)
+    assert "covidlib.svcca" not in closure and "covidlib.__main__" not in closure
+    assert fingerprint.imported_modules(["covidlib.errors"]) == ["covidlib", "covidlib.errors"]
+    with pytest.raises(InvalidInputError, match="not a covidlib module"):
+        fingerprint.imported_modules(["numpy"])

@@ -210,6 +210,22 @@ def test_resume_without_checkpoint_starts_fresh_and_needs_out_dir(tmp_path: Path
         Trainer(tiny_model(), quick_config()).fit(train, val, resume=True)
 
 
+def test_resume_continues_only_a_checkpoint_with_the_same_fingerprint(tmp_path: Path) -> None:
+    train, val = loaders()
+    Trainer(tiny_model(), quick_config(epochs=2), out_dir=tmp_path, metadata={"fingerprint": "a"}).fit(train, val)
+    train, val = loaders()
+    other = Trainer(tiny_model(seed=3), quick_config(epochs=3), out_dir=tmp_path, metadata={"fingerprint": "b"})
+    history = other.fit(train, val, resume=True)
+    train, val = loaders()
+    fresh = Trainer(tiny_model(seed=3), quick_config(epochs=3), out_dir=tmp_path / "fresh", metadata={"fingerprint": "b"})
+    assert without_times(history) == without_times(fresh.fit(train, val))  # a fresh start, not epoch 3 of run "a"
+    assert load_checkpoint(tmp_path / BEST_CHECKPOINT)["metadata"] == {"fingerprint": "b"}
+    train, val = loaders()
+    same = Trainer(tiny_model(seed=5), quick_config(epochs=3), out_dir=tmp_path, metadata={"fingerprint": "b"})
+    assert without_times(same.fit(train, val, resume=True)) == without_times(history)  # finished: reloaded
+    assert_same_state(same.model.state_dict(), other.model.state_dict())
+
+
 class CountingTrainer(Trainer):
     """A subclass in the way mean teacher uses the hooks: extra state that must survive resume."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,9 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import covidlib.transfer as transfer
+from covidlib import fingerprint
 from covidlib.errors import InvalidInputError
 from covidlib.models import AttentionUNet2d, UNet2d
-from covidlib.models.unet3d import ConvUnit, GenesisUNet2d, UNet3d
+from covidlib.models.unet3d import ConvUnit, GenesisUNet2d, UNet3d, load_genesis_checkpoint
 from covidlib.train import TrainConfig, load_checkpoint
 from covidlib.transfer import (
     PARTS,
@@ -331,3 +334,59 @@ def test_interrupted_augmented_pretraining_resumes_bit_for_bit(tmp_path, interru
         b = load_checkpoint(tmp_path / "resumed" / name)["model"]
         assert all(torch.equal(a[k], b[k]) for k in a), name
     assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()))
+
+
+def test_pretraining_continues_only_its_own_run(tmp_path) -> None:
+    """A finished pretraining is reloaded, not redone; an edited setting starts afresh (the
+    result equals a run in an empty folder), never continuing the other run's last.pt."""
+    cases = toy_source_cases(5)
+    train = TrainConfig(epochs=2, patience=10, max_steps_per_epoch=2, amp="off", progress=False, device="cpu", lr=1e-2)
+    settings = SliceTraining(train=train, batch_size=2, augment=False)
+    first = pretrain(small_unet(), cases, settings, out_dir=tmp_path / "run", resume=True)
+    again = pretrain(small_unet(), cases, settings, out_dir=tmp_path / "run", resume=True)
+    assert again.history == first.history  # reloaded: the same rows, times included
+
+    edited = SliceTraining(train=TrainConfig(**{**train.__dict__, "lr": 5e-3}), batch_size=2, augment=False)
+    changed = small_unet()
+    pretrain(changed, cases, edited, out_dir=tmp_path / "run", resume=True)
+    reference = small_unet()
+    pretrain(reference, cases, edited, out_dir=tmp_path / "fresh", resume=True)
+    assert all(torch.equal(a, b) for a, b in zip(changed.state_dict().values(), reference.state_dict().values()))
+    other_start = small_unet(seed=1)  # other starting weights: another run too
+    fingerprints = {load_checkpoint(tmp_path / "run" / "last.pt")["metadata"]["fingerprint"]}
+    pretrain(other_start, cases, edited, out_dir=tmp_path / "run", resume=True)
+    fingerprints.add(load_checkpoint(tmp_path / "run" / "last.pt")["metadata"]["fingerprint"])
+    assert len(fingerprints) == 2
+
+
+def test_genesis_proxy_cache_is_keyed_by_settings_data_and_code(tmp_path, monkeypatch) -> None:
+    volume = np.full((8, 16, 16), -800.0, np.float32)
+    volume[:, 4:12, 4:12] = 40.0
+    cache = tmp_path / "genesis_proxy.pt"
+
+    def proxy(steps: int = 3, seed: int = 0) -> tuple[UNet3d, list[float]]:
+        torch.manual_seed(0)
+        network = UNet3d(base_width=2)
+        losses = pretrain_genesis_proxy(network, [volume], cube=(16, 16, 8), steps=steps, batch_size=1, seed=seed,
+                                        progress=False, cache=cache)
+        return network, losses
+
+    trained, losses = proxy()
+    assert len(losses) == 3 and cache.is_file()
+    reloaded = load_genesis_checkpoint(cache)  # the published checkpoint's layout
+    assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), reloaded.state_dict().values()))
+    steps_run = []
+    real_corruption = transfer.genesis_corruption
+    monkeypatch.setattr(transfer, "genesis_corruption", lambda *a, **k: steps_run.append(1) or real_corruption(*a, **k))
+    cached, cached_losses = proxy()
+    assert steps_run == [] and cached_losses == losses
+    assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), cached.state_dict().values()))
+    _, other = proxy(steps=2)  # an edited setting: trained again
+    assert len(steps_run) == 2 and len(other) == 2
+    proxy(steps=2)
+    assert len(steps_run) == 2
+    real_hash = fingerprint.file_hash
+    monkeypatch.setattr(fingerprint, "file_hash",
+                        lambda path: "edited" if Path(path).name == "unet3d.py" else real_hash(path))
+    proxy(steps=2)  # the code that trains it changed: trained again
+    assert len(steps_run) == 4
