@@ -1,22 +1,62 @@
 import json
+import re
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
+
+import covidlib.results
 
 from covidlib.errors import InvalidInputError
 from covidlib.results import atomic_write_text, read_build_timings, read_records, write_record
 
 
 def test_record_round_trip_converts_numpy_and_non_finite(tmp_path):
+    package = Path(covidlib.results.__file__).resolve().parent
+    head_before = _head(package)
     path = write_record(tmp_path, "04_unet", parameters={"quick": True},
                         numbers={"dice": np.float32(0.5), "folds": np.array([0.25, 0.75]), "hd": float("inf")},
                         runtime={"device": "cpu"})
+    head_after = _head(package)  # another commit may land meanwhile in a shared checkout
     assert path == tmp_path / "04_unet.json"
     record = json.loads(path.read_text())
     assert record["numbers"] == {"dice": 0.5, "folds": [0.25, 0.75], "hd": None}
     assert record["parameters"] == {"quick": True} and record["runtime"] == {"device": "cpu"}
-    assert record["commit"]
+    assert record["commit"].removesuffix("-dirty") in {head_before, head_after}  # "unknown" outside a checkout
     assert read_records(tmp_path)["04_unet"]["numbers"]["dice"] == 0.5
+
+
+def _git(cwd, *args):
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args], cwd=cwd,
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _head(cwd):
+    try:
+        return _git(cwd, "rev-parse", "HEAD")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def test_git_commit_is_the_head_sha_marked_dirty_or_unknown(tmp_path, monkeypatch):
+    from covidlib.results import git_commit
+
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # git never looks above tmp_path
+    outside = tmp_path / "not_a_repo"
+    outside.mkdir()
+    assert git_commit(outside) == "unknown"
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "a.txt").write_text("1")
+    _git(repo, "add", "a.txt")
+    _git(repo, "commit", "-q", "-m", "one")
+    sha = _git(repo, "rev-parse", "HEAD")
+    assert re.fullmatch(r"[0-9a-f]{40}", sha)
+    assert git_commit(repo) == sha
+    (repo / "a.txt").write_text("2")
+    assert git_commit(repo) == f"{sha}-dirty"
 
 
 def test_read_records_skips_build_metadata_and_rejects_foreign_json(tmp_path):
