@@ -33,13 +33,14 @@ import numpy as np
 from scipy import ndimage
 from skimage.morphology import convex_hull_image
 
+from covidlib.phantom import GREY_BINS, LUNG_GREY_THRESHOLD, grey_histogram, grey_regions
 from covidlib.results import atomic_write_text, git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "covid-semiseg"
 DEFAULT_OUT = ROOT / "covidlib" / "phantom_calibration.json"
-BINS = 32
-LUNG_THRESHOLD = 90
+BINS = GREY_BINS
+LUNG_THRESHOLD = LUNG_GREY_THRESHOLD
 #: Nominal HU the window is solved for (covidlib.phantom.TISSUE_HU: lung, soft tissue).
 LUNG_HU, SOFT_TISSUE_HU = -850.0, 40.0
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -58,9 +59,8 @@ def lung_region(grey: np.ndarray, lesion: np.ndarray) -> np.ndarray:
 
 
 def histogram(values: np.ndarray) -> list[float]:
-    """Share of ``values`` in each of :data:`BINS` equal bins over 0..256 (sums to 1)."""
-    counts, _ = np.histogram(values, bins=BINS, range=(0, 256))
-    return (counts / max(1, counts.sum())).round(5).tolist()
+    """Share of ``values`` in each of :data:`BINS` equal bins over 0..256 (sums to 1), rounded for the file."""
+    return grey_histogram(values).round(5).tolist()
 
 
 def quantiles(values: list[float] | np.ndarray) -> dict[str, float]:
@@ -87,8 +87,8 @@ def two_lungs(lungs: np.ndarray) -> list[np.ndarray]:
 def measure(grey: np.ndarray, lesion: np.ndarray) -> dict[str, object]:
     """All per-slice numbers of one slice (H, W) uint8 with its lesion mask (H, W) bool."""
     lungs = lung_region(grey, lesion)
-    parenchyma = ndimage.binary_erosion(lungs & ~lesion, iterations=2)
-    body = ndimage.binary_erosion(~lungs & (grey >= LUNG_THRESHOLD), iterations=2)
+    regions = grey_regions(grey, lungs, lesion)
+    parenchyma, body = regions["lung"], regions["body"]
     pair = two_lungs(lungs)
     centres = [np.array(ndimage.center_of_mass(p)) for p in pair]
     delta = np.abs(centres[0] - centres[1])
@@ -116,7 +116,7 @@ def measure(grey: np.ndarray, lesion: np.ndarray) -> dict[str, object]:
         "vertical": vertical, "mediastinum_offset": mediastinum_offset,
         "lung_grey": lung_level, "body_peak_grey": body_peak,
         "bright_share": float(bright.sum() / max(1, parenchyma.sum())),
-        "calibre_px": calibre_px.tolist(), "grey": {"lung": grey[parenchyma], "body": grey[body], "lesion": grey[lesion]},
+        "calibre_px": calibre_px.tolist(), "grey": {name: grey[mask] for name, mask in regions.items()},
     }
     if not lesion.any():
         return result
@@ -159,6 +159,9 @@ def calibrate(data_root: Path) -> dict[str, object]:
         case = dataset.load(case_id)
         grey = np.clip(np.rint(case.image.array[0]), 0, 255).astype(np.uint8)
         rows.append(measure(grey, case.lesion_mask[0] > 0))
+    # Ground glass vs consolidation: the same slices' multi-class masks (1 GGO, 2 consolidation).
+    classes = [get_dataset("covid-semiseg", data_root, multiclass=True).load(case_id).lesion_mask for case_id in ids]
+    consolidation = sum(int((c == 2).sum()) for c in classes) / max(1, sum(int((c > 0).sum()) for c in classes))
     grey = {name: np.concatenate([r["grey"][name] for r in rows]) for name in ("lung", "body", "lesion")}
     lesioned = [r for r in rows if "n_lesions" in r]
     # The window that puts the phantom's nominal lung and soft-tissue HU on each slice's grey levels.
@@ -196,6 +199,8 @@ def calibrate(data_root: Path) -> dict[str, object]:
                                                      / np.mean([r["lung_depth"] for r in lesioned])),
             "share_in_outer_third_of_depth": float(np.nanmean([r["outer_third_share"] for r in lesioned])),
             "bilateral_share": float(np.mean([r["bilateral"] for r in lesioned])),
+            "consolidation_share_of_lesion_pixels": consolidation,
+            "share_of_slices_with_consolidation": float(np.mean([(c == 2).any() for c in classes])),
         },
         "vessels": {"bright_share_of_parenchyma": quantiles([r["bright_share"] for r in rows]),
                     "calibre_over_image_width": quantiles(np.concatenate([np.asarray(r["calibre_px"]) / r["shape"][1]

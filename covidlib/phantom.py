@@ -30,11 +30,15 @@ a second. Introduced in chapter 01.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from covidlib.ct import PADDING_VALUES, average_slabs, majority_slabs
 from covidlib.errors import InvalidInputError
@@ -55,6 +59,7 @@ TISSUES: dict[str, int] = {
     "consolidation": 10,
     "nodule": 11,
     "effusion": 12,
+    "fissure": 13,  # interlobar pleura: a thin sheet, its HU the partial volume of ~1 mm of tissue
 }
 
 #: Which tissues form ``lesion_mask`` for each disease.
@@ -78,10 +83,74 @@ SLICE_THICKNESSES_MM = (1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 6.0, 8.0)
 #: In-plane spacing (mm) on a 512 x 512 matrix; smaller matrices keep the field of view (larger voxels).
 IN_PLANE_MM_AT_512 = (0.6, 0.95)
 REFERENCE_MATRIX = 512
+#: Cut-off frequencies (cycles/mm) of the reconstruction kernel's apodisation: soft to sharp.
+KERNEL_CUTOFF_PER_MM = (0.3, 0.7)
+#: At most this many COVID lesions a case (the real slices' count, capped for speed).
+MAX_COVID_LESIONS = 12
+#: Lesion area drawn per unit of real burden (blobs cover less than their radius' disk); see
+#: ``benchmarks/calibrate_phantom.py`` and the view's measured burden in tests/test_phantom.py.
+BURDEN_GAIN = 2.0
+#: Share of GGO lesions with crazy paving.
+CRAZY_PAVING_SHARE = 0.3
 #: Upper bound on voxels of the thin volume a thick case is averaged from (memory and time).
 MAX_THIN_VOXELS = 48_000_000
 
 _LUNG_HALF_HEIGHT_FRACTION = 0.5
+#: Thickness (mm) of the interlobar pleura that a fissure voxel holds.
+FISSURE_MM = 1.0
+#: Package file with the tables that ``benchmarks/calibrate_phantom.py`` derives from real slices.
+CALIBRATION_FILE = "phantom_calibration.json"
+
+
+@functools.lru_cache(maxsize=1)
+def _calibration_text() -> str:
+    return resources.files("covidlib").joinpath(CALIBRATION_FILE).read_text()
+
+
+def load_calibration() -> dict[str, Any]:
+    """The phantom's calibration tables (``covidlib/phantom_calibration.json``), a fresh dict.
+
+    Derived from COVID-SemiSeg's 50 labelled slices by ``benchmarks/calibrate_phantom.py``
+    (numbers only: grey-level histograms, the display window, lesion burden, count and position,
+    field of view, orientation); shipped with the package, so no real data is needed to use it.
+    Introduced in chapter 01.
+    """
+    return json.loads(_calibration_text())
+
+
+#: Grey-level histograms: bins over 0..256, and the grey level below which a pixel counts as aerated.
+GREY_BINS = 32
+LUNG_GREY_THRESHOLD = 90
+
+
+def grey_regions(grey: np.ndarray, lungs: np.ndarray, lesion: np.ndarray) -> dict[str, np.ndarray]:
+    """Masks (H, W) bool of an 8-bit slice's parenchyma, body and lesions, as the tables count them.
+
+    ``grey`` (H, W) uint8; ``lungs`` and ``lesion`` (H, W) bool. Parenchyma: lungs minus lesions,
+    eroded by 2 pixels (no partial volume with what borders them); body: neither lung nor darker
+    than :data:`LUNG_GREY_THRESHOLD`, eroded by 2 pixels (soft tissue, fat, bone); lesion: the mask.
+    ``benchmarks/calibrate_phantom.py`` applies it to real slices, chapter 01 to phantom views.
+    """
+    parenchyma = ndimage.binary_erosion(lungs & ~lesion, iterations=2)
+    body = ndimage.binary_erosion(~lungs & (grey >= LUNG_GREY_THRESHOLD), iterations=2)
+    return {"lung": parenchyma, "body": body, "lesion": lesion}
+
+
+def grey_histogram(values: np.ndarray) -> np.ndarray:
+    """Share of ``values`` in each of :data:`GREY_BINS` equal bins over 0..256 (sums to 1; zeros when empty)."""
+    counts, _ = np.histogram(values, bins=GREY_BINS, range=(0, 256))
+    return counts / max(1, counts.sum())
+
+
+def draw_from_quantiles(rng: np.random.Generator, table: Mapping[str, float], size: int | None = None) -> Any:
+    """Draw from the distribution a calibration table describes by its q10..q90 quantiles.
+
+    Inverse-CDF sampling with linear interpolation between the quantiles; the tails below q10
+    and above q90 collapse onto them (the tables keep no extremes).
+    """
+    levels = sorted(k for k in table if k.startswith("q"))
+    probabilities = [int(k[1:]) / 100 for k in levels]
+    return np.interp(rng.random(size), probabilities, [float(table[k]) for k in levels])
 
 
 @dataclass
@@ -329,6 +398,38 @@ def _paint_body(labels: np.ndarray, hu: np.ndarray, grid: _Grid, anat: _Anatomy,
     hu[discs[:, None], vy[None, :], vx[None, :]] = TISSUE_HU["soft_tissue"]
 
 
+def _paint_fissures(labels: np.ndarray, hu: np.ndarray, side: np.ndarray, grid: _Grid, anat: _Anatomy,
+                    rng: np.random.Generator, texture: np.ndarray) -> None:
+    """Interlobar fissures: an oblique one in each lung, a horizontal one in the right lung's front.
+
+    Each is a gently waving plane; a voxel it crosses gets the partial volume of
+    :data:`FISSURE_MM` of pleura (about 40 HU) in lung, so the line fades on coarse grids.
+    """
+    T = TISSUES
+    z = grid.z.astype(np.float32)[:, None, None]
+    y = grid.y.astype(np.float32)[None, :, None]
+    dz, dy = float(grid.z[1] - grid.z[0]) if len(grid.z) > 1 else 1.0, float(abs(grid.y[1] - grid.y[0]))
+    h = anat.lung_height
+    for s in (1, 2):
+        yc, _ = anat.lung_centre(s)
+        # The oblique fissure climbs from the front of the diaphragm to high at the back (about 45-55 deg).
+        slope = rng.uniform(0.9, 1.4)
+        z0 = rng.uniform(0.45, 0.6) * h
+        normal = np.array([1.0, -slope]) / np.hypot(1.0, slope)
+        oblique = (z - z0) * normal[0] + (y - yc) * normal[1] + np.float32(3.0) * texture
+        sheets = [(oblique, abs(normal[0]) * dz + abs(normal[1]) * dy)]
+        if s == 1:
+            # The horizontal fissure: front of the right lung, above the oblique fissure.
+            level = rng.uniform(0.55, 0.7) * h
+            horizontal = np.where(oblique > 0, (z - level) + np.float32(3.0) * texture, np.float32(np.inf))
+            sheets.append((horizontal, dz))
+        for distance, extent in sheets:
+            crossed = (np.abs(distance) < extent / 2) & (side == s)
+            labels[crossed] = T["fissure"]
+            share = min(1.0, FISSURE_MM / max(extent, 1e-6))
+            hu[crossed] += np.float32(share) * (np.float32(TISSUE_HU["soft_tissue"]) - hu[crossed])
+
+
 def _paint_lungs(labels: np.ndarray, hu: np.ndarray, side: np.ndarray, grid: _Grid, anat: _Anatomy,
                  rng: np.random.Generator, texture: np.ndarray, visible_radius: float) -> None:
     """Lung parenchyma, vessel tree and airway tree (labels, HU); ``side`` holds 1/2 inside the lungs.
@@ -343,6 +444,7 @@ def _paint_lungs(labels: np.ndarray, hu: np.ndarray, side: np.ndarray, grid: _Gr
     y_rel = ((grid.y - anat.cy) / anat.inner_b).astype(np.float32)[None, :, None]
     _, lung_y, _ = np.nonzero(in_lung)
     hu[in_lung] = np.float32(-850.0) + np.float32(40.0) * y_rel.ravel()[lung_y] + np.float32(12.0) * texture[in_lung]
+    _paint_fissures(labels, hu, side, grid, anat, rng, texture)
 
     h = anat.lung_height
     vessel = np.zeros(labels.shape, dtype=bool)
@@ -379,7 +481,8 @@ def _paint_lungs(labels: np.ndarray, hu: np.ndarray, side: np.ndarray, grid: _Gr
         draw(_branching_tree(rng, hilum, trunks, 40.0, 5.0, 0.7, inside), vessel)
         bronchus_root = hilum + np.array([8.0, -6.0, 0.0])
         draw([(carina, bronchus_root, 5.5)], lumen["central"], wall["central"])
-        draw(_branching_tree(rng, bronchus_root, trunks, 30.0, 3.5, 1.0, inside),
+        # Bronchi thinner than 2 mm have walls below a pixel on real scans and are barely seen: not drawn.
+        draw(_branching_tree(rng, bronchus_root, trunks, 30.0, 3.5, 2.0, inside),
              lumen["peripheral"], wall["peripheral"])
 
     vessel &= in_lung
@@ -442,8 +545,26 @@ def _blob(rng: np.random.Generator, grid: _Grid, centre: np.ndarray, radius: flo
     return box, q, bounds
 
 
+def _covid_lesion_radii(rng: np.random.Generator, anat: _Anatomy, calibration: Mapping[str, Any]) -> np.ndarray:
+    """Radii (mm) of one case's COVID lesions, calibrated on real slices.
+
+    The burden (lesion share of the lung's cross-section) and the count are drawn from the real
+    slices' tables; the burden is split between the lesions by log-normal weights (a few large,
+    many small, as in the real masks). ``BURDEN_GAIN`` makes up for the blobs' irregular, thinned
+    outline, which covers less than the disk of their radius.
+    """
+    tables = calibration["lesions"]
+    burden = float(draw_from_quantiles(rng, tables["lesion_share_of_lung"]))
+    counts = np.asarray(tables["count_histogram"], dtype=float)
+    count = int(np.clip(rng.choice(counts.size, p=counts / counts.sum()), 2, MAX_COVID_LESIONS))
+    lung_area = 2 * np.pi * (0.46 * anat.inner_a) * (0.85 * anat.inner_b)
+    weights = rng.lognormal(0.0, 1.0, count)
+    areas = BURDEN_GAIN * burden * lung_area * weights / weights.sum()
+    return np.clip(np.sqrt(areas / np.pi), 4.0, 70.0)
+
+
 def _paint_lesions(labels: np.ndarray, hu: np.ndarray, side: np.ndarray, grid: _Grid, anat: _Anatomy,
-                   rng: np.random.Generator, disease: str) -> int:
+                   rng: np.random.Generator, disease: str, calibration: Mapping[str, Any]) -> int:
     """Add the disease's lesions in place; returns how many were drawn."""
     T = TISSUES
     covered = (max(float(grid.z[0]), 5.0), min(float(grid.z[-1]), anat.lung_height - 5.0))
@@ -462,7 +583,13 @@ def _paint_lesions(labels: np.ndarray, hu: np.ndarray, side: np.ndarray, grid: _
             side[fluid] = 0
         return len(sides)
 
-    count = int(rng.integers(2, 11)) if disease == "covid" else int(rng.integers(1, 4))
+    if disease == "covid":
+        radii = _covid_lesion_radii(rng, anat, calibration)
+        window = calibration["window"]
+        scale = 255.0 / (window["high_hu"]["q50"] - window["low_hu"]["q50"])
+    else:
+        radii = np.exp(rng.uniform(np.log(3.0), np.log(22.0), int(rng.integers(1, 4))))
+    count = len(radii)
     drawn = 0
     for i in range(count):
         lung = 1 + i % 2 if i < 2 else int(rng.integers(1, 3))  # covid is bilateral
@@ -470,11 +597,10 @@ def _paint_lesions(labels: np.ndarray, hu: np.ndarray, side: np.ndarray, grid: _
         centre = _random_lung_point(rng, anat, covered, lung, peripheral)
         if centre is None:
             continue
+        radius = float(radii[i])
         if disease == "covid":
-            radius = float(np.exp(rng.uniform(np.log(6.0), np.log(32.0))))
             blob = _blob(rng, grid, centre, radius, lobes=int(rng.integers(1, 4)), roughness=0.45)
         else:
-            radius = float(np.exp(rng.uniform(np.log(3.0), np.log(22.0))))
             blob = _blob(rng, grid, centre, radius, lobes=int(rng.integers(1, 3)), roughness=0.2)
         if blob is None:
             continue
@@ -488,10 +614,17 @@ def _paint_lesions(labels: np.ndarray, hu: np.ndarray, side: np.ndarray, grid: _
         inside = (q < 1.0) & (s > 0)
         texture = _smooth_field(rng, grid.z[box[0]], grid.y[box[1]], grid.x[box[2]], 4.0, bounds)
         if disease == "covid":
-            # GGO replaces parenchyma only: vessels and airways stay visible through it.
-            level = rng.uniform(-650.0, -420.0)
+            # GGO replaces parenchyma only: vessels, airways and fissures stay visible through it.
+            # Its level: the real lesions' median grey through the real median window.
+            grey = float(draw_from_quantiles(rng, window["lesion_grey"]))
+            level = float(np.clip(window["low_hu"]["q50"] + grey / scale, -650.0, -350.0))
             ramp = np.clip((1.0 - q) / 0.5, 0.0, 1.0)
-            ggo_hu = -850.0 + (level + 850.0) * (0.45 + 0.55 * ramp) + 35.0 * texture
+            ggo_hu = -850.0 + (level + 850.0) * (0.45 + 0.55 * ramp) + 60.0 * texture
+            if rng.random() < CRAZY_PAVING_SHARE:
+                # Crazy paving: thickened interlobular septa, a polygonal net of lines over the
+                # haze; the zero set of a smooth field is such a net, cells about 1-2 cm wide.
+                septa = _smooth_field(rng, grid.z[box[0]], grid.y[box[1]], grid.x[box[2]], 7.0, bounds)
+                ggo_hu = ggo_hu + 160.0 * (np.abs(septa) < 0.25)
             ggo = inside & (lab == T["lung"])
             lab[ggo] = T["ggo"]
             vals[ggo] = np.clip(ggo_hu[ggo], -700.0, -300.0)
@@ -510,6 +643,34 @@ def _paint_lesions(labels: np.ndarray, hu: np.ndarray, side: np.ndarray, grid: _
 
 # ---------------------------------------------------------------------------------------------
 # Public API
+
+
+def reconstruction_noise(rng: np.random.Generator, shape: tuple[int, ...], pixel_mm: tuple[float, float],
+                         sd: float, cutoff_per_mm: float) -> np.ndarray:
+    """Noise as filtered back-projection leaves it: float32 ``shape`` (z, y, x), sd ``sd`` HU.
+
+    White noise shaped in-plane by the noise power spectrum of filtered back-projection, the
+    ramp filter times a Gaussian apodisation window: NPS(f) ~ f exp(-(f/f_c)^2) (Hanson 1979;
+    Boedeker et al., Phys. Med. Biol. 2007). It has no power at zero frequency and a peak at
+    mid frequencies, so its grain is a few pixels wide, not the single-pixel speckle of white
+    noise; ``cutoff_per_mm`` (f_c, cycles/mm) is soft (0.3) to sharp (0.7) kernels. Slices are
+    independent. Scaled exactly: the filter is normalised to unit mean power.
+    """
+    fy = np.fft.fftfreq(shape[-2], d=pixel_mm[0])[:, None]
+    fx = np.fft.rfftfreq(shape[-1], d=pixel_mm[1])[None, :]
+    radial = np.hypot(fy, fx)
+    gain = np.sqrt(radial * np.exp(-((radial / cutoff_per_mm) ** 2)))
+    # Mean power over the full (two-sided) spectrum: rfft columns 1..n/2-1 stand for two columns.
+    weights = np.full(fx.shape[1], 2.0)
+    weights[0] = 1.0
+    if shape[-1] % 2 == 0:
+        weights[-1] = 1.0
+    power = float((gain ** 2 * weights).sum() / (shape[-2] * shape[-1]))
+    if power <= 0:
+        return np.zeros(shape, dtype=np.float32)
+    white = rng.standard_normal(shape, dtype=np.float32)
+    shaped = np.fft.irfft2(np.fft.rfft2(white) * (gain / np.sqrt(power)).astype(np.complex64), s=shape[-2:])
+    return (shaped * np.float32(sd)).astype(np.float32, copy=False)
 
 
 def _check_spacing(spacing: tuple[float, float, float]) -> tuple[float, float, float]:
@@ -557,6 +718,7 @@ def make_phantom(seed: int = 0, shape: tuple[int, int, int] = (64, 128, 128), *,
     drawn_noise = float(rng.uniform(10.0, 40.0))
     drawn_offset = float(rng.uniform(-25.0, 25.0)) if rng.random() < 1 / 3 else 0.0
     padding_value = float(rng.choice(PADDING_VALUES))
+    kernel_cutoff = float(rng.uniform(*KERNEL_CUTOFF_PER_MM))
     sz, sy, sx = drawn if spacing is None else _check_spacing(spacing)
     noise = drawn_noise if noise_hu is None else float(noise_hu)
     offset = drawn_offset if offset_hu is None else float(offset_hu)
@@ -590,7 +752,8 @@ def make_phantom(seed: int = 0, shape: tuple[int, int, int] = (64, 128, 128), *,
                                      perturbation=np.float32(anat.lung_field_amp) * texture)
         _paint_lungs(labels[chest], hu[chest], side[chest], inner, anat, rngs["trees"], texture,
                      visible_radius=0.5 * min(sy, sx))
-    n_lesions = 0 if disease == "healthy" else _paint_lesions(labels, hu, side, grid, anat, rngs["lesions"], disease)
+    n_lesions = 0 if disease == "healthy" else _paint_lesions(labels, hu, side, grid, anat, rngs["lesions"], disease,
+                                                              load_calibration())
 
     # Thick slices: mean HU of the sub-slices; labels and lung side by majority, reduced together.
     if sub > 1:
@@ -604,14 +767,7 @@ def make_phantom(seed: int = 0, shape: tuple[int, int, int] = (64, 128, 128), *,
     lesion_mask = is_lesion[tissue_labels]
 
     if noise > 0:
-        # Reconstruction kernels correlate neighbouring pixels: average each pixel with its
-        # neighbour along y and along x (a 2 x 2 box); the box halves the sd, so draw it doubled.
-        white = rngs["noise"].standard_normal((image.shape[0], image.shape[1] + 1, image.shape[2] + 1), dtype=np.float32)
-        white = white[:, 1:] + white[:, :-1]
-        white = white[:, :, 1:] + white[:, :, :-1]
-        white *= np.float32(noise / 2.0)
-        image += white
-        del white
+        image += reconstruction_noise(rngs["noise"], image.shape, (sy, sx), noise, kernel_cutoff)
     if offset:
         image += np.float32(offset)
     image[tissue_labels == TISSUES["padding"]] = padding_value
@@ -620,7 +776,7 @@ def make_phantom(seed: int = 0, shape: tuple[int, int, int] = (64, 128, 128), *,
     volume = Volume(image.astype(np.float32, copy=False), (sz, sy, sx), origin, IDENTITY_DIRECTION,
                     source=f"phantom(seed={seed}, disease={disease})")
     acquisition = {"slice_thickness_mm": sz, "pixel_mm": sy, "sub_slices": sub, "noise_hu": noise,
-                   "offset_hu": offset, "padding_hu": padding_value}
+                   "offset_hu": offset, "padding_hu": padding_value, "kernel_cutoff_per_mm": kernel_cutoff}
     return PhantomCase(volume, lung_mask, lesion_mask, tissue_labels, disease, int(seed), n_lesions, acquisition)
 
 
@@ -641,3 +797,78 @@ def make_cohort(n: int, seed: int = 0, shape: tuple[int, int, int] = (64, 128, 1
     healthy = set(np.random.default_rng(sequence.spawn(1)[0]).permutation(n)[: int(round(n * healthy_fraction))].tolist())
     return [make_phantom(int(s), shape, disease="healthy" if i in healthy else disease, spacing=spacing, noise_hu=noise_hu)
             for i, s in enumerate(seeds)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The real-like view: a phantom slice as COVID-SemiSeg shows its slices
+
+
+@dataclass
+class SliceView:
+    """One phantom slice shown like a COVID-SemiSeg slice (all arrays ``(H, W)``, same shape).
+
+    ``image``: uint8 grey levels (8-bit windowed); ``lesion_mask``: uint8 0/1; ``lung_mask``:
+    uint8 (1 right, 2 left lung); ``window``: the (low, high) HU mapped to 0 and 255;
+    ``crop``: (y0, y1, x0, x1) on the phantom's slice; ``rotation``: quarter turns
+    counter-clockwise (1: anterior on the left, lungs above and below). Introduced in chapter 01.
+    """
+
+    image: np.ndarray
+    lesion_mask: np.ndarray
+    lung_mask: np.ndarray
+    window: tuple[float, float]
+    crop: tuple[int, int, int, int]
+    rotation: int
+
+
+def semiseg_view(case: PhantomCase, z: int, seed: int | np.random.Generator = 0,
+                 calibration: Mapping[str, Any] | None = None) -> SliceView:
+    """Slice ``z`` of ``case`` as COVID-SemiSeg stores its slices: 8 bits, cropped to the chest, rotated.
+
+    Real slices (Fan et al. 2020, Inf-Net) are windowed screenshots: lung about grey 45, soft
+    tissue about 220; cropped so tightly that the lungs fill about half the image; and mostly
+    turned a quarter so that the lungs lie above and below the heart. Each step draws from the
+    calibration tables (:func:`load_calibration`): the grey levels of lung and soft tissue (which
+    fix the window), the lungs' share of the crop, and the rotation (a quarter turn either way, or none, in the real
+    shares). Masks follow the image exactly (same crop and rotation, no resampling).
+    """
+    if not 0 <= z < case.image.shape[0]:
+        raise InvalidInputError(f"z={z} is outside the case's {case.image.shape[0]} slices")
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    tables = calibration if calibration is not None else load_calibration()
+    # The window puts nominal lung and soft tissue on grey levels drawn from the real slices' own
+    # (a soft tissue at 255 is a window that saturates it, as in a quarter of the real slices).
+    window = tables["window"]
+    lung_grey = float(draw_from_quantiles(rng, window["lung_grey"]))
+    soft_grey = max(float(draw_from_quantiles(rng, window["soft_tissue_grey"])), lung_grey + 100.0)
+    scale = (soft_grey - lung_grey) / (TISSUE_HU["soft_tissue"] - TISSUE_HU["lung"])
+    low = TISSUE_HU["lung"] - lung_grey / scale
+    high = low + 255.0 / scale
+    hu = case.image.array[z]
+    grey = np.clip(np.rint((hu - low) * (255.0 / (high - low))), 0, 255).astype(np.uint8)
+
+    # Crop around the lungs (or the body on a slice without lungs) so that they fill the drawn share.
+    lungs = case.lung_mask[z]
+    target = lungs > 0 if lungs.any() else case.tissue_labels[z] > TISSUES["air"]
+    if not target.any():
+        target = np.ones_like(lungs, dtype=bool)
+    ys, xs = np.nonzero(target)
+    share = float(draw_from_quantiles(rng, tables["field_of_view"]["lung_share_of_image"]))
+    box_h, box_w = np.ptp(ys) + 1, np.ptp(xs) + 1
+    grow = max(1.0, np.sqrt(target.sum() / share / (box_h * box_w)))
+    half_h, half_w = box_h * grow / 2, box_w * grow / 2
+    cy, cx = (ys.min() + ys.max() + 1) / 2, (xs.min() + xs.max() + 1) / 2
+    height, width = lungs.shape
+    y0, y1 = max(0, int(round(cy - half_h))), min(height, int(round(cy + half_h)))
+    x0, x1 = max(0, int(round(cx - half_w))), min(width, int(round(cx + half_w)))
+
+    orientation = tables["orientation"]
+    if rng.random() < orientation["lungs_above_and_below_share"]:
+        turns = 1 if rng.random() < orientation["mediastinum_left_share"] else 3
+    else:
+        turns = 0
+
+    def view(array: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(np.rot90(array[y0:y1, x0:x1], turns))
+
+    return SliceView(view(grey), view(case.lesion_mask[z]), view(lungs), (low, high), (y0, y1, x0, x1), turns)

@@ -8,8 +8,9 @@ from scipy import ndimage
 
 from covidlib.ct import PADDING_VALUES, make_thick_slices
 from covidlib.errors import InvalidInputError
-from covidlib.phantom import (DISEASES, IN_PLANE_MM_AT_512, LESION_TISSUES, SLICE_THICKNESSES_MM, TISSUES,
-                              PhantomCase, make_cohort, make_phantom)
+from covidlib.phantom import (DISEASES, IN_PLANE_MM_AT_512, LESION_TISSUES, SLICE_THICKNESSES_MM, TISSUE_HU, TISSUES,
+                              PhantomCase, draw_from_quantiles, load_calibration, make_cohort, make_phantom,
+                              reconstruction_noise, semiseg_view)
 
 SHAPE = (24, 80, 80)
 CLEAN = dict(spacing=(5.0, 4.5, 4.5), noise_hu=0.0, offset_hu=0.0)  # 5 mm / 4.5 mm: one sub-slice, no averaging
@@ -162,3 +163,109 @@ def test_bad_arguments(kwargs: dict, message: str) -> None:
     options = dict(seed=0, shape=(4, 32, 32)) | kwargs
     with pytest.raises(InvalidInputError, match=message):
         make_phantom(**options)
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration tables, CT-like noise, fissures and the real-like (COVID-SemiSeg) view
+
+
+def test_calibration_tables_are_packaged_numbers_with_provenance() -> None:
+    tables = load_calibration()
+    assert tables["provenance"]["n_slices"] == 50 and tables["provenance"]["script"] == "benchmarks/calibrate_phantom.py"
+    histograms = tables["grey_histograms"]
+    assert len(histograms["bin_edges"]) == 33
+    for name in ("lung", "body", "lesion"):
+        assert len(histograms[name]) == 32 and abs(sum(histograms[name]) - 1.0) < 1e-3
+    # Lungs are darker than lesions, lesions darker than the body: the order any chest CT window keeps.
+    medians = histograms["medians"]
+    assert medians["lung"] < medians["lesion"] < medians["body"]
+
+    def longest_list(value: object) -> int:
+        if isinstance(value, dict):
+            return max((longest_list(v) for v in value.values()), default=0)
+        return len(value) if isinstance(value, list) else 0
+
+    assert longest_list(tables) <= 33  # histograms and quantiles only: nothing image-sized
+    assert load_calibration() is not load_calibration()  # a fresh dict each time: callers may edit theirs
+
+
+def test_draw_from_quantiles_inverts_the_table() -> None:
+    table = {"q10": 1.0, "q25": 2.0, "q50": 4.0, "q75": 8.0, "q90": 9.0, "mean": 100.0, "n": 7}
+    draws = draw_from_quantiles(np.random.default_rng(0), table, 200_000)
+    assert draws.min() == 1.0 and draws.max() == 9.0  # tails collapse onto q10 and q90
+    # Linear between the quantiles: P(x <= 3) = 0.25 + 0.25 * (3 - 2) / (4 - 2) = 0.375.
+    assert abs((draws <= 3.0).mean() - 0.375) < 0.005
+    assert abs(np.median(draws) - 4.0) < 0.02
+
+
+def test_reconstruction_noise_has_the_asked_sd_and_a_ramp_shaped_spectrum() -> None:
+    noise = reconstruction_noise(np.random.default_rng(1), (16, 96, 96), (0.7, 0.7), 20.0, 0.5)
+    assert noise.dtype == np.float32 and abs(noise.std() - 20.0) < 0.4 and abs(noise.mean()) < 0.2
+    power = (np.abs(np.fft.fft2(noise)) ** 2).mean(axis=0)
+    radial = np.hypot(*np.meshgrid(np.fft.fftfreq(96, 0.7), np.fft.fftfreq(96, 0.7), indexing="ij"))
+    low, peak = power[(radial > 0) & (radial < 0.1)].mean(), power[(radial > 0.3) & (radial < 0.4)].mean()
+    # Filtered back-projection: no power at zero frequency, little at low, most at mid frequencies
+    # (f exp(-(f/0.5)^2) peaks at 0.35 cycles/mm), unlike white noise's flat spectrum.
+    assert power[0, 0] < 1e-6 * power.mean() and low < 0.5 * peak
+
+
+def test_fissures_are_thin_sheets_between_lung_and_soft_tissue(clean_cases: dict[str, list[PhantomCase]]) -> None:
+    fissure = voxels(clean_cases["covid"], "fissure")
+    assert fissure.size > 20
+    assert voxels(clean_cases["covid"], "lung").mean() < fissure.min() and fissure.max() <= TISSUE_HU["soft_tissue"] + 1
+    for case in clean_cases["covid"]:
+        sheet = case.tissue_labels == T["fissure"]
+        assert (case.lung_mask[sheet] > 0).all()
+        assert sheet.sum() < 0.1 * (case.lung_mask > 0).sum()  # one voxel thick, even on this 5 x 4.5 mm grid
+
+
+def test_semiseg_view_windows_crops_and_turns_with_exact_masks() -> None:
+    case = make_phantom(2, (12, 96, 96))
+    z = int(np.argmax(case.lesion_mask.sum(axis=(1, 2))))
+    view = semiseg_view(case, z, 5)
+    y0, y1, x0, x1 = view.crop
+    assert view.image.dtype == np.uint8 and view.image.shape == view.lesion_mask.shape == view.lung_mask.shape
+    np.testing.assert_array_equal(view.lesion_mask, np.rot90(case.lesion_mask[z, y0:y1, x0:x1], view.rotation))
+    np.testing.assert_array_equal(view.lung_mask, np.rot90(case.lung_mask[z, y0:y1, x0:x1], view.rotation))
+    low, high = view.window
+    expected = np.clip(np.rint((case.image.array[z, y0:y1, x0:x1] - low) * 255.0 / (high - low)), 0, 255)
+    np.testing.assert_array_equal(view.image, np.rot90(expected, view.rotation))
+    # Tightly cropped: every lung pixel of the slice is in the view, and the lungs fill much of it.
+    assert view.lung_mask.astype(bool).sum() == (case.lung_mask[z] > 0).sum()
+    assert 0.3 < (view.lung_mask > 0).mean() < 0.8
+    with pytest.raises(InvalidInputError, match="z=12"):
+        semiseg_view(case, 12)
+
+
+def test_semiseg_view_draws_turns_in_the_real_shares() -> None:
+    case = make_phantom(0, (4, 48, 48))
+    calibration = load_calibration()
+    turns = [semiseg_view(case, 2, seed).rotation for seed in range(400)]
+    assert set(turns) <= {0, 1, 3}
+    turned = np.mean([t != 0 for t in turns])
+    assert abs(turned - calibration["orientation"]["lungs_above_and_below_share"]) < 0.05
+
+
+def test_covid_lesion_burden_in_the_view_matches_the_real_slices() -> None:
+    """The slice with most lesion: its lesion share of the lung is on the real slices' scale."""
+    shares = []
+    for seed in range(16):
+        case = make_phantom(seed, (12, 96, 96))
+        z = int(np.argmax(case.lesion_mask.sum(axis=(1, 2))))
+        shares.append(case.lesion_mask[z].sum() / max(1, (case.lung_mask[z] > 0).sum()))
+    real = load_calibration()["lesions"]["lesion_share_of_lung"]
+    assert real["q25"] < np.median(shares) < real["q75"], f"median lesion share {np.median(shares):.3f}, real {real}"
+
+
+def test_phantom_dataset_semiseg_view_gives_8bit_slices() -> None:
+    from covidlib.datasets import get_dataset
+
+    dataset = get_dataset("phantom", n=2, shape=(8, 64, 64), seed=3, view="semiseg")
+    case = dataset.load("phantom_001")
+    assert case.image.shape[0] == 1 and case.meta["intensity"] == "8bit"
+    assert case.image.array.min() >= 0 and case.image.array.max() <= 255
+    assert case.lesion_mask.shape == case.image.shape and case.lesion_mask.any()
+    again = dataset.load("phantom_001")
+    np.testing.assert_array_equal(case.image.array, again.image.array)
+    with pytest.raises(InvalidInputError, match="view"):
+        get_dataset("phantom", view="sideways")
