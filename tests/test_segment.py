@@ -123,7 +123,7 @@ def test_oracle_network_gives_the_truth_on_the_scan_grid(oracle_result, phantom,
     assert geometry(oracle_result.infection) == geometry(scan)
     assert geometry(oracle_result.lung_mask) == geometry(scan)
     expected = (phantom.lesion_mask > 0) & (lungs > 0)
-    assert expected.sum() > 500  # the test needs real lesions
+    assert expected.sum() > 250  # the test needs real lesions (seed 0: about 40 mL in the lungs)
     # Nearest onto 1 mm, linear back at the original centres (< 1 mm from a 4.4 mm pixel's own
     # samples): a correct mapping reproduces the truth exactly; a shift or flip cannot.
     np.testing.assert_array_equal(oracle_result.infection.array, expected.astype(np.uint8))
