@@ -45,7 +45,7 @@ if importlib.util.find_spec("covidlib") is None:
 
 # %% tags=["parameters"]
 dataset = "phantom"
-data_root = ""  # folder of a real dataset (not read here; accepted so every chapter takes the same parameters)
+data_root = ""  # folder of COVID-SemiSeg: with dataset = "covid-semiseg", section 8 sets its slices beside the phantom
 quick = True
 device = "auto"
 seed = 0
@@ -69,7 +69,8 @@ seed_everything(seed)
 runtime = runtime_summary(quick=quick, device=device, seed=seed, dataset=dataset)
 print(format_summary(runtime))
 if dataset != "phantom":
-    print(f"Chapter 01 needs the true tissue of every voxel, which only the phantom has: using it instead of {dataset!r}.")
+    print(f"Chapter 01 needs the true tissue of every voxel, which only the phantom has: using it instead of {dataset!r} "
+          "(section 8 shows real slices beside it).")
 
 # Quick mode: a 96-slice slab on a 128 x 128 matrix; full mode: a whole chest on 512 x 512.
 shape = (96, 128, 128) if quick else (320, 512, 512)
@@ -287,6 +288,49 @@ viz.slice_viewer(image, {"infection": case.lesion_mask}, window="lung", title="P
 viz.show_montage(image, n=12, masks={"infection": case.lesion_mask}, title="Phantom, every eighth slice")
 
 # %% [markdown]
+# ## 8. The phantom beside real slices
+#
+# A phantom is only worth training on if it looks like the scans a network will meet. The real
+# slices the book uses most, COVID-SemiSeg's {cite}`fan2020infnet`, are not HU volumes but 8-bit
+# screenshots: windowed, cropped tightly to the chest, most of them turned a quarter so that the
+# lungs lie above and below the heart. `covidlib.phantom.semiseg_view` shows a phantom slice
+# the same way, drawing the window, the crop and the turn from small tables measured on the 50
+# labelled real slices (`covidlib/phantom_calibration.json`, made by
+# `benchmarks/calibrate_phantom.py`: histograms and quantiles, no pixels). The same tables drive
+# the lesions' burden, count and grey level. {numref}`fig-01-phantom-real` compares grey-level
+# histograms of lung parenchyma, body and lesions; with `dataset = "covid-semiseg"` and
+# `data_root` set, real slices are drawn under the phantom's.
+
+# %% mystnb={"figure": {"caption": "Phantom slices in the real-like view (8-bit window, tight crop, quarter turns drawn from the calibration tables), infection outlined, beside grey-level histograms of lung parenchyma, body and lesions: the phantom views (solid) against the 50 labelled COVID-SemiSeg slices (dashed, from the calibration tables). With real data configured, real slices appear in a second row.", "name": "fig-01-phantom-real"}}
+from covidlib.phantom import grey_histogram, grey_regions, load_calibration, semiseg_view
+
+calibration = load_calibration()
+views = []
+for k in range(4):
+    source = make_phantom(seed + 100 + k, (8, 160, 160))
+    views.append(semiseg_view(source, int(np.argmax(source.lesion_mask.sum(axis=(1, 2)))), seed + k, calibration))
+regions = ("lung", "body", "lesion")
+phantom_pixels = {name: np.concatenate([v.image[grey_regions(v.image, v.lung_mask > 0, v.lesion_mask > 0)[name]]
+                                        for v in views]) for name in regions}
+histograms = {"phantom": {name: grey_histogram(phantom_pixels[name]) for name in regions},
+              f"real ({calibration['provenance']['n_slices']} slices)": {name: calibration["grey_histograms"][name]
+                                                                         for name in regions}}
+real_slices = None
+if dataset == "covid-semiseg" and data_root:
+    from covidlib.datasets import get_dataset
+
+    semiseg = get_dataset("covid-semiseg", data_root)
+    real_slices = [(c.image.array[0], c.lesion_mask[0]) for c in map(semiseg.load, semiseg.case_ids("train")[:4])]
+viz.show_phantom_and_real([(v.image, v.lesion_mask) for v in views], histograms,
+                          np.asarray(calibration["grey_histograms"]["bin_edges"]), real_slices)
+
+# %%
+view_medians = {name: float(np.median(phantom_pixels[name])) for name in regions}
+real_medians = calibration["grey_histograms"]["medians"]
+for name in regions:
+    print(f"{name:>7}: median grey level phantom {view_medians[name]:5.1f}, real {real_medians[name]:5.1f}")
+
+# %% [markdown]
 # ## Summary
 #
 # CT measures attenuation, and Hounsfield units express it relative to water and air. Stored
@@ -315,6 +359,7 @@ numbers = {
     "noise_sd_thin": noise_thin,
     "noise_sd_thick": noise_thick,
     "ggo_vs_lung_grey_levels": grey_levels,
+    "semiseg_view_median_grey": view_medians,
 }
 record_path = write_record(output_dir, "01_ct_and_hu",
                            parameters=dict(dataset=dataset, quick=quick, device=device, seed=seed, thin_mm=thin_mm,

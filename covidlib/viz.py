@@ -523,3 +523,55 @@ def show_run_times(seconds: Mapping[str, float], *, budget_s: float | None = Non
     ax.set_xlim(0, max(values.max(), budget_s or 0) * 1.15)
     ax.set_title(title or f"Chapter run times (total {values.sum():.0f} s)")
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Phantom beside real slices (chapter 01)
+
+
+def show_phantom_and_real(phantom: Sequence[tuple[np.ndarray, np.ndarray]],
+                          histograms: Mapping[str, Mapping[str, np.ndarray]], bin_edges: np.ndarray,
+                          real: Sequence[tuple[np.ndarray, np.ndarray]] | None = None, *,
+                          title: str | None = None) -> Figure:
+    """Phantom slices (and real ones, when given) with lesions outlined, beside grey-level histograms.
+
+    ``phantom`` and ``real``: (image (H, W) 8-bit grey levels, lesion mask (H, W)) pairs, sizes
+    may differ; one row each. ``histograms``: ``{source: {region: shares}}`` (e.g. source
+    "phantom" / "real", region "lung" / "body" / "lesion") over ``bin_edges`` (0..256); drawn
+    as lines, one panel per region, solid for the first source, dashed for the others.
+    Introduced in chapter 01.
+    """
+    if not phantom:
+        raise InvalidInputError("show_phantom_and_real needs at least one phantom slice")
+    rows = [("phantom", list(phantom))] + ([("real", list(real))] if real else [])
+    columns = max(len(slices) for _, slices in rows)
+    regions = list(next(iter(histograms.values()))) if histograms else []
+    edges = np.asarray(bin_edges, dtype=float)
+    centres = (edges[:-1] + edges[1:]) / 2
+    fig = Figure(figsize=(2.2 * columns + 3.6, 2.4 * max(len(rows), len(regions) * 0.8) + 0.6), layout="constrained")
+    grid = fig.add_gridspec(max(len(rows), 1) * len(regions) if regions else len(rows), columns + 2)
+    span = len(regions) if regions else 1
+    for row, (name, slices) in enumerate(rows):
+        for column, (image, mask) in enumerate(slices):
+            ax = fig.add_subplot(grid[row * span:(row + 1) * span, column])
+            ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            if np.asarray(mask).any():
+                ax.contour(np.asarray(mask, dtype=float), levels=[0.5], colors=[MASK_COLOURS[0]], linewidths=0.8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if column == 0:
+                ax.set_ylabel(name)
+    for index, region in enumerate(regions):
+        ax = fig.add_subplot(grid[index * len(rows):(index + 1) * len(rows), columns:])
+        for number, (source, by_region) in enumerate(histograms.items()):
+            ax.plot(centres, np.asarray(by_region[region], dtype=float), linestyle="-" if number == 0 else "--",
+                    color=MASK_COLOURS[1 + number], label=source)
+        ax.set_title(region, fontsize=8)
+        ax.set_xlim(0, 256)
+        ax.tick_params(labelsize=7)
+        if index == 0:
+            ax.legend(fontsize=7)
+        if index == len(regions) - 1:
+            ax.set_xlabel("grey level (8 bit)")
+    fig.suptitle(title or "Phantom and real slices, with grey-level histograms")
+    return fig
