@@ -2,7 +2,8 @@
 fields against the usual way of making them (scipy.ndimage.gaussian_filter on white noise).
 
 Goal (issue 2): a 128x128x64 case "well under a second", a 512x512x300 one "in seconds".
-Run by hand: ``.venv/bin/python benchmarks/bench_phantom.py [--repeats 3] [--skip-alternative-big]``.
+Also times :func:`covidlib.phantom.semiseg_view` (one slice in COVID-SemiSeg's look) on the small case.
+Run by hand: ``.venv/bin/python benchmarks/bench_phantom.py [--repeats 3] [--skip-alternative-big] [--small-only]``.
 Prints wall and CPU seconds (CPU time is the fairer number on a shared machine).
 """
 
@@ -19,7 +20,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from covidlib.phantom import _BODY_BOUNDS, _smooth_field, make_phantom  # noqa: E402
+from covidlib.phantom import _BODY_BOUNDS, _smooth_field, make_phantom, semiseg_view  # noqa: E402
 
 CASES = {
     "64 x 128 x 128, drawn spacing": dict(shape=(64, 128, 128), spacing=None),
@@ -42,16 +43,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-alternative-big", action="store_true", help="skip gaussian_filter at 512x512x300 (slow)")
+    parser.add_argument("--small-only", action="store_true", help="only the 64 x 128 x 128 case")
     args = parser.parse_args()
     make_phantom(0, (8, 32, 32))  # warm-up: imports, first-call allocations
 
     rows = []
     for name, case in CASES.items():
         big = case["shape"][1] >= 512
+        if big and args.small_only:
+            continue
         repeats = 1 if big else args.repeats
         seeds = iter(range(100))
         wall, cpu = timed(lambda: make_phantom(next(seeds), case["shape"], spacing=case["spacing"]), repeats)
         rows.append((name, "make_phantom (whole case)", wall, cpu))
+        if not big:
+            phantom = make_phantom(0, case["shape"])
+            z = int(phantom.lesion_mask.sum(axis=(1, 2)).argmax())
+            wall, cpu = timed(lambda: semiseg_view(phantom, z, next(seeds)), repeats)
+            rows.append((name, "semiseg_view (one slice, real-like)", wall, cpu))
 
         # One step against its alternative: a 12 mm-correlated random field over the whole grid.
         spacing = case["spacing"] or (3.0, 2.8, 2.8)
