@@ -153,3 +153,20 @@ def test_run_times_one_bar_per_chapter_in_order() -> None:
         viz.show_run_times({})
     with pytest.raises(InvalidInputError):
         viz.show_run_times({"x": float("nan")})
+
+
+def test_show_phantom_and_real_draws_one_panel_per_slice_and_region() -> None:
+    rng = np.random.default_rng(0)
+    slices = [(rng.integers(0, 256, (30, 20)).astype(np.uint8), np.eye(30, 20, dtype=np.uint8)) for _ in range(3)]
+    edges = np.linspace(0, 256, 33)
+    shares = {"lung": np.full(32, 1 / 32), "lesion": np.eye(32)[5]}
+    histograms = {"phantom": shares, "real": shares}
+    fig = viz.show_phantom_and_real(slices, histograms, edges)
+    assert isinstance(fig, Figure) and len(fig.axes) == 3 + 2  # three slices, two regions
+    with_real = viz.show_phantom_and_real(slices, histograms, edges, real=slices[:2])
+    assert len(with_real.axes) == 3 + 2 + 2
+    lines = with_real.axes[-1].get_lines()  # the last region's panel: one line a source, phantom solid
+    assert [line.get_label() for line in lines] == ["phantom", "real"] and lines[0].get_linestyle() == "-"
+    np.testing.assert_allclose(lines[0].get_ydata(), np.eye(32)[5])
+    with pytest.raises(InvalidInputError, match="phantom slice"):
+        viz.show_phantom_and_real([], histograms, edges)
