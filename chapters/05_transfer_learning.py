@@ -133,7 +133,7 @@ if source == "phantom":
 else:
     source_cases = preprocess_cohort(source, n_source, seed=seed, id_prefix=f"{source}_", **cohort)
 print(f"{len(covid)} COVID volumes, {len(source_cases)} source volumes "
-      f"({time.perf_counter() - start:.1f} s)")
+      f"({time.perf_counter() - start:.1f} s); COVID preparation: {'; '.join(covid[0].meta['steps'])}")
 
 # %% [markdown]
 # ## Pretraining on the source domain
@@ -376,9 +376,10 @@ numbers = {
     "table": table,
     "table_markdown": render_table(records),
     "grid_seconds": grid_seconds,
+    "preparation": covid[0].meta["steps"],
 }
 write_record(output_dir, "05_transfer_learning",
-             parameters=dict(dataset=dataset, quick=quick, device=device, seed=seed, source=source,
+             parameters=dict(dataset=dataset, data_root=data_root, quick=quick, device=device, seed=seed, source=source,
                              genesis_checkpoint=genesis_checkpoint, grid_dir=str(results_root), n_workers=n_workers),
              numbers=numbers, runtime=runtime)
 

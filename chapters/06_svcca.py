@@ -222,7 +222,9 @@ from covidlib.transfer import case_arrays
 
 start = time.perf_counter()
 cohort = dict(root=data_root or None, spacing_mm=spacing_mm, phantom_shape=phantom_shape)
-covid = case_arrays(preprocess_cohort(dataset, n_many + n_val + n_probe, seed=seed, id_prefix="covid_", **cohort))
+covid_cases = preprocess_cohort(dataset, n_many + n_val + n_probe, seed=seed, id_prefix="covid_", **cohort)
+covid = case_arrays(covid_cases)
+print("COVID preparation:", "; ".join(covid_cases[0].meta["steps"]))
 source_cases = (preprocess_cohort("phantom", n_source, seed=seed + 1000, disease="nodule", id_prefix="nodule_", **cohort)
                 + preprocess_cohort("phantom", n_source, seed=seed + 2000, disease="effusion", id_prefix="effusion_",
                                     **cohort))
@@ -544,8 +546,9 @@ numbers = {
     "between_seeds": {layer: r.mean for layer, r in between_seeds.items()},
     "chance_between_seeds": {layer: r.chance for layer, r in between_seeds.items()},
     "reinitialised_layers": reinitialised,
+    "preparation": covid_cases[0].meta["steps"],
 }
-write_record(output_dir, "06_svcca", parameters=dict(dataset=dataset, quick=quick, device=device, seed=seed,
+write_record(output_dir, "06_svcca", parameters=dict(dataset=dataset, data_root=data_root, quick=quick, device=device, seed=seed,
                                                      variance=variance, many_volumes=n_many, few_volumes=n_few,
                                                      repeats=n_repeats, snapshot_interval=interval),
              numbers=numbers, runtime=runtime)
