@@ -245,7 +245,8 @@ def run_pytest(arguments: list[str], what: str) -> None:
 def command_test(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     print("[test] pytest tests/", flush=True)
-    run_pytest(["tests", *args.pytest_args], "unit tests")
+    # every test: pyproject deselects the `slow` ones only for quick local runs
+    run_pytest(["tests", "-m", "", *args.pytest_args], "unit tests")
     print("[test] chapter pairs", flush=True)
     problems = check_pairs()
     if problems:

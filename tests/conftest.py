@@ -12,6 +12,16 @@ def pytest_configure(config) -> None:
     torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    # `gpu` tests are collected everywhere (ci/test runs every marker) and skipped without CUDA.
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 class Interrupted(Exception):
     """Stands for a process killed between two epochs in the resume tests."""
 
