@@ -153,11 +153,11 @@ def cell_inputs(cells: Sequence[Cell], arrays: Mapping[str, tuple[np.ndarray, np
     Weight files are read once each. Introduced in chapter 05."""
     data = content_key(dict(arrays))
     code = code_versions(__name__)
-    weights: dict[tuple[str, str], str | None] = {}
+    weights: dict[str, str | None] = {}
     inputs = {}
     for cell in cells:
-        source = ("scratch", "") if cell.recipe == "scratch" else ("genesis", "") if cell.recipe == "genesis" \
-            else ("pretrained", cell.network)
+        # cells of one network share its pretrained weights; every Genesis cell the same checkpoint
+        source = cell.recipe if cell.recipe in ("scratch", "genesis") else f"pretrained:{cell.network}"
         if source not in weights:
             with torch.random.fork_rng(devices=[]):  # building the Genesis network draws initial weights
                 loaded = _pretrained_for(cell, pretrained, genesis)
