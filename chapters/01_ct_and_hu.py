@@ -46,7 +46,7 @@ if importlib.util.find_spec("covidlib") is None:
 # %% tags=["parameters"]
 dataset = "phantom"
 data_root = ""  # folder of COVID-SemiSeg: with dataset = "covid-semiseg", section 8 sets its slices beside the phantom
-quick = True
+setting = "quick"  # "quick" (minutes, CI), "reference" (real data, a 2-core CPU), "full" (the report's settings, a GPU)
 device = "auto"
 seed = 0
 output_dir = "results"
@@ -66,7 +66,8 @@ from covidlib.ct import (WINDOWS, check_hu, hu_summary, make_thick_slices, resca
 from covidlib.phantom import LESION_TISSUES, TISSUES, make_phantom
 
 seed_everything(seed)
-runtime = runtime_summary(quick=quick, device=device, seed=seed, dataset=dataset)
+quick = setting == "quick"
+runtime = runtime_summary(setting=setting, device=device, seed=seed, dataset=dataset)
 print(format_summary(runtime))
 if dataset != "phantom":
     print(f"Chapter 01 needs the true tissue of every voxel, which only the phantom has: using it instead of {dataset!r} "
@@ -362,7 +363,7 @@ numbers = {
     "semiseg_view_median_grey": view_medians,
 }
 record_path = write_record(output_dir, "01_ct_and_hu",
-                           parameters=dict(dataset=dataset, quick=quick, device=device, seed=seed, thin_mm=thin_mm,
+                           parameters=dict(dataset=dataset, setting=setting, device=device, seed=seed, thin_mm=thin_mm,
                                            thick_mm=thick_mm, noise_hu=noise_hu, shape=shape, pixel_mm=pixel_mm),
                            numbers=numbers, runtime=runtime)
 

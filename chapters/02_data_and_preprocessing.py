@@ -45,7 +45,7 @@ if importlib.util.find_spec("covidlib") is None:
 
 # %% tags=["parameters"]
 dataset = "phantom"
-quick = True
+setting = "quick"  # "quick" (minutes, CI), "reference" (real data, a 2-core CPU), "full" (the report's settings, a GPU)
 device = "auto"
 seed = 0
 output_dir = "results"
@@ -69,7 +69,8 @@ from covidlib.preprocess import (PreprocessCache, classical_lung_mask, lung_mask
                                  normalise_image, preprocess_case)
 
 seed_everything(seed)
-runtime = runtime_summary(quick=quick, device=device, seed=seed, dataset=dataset)
+quick = setting == "quick"
+runtime = runtime_summary(setting=setting, device=device, seed=seed, dataset=dataset)
 print(format_summary(runtime))
 
 # Quick mode: 8 phantom scans on a 128 x 128 matrix; full mode: 40 scans on 512 x 512.
@@ -374,7 +375,7 @@ else:
 from covidlib.results import write_record
 
 write_record(output_dir, "02_data_and_preprocessing",
-             parameters=dict(dataset=dataset, quick=quick, device=device, seed=seed, n_cases=n_cases,
+             parameters=dict(dataset=dataset, setting=setting, device=device, seed=seed, n_cases=n_cases,
                              shape=list(shape), threshold_hu=threshold_hu, lungmask_weights=str(weights) if weights else None),
              numbers=numbers, runtime=runtime)
 

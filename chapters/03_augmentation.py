@@ -47,7 +47,7 @@ if importlib.util.find_spec("covidlib") is None:
 # %% tags=["parameters"]
 dataset = "phantom"
 data_root = ""
-quick = True
+setting = "quick"  # "quick" (minutes, CI), "reference" (real data, a 2-core CPU), "full" (the report's settings, a GPU)
 device = "auto"
 seed = 0
 output_dir = "results"
@@ -74,7 +74,8 @@ from covidlib.inference import prepare_slices
 from covidlib.results import write_record
 
 seed_everything(seed)
-runtime = runtime_summary(quick=quick, device=device, seed=seed, dataset=dataset)
+quick = setting == "quick"
+runtime = runtime_summary(setting=setting, device=device, seed=seed, dataset=dataset)
 print(format_summary(runtime))
 
 # Quick mode uses a thinner phantom and fewer random draws; full mode the book's usual phantom.
@@ -368,7 +369,7 @@ numbers = {
     "preparation": prepared.steps,
 }
 write_record(output_dir, "03_augmentation",
-             parameters=dict(dataset=dataset, data_root=data_root, quick=quick, device=device, seed=seed,
+             parameters=dict(dataset=dataset, data_root=data_root, setting=setting, device=device, seed=seed,
                              rotation_degrees=rotation_degrees, elastic_max_displacement=elastic_max_displacement,
                              mixup_alpha=mixup_alpha, augmentation_p=augmentation_p),
              numbers=numbers, runtime=runtime)

@@ -47,7 +47,7 @@ if importlib.util.find_spec("covidlib") is None:
 # %% tags=["parameters"]
 dataset = "phantom"
 data_root = ""
-quick = True
+setting = "quick"  # "quick" (minutes, CI), "reference" (real data, a 2-core CPU), "full" (the report's settings, a GPU)
 device = "auto"
 seed = 0
 output_dir = "results"
@@ -76,7 +76,8 @@ from covidlib.viz import show_attention_maps, show_learning_curves
 seed_everything(seed)
 if quick:
     torch.set_num_threads(1)  # the quick networks are tiny: on a shared CPU more threads only add overhead
-runtime = runtime_summary(quick=quick, device=device, seed=seed, dataset=dataset)
+quick = setting == "quick"
+runtime = runtime_summary(setting=setting, device=device, seed=seed, dataset=dataset)
 print(format_summary(runtime))
 
 # Quick mode: a small cohort at 3 mm pixels, narrow networks and a few epochs at a higher
@@ -412,7 +413,7 @@ numbers = {
     "preparation": prepared.steps,
 }
 write_record(output_dir, "04_unet_and_attention",
-             parameters=dict(dataset=dataset, data_root=data_root, quick=quick, device=device, seed=seed, losses=losses,
+             parameters=dict(dataset=dataset, data_root=data_root, setting=setting, device=device, seed=seed, losses=losses,
                              network_loss=network_loss, amp=amp, empty_fraction=empty_fraction,
                              epochs=epochs, lr=lr, step_size=step_size, patience=patience,
                              base_width=base_width, depth=depth, slice_size=list(slice_size), pixel_mm=pixel_mm),

@@ -47,7 +47,7 @@ if importlib.util.find_spec("covidlib") is None:
 
 # %% tags=["parameters"]
 dataset = "phantom"
-quick = True
+setting = "quick"  # "quick" (minutes, CI), "reference" (real data, a 2-core CPU), "full" (the report's settings, a GPU)
 device = "auto"
 seed = 0
 output_dir = "results"
@@ -81,7 +81,8 @@ from covidlib.transfer import (SliceTraining, flatten_3d_to_2d, flatten_kernel, 
 seed_everything(seed)
 if quick:
     torch.set_num_threads(1)  # the quick networks are tiny: extra threads only add overhead
-runtime = runtime_summary(quick=quick, device=device, seed=seed, dataset=dataset)
+quick = setting == "quick"
+runtime = runtime_summary(setting=setting, device=device, seed=seed, dataset=dataset)
 print(format_summary(runtime))
 
 # %% [markdown]
@@ -379,7 +380,7 @@ numbers = {
     "preparation": covid[0].meta["steps"],
 }
 write_record(output_dir, "05_transfer_learning",
-             parameters=dict(dataset=dataset, data_root=data_root, quick=quick, device=device, seed=seed, source=source,
+             parameters=dict(dataset=dataset, data_root=data_root, setting=setting, device=device, seed=seed, source=source,
                              genesis_checkpoint=genesis_checkpoint, grid_dir=str(results_root), n_workers=n_workers),
              numbers=numbers, runtime=runtime)
 

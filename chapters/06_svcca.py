@@ -46,7 +46,7 @@ if importlib.util.find_spec("covidlib") is None:
 
 # %% tags=["parameters"]
 dataset = "phantom"
-quick = True
+setting = "quick"  # "quick" (minutes, CI), "reference" (real data, a 2-core CPU), "full" (the report's settings, a GPU)
 device = "auto"
 seed = 0
 output_dir = "results"
@@ -72,7 +72,8 @@ from covidlib.config import format_summary, runtime_summary, seed_everything
 seed_everything(seed)
 if quick:
     torch.set_num_threads(1)  # the quick networks are tiny: extra threads only add overhead
-runtime = runtime_summary(quick=quick, device=device, seed=seed, dataset=dataset)
+quick = setting == "quick"
+runtime = runtime_summary(setting=setting, device=device, seed=seed, dataset=dataset)
 print(format_summary(runtime))
 
 # %% [markdown]
@@ -548,7 +549,7 @@ numbers = {
     "reinitialised_layers": reinitialised,
     "preparation": covid_cases[0].meta["steps"],
 }
-write_record(output_dir, "06_svcca", parameters=dict(dataset=dataset, data_root=data_root, quick=quick, device=device, seed=seed,
+write_record(output_dir, "06_svcca", parameters=dict(dataset=dataset, data_root=data_root, setting=setting, device=device, seed=seed,
                                                      variance=variance, many_volumes=n_many, few_volumes=n_few,
                                                      repeats=n_repeats, snapshot_interval=interval),
              numbers=numbers, runtime=runtime)

@@ -47,7 +47,7 @@ if importlib.util.find_spec("covidlib") is None:
 # %% tags=["parameters"]
 dataset = "phantom"
 data_root = ""
-quick = True
+setting = "quick"  # "quick" (minutes, CI), "reference" (real data, a 2-core CPU), "full" (the report's settings, a GPU)
 device = "auto"
 seed = 0
 output_dir = "results"
@@ -78,7 +78,8 @@ from covidlib.transfer import SliceTraining, fit_volumes
 seed_everything(seed)
 if quick:
     torch.set_num_threads(1)  # tiny networks: more threads only add overhead on a shared CPU
-runtime = runtime_summary(quick=quick, device=device, seed=seed, dataset=dataset)
+quick = setting == "quick"
+runtime = runtime_summary(setting=setting, device=device, seed=seed, dataset=dataset)
 print(format_summary(runtime))
 
 # %% [markdown]
@@ -313,7 +314,7 @@ numbers = {"a_prime_val_dice": a_prime_dice, "unlabelled_images": len(unlabelled
            "pseudo_dice_accepted": pseudo_dice.get("accepted"), "pseudo_dice_rejected": pseudo_dice.get("rejected"),
            "seconds_pseudo_labelling": seconds_pseudo, "preparation": preparation}
 write_record(output_dir, "07_pseudo_labels",
-             parameters=dict(dataset=dataset, data_root=data_root, quick=quick, device=device, seed=seed, rule=rule,
+             parameters=dict(dataset=dataset, data_root=data_root, setting=setting, device=device, seed=seed, rule=rule,
                              center_features=center_features, patch_size=patch_size,
                              pseudo_config=dataclasses.asdict(pseudo_config)),
              numbers=numbers, runtime=runtime)

@@ -45,7 +45,7 @@ if importlib.util.find_spec("covidlib") is None:
 # %% tags=["parameters"]
 dataset = "phantom"
 data_root = ""
-quick = True
+setting = "quick"  # "quick" (minutes, CI), "reference" (real data, a 2-core CPU), "full" (the report's settings, a GPU)
 device = "auto"
 seed = 0
 output_dir = "results"
@@ -73,7 +73,8 @@ from covidlib.results import write_record
 seed_everything(seed)
 if quick:
     torch.set_num_threads(1)  # tiny networks: more threads only add overhead on a shared CPU
-runtime = runtime_summary(quick=quick, device=device, seed=seed, dataset=dataset)
+quick = setting == "quick"
+runtime = runtime_summary(setting=setting, device=device, seed=seed, dataset=dataset)
 print(format_summary(runtime))
 
 # %% [markdown]
@@ -209,7 +210,7 @@ numbers = {"dice": dice_by_arm, "mean": {a: summary[a][0] for a in ARMS}, "sd": 
            "accepted": [row["pseudo"]["accepted"] for row in rows], "patches": [row["pseudo"]["patches"] for row in rows],
            "seconds": [row["seconds"] for row in rows], "preparation": preparation}
 write_record(output_dir, "08_mean_teacher",
-             parameters=dict(dataset=dataset, data_root=data_root, quick=quick, device=device, seed=seed, rule=rule, ema_alpha=ema_alpha,
+             parameters=dict(dataset=dataset, data_root=data_root, setting=setting, device=device, seed=seed, rule=rule, ema_alpha=ema_alpha,
                              consistency_weight=consistency_weight, noise_std=noise_std, base_width=base_width,
                              depth=depth, slice_size=slice_size),
              numbers=numbers, runtime=runtime)

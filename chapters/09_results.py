@@ -41,7 +41,7 @@ if importlib.util.find_spec("covidlib") is None:
 # %% tags=["parameters"]
 dataset = "phantom"
 data_root = ""  # folder of a real dataset (not read here; accepted so every chapter takes the same parameters)
-quick = True
+setting = "quick"  # "quick" (minutes, CI), "reference" (real data, a 2-core CPU), "full" (the report's settings, a GPU)
 device = "auto"
 seed = 0
 output_dir = "results"
@@ -57,7 +57,8 @@ from covidlib.config import format_summary, runtime_summary, seed_everything
 from covidlib.results import flatten_numbers, format_value, markdown_table, provenance, read_records
 
 seed_everything(seed)
-runtime = runtime_summary(quick=quick, device=device, seed=seed, dataset=dataset)
+quick = setting == "quick"
+runtime = runtime_summary(setting=setting, device=device, seed=seed, dataset=dataset)
 print(format_summary(runtime))
 
 # %% [markdown]
@@ -149,7 +150,7 @@ else:
 from covidlib.results import write_record
 
 numbers = {"records": sorted(records), "not_run": missing}
-write_record(output_dir, this_chapter, parameters=dict(dataset=dataset, quick=quick, device=device, seed=seed),
+write_record(output_dir, this_chapter, parameters=dict(dataset=dataset, setting=setting, device=device, seed=seed),
              numbers=numbers, runtime=runtime)
 
 # %%

@@ -1,12 +1,17 @@
 """The one way through the book, shared by ci/book and ci/test.
 
-    python ci/chapters.py book [--full] [--device D] [--dataset NAME] [--data-root PATH] [--chapters 01,02]
+    python ci/chapters.py book [--reference | --full] [--device D] [--dataset NAME] [--data-root PATH] [--chapters 01,02]
     python ci/chapters.py test [--no-chapters] [-- PYTEST_ARGS...]
     python ci/chapters.py check-pairs
 
 Papermill is the only executor: each chapter's Jupytext source (chapters/NN_name.py) is
 executed with parameters into book/chapters/NN_name.ipynb, its JSON record goes to
-results/<run>/, and Jupyter Book 1 renders the executed notebooks (execute_notebooks: off).
+results/<setting>-<dataset>/ (the reference setting: records/reference-<dataset>/, committed),
+and Jupyter Book 1 renders the executed notebooks (execute_notebooks: off).
+
+Three settings, one code path: quick (phantom or real data, minutes: CI), reference (real data
+sized for a 2-core CPU; its records are committed and shown in the book) and full (the report's
+settings, for a GPU).
 """
 
 from __future__ import annotations
@@ -26,6 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 CHAPTER_SOURCES = ROOT / "chapters"
 EXECUTED = ROOT / "book" / "chapters"
 RESULTS = ROOT / "results"
+RECORDS = ROOT / "records"
+SETTINGS = ("quick", "reference", "full")
+# Where ci/test finds the real data when it is present (CI runs skip it cleanly otherwise).
+REAL_DATASET = "covid-semiseg"
+REAL_DATA = Path(os.environ.get("COVIDLIB_REAL_DATA", ROOT.parent / "shared" / "data" / "covid-semiseg"))
 HTML = ROOT / "book" / "_build" / "html"
 
 
@@ -86,19 +96,20 @@ def check_pairs() -> list[str]:
     return problems
 
 
-def run_name(quick: bool, dataset: str) -> str:
-    return f"{'quick' if quick else 'full'}-{dataset}"
+def results_dir_for(setting: str, dataset: str) -> Path:
+    """Where a run's records go: the reference setting's are committed under records/."""
+    return (RECORDS if setting == "reference" else RESULTS) / f"{setting}-{dataset}"
 
 
-def execute_chapter(name: str, parameters: dict[str, object]) -> float:
-    """Execute one chapter with papermill into book/chapters/; return its wall time in seconds."""
+def execute_chapter(name: str, parameters: dict[str, object], executed: Path = EXECUTED) -> float:
+    """Execute one chapter with papermill into ``executed``; return its wall time in seconds."""
     import jupytext
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     notebook = jupytext.read(CHAPTER_SOURCES / f"{name}.py")
-    EXECUTED.mkdir(parents=True, exist_ok=True)
-    output = EXECUTED / f"{name}.ipynb"
+    executed.mkdir(parents=True, exist_ok=True)
+    output = executed / f"{name}.ipynb"
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / f"{name}.ipynb"
         jupytext.write(notebook, source)
@@ -121,13 +132,15 @@ def execute_chapter(name: str, parameters: dict[str, object]) -> float:
     return time.perf_counter() - start
 
 
-def execute_chapters(names: list[str], *, quick: bool, device: str, dataset: str, seed: int,
-                     data_root: str | None) -> Path:
+def execute_chapters(names: list[str], *, setting: str, device: str, dataset: str, seed: int,
+                     data_root: str | None, executed: Path = EXECUTED, resume: bool = False) -> Path:
+    """Execute ``names`` in order; with ``resume``, skip chapters whose record is there and fresh."""
+    from covidlib.records import read_reference
     from covidlib.results import atomic_write_text
 
-    results_dir = RESULTS / run_name(quick, dataset)
+    results_dir = results_dir_for(setting, dataset)
     results_dir.mkdir(parents=True, exist_ok=True)
-    parameters: dict[str, object] = dict(dataset=dataset, quick=quick, device=device, seed=seed,
+    parameters: dict[str, object] = dict(dataset=dataset, setting=setting, device=device, seed=seed,
                                          output_dir=str(results_dir))
     if data_root:
         parameters["data_root"] = str(Path(data_root).resolve())
@@ -139,15 +152,20 @@ def execute_chapters(names: list[str], *, quick: bool, device: str, dataset: str
         if previous.get("parameters") == parameters:
             timings = {name: previous["seconds"][name] for name in toc_chapters() if name in previous["seconds"]}
     for name in names:
+        record = results_dir / f"{name}.json"
+        if resume and record.exists() and not read_reference(record).stale:
+            print(f"[book] {name}: its record is up to date, kept (--force to run it again)", flush=True)
+            continue
         print(f"[book] {name} ...", end=" ", flush=True)
-        timings[name] = round(execute_chapter(name, parameters), 1)
+        timings[name] = round(execute_chapter(name, parameters, executed), 1)
         timings = {n: timings[n] for n in toc_chapters() if n in timings}  # in book order
         print(f"{timings[name]:.1f} s", flush=True)
         # Written after every chapter so that the results chapter, run last, sees the others' times.
         timing_record = {"parameters": parameters, "seconds": timings,
                          "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}"}
         atomic_write_text(timings_path, json.dumps(timing_record, indent=2) + "\n")
-    print(f"[book] {len(names)} chapter(s) executed in {sum(timings[n] for n in names):.1f} s", flush=True)
+    print(f"[book] {len(names)} chapter(s) done; {sum(timings.get(n, 0.0) for n in names):.1f} s of chapter time",
+          flush=True)
     return results_dir
 
 
@@ -228,7 +246,20 @@ def command_book(args: argparse.Namespace) -> None:
             fail(f"--chapters {args.chapters}: no chapter in _toc.yml starts with {', '.join(unknown)}; chapters: {', '.join(names)}")
         names = [n for n in names if any(n.startswith(w) for w in wanted)]
     start = time.perf_counter()
-    execute_chapters(names, quick=not args.full, device=args.device, dataset=args.dataset, seed=args.seed,
+    setting = "full" if args.full else "reference" if args.reference else "quick"
+    if setting == "reference" and not args.data_root:
+        fail("--reference runs on real data: give --data-root (and --dataset, default covid-semiseg)")
+    dataset = args.dataset or (REAL_DATASET if setting == "reference" else "phantom")
+    if setting == "reference":
+        # The book shows the committed records next to its own quick run: the reference run
+        # writes records (and keeps its executed notebooks aside) but does not replace the book.
+        execute_chapters(names, setting=setting, device=args.device, dataset=dataset, seed=args.seed,
+                         data_root=args.data_root, resume=not args.force,
+                         executed=ROOT / "book" / "_build" / f"chapters-reference-{dataset}")
+        print(f"[book] reference records in {results_dir_for(setting, dataset).relative_to(ROOT)}/: commit them, "
+              "then ci/book rebuilds the book showing them")
+        return
+    execute_chapters(names, setting=setting, device=args.device, dataset=dataset, seed=args.seed,
                      data_root=args.data_root)
     build_html()
     print(f"[book] done in {time.perf_counter() - start:.1f} s; open {HTML / 'index.html'}")
@@ -240,6 +271,27 @@ def run_pytest(arguments: list[str], what: str) -> None:
         fail(f"{what}: pytest collected no tests")
     if result.returncode != 0:
         fail(f"{what}: pytest exited with {result.returncode}")
+
+
+def execute_and_check(names: list[str], dataset: str, data_root: Path | None, executed: Path) -> None:
+    """Execute the chapters in quick mode on ``dataset`` and re-run them under nbval."""
+    execute_chapters(names, setting="quick", device="auto", dataset=dataset, seed=0,
+                     data_root=str(data_root) if data_root else None, executed=executed)
+    print(f"[test] nbval --nbval-lax: re-running the chapters executed on {dataset}", flush=True)
+    run_pytest(["--nbval-lax", "-p", "no:cacheprovider", "-o", "addopts=", "--rootdir", str(executed),
+                *[str(executed / f"{n}.ipynb") for n in names]], f"nbval on the chapters executed on {dataset}")
+
+
+def report_stale_records() -> None:
+    """List committed reference records whose code changed since they were made (not a failure)."""
+    from covidlib.records import stale_records
+
+    stale = stale_records(RECORDS)
+    for reference in stale:
+        print(f"[test] stale record {reference.path.relative_to(ROOT)}: changed since: {', '.join(reference.stale[:5])}")
+    if stale:
+        print(f"[test] {len(stale)} stale reference record(s): regenerate with "
+              "ci/book --reference --dataset covid-semiseg --data-root DIR")
 
 
 def command_test(args: argparse.Namespace) -> None:
@@ -254,16 +306,19 @@ def command_test(args: argparse.Namespace) -> None:
     print(f"[test] {len(list(CHAPTER_SOURCES.glob('*.py')))} chapter pair(s) in sync, no outputs", flush=True)
     if not args.no_chapters:
         names = toc_chapters()
-        execute_chapters(names, quick=True, device="auto", dataset="phantom", seed=0, data_root=None)
-        print("[test] nbval --nbval-lax: re-running the executed chapters", flush=True)
-        run_pytest(["--nbval-lax", "-p", "no:cacheprovider", "-o", "addopts=", "--rootdir", str(EXECUTED),
-                    *[str(EXECUTED / f"{n}.ipynb") for n in names]], "nbval on the executed chapters")
+        execute_and_check(names, "phantom", None, EXECUTED)
         build_html()
         browser_check = ROOT / "ci" / "browser_check.py"
         if browser_check.exists():
             result = subprocess.run([sys.executable, str(browser_check), str(HTML)], cwd=ROOT)
             if result.returncode != 0:
                 fail("the browser check of the built book failed")
+        if (REAL_DATA / "TrainingSet").is_dir():
+            print(f"[test] real data found at {REAL_DATA}: the chapters again, quick, on {REAL_DATASET}", flush=True)
+            execute_and_check(names, REAL_DATASET, REAL_DATA, ROOT / "book" / "_build" / f"chapters-{REAL_DATASET}")
+        else:
+            print(f"[test] no real data at {REAL_DATA} (set COVIDLIB_REAL_DATA): the real-data chapter run is skipped")
+    report_stale_records()
     print(f"[test] all checks passed in {time.perf_counter() - start:.1f} s")
 
 
@@ -271,9 +326,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     book = sub.add_parser("book", help="execute the chapters and build the HTML book")
-    book.add_argument("--full", action="store_true", help="the report's settings instead of quick mode")
+    setting = book.add_mutually_exclusive_group()
+    setting.add_argument("--reference", action="store_true",
+                         help="real data sized for a 2-core CPU; records to records/reference-<dataset>/ (committed); "
+                              "resumes: chapters with an up-to-date record are kept")
+    setting.add_argument("--full", action="store_true", help="the report's settings (hours on a GPU)")
+    book.add_argument("--force", action="store_true", help="with --reference: run every chapter again")
     book.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    book.add_argument("--dataset", default="phantom", help="dataset name from covidlib.datasets (default: phantom)")
+    book.add_argument("--dataset", default=None,
+                      help="dataset name from covidlib.datasets (default: phantom; covid-semiseg with --reference)")
     book.add_argument("--data-root", default=None, help="folder holding the dataset (else $COVIDLIB_DATA)")
     book.add_argument("--chapters", default="", help="comma-separated chapter numbers, e.g. 01,04")
     book.add_argument("--seed", type=int, default=0)

@@ -5,11 +5,14 @@ Introduced in chapter 01.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import random
 import time
+from collections.abc import Iterator
 from importlib import metadata
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -52,6 +55,42 @@ def get_device(device: str | torch.device = "auto") -> torch.device:
     raise InvalidInputError(f"device must be one of {DEVICE_CHOICES} (or 'cuda:N'), got {device!r}")
 
 
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU runs bfloat16 convolutions and matrix products natively in oneDNN.
+
+    True on CPUs with AVX512-BF16 or AMX (``torch.ops.mkldnn._is_mkldnn_bf16_supported``);
+    elsewhere (e.g. AVX2-only CPUs) PyTorch emulates bfloat16 and a U-Net step is several times
+    *slower* than in float32, so ``amp="auto"`` (:func:`covidlib.train.resolve_amp`) keeps float32.
+    Introduced in chapter 04.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return False
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check()) if check is not None else False
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` torch CPU threads, then restore the previous count.
+
+    For per-slice work such as resizing and augmentation: its operations are too small to gain
+    from several threads, and on a busy machine the threads' synchronisation made a 192 x 192
+    ``SliceDataset`` item about 10x slower with 2 threads than with 1 (issue 14).
+    Introduced in chapter 04.
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise InvalidInputError(f"torch_threads count must be a positive integer, got {count!r}")
+    previous = torch.get_num_threads()
+    if previous == count:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def package_versions(names: tuple[str, ...] = ("covidlib", "torch", "numpy", "SimpleITK")) -> dict[str, str]:
     """Installed versions of ``names`` (``"missing"`` when not installed)."""
     versions = {"python": platform.python_version()}
@@ -63,11 +102,31 @@ def package_versions(names: tuple[str, ...] = ("covidlib", "torch", "numpy", "Si
     return versions
 
 
-def runtime_summary(*, quick: bool, device: torch.device | str, seed: int, dataset: str) -> dict[str, object]:
+#: The book's three settings, one code path: ``quick`` proves the code runs (phantom or real
+#: data, minutes, CI); ``reference`` is real data sized for a 2-core CPU (its records are
+#: committed and shown in the book); ``full`` is the report's settings (hours on a GPU).
+SETTINGS = ("quick", "reference", "full")
+T = TypeVar("T")
+
+
+def check_setting(setting: str) -> str:
+    """``setting`` when it is one of :data:`SETTINGS`, else a clear error."""
+    if setting not in SETTINGS:
+        raise InvalidInputError(f"setting must be one of {', '.join(SETTINGS)}, got {setting!r}")
+    return setting
+
+
+def choose(setting: str, *, quick: T, reference: T, full: T) -> T:
+    """The value of a chapter knob for ``setting``: e.g. ``epochs = choose(setting, quick=12,
+    reference=60, full=500)``. Introduced in chapter 01."""
+    return {"quick": quick, "reference": reference, "full": full}[check_setting(setting)]
+
+
+def runtime_summary(*, setting: str, device: torch.device | str, seed: int, dataset: str) -> dict[str, object]:
     """The settings a chapter runs with, as a dict ready to print or to store in a record."""
     resolved = get_device(device)
     summary: dict[str, object] = {
-        "mode": "quick" if quick else "full",
+        "setting": check_setting(setting),
         "dataset": dataset,
         "device": str(resolved),
         "device_name": torch.cuda.get_device_name(resolved) if resolved.type == "cuda" else platform.processor() or platform.machine(),

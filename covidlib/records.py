@@ -67,6 +67,15 @@ class ReferenceRecord:
         return text
 
 
+def reference_notice(reference: ReferenceRecord | None, chapter: str, dataset: str = REFERENCE_DATASET) -> str:
+    """What a chapter prints above its real-data results: the record's source line and any
+    staleness warning, or, when there is no record, how to make one."""
+    if reference is not None:
+        return reference.notice()
+    return (f":::{{note}}\nThere is no committed reference record of `{chapter}` on {dataset} yet: "
+            f"`ci/book --reference --dataset {dataset} --data-root DIR --chapters {chapter[:2]}` writes it.\n:::")
+
+
 def check_record(record: dict[str, Any], path: Path) -> None:
     """Raise a clear error when ``record`` read from ``path`` is not a chapter record."""
     if not isinstance(record, dict) or "chapter" not in record or "numbers" not in record:

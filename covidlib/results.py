@@ -142,10 +142,10 @@ def flatten_numbers(numbers: dict[str, Any], prefix: str = "") -> list[tuple[str
 
 
 def provenance(record: dict[str, Any]) -> str:
-    """One Markdown line saying how a record was made: mode, dataset, device, seed, commit, time."""
+    """One Markdown line saying how a record was made: setting, dataset, device, seed, commit, time."""
     run = record.get("runtime", {})
     params = record.get("parameters", {})
-    return (f"mode **{run.get('mode', 'quick' if params.get('quick') else 'full')}**, "
+    return (f"setting **{run.get('setting', params.get('setting', '?'))}**, "
             f"dataset **{run.get('dataset', params.get('dataset', '?'))}**, device {run.get('device', '?')} "
             f"({run.get('device_name', '?')}), seed {run.get('seed', params.get('seed', '?'))}, "
             f"commit `{str(record.get('commit', 'unknown'))[:12]}`, written {record.get('created', '?')}")

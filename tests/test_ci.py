@@ -74,9 +74,8 @@ def test_toc_lists_only_chapters_with_sources():
 
 def test_a_failing_chapter_stops_the_build_naming_chapter_and_cell(chapters, monkeypatch, tmp_path, capsys):
     (chapters / "01_demo.py").write_text(SOURCE.replace("print(quick)", "raise ValueError('phantom lost')"))
-    monkeypatch.setattr(ci_chapters, "EXECUTED", tmp_path / "executed")
     with pytest.raises(SystemExit) as stop:
-        ci_chapters.execute_chapter("01_demo", {"quick": True})
+        ci_chapters.execute_chapter("01_demo", {"quick": True}, tmp_path / "executed")
     assert stop.value.code == 1
     message = capsys.readouterr().err
     assert "chapter 01_demo: cell" in message and "ValueError: phantom lost" in message

@@ -38,9 +38,19 @@ def test_unknown_device_is_rejected():
         get_device("tpu")
 
 
-def test_runtime_summary_names_mode_device_and_versions():
-    summary = runtime_summary(quick=False, device="cpu", seed=3, dataset="phantom")
-    assert summary["mode"] == "full" and summary["device"] == "cpu" and summary["seed"] == 3
+def test_runtime_summary_names_setting_device_and_versions():
+    summary = runtime_summary(setting="full", device="cpu", seed=3, dataset="phantom")
+    assert summary["setting"] == "full" and summary["device"] == "cpu" and summary["seed"] == 3
     assert summary["torch"] == torch.__version__
     text = format_summary(summary)
-    assert text.splitlines()[0].startswith("mode") and "phantom" in text
+    assert text.splitlines()[0].startswith("setting") and "phantom" in text
+
+
+def test_choose_picks_the_value_of_the_setting_and_rejects_others():
+    from covidlib.config import choose
+
+    assert [choose(s, quick=1, reference=2, full=3) for s in ("quick", "reference", "full")] == [1, 2, 3]
+    with pytest.raises(InvalidInputError, match="setting must be one of quick, reference, full"):
+        choose("fast", quick=1, reference=2, full=3)
+    with pytest.raises(InvalidInputError, match="setting must be one of"):
+        runtime_summary(setting=True, device="cpu", seed=0, dataset="phantom")

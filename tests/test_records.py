@@ -16,7 +16,7 @@ from covidlib.results import write_record
 def test_write_record_holds_timing_and_the_fingerprint_of_loaded_code(tmp_path):
     import covidlib.svcca  # noqa: F401  (a module the "chapter" used)
 
-    runtime = runtime_summary(quick=True, device="cpu", seed=0, dataset="phantom")
+    runtime = runtime_summary(setting="quick", device="cpu", seed=0, dataset="phantom")
     data = tmp_path / "data"
     data.mkdir()
     (data / "x.png").write_bytes(b"abc")
@@ -52,6 +52,7 @@ def test_a_record_whose_code_changed_is_stale(tmp_path):
 
 def test_missing_and_broken_records(tmp_path):
     assert records.load_reference("01_none", records_dir=tmp_path) is None
+    assert "ci/book --reference" in records.reference_notice(None, "01_none")
     folder = records.reference_dir("covid-semiseg", tmp_path)
     folder.mkdir(parents=True)
     (folder / "02_bad.json").write_text("{not json")

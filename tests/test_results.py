@@ -98,10 +98,10 @@ def test_flatten_provenance_and_table():
 
     rows = flatten_numbers({"dice": {"unet": 0.5, "att": {"10-40": 0.4}}, "n": 3})
     assert rows == [("dice.unet", 0.5), ("dice.att.10-40", 0.4), ("n", 3)]
-    record = {"runtime": {"mode": "quick", "dataset": "phantom", "device": "cpu", "device_name": "x86_64", "seed": 0},
+    record = {"runtime": {"setting": "quick", "dataset": "phantom", "device": "cpu", "device_name": "x86_64", "seed": 0},
               "commit": "0123456789abcdef", "created": "2026-11-25T20:00:00+00:00"}
     line = provenance(record)
-    assert "mode **quick**" in line and "commit `0123456789ab`" in line and "seed 0" in line
+    assert "setting **quick**" in line and "commit `0123456789ab`" in line and "seed 0" in line
     assert markdown_table([("a", "1")]) == "| quantity | value |\n|---|---|\n| a | 1 |"
     with pytest.raises(InvalidInputError, match="2 cells"):
         markdown_table([("a",)])
