@@ -340,8 +340,11 @@ def training_fingerprint(model: nn.Module, arrays: Mapping[str, tuple[np.ndarray
     parameters, and the code of the modules that train it. Introduced in chapter 05."""
     cases = {case: arrays[case] for case in [*train_ids, *val_ids]}
     trainable = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
-    return content_key(stable_settings(settings), list(train_ids), list(val_ids), cases, type(model).__qualname__,
-                       model.state_dict(), trainable, code_versions(__name__, type(model).__module__))
+    network_module = type(model).__module__
+    modules = [__name__] + ([network_module] if network_module.startswith("covidlib.") else [])
+    return content_key(stable_settings(settings), list(train_ids), list(val_ids), cases,
+                       f"{network_module}.{type(model).__qualname__}", model.state_dict(), trainable,
+                       code_versions(*modules))
 
 
 def fit_volumes(model: nn.Module, arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], train_ids: Sequence[str],

@@ -390,3 +390,15 @@ def test_genesis_proxy_cache_is_keyed_by_settings_data_and_code(tmp_path, monkey
                         lambda path: "edited" if Path(path).name == "unet3d.py" else real_hash(path))
     proxy(steps=2)  # the code that trains it changed: trained again
     assert len(steps_run) == 4
+
+
+def test_training_fingerprint_accepts_any_network_and_sees_its_weights() -> None:
+    arrays = {case: (np.full((1, 8, 8), i, np.float32), np.zeros((1, 8, 8), np.uint8)) for i, case in enumerate("ab")}
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.Conv2d(1, 2, 1))  # defined outside covidlib: its weights and class still count
+    key = transfer.training_fingerprint(network, arrays, ["a"], ["b"], SliceTraining())
+    assert key == transfer.training_fingerprint(network, arrays, ["a"], ["b"], SliceTraining(train=TrainConfig(device="cpu")))
+    assert key != transfer.training_fingerprint(network, arrays, ["b"], ["a"], SliceTraining())
+    with torch.no_grad():
+        network[0].bias.add_(1.0)
+    assert key != transfer.training_fingerprint(network, arrays, ["a"], ["b"], SliceTraining())
