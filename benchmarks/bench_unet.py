@@ -1,132 +1,237 @@
-"""Training-step throughput of covidlib's U-Nets against MONAI's, on the CPU.
+"""Training-step throughput of covidlib's U-Nets against MONAI's, and how close they come to the CPU's peak.
 
-Goal: ``UNet2d`` and ``AttentionUNet2d`` train at least as fast as MONAI's ``BasicUNet`` and
-``AttentionUnet`` at the same widths (256x256 images, batch 8, fp32 and bf16 autocast).
-One step = forward, cross-entropy loss, backward, Adam update. The models are timed in
-interleaved rounds (each round runs every model once per precision) so that load from other
-processes on a shared machine hits all of them alike; the table gives the median step time.
+Goal (issue 14): ``UNet2d`` and ``AttentionUNet2d`` train at least 1.2x as fast as MONAI's
+``BasicUNet`` and ``AttentionUnet`` at the same widths and precision, and the faster network
+reaches a large share of this CPU's matrix-multiply rate. One step = forward, cross-entropy,
+backward, Adam update, on random ``size`` x ``size`` images in batches of ``batch``.
+
+What is measured, all in one interleaved run (every round runs every configuration once,
+so load from other processes on a shared machine hits all of them alike; the table gives
+the median step time):
+
+- the CPU's peak: GFLOPS of a large square matrix product (``torch.mm``) per precision and
+  thread count, the best of a few repeats;
+- each network's FLOPs per training step, counted by ``torch.utils.flop_counter`` on one
+  step (forward and backward convolutions and matrix products; elementwise work, BatchNorm
+  and the optimizer are not counted);
+- images/s per network, width, precision (fp32, bf16 autocast) and thread count, the
+  achieved GFLOPS (FLOPs per step / step time), the share of the peak at the same precision
+  and threads, and the ratio to MONAI's matching network (UNet2d : BasicUNet,
+  AttentionUNet2d : AttentionUnet).
+
+covidlib's networks run in channels-last memory format by themselves (see
+``covidlib.models.unet2d``); MONAI's run as shipped (NCHW) unless ``--monai-channels-last``.
+bf16 is only timed by default where oneDNN has native bf16 kernels
+(``covidlib.config.cpu_supports_bf16``): elsewhere bf16 is emulated and 10-400x slower than
+fp32 (name it with ``--precisions fp32,bf16`` to time it anyway).
 
 MONAI is a benchmark-only dependency (``pip install monai==1.6.1 --no-deps``)::
 
-    .venv/bin/python benchmarks/bench_unet.py --base-width 16 --rounds 3
+    .venv/bin/python benchmarks/bench_unet.py                               # the whole matrix
+    .venv/bin/python benchmarks/bench_unet.py --widths 16 --threads 2 --rounds 3  # a quick check
+    .venv/bin/python benchmarks/bench_unet.py --widths 16 --threads 1 --models unet --profile
 
-Measured on the book's shared 2-core CPU (AVX512-BF16, load 11-16 from other jobs, so single
-numbers move by +-30 %; compare rows of one run only), base width 16, 256x256, batch 8,
-2 threads, images/s fp32 / bf16: covidlib UNet2d 0.52 / 0.72, MONAI BasicUNet 0.48 / 0.58,
-covidlib AttentionUNet2d 0.41 / 0.59, MONAI AttentionUnet 0.51 / 0.73. With ``--threads 1
---size 128 --rounds 5`` (less noisy), seconds a step fp32: 1.35, 1.62, 1.57, 1.47. Our U-Net
-is faster than BasicUNet; our attention U-Net is 7-25 % slower than MONAI's, which is a
-lighter network (one 3x3 convolution per decoder level instead of two: 14 % fewer FLOPs), and
-the gates themselves add 16 % to a U-Net step (full-resolution 1x1 convolutions and products).
-``--channels-last`` (weights and inputs in NHWC for oneDNN) made a UNet2d fp32 step about 15 % faster in an
-interleaved A/B on the same machine.
+Results and the machine they were measured on are in the report of issue 14 and in
+chapter 04's notes; compare rows of one run only.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from covidlib.config import seed_everything
+from covidlib.config import cpu_supports_bf16, seed_everything
 from covidlib.models import AttentionUNet2d, UNet2d
 
+MODEL_NAMES = {
+    "unet": "covidlib UNet2d",
+    "monai-unet": "monai BasicUNet",
+    "attention-unet": "covidlib AttentionUNet2d",
+    "monai-attention-unet": "monai AttentionUnet",
+}
+MONAI_COUNTERPART = {"unet": "monai-unet", "attention-unet": "monai-attention-unet"}
 
-def build_models(width: int) -> dict[str, Callable[[], nn.Module]]:
-    """Constructors of the four networks, at widths ``width * 2**level`` for levels 0..4."""
+
+def build_model(key: str, width: int) -> nn.Module:
+    """One of the four networks at widths ``width * 2**level`` for levels 0..4."""
+    widths = tuple(width * 2**level for level in range(5))
+    if key == "unet":
+        return UNet2d(1, 2, base_width=width, depth=4)
+    if key == "attention-unet":
+        return AttentionUNet2d(1, 2, base_width=width, depth=4)
     from monai.networks.nets import AttentionUnet, BasicUNet
 
-    widths = tuple(width * 2**level for level in range(5))
-    return {
-        "covidlib UNet2d": lambda: UNet2d(1, 2, base_width=width, depth=4),
+    if key == "monai-unet":
         # BN + ReLU and bias-free convolutions, as ours; MONAI's defaults are instance norm and LeakyReLU
-        "monai BasicUNet": lambda: BasicUNet(spatial_dims=2, in_channels=1, out_channels=2, features=(*widths, width),
-                                             act=("relu", {"inplace": True}), norm="batch", bias=False),
-        "covidlib AttentionUNet2d": lambda: AttentionUNet2d(1, 2, base_width=width, depth=4),
-        "monai AttentionUnet": lambda: AttentionUnet(spatial_dims=2, in_channels=1, out_channels=2, channels=widths,
-                                                     strides=(2, 2, 2, 2)),
-    }
+        return BasicUNet(spatial_dims=2, in_channels=1, out_channels=2, features=(*widths, width),
+                         act=("relu", {"inplace": True}), norm="batch", bias=False)
+    if key == "monai-attention-unet":
+        return AttentionUnet(spatial_dims=2, in_channels=1, out_channels=2, channels=widths, strides=(2, 2, 2, 2))
+    raise ValueError(f"unknown model {key!r}; choose from {sorted(MODEL_NAMES)}")
 
 
-def forward_gflop(model: nn.Module, size: int) -> float:
-    """Forward GFLOP for one ``size`` x ``size`` image (convolutions and matrix products, as
-    counted by ``torch.utils.flop_counter``; elementwise work is not counted)."""
-    was_training = model.training
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 1, size, size))
-    model.train(was_training)
+def matmul_gflops(dtype: torch.dtype, threads: int, max_size: int = 2048, min_seconds: float = 0.2) -> float:
+    """The best GFLOPS of ``n x n @ n x n`` products in ``dtype``, ``n`` doubled from 256 until
+    one product takes ``min_seconds`` or ``n`` reaches ``max_size`` (slow emulated bf16 stays small)."""
+    torch.set_num_threads(threads)
+    generator = torch.Generator().manual_seed(0)
+    size, best = 256, 0.0
+    while True:
+        a = torch.randn(size, size, generator=generator).to(dtype)
+        b = torch.randn(size, size, generator=generator).to(dtype)
+        torch.mm(a, b)  # warm-up: kernel selection, packing buffers
+        seconds = []
+        for _ in range(3):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            seconds.append(time.perf_counter() - start)
+        best = max(best, 2 * size**3 / min(seconds) / 1e9)
+        if min(seconds) >= min_seconds or size >= max_size:
+            return best
+        size *= 2
+
+
+def step_gflop(model: nn.Module, images: torch.Tensor, masks: torch.Tensor) -> float:
+    """GFLOP of one training step's forward and backward (``torch.utils.flop_counter``)."""
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(images).float(), masks).backward()
+    model.zero_grad(set_to_none=True)
     return counter.get_total_flops() / 1e9
 
 
+@dataclass
 class StepRunner:
-    """One model with its optimizer and fixed batch; ``step()`` returns the seconds one step took."""
+    """One model with its Adam optimizer and a fixed random batch; :meth:`step` times one step."""
 
-    def __init__(self, model: nn.Module, batch: int, size: int, bf16: bool, channels_last: bool) -> None:
-        memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.model = model.to(memory_format=memory_format).train()
+    model: nn.Module
+    batch: int
+    size: int
+    bf16: bool
+    channels_last: bool = False
+    times: dict[int, list[float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model.train()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=2e-4)
         generator = torch.Generator().manual_seed(0)
-        self.images = torch.randn(batch, 1, size, size, generator=generator).contiguous(memory_format=memory_format)
-        self.masks = torch.randint(0, 2, (batch, size, size), generator=generator)
-        self.bf16 = bf16
+        self.images = torch.randn(self.batch, 1, self.size, self.size, generator=generator)
+        self.masks = torch.randint(0, 2, (self.batch, self.size, self.size), generator=generator)
 
-    def step(self) -> float:
-        start = time.perf_counter()
+    def step(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             logits = self.model(self.images)
-        loss = F.cross_entropy(logits.float(), self.masks)
-        loss.backward()
+        F.cross_entropy(logits.float(), self.masks).backward()
         self.optimizer.step()
-        return time.perf_counter() - start
+
+    def timed_step(self, threads: int) -> None:
+        torch.set_num_threads(threads)
+        start = time.perf_counter()
+        self.step()
+        self.times.setdefault(threads, []).append(time.perf_counter() - start)
+
+
+def profile_step(runner: StepRunner, threads: int, rows: int) -> str:
+    """``torch.profiler`` table of one training step (after a warm-up), by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(threads)
+    runner.step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        runner.step()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def comma_list(kind: Callable[[str], object]) -> Callable[[str], list]:
+    return lambda text: [kind(item) for item in text.split(",") if item]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base-width", type=int, default=32)
+    parser.add_argument("--widths", type=comma_list(int), default=[16, 32], help="base widths (default 16,32)")
+    parser.add_argument("--threads", type=comma_list(int), default=[1, 2], help="torch thread counts (default 1,2)")
+    parser.add_argument("--precisions", type=comma_list(str), default=None,
+                        help="fp32 and/or bf16 (default: both where the CPU has native bf16, else fp32)")
+    parser.add_argument("--models", type=comma_list(str), default=list(MODEL_NAMES),
+                        help=f"subset of {','.join(MODEL_NAMES)}")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=3, help="timed steps per model and precision")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--only", default="", help="comma-separated substrings of model names to keep")
+    parser.add_argument("--rounds", type=int, default=3, help="timed steps per configuration")
+    parser.add_argument("--monai-channels-last", action="store_true", help="run MONAI's networks in channels-last too")
+    parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of one step per configuration")
+    parser.add_argument("--profile-rows", type=int, default=25)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    precisions = args.precisions or (["fp32", "bf16"] if cpu_supports_bf16() else ["fp32"])
+    for key in args.models:
+        if key not in MODEL_NAMES:
+            parser.error(f"unknown model {key!r}; choose from {','.join(MODEL_NAMES)}")
+    for precision in precisions:
+        if precision not in ("fp32", "bf16"):
+            parser.error(f"unknown precision {precision!r}; choose fp32 and/or bf16")
 
-    runners: dict[tuple[str, str], StepRunner] = {}
-    parameters: dict[str, int] = {}
-    gflops: dict[str, float] = {}
-    for name, build in build_models(args.base_width).items():
-        if args.only and not any(key in name for key in args.only.split(",")):
-            continue
-        for precision in ("fp32", "bf16"):
-            seed_everything(0)
-            model = build()
-            parameters[name] = sum(p.numel() for p in model.parameters())
-            if name not in gflops:
-                gflops[name] = forward_gflop(model, args.size)
-            runners[(name, precision)] = StepRunner(model, args.batch, args.size, precision == "bf16", args.channels_last)
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    peak = {(p, t): matmul_gflops(dtypes[p], t) for t in args.threads for p in precisions}
+
+    runners: dict[tuple[str, int, str], StepRunner] = {}
+    parameters: dict[tuple[str, int], int] = {}
+    gflop: dict[tuple[str, int], float] = {}
+    for width in args.widths:
+        for key in args.models:
+            for precision in precisions:
+                seed_everything(0)
+                runner = StepRunner(build_model(key, width), args.batch, args.size, precision == "bf16",
+                                    channels_last=args.monai_channels_last and key.startswith("monai"))
+                parameters[(key, width)] = sum(p.numel() for p in runner.model.parameters())
+                if (key, width) not in gflop:
+                    gflop[(key, width)] = step_gflop(runner.model, runner.images, runner.masks)
+                runners[(key, width, precision)] = runner
+
+    if args.profile:
+        for (key, width, precision), runner in runners.items():
+            for threads in args.threads:
+                print(f"\n=== profile: {MODEL_NAMES[key]}, width {width}, {precision}, {threads} thread(s) ===")
+                print(profile_step(runner, threads, args.profile_rows))
+        return
 
     for runner in runners.values():  # warm-up: allocator, oneDNN kernel selection
-        runner.step()
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in runners}
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            runner.step()
     for _ in range(args.rounds):
-        for key, runner in runners.items():
-            times[key].append(runner.step())
+        for threads in args.threads:
+            for runner in runners.values():
+                runner.timed_step(threads)
 
-    print(f"torch {torch.__version__}, threads {args.threads}, batch {args.batch}, {args.size}x{args.size}, "
-          f"base width {args.base_width}, channels_last {args.channels_last}, median of {args.rounds} steps")
-    print(f"{'model':<26} {'params':>11} {'GFLOP/img':>10} {'fp32 img/s':>11} {'bf16 img/s':>11}")
-    for name, count in parameters.items():
-        rates = [args.batch / statistics.median(times[(name, p)]) for p in ("fp32", "bf16")]
-        print(f"{name:<26} {count:>11,} {gflops[name]:>10.2f} {rates[0]:>11.2f} {rates[1]:>11.2f}")
+    load = os.getloadavg()
+    print(f"torch {torch.__version__}, batch {args.batch}, {args.size}x{args.size}, median of {args.rounds} interleaved "
+          f"steps; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs; "
+          f"MONAI channels-last {args.monai_channels_last}")
+    print("peak (torch.mm): " + ", ".join(f"{p} {t} thread(s) {rate:.1f} GFLOPS" for (p, t), rate in peak.items()))
+    header = (f"{'model':<25} {'width':>5} {'prec':>4} {'thr':>3} {'params':>10} {'GFLOP/step':>10} "
+              f"{'img/s':>7} {'GFLOPS':>7} {'% peak':>6} {'x MONAI':>7}")
+    print(header)
+    print("-" * len(header))
+    for (key, width, precision), runner in runners.items():
+        for threads in args.threads:
+            seconds = statistics.median(runner.times[threads])
+            achieved = gflop[(key, width)] / seconds
+            counterpart = runners.get((MONAI_COUNTERPART.get(key, ""), width, precision))
+            ratio = (f"{statistics.median(counterpart.times[threads]) / seconds:>7.2f}"
+                     if counterpart is not None else f"{'':>7}")
+            print(f"{MODEL_NAMES[key]:<25} {width:>5} {precision:>4} {threads:>3} {parameters[(key, width)]:>10,} "
+                  f"{gflop[(key, width)]:>10.2f} {args.batch / seconds:>7.2f} {achieved:>7.1f} "
+                  f"{100 * achieved / peak[(precision, threads)]:>6.1f} {ratio}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from covidlib.augment import RandomTransform, Transform
+from covidlib.config import torch_threads
 from covidlib.errors import InvalidInputError
 
 __all__ = [
@@ -250,10 +251,11 @@ class SliceDataset(Dataset):
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for a SliceDataset of {len(self)} slices")
         index = index % len(self)
-        image, mask = self.raw_slice(index)
-        augmentation = self.augmentation_for(index)
-        if augmentation is not None:
-            image, mask = augmentation(image, mask)
+        with torch_threads(1):  # tiny operations: several threads only add synchronisation (issue 14)
+            image, mask = self.raw_slice(index)
+            augmentation = self.augmentation_for(index)
+            if augmentation is not None:
+                image, mask = augmentation(image, mask)
         ref = self.slices[index]
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None],

@@ -25,6 +25,7 @@ import copy
 import dataclasses
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from covidlib.config import get_device
+from covidlib.config import cpu_supports_bf16, get_device
 from covidlib.errors import InvalidInputError
 from covidlib.io import atomic_path
 from covidlib.losses import get_loss
@@ -70,9 +71,13 @@ class TrainConfig:
     """Settings of one training run; the defaults are the report's recipe (section 5.1).
 
     ``amp``: ``"auto"`` uses bfloat16 autocast on a GPU that supports it, float16 with gradient
-    scaling on older GPUs, and float32 on the CPU; ``"bf16"``/``"fp16"`` force one (``"bf16"``
-    on a CPU with AVX512-BF16 trains U-Nets about 1.5-2x faster, but in the chapter 04 quick
-    runs it lowered Dice in some runs, so it is opt-in there); ``"off"`` trains in float32.
+    scaling on older GPUs, bfloat16 on a CPU with native bfloat16 kernels (AVX512-BF16 or AMX,
+    :func:`covidlib.config.cpu_supports_bf16`; U-Net steps about 2x faster there) and float32 on
+    other CPUs, where bfloat16 is emulated and about 10x *slower*; ``"bf16"``/``"fp16"`` force
+    one; ``"off"`` trains in float32. Under autocast only convolutions and matrix products (and
+    the layers between them) run in bfloat16: the loss and its softmax (the logits are cast to
+    float32 first), the BatchNorm running statistics, the weights, their gradients and Adam's
+    moments stay float32 (issue 14 traced this).
     ``max_steps_per_epoch`` caps the batches of an epoch (quick mode); ``None`` = all.
     """
 
@@ -116,10 +121,13 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
             raise InvalidInputError("amp='fp16' needs a CUDA device; use amp='bf16' or 'off' on the CPU")
         return torch.float16
     if amp == "bf16":
+        if device.type == "cpu" and not cpu_supports_bf16():
+            warnings.warn("amp='bf16' on a CPU without native bfloat16 kernels (AVX512-BF16/AMX): PyTorch emulates "
+                          "them and training runs several times slower than amp='off'", RuntimeWarning, stacklevel=2)
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return None
+    return torch.bfloat16 if cpu_supports_bf16() else None
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

@@ -370,3 +370,30 @@ def test_default_augmentation_with_dihedral_puts_it_first():
 
     assert isinstance(default_augmentation(dihedral=True).transforms[0], RandomDihedral)
     assert not any(isinstance(t, RandomDihedral) for t in default_augmentation().transforms)
+
+
+def test_slice_items_run_single_threaded_and_do_not_depend_on_the_thread_count(slice_and_mask, monkeypatch):
+    from covidlib.config import torch_threads
+    from covidlib.data import SliceDataset
+
+    image, mask = slice_and_mask
+    dataset = SliceDataset([(np.stack([image, image[::-1]]), np.stack([mask, mask[::-1]]))], output_size=40,
+                           resize_mode="resize", transform=default_augmentation(p=1.0), seed=3)
+    reference = [dataset[i] for i in range(len(dataset))]  # tests run with one thread
+    seen = []
+    original = RandomRotation.draw
+
+    def spy(self, rng):  # the thread count while the augmentation is drawn and applied
+        seen.append(torch.get_num_threads())
+        return original(self, rng)
+
+    monkeypatch.setattr(RandomRotation, "draw", spy)
+    with torch_threads(2):
+        items = [dataset[i] for i in range(len(dataset))]
+        assert torch.get_num_threads() == 2  # restored after each item
+    assert seen == [1, 1]
+    for got, want in zip(items, reference):
+        assert torch.equal(got["image"], want["image"]) and torch.equal(got["mask"], want["mask"])
+    with pytest.raises(InvalidInputError, match="positive integer"):
+        with torch_threads(0):
+            pass

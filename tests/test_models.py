@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from covidlib.errors import InvalidInputError
 from covidlib.models import AttentionGate, AttentionUNet2d, UNet2d, get_model
+from covidlib.models.unet2d import to_channels_last
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -167,3 +168,67 @@ def test_get_model_by_name() -> None:
     assert type(get_model("unet", base_width=4, depth=2)) is UNet2d
     with pytest.raises(InvalidInputError, match="unet"):
         get_model("segformer")
+
+
+# --- fast paths (issue 14): channels-last activations and bf16 autocast ------------------------
+
+def test_to_channels_last_restrides_even_one_channel_images() -> None:
+    x = torch.randn(2, 1, 5, 7)
+    assert x.is_contiguous(memory_format=torch.channels_last) and x.stride(1) != 1  # the trap
+    y = to_channels_last(x)
+    assert y.stride() == (35, 1, 7, 1)
+    torch.testing.assert_close(y, x, rtol=0, atol=0)
+    assert to_channels_last(y) is y  # already NHWC: no copy
+    z = to_channels_last(torch.randn(2, 3, 4, 4))
+    assert z.stride() == (48, 1, 12, 3)
+
+
+def plain_and_fast(model_class: type[UNet2d]) -> tuple[UNet2d, UNet2d]:
+    torch.manual_seed(0)
+    fast = model_class(1, 2, base_width=4, depth=2)
+    plain = copy.deepcopy(fast)
+    plain.channels_last = False
+    assert fast.channels_last
+    return plain, fast
+
+
+@pytest.mark.parametrize("model_class", [UNet2d, AttentionUNet2d])
+def test_channels_last_path_equals_the_plain_path(model_class: type[UNet2d]) -> None:
+    plain, fast = plain_and_fast(model_class)
+    x = torch.randn(3, 1, 21, 18)
+    target = torch.randint(0, 2, (3, 21, 18))
+    layouts = []
+    for model in (plain, fast):  # the first convolution's output shows which layout ran
+        model.encoder[0][0].register_forward_hook(lambda _m, _i, out: layouts.append(out.stride(1) == 1))
+    outputs = []
+    for model in (plain, fast):
+        logits = model(x)
+        F.cross_entropy(logits, target).backward()
+        outputs.append(logits)
+    assert layouts == [False, True]  # plain: NCHW; fast: NHWC
+    # same logits, NCHW-contiguous either way; same gradients; weights never change layout
+    assert outputs[1].is_contiguous() and outputs[1].shape == (3, 2, 21, 18)
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
+    for (name, p_plain), p_fast in zip(plain.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(p_fast.grad, p_plain.grad, rtol=1e-4, atol=1e-5, msg=name)
+        assert p_fast.is_contiguous(), name
+    # the BatchNorm running statistics are updated the same way
+    for (name, b_plain), b_fast in zip(plain.named_buffers(), fast.buffers()):
+        torch.testing.assert_close(b_fast, b_plain, rtol=1e-5, atol=1e-6, msg=name)
+    assert count_parameters(fast) == unet_parameters(1, 2, 4, 2, model_class is AttentionUNet2d)
+
+
+@pytest.mark.parametrize("model_class", [UNet2d, AttentionUNet2d])
+def test_bf16_autocast_stays_within_bf16_tolerance_of_float32(model_class: type[UNet2d]) -> None:
+    plain, fast = plain_and_fast(model_class)
+    plain.eval(), fast.eval()
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        reference = plain(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = fast(x)
+    assert low.dtype == torch.bfloat16
+    # bf16 keeps 8 significant bits (relative step 2**-8 = 0.4 %); a few layers compound it
+    scale = reference.abs().max()
+    assert (low.float() - reference).abs().max() < 0.05 * scale
+    assert (low.float().argmax(1) == reference.argmax(1)).float().mean() > 0.95

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -374,11 +375,17 @@ def test_rng_state_round_trips_through_a_safe_checkpoint(tmp_path: Path) -> None
     assert (random.random(), np.random.rand(), torch.rand(()).item(), torch.rand((), generator=generator).item()) == expected
 
 
-def test_resolve_amp() -> None:
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_resolve_amp(monkeypatch: pytest.MonkeyPatch, native_bf16: bool) -> None:
+    monkeypatch.setattr("covidlib.train.cpu_supports_bf16", lambda: native_bf16)
     cpu = torch.device("cpu")
     assert resolve_amp("off", cpu) is None
-    assert resolve_amp("bf16", cpu) is torch.bfloat16
-    assert resolve_amp("auto", cpu) is None  # bf16 on the CPU is opt-in
+    # auto: bf16 where the CPU has native kernels, float32 where bf16 would be emulated (slower)
+    assert resolve_amp("auto", cpu) is (torch.bfloat16 if native_bf16 else None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert resolve_amp("bf16", cpu) is torch.bfloat16
+    assert len([w for w in caught if "emulates" in str(w.message)]) == (0 if native_bf16 else 1)
     with pytest.raises(InvalidInputError, match="CUDA"):
         resolve_amp("fp16", cpu)
 
