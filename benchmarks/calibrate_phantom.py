@@ -18,7 +18,9 @@ How regions are found on the 8-bit slices (no lung masks ship with COVID-SemiSeg
   (soft tissue, fat, bone); **lesions**: the doctors' mask (GT > 127).
 
 Run: ``.venv/bin/python benchmarks/calibrate_phantom.py [--data-root DIR] [--out PATH]``; without
-the data it says so and exits 0 (the committed tables stay).
+the data it says so and exits 0 (the committed tables stay). ``--compare-phantom N`` (no data
+needed) instead measures N phantom slices in their real-like view with the same code and prints
+them beside the committed tables: the check that the phantom follows its calibration.
 """
 
 from __future__ import annotations
@@ -218,11 +220,50 @@ def calibrate(data_root: Path) -> dict[str, object]:
     }
 
 
+def compare_phantom(n: int, tables: dict[str, object]) -> list[tuple[str, float, float]]:
+    """(statistic, real, phantom) for ``n`` phantom views measured exactly as the real slices were."""
+    from covidlib.phantom import make_phantom, semiseg_view
+
+    rows = []
+    for seed in range(n):
+        case = make_phantom(seed, (12, 160, 160))
+        z = int(np.argmax(case.lesion_mask.sum(axis=(1, 2))))
+        view = semiseg_view(case, z, seed)
+        rows.append(measure(view.image, view.lesion_mask > 0))
+    lesioned = [r for r in rows if "n_lesions" in r]
+    lesions, window, fov = tables["lesions"], tables["window"], tables["field_of_view"]
+    return [
+        ("lung grey (median)", window["lung_grey"]["q50"], float(np.median([r["lung_grey"] for r in rows]))),
+        ("lesion grey (median)", window["lesion_grey"]["q50"],
+         float(np.median([np.median(r["grey"]["lesion"]) for r in lesioned]))),
+        ("lung share of image (median)", fov["lung_share_of_image"]["q50"], float(np.median([r["lung_share"] for r in rows]))),
+        ("lesion share of lung (median)", lesions["lesion_share_of_lung"]["q50"],
+         float(np.median([r["lesion_lung_share"] for r in lesioned]))),
+        ("lesions per slice (median)", lesions["count_per_slice"]["q50"], float(np.median([r["n_lesions"] for r in lesioned]))),
+        ("lesion depth / lung depth", lesions["relative_depth_lesion_over_lung"],
+         float(np.nanmean([r["lesion_depth"] for r in lesioned]) / np.mean([r["lung_depth"] for r in lesioned]))),
+        ("lesion pixels in outer third", lesions["share_in_outer_third_of_depth"],
+         float(np.nanmean([r["outer_third_share"] for r in lesioned]))),
+        ("bilateral share", lesions["bilateral_share"], float(np.mean([r["bilateral"] for r in lesioned]))),
+        ("bright share of parenchyma (median)", tables["vessels"]["bright_share_of_parenchyma"]["q50"],
+         float(np.median([r["bright_share"] for r in rows]))),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--compare-phantom", type=int, default=0, metavar="N",
+                        help="measure N phantom views beside the committed tables instead of calibrating")
     args = parser.parse_args(argv)
+    if args.compare_phantom > 0:
+        from covidlib.phantom import load_calibration
+
+        print(f"{'statistic':<38} {'real':>8} {'phantom':>8}")
+        for name, real, phantom in compare_phantom(args.compare_phantom, load_calibration()):
+            print(f"{name:<38} {real:8.3f} {phantom:8.3f}")
+        return 0
     if not (args.data_root / "TrainingSet" / "LungInfection-Train" / "Doctor-label" / "GT").is_dir():
         print(f"COVID-SemiSeg not found under {args.data_root}: nothing to calibrate (the committed tables stay).")
         return 0
