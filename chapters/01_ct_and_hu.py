@@ -66,7 +66,6 @@ from covidlib.ct import (WINDOWS, check_hu, hu_summary, make_thick_slices, resca
 from covidlib.phantom import LESION_TISSUES, TISSUES, make_phantom
 
 seed_everything(seed)
-quick = setting == "quick"
 runtime = runtime_summary(setting=setting, device=device, seed=seed, dataset=dataset)
 print(format_summary(runtime))
 if dataset != "phantom":
@@ -74,6 +73,7 @@ if dataset != "phantom":
           "(section 8 shows real slices beside it).")
 
 # Quick mode: a 96-slice slab on a 128 x 128 matrix; full mode: a whole chest on 512 x 512.
+quick = setting == "quick"
 shape = (96, 128, 128) if quick else (320, 512, 512)
 pixel_mm = 2.8 if quick else 0.7  # the same field of view, about 358 mm
 

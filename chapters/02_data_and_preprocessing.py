@@ -69,11 +69,11 @@ from covidlib.preprocess import (PreprocessCache, classical_lung_mask, lung_mask
                                  normalise_image, preprocess_case)
 
 seed_everything(seed)
-quick = setting == "quick"
 runtime = runtime_summary(setting=setting, device=device, seed=seed, dataset=dataset)
 print(format_summary(runtime))
 
 # Quick mode: 8 phantom scans on a 128 x 128 matrix; full mode: 40 scans on 512 x 512.
+quick = setting == "quick"
 n_cases = 8 if quick else 40
 shape = (48, 128, 128) if quick else (160, 512, 512)
 numbers: dict[str, object] = {}

@@ -74,11 +74,11 @@ from covidlib.inference import prepare_slices
 from covidlib.results import write_record
 
 seed_everything(seed)
-quick = setting == "quick"
 runtime = runtime_summary(setting=setting, device=device, seed=seed, dataset=dataset)
 print(format_summary(runtime))
 
 # Quick mode uses a thinner phantom and fewer random draws; full mode the book's usual phantom.
+quick = setting == "quick"
 phantom_shape = (24, 128, 128) if quick else (64, 128, 128)
 n_cases = 3 if quick else 8
 n_draws = 8 if quick else 16

@@ -74,9 +74,9 @@ from covidlib.train import TrainConfig, Trainer, evaluate
 from covidlib.viz import show_attention_maps, show_learning_curves
 
 seed_everything(seed)
+quick = setting == "quick"
 if quick:
     torch.set_num_threads(1)  # the quick networks are tiny: on a shared CPU more threads only add overhead
-quick = setting == "quick"
 runtime = runtime_summary(setting=setting, device=device, seed=seed, dataset=dataset)
 print(format_summary(runtime))
 

@@ -79,9 +79,9 @@ from covidlib.transfer import (SliceTraining, flatten_3d_to_2d, flatten_kernel, 
                                pretrain, pretrain_genesis_proxy)
 
 seed_everything(seed)
+quick = setting == "quick"
 if quick:
     torch.set_num_threads(1)  # the quick networks are tiny: extra threads only add overhead
-quick = setting == "quick"
 runtime = runtime_summary(setting=setting, device=device, seed=seed, dataset=dataset)
 print(format_summary(runtime))
 

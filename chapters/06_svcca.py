@@ -70,9 +70,9 @@ import covidlib.viz  # noqa: F401  (shows the pyplot-free figures below as PNG i
 from covidlib.config import format_summary, runtime_summary, seed_everything
 
 seed_everything(seed)
+quick = setting == "quick"
 if quick:
     torch.set_num_threads(1)  # the quick networks are tiny: extra threads only add overhead
-quick = setting == "quick"
 runtime = runtime_summary(setting=setting, device=device, seed=seed, dataset=dataset)
 print(format_summary(runtime))
 

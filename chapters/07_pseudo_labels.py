@@ -76,9 +76,9 @@ from covidlib.train import TrainConfig
 from covidlib.transfer import SliceTraining, fit_volumes
 
 seed_everything(seed)
+quick = setting == "quick"
 if quick:
     torch.set_num_threads(1)  # tiny networks: more threads only add overhead on a shared CPU
-quick = setting == "quick"
 runtime = runtime_summary(setting=setting, device=device, seed=seed, dataset=dataset)
 print(format_summary(runtime))
 

@@ -71,9 +71,9 @@ from covidlib.mean_teacher import (ARMS, ema_update, nested_fold, semi_supervise
 from covidlib.results import write_record
 
 seed_everything(seed)
+quick = setting == "quick"
 if quick:
     torch.set_num_threads(1)  # tiny networks: more threads only add overhead on a shared CPU
-quick = setting == "quick"
 runtime = runtime_summary(setting=setting, device=device, seed=seed, dataset=dataset)
 print(format_summary(runtime))
 

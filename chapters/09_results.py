@@ -53,11 +53,10 @@ from pathlib import Path
 
 from IPython.display import Markdown, display
 
-from covidlib.config import format_summary, runtime_summary, seed_everything
+from covidlib.config import choose, format_summary, runtime_summary, seed_everything
 from covidlib.results import flatten_numbers, format_value, markdown_table, provenance, read_records
 
 seed_everything(seed)
-quick = setting == "quick"
 runtime = runtime_summary(setting=setting, device=device, seed=seed, dataset=dataset)
 print(format_summary(runtime))
 
@@ -122,7 +121,7 @@ from covidlib.results import read_build_timings
 timings = read_build_timings(output_dir) if Path(output_dir).is_dir() else None
 if timings and timings.get("seconds"):
     total = sum(timings["seconds"].values())
-    display(viz.show_run_times(timings["seconds"], budget_s=120 if quick else None,
+    display(viz.show_run_times(timings["seconds"], budget_s=choose(setting, quick=120, reference=1800, full=None),
                                title=f"Chapter run times, total {total:.0f} s ({timings.get('machine', '?')})"))
 else:
     print("no _timings.json here: run the book with ci/book to measure each chapter's time")
