@@ -61,11 +61,16 @@ def code_fingerprint(modules: Iterable[str | ModuleType] = (), files: Iterable[s
     return {_relative(path): file_hash(path) for path in sorted(set(paths), key=_relative)}
 
 
+#: Modules that only draw or display results: a change to them leaves every number as it was.
+DISPLAY_ONLY = frozenset({"covidlib.__main__", "covidlib.viz", "covidlib.records"})
+
+
 def loaded_covidlib_modules() -> list[str]:
-    """Names of the ``covidlib`` modules imported in this process (what a chapter ran on)."""
+    """Names of the ``covidlib`` modules imported in this process that compute what a chapter
+    reports (the display-only modules of :data:`DISPLAY_ONLY` left out)."""
     return sorted(name for name, module in sys.modules.items()
                   if (name == "covidlib" or name.startswith("covidlib.")) and getattr(module, "__file__", None)
-                  and name != "covidlib.__main__")
+                  and name not in DISPLAY_ONLY)
 
 
 def changed_sources(fingerprint: Mapping[str, str]) -> list[str]:

@@ -37,7 +37,10 @@ def test_loaded_modules_include_what_this_process_imported():
     import covidlib.svcca  # noqa: F401
 
     assert "covidlib.svcca" in fingerprint.loaded_covidlib_modules()
+    import covidlib.viz  # noqa: F401
+
     assert "covidlib.__main__" not in fingerprint.loaded_covidlib_modules()
+    assert "covidlib.viz" not in fingerprint.loaded_covidlib_modules()  # figures only: numbers unchanged
 
 
 def test_data_fingerprint_sees_added_and_resized_files(tmp_path):
