@@ -75,7 +75,8 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gamma", type=float, default=0.8, help="StepLR factor (default 0.8)")
     parser.add_argument("--patience", type=int, default=30, help="stop after this many epochs without a better validation Dice")
     parser.add_argument("--max-steps-per-epoch", type=int, help="cap the batches of an epoch")
-    parser.add_argument("--amp", choices=AMP_CHOICES, default="auto", help="mixed precision: auto (bf16/fp16 on a GPU, float32 on the CPU), bf16, fp16 or off")
+    parser.add_argument("--amp", choices=AMP_CHOICES, default="auto", help="mixed precision: auto (bf16/fp16 on a GPU; bf16 on a CPU with native bf16 kernels, "
+                        "AVX512-BF16/AMX; else float32), bf16, fp16 or off")
     parser.add_argument("--no-augment", action="store_true", help="switch off rotation/elastic/gamma/noise augmentation")
     parser.add_argument("--mixup-alpha", type=float, default=0.0, help="mixup Beta(alpha, alpha); 0 = no mixup")
     parser.add_argument("--empty-fraction", type=float, default=1.0, help="share of training slices without infection kept")
