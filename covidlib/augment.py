@@ -58,6 +58,7 @@ __all__ = [
     "sample_mixup",
     "mixup",
     "Dihedral",
+    "DIHEDRAL_GROUP",
     "RandomDihedral",
     "as_generator",
     "default_augmentation",
@@ -307,11 +308,20 @@ class Dihedral(Transform):
         turned = self._turn(image, self.quarter_turns, self.flip)
         return turned, None if mask is None else self._turn(mask, self.quarter_turns, self.flip)
 
+    def inverse(self) -> Dihedral:
+        """The symmetry that undoes this one: turn back, or (with a mirror) itself, as
+        mirror-then-turn equals turn-back-then-mirror."""
+        return self if self.flip else Dihedral((-self.quarter_turns) % 4, False)
+
     def describe(self) -> dict[str, Any]:
         return {"name": "Dihedral", "quarter_turns": int(self.quarter_turns), "flip": bool(self.flip)}
 
     def label(self) -> str:
         return f"turn {90 * self.quarter_turns}°" + (", mirror" if self.flip else "")
+
+
+#: The 8 symmetries of the square (turns first, then the mirrored ones).
+DIHEDRAL_GROUP = tuple(Dihedral(k, flip) for flip in (False, True) for k in range(4))
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,16 +29,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from covidlib import metrics
-from covidlib.augment import Dihedral, default_augmentation
+from covidlib.augment import default_augmentation
 from covidlib.config import get_device
 from covidlib.data import SliceDataset, kfold_volumes, seeded_loader, split_volumes
 from covidlib.datasets import Dataset as CaseDataset
 from covidlib.errors import InvalidInputError
 from covidlib.fingerprint import changed_sources, code_fingerprint, settings_key
-from covidlib.inference import PreparedSlices, prepare_case, resize_stack
+from covidlib.inference import PreparedSlices, predict_stack, prepare_case
 from covidlib.io import atomic_write_text
 from covidlib.models import get_model
-from covidlib.train import TrainConfig, Trainer, predict_proba
+from covidlib.train import TrainConfig, Trainer
 
 
 @dataclass(frozen=True)
@@ -131,34 +131,6 @@ def train_supervised(prepared: PreparedSlices, train_ids: Sequence[str], val_ids
     return trainer
 
 
-DIHEDRAL_GROUP = tuple(Dihedral(k, flip) for flip in (False, True) for k in range(4))
-
-
-def _inverse(transform: Dihedral) -> Callable[[np.ndarray], np.ndarray]:
-    # Undo a mirror first, then turn back.
-    def undo(array: np.ndarray) -> np.ndarray:
-        array = array[..., ::-1] if transform.flip else array
-        return np.ascontiguousarray(np.rot90(array, -transform.quarter_turns, axes=(-2, -1)))
-    return undo
-
-
-def predict_slices(model: nn.Module, images: np.ndarray, image_size: int, device: str | torch.device = "auto", *,
-                   tta: bool = False, amp: torch.dtype | None = None) -> np.ndarray:
-    """Foreground probabilities (z, H, W) for normalised slices (z, H, W) of any size.
-
-    Slices are resized to ``image_size`` squared for the network and the probabilities back;
-    ``tta`` averages the 8 turns and mirrors of each slice (each mapped back before averaging).
-    """
-    resized = resize_stack(images, (image_size, image_size), "bilinear")
-    transforms = DIHEDRAL_GROUP if tta else DIHEDRAL_GROUP[:1]
-    total = np.zeros_like(resized)
-    for transform in transforms:
-        turned, _ = transform(resized)
-        total += _inverse(transform)(predict_proba(model, turned, device, amp=amp))
-    probabilities = total / len(transforms)
-    return np.clip(resize_stack(probabilities, images.shape[-2:], "bilinear"), 0.0, 1.0)
-
-
 def score_slices(probabilities: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     """Dice, sensitivity and specificity at 0.5, plus Inf-Net's threshold-averaged metrics when available."""
     prediction = probabilities > 0.5
@@ -179,10 +151,10 @@ def score_cases(model: nn.Module, dataset: CaseDataset, case_ids: Sequence[str],
     per_case = {}
     for case_id in case_ids:
         image, mask = prepare_case(dataset.load(case_id))
-        plain = score_slices(predict_slices(model, image, recipe.image_size, resolved), mask)
+        plain = score_slices(predict_stack(model, image, recipe.image_size, resolved), mask)
         per_case[case_id] = plain
         if recipe.tta:
-            tta = score_slices(predict_slices(model, image, recipe.image_size, resolved, tta=True), mask)
+            tta = score_slices(predict_stack(model, image, recipe.image_size, resolved, tta=True), mask)
             per_case[case_id].update({f"tta_{name}": value for name, value in tta.items()})
     return per_case
 

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from covidlib.augment import DIHEDRAL_GROUP
 from covidlib.ct import window_hu, window_label
 from covidlib.datasets import Case
 from covidlib.datasets import Dataset as CaseDataset
@@ -84,15 +85,21 @@ def resize_stack(stack: np.ndarray, size: tuple[int, int], mode: str) -> np.ndar
     return F.interpolate(tensor, size=size, mode=mode, **options)[:, 0].numpy()
 
 
-def predict_stack(model: nn.Module, images: np.ndarray, image_size: int, device: torch.device,
-                  batch_size: int = 8) -> np.ndarray:
+def predict_stack(model: nn.Module, images: np.ndarray, image_size: int, device: str | torch.device = "auto",
+                  batch_size: int = 8, *, tta: bool = False) -> np.ndarray:
     """Foreground probabilities (z, H, W) for normalised slices (z, H, W) of any size.
 
     Slices are resized to ``image_size`` squared for the network and the probabilities back.
+    ``tta`` (test-time augmentation) averages the predictions of the 8 turns and mirrors of each
+    slice, each mapped back first (:data:`covidlib.augment.DIHEDRAL_GROUP`): 8 times the work.
     """
     resized = resize_stack(images, (image_size, image_size), "bilinear")
-    probabilities = predict_proba(model, resized, device, batch_size)
-    return np.clip(resize_stack(probabilities, images.shape[-2:], "bilinear"), 0.0, 1.0)
+    symmetries = DIHEDRAL_GROUP if tta else DIHEDRAL_GROUP[:1]
+    total = np.zeros_like(resized)
+    for symmetry in symmetries:
+        turned, _ = symmetry(resized)
+        total += symmetry.inverse()(predict_proba(model, turned, device, batch_size))[0]
+    return np.clip(resize_stack(total / len(symmetries), images.shape[-2:], "bilinear"), 0.0, 1.0)
 
 
 def case_metrics(prediction: np.ndarray, target: np.ndarray) -> dict[str, float]:

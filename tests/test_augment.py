@@ -397,3 +397,13 @@ def test_slice_items_run_single_threaded_and_do_not_depend_on_the_thread_count(s
     with pytest.raises(InvalidInputError, match="positive integer"):
         with torch_threads(0):
             pass
+
+
+def test_each_dihedral_inverse_undoes_it():
+    from covidlib.augment import DIHEDRAL_GROUP
+
+    image = np.random.default_rng(0).normal(size=(2, 5, 5)).astype(np.float32)
+    assert len(set(DIHEDRAL_GROUP)) == 8
+    for transform in DIHEDRAL_GROUP:
+        turned, _ = transform(image)
+        assert np.array_equal(transform.inverse()(turned)[0], image)

@@ -6,11 +6,9 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
 from covidlib import crossval
-from covidlib.crossval import DIHEDRAL_GROUP, Recipe, nested_folds, predict_slices, run_nested_cv
+from covidlib.crossval import Recipe, nested_folds, run_nested_cv
 from covidlib.datasets import get_dataset
 from covidlib.errors import InvalidInputError
 from covidlib.inference import prepare_slices
@@ -32,49 +30,6 @@ def test_nested_folds_test_each_case_once_and_never_select_on_it():
     assert nested_folds(ids, 5, seed=4) != folds
     with pytest.raises(InvalidInputError, match="validation count"):
         nested_folds(ids[:4], 2, seed=0, n_val=2)
-
-
-def test_each_dihedral_inverse_undoes_its_transform():
-    image = np.random.default_rng(0).normal(size=(2, 5, 5)).astype(np.float32)
-    for transform in DIHEDRAL_GROUP:
-        turned, _ = transform(image)
-        assert np.array_equal(crossval._inverse(transform)(turned), image)
-
-
-class PixelNet(nn.Module):
-    """A 1x1 convolution: equivariant to every turn and mirror, so TTA must change nothing."""
-
-    num_classes = 2
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(1, 2, 1)
-        nn.init.normal_(self.conv.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
-
-
-class LeftEdgeNet(PixelNet):
-    """Adds a left-to-right ramp to the logits: not equivariant, so TTA averages it away."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ramp = torch.linspace(-3, 3, x.shape[-1], device=x.device)
-        logits = self.conv(x)
-        return torch.stack([logits[:, 0], logits[:, 1] + ramp], dim=1)
-
-
-def test_tta_is_exact_for_an_equivariant_network_and_averages_a_non_equivariant_one():
-    images = np.random.default_rng(1).normal(size=(2, 12, 12)).astype(np.float32)
-    plain = predict_slices(PixelNet(), images, 12, "cpu")
-    assert np.allclose(predict_slices(PixelNet(), images, 12, "cpu", tta=True), plain, atol=1e-6)
-    # The ramp is averaged over all 8 orientations: the result is symmetric under every one of them.
-    averaged = predict_slices(LeftEdgeNet(), np.zeros((1, 12, 12), np.float32), 12, "cpu", tta=True)
-    for transform in DIHEDRAL_GROUP:
-        assert np.allclose(transform(averaged)[0], averaged, atol=1e-6)
-    assert not np.allclose(predict_slices(LeftEdgeNet(), np.zeros((1, 12, 12), np.float32), 12, "cpu"),
-                           averaged, atol=1e-3)
 
 
 def test_score_slices_of_a_perfect_map():

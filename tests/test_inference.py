@@ -10,6 +10,7 @@ import torch
 from test_semi_cli import N_LABELLED, UNLABELLED_NAME, make_semiseg
 from torch import nn
 
+from covidlib.augment import DIHEDRAL_GROUP
 from covidlib.datasets import get_dataset
 from covidlib.errors import InvalidInputError
 from covidlib.inference import (
@@ -146,3 +147,41 @@ def test_load_model_rebuilds_the_network_and_names_bad_files(tmp_path: Path) -> 
         load_model(tmp_path / "bare.pt", Architecture("unet", {"base_width": 8, "depth": 2}))
     with pytest.raises(InvalidInputError, match="does not exist"):
         load_model(tmp_path / "missing.pt")
+
+
+# --- test-time augmentation over the 8 turns and mirrors ------------------------------------------
+
+class PixelNet(nn.Module):
+    """A 1x1 convolution: equivariant to every turn and mirror, so TTA must change nothing."""
+
+    num_classes = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 2, 1)
+        nn.init.normal_(self.conv.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class LeftEdgeNet(PixelNet):
+    """Adds a left-to-right ramp to the logits: not equivariant, so TTA averages it away."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ramp = torch.linspace(-3, 3, x.shape[-1], device=x.device)
+        logits = self.conv(x)
+        return torch.stack([logits[:, 0], logits[:, 1] + ramp], dim=1)
+
+
+def test_predict_stack_tta_is_exact_for_an_equivariant_network_and_averages_a_non_equivariant_one():
+    images = np.random.default_rng(1).normal(size=(2, 12, 12)).astype(np.float32)
+    plain = predict_stack(PixelNet(), images, 12, "cpu")
+    assert np.allclose(predict_stack(PixelNet(), images, 12, "cpu", tta=True), plain, atol=1e-6)
+    # The ramp is averaged over all 8 orientations: the result is symmetric under every one of them.
+    averaged = predict_stack(LeftEdgeNet(), np.zeros((1, 12, 12), np.float32), 12, "cpu", tta=True)
+    for transform in DIHEDRAL_GROUP:
+        assert np.allclose(transform(averaged)[0], averaged, atol=1e-6)
+    assert not np.allclose(predict_stack(LeftEdgeNet(), np.zeros((1, 12, 12), np.float32), 12, "cpu"),
+                           averaged, atol=1e-3)
