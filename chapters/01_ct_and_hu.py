@@ -60,7 +60,7 @@ import numpy as np
 from scipy import ndimage
 
 from covidlib import viz
-from covidlib.config import format_summary, runtime_summary, seed_everything
+from covidlib.config import choose, format_summary, runtime_summary, seed_everything
 from covidlib.ct import (WINDOWS, check_hu, hu_summary, make_thick_slices, rescale_to_hu, resolve_window,
                          window_hu)
 from covidlib.phantom import LESION_TISSUES, TISSUES, make_phantom
@@ -72,10 +72,9 @@ if dataset != "phantom":
     print(f"Chapter 01 needs the true tissue of every voxel, which only the phantom has: using it instead of {dataset!r} "
           "(section 8 shows real slices beside it).")
 
-# Quick mode: a 96-slice slab on a 128 x 128 matrix; full mode: a whole chest on 512 x 512.
-quick = setting == "quick"
-shape = (96, 128, 128) if quick else (320, 512, 512)
-pixel_mm = 2.8 if quick else 0.7  # the same field of view, about 358 mm
+# Quick: a 96-slice slab on a 128 x 128 matrix; reference: 160 slices on 256 x 256; full: a whole chest on 512 x 512.
+shape = choose(setting, quick=(96, 128, 128), reference=(160, 256, 256), full=(320, 512, 512))
+pixel_mm = choose(setting, quick=2.8, reference=1.4, full=0.7)  # the same field of view, about 358 mm
 
 # %% [markdown]
 # ## 1. What a CT scanner measures
