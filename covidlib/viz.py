@@ -575,3 +575,93 @@ def show_phantom_and_real(phantom: Sequence[tuple[np.ndarray, np.ndarray]],
             ax.set_xlabel("grey level (8 bit)")
     fig.suptitle(title or "Phantom and real slices, with grey-level histograms")
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures redrawn from stored numbers: reference records (chapters 02 and 03)
+
+
+def _message_figure(message: str, title: str | None) -> Figure:
+    """One empty panel that says why there is nothing to draw (e.g. no reference record yet)."""
+    fig = Figure(figsize=(6.4, 1.8), layout="constrained")
+    ax = fig.subplots()
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, fontsize=9)
+    ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def show_binned_histograms(panels: Mapping[str, tuple[Sequence[float], Mapping[str, Sequence[float]]]] | None, *,
+                           scatter: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
+                           scatter_labels: tuple[str, str] = ("x", "y"), title: str | None = None,
+                           empty_message: str = "nothing to draw") -> Figure:
+    """Histograms stored as bin edges and counts (one panel each), and optionally a scatter panel.
+
+    ``panels``: ``{panel title: (bin edges (n + 1,), {group: counts (n,)})}``; each group's counts
+    are drawn as shares of its total (step lines), so groups of different sizes compare.
+    ``scatter``: ``{group: (x values, y values)}`` one point per item (e.g. per image mean and sd).
+    A group keeps its colour in every panel. With nothing to draw, one panel says ``empty_message``.
+    Introduced in chapter 02.
+    """
+    panels, scatter = dict(panels or {}), dict(scatter or {})
+    if not panels and not scatter:
+        return _message_figure(empty_message, title)
+    colours: dict[str, str] = {}
+    for group in [g for _, by_group in panels.values() for g in by_group] + list(scatter):
+        colours.setdefault(group, MASK_COLOURS[len(colours) % len(MASK_COLOURS)])
+    count = len(panels) + bool(scatter)
+    fig = Figure(figsize=(4.2 * count, 3.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, count))
+    for ax, (name, (edges, by_group)) in zip(axes, panels.items()):
+        edges = np.asarray(edges, dtype=float)
+        if edges.ndim != 1 or len(edges) < 2 or np.any(np.diff(edges) <= 0):
+            raise InvalidInputError(f"show_binned_histograms: panel {name!r} needs increasing bin edges")
+        for group, counts in by_group.items():
+            counts = np.asarray(counts, dtype=float)
+            if counts.shape != (len(edges) - 1,) or np.any(counts < 0) or not counts.sum() > 0:
+                raise InvalidInputError(f"show_binned_histograms: panel {name!r}, group {group!r}: need "
+                                        f"{len(edges) - 1} non-negative counts with a positive total")
+            ax.stairs(counts / counts.sum(), edges, color=colours[group], linewidth=1.3, label=group)
+        ax.set_xlabel(name)
+        ax.set_ylabel("share per bin")
+        ax.legend(fontsize=7)
+    if scatter:
+        ax = axes[-1]
+        for group, (xs, ys) in scatter.items():
+            xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+            if xs.shape != ys.shape or xs.ndim != 1:
+                raise InvalidInputError(f"show_binned_histograms: scatter group {group!r} needs x and y of one length")
+            ax.scatter(xs, ys, s=6, alpha=0.6, color=colours[group], label=f"{group} ({len(xs)})")
+        ax.set_xlabel(scatter_labels[0])
+        ax.set_ylabel(scatter_labels[1])
+        ax.legend(fontsize=7, markerscale=2)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def show_grouped_values(groups: Mapping[str, Sequence[float]] | None, *, ylabel: str = "value",
+                        title: str | None = None, empty_message: str = "nothing to draw") -> Figure:
+    """One column of points per group (spread sideways so they do not hide each other) with the
+    group's mean as a black bar: e.g. the infection share of the slices of each fold.
+
+    With no groups, one panel says ``empty_message``.
+    Introduced in chapter 03.
+    """
+    if not groups:
+        return _message_figure(empty_message, title)
+    fig = Figure(figsize=(max(4.0, 1.1 * len(groups) + 1.5), 3.6), layout="constrained")
+    ax = fig.subplots()
+    for position, (name, values) in enumerate(groups.items()):
+        values = np.asarray(values, dtype=float)
+        if values.ndim != 1 or len(values) == 0 or not np.all(np.isfinite(values)):
+            raise InvalidInputError(f"show_grouped_values: group {name!r} needs a non-empty list of finite numbers")
+        spread = np.linspace(-0.25, 0.25, len(values)) if len(values) > 1 else np.zeros(1)
+        ax.scatter(position + spread, values, s=12, alpha=0.7, color=MASK_COLOURS[position % len(MASK_COLOURS)])
+        ax.hlines(values.mean(), position - 0.35, position + 0.35, color="black", linewidth=2)
+    ax.set_xticks(range(len(groups)), list(groups), fontsize=8)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig

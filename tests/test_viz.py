@@ -170,3 +170,45 @@ def test_show_phantom_and_real_draws_one_panel_per_slice_and_region() -> None:
     np.testing.assert_allclose(lines[0].get_ydata(), np.eye(32)[5])
     with pytest.raises(InvalidInputError, match="phantom slice"):
         viz.show_phantom_and_real([], histograms, edges)
+
+
+def test_binned_histograms_draw_shares_of_each_group_and_a_scatter() -> None:
+    edges = [0.0, 1.0, 2.0, 4.0]
+    fig = viz.show_binned_histograms({"grey": (edges, {"a": [1, 3, 0], "b": [2, 2, 4]})},
+                                     scatter={"a": ([1.0, 2.0], [3.0, 4.0]), "c": ([5.0], [6.0])},
+                                     scatter_labels=("mean", "sd"))
+    histogram, points = fig.axes
+    steps = {patch.get_label(): patch for patch in histogram.patches}
+    np.testing.assert_allclose(steps["a"].get_data().values, [0.25, 0.75, 0.0])  # counts / total, by hand
+    np.testing.assert_allclose(steps["b"].get_data().values, [0.25, 0.25, 0.5])
+    np.testing.assert_allclose(steps["a"].get_data().edges, edges)
+    offsets = [collection.get_offsets() for collection in points.collections]
+    np.testing.assert_allclose(offsets[0], [[1.0, 3.0], [2.0, 4.0]])
+    assert points.get_xlabel() == "mean" and points.get_ylabel() == "sd"
+    # a group keeps its colour in every panel
+    np.testing.assert_allclose(steps["a"].get_edgecolor()[:3], points.collections[0].get_facecolor()[0][:3])
+    with pytest.raises(InvalidInputError, match="'grey'.*'a'"):
+        viz.show_binned_histograms({"grey": (edges, {"a": [1, 3]})})
+    with pytest.raises(InvalidInputError, match="increasing"):
+        viz.show_binned_histograms({"grey": ([0.0, 0.0], {"a": [1]})})
+
+
+def test_figures_from_records_say_when_there_is_nothing_to_draw() -> None:
+    for fig in (viz.show_binned_histograms(None, empty_message="no record yet"),
+                viz.show_grouped_values({}, empty_message="no record yet")):
+        (ax,) = fig.axes
+        assert [text.get_text() for text in ax.texts] == ["no record yet"] and not ax.patches and not ax.collections
+
+
+def test_grouped_values_one_column_per_group_with_its_mean() -> None:
+    fig = viz.show_grouped_values({"fold 1": [0.1, 0.3], "fold 2": [0.5]}, ylabel="infection share")
+    ax = fig.axes[0]
+    points = [c for c in ax.collections if c.get_offsets().shape[1] == 2 and len(c.get_offsets()) and
+              not isinstance(c, matplotlib.collections.LineCollection)]
+    np.testing.assert_allclose(points[0].get_offsets()[:, 1], [0.1, 0.3])
+    assert np.all(np.abs(points[0].get_offsets()[:, 0] - 0) <= 0.25) and points[1].get_offsets()[0, 0] == 1
+    means = [c for c in ax.collections if isinstance(c, matplotlib.collections.LineCollection)]
+    assert [segment[0][1] for c in means for segment in c.get_segments()] == pytest.approx([0.2, 0.5])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["fold 1", "fold 2"] and ax.get_ylabel() == "infection share"
+    with pytest.raises(InvalidInputError, match="'fold 3'"):
+        viz.show_grouped_values({"fold 3": [float("nan")]})
