@@ -61,7 +61,7 @@ class Recipe:
     patience: int = 40
     batch_size: int = 8
     loss: str = "ce+dice"
-    amp: str = "bf16"
+    amp: str = "auto"
     augment: bool = True
     dihedral: bool = True
     tta: bool = True
