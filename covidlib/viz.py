@@ -651,7 +651,7 @@ def show_grouped_values(groups: Mapping[str, Sequence[float]] | None, *, ylabel:
     """
     if not groups:
         return _message_figure(empty_message, title)
-    fig = Figure(figsize=(max(4.0, 1.1 * len(groups) + 1.5), 3.6), layout="constrained")
+    fig = Figure(figsize=(max(4.0, 1.6 * len(groups) + 1.5), 3.6), layout="constrained")
     ax = fig.subplots()
     for position, (name, values) in enumerate(groups.items()):
         values = np.asarray(values, dtype=float)
