@@ -352,6 +352,26 @@ def pretrained_weights(slices: np.ndarray, settings: RestorationSettings, cache_
     return {name: value.detach().clone() for name, value in target.state_dict().items()}, info
 
 
+def unlabelled_slices(dataset: str, root: str | Path | None, n: int, size: int, *,
+                      split: str = "unlabelled") -> np.ndarray:
+    """The first ``n`` slices of a 2D dataset's ``split`` (N, size, size), prepared as chapter 05's
+    segmentation networks see them: :func:`covidlib.preprocess.preprocess_cohort` (for 8-bit
+    slices: resized so that the longer side is ``size`` pixels, z-scored), then centred in a
+    ``size`` x ``size`` square padded with 0 (:func:`covidlib.data.fit_slice`). The input of
+    :func:`pretrained_weights` for COVID-SemiSeg's unlabelled slices. Introduced in chapter 05."""
+    from covidlib.data import fit_slice
+    from covidlib.preprocess import SLICE_EXTENT_MM, preprocess_cohort
+
+    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
+        raise InvalidInputError(f"size must be an integer of at least 8 pixels, got {size!r}")
+    cases = preprocess_cohort(dataset, n, root=root, split=split, spacing_mm=SLICE_EXTENT_MM / size)
+    flat = [case for case in cases if case.image.shape[0] == 1]
+    if len(flat) != len(cases):
+        raise InvalidInputError(f"dataset {dataset!r}: split {split!r} holds volumes, not single 2D slices")
+    return np.stack([fit_slice(case.image[0], np.zeros(case.image.shape[1:], np.uint8), (size, size))[0]
+                     for case in cases]).astype(np.float32)
+
+
 def restore(model: nn.Module, inputs: np.ndarray, device: str = "auto") -> np.ndarray:
     """The restoration network's output (N, H, W) in [0, 1] for inputs (N, H, W): what a figure
     of corrupted / restored / original slices shows."""

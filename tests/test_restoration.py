@@ -187,3 +187,22 @@ def test_pretrained_weights_fit_the_segmentation_network_and_are_cached(tmp_path
             assert torch.equal(value, again[name]), name
     with pytest.raises(AssertionError, match="trained again"):  # other slices: another key, trained afresh
         pretrained_weights(slice_stack() + 1, settings, tmp_path, progress=False)
+
+
+def test_unlabelled_slices_of_a_2d_dataset_are_centred_z_scored_squares(tmp_path) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "TrainingSet/LungInfection-Train/Pseudo-label/Imgs"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for index, shape in enumerate([(40, 80), (64, 32)]):
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(folder / f"Data-1_case_{index}.jpg")
+    slices = restoration.unlabelled_slices("covid-semiseg", tmp_path, 5, 16)
+    assert slices.shape == (2, 16, 16) and slices.dtype == np.float32
+    # the longer side fills the square, the shorter one is padded with 0 (the z-scored mean) on both sides
+    assert np.all(slices[0, :4] == 0) and np.all(slices[0, -4:] == 0) and np.all(slices[0, 4:12] != 0)
+    assert np.all(slices[1, :, :4] == 0) and np.all(slices[1, :, -4:] == 0)
+    inside = slices[0, 4:12]
+    assert abs(float(inside.mean())) < 1e-5 and abs(float(inside.std()) - 1) < 1e-4
+    with pytest.raises(InvalidInputError, match="size"):
+        restoration.unlabelled_slices("covid-semiseg", tmp_path, 5, 4)
