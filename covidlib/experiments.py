@@ -1,12 +1,15 @@
 """The transfer-learning grid of the report's Table 5.1, run cell by cell, resumable, in parallel.
 
 A *cell* is one training run: a network (``"unet"``, ``"attention-unet"``) x an initialisation
-recipe (``"scratch"``, ``"decoder"``, ``"all"``, ``"genesis"``; see :mod:`covidlib.transfer`) x
-a split (``"10-40"``, ``"40-10"``; see :func:`covidlib.data.report_split`) x a fold. The test
+recipe (``"scratch"``, ``"decoder"``, ``"all"``, ``"genesis"``; see :mod:`covidlib.transfer`),
+the fine-tuning recipes once per named pretraining *source* when there are several (e.g. a
+self-supervised restoration source and a phantom source, ``GridConfig.sources``) x a split (``"10-40"``, ``"40-10"``; see :func:`covidlib.data.report_split`) x a fold. The test
 volumes are held out once for the whole grid; splits are by volume. Each finished cell is one
 JSON record ``<results_dir>/cells/<key>.json`` (written atomically) with its train, validation
 and test Dice — the mean over volumes of the 3D (volume) Dice of the stacked slice
-predictions — its per-volume values, learning curve and provenance. Each record carries the
+predictions — its per-volume values, learning curve and provenance, and on the test volumes
+also Inf-Net's mean Dice over thresholds (:func:`covidlib.metrics.infnet_metrics`, averaged
+over each volume's slices with lesions). Each record carries the
 cell's fingerprint (:func:`cell_fingerprint`: the grid settings, the cohort's ids and array
 contents, the pretrained or Models Genesis weights the cell starts from, and the code of the
 modules that compute it). When the grid runs again, cells whose record has the current
@@ -45,11 +48,12 @@ from covidlib.config import get_device
 from covidlib.data import REPORT_SPLITS, report_split
 from covidlib.errors import InvalidInputError
 from covidlib.fingerprint import content_key
+from covidlib.metrics import infnet_metrics
 from covidlib.metrics import summarise as summarise_values
 from covidlib.models import get_model
 from covidlib.models.unet3d import GenesisUNet2d, load_genesis_checkpoint
 from covidlib.results import atomic_write_text
-from covidlib.train import evaluate
+from covidlib.train import evaluate, split_batch
 from covidlib.transfer import (RECIPES, SliceTraining, case_arrays, code_versions, fit_volumes, prepare_finetune,
                                slice_loader, stable_settings)
 
@@ -68,17 +72,38 @@ class Cell:
     recipe: str
     split: str
     fold: int
+    source: str = ""
 
     @property
     def key(self) -> str:
-        """File-name key, e.g. ``unet__decoder__10-40__fold0``."""
-        return f"{self.network}__{self.recipe}__{self.split}__fold{self.fold}"
+        """File-name key, e.g. ``unet__decoder__10-40__fold0`` or, from a named source,
+        ``unet__decoder-restoration__10-40__fold0``."""
+        recipe = f"{self.recipe}-{self.source}" if self.source else self.recipe
+        return f"{self.network}__{recipe}__{self.split}__fold{self.fold}"
+
+    @property
+    def row(self) -> str:
+        """The table row it belongs to: the recipe, with its source when it has one (``"decoder/restoration"``)."""
+        return row_name(self.recipe, self.source)
+
+
+def row_name(recipe: str, source: str = "") -> str:
+    """A table row's name: ``recipe`` or ``recipe/source``."""
+    return f"{recipe}/{source}" if source else recipe
+
+
+def weights_name(network: str, source: str = "") -> str:
+    """The key of a network's pretrained weights in ``run_grid(pretrained=...)``: ``network``,
+    or ``network/source`` for a named source."""
+    return f"{network}/{source}" if source else network
 
 
 @dataclass(frozen=True)
 class GridConfig:
     """What the grid runs. ``folds`` of the ``n_folds`` report folds are run (the report: 5 of
     5); ``n_test`` volumes are held out (``None``: 2/7 of the cohort, the report's 20 of 70).
+    ``sources``: names of the pretraining sources; the ``"decoder"`` and ``"all"`` recipes run
+    once per source (none: one unnamed source, the weights keyed by network alone).
     ``base_width``/``depth`` size the U-Nets; ``genesis_width`` the Models Genesis twin (32 =
     the published network). ``training`` holds batch, slice size and the Trainer's settings;
     ``split_seed`` fixes the volume split. Introduced in chapter 05."""
@@ -86,6 +111,7 @@ class GridConfig:
     networks: tuple[str, ...] = NETWORKS
     recipes: tuple[str, ...] = RECIPES
     splits: tuple[str, ...] = REPORT_SPLITS
+    sources: tuple[str, ...] = ()
     folds: int = 5
     n_folds: int = 5
     n_test: int | None = None
@@ -101,20 +127,27 @@ class GridConfig:
             bad = [v for v in getattr(self, name) if v not in allowed]
             if bad or not getattr(self, name):
                 raise InvalidInputError(f"GridConfig.{name} must be a non-empty subset of {allowed}, got {getattr(self, name)}")
+        bad_sources = [s for s in self.sources if not isinstance(s, str) or not s or "/" in s or "__" in s]
+        if bad_sources or len(set(self.sources)) != len(self.sources):
+            raise InvalidInputError(f"GridConfig.sources must be distinct non-empty names without '/' or '__', "
+                                    f"got {self.sources}")
         if not (isinstance(self.folds, int) and 1 <= self.folds <= self.n_folds):
             raise InvalidInputError(f"GridConfig.folds must be in [1, n_folds={self.n_folds}], got {self.folds!r}")
 
     def cells(self) -> list[Cell]:
-        """Every cell, network-major (the table's order)."""
-        return [Cell(n, r, s, f) for n in self.networks for r in self.recipes for s in self.splits
-                for f in range(self.folds)]
+        """Every cell, network-major (the table's order); fine-tuning recipes once per source."""
+        def sources(recipe: str) -> tuple[str, ...]:
+            return (self.sources or ("",)) if recipe in ("decoder", "all") else ("",)
+
+        return [Cell(n, r, s, f, source) for n in self.networks for r in self.recipes for source in sources(r)
+                for s in self.splits for f in range(self.folds)]
 
     def fingerprint(self) -> str:
         """A hash of the settings that change a cell's result (not the device or progress bars,
         nor which cells run); :func:`cell_fingerprint` adds the data, weights and code."""
         settings = dataclasses.asdict(self)
         settings["training"] = stable_settings(self.training)
-        for per_cell in ("networks", "recipes", "splits", "folds"):
+        for per_cell in ("networks", "recipes", "splits", "sources", "folds"):
             settings.pop(per_cell)
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -135,12 +168,13 @@ def _pretrained_for(cell: Cell, pretrained: Mapping[str, str | Path], genesis: s
         if genesis is None:
             raise InvalidInputError("the 'genesis' recipe needs a Models Genesis checkpoint (genesis=path)")
         return load_genesis_checkpoint(genesis)
-    if cell.network not in pretrained:
+    name = weights_name(cell.network, cell.source)
+    if name not in pretrained:
         raise InvalidInputError(f"recipe {cell.recipe!r} for {cell.network!r} needs pretrained weights: "
-                                f"pass pretrained={{'{cell.network}': path}}")
-    path = Path(pretrained[cell.network])
+                                f"pass pretrained={{'{name}': path}}")
+    path = Path(pretrained[name])
     if not path.is_file():
-        raise InvalidInputError(f"pretrained weights {path} for {cell.network!r} not found")
+        raise InvalidInputError(f"pretrained weights {path} for {name!r} not found")
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -157,7 +191,8 @@ def cell_inputs(cells: Sequence[Cell], arrays: Mapping[str, tuple[np.ndarray, np
     inputs = {}
     for cell in cells:
         # cells of one network share its pretrained weights; every Genesis cell the same checkpoint
-        source = cell.recipe if cell.recipe in ("scratch", "genesis") else f"pretrained:{cell.network}"
+        source = (cell.recipe if cell.recipe in ("scratch", "genesis")
+                  else f"pretrained:{weights_name(cell.network, cell.source)}")
         if source not in weights:
             with torch.random.fork_rng(devices=[]):  # building the Genesis network draws initial weights
                 loaded = _pretrained_for(cell, pretrained, genesis)
@@ -170,6 +205,27 @@ def cell_inputs(cells: Sequence[Cell], arrays: Mapping[str, tuple[np.ndarray, np
 def cell_fingerprint(cell: Cell, inputs: Mapping[str, Any]) -> str:
     """The key of a cell's record: a hash of the cell and its :func:`cell_inputs`."""
     return content_key(dataclasses.asdict(cell), dict(inputs))
+
+
+@torch.no_grad()
+def infnet_mean_dice(model: nn.Module, loader: Any, device: str | torch.device = "auto") -> dict[str, float]:
+    """``{case_id: Inf-Net's mean Dice}`` of ``model`` on ``loader``'s slices: per slice with a
+    lesion, the mean Dice over 256 thresholds of the min-max rescaled probability map
+    (:func:`covidlib.metrics.infnet_metrics`, at the network's input size), averaged over the
+    case's slices; cases without lesions are left out (their Dice over thresholds is not
+    defined). Fan et al., Inf-Net, IEEE TMI 2020. Introduced in chapter 05."""
+    resolved = get_device(device)
+    was_training = model.training
+    model.eval()
+    per_case: dict[str, list[float]] = {}
+    for batch in loader:
+        images, targets = split_batch(batch)
+        probabilities = torch.softmax(model(images.to(resolved)).float(), dim=1)[:, 1].cpu().numpy()
+        for case, probability, target in zip(batch["case_id"], probabilities, targets.numpy()):
+            if target.any():
+                per_case.setdefault(str(case), []).append(infnet_metrics(probability, target)["mean_dice"])
+    model.train(was_training)
+    return {case: float(np.mean(values)) for case, values in per_case.items()}
 
 
 def run_cell(cell: Cell, arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], config: GridConfig,
@@ -198,11 +254,13 @@ def run_cell(cell: Cell, arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], co
         result = evaluate(model, slice_loader(arrays, ids, settings, training=False, seed=seed), trainer.device)
         dice[phase] = dict(result["summary"]["dice"],
                            per_case={case: values["dice"] for case, values in result["per_case"].items()})
+    infnet = infnet_mean_dice(model, slice_loader(arrays, split.test, settings, training=False, seed=seed), trainer.device)
     record = {
         "cell": dataclasses.asdict(cell),
         "fingerprint": cell_fingerprint(cell, inputs),
         "inputs": inputs,
         "dice": dice,
+        "infnet_mean_dice": {"mean": float(np.mean(list(infnet.values()))) if infnet else None, "per_case": infnet},
         "cases": {"train": split.train, "val": split.val, "test": split.test},
         "history": trainer.history,
         "best_epoch": trainer.best_epoch,
@@ -320,12 +378,15 @@ def run_grid(cases: Sequence[Any], config: GridConfig, results_dir: str | Path, 
 
 
 def summarise(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
-    """``{network: {recipe: {split: {phase: {"mean", "sd", "n", "n_undefined", "folds"}}}}}``
-    over folds (:func:`covidlib.metrics.summarise`: sd with ``ddof=1``, 0 for one fold)."""
+    """``{network: {row: {split: {phase: {"mean", "sd", "n", "n_undefined", "folds"}}}}}``
+    over folds (:func:`covidlib.metrics.summarise`: sd with ``ddof=1``, 0 for one fold). A row
+    is the recipe, or ``recipe/source`` for a named source (:func:`row_name`); besides the
+    phases, ``"test_infnet"`` holds Inf-Net's mean Dice on the test volumes when every fold has it."""
     grouped: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
     for record in records:
         cell = record["cell"]
-        grouped.setdefault((cell["network"], cell["recipe"], cell["split"]), []).append(record)
+        row = row_name(cell["recipe"], cell.get("source", ""))
+        grouped.setdefault((cell["network"], row, cell["split"]), []).append(record)
     summary: dict[str, Any] = {}
     for (network, recipe, split), rows in grouped.items():
         rows = sorted(rows, key=lambda r: r["cell"]["fold"])
@@ -333,23 +394,35 @@ def summarise(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[
         for phase in PHASES:
             values = [r["dice"][phase]["mean"] for r in rows]
             phases[phase] = dict(summarise_values(values), folds=values)
+        infnet = [r.get("infnet_mean_dice", {}).get("mean") for r in rows]
+        if all(value is not None for value in infnet):
+            phases["test_infnet"] = dict(summarise_values(infnet), folds=infnet)
         summary.setdefault(network, {}).setdefault(recipe, {})[split] = phases
     return summary
 
 
-def render_table(records: Sequence[Mapping[str, Any]], *, digits: int = 3) -> str:
-    """Table 5.1 as Markdown: per network, rows = recipe x split, columns = train, validation
-    and test Dice as ``mean ± sd`` over folds (``n`` folds shown). Introduced in chapter 05."""
+def render_table(records: Sequence[Mapping[str, Any]], *, digits: int = 3,
+                 source_titles: Mapping[str, str] | None = None) -> str:
+    """Table 5.1 as Markdown: per network, rows = recipe (x source) x split, columns = train,
+    validation and test Dice at 0.5 as ``mean ± sd`` over folds, then the test volumes' Inf-Net
+    mean Dice when every row has it (``n`` folds shown). ``source_titles`` names each pretraining
+    source in its rows (default: the source's name). Introduced in chapter 05."""
     if not records:
         raise InvalidInputError("render_table needs at least one cell record")
     summary = summarise(records)
-    lines = ["| Network | Initialisation | Split | Train | Validation | Test | Folds |",
-             "|---|---|---|---|---|---|---|"]
+    with_infnet = all("test_infnet" in phases for rows in summary.values() for splits in rows.values()
+                      for phases in splits.values())
+    columns = [*PHASES, *(["test_infnet"] if with_infnet else [])]
+    titles = {"train": "Train", "val": "Validation", "test": "Test", "test_infnet": "Test, Inf-Net mean Dice"}
+    lines = [f"| Network | Initialisation | Split | {' | '.join(titles[c] for c in columns)} | Folds |",
+             "|---|---|---|" + "---|" * (len(columns) + 1)]
+    sources = list(dict.fromkeys(record["cell"].get("source", "") for record in records))
     for network in [n for n in NETWORKS if n in summary]:
-        for recipe in [r for r in RECIPES if r in summary[network]]:
-            for split in [s for s in REPORT_SPLITS if s in summary[network][recipe]]:
-                phases = summary[network][recipe][split]
-                cells = [f"{phases[p]['mean']:.{digits}f} ± {phases[p]['sd']:.{digits}f}" for p in PHASES]
-                lines.append(f"| {NETWORK_TITLES[network]} | {RECIPE_TITLES[recipe]} | {split} | "
+        for recipe, source in [(r, s) for r in RECIPES for s in sources if row_name(r, s) in summary[network]]:
+            title = RECIPE_TITLES[recipe] + (f" ({(source_titles or {}).get(source, source)})" if source else "")
+            for split in [s for s in REPORT_SPLITS if s in summary[network][row_name(recipe, source)]]:
+                phases = summary[network][row_name(recipe, source)][split]
+                cells = [f"{phases[p]['mean']:.{digits}f} ± {phases[p]['sd']:.{digits}f}" for p in columns]
+                lines.append(f"| {NETWORK_TITLES[network]} | {title} | {split} | "
                              f"{' | '.join(cells)} | {phases['train']['n']} |")
     return "\n".join(lines)

@@ -219,3 +219,62 @@ def test_worker_processes_give_the_same_records(tmp_path, weights) -> None:
     key = lambda r: json.dumps(r["cell"], sort_keys=True)  # noqa: E731
     for a, b in zip(sorted(serial, key=key), sorted(parallel, key=key)):
         assert a["dice"] == b["dice"]
+
+
+def test_named_sources_give_one_fine_tuning_row_each_and_the_test_infnet_dice(tmp_path, weights) -> None:
+    pretrained, _ = weights
+    config = tiny_config(networks=("unet",), recipes=("scratch", "decoder"), sources=("restoration", "phantom"), folds=1)
+    assert [cell.key for cell in config.cells()] == ["unet__scratch__10-40__fold0",
+                                                     "unet__decoder-restoration__10-40__fold0",
+                                                     "unet__decoder-phantom__10-40__fold0"]
+    assert config.fingerprint() == tiny_config(networks=("unet",), recipes=("scratch", "decoder"), folds=1).fingerprint()
+    cases = [ToyCase(i) for i in range(8)]
+    with pytest.raises(InvalidInputError, match="unet/restoration"):
+        run_grid(cases, config, tmp_path, pretrained=pretrained, progress=False)
+    torch.manual_seed(1)
+    other = tmp_path / "other.pt"
+    torch.save(UNet2d(base_width=2, depth=2).state_dict(), other)
+    records = run_grid(cases, config, tmp_path, pretrained={"unet/restoration": pretrained["unet"], "unet/phantom": other},
+                       progress=False)
+    inputs = [r["inputs"]["weights"] for r in records]
+    assert inputs[0] is None and inputs[1] != inputs[2]  # each source keys its cells by its own weights
+    for record in records:
+        infnet = record["infnet_mean_dice"]
+        assert set(infnet["per_case"]) == set(record["cases"]["test"])  # every toy volume has a lesion
+        assert infnet["mean"] == pytest.approx(np.mean(list(infnet["per_case"].values())))
+        assert all(0.0 <= value <= 1.0 for value in infnet["per_case"].values())
+    table = render_table(records, source_titles={"restoration": "self-supervised"})
+    assert table.splitlines()[0].endswith("| Test | Test, Inf-Net mean Dice | Folds |")
+    assert "| Fine-tune decoder (self-supervised) |" in table and "| Fine-tune decoder (phantom) |" in table
+    summary = summarise(records)["unet"]
+    assert set(summary) == {"scratch", "decoder/restoration", "decoder/phantom"}
+    assert summary["scratch"]["10-40"]["test_infnet"]["mean"] == pytest.approx(records[0]["infnet_mean_dice"]["mean"])
+    with pytest.raises(InvalidInputError, match="sources"):
+        tiny_config(sources=("a/b",))
+
+
+def test_infnet_mean_dice_of_a_perfect_and_an_inverted_network() -> None:
+    class Oracle(torch.nn.Module):
+        """Logits that put the lesion (where the toy image is bright) in class 1, or in class 0 when inverted."""
+
+        def __init__(self, sign: float) -> None:
+            super().__init__()
+            self.sign = sign
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            foreground = (images > 1.0).float() * 10 * self.sign
+            return torch.cat([torch.zeros_like(foreground), foreground], dim=1)
+
+    mask = np.zeros((1, 8, 8), np.uint8)
+    mask[0, 2:6, 2:6] = 1
+    empty = np.zeros((1, 8, 8), np.uint8)
+    arrays = {"a": (mask.astype(np.float32) * 2, mask), "b": (empty.astype(np.float32), empty)}
+    settings = SliceTraining(batch_size=2, augment=False)
+    loader = experiments.slice_loader(arrays, ["a", "b"], settings, training=False, seed=0)
+    perfect = experiments.infnet_mean_dice(Oracle(1.0), loader, "cpu")
+    assert list(perfect) == ["a"]  # a case without lesion has no Dice over thresholds
+    # a binary map rescaled to {0, 1}: threshold 0 takes every pixel (Dice 2*16/(64+16) = 0.4),
+    # every other of the 256 thresholds takes the lesion exactly (Dice 1)
+    assert perfect["a"] == pytest.approx((0.4 + 255 * 1.0) / 256)
+    inverted = experiments.infnet_mean_dice(Oracle(-1.0), loader, "cpu")
+    assert inverted["a"] == pytest.approx(0.4 / 256)
