@@ -665,3 +665,68 @@ def show_grouped_values(groups: Mapping[str, Sequence[float]] | None, *, ylabel:
     if title:
         ax.set_title(title, fontsize=10)
     return fig
+
+
+def show_curves(curves: Mapping[str, Sequence[float]] | None, *, xlabel: str = "step", ylabel: str = "value",
+                title: str | None = None, log_y: bool = False, empty_message: str = "nothing to draw") -> Figure:
+    """One line per named curve against its index (e.g. the restoration loss of each pretraining,
+    step by step). With no curves, one panel says ``empty_message``.
+    Introduced in chapter 05.
+    """
+    if not curves:
+        return _message_figure(empty_message, title)
+    fig = Figure(figsize=(6.4, 3.4), layout="constrained")
+    ax = fig.subplots()
+    for position, (name, values) in enumerate(curves.items()):
+        values = np.asarray(values, dtype=float)
+        if values.ndim != 1 or len(values) == 0:
+            raise InvalidInputError(f"show_curves: curve {name!r} needs a non-empty list of numbers")
+        ax.plot(np.arange(1, len(values) + 1), values, color=MASK_COLOURS[position % len(MASK_COLOURS)], label=name)
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+def show_threshold_calibration(calibration: Mapping[str, Sequence[float]] | None, *, title: str | None = None,
+                               empty_message: str = "nothing to draw") -> Figure:
+    """The pseudo-label threshold chosen on labelled patches treated as unlabelled: the share of
+    patches accepted (left axis) and the mean Dice of the accepted patches' pseudo masks (right
+    axis) against the top-2 threshold, with the chosen threshold marked.
+
+    ``calibration``: :meth:`covidlib.pseudo.ThresholdCalibration.as_dict` (``thresholds``,
+    ``accepted_share``, ``pseudo_dice``, ``chosen``, ``quality_bar``). With none, one panel says
+    ``empty_message``. Introduced in chapter 07.
+    """
+    if not calibration:
+        return _message_figure(empty_message, title)
+    thresholds = np.asarray(calibration["thresholds"], dtype=float)
+    share = np.asarray(calibration["accepted_share"], dtype=float)
+    dice = np.asarray(calibration["pseudo_dice"], dtype=float)
+    if thresholds.ndim != 1 or share.shape != thresholds.shape or dice.shape != thresholds.shape:
+        raise InvalidInputError("show_threshold_calibration: thresholds, accepted_share and pseudo_dice need one length")
+    fig = Figure(figsize=(6.4, 3.4), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(thresholds, share, color=MASK_COLOURS[0], label="accepted share")
+    ax.set_xlabel("top-2 threshold (centred cosine)")
+    ax.set_ylabel("share of patches accepted")
+    ax.set_ylim(0, 1.02)
+    right = ax.twinx()
+    right.plot(thresholds, dice, color=MASK_COLOURS[1], label="pseudo-mask Dice (accepted)")
+    right.axhline(float(calibration["quality_bar"]), color=MASK_COLOURS[1], linestyle=":", linewidth=1,
+                  label=f"quality bar {float(calibration['quality_bar']):.2f}")
+    right.set_ylabel("mean Dice of accepted pseudo masks")
+    right.set_ylim(0, 1.02)
+    ax.axvline(float(calibration["chosen"]), color="black", linestyle="--", linewidth=1,
+               label=f"chosen {float(calibration['chosen']):.2f}")
+    handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, fontsize=7, loc="lower left")
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
