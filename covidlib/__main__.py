@@ -19,7 +19,6 @@ Introduced in chapter 04.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -31,23 +30,24 @@ import numpy as np
 import torch
 
 from covidlib import mean_teacher, segment
-from covidlib.augment import default_augmentation
 from covidlib.config import get_device, seed_everything
-from covidlib.data import SliceDataset, kfold_volumes, seeded_loader, split_volumes
+from covidlib.crossval import Recipe, train_supervised
+from covidlib.data import kfold_volumes, split_volumes
 from covidlib.datasets import get_dataset
 from covidlib.errors import InvalidInputError
 from covidlib.inference import evaluate_cases, grey_levels, load_model, normalise_slices, predict_stack, prepare_slices
 from covidlib.io import Volume, atomic_path, atomic_write_text, read_volume, write_volume
 from covidlib.losses import LOSSES
-from covidlib.models import MODELS, get_model
+from covidlib.models import MODELS
 from covidlib.results import to_json
-from covidlib.train import AMP_CHOICES, TrainConfig, Trainer, mixup_transform
+from covidlib.train import AMP_CHOICES
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # Quick mode: a smoke run in seconds (tests, trying a setup); explicit flags still win.
 QUICK = {"epochs": 3, "max_steps_per_epoch": 2, "image_size": 64, "base_width": 8, "batch_size": 4}
-FULL = {"epochs": 500, "max_steps_per_epoch": None, "image_size": 256, "base_width": 32, "batch_size": 8}
+# Without --quick: the recipe the book's nested cross-validation measures (covidlib.crossval.Recipe).
+FULL = {name: getattr(Recipe(), name) for name in QUICK}
 
 
 # --- train ------------------------------------------------------------------------------------
@@ -70,14 +70,19 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depth", type=int, default=4, help="number of poolings (default 4)")
     parser.add_argument("--batch-size", type=int, help=f"default {FULL['batch_size']}")
     parser.add_argument("--loss", choices=sorted(LOSSES), default="ce+dice", help="training loss (default ce+dice)")
-    parser.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (default 2e-4)")
-    parser.add_argument("--step-size", type=int, default=25, help="StepLR period in epochs (default 25)")
-    parser.add_argument("--gamma", type=float, default=0.8, help="StepLR factor (default 0.8)")
-    parser.add_argument("--patience", type=int, default=30, help="stop after this many epochs without a better validation Dice")
+    parser.add_argument("--lr", type=float, default=Recipe.lr, help=f"Adam learning rate (default {Recipe.lr:g}; the report: 2e-4)")
+    parser.add_argument("--step-size", type=int, default=Recipe.step_size, help=f"StepLR period in epochs (default {Recipe.step_size})")
+    parser.add_argument("--gamma", type=float, default=Recipe.gamma, help=f"StepLR factor (default {Recipe.gamma})")
+    parser.add_argument("--patience", type=int, default=Recipe.patience,
+                        help=f"stop after this many epochs without a better validation Dice (default {Recipe.patience})")
     parser.add_argument("--max-steps-per-epoch", type=int, help="cap the batches of an epoch")
     parser.add_argument("--amp", choices=AMP_CHOICES, default="auto", help="mixed precision: auto (bf16/fp16 on a GPU; bf16 on a CPU with native bf16 kernels, "
                         "AVX512-BF16/AMX; else float32), bf16, fp16 or off")
     parser.add_argument("--no-augment", action="store_true", help="switch off rotation/elastic/gamma/noise augmentation")
+    parser.add_argument("--no-dihedral", action="store_true", help="no random 90-degree turns and mirrors in the augmentation")
+    parser.add_argument("--no-tta", action="store_true",
+                        help="predict without test-time augmentation (default: average the 8 turns and mirrors; "
+                             "stored in the checkpoint, so evaluate and predict do the same)")
     parser.add_argument("--mixup-alpha", type=float, default=0.0, help="mixup Beta(alpha, alpha); 0 = no mixup")
     parser.add_argument("--empty-fraction", type=float, default=1.0, help="share of training slices without infection kept")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -117,39 +122,28 @@ def run_train(args: argparse.Namespace) -> int:
     cpu_started = time.process_time()
     dataset = get_dataset(args.dataset, args.data_root)
     split, train_ids, val_ids = _train_and_val_ids(dataset, args)
-    image_size, batch_size = _setting(args, "image_size"), _setting(args, "batch_size")
-    prepared = prepare_slices(dataset, image_size, case_ids=train_ids + val_ids)
-
-    def slices(ids: list[str], augment: bool) -> SliceDataset:
-        return SliceDataset([prepared.labelled[case_id] for case_id in ids], case_ids=ids,
-                            empty_fraction=args.empty_fraction if augment else 1.0,
-                            transform=default_augmentation() if augment and not args.no_augment else None, seed=args.seed)
-
-    train_loader = seeded_loader(slices(train_ids, True), batch_size, shuffle=True, seed=args.seed)
-    val_loader = seeded_loader(slices(val_ids, False), batch_size, shuffle=False, seed=args.seed)
-    model_options = {"in_channels": 1, "num_classes": 2, "base_width": _setting(args, "base_width"), "depth": args.depth}
-    model = get_model(args.model, **model_options)
-    config = TrainConfig(epochs=_setting(args, "epochs"), lr=args.lr, step_size=args.step_size, gamma=args.gamma,
-                         patience=args.patience, loss=args.loss, amp=args.amp,
-                         max_steps_per_epoch=_setting(args, "max_steps_per_epoch"), seed=args.seed,
-                         device=args.device, progress=not args.no_progress)
-    metadata = {"model": args.model, "model_options": model_options, "image_size": image_size,
-                "dataset": args.dataset, "split": split, "train_cases": train_ids, "val_cases": val_ids,
-                "folds": args.folds, "fold": args.fold if args.folds is not None else None,
-                "augment": not args.no_augment, "mixup_alpha": args.mixup_alpha, "preparation": prepared.steps}
+    recipe = Recipe(model=args.model, image_size=_setting(args, "image_size"), base_width=_setting(args, "base_width"),
+                    depth=args.depth, epochs=_setting(args, "epochs"), lr=args.lr, step_size=args.step_size,
+                    gamma=args.gamma, patience=args.patience, batch_size=_setting(args, "batch_size"), loss=args.loss,
+                    amp=args.amp, augment=not args.no_augment, dihedral=not args.no_dihedral, tta=not args.no_tta,
+                    empty_fraction=args.empty_fraction, mixup_alpha=args.mixup_alpha,
+                    max_steps_per_epoch=_setting(args, "max_steps_per_epoch"))
+    prepared = prepare_slices(dataset, recipe.image_size, case_ids=train_ids + val_ids)
+    metadata = {"dataset": args.dataset, "split": split, "train_cases": train_ids, "val_cases": val_ids,
+                "folds": args.folds, "fold": args.fold if args.folds is not None else None, "preparation": prepared.steps}
     out = Path(args.out)
-    trainer = Trainer(model, config, out_dir=out, metadata=metadata,
-                      batch_transform=mixup_transform(args.mixup_alpha) if args.mixup_alpha > 0 else None)
-    history = trainer.fit(train_loader, val_loader, resume=args.resume)
+    trainer = train_supervised(prepared, train_ids, val_ids, recipe, seed=args.seed, device=args.device, out_dir=out,
+                               resume=args.resume, metadata=metadata, progress=not args.no_progress)
+    history = trainer.history
     atomic_write_text(out / "history.json", to_json(history) + "\n")
-    evaluation = evaluate_cases(trainer.model, dataset, val_ids, image_size, trainer.device)
+    evaluation = evaluate_cases(trainer.model, dataset, val_ids, recipe.image_size, trainer.device, tta=recipe.tta)
     result = {
         "validation": evaluation["summary"], "per_case": evaluation["per_case"],
         "best_epoch": trainer.best_epoch, "epochs_run": len(history), "stopped_early": trainer.stopped_early,
         "best_val_dice_training_size": trainer.best_metric,
         "wall_seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu_started,
         "device": str(trainer.device), "amp": str(trainer.amp_dtype), "threads": torch.get_num_threads(),
-        "settings": {**metadata, "config": dataclasses.asdict(config)},
+        "settings": trainer.metadata,
     }
     atomic_write_text(out / "metrics.json", to_json(result) + "\n")
     dice_summary = evaluation["summary"]["dice"]
@@ -183,7 +177,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         case_ids = list(metadata["val_cases"])
     else:
         raise InvalidInputError("--split is needed: the checkpoint's validation cases belong to another dataset")
-    evaluation = evaluate_cases(model, dataset, case_ids, image_size, get_device(args.device))
+    evaluation = evaluate_cases(model, dataset, case_ids, image_size, get_device(args.device),
+                                tta=bool(metadata.get("tta", False)))
     output = {"checkpoint": str(args.checkpoint), "dataset": name, "split": args.split or "validation cases",
               "summary": evaluation["summary"]}
     if args.per_case:
@@ -234,6 +229,7 @@ def run_predict(args: argparse.Namespace) -> int:
     """Write probability maps for a folder of 2D images or for one NIfTI volume."""
     model, metadata = load_model(args.checkpoint)
     image_size = _image_size(metadata, args.checkpoint)
+    tta = bool(metadata.get("tta", False))  # as the checkpoint was validated
     device = get_device(args.device)
     source, target = Path(args.input), Path(args.output)
     if source.is_dir():
@@ -242,7 +238,8 @@ def run_predict(args: argparse.Namespace) -> int:
             raise InvalidInputError(f"{source}: no 2D images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
         for path in files:
             image = normalise_slices(_read_grey_image(path)[None], str(path))
-            _write_png(predict_stack(model, image, image_size, device, args.batch_size)[0], target / f"{path.stem}.png")
+            _write_png(predict_stack(model, image, image_size, device, args.batch_size, tta=tta)[0],
+                       target / f"{path.stem}.png")
         print(f"wrote {len(files)} probability map(s) to {target}")
         return 0
     if source.name.lower().endswith(NIFTI_SUFFIXES):
@@ -250,7 +247,7 @@ def run_predict(args: argparse.Namespace) -> int:
             raise InvalidInputError(f"--output {target}: a NIfTI input needs a .nii or .nii.gz output file")
         volume = read_volume(source)
         image = normalise_slices(grey_levels(volume.array, "hu"), str(source))
-        probabilities = predict_stack(model, image, image_size, device, args.batch_size).astype(np.float32)
+        probabilities = predict_stack(model, image, image_size, device, args.batch_size, tta=tta).astype(np.float32)
         write_volume(Volume(array=probabilities, spacing=volume.spacing, origin=volume.origin,
                             direction=volume.direction, source=None), target)
         print(f"wrote a probability volume {probabilities.shape} to {target}")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,26 +28,26 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from covidlib import metrics
 from covidlib.augment import default_augmentation
-from covidlib.config import get_device
 from covidlib.data import SliceDataset, kfold_volumes, seeded_loader, split_volumes
 from covidlib.datasets import Dataset as CaseDataset
 from covidlib.errors import InvalidInputError
 from covidlib.fingerprint import changed_sources, code_fingerprint, settings_key
-from covidlib.inference import PreparedSlices, predict_stack, prepare_case
+from covidlib.inference import PreparedSlices, evaluate_cases
 from covidlib.io import atomic_write_text
 from covidlib.models import get_model
-from covidlib.train import TrainConfig, Trainer
+from covidlib.train import TrainConfig, Trainer, mixup_transform
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """How one supervised network is trained and applied (defaults: this book's reference recipe).
+    """How one supervised network is trained and applied (defaults: ``python -m covidlib train``'s).
 
     ``image_size``: square network input in pixels; ``dihedral``: random turns and mirrors on
     top of the report's augmentation; ``tta``: average the predictions over the 8 turns and
-    mirrors at test time. The rest are :class:`covidlib.train.TrainConfig`'s.
+    mirrors at test time; ``empty_fraction``: share of infection-free training slices kept;
+    ``mixup_alpha``: mixup's Beta(alpha, alpha), 0 for none. The rest are
+    :class:`covidlib.train.TrainConfig`'s.
     """
 
     model: str = "unet"
@@ -65,6 +65,8 @@ class Recipe:
     augment: bool = True
     dihedral: bool = True
     tta: bool = True
+    empty_fraction: float = 1.0
+    mixup_alpha: float = 0.0
     max_steps_per_epoch: int | None = None
 
     def model_options(self) -> dict[str, int]:
@@ -108,54 +110,43 @@ def slice_dataset(prepared: PreparedSlices, ids: Sequence[str], recipe: Recipe, 
                   seed: int) -> SliceDataset:
     """The slices of ``ids`` from ``prepared`` (already at ``recipe.image_size``), augmented when training."""
     transform = default_augmentation(dihedral=recipe.dihedral) if training and recipe.augment else None
-    return SliceDataset([prepared.labelled[i] for i in ids], case_ids=list(ids), transform=transform, seed=seed)
+    return SliceDataset([prepared.labelled[i] for i in ids], case_ids=list(ids), transform=transform, seed=seed,
+                        empty_fraction=recipe.empty_fraction if training else 1.0)
 
 
 def train_supervised(prepared: PreparedSlices, train_ids: Sequence[str], val_ids: Sequence[str], recipe: Recipe, *,
-                     seed: int = 0, device: str = "auto", out_dir: str | Path | None = None,
-                     progress: bool = False) -> Trainer:
+                     seed: int = 0, device: str = "auto", out_dir: str | Path | None = None, resume: bool = False,
+                     metadata: Mapping[str, Any] | None = None, progress: bool = False) -> Trainer:
     """Train ``recipe``'s network on ``train_ids``, keeping the epoch best on ``val_ids``.
 
-    With ``out_dir`` the run checkpoints every epoch and resumes from ``last.pt``.
+    With ``out_dir`` the run checkpoints every epoch (``last.pt``, ``best.pt``, readable by
+    :func:`covidlib.inference.load_model`, with ``metadata`` added); ``resume`` continues from
+    ``last.pt``. The one training path of nested CV and of ``python -m covidlib train``.
     """
     torch.manual_seed(seed)
     model = get_model(recipe.model, **recipe.model_options())
     trainer = Trainer(model, recipe.train_config(seed, device, progress), out_dir=out_dir,
-                      metadata={"model": recipe.model, "model_options": recipe.model_options(),
-                                "image_size": recipe.image_size, "recipe": dataclasses.asdict(recipe)})
+                      batch_transform=mixup_transform(recipe.mixup_alpha) if recipe.mixup_alpha > 0 else None,
+                      metadata={**(metadata or {}), "model": recipe.model, "model_options": recipe.model_options(),
+                                "image_size": recipe.image_size, "tta": recipe.tta,
+                                "recipe": dataclasses.asdict(recipe)})
     train = seeded_loader(slice_dataset(prepared, train_ids, recipe, training=True, seed=seed),
                           recipe.batch_size, shuffle=True, seed=seed)
     val = seeded_loader(slice_dataset(prepared, val_ids, recipe, training=False, seed=seed),
                         recipe.batch_size, shuffle=False, seed=seed)
-    trainer.fit(train, val, resume=out_dir is not None)
+    trainer.fit(train, val, resume=resume)
     return trainer
-
-
-def score_slices(probabilities: np.ndarray, mask: np.ndarray) -> dict[str, float]:
-    """Dice, sensitivity and specificity at 0.5, plus Inf-Net's threshold-averaged metrics when available."""
-    prediction = probabilities > 0.5
-    scores = {"dice": metrics.dice(prediction, mask), "sensitivity": metrics.sensitivity(prediction, mask),
-              "specificity": metrics.specificity(prediction, mask)}
-    infnet = getattr(metrics, "infnet_metrics", None)
-    if infnet is not None:  # Inf-Net scores 2D maps: average a stack's slices
-        planes = [infnet(p, m) for p, m in zip(probabilities.reshape(-1, *probabilities.shape[-2:]),
-                                                np.asarray(mask).reshape(-1, *mask.shape[-2:]))]
-        scores.update({f"infnet_{name}": float(np.mean([plane[name] for plane in planes])) for name in planes[0]})
-    return scores
 
 
 def score_cases(model: nn.Module, dataset: CaseDataset, case_ids: Sequence[str], recipe: Recipe,
                 device: str | torch.device = "auto") -> dict[str, dict[str, float]]:
-    """``{case_id: scores}`` of ``model`` on ``case_ids`` at each slice's own size, with and without TTA."""
-    resolved = get_device(device)
-    per_case = {}
-    for case_id in case_ids:
-        image, mask = prepare_case(dataset.load(case_id))
-        plain = score_slices(predict_stack(model, image, recipe.image_size, resolved), mask)
-        per_case[case_id] = plain
-        if recipe.tta:
-            tta = score_slices(predict_stack(model, image, recipe.image_size, resolved, tta=True), mask)
-            per_case[case_id].update({f"tta_{name}": value for name, value in tta.items()})
+    """``{case_id: scores}`` of ``model`` on ``case_ids`` at each slice's own size
+    (:func:`covidlib.inference.case_metrics`), and with ``recipe.tta`` the same prefixed ``tta_``."""
+    per_case = evaluate_cases(model, dataset, case_ids, recipe.image_size, device)["per_case"]
+    if recipe.tta:
+        with_tta = evaluate_cases(model, dataset, case_ids, recipe.image_size, device, tta=True)["per_case"]
+        for case_id, scores in with_tta.items():
+            per_case[case_id].update({f"tta_{name}": value for name, value in scores.items()})
     return per_case
 
 
@@ -191,7 +182,8 @@ def run_nested_cv(dataset: CaseDataset, prepared: PreparedSlices, recipe: Recipe
                 continue
         started, cpu_started = time.perf_counter(), time.process_time()
         trainer = train_supervised(prepared, fold.train, fold.val, recipe, seed=seed, device=device,
-                                   out_dir=folder / f"seed{seed}_fold{fold.index}" if checkpoints else None)
+                                   out_dir=folder / f"seed{seed}_fold{fold.index}" if checkpoints else None,
+                                   resume=checkpoints)
         per_case = score_cases(trainer.model, dataset, fold.test, recipe, trainer.device)
         result = {"seed": seed, "fold": fold.index, "train": fold.train, "val": fold.val, "test": fold.test,
                   "recipe": dataclasses.asdict(recipe), "dataset": dataset.name, "best_epoch": trainer.best_epoch,

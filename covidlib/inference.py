@@ -102,30 +102,38 @@ def predict_stack(model: nn.Module, images: np.ndarray, image_size: int, device:
     return np.clip(resize_stack(total / len(symmetries), images.shape[-2:], "bilinear"), 0.0, 1.0)
 
 
-def case_metrics(prediction: np.ndarray, target: np.ndarray) -> dict[str, float]:
-    """Dice, IoU, sensitivity and specificity of one case (binary arrays, any shape)."""
-    return {"dice": dice(prediction, target), "iou": iou(prediction, target),
-            "sensitivity": sensitivity(prediction, target), "specificity": specificity(prediction, target)}
+def case_metrics(probabilities: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """Metrics of one case: probabilities (z, H, W) or (H, W) in [0, 1] against its mask.
+
+    Dice, IoU, sensitivity and specificity of the mask at probability 0.5 (over the whole case),
+    and Inf-Net's threshold-averaged metrics (:func:`covidlib.metrics.infnet_metrics`, Fan et al.
+    2020: the protocol of every published COVID-SemiSeg number) as ``infnet_<name>``, averaged
+    over the case's slices (a slice without lesion scores 0 there, Inf-Net's convention; all 50
+    COVID-SemiSeg labelled slices have one).
+    """
+    probabilities, target = np.asarray(probabilities), np.asarray(target)
+    prediction = probabilities > 0.5
+    scores = {"dice": dice(prediction, target), "iou": iou(prediction, target),
+              "sensitivity": sensitivity(prediction, target), "specificity": specificity(prediction, target)}
+    planes = [infnet_metrics(plane, plane_target) for plane, plane_target in
+              zip(probabilities.reshape(-1, *probabilities.shape[-2:]), target.reshape(-1, *target.shape[-2:]))]
+    scores.update({f"infnet_{name}": float(np.mean([plane[name] for plane in planes])) for name in planes[0]})
+    return scores
 
 
 def evaluate_cases(model: nn.Module, dataset: CaseDataset, case_ids: Sequence[str], image_size: int,
-                   device: torch.device) -> dict[str, Any]:
+                   device: str | torch.device = "auto", *, tta: bool = False) -> dict[str, Any]:
     """Metrics of ``model`` on ``case_ids`` (windowed input) at each case's own resolution.
 
-    Returns ``{"per_case": {id: metrics}, "summary": {metric: summarise(...)}}``: the metrics of
-    :func:`case_metrics` at probability 0.5, plus ``infnet_mean_dice``, Inf-Net's mean Dice over
-    256 thresholds (:func:`covidlib.metrics.infnet_metrics`) averaged over the case's slices (a
-    slice without lesion scores 0 there, Inf-Net's convention; all 50 COVID-SemiSeg slices have one).
+    Returns ``{"per_case": {id: case_metrics(...)}, "summary": {metric: summarise(...)}}``;
+    ``tta`` predicts with test-time augmentation (:func:`predict_stack`).
     """
     if not case_ids:
         raise InvalidInputError("no cases to evaluate")
     per_case = {}
     for case_id in case_ids:
         image, mask = prepare_case(_labelled(dataset.load(case_id)))
-        probabilities = predict_stack(model, image, image_size, device)
-        infnet_dice = [infnet_metrics(slice_probabilities, slice_mask)["mean_dice"]
-                       for slice_probabilities, slice_mask in zip(probabilities, mask)]
-        per_case[case_id] = {**case_metrics(probabilities > 0.5, mask), "infnet_mean_dice": float(np.mean(infnet_dice))}
+        per_case[case_id] = case_metrics(predict_stack(model, image, image_size, device, tta=tta), mask)
     names = next(iter(per_case.values())).keys()
     return {"per_case": per_case, "summary": {name: summarise(row[name] for row in per_case.values()) for name in names}}
 

@@ -92,6 +92,19 @@ def test_evaluate_prints_the_validation_metrics_as_json(trained: tuple[Path, Pat
     assert len(printed["per_case"]) == len(SIZES)
 
 
+def tta_by_hand(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
+    """Probabilities averaged over the 4 turns, each with and without a left-right mirror."""
+    outputs = []
+    for k in range(4):
+        for mirror in (False, True):
+            turned = np.rot90(images, k, axes=(-2, -1))
+            turned = turned[..., ::-1] if mirror else turned
+            probability = predict_proba(model, np.ascontiguousarray(turned), "cpu")
+            probability = probability[..., ::-1] if mirror else probability
+            outputs.append(np.rot90(probability, -k, axes=(-2, -1)))
+    return np.mean(outputs, axis=0)
+
+
 def test_predict_folder_writes_8bit_pngs_with_the_same_names(trained: tuple[Path, Path], tmp_path: Path) -> None:
     root, out = trained
     inputs = root / "TrainingSet/LungInfection-Train/Doctor-label/Imgs"
@@ -107,8 +120,10 @@ def test_predict_folder_writes_8bit_pngs_with_the_same_names(trained: tuple[Path
         grey = np.asarray(Image.open(inputs / f"{index}.jpg").convert("L"), dtype=np.float32)
         normalised = (grey - grey.mean()) / grey.std()
         small = torch.nn.functional.interpolate(torch.from_numpy(normalised)[None, None], size=(size, size), mode="bilinear")
-        probability = predict_proba(model, small, "cpu")
-        back = torch.nn.functional.interpolate(torch.from_numpy(probability)[None], size=shape, mode="bilinear")[0, 0].numpy()
+        assert metadata["tta"]  # the default: average the 8 turns and mirrors, each turned back
+        probability = tta_by_hand(model, small.numpy())
+        back = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(probability))[None], size=shape,
+                                               mode="bilinear")[0, 0].numpy()
         assert np.abs(written.astype(float) - np.round(back * 255)).max() <= 1
 
 

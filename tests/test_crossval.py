@@ -32,14 +32,6 @@ def test_nested_folds_test_each_case_once_and_never_select_on_it():
         nested_folds(ids[:4], 2, seed=0, n_val=2)
 
 
-def test_score_slices_of_a_perfect_map():
-    mask = np.zeros((1, 8, 8), np.uint8)
-    mask[0, 2:5, 3:6] = 1
-    scores = crossval.score_slices(mask.astype(np.float32), mask)
-    assert scores["dice"] == 1.0 and scores["sensitivity"] == 1.0 and scores["specificity"] == 1.0
-    assert scores["infnet_max_dice"] == pytest.approx(1.0)
-
-
 @pytest.fixture(scope="module")
 def phantom():
     dataset = get_dataset("phantom", n=6, seed=0, shape=(2, 32, 32))

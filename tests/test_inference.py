@@ -74,11 +74,15 @@ def test_predict_stack_at_the_networks_size_and_back() -> None:
 
 
 def test_case_metrics_by_hand() -> None:
-    prediction = np.array([[1, 1, 0, 0]], bool)
-    target = np.array([[1, 0, 0, 0]], bool)
-    metrics = case_metrics(prediction, target)
+    probabilities = np.array([[0.9, 0.6, 0.4, 0.0]], np.float32)
+    target = np.array([[1, 0, 0, 0]], np.uint8)
+    metrics = case_metrics(probabilities, target)
     assert metrics["dice"] == pytest.approx(2 / 3) and metrics["iou"] == pytest.approx(1 / 2)
     assert metrics["sensitivity"] == pytest.approx(1.0) and metrics["specificity"] == pytest.approx(2 / 3)
+    # Inf-Net rescales to [0, 1]: 1, 2/3, 4/9, 0; the best threshold keeps only the lesion pixel
+    assert metrics["infnet_max_dice"] == pytest.approx(1.0)
+    perfect = case_metrics(np.stack([target, target]).astype(np.float32), np.stack([target, target]))
+    assert perfect["dice"] == 1.0 and perfect["infnet_s_measure"] == pytest.approx(1.0)
 
 
 def test_window_preparation_of_a_phantom_by_a_second_route() -> None:
