@@ -34,7 +34,8 @@
 #
 # **Prerequisites** {doc}`chapter 01 <01_ct_and_hu>` (HU, windows, the phantom).
 #
-# **Run time** quick: ~1 min CPU; full: ~10 min CPU (a 40-scan cohort on 512 x 512 matrices).
+# **Run time** quick: ~1 min CPU; reference: ~5 min CPU (12 phantom scans on 256 x 256, all 1,650 COVID-SemiSeg
+# slices); full: ~10 min CPU (a 40-scan cohort on 512 x 512 matrices).
 
 # %% tags=["remove-cell"]
 # Colab and fresh kernels: install the book's library only when it is missing.
@@ -62,21 +63,26 @@ import numpy as np
 from IPython.display import Markdown, display
 
 from covidlib import viz
-from covidlib.config import format_summary, runtime_summary, seed_everything
+from covidlib.config import choose, format_summary, runtime_summary, seed_everything
 from covidlib.datasets import Case, get_dataset, list_datasets
+from covidlib.io import Volume
 from covidlib.metrics import dice
 from covidlib.preprocess import (PreprocessCache, classical_lung_mask, lung_mask, lungmask_weights,
                                  normalise_image, preprocess_case)
+from covidlib.records import load_reference, reference_notice
+from covidlib.results import markdown_table
 
 seed_everything(seed)
 runtime = runtime_summary(setting=setting, device=device, seed=seed, dataset=dataset)
 print(format_summary(runtime))
 
-# Quick mode: 8 phantom scans on a 128 x 128 matrix; full mode: 40 scans on 512 x 512.
-quick = setting == "quick"
-n_cases = 8 if quick else 40
-shape = (48, 128, 128) if quick else (160, 512, 512)
+# The phantom cohort: 8 scans on a 128 x 128 matrix (quick), 12 on 256 x 256 (reference), 40 on 512 x 512 (full).
+n_cases = choose(setting, quick=8, reference=12, full=40)
+shape = choose(setting, quick=(48, 128, 128), reference=(96, 256, 256), full=(160, 512, 512))
+# COVID-SemiSeg's facts: every labelled slice and this many unlabelled ones, evenly spread (None: all 1600)
+n_unlabelled = choose(setting, quick=400, reference=None, full=None)
 numbers: dict[str, object] = {}
+reference = load_reference("02_data_and_preprocessing")
 
 # %% [markdown]
 # ## 1. The datasets
@@ -321,42 +327,197 @@ assert all(abs(m) < 1e-3 for m in z_means) and all(abs(s - 1) < 1e-3 for s in z_
 # (`equalise_histogram`, listed among the report's steps without details) would also change
 # shapes; it is available as an option (`preprocess_case(..., equalise=True)`) but not used by
 # default, because it also rescales lesion contrast differently in every scan.
-#
+
+# %% [markdown]
 # ## 6. 2D 8-bit slices: COVID-SemiSeg
 #
-# The semi-supervised chapters ({doc}`07 <07_pseudo_labels>` and {doc}`08 <08_mean_teacher>`) use COVID-SemiSeg (Fan et al. 2020): single axial slices saved as
-# 8-bit JPG, already windowed, cropped around the body, with no spacing and no HU. None of the
-# above applies: a lung mask would need HU, resampling needs a spacing. The labelled and the
-# unlabelled slices were also windowed differently (some grey, some bright), so each image is
-# standardised by its own mean and standard deviation (`normalise_image`).
+# The semi-supervised chapters ({doc}`07 <07_pseudo_labels>` and {doc}`08 <08_mean_teacher>`),
+# and every chapter's reference run, use COVID-SemiSeg (Fan et al. 2020): single axial slices
+# saved as 8-bit JPG, already windowed, cropped around the body, with no spacing and no HU. The
+# report's steps need what these files lack: a lung mask needs HU, resampling to millimetres needs
+# a spacing, and the z-score inside the lungs needs the lungs. `preprocess_case` therefore routes an
+# 8-bit slice (`case.meta["intensity"] == "8bit"`) to its 2D equivalents and lists in
+# `meta["steps"]` what ran; `covidlib.inference.prepare_slices`, which the training chapters call,
+# does the same. Below, one slice goes both ways: an 8-bit slice of this run's data (the phantom
+# scan above seen through the lung window, or real slices when `dataset="covid-semiseg"`) and the
+# phantom CT in HU.
 
 # %%
 if dataset == "covid-semiseg":
     semiseg = get_dataset("covid-semiseg", data_root)
-    print(semiseg)
-    n_show = 8 if quick else 50
-    labelled = [semiseg.load(case_id) for case_id in semiseg.case_ids("train")[:n_show]]
-    unlabelled_ids = semiseg.case_ids("unlabelled")
-    picks = np.linspace(0, len(unlabelled_ids) - 1, n_show).round().astype(int)
-    unlabelled = [semiseg.load(unlabelled_ids[i]) for i in picks]
-    panels = {c.case_id: c.image.array[0] for c in labelled[:4]}
-    display(viz.show_panels(panels, window=(0.0, 255.0), masks={c.case_id: {"infection": c.lesion_mask[0]} for c in labelled[:4]},
-                            title="COVID-SemiSeg labelled slices with infection masks"))
-    groups_before = {"labelled": np.concatenate([c.image.array.ravel() for c in labelled]),
-                     "unlabelled": np.concatenate([c.image.array.ravel() for c in unlabelled])}
-    groups_after = {"labelled": np.concatenate([normalise_image(c.image.array).ravel() for c in labelled]),
-                    "unlabelled": np.concatenate([normalise_image(c.image.array).ravel() for c in unlabelled])}
-    display(viz.show_normalisation(groups_before, groups_after, before_label="8-bit grey level",
-                                   after_label="per-image z-score", title="Labelled vs unlabelled slices"))
-    infection = [float(c.lesion_mask.mean()) for c in labelled]
-    numbers.update(semiseg_counts={s: len(semiseg.case_ids(s)) for s in semiseg.splits},
-                   semiseg_infection_fraction=infection,
-                   semiseg_mean_grey={k: float(v.mean()) for k, v in groups_before.items()})
-    print(f"infection covers {np.mean(infection):.1%} of a labelled slice on average; mean grey level "
-          f"labelled {groups_before['labelled'].mean():.0f}, unlabelled {groups_before['unlabelled'].mean():.0f}")
+    train_ids = semiseg.case_ids("train")
+    by_infection = sorted(train_ids, key=lambda case_id: int(semiseg.load(case_id).lesion_mask.sum()))
+    unlabelled_all = semiseg.case_ids("unlabelled")
+    # the slices with the most, the median and the least infection, and two unlabelled ones
+    example_ids = [by_infection[-1], by_infection[len(by_infection) // 2], by_infection[0],
+                   unlabelled_all[0], unlabelled_all[-1]]
+    eight_bit = [semiseg.load(case_id) for case_id in example_ids]
 else:
-    print("Run this chapter with dataset='covid-semiseg' and data_root=<the COVID-SemiSeg Dataset folder> "
-          "to see real slices here.")
+    z_view = int(example.lesion_mask.reshape(len(example.lesion_mask), -1).sum(axis=1).argmax())
+    eight_bit = [Case(f"{example.case_id} z={z_view} (lung window, 8 bit)", Volume(windowed.array[z_view:z_view + 1], windowed.spacing),
+                      None, example.lesion_mask[z_view:z_view + 1], {"intensity": "8bit"})]
+after_2d = [preprocess_case(case) for case in eight_bit]
+try:
+    lung_mask(eight_bit[0].image, "auto")
+    refusal = None
+except ValueError as error:
+    refusal = str(error)
+routes = [("report, CT in HU (the phantom scan above)", prepared[0].meta["steps"]),
+          ("2D equivalent, 8-bit slice (this run)", after_2d[0].meta["steps"])]
+if reference is not None:
+    routes.append(("2D equivalent, COVID-SemiSeg (reference record)", reference.numbers["covid_semiseg"]["steps"]))
+display(Markdown(markdown_table([(name, " → ".join(steps)) for name, steps in routes], header=("route", "steps that ran"))))
+display(Markdown(f"`lung_mask` on the 8-bit slice `{eight_bit[0].case_id}` refuses: *{refusal}*"))
+for case, out in zip(eight_bit, after_2d):
+    print(f"{case.case_id}: {case.image.shape[1:]} grey levels {case.image.array.min():.0f}-{case.image.array.max():.0f} "
+          f"-> {out.image.shape[1:]}, z-score mean {out.image.mean():+.3f}, sd {out.image.std():.3f}")
+
+# %% mystnb={"figure": {"caption": "8-bit slices of this run before their 2D preparation, grey levels as stored (0-255), infection outlined where the slice is labelled: with the phantom, its scan in the lung window; with COVID-SemiSeg, the labelled slices with the most, the median and the least infection and two unlabelled slices.", "name": "fig-02-slices-before"}}
+viz.show_panels({case.case_id: case.image.array[0] for case in eight_bit}, window=(0.0, 255.0),
+                masks={case.case_id: {"infection": case.lesion_mask[0]} for case in eight_bit if case.lesion_mask is not None},
+                title="Before: 8-bit grey levels as stored")
+
+# %% mystnb={"figure": {"caption": "The same slices after the 2D equivalents of the report's preprocessing: resized so that the longer side spans 300 one-millimetre pixels, and z-scored over the whole image (grey scale -3 to 3).", "name": "fig-02-slices-after"}}
+viz.show_panels({out.case_id: out.image[0] for out in after_2d}, window=(-3.0, 3.0),
+                masks={out.case_id: {"infection": out.lesion_mask[0]} for out in after_2d if out.lesion_mask is not None},
+                title="After: resized to 1 mm pixels (300 mm assumed), per-image z-score")
+
+# %% [markdown]
+# ### The dataset's facts, computed from the files
+#
+# How many slices, how large, how much of each labelled slice is infected, and how bright: the
+# labelled slices come from the MedSeg collection, the unlabelled ones from the 20 volumes of
+# COVID-19-CT-Seg, whose file names say which archive each volume came from (Coronacases or
+# Radiopaedia). The dataset's notes warn that the two parts were windowed differently, so the grey
+# levels are counted per part, before and after the per-image z-score (`normalise_image`).
+# The distance between two histograms is their total variation: the share of pixels that would
+# have to move to another bin to turn one into the other (0: the same, 1: no overlap).
+
+# %%
+def source_of(case: Case) -> str:
+    """labelled, or the archive an unlabelled slice's volume came from (its file name says)."""
+    if case.lesion_mask is not None:
+        return "labelled"
+    return "unlabelled " + str(case.meta.get("source_volume", "unknown")).split("_org")[0]
+
+
+def total_variation(counts_a: list[int], counts_b: list[int]) -> float:
+    a, b = np.asarray(counts_a, float), np.asarray(counts_b, float)
+    return float(0.5 * np.abs(a / a.sum() - b / b.sum()).sum())
+
+
+facts = None
+if dataset == "covid-semiseg":
+    grey_edges, z_edges = np.arange(0.0, 257.0, 4.0), np.linspace(-4.0, 4.0, 65)
+    unlabelled_ids = unlabelled_all if n_unlabelled is None else unlabelled_all[::max(1, len(unlabelled_all) // n_unlabelled)][:n_unlabelled]
+    groups: dict[str, dict[str, list]] = {}
+    infection_share = []
+    for case_id in train_ids + unlabelled_ids:
+        case = semiseg.load(case_id)
+        grey = case.image.array[0]
+        group = groups.setdefault(source_of(case), {"grey": [], "z": [], "mean": [], "sd": [], "height": [], "width": []})
+        group["grey"].append(np.histogram(grey, grey_edges)[0])
+        group["z"].append(np.histogram(normalise_image(grey, case_id), z_edges)[0])
+        group["mean"].append(round(float(grey.mean()), 1))
+        group["sd"].append(round(float(grey.std()), 1))
+        group["height"].append(grey.shape[0])
+        group["width"].append(grey.shape[1])
+        if case.lesion_mask is not None:
+            infection_share.append(round(float(case.lesion_mask.mean()), 4))
+    infection_edges = np.linspace(0.0, max(infection_share), 11)
+    facts = {
+        "counts": {split: len(semiseg.case_ids(split)) for split in semiseg.splits},
+        "slices_measured": {name: len(g["mean"]) for name, g in groups.items()},
+        "height_px": {name: [min(g["height"]), max(g["height"])] for name, g in groups.items()},
+        "width_px": {name: [min(g["width"]), max(g["width"])] for name, g in groups.items()},
+        "mean_grey": {name: round(float(np.mean(g["mean"])), 1) for name, g in groups.items()},
+        "infection_share": infection_share,
+        "infection_edges": infection_edges.round(5), "infection_counts": np.histogram(infection_share, infection_edges)[0],
+        "grey_edges": grey_edges, "grey_counts": {name: np.sum(g["grey"], axis=0) for name, g in groups.items()},
+        "z_edges": z_edges.round(4), "z_counts": {name: np.sum(g["z"], axis=0) for name, g in groups.items()},
+        "image_mean": {name: g["mean"] for name, g in groups.items()},
+        "image_sd": {name: g["sd"] for name, g in groups.items()},
+        "steps": after_2d[0].meta["steps"],
+        "lung_mask_refusal": refusal,
+        "examples": [{"case_id": case.case_id, "shape_before": case.image.shape[1:], "shape_after": out.image.shape[1:]}
+                     for case, out in zip(eight_bit, after_2d)],
+    }
+    facts["total_variation"] = {name: {"grey level": round(total_variation(facts["grey_counts"]["labelled"], facts["grey_counts"][name]), 3),
+                                       "z-score": round(total_variation(facts["z_counts"]["labelled"], facts["z_counts"][name]), 3)}
+                                for name in groups if name != "labelled"}
+    numbers["covid_semiseg"] = facts
+    print(f"{sum(facts['slices_measured'].values())} slices measured: {facts['slices_measured']}")
+else:
+    print("This run uses the phantom; with dataset='covid-semiseg' and data_root=<the COVID-SemiSeg folder> "
+          "this cell measures the real slices. The reference record below holds those measurements.")
+
+# %% [markdown]
+# ### On real scans (reference record)
+#
+# The table puts this run's measurements (only when it ran on COVID-SemiSeg) beside those of the
+# committed reference record, which measured every labelled and unlabelled slice.
+
+# %%
+display(Markdown(reference_notice(reference, "02_data_and_preprocessing")))
+recorded = reference.numbers.get("covid_semiseg") if reference is not None else None
+
+
+def fact_rows(found: dict | None) -> dict[str, str]:
+    """The table's rows for one set of facts (this run's or the record's)."""
+    if found is None:
+        return {}
+    share = np.asarray(found["infection_share"])
+    rows = {f"{split} slices in this copy of the dataset": str(count) for split, count in found["counts"].items()}
+    for name in found["slices_measured"]:
+        rows[f"{name}: slices measured"] = str(found["slices_measured"][name])
+        rows[f"{name}: height x width (px)"] = (f"{found['height_px'][name][0]}-{found['height_px'][name][1]} x "
+                                               f"{found['width_px'][name][0]}-{found['width_px'][name][1]}")
+        rows[f"{name}: mean grey level"] = f"{found['mean_grey'][name]:.1f}"
+    for name, distances in found["total_variation"].items():
+        rows[f"histogram distance labelled / {name}: grey level -> z-score"] = (
+            f"{distances['grey level']:.3f} -> {distances['z-score']:.3f}")
+    rows["infection share of a labelled slice: mean (min-max)"] = f"{share.mean():.3f} ({share.min():.4f}-{share.max():.3f})"
+    return rows
+
+
+live_rows, record_rows = fact_rows(facts), fact_rows(recorded)
+if live_rows or record_rows:
+    names = list(record_rows) + [name for name in live_rows if name not in record_rows]
+    display(Markdown(markdown_table([(name, live_rows.get(name, "—"), record_rows.get(name, "—")) for name in names],
+                                    header=("COVID-SemiSeg", "this run", "reference record"))))
+shown, shown_from = (recorded, "reference record") if recorded is not None else (facts, "this run")
+
+# %% mystnb={"figure": {"caption": "Grey levels of COVID-SemiSeg: labelled slices and the unlabelled ones by the archive their volume came from, as stored (left) and after the per-image z-score (middle), and each slice's mean against its standard deviation (right). Drawn from the reference record (from this run when there is no record; the title says which).", "name": "fig-02-semiseg-grey"}}
+viz.show_binned_histograms(
+    None if shown is None else {"8-bit grey level": (shown["grey_edges"], shown["grey_counts"]),
+                                "per-image z-score": (shown["z_edges"], shown["z_counts"])},
+    scatter=None if shown is None else {name: (shown["image_mean"][name], shown["image_sd"][name]) for name in shown["image_mean"]},
+    scatter_labels=("mean grey level of a slice", "sd of its grey levels"),
+    title=f"COVID-SemiSeg: labelled against unlabelled slices ({shown_from})",
+    empty_message="No reference record yet and this run used the phantom: nothing measured on COVID-SemiSeg.")
+
+# %% mystnb={"figure": {"caption": "Share of the pixels of each labelled COVID-SemiSeg slice that the doctors marked as infection. Drawn from the reference record (from this run when there is no record; the title says which).", "name": "fig-02-semiseg-infection"}}
+viz.show_binned_histograms(
+    None if shown is None else {"infection share of a labelled slice": (shown["infection_edges"], {"labelled": shown["infection_counts"]})},
+    title=f"COVID-SemiSeg: how much of a labelled slice is infected ({shown_from})",
+    empty_message="No reference record yet and this run used the phantom: nothing measured on COVID-SemiSeg.")
+
+# %%
+if shown is not None:
+    darkest = min(shown["mean_grey"], key=shown["mean_grey"].get)
+    share = np.asarray(shown["infection_share"])
+    distances = shown["total_variation"]
+    display(Markdown(
+        f"In {'the reference record' if shown is recorded else 'this run'}, the labelled slices average grey level "
+        f"{shown['mean_grey']['labelled']:.0f}, while "
+        f"the darkest part, *{darkest}*, averages {shown['mean_grey'][darkest]:.0f}: the same lung tissue is stored "
+        f"at different grey levels. The histogram distance between the labelled slices and each unlabelled part drops "
+        + ", ".join(f"from {d['grey level']:.2f} to {d['z-score']:.2f} ({name}: {1 - d['z-score'] / d['grey level']:.0%} of it gone)"
+                    for name, d in distances.items())
+        + " once each image is z-scored on its own: that share of the difference was overall brightness and contrast, and "
+        "the per-image z-score is what lets the semi-supervised chapters pool the parts. Infection covers "
+        f"{share.mean():.1%} of a labelled slice on average ({share.min():.1%} to {share.max():.1%}); "
+        f"{int((share > 0).sum())} of the {len(share)} labelled slices show some, unlike most slices of a CT volume."))
 
 # %% [markdown]
 # ## Summary
@@ -364,10 +525,13 @@ else:
 # - The report's datasets differ in labels (infection, tumour, effusion, lungs), in format (3D HU
 #   volumes, 2D 8-bit slices) and in voxel size; `covidlib.datasets` gives them one interface.
 # - Lung extraction by threshold alone fails; body mask + watershed split + closing/hole filling
-#   gets the lungs right on the phantom ({term}`Dice` above 0.95 per lung), but can cut off dense lesions
+#   gets the lungs right on the phantom ({term}`Dice` per lung printed in section 3), but can cut off dense lesions
 #   at the pleura, which matters for infection segmentation. lungmask is preferable when its
 #   weights are available; its input must be a 3D CT in HU.
 # - Preprocessing = crop to the lungs, 1 x 1 mm in-plane with z kept, z-score inside the lungs.
+# - 2D 8-bit slices (COVID-SemiSeg) have no HU, no lungs and no spacing: `preprocess_case` runs
+#   their 2D equivalents (resize as if 300 mm wide, z-score per image) and says so in `meta["steps"]`;
+#   the per-image z-score removes most of the windowing offset between the labelled and unlabelled parts.
 #
 # **Next**: {doc}`chapter 03 <03_augmentation>` augments these preprocessed scans.
 
@@ -375,8 +539,8 @@ else:
 from covidlib.results import write_record
 
 write_record(output_dir, "02_data_and_preprocessing",
-             parameters=dict(dataset=dataset, setting=setting, device=device, seed=seed, n_cases=n_cases,
-                             shape=list(shape), threshold_hu=threshold_hu, lungmask_weights=str(weights) if weights else None),
+             parameters=dict(dataset=dataset, data_root=data_root, setting=setting, device=device, seed=seed,
+                             n_cases=n_cases, shape=list(shape), n_unlabelled=n_unlabelled, threshold_hu=threshold_hu, lungmask_weights=str(weights) if weights else None),
              numbers=numbers, runtime=runtime)
 
 # %%

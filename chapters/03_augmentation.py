@@ -21,7 +21,8 @@
 # **What you will learn**
 #
 # - why a segmentation network trained on a handful of CT volumes needs augmentation, and why
-#   each transform should mimic a variation that real scans have (and flips should not be used);
+#   each transform should mimic a variation that real scans have (so flips are wrong for CT volumes,
+#   yet right for COVID-SemiSeg's slices, which are stored turned and mirrored);
 # - the four transforms the report uses — a small rotation, a gentle elastic deformation,
 #   random gamma and Gaussian noise — applied to an image and its infection mask together;
 # - how to split a random transform into *drawing parameters* and *applying them*, so every
@@ -35,7 +36,7 @@
 # **Prerequisites** chapters {doc}`01 <01_ct_and_hu>` (HU and the phantom) and
 # {doc}`02 <02_data_and_preprocessing>` (preprocessing).
 #
-# **Run time** quick: ~20 s CPU; full: ~1 min CPU (no GPU needed).
+# **Run time** quick: ~20 s CPU; reference (50 real slices): ~2 min CPU; full: ~2 min CPU (no GPU needed).
 
 # %% tags=["remove-cell"]
 # Colab and fresh kernels: install the book's library only when it is missing.
@@ -59,30 +60,38 @@ augmentation_p = 0.5
 
 # %%
 import json
+import time
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from covidlib.augment import (ElasticDeformation, GammaCorrection, GaussianNoise, RandomElasticDeformation,
-                              RandomRotation, Rotation, default_augmentation, mixup, plot_augmentations, plot_mixup,
-                              sample_mixup)
-from covidlib.config import format_summary, runtime_summary, seed_everything
+from IPython.display import Markdown, display
+
+from covidlib import viz
+from covidlib.augment import (Dihedral, ElasticDeformation, GammaCorrection, GaussianNoise, RandomDihedral,
+                              RandomElasticDeformation, RandomRotation, Rotation, default_augmentation, mixup,
+                              plot_augmentations, plot_mixup, sample_mixup)
+from covidlib.config import choose, format_summary, runtime_summary, seed_everything
 from covidlib.data import SliceDataset, fit_slice, kfold_volumes, report_split, seeded_loader
 from covidlib.datasets import get_dataset
 from covidlib.inference import prepare_slices
-from covidlib.results import write_record
+from covidlib.phantom import load_calibration
+from covidlib.records import load_reference, reference_notice
+from covidlib.results import markdown_table, write_record
 
 seed_everything(seed)
 runtime = runtime_summary(setting=setting, device=device, seed=seed, dataset=dataset)
 print(format_summary(runtime))
 
-# Quick mode uses a thinner phantom and fewer random draws; full mode the book's usual phantom.
-quick = setting == "quick"
-phantom_shape = (24, 128, 128) if quick else (64, 128, 128)
-n_cases = 3 if quick else 8
-n_draws = 8 if quick else 16
+# Quick uses a thinner phantom, fewer real slices and fewer random draws and timing repeats.
+phantom_shape = choose(setting, quick=(24, 128, 128), reference=(64, 128, 128), full=(64, 128, 128))
+n_cases = choose(setting, quick=3, reference=8, full=8)  # phantom volumes
+n_slices = choose(setting, quick=8, reference=50, full=50)  # labelled slices of a 2D dataset (COVID-SemiSeg has 50)
+n_draws = choose(setting, quick=8, reference=16, full=16)
+n_repeats = choose(setting, quick=5, reference=30, full=30)  # timing: best of this many runs
 slice_size = 256  # network input (H, W) after padding/cropping the 1 mm slices
+reference = load_reference("03_augmentation")
 
 # %% [markdown]
 # ## 1. One slice to augment
@@ -99,7 +108,8 @@ slice_size = 256  # network input (H, W) after padding/cropping the 1 mm slices
 # %%
 source = (get_dataset("phantom", n=n_cases, shape=phantom_shape, seed=seed) if dataset == "phantom"
           else get_dataset(dataset, data_root or None))
-prepared = prepare_slices(source, method="lung-crop", case_ids=source.case_ids(source.default_split)[:n_cases])
+n_used = n_cases if dataset == "phantom" else n_slices
+prepared = prepare_slices(source, method="lung-crop", case_ids=source.case_ids(source.default_split)[:n_used])
 print("preparation:", "; ".join(prepared.steps))
 case_ids = list(prepared.labelled)
 example_id = case_ids[0]
@@ -191,6 +201,40 @@ scratch_error = float(np.abs(ours - drawn(image.astype(np.float64))[0]).max())
 float32_error = float(np.abs(ours - rotated).max())
 print(f"largest difference, from-scratch vs covidlib: {scratch_error:.1e} (float64), {float32_error:.1e} (float32)")
 assert scratch_error < 1e-9 and float32_error < 1e-3
+
+# %% [markdown]
+# ### Turns and mirrors: when flips are right
+#
+# The argument against flips holds for CT volumes, whose orientation the scanner fixes. It does not
+# hold for COVID-SemiSeg: its slices were saved turned by a quarter, with the spine on either side.
+# The phantom's calibration tables (`covidlib.phantom.load_calibration`, measured on the 50
+# labelled slices by `benchmarks/calibrate_phantom.py`) record how they lie:
+
+# %%
+orientation = load_calibration()["orientation"]
+display(Markdown(
+    f"In {orientation['lungs_above_and_below_share']:.0%} of COVID-SemiSeg's labelled slices the two lungs lie "
+    f"above and below each other (the slice is turned a quarter), and in those the mediastinum is on the image's "
+    f"left in {orientation['mediastinum_left_share']:.0%} and on its right in "
+    f"{1 - orientation['mediastinum_left_share']:.0%}. On these slices orientation says nothing about the "
+    "patient, so a network should not learn it: `default_augmentation(dihedral=True)` first applies one of the "
+    "8 symmetries of the square (`RandomDihedral`: 4 quarter turns, each mirrored or not), drawn uniformly. "
+    "They are exact (no interpolation), so the infection keeps every pixel."))
+
+# %% mystnb={"figure": {"caption": "The example slice under the 7 other symmetries of the square (quarter turns, each mirrored or not), with the infection outlined in red: what `RandomDihedral` draws from for COVID-SemiSeg, whose slices come in several of these orientations.", "name": "fig-03-dihedral"}}
+symmetries = [Dihedral(quarter_turns=k % 4, flip=k >= 4) for k in range(1, 8)]
+fig = plot_augmentations(image, mask, symmetries, ncols=4,
+                         suptitle="Turns and mirrors (RandomDihedral), grey scale [-3, 3] z-score, red: infection")
+plt.show()
+for symmetry in symmetries:
+    turned_image, turned_mask = symmetry(image, mask)
+    assert int(turned_mask.sum()) == int(mask.sum())  # exact: no pixel of infection gained or lost
+    back = turned_image[:, ::-1] if symmetry.flip else turned_image  # undo the mirror, then the turn
+    assert np.array_equal(np.rot90(back, -symmetry.quarter_turns), image)
+dihedral_rng = np.random.default_rng(seed + 5)
+dihedral_counts = np.bincount([4 * d.flip + d.quarter_turns for d in (RandomDihedral().sample(dihedral_rng) for _ in range(800))],
+                              minlength=8)
+print("800 draws of RandomDihedral, count of each symmetry (turns 0-3, then mirrored):", dihedral_counts.tolist())
 
 # %% [markdown]
 # ## 4. Elastic deformation: breathing
@@ -350,6 +394,143 @@ half_empty.set_epoch(0)
 first_run = half_empty[0]["image"]
 assert torch.equal(first_run, half_empty[0]["image"])
 
+# %% [markdown]
+# ## 9. Measured on this run's slices
+#
+# Three measurements on every prepared slice with infection (on the phantom, its volumes' slices;
+# on COVID-SemiSeg, the labelled slices), so that the reference record holds them for real slices:
+#
+# - **how far each transform moves the infection**: the share of infection pixels whose label
+#   changes at their position (0: untouched; a quarter turn moves almost all of them), and the
+#   infection area after the transform over before (1: no pixel lost or gained);
+# - **what each transform costs**: the best wall time of one call on the example slice, on one thread (not
+#   checked in CI: it depends on the machine and its load);
+# - **how balanced the folds are**: the infection share of the slices (or volumes) in each
+#   validation fold of a 5-fold split, since a fold that happens to hold only small lesions
+#   scores differently from the others.
+
+# %%
+lesion_slices = [fit_slice(volume_image[z], volume_mask[z], (slice_size, slice_size))
+                 for volume_image, volume_mask in cases for z in range(len(volume_mask)) if volume_mask[z].any()]
+random_transforms = {
+    f"rotation ±{rotation_degrees:g}°": RandomRotation(degrees=rotation_degrees),
+    "elastic": RandomElasticDeformation(max_displacement=elastic_max_displacement),
+    "turn / mirror": RandomDihedral(),
+    f"report's chain (p={augmentation_p:g})": augmentation,
+    "chain + turn / mirror": default_augmentation(p=augmentation_p, degrees=rotation_degrees,
+                                                  max_displacement=elastic_max_displacement, dihedral=True),
+}
+measure_rng = np.random.default_rng(seed + 4)
+label_moved: dict[str, list[float]] = {name: [] for name in random_transforms}
+area_kept: dict[str, list[float]] = {name: [] for name in random_transforms}
+for slice_image, slice_mask in lesion_slices:
+    slice_mask = slice_mask.astype(np.int64)
+    for name, random_transform in random_transforms.items():
+        _, moved_mask = random_transform.sample(measure_rng)(slice_image, slice_mask)
+        label_moved[name].append(round(float(((moved_mask != slice_mask) & (slice_mask > 0)).sum() / slice_mask.sum()), 4))
+        area_kept[name].append(round(float(moved_mask.sum() / slice_mask.sum()), 4))
+print(f"{len(lesion_slices)} slices with infection, one draw of each transform per slice")
+
+
+def best_ms(function) -> float:
+    """Best wall time of ``function()`` in ms over ``n_repeats`` runs after one warm-up (the least disturbed)."""
+    function()
+    times = []
+    for _ in range(n_repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return round(1000 * min(times), 3)
+
+
+# One thread, as in training, where SliceDataset items run single-threaded (several at once in workers);
+# with two threads on a busy CPU, a 256 x 256 grid_sample waits for the second thread far longer than it computes.
+threads = torch.get_num_threads()
+torch.set_num_threads(1)
+timing_ms = {
+    "rotation": best_ms(lambda: drawn(image, mask)),
+    "elastic": best_ms(lambda: elastic(image, mask)),
+    "gamma": best_ms(lambda: gamma_high(image, mask)),
+    "noise": best_ms(lambda: noise(image, mask)),
+    "turn / mirror": best_ms(lambda: Dihedral(1, True)(image, mask)),
+    "SliceDataset item (pad/crop + chain)": best_ms(lambda: half_empty[0]),
+}
+torch.set_num_threads(threads)
+print(f"timing on a {slice_size} x {slice_size} slice, one thread, best of {n_repeats}:", timing_ms)
+
+infection_share = {case_id: float(volume_mask.mean()) for case_id, (_, volume_mask) in zip(case_ids, cases)}
+folds = kfold_volumes(case_ids, k=5, seed=seed) if len(case_ids) >= 5 else []
+fold_infection = {f"fold {i + 1}": [round(infection_share[case_id], 4) for case_id in val] for i, (_, val) in enumerate(folds)}
+own_splits = ({name: [len(s.train), len(s.val), len(s.test)] for name in ("10-40", "40-10")
+               for s in [report_split(case_ids, name, seed=seed)]} if len(case_ids) >= 10 else {})
+print("validation folds (cases each):", {name: len(shares) for name, shares in fold_infection.items()} or
+      f"none: {len(case_ids)} cases are fewer than 5")
+print("the report's splits on this run's cases (train, val, test):", own_splits or "too few cases")
+
+# %% [markdown]
+# ### On real scans (reference record)
+#
+# The committed reference record ran this chapter on every labelled COVID-SemiSeg slice. Its
+# numbers stand beside this run's; the figures below are drawn from it (from this run when there
+# is no record; each title says which).
+
+# %%
+display(Markdown(reference_notice(reference, "03_augmentation")))
+recorded = reference.numbers if reference is not None else None
+
+
+def measured_rows(found: dict | None) -> dict[str, str]:
+    """The comparison table's rows for one run's numbers (this run's or the record's)."""
+    if found is None:
+        return {}
+    rows = {"prepared cases": f"{found['cases_prepared']} ({found['lesion_slices_measured']} slices with infection)",
+            "example slice": f"{found['example_case']} z={found['example_slice']}, {found['example_lesion_pixels']} infection px",
+            "mask pixels changed at -/+ rotation limit": " / ".join(str(v) for v in found["rotation_changed_mask_pixels"].values())}
+    for name in found["label_moved"]:
+        moved, kept = np.asarray(found["label_moved"][name]), np.asarray(found["area_kept"][name])
+        rows[f"{name}: infection moved, area kept (mean)"] = f"{moved.mean():.3f}, {kept.mean():.3f} (min {kept.min():.3f})"
+    for name, ms in found["timing_ms"].items():
+        rows[f"{name}: ms per slice"] = f"{ms:.2f}"
+    for name, shares in found["fold_infection_share"].items():
+        rows[f"{name}: cases, mean infection share"] = f"{len(shares)}, {np.mean(shares):.3f}"
+    for name, sizes in found["own_report_split_sizes"].items():
+        rows[f"report split {name} on these cases (train, val, test)"] = ", ".join(map(str, sizes))
+    return rows
+
+
+this_run = {"cases_prepared": len(case_ids), "lesion_slices_measured": len(lesion_slices), "example_case": example_id,
+            "example_slice": z, "example_lesion_pixels": int(mask.sum()), "rotation_changed_mask_pixels": moved,
+            "label_moved": label_moved, "area_kept": area_kept, "timing_ms": timing_ms,
+            "fold_infection_share": fold_infection, "own_report_split_sizes": own_splits}
+live_rows, record_rows = measured_rows(this_run), measured_rows(recorded)
+names = list(record_rows) + [name for name in live_rows if name not in record_rows]
+display(Markdown(markdown_table([(name, live_rows.get(name, "—"), record_rows.get(name, "—")) for name in names],
+                                header=("measured", f"this run ({dataset})", "reference record"))))
+shown, shown_from = (recorded, "reference record") if recorded is not None else (this_run, f"this run, {dataset}")
+
+# %% mystnb={"figure": {"caption": "Share of the infection pixels whose label changes at their position under one random draw of each transform, one point per slice with infection, black bar the mean. Small rotations and elastic deformations move only the infection's edge; a turn or mirror moves most of it (exactly, without losing a pixel; none when the identity is drawn). Drawn from the reference record (from this run when there is no record; the title says which).", "name": "fig-03-label-moved"}}
+viz.show_grouped_values(shown["label_moved"], ylabel="share of infection pixels moved",
+                        title=f"How far each transform moves the infection ({shown_from})")
+
+# %% mystnb={"figure": {"caption": "Infection share of each case in the five validation folds of a 5-fold split (one point per slice or volume, black bar the fold's mean). Drawn from the reference record, every labelled COVID-SemiSeg slice (from this run when there is no record; a panel says so when a run had fewer than five cases).", "name": "fig-03-fold-infection"}}
+viz.show_grouped_values(shown["fold_infection_share"], ylabel="infection share of a case",
+                        title=f"Infection burden per validation fold ({shown_from})",
+                        empty_message=f"{shown['cases_prepared']} cases in {shown_from}: too few for 5 folds.")
+
+# %%
+if recorded is not None:
+    fold_means = {name: float(np.mean(shares)) for name, shares in recorded["fold_infection_share"].items()}
+    moved_means = {name: float(np.mean(values)) for name, values in recorded["label_moved"].items()}
+    turn = next(name for name in moved_means if name.startswith("turn"))
+    rotation_name = next(name for name in moved_means if name.startswith("rotation"))
+    display(Markdown(
+        f"On the reference record's {recorded['cases_prepared']} real slices, a rotation within the report's range moves "
+        f"{moved_means[rotation_name]:.1%} of the infection pixels on average, a turn or mirror "
+        f"{moved_means[turn]:.1%}; the mean infection share of the five validation folds runs from "
+        f"{min(fold_means.values()):.3f} to {max(fold_means.values()):.3f}, so fold-to-fold differences in the "
+        "later chapters' scores are partly differences in what the folds hold. One augmented training item costs "
+        f"{recorded['timing_ms']['SliceDataset item (pad/crop + chain)']:.1f} ms there."))
+
 # %%
 numbers = {
     "example_case": example_id,
@@ -367,9 +548,13 @@ numbers = {
     "slices_with_infection": full_slices.num_lesion_slices,
     "slices_kept_empty_fraction_0.5": len(half_empty),
     "preparation": prepared.steps,
+    "orientation_calibration": orientation,
+    "dihedral_draw_counts": dihedral_counts.tolist(),
+    **this_run,
 }
 write_record(output_dir, "03_augmentation",
              parameters=dict(dataset=dataset, data_root=data_root, setting=setting, device=device, seed=seed,
+                             n_cases=n_cases, n_slices=n_slices, n_draws=n_draws, n_repeats=n_repeats,
                              rotation_degrees=rotation_degrees, elastic_max_displacement=elastic_max_displacement,
                              mixup_alpha=mixup_alpha, augmentation_p=augmentation_p),
              numbers=numbers, runtime=runtime)
