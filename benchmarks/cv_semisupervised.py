@@ -32,7 +32,8 @@ from covidlib.config import runtime_summary, seed_everything
 from covidlib.datasets import get_dataset
 from covidlib.inference import prepare_slices
 from covidlib.io import atomic_write_text
-from covidlib.mean_teacher import ARMS, nested_fold, semi_supervised_fold, semi_supervised_settings
+from covidlib.crossval import nested_folds
+from covidlib.mean_teacher import ARMS, semi_supervised_fold, semi_supervised_settings
 from covidlib.pseudo import PseudoLabelConfig
 from covidlib.results import git_commit
 
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     record: dict = {}
     for fold in range(args.run_folds or args.folds):
-        train, val, test = nested_fold(ids, args.folds, fold, args.seed, args.inner_val)
+        split = nested_folds(ids, args.folds, args.seed, args.inner_val)[fold]
+        train, val, test = split.train, split.val, split.test
         settings = semi_supervised_settings(args.size, len(train), base_width=args.base_width,
                                             supervised_epochs=args.sup_epochs, semi_epochs=args.semi_epochs,
                                             lr=args.lr, patience=args.patience, batch_size=args.batch_size,

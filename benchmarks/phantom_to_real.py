@@ -8,7 +8,7 @@ Two parts, one JSON record (``--out``, default ``results/phantom_to_real.json``)
    scored once on the 50 real labelled slices: Dice at probability 0.5 and Inf-Net's mean Dice
    (256 thresholds), each at the slice's own resolution (:func:`covidlib.inference.evaluate_cases`).
 2. **transfer** (``--folds`` > 0): nested cross-validation on the 50 real slices
-   (:func:`covidlib.mean_teacher.nested_fold`: the outer test fold never selects epochs; a fifth
+   (:func:`covidlib.crossval.nested_folds`: the outer test fold never selects epochs; a fifth
    of the rest does), two arms on the same splits and seeds: from scratch and initialised with
    the phantom network, both fine-tuned alike. Per-slice test Dice pooled over the folds, and the
    paired difference (phantom-pretrained minus scratch) with its 95 % percentile bootstrap CI
@@ -41,7 +41,7 @@ from covidlib.augment import default_augmentation
 from covidlib.data import SliceDataset, seeded_loader
 from covidlib.datasets import get_dataset
 from covidlib.inference import evaluate_cases, normalise_slices, prepare_slices, resize_stack
-from covidlib.mean_teacher import nested_fold
+from covidlib.crossval import nested_folds
 from covidlib.models import get_model
 from covidlib.phantom import load_calibration, make_phantom, semiseg_view
 from covidlib.results import atomic_write_text, git_commit
@@ -131,7 +131,8 @@ def pretrain(args: argparse.Namespace, real: Any, ids: list[str]) -> tuple[torch
 def transfer_fold(args: argparse.Namespace, prepared: Any, real: Any, ids: list[str], fold: int,
                   phantom_state: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Part 2, one outer fold: scratch vs phantom-pretrained, same splits, seeds and schedule."""
-    train_ids, val_ids, test_ids = nested_fold(ids, args.folds, fold, args.seed)
+    split = nested_folds(ids, args.folds, args.seed)[fold]
+    train_ids, val_ids, test_ids = split.train, split.val, split.test
 
     def subset(case_ids: list[str], transform: Any = None) -> SliceDataset:
         return SliceDataset([prepared.labelled[i] for i in case_ids], case_ids=case_ids, transform=transform, seed=args.seed + fold)

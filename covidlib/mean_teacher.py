@@ -19,9 +19,13 @@ independently for each.
 early stopping, best checkpoint by validation Dice and exact resume; the teacher is what is
 validated and kept (``validate="teacher"``).
 
-The book's comparison of the three arms (supervised A', + pseudo-labels, + mean teacher) on
-one fold is :func:`semi_supervised_fold`; the command line runs it as
-``python -m covidlib semi`` (:func:`add_arguments`, :func:`run`).
+The book's comparison on one fold is :func:`semi_supervised_fold`: A' (labels only), then
+pseudo-labels and mean teacher, each against a *control* that is the same continuation of A'
+without the unlabelled data (the same optimizer steps, input noise and epoch selection), so
+that a difference measures the unlabelled data and not extra training. :func:`run_semi_cv`
+repeats it over the outer folds of a nested cross-validation and several seeds, and
+:func:`compare_arms` gives mean ± sd and paired bootstrap intervals. The command line runs one
+fold as ``python -m covidlib semi`` (:func:`add_arguments`, :func:`run`).
 
 Introduced in chapter 08.
 """
@@ -44,17 +48,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from covidlib.coarse import Box, predict_boxes_2d
 from covidlib.config import seed_everything
-from covidlib.data import kfold_volumes, split_volumes
+from covidlib.crossval import nested_folds
+from covidlib.data import fit_slice
 from covidlib.datasets import get_dataset
 from covidlib.errors import InvalidInputError
-from covidlib.inference import prepare_slices
+from covidlib.fingerprint import changed_sources, code_fingerprint, content_key, imported_modules
+from covidlib.inference import case_metrics, predict_stack, prepare_slices
 from covidlib.io import atomic_write_text
 from covidlib.models import MODELS, get_model
-from covidlib.pseudo import RULES, PseudoLabelConfig, PseudoPatchDataset, build_dictionary, pseudo_label
+from covidlib.pseudo import (RULES, PseudoLabelConfig, PseudoPatchDataset, build_dictionary, calibrate_on_labelled,
+                             compare_rules, pseudo_label, report_rules)
 from covidlib.results import to_json
+from covidlib.statistics import paired_bootstrap_ci, summarise_runs
 from covidlib.train import AMP_CHOICES, Trainer, TrainConfig, evaluate, save_checkpoint, split_batch, validate_batch
 from covidlib.transfer import SliceTraining, fit_volumes, slice_loader
 
@@ -241,9 +250,17 @@ class MeanTeacher(Trainer):
 
 
 
-# --- the book's comparison: supervised A' vs + pseudo-labels vs + mean teacher ----------------
+# --- the book's comparison: each semi-supervised arm against a control of equal budget ---------
 
-ARMS = ("supervised", "pseudo_labels", "mean_teacher")
+#: The arms of one fold: A' (labels only), then four continuations of A' with the same steps,
+#: noise and selection rule: two controls without unlabelled data and the two semi-supervised arms.
+ARMS = ("supervised", "control", "pseudo_labels", "control_ema", "mean_teacher")
+#: Each semi-supervised arm and its control: the same arm with the unlabelled data removed.
+CONTROLS = {"pseudo_labels": "control", "mean_teacher": "control_ema"}
+#: The report's precondition on A' before pseudo-labelling (validation Dice, section 5.3.4).
+A_PRIME_PRECONDITION = 0.75
+#: Bins of the stored similarity histograms (cosine lies in [-1, 1]).
+SIMILARITY_BINS = np.linspace(-1.0, 1.0, 81)
 
 
 @dataclass(frozen=True)
@@ -251,8 +268,12 @@ class SemiSupervisedSettings:
     """Everything one fold of the comparison needs.
 
     ``supervised``: how A' is trained on the labelled slices (:class:`~covidlib.transfer.SliceTraining`);
-    ``semi``: the Trainer settings of the two semi-supervised arms, which start from A';
-    ``pseudo``/``mean_teacher``: their settings; ``network``/``base_width``/``depth``: the 2D U-Net.
+    ``semi``: the Trainer settings of the four continuations of A' (they run all ``semi.epochs``:
+    no early stopping, so every arm and its control take the same number of steps);
+    ``pseudo``/``mean_teacher``: their settings; ``network``/``base_width``/``depth``: the 2D U-Net;
+    ``calibrate``: choose the top-2 threshold on the inner validation slices
+    (:func:`covidlib.pseudo.calibrate_on_labelled`, accepting patches whose pseudo masks beat
+    ``quality_bar`` Dice) instead of ``pseudo.top2_threshold``.
     """
 
     supervised: SliceTraining
@@ -262,24 +283,54 @@ class SemiSupervisedSettings:
     network: str = "unet"
     base_width: int = 16
     depth: int = 4
+    calibrate: bool = True
+    quality_bar: float = 0.5
+
+
+def fit_cases(arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], size: int | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each case's slices brought to ``size`` squared as the training loader does (centre pad or
+    crop, pixels keep their size); unchanged when ``size`` is ``None``. What A' and the arms are
+    scored on when no native-size slices are given (volumes of the phantom)."""
+    if size is None:
+        return dict(arrays)
+    fitted = {}
+    for case, (image, mask) in arrays.items():
+        pairs = [fit_slice(plane, plane_mask, (size, size)) for plane, plane_mask in zip(image, mask)]
+        fitted[case] = (np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
+    return fitted
+
+
+def _histogram(scores: np.ndarray | None) -> list[int]:
+    if scores is None or len(scores) == 0:
+        return [0] * (len(SIMILARITY_BINS) - 1)
+    return np.histogram(np.clip(scores[:, 0], -1.0, 1.0), SIMILARITY_BINS)[0].tolist()
 
 
 def semi_supervised_fold(arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], train_ids: Sequence[str],
                          val_ids: Sequence[str], test_ids: Sequence[str], unlabelled: Sequence[np.ndarray],
-                         settings: SemiSupervisedSettings, *, unlabelled_boxes: Sequence[Box | None] | None = None,
+                         settings: SemiSupervisedSettings, *,
+                         native: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                         unlabelled_boxes: Sequence[Box | None] | None = None,
                          initial_state: Mapping[str, torch.Tensor] | None = None,
                          progress: bool = False, return_models: bool = False) -> dict[str, Any]:
-    """Train A' on ``train_ids`` (selected on ``val_ids``), pseudo-label ``unlabelled``, train
-    the two semi-supervised arms from A', and return each arm's Dice on ``test_ids``.
+    """One fold of the comparison: A' on ``train_ids`` (epoch picked on ``val_ids``), the
+    pseudo-label threshold calibrated on ``val_ids``, then four continuations of A' with equal
+    steps: ``control`` (labels only, input noise, the student kept), ``pseudo_labels`` (+ the
+    pseudo-labelled patches), ``control_ema`` (labels only with the mean teacher's consistency;
+    the EMA teacher kept) and ``mean_teacher`` (+ the patches). ``test_ids`` only score.
 
-    ``arrays``: ``{case_id: (image (z, y, x) float32, lesion (z, y, x) uint8)}`` (a 2D slice is
-    ``z = 1``); ``unlabelled``: images (z, y, x) or (H, W) on the same intensity scale.
-    ``unlabelled_boxes``: coarse boxes (e.g. from :func:`covidlib.coarse.predict_boxes_3d`);
-    ``None`` takes them from A''s own prediction (2D slices). ``initial_state``: pretrained
-    weights for A' (transfer learning); ``None`` trains it from scratch.
-    Returns ``{"dice": {arm: mean test Dice}, "per_case": {arm: {case: Dice}}, "pseudo": counts,
-    "seconds": {stage: wall time}, "history": {arm: learning curve}}``, plus ``"models": {arm:
-    network}`` (each arm's kept network, best weights loaded) when ``return_models``.
+    ``arrays``: ``{case_id: (image (z, y, x) float32, lesion (z, y, x) uint8)}`` as the networks
+    are trained (a 2D slice is ``z = 1``); ``native``: the same cases at their own size (scored
+    there after predicting at the network size; default: ``arrays`` fitted to the training size);
+    ``unlabelled``: images (z, y, x) or (H, W) on the same intensity scale as ``arrays``.
+    ``unlabelled_boxes``: coarse boxes (e.g. :func:`covidlib.coarse.predict_boxes_3d`); ``None``
+    takes them from A''s prediction. ``initial_state``: pretrained weights for A' (the report
+    fine-tunes a pretrained A); ``None`` trains it from scratch.
+
+    Returns ``{"dice": {arm: mean Dice at 0.5}, "infnet_mean_dice": {arm: mean}, "per_case":
+    {arm: {case: Dice}}, "per_case_infnet": {arm: {case: Inf-Net mean Dice}}, "steps": {arm:
+    optimizer steps}, "a_prime": {...}, "pseudo": counts, "calibration", "rules", "threshold",
+    "histogram", "seconds", "history"}``, plus ``"models": {arm: network}`` when ``return_models``.
     Introduced in chapter 08.
     """
     seconds: dict[str, float] = {}
@@ -291,31 +342,55 @@ def semi_supervised_fold(arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], tr
         model.load_state_dict(initial_state)
     supervised = fit_volumes(model, arrays, train_ids, val_ids, settings.supervised)
     seconds["supervised"] = time.perf_counter() - start
-    test_loader = slice_loader(arrays, test_ids, settings.supervised, training=False, seed=seed)
     device = supervised.device
-    results: dict[str, Any] = {"dice": {}, "per_case": {}, "history": {"supervised": supervised.history}}
+    image_size = settings.supervised.output_size or int(arrays[train_ids[0]][0].shape[-1])
+    scoring = native if native is not None else fit_cases({c: arrays[c] for c in test_ids}, settings.supervised.output_size)
+    results: dict[str, Any] = {"dice": {}, "infnet_mean_dice": {}, "per_case": {}, "per_case_infnet": {},
+                               "steps": {}, "history": {"supervised": supervised.history}}
     models: dict[str, nn.Module] = {}
 
     def record(arm: str, network: nn.Module) -> None:
-        evaluation = evaluate(network, test_loader, device)
-        results["dice"][arm] = float(evaluation["summary"]["dice"]["mean"])
-        results["per_case"][arm] = {case: row["dice"] for case, row in evaluation["per_case"].items()}
+        scores = {case: case_metrics(predict_stack(network, scoring[case][0], image_size, device), scoring[case][1])
+                  for case in test_ids}
+        results["per_case"][arm] = {case: row["dice"] for case, row in scores.items()}
+        results["per_case_infnet"][arm] = {case: row["infnet_mean_dice"] for case, row in scores.items()}
+        results["dice"][arm] = float(np.mean(list(results["per_case"][arm].values())))
+        results["infnet_mean_dice"][arm] = float(np.mean(list(results["per_case_infnet"][arm].values())))
         models[arm] = network
 
     record("supervised", supervised.model)
+    results["a_prime"] = {"val_dice": float(supervised.best_metric), "best_epoch": int(supervised.best_epoch),
+                          "epochs_run": len(supervised.history), "pretrained": initial_state is not None,
+                          "precondition": A_PRIME_PRECONDITION,
+                          "precondition_met": bool(supervised.best_metric > A_PRIME_PRECONDITION)}
 
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
-    images = [arrays[c][0] for c in train_ids]
-    masks = [arrays[c][1] for c in train_ids]
+    amp = supervised.amp_dtype
+    dictionary = build_dictionary(supervised.model, [arrays[c][0] for c in train_ids], [arrays[c][1] for c in train_ids],
+                                  settings.pseudo, rng, device=device, amp=amp)
+    pseudo_config = settings.pseudo
+    calibration = calibration_labels = truth = None
+    val_images = [arrays[c][0] for c in val_ids]
+    val_boxes = predict_boxes_2d(supervised.model, val_images, device=device)
+    if any(box is not None for box in val_boxes):
+        calibration, calibration_labels, truth = calibrate_on_labelled(
+            supervised.model, dictionary, val_images, [arrays[c][1] for c in val_ids], val_boxes, settings.pseudo, rng,
+            quality_bar=settings.quality_bar, device=device, amp=amp)
+        if settings.calibrate and settings.pseudo.rule == "top2":
+            pseudo_config = dataclasses.replace(settings.pseudo, top2_threshold=calibration.chosen)
     if unlabelled_boxes is None:
         unlabelled_boxes = predict_boxes_2d(supervised.model, unlabelled, device=device)
-    dictionary = build_dictionary(supervised.model, images, masks, settings.pseudo, rng, device=device,
-                                  amp=supervised.amp_dtype)
-    labels = pseudo_label(supervised.model, dictionary, unlabelled, unlabelled_boxes, settings.pseudo, rng,
-                          device=device, amp=supervised.amp_dtype, progress=progress)
+    labels = pseudo_label(supervised.model, dictionary, unlabelled, unlabelled_boxes, pseudo_config, rng,
+                          device=device, amp=amp, progress=progress)
     patches = PseudoPatchDataset(unlabelled, labels, dictionary)
     seconds["pseudo_labelling"] = time.perf_counter() - start
+    results["threshold"] = pseudo_config.top2_threshold if pseudo_config.rule == "top2" else None
+    results["calibration"] = calibration.as_dict() if calibration is not None else None
+    results["rules"] = (compare_rules(report_rules(calibration.chosen), dictionary, calibration_labels, truth, labels)
+                        if calibration is not None else [])
+    results["histogram"] = {"edges": SIMILARITY_BINS.tolist(), "centred": _histogram(labels.scores),
+                            "plain": _histogram(labels.plain_scores)}
     results["pseudo"] = {"unlabelled_images": len(unlabelled),
                          "images_with_box": int(sum(b is not None for b in unlabelled_boxes)),
                          "patches": len(labels.locations), "accepted": labels.num_accepted,
@@ -323,15 +398,17 @@ def semi_supervised_fold(arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], tr
                          "best_similarity_quantiles": np.quantile(labels.scores[:, 0], [0.05, 0.5, 0.95]).tolist()
                          if len(labels.scores) else []}
 
-    arms = {"pseudo_labels": dataclasses.replace(settings.mean_teacher, consistency_weight=0.0, validate="student"),
-            "mean_teacher": settings.mean_teacher}
-    for arm, arm_config in arms.items():
+    student_kept = dataclasses.replace(settings.mean_teacher, consistency_weight=0.0, validate="student")
+    arms = {"control": (None, student_kept), "pseudo_labels": (patches, student_kept),
+            "control_ema": (None, settings.mean_teacher), "mean_teacher": (patches, settings.mean_teacher)}
+    semi = dataclasses.replace(settings.semi, patience=settings.semi.epochs)  # equal budgets: no early stop
+    for arm, (arm_patches, arm_config) in arms.items():
         start = time.perf_counter()
-        student = copy.deepcopy(supervised.model)
-        trainer = MeanTeacher(student, settings.semi, arm_config, pseudo_patches=patches)
+        trainer = MeanTeacher(copy.deepcopy(supervised.model), semi, arm_config, pseudo_patches=arm_patches)
         trainer.fit(slice_loader(arrays, train_ids, settings.supervised, training=True, seed=seed),
                     slice_loader(arrays, val_ids, settings.supervised, training=False, seed=seed))
         record(arm, trainer.validation_model())
+        results["steps"][arm] = trainer.global_step
         results["history"][arm] = trainer.history
         seconds[arm] = time.perf_counter() - start
     results["seconds"] = seconds
@@ -351,18 +428,20 @@ def semi_supervised_settings(image_size: int, n_train: int, *, network: str = "u
                              patches_per_unlabelled: int = 32, center_features: bool = True,
                              rampup_steps: int | None = None, alpha: float = 0.99, consistency_weight: float = 1.0,
                              noise_std: float = 0.1, output_size: int | None = None, empty_fraction: float = 1.0,
-                             augment: bool = True) -> SemiSupervisedSettings:
+                             augment: bool = True, calibrate: bool = True,
+                             quality_bar: float = 0.5) -> SemiSupervisedSettings:
     """The comparison's settings for slices of ``image_size`` pixels and ``n_train`` training slices.
 
     A' trains ``supervised_epochs`` at ``lr`` on slices of ``output_size`` (``None``: their own
     size) with ``empty_fraction`` of the lesion-free ones and the report's augmentation when
-    ``augment``; the two semi-supervised arms train ``semi_epochs`` at ``semi_lr`` (default
+    ``augment``; the four continuations train ``semi_epochs`` at ``semi_lr`` (default
     ``lr / 2``). The patch size (unless given) and the box margins are the report's (68 px, 10
     and 15 px on 512 px slices) scaled to ``image_size``; the consistency ramp-up lasts
     ``rampup_steps`` (default 5 epochs of steps). ``alpha``, ``consistency_weight`` and
-    ``noise_std`` are the mean teacher's (:class:`MeanTeacherConfig`). Raises
-    :class:`InvalidInputError` for an ``image_size`` under 16 px (patches are at least 8 px
-    and the default U-Net halves a side 4 times). Introduced in chapter 08.
+    ``noise_std`` are the mean teacher's (:class:`MeanTeacherConfig`); ``calibrate`` and
+    ``quality_bar`` see :class:`SemiSupervisedSettings`. Raises :class:`InvalidInputError` for an
+    ``image_size`` under 16 px (patches are at least 8 px and the default U-Net halves a side 4
+    times). Introduced in chapter 08.
     """
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 16:
         raise InvalidInputError(f"image_size must be an integer of at least 16 pixels, got {image_size!r}")
@@ -375,38 +454,139 @@ def semi_supervised_settings(image_size: int, n_train: int, *, network: str = "u
     if max_steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, max_steps_per_epoch)
 
-    def config(epochs: int, rate: float) -> TrainConfig:
-        return TrainConfig(epochs=epochs, lr=rate, patience=patience, amp=amp, max_steps_per_epoch=max_steps_per_epoch,
+    def config(epochs: int, rate: float, wait: int) -> TrainConfig:
+        return TrainConfig(epochs=epochs, lr=rate, patience=wait, amp=amp, max_steps_per_epoch=max_steps_per_epoch,
                            seed=seed, device=device, progress=progress)
 
     return SemiSupervisedSettings(
-        supervised=SliceTraining(train=config(supervised_epochs, lr), batch_size=batch_size, output_size=output_size,
-                                 empty_fraction=empty_fraction, augment=augment),
-        semi=config(semi_epochs, lr / 2 if semi_lr is None else semi_lr), pseudo=pseudo,
+        supervised=SliceTraining(train=config(supervised_epochs, lr, patience), batch_size=batch_size,
+                                 output_size=output_size, empty_fraction=empty_fraction, augment=augment),
+        semi=config(semi_epochs, lr / 2 if semi_lr is None else semi_lr, semi_epochs), pseudo=pseudo,
         mean_teacher=MeanTeacherConfig(alpha=alpha, consistency_weight=consistency_weight, noise_std=noise_std,
                                        rampup_steps=5 * steps_per_epoch if rampup_steps is None else rampup_steps,
                                        pseudo_batch_size=batch_size),
-        network=network, base_width=base_width, depth=depth)
+        network=network, base_width=base_width, depth=depth, calibrate=calibrate, quality_bar=quality_bar)
 
 
-def nested_fold(case_ids: Sequence[str], folds: int, fold: int, seed: int,
-                n_val: int | None = None) -> tuple[list[str], list[str], list[str]]:
-    """(train, validation, test) ids of fold ``fold`` of ``folds``: the fold's cases test; of the
-    rest, ``n_val`` (default a fifth, at least 1) select the best epoch and the others train.
+#: Modules whose code a stored (seed, fold) result of :func:`run_semi_cv` depends on.
+SEMI_CV_MODULES = ("covidlib.mean_teacher",)
 
-    The test folds are :func:`covidlib.data.kfold_volumes` with ``seed``; the validation draw
-    uses ``seed + fold``. Introduced in chapter 08.
+
+def run_semi_cv(arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], unlabelled: Sequence[np.ndarray],
+                image_size: int, options: Mapping[str, Any], out_dir: str | Path | None, *, folds: int = 5,
+                seeds: Sequence[int] = (0,), run_folds: int | None = None, n_val: int | None = None,
+                native: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                initial_state: Mapping[str, torch.Tensor] | None = None,
+                progress: bool = False) -> list[dict[str, Any]]:
+    """Nested cross-validation of the comparison: every (seed, outer fold) runs
+    :func:`semi_supervised_fold` on :func:`covidlib.crossval.nested_folds` (the outer fold only
+    scores; an inner split of the rest picks A''s epoch, every arm's epoch and the threshold).
+
+    ``options``: keyword arguments of :func:`semi_supervised_settings` (its ``seed`` is the run's);
+    ``run_folds``: only the first so many folds of each seed (quick mode). With ``out_dir`` each
+    result is stored as ``out_dir/<key>/seed<s>_fold<k>.json``, keyed by the options, the data,
+    the starting weights and the code, so an interrupted run continues and a changed one
+    recomputes. Returns the results in (seed, fold) order, each with ``seed``, ``fold``, the ids
+    and ``wall_seconds``/``cpu_seconds``. Introduced in chapter 08.
     """
-    if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < folds:
-        raise InvalidInputError(f"fold must be an integer in [0, {folds - 1}] for {folds} folds, got {fold!r}")
-    train_val, test = kfold_volumes(case_ids, folds, seed)[fold]
-    if n_val is None:
-        n_val = max(1, len(train_val) // 5)
-    if not 1 <= n_val < len(train_val):
-        raise InvalidInputError(f"the validation count must be in [1, {len(train_val) - 1}] for the {len(train_val)} "
-                                f"non-test cases of fold {fold}, got {n_val!r}")
-    train, val = split_volumes(train_val, n_val, seed + fold)
-    return train, val, test
+    ids = sorted(arrays)
+    folder = None
+    if out_dir is not None:
+        key = content_key(dict(options), image_size, folds, n_val, arrays, list(unlabelled), native, initial_state)
+        folder = Path(out_dir) / f"semi-{key}"
+    code = code_fingerprint(imported_modules(SEMI_CV_MODULES))
+    results = []
+    jobs = [(seed, fold) for seed in seeds for fold in nested_folds(ids, folds, seed, n_val)[:run_folds]]
+    for seed, fold in tqdm(jobs, desc="semi-supervised CV", disable=not progress):
+        path = folder / f"seed{seed}_fold{fold.index}.json" if folder is not None else None
+        if path is not None and path.exists():
+            stored = json.loads(path.read_text())
+            if not changed_sources(stored["code"]):
+                results.append(stored)
+                continue
+        started, cpu_started = time.perf_counter(), time.process_time()
+        settings = semi_supervised_settings(image_size, len(fold.train), **{**options, "seed": seed})
+        result = semi_supervised_fold(arrays, fold.train, fold.val, fold.test, unlabelled, settings, native=native,
+                                      initial_state=initial_state)
+        result.update({"seed": seed, "fold": fold.index, "train": fold.train, "val": fold.val, "test": fold.test,
+                       "wall_seconds": time.perf_counter() - started,
+                       "cpu_seconds": time.process_time() - cpu_started,
+                       "code": code})
+        if path is not None:
+            atomic_write_text(path, to_json(result) + "\n")
+            result = json.loads(path.read_text())
+        results.append(result)
+    return results
+
+
+def unit_table(results: Sequence[Mapping[str, Any]], metric: str = "dice") -> dict[str, np.ndarray]:
+    """``{arm: scores (n_folds, n_seeds)}`` of ``metric`` (``"dice"`` or ``"infnet_mean_dice"``)
+    from :func:`run_semi_cv`'s results (every seed must have the same folds)."""
+    seeds = sorted({r["seed"] for r in results})
+    folds = sorted({r["fold"] for r in results})
+    table = {arm: np.full((len(folds), len(seeds)), np.nan) for arm in ARMS}
+    for r in results:
+        for arm in ARMS:
+            table[arm][folds.index(r["fold"]), seeds.index(r["seed"])] = r[metric][arm]
+    if any(np.isnan(values).any() for values in table.values()):
+        raise InvalidInputError("the results do not cover every (fold, seed) pair: run the same folds for every seed")
+    return table
+
+
+def compare_arms(results: Sequence[Mapping[str, Any]], *, metrics: Sequence[str] = ("dice", "infnet_mean_dice"),
+                 seed: int = 0) -> dict[str, Any]:
+    """Mean ± sd of every arm and the paired difference of each semi-supervised arm against its
+    control (:data:`CONTROLS`) with a 95 % bootstrap CI over (fold, seed) units
+    (:func:`covidlib.statistics.paired_bootstrap_ci`), for each of ``metrics``. Differences are
+    also given in percent of the control's mean (the report's "improvement of ??? percent").
+    Introduced in chapter 08.
+    """
+    summary: dict[str, Any] = {}
+    for metric in metrics:
+        table = unit_table(results, metric)
+        arms = {arm: summarise_runs(values) for arm, values in table.items()}
+        paired = {}
+        for arm, control in CONTROLS.items():
+            if table[arm].size < 2:
+                continue
+            interval = paired_bootstrap_ci(table[control], table[arm], seed=seed).as_dict()
+            base = arms[control]["mean"]
+            interval.update({"control": control, "percent": 100 * interval["mean_difference"] / base if base else None,
+                             "percent_low": 100 * interval["low"] / base if base else None,
+                             "percent_high": 100 * interval["high"] / base if base else None,
+                             "per_unit": (table[arm] - table[control]).ravel().tolist()})
+            paired[arm] = interval
+        summary[metric] = {"arms": arms, "paired": paired}
+    return summary
+
+
+#: How the arms are named in the book's tables.
+ARM_LABELS = {"supervised": "A′ (labels only)", "control": "control: A′ continued, labels only",
+              "pseudo_labels": "+ pseudo-labels", "control_ema": "control: A′ continued with the mean teacher, labels only",
+              "mean_teacher": "+ pseudo-labels + mean teacher"}
+METRIC_LABELS = {"dice": "Dice at 0.5", "infnet_mean_dice": "Inf-Net mean Dice"}
+
+
+def arm_rows(summary: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
+    """Table rows of :func:`compare_arms`' summary: arm, Dice at 0.5 as mean ± sd over folds, its
+    sd over seeds, and Inf-Net's mean Dice as mean ± sd over folds. Introduced in chapter 08."""
+    dice, infnet = summary["dice"]["arms"], summary["infnet_mean_dice"]["arms"]
+    return [(ARM_LABELS[arm], f"{dice[arm]['mean']:.3f} ± {dice[arm]['sd_folds']:.3f}", f"{dice[arm]['sd_seeds']:.3f}",
+             f"{infnet[arm]['mean']:.3f} ± {infnet[arm]['sd_folds']:.3f}") for arm in ARMS]
+
+
+def paired_rows(summary: Mapping[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """Table rows of the paired differences in :func:`compare_arms`' summary: arm − control,
+    metric, difference [95 % CI], the same in percent of the control's mean, and the number of
+    (fold, seed) units. Introduced in chapter 08."""
+    rows = []
+    for metric, part in summary.items():
+        for arm, interval in part["paired"].items():
+            rows.append((f"{ARM_LABELS[arm]} − control", METRIC_LABELS.get(metric, metric),
+                         f"{interval['mean_difference']:+.3f} [{interval['low']:+.3f}, {interval['high']:+.3f}]",
+                         f"{interval['percent']:+.1f} % [{interval['percent_low']:+.1f}, {interval['percent_high']:+.1f}]",
+                         str(interval["n"])))
+    return rows
 
 
 # --- the command line: python -m covidlib semi ------------------------------------------------
@@ -432,7 +612,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unlabelled", type=int,
                         help=f"unlabelled images to pseudo-label, spread evenly (default all; quick at most {QUICK_UNLABELLED})")
     parser.add_argument("--rule", choices=[rule.replace("_", "-") for rule in RULES], default="top2",
-                        help="pseudo-label rule: top2 (both best scores > 0.90) or top1-band (best in [0.87, 0.96])")
+                        help="pseudo-label rule: top2 (both best scores above a threshold chosen on the inner validation "
+                             "slices) or top1-band (best in [0.87, 0.96])")
+    parser.add_argument("--no-calibrate", action="store_true",
+                        help="top2 with the report's fixed threshold 0.90 instead of the calibrated one")
     parser.add_argument("--quick", action="store_true", help="a smoke run: small images, a small network, few short epochs")
     parser.add_argument("--model", choices=sorted(MODELS), default="unet", help="network (default: unet)")
     parser.add_argument("--image-size", type=int, help=f"square network input in pixels (default {SEMI_FULL['image_size']})")
@@ -458,12 +641,13 @@ def _size(args: argparse.Namespace, name: str) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run one fold of the comparison; write OUT/best.pt and OUT/metrics.json; print a JSON summary.
+    """Run one fold of the comparison (every arm and its control); write OUT/best.pt and
+    OUT/metrics.json; print a JSON summary.
 
     ``best.pt`` holds the mean-teacher arm's kept network (the teacher, the one validated) with
     the metadata ``python -m covidlib train`` writes, so evaluate/predict/segment load it; its
-    ``val_cases`` are the held-out test fold. Dice in ``metrics.json`` is measured on the
-    ``image_size`` slices the networks see.
+    ``val_cases`` are the held-out test fold. Scores in ``metrics.json`` (Dice at 0.5 and
+    Inf-Net's mean Dice) are measured at each slice's own size.
     """
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -480,18 +664,20 @@ def run(args: argparse.Namespace) -> int:
     if n_unlabelled is None and args.quick and "unlabelled" in dataset.splits:
         n_unlabelled = min(QUICK_UNLABELLED, len(dataset.case_ids("unlabelled"))) or None
     # folds and settings first: bad arguments fail before any image is read
-    train_ids, val_ids, test_ids = nested_fold(dataset.case_ids(split), args.folds, args.fold, args.seed, args.inner_val)
+    fold = nested_folds(dataset.case_ids(split), args.folds, args.seed, args.inner_val)[args.fold]
+    train_ids, val_ids, test_ids = fold.train, fold.val, fold.test
     batch_size = _size(args, "batch_size")
     settings = semi_supervised_settings(
         image_size, len(train_ids), network=args.model, base_width=_size(args, "base_width"), depth=args.depth,
         supervised_epochs=_size(args, "epochs"), semi_epochs=_size(args, "semi_epochs"), lr=args.lr,
         patience=args.patience, batch_size=batch_size, rule=args.rule.replace("-", "_"), amp=args.amp,
         device=args.device, seed=args.seed + args.fold, max_steps_per_epoch=_size(args, "max_steps_per_epoch"),
-        progress=not args.no_progress)
+        progress=not args.no_progress, calibrate=not args.no_calibrate)
     prepared = prepare_slices(dataset, image_size, split=split, n_unlabelled=n_unlabelled)
     arrays, unlabelled = prepared.labelled, prepared.unlabelled
+    native = prepare_slices(dataset, None, split=split, case_ids=test_ids).labelled
     load_seconds = time.perf_counter() - started
-    result = semi_supervised_fold(arrays, train_ids, val_ids, test_ids, unlabelled, settings,
+    result = semi_supervised_fold(arrays, train_ids, val_ids, test_ids, unlabelled, settings, native=native,
                                   progress=not args.no_progress, return_models=True)
     kept = result.pop("models")["mean_teacher"]
     model_options = {"in_channels": 1, "num_classes": 2, "base_width": settings.base_width, "depth": settings.depth}
@@ -500,16 +686,20 @@ def run(args: argparse.Namespace) -> int:
                 "selection_cases": val_ids, "folds": args.folds, "fold": args.fold,
                 "augment": settings.supervised.augment, "mixup_alpha": 0.0, "preparation": prepared.steps,
                 "semi_supervised": {"arm": "mean_teacher", "network": settings.mean_teacher.validate,
-                                    "unlabelled_cases": len(unlabelled), "rule": settings.pseudo.rule}}
+                                    "unlabelled_cases": len(unlabelled), "rule": settings.pseudo.rule,
+                                    "threshold": result["threshold"]}}
     out = Path(args.out)
     save_checkpoint({"model": {k: v.detach().cpu() for k, v in kept.state_dict().items()},
                      "config": dataclasses.asdict(settings.semi), "metadata": metadata}, out / "best.pt")
     metrics = {
-        "dice": result["dice"], "per_case": result["per_case"], "pseudo": result["pseudo"],
+        "dice": result["dice"], "infnet_mean_dice": result["infnet_mean_dice"], "per_case": result["per_case"],
+        "per_case_infnet": result["per_case_infnet"], "steps": result["steps"], "a_prime": result["a_prime"],
+        "threshold": result["threshold"], "calibration": result["calibration"], "rules": result["rules"],
+        "pseudo": result["pseudo"],
         "seconds": {"loading": load_seconds, **result["seconds"]},
         "wall_seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu_started,
         "device": str(next(kept.parameters()).device), "threads": torch.get_num_threads(),
-        "dice_measured_at": f"{image_size} x {image_size} px", "checkpoint": "best.pt",
+        "dice_measured_at": "each slice's own size (predicted at the network size)", "checkpoint": "best.pt",
         "settings": {"dataset": args.dataset, "split": split, "folds": args.folds, "fold": args.fold, "seed": args.seed,
                      "quick": args.quick, "train_cases": train_ids, "selection_cases": val_ids, "test_cases": test_ids,
                      "image_size": image_size, **dataclasses.asdict(settings)},
@@ -517,6 +707,8 @@ def run(args: argparse.Namespace) -> int:
     }
     atomic_write_text(out / "metrics.json", to_json(metrics) + "\n")
     summary = {"dice": {arm: round(value, 4) for arm, value in result["dice"].items()},
+               "infnet_mean_dice": {arm: round(value, 4) for arm, value in result["infnet_mean_dice"].items()},
+               "threshold": result["threshold"],
                "test_cases": len(test_ids), "unlabelled": len(unlabelled),
                "pseudo_patches": {"accepted": result["pseudo"]["accepted"], "sampled": result["pseudo"]["patches"]},
                "wall_seconds": round(metrics["wall_seconds"], 1), "out": str(out)}

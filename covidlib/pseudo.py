@@ -24,6 +24,7 @@ Introduced in chapter 07.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -376,7 +377,8 @@ class PseudoLabels:
     """The outcome for every sampled unlabelled patch.
 
     ``locations`` (N, 4) in the unlabelled images; ``scores``/``indices`` (N, 2) the two best
-    dictionary matches; ``assignment`` the rule's decision. :meth:`accepted_masks` builds the
+    dictionary matches; ``assignment`` the rule's decision; ``plain_scores``/``plain_indices``
+    (N, 2) the same matches by the report's uncentred cosine. :meth:`accepted_masks` builds the
     soft masks of the accepted patches.
     """
 
@@ -384,6 +386,8 @@ class PseudoLabels:
     scores: np.ndarray
     indices: np.ndarray
     assignment: Assignment
+    plain_scores: np.ndarray | None = None
+    plain_indices: np.ndarray | None = None
 
     @property
     def num_accepted(self) -> int:
@@ -414,15 +418,17 @@ def pseudo_label(encoder_model: nn.Module, dictionary: PatchDictionary, images: 
     counts = [config.patches_per_unlabelled if box is not None else 0 for box in boxes]
     locations = sample_patch_locations(shapes, boxes, counts, patch_size=config.patch_size,
                                        max_margin=config.unlabelled_margin, rng=rng)
-    scores = np.empty((len(locations), 2), dtype=np.float32)
-    indices = np.empty((len(locations), 2), dtype=np.int64)
+    scores, plain_scores = (np.empty((len(locations), 2), dtype=np.float32) for _ in range(2))
+    indices, plain_indices = (np.empty((len(locations), 2), dtype=np.int64) for _ in range(2))
     for start in tqdm(range(0, len(locations), config.chunk_size), desc="pseudo-labels", disable=not progress):
-        block = locations[start:start + config.chunk_size]
-        features = encode_patches(encoder_model, crop_patches(images, block, config.patch_size), config.batch_size,
-                                  device, amp=amp)
-        scores[start:start + len(block)], indices[start:start + len(block)] = dictionary.similarity(features, 2)
+        rows = slice(start, start + config.chunk_size)
+        features = encode_patches(encoder_model, crop_patches(images, locations[rows], config.patch_size),
+                                  config.batch_size, device, amp=amp)
+        scores[rows], indices[rows] = dictionary.similarity(features, 2)
+        plain_scores[rows], plain_indices[rows] = cosine_topk(features, dictionary.features, 2)
     assignment = assign(scores, indices, config.rule, threshold=config.top2_threshold, band=config.band)
-    return PseudoLabels(locations=locations, scores=scores, indices=indices, assignment=assignment)
+    return PseudoLabels(locations=locations, scores=scores, indices=indices, assignment=assignment,
+                        plain_scores=plain_scores, plain_indices=plain_indices)
 
 
 class PseudoPatchDataset(Dataset):
@@ -451,6 +457,160 @@ class PseudoPatchDataset(Dataset):
         return {"image": torch.from_numpy(patch)[None],
                 "mask": torch.from_numpy(np.stack([1.0 - foreground, foreground]).astype(np.float32)),
                 "weight": torch.tensor(float(self.weights[index]))}
+
+
+# --- choosing the threshold on labelled slices treated as unlabelled ---------------------------
+
+def patch_dice(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Dice of each soft mask (N, P, P) thresholded at 0.5 against its true mask (N, P, P); 1 when both are empty."""
+    predicted = np.asarray(predicted) > 0.5
+    truth = np.asarray(truth) > 0
+    if predicted.shape != truth.shape or predicted.ndim != 3:
+        raise InvalidInputError(f"need predicted and true masks (N, P, P) of equal shape, got {predicted.shape} "
+                                f"and {truth.shape}")
+    overlap = (predicted & truth).sum(axis=(1, 2))
+    total = predicted.sum(axis=(1, 2)) + truth.sum(axis=(1, 2))
+    return np.where(total == 0, 1.0, 2.0 * overlap / np.maximum(total, 1)).astype(np.float64)
+
+
+def rule_masks(dictionary_masks: np.ndarray, scores: np.ndarray, indices: np.ndarray, rule: str) -> np.ndarray:
+    """The soft mask (N, P, P) ``rule`` would give every patch, accepted or not (to grade it)."""
+    everything = assign(scores, indices, rule, threshold=-np.inf, band=(-1.0, 1.0))
+    return soft_masks(dictionary_masks, everything.labels, everything.coefficients)
+
+
+@dataclass(frozen=True)
+class ThresholdCalibration:
+    """The top-2 threshold chosen on labelled patches treated as unlabelled.
+
+    Per grid threshold ``t`` (``thresholds`` (T,)): ``accepted_share`` of the patches whose two
+    best similarities exceed ``t``, ``pseudo_dice`` the mean Dice of their pseudo masks (nan when
+    none is accepted) and ``gain`` = sum over accepted patches of (Dice - ``quality_bar``) / N.
+    ``chosen`` maximises the gain (ties: the higher threshold), i.e. it accepts a patch when
+    patches of its similarity have pseudo masks better than ``quality_bar`` on average.
+    """
+
+    thresholds: np.ndarray
+    accepted_share: np.ndarray
+    pseudo_dice: np.ndarray
+    gain: np.ndarray
+    chosen: float
+    quality_bar: float
+    n_patches: int
+
+    def as_dict(self) -> dict[str, object]:
+        """Plain lists and numbers, for a JSON record."""
+        return {"thresholds": self.thresholds.tolist(), "accepted_share": self.accepted_share.tolist(),
+                "pseudo_dice": self.pseudo_dice.tolist(), "gain": self.gain.tolist(), "chosen": self.chosen,
+                "quality_bar": self.quality_bar, "n_patches": self.n_patches}
+
+
+#: The default grid of top-2 thresholds (centred cosine lies in [-1, 1]).
+THRESHOLD_GRID = tuple(np.round(np.linspace(-0.5, 1.0, 151), 3).tolist())
+
+
+def calibrate_threshold(scores: np.ndarray, dice_values: np.ndarray, *, thresholds: Sequence[float] = THRESHOLD_GRID,
+                        quality_bar: float = 0.5) -> ThresholdCalibration:
+    """Choose the top-2 threshold from patches whose pseudo-mask Dice is known.
+
+    ``scores`` (N, 2): each patch's two best similarities; ``dice_values`` (N,): the Dice of the
+    pseudo mask it would get. A patch passes ``t`` when both similarities exceed ``t``. The
+    threshold maximising ``sum_accepted (Dice - quality_bar)`` is kept (see
+    :class:`ThresholdCalibration`). Introduced in chapter 07.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    dice_values = np.asarray(dice_values, dtype=np.float64)
+    grid = np.asarray(thresholds, dtype=np.float64)
+    if scores.ndim != 2 or scores.shape[1] < 2 or dice_values.shape != (len(scores),):
+        raise InvalidInputError(f"need scores (N, 2) and Dice values (N,), got {scores.shape} and {dice_values.shape}")
+    if len(scores) == 0:
+        raise InvalidInputError("no patch to calibrate the threshold on (no labelled patch in a box?)")
+    if grid.ndim != 1 or len(grid) == 0 or np.any(np.diff(grid) <= 0):
+        raise InvalidInputError("thresholds must be a non-empty increasing sequence")
+    if not 0.0 <= quality_bar <= 1.0:
+        raise InvalidInputError(f"quality_bar must be in [0, 1], got {quality_bar!r}")
+    weakest = scores[:, :2].min(axis=1)
+    passed = weakest[None, :] > grid[:, None]  # (T, N)
+    counts = passed.sum(axis=1)
+    share = counts / len(scores)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_dice = np.where(counts > 0, (passed * dice_values).sum(axis=1) / counts, np.nan)
+    gain = (passed * (dice_values - quality_bar)).sum(axis=1) / len(scores)
+    best = np.flatnonzero(gain >= gain.max() - 1e-12)[-1]
+    return ThresholdCalibration(thresholds=grid, accepted_share=share, pseudo_dice=mean_dice, gain=gain,
+                                chosen=float(grid[best]), quality_bar=float(quality_bar), n_patches=len(scores))
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """One acceptance rule to compare: its name, rule, features (centred or plain) and threshold."""
+
+    name: str
+    rule: str
+    centred: bool
+    threshold: float = 0.90
+    band: tuple[float, float] = (0.87, 0.96)
+
+
+def report_rules(calibrated: float) -> list[RuleSpec]:
+    """The report's rules on plain cosine, its top-2 rule on centred features, and the calibrated one."""
+    return [RuleSpec("report top-2 > 0.90, plain cosine", "top2", False),
+            RuleSpec("report top-1 in [0.87, 0.96], plain cosine", "top1_band", False),
+            RuleSpec("top-2 > 0.90, centred", "top2", True),
+            RuleSpec(f"top-2 > {calibrated:.2f}, centred (calibrated)", "top2", True, threshold=calibrated)]
+
+
+def compare_rules(rules: Sequence[RuleSpec], dictionary: PatchDictionary, calibration: PseudoLabels,
+                  truth: np.ndarray, unlabelled: PseudoLabels | None = None) -> list[dict[str, object]]:
+    """For each rule: accepted share and mean pseudo-mask Dice on the calibration patches (whose
+    true masks ``truth`` (N, P, P) are known), and accepted share on the ``unlabelled`` patches.
+
+    Both :class:`PseudoLabels` must carry the plain (uncentred) matches. Introduced in chapter 07.
+    """
+    rows = []
+    for spec in rules:
+        shares = {}
+        for name, labels in (("calibration", calibration), ("unlabelled", unlabelled)):
+            if labels is None:
+                continue
+            scores, indices = (labels.scores, labels.indices) if spec.centred else (labels.plain_scores,
+                                                                                    labels.plain_indices)
+            if scores is None or indices is None:
+                raise InvalidInputError(f"{name} pseudo-labels carry no plain-cosine matches (made by pseudo_label?)")
+            accepted = assign(scores, indices, spec.rule, threshold=spec.threshold, band=spec.band).accepted
+            shares[name] = float(accepted.mean()) if len(accepted) else float("nan")
+            if name == "calibration":
+                values = patch_dice(rule_masks(dictionary.masks, scores, indices, spec.rule), truth)
+                dice_accepted = float(values[accepted].mean()) if accepted.any() else float("nan")
+        rows.append({"rule": spec.name, "calibration_share": shares["calibration"], "calibration_dice": dice_accepted,
+                     "unlabelled_share": shares.get("unlabelled", float("nan"))})
+    return rows
+
+
+def calibrate_on_labelled(encoder_model: nn.Module, dictionary: PatchDictionary, images: Sequence[np.ndarray],
+                          masks: Sequence[np.ndarray], boxes: Sequence[Box | None], config: PseudoLabelConfig,
+                          rng: np.random.Generator, *, quality_bar: float = 0.5,
+                          thresholds: Sequence[float] = THRESHOLD_GRID, device: str | torch.device = "auto",
+                          amp: torch.dtype | None = None) -> tuple[ThresholdCalibration, PseudoLabels, np.ndarray]:
+    """Pseudo-label labelled ``images`` as if unlabelled (patches inside ``boxes``, e.g. A''s
+    predicted boxes) and choose the top-2 threshold on their known ``masks``.
+
+    Returns the calibration, the patches' :class:`PseudoLabels` and their true masks (N, P, P).
+    Introduced in chapter 07.
+    """
+    labels = pseudo_label(encoder_model, dictionary, images, boxes, config, rng, device=device, amp=amp,
+                          progress=False)
+    truth = crop_patches([_as_volume(m, f"masks[{i}]") for i, m in enumerate(masks)], labels.locations,
+                         config.patch_size, dtype=np.uint8)
+    values = patch_dice(rule_masks(dictionary.masks, labels.scores, labels.indices, "top2"), truth)
+    calibration = calibrate_threshold(labels.scores, values, thresholds=thresholds, quality_bar=quality_bar)
+    return calibration, labels, truth
+
+
+def with_threshold(labels: PseudoLabels, threshold: float, band: tuple[float, float] = (0.87, 0.96)) -> PseudoLabels:
+    """``labels`` re-assigned by the top-2 rule at ``threshold`` (centred scores)."""
+    return dataclasses.replace(labels, assignment=assign(labels.scores, labels.indices, "top2", threshold=threshold,
+                                                         band=band))
 
 
 # --- figures ----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from covidlib.coarse import Box
 from covidlib.errors import InvalidInputError
 from covidlib.mean_teacher import (MeanTeacher, MeanTeacherConfig, consistency_loss, ema_alpha, ema_update,
                                    sigmoid_rampup)
@@ -222,3 +223,71 @@ def test_mean_teacher_config_rejects_bad_values():
         MeanTeacherConfig(validate="both")
     with pytest.raises(InvalidInputError, match="alpha"):
         MeanTeacherConfig(alpha=-0.1)
+
+
+def test_every_arm_and_its_control_take_the_same_optimizer_steps():
+    """Counted independently with a global optimizer hook: the four continuations of A' each take
+    semi_epochs x batches-per-epoch steps, although the arms see pseudo-labelled patches and early
+    stopping is asked for (patience 1) in the settings."""
+    import dataclasses
+
+    from covidlib.mean_teacher import ARMS, CONTROLS, semi_supervised_fold, semi_supervised_settings
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for case in range(7):
+        lesion = np.zeros((1, 32, 32), np.uint8)
+        y, x = rng.integers(4, 20, size=2)
+        lesion[0, y:y + 8, x:x + 8] = 1
+        arrays[f"c{case}"] = ((rng.normal(0, 0.3, lesion.shape) + 2.0 * lesion).astype(np.float32), lesion)
+    unlabelled = [arrays[f"c{case}"][0] + np.float32(0.1) for case in range(3)]
+    train, val, test = ["c0", "c1", "c2", "c3", "c4"], ["c5"], ["c6"]
+    settings = semi_supervised_settings(32, len(train), base_width=2, depth=2, supervised_epochs=2, semi_epochs=3,
+                                        lr=1e-2, patience=1, batch_size=2, amp="off", device="cpu", patch_size=8,
+                                        labelled_patches=10, patches_per_unlabelled=4, calibrate=False)
+    settings = dataclasses.replace(settings, pseudo=dataclasses.replace(settings.pseudo, top2_threshold=-1.0),
+                                   semi=dataclasses.replace(settings.semi, patience=1))
+    counts: dict[int, int] = {}
+
+    def count(optimizer, args, kwargs):
+        counts[id(optimizer)] = counts.get(id(optimizer), 0) + 1
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    handle = register_optimizer_step_post_hook(count)
+    try:
+        result = semi_supervised_fold(arrays, train, val, test, unlabelled, settings,
+                                      unlabelled_boxes=[Box(0, 1, 0, 32, 0, 32)] * 3)
+    finally:
+        handle.remove()
+    assert result["pseudo"]["accepted"] > 0  # the arms did get unlabelled data
+    steps = list(counts.values())  # in order: A', control, pseudo_labels, control_ema, mean_teacher
+    assert len(steps) == len(ARMS)
+    expected = 3 * 3  # 3 epochs of ceil(5 / 2) batches
+    assert steps[1:] == [expected] * 4
+    assert [result["steps"][arm] for arm in ARMS[1:]] == steps[1:]
+    for arm, control in CONTROLS.items():
+        assert result["steps"][arm] == result["steps"][control]
+    assert set(result["dice"]) == set(ARMS) == set(result["infnet_mean_dice"])
+    assert result["threshold"] == -1.0 and result["a_prime"]["precondition"] == 0.75
+
+
+def test_compare_arms_pairs_each_arm_with_its_control():
+    """Paired differences by hand on made-up results of 2 folds x 2 seeds."""
+    from covidlib.mean_teacher import ARMS, compare_arms
+
+    results = []
+    for seed in (0, 1):
+        for fold in (0, 1):
+            base = 0.5 + 0.1 * fold + 0.01 * seed
+            dice = {"supervised": base, "control": base + 0.01, "pseudo_labels": base + 0.03,
+                    "control_ema": base + 0.02, "mean_teacher": base + 0.02 - 0.01 * fold}
+            results.append({"seed": seed, "fold": fold, "dice": dice, "infnet_mean_dice": dict(dice)})
+    summary = compare_arms(results)
+    paired = summary["dice"]["paired"]
+    assert paired["pseudo_labels"]["mean_difference"] == pytest.approx(0.02)
+    assert paired["pseudo_labels"]["low"] == pytest.approx(0.02) and paired["pseudo_labels"]["n"] == 4
+    assert paired["mean_teacher"]["per_unit"] == pytest.approx([0.0, 0.0, -0.01, -0.01])
+    control_mean = np.mean([0.51 + 0.1 * f + 0.01 * s for f in (0, 1) for s in (0, 1)])
+    assert paired["pseudo_labels"]["percent"] == pytest.approx(100 * 0.02 / control_mean)
+    assert summary["dice"]["arms"]["supervised"]["n"] == 4 and set(summary["dice"]["arms"]) == set(ARMS)

@@ -200,3 +200,69 @@ def test_config_validation():
         PseudoLabelConfig(band=(0.96, 0.87))
     with pytest.raises(InvalidInputError, match="labelled_margin"):
         PseudoLabelConfig(labelled_margin=-1)
+
+
+# --- the threshold chosen on labelled patches treated as unlabelled -----------------------------
+
+def test_calibrate_threshold_finds_the_known_threshold_of_a_step():
+    """Pseudo masks are right (Dice 1) exactly when the weaker of the two best similarities exceeds
+    0.4 and wrong (Dice 0) below: any quality bar in (0, 1) must choose 0.4."""
+    from covidlib.pseudo import calibrate_threshold
+
+    rng = np.random.default_rng(0)
+    second = rng.uniform(-1.0, 1.0, 4000)
+    scores = np.stack([np.minimum(second + rng.uniform(0, 0.2, second.size), 1.0), second], axis=1)
+    values = (second > 0.4).astype(float)
+    grid = np.round(np.arange(-1.0, 1.0001, 0.01), 2)
+    for bar in (0.2, 0.5, 0.9):
+        result = calibrate_threshold(scores, values, thresholds=grid, quality_bar=bar)
+        assert result.chosen == pytest.approx(0.4)
+        at = int(np.flatnonzero(np.isclose(grid, 0.4))[0])
+        assert result.accepted_share[at] == pytest.approx(np.mean(second > 0.4))
+        assert result.pseudo_dice[at] == 1.0
+        assert result.pseudo_dice[at - 20] < 1.0  # below 0.4 wrong masks come in
+    # the top-2 rule needs both similarities above t: a high first score alone does not pass
+    assert calibrate_threshold(np.array([[0.99, -0.5], [0.99, 0.99]]), np.array([1.0, 1.0]),
+                               thresholds=[0.0, 0.5], quality_bar=0.5).accepted_share.tolist() == [0.5, 0.5]
+
+
+def test_calibrate_threshold_where_mask_quality_rises_smoothly():
+    """Dice ~ Bernoulli(p(s)) with p(s) = (s + 1) / 2: patches beat the bar 0.5 on average exactly
+    above s = 0, so the gain sum_accepted (Dice - 0.5) peaks there (up to sampling noise)."""
+    from covidlib.pseudo import calibrate_threshold
+
+    rng = np.random.default_rng(1)
+    second = rng.uniform(-1.0, 1.0, 200_000)
+    values = (rng.random(second.size) < (second + 1) / 2).astype(float)
+    result = calibrate_threshold(np.stack([second, second], axis=1), values, quality_bar=0.5)
+    assert abs(result.chosen) <= 0.03
+    # the gain is zero when nothing is accepted and the same as by hand at one threshold
+    assert result.gain[-1] == 0.0 and result.thresholds[-1] == 1.0
+    index = int(np.argmin(np.abs(result.thresholds - 0.5)))
+    passed = second > result.thresholds[index]
+    assert result.gain[index] == pytest.approx(np.sum(values[passed] - 0.5) / second.size)
+
+
+def test_calibrate_threshold_accepts_nothing_when_no_mask_is_good_enough_and_rejects_bad_input():
+    from covidlib.pseudo import calibrate_threshold
+
+    scores = np.tile(np.linspace(-0.9, 0.9, 50)[:, None], (1, 2))
+    result = calibrate_threshold(scores, np.full(50, 0.1), quality_bar=0.5)
+    assert result.chosen == 1.0 and result.accepted_share[-1] == 0.0
+    with pytest.raises(InvalidInputError, match="no patch"):
+        calibrate_threshold(np.zeros((0, 2)), np.zeros(0))
+    with pytest.raises(InvalidInputError, match="scores"):
+        calibrate_threshold(np.zeros((3, 1)), np.zeros(3))
+    with pytest.raises(InvalidInputError, match="increasing"):
+        calibrate_threshold(scores, np.zeros(50), thresholds=[0.5, 0.2])
+
+
+def test_patch_dice_by_hand():
+    from covidlib.pseudo import patch_dice
+
+    predicted = np.zeros((3, 4, 4), np.float32)
+    truth = np.zeros((3, 4, 4), np.uint8)
+    predicted[0, :2, :2] = 0.9  # 4 pixels, 2 of them true
+    truth[0, :1, :] = 1  # 4 pixels
+    truth[1, 0, 0] = 1  # nothing predicted
+    np.testing.assert_allclose(patch_dice(predicted, truth), [2 * 2 / 8, 0.0, 1.0])  # both empty: 1

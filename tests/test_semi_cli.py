@@ -17,7 +17,7 @@ from covidlib.data import fit_slice, kfold_volumes
 from covidlib.datasets import get_dataset
 from covidlib.errors import InvalidInputError
 from covidlib.inference import load_model, prepare_slices
-from covidlib.mean_teacher import ARMS, nested_fold, semi_supervised_settings
+from covidlib.mean_teacher import ARMS, CONTROLS, semi_supervised_settings
 from covidlib.preprocess import normalise_image
 
 SIDE = 32  # the images are as large as the network input, so evaluate sees exactly what training saw
@@ -148,21 +148,6 @@ def test_settings_scale_the_report_patch_and_margins() -> None:
     assert settings.supervised.train.seed == settings.semi.seed == 3
     capped = semi_supervised_settings(128, 32, batch_size=8, max_steps_per_epoch=2)
     assert capped.mean_teacher.rampup_steps == 5 * 2
-
-
-def test_nested_fold_partitions_the_cases() -> None:
-    ids = [f"c{i}" for i in range(12)]
-    tests = []
-    for fold in range(3):
-        train, val, test = nested_fold(ids, 3, fold, seed=0)
-        assert (len(train), len(val), len(test)) == (7, 1, 4)
-        assert sorted(train + val + test) == sorted(ids)
-        tests += test
-    assert sorted(tests) == sorted(ids)  # every case is tested exactly once
-    with pytest.raises(InvalidInputError, match="fold"):
-        nested_fold(ids, 3, 3, seed=0)
-    with pytest.raises(InvalidInputError, match="validation count"):
-        nested_fold(ids, 3, 0, seed=0, n_val=8)
 
 
 def test_bad_input_names_the_dataset_or_argument(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
