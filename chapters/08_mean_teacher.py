@@ -26,14 +26,18 @@
 # - the warm-up of the averaging rate, α_t = min(1 − 1/(t+1), α), and the sigmoid ramp-up of the
 #   consistency weight, exp(−5(1 − t/T)²), written out and checked against the library;
 # - how {doc}`chapter 07 <07_pseudo_labels>`'s soft {term}`pseudo masks <Pseudo-label>` enter the loss, each patch weighted by its similarity;
-# - the comparison the report left blank ("an improvement of ??? percent"): A′ alone vs
-#   + pseudo-labels vs + pseudo-labels and mean teacher, as mean ± sd over folds.
+# - the comparison the report left blank ("an improvement of ??? percent"), made fair: nested
+#   cross-validation (the outer fold only scores), and each semi-supervised arm against a
+#   *control* that trains as many steps with the same noise and selection but no unlabelled data;
+#   mean ± sd over folds and seeds, and the paired difference with a 95 % bootstrap interval;
+# - the answer on the real COVID-SemiSeg slices (the committed reference record).
 #
 # **Prerequisites** {doc}`chapter 07 <07_pseudo_labels>` (pseudo-labels); {doc}`chapter 04 <04_unet_and_attention>`
 # (the Trainer).
 #
-# **Run time** quick: ~1.5 min CPU (phantom, 2 folds of tiny networks); full: hours on a GPU
-# (5 folds; `dataset="covid-semiseg"` uses its 50 labelled and 1600 unlabelled slices).
+# **Run time** quick: ~2 min CPU (2 folds of tiny networks, phantom or COVID-SemiSeg);
+# reference (COVID-SemiSeg, 5 folds x 3 seeds of small networks at 128 px, 400 unlabelled
+# slices): about half an hour on a 2-core CPU; full: hours on a GPU.
 
 # %% tags=["remove-cell"]
 # Colab and fresh kernels: install the book's library only when it is missing.
@@ -57,23 +61,28 @@ noise_std = 0.1
 
 # %%
 import time
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from IPython.display import Markdown, display
 from torch import nn
 
-from covidlib.config import format_summary, runtime_summary, seed_everything
+from covidlib.config import choose, format_summary, runtime_summary, seed_everything
 from covidlib.datasets import get_dataset
 from covidlib.inference import prepare_slices
-from covidlib.mean_teacher import (ARMS, ema_update, nested_fold, semi_supervised_fold, semi_supervised_settings,
-                                   sigmoid_rampup)
-from covidlib.results import write_record
+from covidlib.mean_teacher import (A_PRIME_PRECONDITION, ARMS, CONTROLS, arm_rows, compare_arms, ema_update,
+                                   paired_rows, run_semi_cv, sigmoid_rampup)
+from covidlib.records import load_reference, reference_notice
+from covidlib.restoration import RestorationSettings, pretrained_weights
+from covidlib.results import markdown_table, write_record
+from covidlib.viz import show_grouped_values
 
 seed_everything(seed)
-quick = setting == "quick"
-if quick:
-    torch.set_num_threads(1)  # tiny networks: more threads only add overhead on a shared CPU
+# One thread: these networks are small, and on a shared 2-core CPU a second torch thread
+# measured 4-5 times slower per step (it spin-waits for a busy core).
+torch.set_num_threads(1)
 runtime = runtime_summary(setting=setting, device=device, seed=seed, dataset=dataset)
 print(format_summary(runtime))
 
@@ -116,34 +125,49 @@ plt.tight_layout(); plt.show()
 # %% [markdown]
 # ## Settings and data
 #
-# The semi-supervised arms start from A′ and train for fewer epochs at half its learning rate.
-# A step sees a labelled batch, a batch of pseudo-labelled patches and, for the mean teacher,
-# the teacher's predictions of both under fresh noise. The spatial augmentation is shared by
-# student and teacher (it happens in the data set), so their outputs stay pixel-aligned; only
-# the noise differs.
+# A′ is fine-tuned from A, a U-Net pretrained without labels on the unlabelled slices by
+# Models-Genesis restoration (2D data; the phantom has no separate unlabelled source, so there A′
+# starts from scratch). Four continuations of A′ then train for the same number of steps at half
+# its learning rate, with the same input noise, each keeping its epoch best on the validation
+# slices: a **control** (labels only), **+ pseudo-labels** (a batch of pseudo-labelled patches
+# added to each step), a **control with the mean teacher** (the consistency cost and EMA teacher
+# on the labelled batches only) and **+ mean teacher** (the same with the pseudo-labelled
+# patches). So the difference between an arm and its control is what the unlabelled data adds.
+# The pseudo-label threshold is chosen on the validation slices
+# ({doc}`chapter 07 <07_pseudo_labels>`, step 6). The spatial augmentation is shared by student
+# and teacher (it happens in the data set), so their outputs stay pixel-aligned; only the noise differs.
 
 # %%
 is_phantom = dataset == "phantom"
-slice_size = (64 if quick else 256) if is_phantom else (96 if quick else 352)
-n_labelled = 10 if quick else 50
-n_unlabelled = 6 if quick else 200
+slice_size = (choose(setting, quick=64, reference=128, full=256) if is_phantom
+              else choose(setting, quick=96, reference=128, full=352))
+n_labelled = choose(setting, quick=10, reference=50, full=50)
+n_unlabelled = choose(setting, quick=6, reference=50, full=200)  # volumes; on 2D data 8 slices stand for one
 n_folds = 5
-run_folds = 2 if quick else 5
-base_width, depth = (4, 3) if quick else (32, 4)
+run_folds = choose(setting, quick=2, reference=n_folds, full=n_folds)
+seeds = [seed + k for k in range(choose(setting, quick=1, reference=3, full=3))]
+base_width, depth = choose(setting, quick=(4, 3), reference=(8, 4), full=(32, 4))
 batch_size = 8
-# A' and the two arms start from these settings; each fold adds its own number of training cases.
+restoration_steps = choose(setting, quick=4, reference=100, full=2000)
+pretrained_cache = Path(output_dir) / "pretrained"  # shared with chapters 05 and 07: same settings, same weights
+cv_cache = Path(output_dir) / "08_semi_cv"  # one result per (seed, fold): a re-run continues
+# A' and the four continuations; each fold adds its own number of training cases and its seed.
 settings_options = dict(
-    base_width=base_width, depth=depth, supervised_epochs=6 if quick else 500, semi_epochs=3 if quick else 100,
-    lr=5e-3 if quick else 2e-4, patience=30, batch_size=batch_size, rule=rule, amp="off" if quick else "auto",
-    device=device, seed=seed, max_steps_per_epoch=4 if quick else None,
-    patch_size=(16 if quick else 32) if is_phantom else None,
-    labelled_patches=40 if quick else 120, patches_per_unlabelled=8 if quick else 32,
-    rampup_steps=4 if quick else 500, alpha=ema_alpha, consistency_weight=consistency_weight, noise_std=noise_std,
-    output_size=slice_size if is_phantom else None, empty_fraction=0.3, augment=not quick)
+    base_width=base_width, depth=depth, supervised_epochs=choose(setting, quick=6, reference=10, full=500),
+    semi_epochs=choose(setting, quick=3, reference=3, full=100), lr=choose(setting, quick=5e-3, reference=1e-3, full=2e-4),
+    patience=30, batch_size=batch_size, rule=rule, amp=choose(setting, quick="off", reference="auto", full="auto"),
+    device=device, max_steps_per_epoch=choose(setting, quick=4, reference=None, full=None),
+    patch_size=choose(setting, quick=16, reference=16, full=32) if is_phantom else None,
+    labelled_patches=choose(setting, quick=40, reference=120, full=120),
+    patches_per_unlabelled=choose(setting, quick=8, reference=32, full=32),
+    rampup_steps=choose(setting, quick=4, reference=8, full=500), alpha=ema_alpha,
+    consistency_weight=consistency_weight, noise_std=noise_std, output_size=slice_size if is_phantom else None,
+    empty_fraction=0.3, augment=setting != "quick")
 
 t0 = time.perf_counter()
+native = None
 if is_phantom:
-    shape = (12, 64, 64) if quick else (48, 256, 256)
+    shape = choose(setting, quick=(12, 64, 64), reference=(24, 128, 128), full=(48, 256, 256))
     spacing_mm = 512 / slice_size * 0.7
     labelled_part = prepare_slices(get_dataset("phantom", n=n_labelled, seed=seed, shape=shape), method="lung-crop",
                                    spacing_mm=spacing_mm)
@@ -152,71 +176,125 @@ if is_phantom:
     arrays, preparation = labelled_part.labelled, labelled_part.steps
     unlabelled = [image for image, _ in hidden.values()]
 else:
-    # 8 unlabelled slices stand for one unlabelled "volume"
-    prepared = prepare_slices(get_dataset(dataset, data_root or None), slice_size, n_unlabelled=n_unlabelled * 8)
+    real = get_dataset(dataset, data_root or None)
+    prepared = prepare_slices(real, slice_size, n_unlabelled=n_unlabelled * 8)
     arrays, unlabelled, preparation = prepared.labelled, prepared.unlabelled, prepared.steps
+    native = prepare_slices(real, None).labelled  # scored at each slice's own size
 print("preparation:", "; ".join(preparation))
 print(f"{len(arrays)} labelled, {len(unlabelled)} unlabelled images; loaded in {time.perf_counter() - t0:.1f} s")
+
+initial_state = None
+if not is_phantom:
+    restoration = RestorationSettings(base_width=base_width, depth=depth, steps=restoration_steps, seed=seed,
+                                      amp=settings_options["amp"])
+    initial_state, pretrained_info = pretrained_weights(np.concatenate(unlabelled), restoration, pretrained_cache,
+                                                        device=device, progress=False)
+    print(f"model A: {restoration_steps} restoration steps on {len(unlabelled)} unlabelled slices"
+          f"{' (cached)' if pretrained_info['cached'] else ''}")
 
 # %% [markdown]
 # ## The comparison
 #
-# Five folds over the labelled cases: each fold's held-out cases are the test set; of the rest,
-# a fifth selects the best epoch (validation {term}`Dice`) and the others train. Per fold, A′ is trained
-# on labels only, its prediction on the unlabelled images gives the boxes (a 2D stand-in for the
-# coarse 3D network of {doc}`chapter 07 <07_pseudo_labels>`, which is cheap to swap in), the patches are pseudo-labelled,
-# and the two arms continue from A′. All arms are scored on the same held-out cases.
+# Nested cross-validation over the labelled cases: each outer fold's cases only score; of the
+# rest, a fifth picks every epoch and the pseudo-label threshold and the others train
+# (`covidlib.crossval.nested_folds`). Per fold, A′ gives the boxes on the unlabelled images (a
+# 2D stand-in for the coarse 3D network of {doc}`chapter 07 <07_pseudo_labels>`), the patches
+# are pseudo-labelled and the four continuations run. Scores are per slice at each slice's own
+# size: {term}`Dice` at probability 0.5 and Inf-Net's mean Dice over 256 thresholds.
 
 # %%
-rows = []
-for fold in range(run_folds):
-    train_ids, val_ids, test_ids = nested_fold(list(arrays), n_folds, fold, seed)
-    settings = semi_supervised_settings(slice_size, len(train_ids), **settings_options)
-    t0 = time.perf_counter()
-    result = semi_supervised_fold(arrays, train_ids, val_ids, test_ids, unlabelled, settings)
-    rows.append(result)
-    print(f"fold {fold}: " + ", ".join(f"{arm} {result['dice'][arm]:.3f}" for arm in ARMS)
-          + f"; {result['pseudo']['accepted']}/{result['pseudo']['patches']} patches accepted; "
-          f"{time.perf_counter() - t0:.0f} s")
-
-# %%
-dice_by_arm = {arm: [row["dice"][arm] for row in rows] for arm in ARMS}
-summary = {arm: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0) for arm, v in dice_by_arm.items()}
-baseline = summary["supervised"][0]
-improvement = {arm: (summary[arm][0] - baseline) / baseline * 100 if baseline > 0 else float("nan") for arm in ARMS}
-print(f"{'arm':<15} {'Dice mean ± sd':>16} {'vs A′':>9}")
-for arm in ARMS:
-    print(f"{arm:<15} {summary[arm][0]:>8.3f} ± {summary[arm][1]:.3f} {improvement[arm]:>+8.1f}%")
-
-# %% mystnb={"figure": {"caption": "Test Dice on each fold's held-out cases (grey, one line per fold) for A\u2032 trained on labels only, with pseudo-labels added, and with pseudo-labels and a mean teacher; red: mean \u00b1 sd over folds. In quick mode these are two folds of tiny networks: a check that the pipeline runs, not evidence.", "name": "fig-08-arms"}}
-fig, ax = plt.subplots(figsize=(5, 3.2))
-for fold in range(len(rows)):
-    ax.plot(range(len(ARMS)), [dice_by_arm[arm][fold] for arm in ARMS], marker="o", color="0.6")
-ax.errorbar(range(len(ARMS)), [summary[a][0] for a in ARMS], yerr=[summary[a][1] for a in ARMS], color="tab:red",
-            marker="s", capsize=4, label="mean ± sd")
-ax.set_xticks(range(len(ARMS)), ["A′ (labels)", "+ pseudo-labels", "+ mean teacher"])
-ax.set_ylabel("test Dice"); ax.set_title(f"Held-out Dice per fold ({dataset}, {'quick' if quick else 'full'})")
-ax.legend(fontsize=8); plt.tight_layout(); plt.show()
+t0 = time.perf_counter()
+results = run_semi_cv(arrays, unlabelled, slice_size, settings_options, cv_cache, folds=n_folds, seeds=seeds,
+                      run_folds=run_folds, native=native, initial_state=initial_state)
+seconds_cv = time.perf_counter() - t0
+for row in results:
+    print(f"seed {row['seed']} fold {row['fold']}: " + ", ".join(f"{arm} {row['dice'][arm]:.3f}" for arm in ARMS)
+          + f"; threshold {row['threshold']:.2f}, {row['pseudo']['accepted']}/{row['pseudo']['patches']} patches accepted")
+for row in results:  # the controls' budget equals their arms' (checked, not assumed)
+    assert all(row["steps"][arm] == row["steps"][control] for arm, control in CONTROLS.items()), row["steps"]
+summary = compare_arms(results)
+a_prime_dice = [row["a_prime"]["val_dice"] for row in results]
 
 # %% [markdown]
-# Read the quick-mode numbers ({numref}`fig-08-arms`) as a demonstration that the pipeline runs, not as evidence: the
-# networks are tiny and train for a handful of steps. The full run (and the COVID-SemiSeg
-# cross-validation in `benchmarks/cv_semisupervised.py`) fills the report's blank with the
-# improvement — or the lack of one — of each arm over A′.
+# Every arm, mean over folds and seeds, with the spread between folds and between seeds:
 
 # %%
-numbers = {"dice": dice_by_arm, "mean": {a: summary[a][0] for a in ARMS}, "sd": {a: summary[a][1] for a in ARMS},
-           "improvement_percent": improvement, "folds_run": len(rows), "n_folds": n_folds,
-           "accepted": [row["pseudo"]["accepted"] for row in rows], "patches": [row["pseudo"]["patches"] for row in rows],
-           "seconds": [row["seconds"] for row in rows], "preparation": preparation}
+display(Markdown(markdown_table(arm_rows(summary), ("arm (this run)", "Dice at 0.5", "sd over seeds",
+                                                    "Inf-Net mean Dice"))))
+display(Markdown(markdown_table(paired_rows(summary), ("arm − its control (this run)", "metric",
+                                                       "difference [95 % CI]", "in % of the control", "units"))))
+display(Markdown(f"A′ validation Dice: {np.mean(a_prime_dice):.3f} on average; the report's precondition "
+                 f"(> {A_PRIME_PRECONDITION}) holds in {sum(d > A_PRIME_PRECONDITION for d in a_prime_dice)} of "
+                 f"{len(a_prime_dice)} (fold, seed) runs."))
+
+# %% mystnb={"figure": {"caption": "This run: the paired difference in test Dice at 0.5 of each semi-supervised arm against its control (same fold, same seed, same number of steps), one point per (fold, seed); the black bar is the mean. Above zero the unlabelled data helped. In quick mode these are tiny networks on two folds: a check that the pipeline runs, not evidence.", "name": "fig-08-arms"}}
+show_grouped_values({f"{arm} − {control}": summary["dice"]["paired"][arm]["per_unit"]
+                     for arm, control in CONTROLS.items() if arm in summary["dice"]["paired"]},
+                    ylabel="Dice difference", title=f"Paired differences ({dataset}, {setting})",
+                    empty_message="fewer than two (fold, seed) runs: no paired difference")
+
+# %% [markdown]
+# ## On real scans (reference record): the report's "???"
+#
+# The report wrote "an improvement of ??? percent". The committed reference record answers it
+# on COVID-SemiSeg: the difference of each arm against its control of the same budget, in
+# percent of the control's mean Dice, with its 95 % bootstrap interval over (fold, seed) runs.
+
+# %%
+reference = load_reference("08_mean_teacher")
+display(Markdown(reference_notice(reference, "08_mean_teacher")))
+if reference is not None:
+    ref = reference.numbers
+    display(Markdown(markdown_table(arm_rows(ref["summary"]), ("arm (reference record)", "Dice at 0.5",
+                                                               "sd over seeds", "Inf-Net mean Dice"))))
+    display(Markdown(markdown_table(paired_rows(ref["summary"]), ("arm − its control (reference record)", "metric",
+                                                                  "difference [95 % CI]", "in % of the control",
+                                                                  "units"))))
+    answer = ref["summary"]["dice"]["paired"]["mean_teacher"]
+    pseudo_answer = ref["summary"]["dice"]["paired"]["pseudo_labels"]
+    display(Markdown(
+        f"**The answer.** On COVID-SemiSeg ({ref['units']} (fold, seed) runs), pseudo-labels and the mean teacher "
+        f"change test Dice at 0.5 by **{answer['percent']:+.1f} %** of the control's "
+        f"(95 % CI {answer['percent_low']:+.1f} % to {answer['percent_high']:+.1f} %); pseudo-labels alone by "
+        f"{pseudo_answer['percent']:+.1f} % ({pseudo_answer['percent_low']:+.1f} % to "
+        f"{pseudo_answer['percent_high']:+.1f} %). "
+        + ("The interval of the mean teacher excludes zero." if answer["low"] > 0 or answer["high"] < 0 else
+           "The interval of the mean teacher includes zero: at this budget the unlabelled data's effect is not "
+           "distinguishable from none.")
+        + f" A′ reached validation Dice {ref['a_prime_val_dice_mean']:.3f} on average; the report's precondition "
+        f"(> {A_PRIME_PRECONDITION}) held in {ref['a_prime_precondition_met']} of {ref['units']} runs. The "
+        f"pseudo-label threshold chosen on the validation slices averaged {ref['threshold_mean']:.2f}, accepting "
+        f"{ref['accepted_share_mean']:.0%} of the unlabelled patches."))
+
+# %% mystnb={"figure": {"caption": "Reference record (COVID-SemiSeg): the paired difference in test Dice at 0.5 of each semi-supervised arm against its control of the same budget, one point per (fold, seed), the black bar the mean. Without a record the panel says so.", "name": "fig-08-reference-arms"}}
+show_grouped_values({f"{arm} − {control}": reference.numbers["summary"]["dice"]["paired"][arm]["per_unit"]
+                     for arm, control in CONTROLS.items()} if reference is not None else None,
+                    ylabel="Dice difference", title="Paired differences (COVID-SemiSeg, reference record)",
+                    empty_message="no reference record of chapter 08 yet")
+
+# %%
+numbers = {"summary": summary, "units": len(results), "folds_run": run_folds, "n_folds": n_folds, "seeds": seeds,
+           "dice": {arm: [row["dice"][arm] for row in results] for arm in ARMS},
+           "infnet_mean_dice": {arm: [row["infnet_mean_dice"][arm] for row in results] for arm in ARMS},
+           "steps": [row["steps"] for row in results], "thresholds": [row["threshold"] for row in results],
+           "threshold_mean": float(np.mean([row["threshold"] for row in results])),
+           "accepted": [row["pseudo"]["accepted"] for row in results], "patches": [row["pseudo"]["patches"] for row in results],
+           "accepted_share_mean": float(np.mean([row["pseudo"]["accepted"] / max(row["pseudo"]["patches"], 1)
+                                                 for row in results])),
+           "a_prime_val_dice": a_prime_dice, "a_prime_val_dice_mean": float(np.mean(a_prime_dice)),
+           "a_prime_precondition_met": int(sum(d > A_PRIME_PRECONDITION for d in a_prime_dice)),
+           "a_prime_pretrained": initial_state is not None,
+           "rules": [row["rules"] for row in results],
+           "seconds": [row["seconds"] for row in results], "seconds_cv": seconds_cv, "preparation": preparation}
 write_record(output_dir, "08_mean_teacher",
-             parameters=dict(dataset=dataset, data_root=data_root, setting=setting, device=device, seed=seed, rule=rule, ema_alpha=ema_alpha,
-                             consistency_weight=consistency_weight, noise_std=noise_std, base_width=base_width,
-                             depth=depth, slice_size=slice_size),
+             parameters=dict(dataset=dataset, data_root=data_root, setting=setting, device=device, seed=seed, rule=rule,
+                             ema_alpha=ema_alpha, consistency_weight=consistency_weight, noise_std=noise_std,
+                             slice_size=slice_size, restoration_steps=restoration_steps,
+                             n_unlabelled_images=len(unlabelled), settings=settings_options),
              numbers=numbers, runtime=runtime)
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(f"folds run: {len(rows)} of {n_folds}; arms: {', '.join(ARMS)}")
+print(f"units run: {len(results)} ({run_folds} of {n_folds} folds x {len(seeds)} seed(s)); arms: {', '.join(ARMS)}")
 print(f"ema alpha at steps 0, 1, 9, 299: {[round(float(a), 3) for a in by_hand_alpha[[0, 1, 9, 299]]]}")
-print(f"accepted patches per fold: {numbers['accepted']} of {numbers['patches']}")
+print(f"equal steps, arm and control: {all(r['steps'][a] == r['steps'][c] for r in results for a, c in CONTROLS.items())}")
