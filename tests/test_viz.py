@@ -212,3 +212,17 @@ def test_grouped_values_one_column_per_group_with_its_mean() -> None:
     assert [t.get_text() for t in ax.get_xticklabels()] == ["fold 1", "fold 2"] and ax.get_ylabel() == "infection share"
     with pytest.raises(InvalidInputError, match="'fold 3'"):
         viz.show_grouped_values({"fold 3": [float("nan")]})
+
+
+def test_show_curves_one_line_per_curve_from_step_one_or_a_message() -> None:
+    fig = viz.show_curves({"unet": [0.4, 0.2, 0.1], "attention-unet": [0.5]}, ylabel="loss", log_y=True)
+    ax = fig.axes[0]
+    lines = ax.get_lines()
+    assert [line.get_label() for line in lines] == ["unet", "attention-unet"]
+    np.testing.assert_array_equal(lines[0].get_xdata(), [1, 2, 3])
+    np.testing.assert_array_equal(lines[0].get_ydata(), [0.4, 0.2, 0.1])
+    assert ax.get_yscale() == "log" and ax.get_ylabel() == "loss"
+    (empty,) = viz.show_curves(None, empty_message="no record yet").axes
+    assert [text.get_text() for text in empty.texts] == ["no record yet"] and not empty.get_lines()
+    with pytest.raises(InvalidInputError, match="'bad'"):
+        viz.show_curves({"bad": []})
