@@ -34,7 +34,9 @@
 # **Prerequisites** {doc}`chapter 04 <04_unet_and_attention>` (U-Net, Trainer) and
 # {doc}`chapter 05 <05_transfer_learning>` (pretraining, fine-tuning recipes).
 #
-# **Run time** quick: ~1.5 min CPU; full: many GPU hours (the report's 40-vs-5-volume setting,
+# **Run time** quick: ~1.5 min CPU; reference (COVID-SemiSeg's labelled slices, a width-16 U-Net
+# on 128-pixel slices, fine-tuned from chapter 05's self-supervised restoration weights): about
+# 10-15 min on a quiet 2-core CPU; full: many GPU hours (the report's 40-vs-5-volume setting,
 # several repeats).
 
 # %% tags=["remove-cell"]
@@ -67,12 +69,11 @@ import numpy as np
 import torch
 
 import covidlib.viz  # noqa: F401  (shows the pyplot-free figures below as PNG in a fresh kernel)
-from covidlib.config import format_summary, runtime_summary, seed_everything
+from covidlib.config import choose, format_summary, runtime_summary, seed_everything
 
 seed_everything(seed)
-quick = setting == "quick"
-if quick:
-    torch.set_num_threads(1)  # the quick networks are tiny: extra threads only add overhead
+# the quick networks are tiny: extra threads only add overhead; the reference U-Net uses both cores
+torch.set_num_threads(choose(setting, quick=1, reference=2, full=torch.get_num_threads()))
 runtime = runtime_summary(setting=setting, device=device, seed=seed, dataset=dataset)
 print(format_summary(runtime))
 
@@ -81,35 +82,43 @@ print(format_summary(runtime))
 #
 # Quick mode shrinks everything to fit the chapter's CPU budget: a U-Net of widths 8-64 on
 # 64 x 64 slices, 8 vs 2 volumes, 60 optimizer steps a run at a learning rate of 2e-3 (so that
-# so few steps get somewhere), 2 repeats. Full mode is the report's
+# so few steps get somewhere), 2 repeats. The reference setting runs on real slices
+# (COVID-SemiSeg) with a U-Net of widths 16-256 on 128 x 128 slices, 25 epochs a run, and
+# fine-tunes from the self-supervised restoration weights of {doc}`chapter 05 <05_transfer_learning>`
+# (cached: the same settings and slices give the same file). Full mode is the report's
 # setting: the paper-sized U-Net (widths 64-1024), 1 mm slices of 256 x 256, 40 vs 5 volumes,
 # Adam at 2e-4 (x0.8 every 25 epochs), at most 500 epochs with early stopping. The report
 # validated every 100 iterations and kept a model only when it improved; full mode keeps every
 # 1000th step on disk instead (a snapshot of the full-size U-Net is about 125 MB).
 
 # %%
+from covidlib.preprocess import SLICE_EXTENT_MM
 from covidlib.train import TrainConfig
 from covidlib.transfer import SliceTraining
 
-n_many = 8 if quick else many_volumes
-n_few = 2 if quick else few_volumes
-n_repeats = 2 if quick else repeats
-n_val, n_probe = (1, 2) if quick else (10, 5)
-n_source = 3 if quick else 40  # per source disease (phantom nodule / effusion cohorts)
-phantom_shape = (16, 64, 64) if quick else (64, 256, 256)
-spacing_mm = 4.0 if quick else 1.0  # in-plane resampling (the report: 1 mm)
-slice_size = 64 if quick else 256
-base_width, depth = (8, 3) if quick else (64, 4)
-steps_per_epoch = 6 if quick else None  # quick: every run takes the same 6 steps an epoch
-interval = steps_per_epoch if quick else snapshot_interval
-train_config = TrainConfig(epochs=10 if quick else 500, lr=2e-3 if quick else 2e-4, patience=30,
-                           max_steps_per_epoch=steps_per_epoch, amp="off" if quick else "auto",
+slices_2d = dataset == "covid-semiseg"  # a cohort of single 2D 8-bit slices: each "volume" is one slice
+n_many = choose(setting, quick=8, reference=30, full=many_volumes)
+n_few = choose(setting, quick=2, reference=few_volumes, full=few_volumes)
+n_repeats = choose(setting, quick=2, reference=2, full=repeats)
+n_val, n_probe = choose(setting, quick=(1, 2), reference=(8, 10), full=(10, 5))
+n_source = choose(setting, quick=3, reference=12, full=40)  # per source disease (3D phantom nodule / effusion cohorts)
+phantom_shape = choose(setting, quick=(16, 64, 64), reference=(32, 128, 128), full=(64, 256, 256))
+slice_size = choose(setting, quick=64, reference=128, full=256)
+# in-plane resampling (the report: 1 mm); a 2D slice has no spacing: its longer side becomes the slice size
+spacing_mm = SLICE_EXTENT_MM / slice_size if slices_2d else choose(setting, quick=4.0, reference=2.0, full=1.0)
+base_width, depth = choose(setting, quick=(8, 3), reference=(16, 4), full=(64, 4))
+steps_per_epoch = choose(setting, quick=6, reference=None, full=None)  # quick: every run takes the same 6 steps an epoch
+interval = choose(setting, quick=6, reference=20, full=snapshot_interval)
+train_config = TrainConfig(epochs=choose(setting, quick=10, reference=25, full=500),
+                           lr=choose(setting, quick=2e-3, reference=1e-3, full=2e-4), patience=30,
+                           max_steps_per_epoch=steps_per_epoch, amp=choose(setting, quick="off", reference="auto", full="auto"),
                            seed=seed, device=device, progress=False)
-training = SliceTraining(train=train_config, batch_size=4 if quick else 8, output_size=slice_size,
-                         empty_fraction=0.5, augment=not quick)
-max_positions = 20_000 if quick else 50_000  # datapoints (pixels) per layer for SVCCA
-max_spatial = None if quick else 64  # full mode: average-pool feature maps above 64 px a side (memory)
-snapshot_root = None if quick else Path(output_dir) / "06_svcca_snapshots"  # quick mode keeps them in memory
+training = SliceTraining(train=train_config, batch_size=choose(setting, quick=4, reference=4, full=8),
+                         output_size=slice_size, empty_fraction=0.5, augment=setting != "quick")
+max_positions = choose(setting, quick=20_000, reference=20_000, full=50_000)  # datapoints (pixels) per layer for SVCCA
+max_spatial = choose(setting, quick=None, reference=None, full=64)  # full: average-pool feature maps above 64 px a side (memory)
+# quick and reference keep the snapshots in memory (a width-16 U-Net is about 8 MB)
+snapshot_root = Path(output_dir) / "06_svcca_snapshots" if setting == "full" else None
 print(f"U-Net widths {base_width}-{base_width * 2**depth}, {slice_size}px slices; {n_many} vs {n_few} volumes, "
       f"{n_repeats} repeats; snapshot every {interval} steps")
 
@@ -212,8 +221,9 @@ figure
 # volumes. The probe slices are never trained on; every snapshot of every network is run on
 # exactly these slices, so all comparisons share their datapoints. The pretraining source is
 # other lung disease, as in {doc}`chapter 05 <05_transfer_learning>` — the phantom's nodule and effusion cohorts standing in
-# for MSD lung tumours and NSCLC effusion. All volumes go through
-# {doc}`chapter 02 <02_data_and_preprocessing>`'s preprocessing.
+# for MSD lung tumours and NSCLC effusion; on COVID-SemiSeg's 2D slices it is chapter 05's
+# self-supervised source, the restoration of the dataset's unlabelled slices. All volumes go through
+# {doc}`chapter 02 <02_data_and_preprocessing>`'s preprocessing (2D slices: its 2D equivalents).
 
 # %%
 from covidlib.data import SliceDataset
@@ -226,9 +236,9 @@ cohort = dict(root=data_root or None, spacing_mm=spacing_mm, phantom_shape=phant
 covid_cases = preprocess_cohort(dataset, n_many + n_val + n_probe, seed=seed, id_prefix="covid_", **cohort)
 covid = case_arrays(covid_cases)
 print("COVID preparation:", "; ".join(covid_cases[0].meta["steps"]))
-source_cases = (preprocess_cohort("phantom", n_source, seed=seed + 1000, disease="nodule", id_prefix="nodule_", **cohort)
-                + preprocess_cohort("phantom", n_source, seed=seed + 2000, disease="effusion", id_prefix="effusion_",
-                                    **cohort))
+source_cases = [] if slices_2d else (
+    preprocess_cohort("phantom", n_source, seed=seed + 1000, disease="nodule", id_prefix="nodule_", **cohort)
+    + preprocess_cohort("phantom", n_source, seed=seed + 2000, disease="effusion", id_prefix="effusion_", **cohort))
 covid_ids = list(covid)
 probe_ids, val_ids, pool_ids = covid_ids[:n_probe], covid_ids[n_probe:n_probe + n_val], covid_ids[n_probe + n_val:]
 
@@ -240,7 +250,7 @@ def probe_slices(ids: list[str], size: int) -> torch.Tensor:
 
 
 probes = probe_slices(probe_ids, slice_size)
-print(f"{len(pool_ids)} training, {len(val_ids)} validation, {len(probe_ids)} probe volumes "
+print(f"{len(pool_ids)} training, {len(val_ids)} validation, {len(probe_ids)} probe {'slices' if slices_2d else 'volumes'} "
       f"({probes.shape[0]} probe slices); {len(source_cases)} source volumes ({time.perf_counter() - start:.1f} s)")
 
 # %% [markdown]
@@ -256,6 +266,7 @@ print(f"{len(pool_ids)} training, {len(val_ids)} validation, {len(probe_ids)} pr
 # %%
 from covidlib.activations import SnapshotTrainer, layer_names, load_weights, svcca_over_checkpoints, weight_distance
 from covidlib.models import UNet2d
+from covidlib.restoration import RestorationSettings, pretrained_weights, unlabelled_slices
 from covidlib.transfer import prepare_finetune, pretrain, slice_loader
 
 
@@ -349,7 +360,8 @@ print(f"median step to 0.8: encoder {np.median([s for s in encoder_steps if s is
 # %% [markdown]
 # ## 4. Convergence during fine-tuning (the report's Fig. 5.4)
 #
-# Pretrain on the source domain (chapter 05's `pretrain`), then fine-tune on COVID with the
+# Pretrain on the source domain (chapter 05's `pretrain`; on 2D slices chapter 05's restoration
+# pretraining, `covidlib.restoration.pretrained_weights`), then fine-tune on COVID with the
 # report's "fine-tune all" recipe (the middle panel of
 # {numref}`Fig. {number} in chapter 05 <fig-05-recipes>`): every layer trainable, the last decoder block and the head
 # re-initialised (`prepare_finetune(..., "all")`). Those two layers start from random weights,
@@ -360,7 +372,21 @@ print(f"median step to 0.8: encoder {np.median([s for s in encoder_steps if s is
 # %%
 start = time.perf_counter()
 pretrained_model = new_unet(seed)
-pretrained_model_dice = pretrain(pretrained_model, source_cases, training).best_metric
+if slices_2d:
+    restoration_settings = RestorationSettings(base_width=base_width, depth=depth,
+                                               steps=choose(setting, quick=10, reference=300, full=5000),
+                                               batch_size=choose(setting, quick=4, reference=8, full=16), lr=1e-3,
+                                               amp=train_config.amp, seed=seed)
+    unlabelled = unlabelled_slices(dataset, data_root or None, choose(setting, quick=32, reference=1600, full=1600),
+                                   slice_size)
+    state, restoration_info = pretrained_weights(unlabelled, restoration_settings, Path(output_dir) / "pretrained",
+                                                 device=device, progress=False)
+    pretrained_model.load_state_dict(state)
+    losses, tenth = restoration_info["losses"], max(1, len(restoration_info["losses"]) // 10)
+    pretraining_summary = (f"restoration pretraining on {len(unlabelled)} unlabelled slices: loss {np.mean(losses[:tenth]):.4f} "
+                           f"(first {tenth} steps) -> {np.mean(losses[-tenth:]):.4f} (last {tenth}) over {len(losses)} steps")
+else:
+    pretraining_summary = f"pretraining: best validation Dice {pretrain(pretrained_model, source_cases, training).best_metric:.3f}"
 pretrained = {key: value.detach().cpu().clone() for key, value in pretrained_model.state_dict().items()}
 reinitialised = layer_names(pretrained_model)[-2:]  # the last decoder block and the head
 
@@ -376,7 +402,7 @@ for repeat in range(n_repeats):
     subset = list(np.random.default_rng(run_seed).choice(pool_ids, size=n_few, replace=False))
     runs["many", repeat] = fine_tune(pool_ids, run_seed, f"many_{repeat}")
     runs["few", repeat] = fine_tune(subset, run_seed, f"few_{repeat}")
-print(f"pretraining (best validation Dice {pretrained_model_dice:.3f}) + {len(runs)} fine-tuning runs: "
+print(f"{pretraining_summary}; {len(runs)} fine-tuning runs: "
       f"{time.perf_counter() - start:.1f} s")
 print({f"{c} #{r}": round(t.best_metric, 3) for (c, r), t in runs.items()}, "best validation Dice")
 
@@ -401,10 +427,20 @@ for layer in layers:
 
 # %% [markdown]
 # How large the head start is depends on how good the pretraining was: the quick run pretrains
-# a tiny network for a few dozen steps on six synthetic volumes, and its encoder starts only a
-# little ahead of a random one (in this run the first block not at all: random first-layer
-# filters are already close to trained ones, see above). The full run pretrains the report's network to
-# convergence on 80 source volumes.
+# a tiny network for a few dozen steps on six synthetic volumes, the reference run a width-16
+# U-Net for a few hundred restoration steps on unlabelled real slices, and the full run the
+# report's network to convergence on 80 source volumes. In this run:
+
+# %%
+from IPython.display import Markdown, display
+
+head_start = {layer: finetune_similarity["many"][layer][0] - scratch_similarity[layer][0]
+              for layer in layers if layer not in reinitialised}
+encoder_start = [head_start[layer] for layer in head_start if layer.startswith("encoder")]
+display(Markdown(
+    f"the fine-tuned encoder blocks start {np.mean(encoder_start):+.2f} (mean; from {min(encoder_start):+.2f} to "
+    f"{max(encoder_start):+.2f}) closer to their converged selves than the same blocks trained from scratch; the "
+    f"first block {head_start[layers[0]]:+.2f} (random first-layer filters are already close to trained ones, see above)."))
 
 # %% [markdown]
 # ## 5. How far did each layer move? Many vs few volumes (Fig. 5.5 and the "5 volumes" question)
@@ -492,6 +528,56 @@ between_seeds = {layer: svcca(flatten_conv(acts_first[layer], max_positions=max_
 print(f"{'layer':<10} {'seed A vs seed B':>17} {'chance':>7} {'kept dims':>10}")
 for layer, result in between_seeds.items():
     print(f"{layer:<10} {result.mean:17.3f} {result.chance:7.3f} {str(result.kept_dims):>10}")
+bottleneck = [layer for layer in layers if layer.startswith("encoder")][-1]  # the last encoder block
+highest = max(layers, key=lambda layer: between_seeds[layer].chance)
+seed_values = [between_seeds[layer].mean for layer in layers]
+scale_sentence = (f"In this run the bottleneck (`{bottleneck}`) has a chance level of {between_seeds[bottleneck].chance:.2f} "
+                  f"(the highest: `{highest}`, {between_seeds[highest].chance:.2f}), and two seeds share from "
+                  f"{min(seed_values):.2f} to {max(seed_values):.2f} per layer.")
+display(Markdown(scale_sentence))
+
+# %% [markdown]
+# ## On real scans (reference record)
+#
+# The same analysis in the reference setting on COVID-SemiSeg's labelled slices: a width-16
+# U-Net trained from scratch, and fine-tuned ("fine-tune all") from chapter 05's self-supervised
+# restoration weights, read from the record committed with the book
+# (`ci/book --reference --dataset covid-semiseg` regenerates it).
+
+# %%
+from covidlib.records import load_reference, reference_notice
+from covidlib.results import markdown_table
+
+reference = load_reference("06_svcca")
+display(Markdown(reference_notice(reference, "06_svcca")))
+if reference is not None:
+    ref = reference.numbers
+    display(Markdown(f"Reference record, {ref['pretraining']}; best validation Dice "
+                     + ", ".join(f"{name} {value:.3f}" for name, value in ref["best_val_dice"].items()) + "."))
+    display(Markdown(markdown_table(
+        [(layer, f"{ref['similarity_scratch'][layer]['0']:.2f}", f"{ref['similarity_finetune']['many'][layer]['0']:.2f}",
+          f"{ref['between_seeds'][layer]:.2f}", f"{ref['chance_between_seeds'][layer]:.2f}") for layer in ref["layers"]],
+        header=("layer", "scratch at step 0", "fine-tuned at step 0", "seed A vs seed B", "chance"))))
+
+# %% mystnb={"figure": {"caption": "Reference record (COVID-SemiSeg): the SVCCA similarity of each layer at every snapshot with the same layer of the converged model, trained from scratch (left) and fine-tuned from the restoration-pretrained weights on the many-slice condition (right; * = re-initialised by the recipe). Without a committed record the panel says how to make one.", "name": "fig-06-reference"}}
+from covidlib.viz import show_curves
+
+
+def record_curves(curves: dict[str, dict[str, float]]) -> dict[str, dict[int, float]]:
+    """A record's ``{layer: {"step": value}}`` as the figures' ``{layer: {step: value}}`` (converged left out)."""
+    return {layer: {int(step): value for step, value in scores.items() if step != "converged"}
+            for layer, scores in curves.items()}
+
+
+if reference is None:
+    figure = show_curves(None, title="SVCCA on real slices, reference record",
+                         empty_message="No reference record yet: run ci/book --reference --dataset covid-semiseg --data-root DIR --chapters 06")
+else:
+    figure = plot_layer_curves({"from scratch": record_curves(ref["similarity_scratch"]),
+                                "fine-tuned from restoration (many)": record_curves(ref["similarity_finetune"]["many"])},
+                               title="Each layer vs its converged model, reference record (COVID-SemiSeg)",
+                               marked=ref["reinitialised_layers"])
+figure
 
 # %% [markdown]
 # ## 7. What the numbers do and do not support
@@ -502,10 +588,10 @@ for layer, result in between_seeds.items():
 #   a finding. With 2 repeats (quick) or 3 (full) the spread itself is poorly known; more
 #   repeats, or a paired test over seeds, are needed before any claim about a single layer.
 # - **Chance and the seed baseline set the scale.** SVCCA between unrelated layers is well above
-#   0 for wide layers and few datapoints (the bottleneck here: chance about 0.15), and two
-#   equally good networks from different seeds share only part of their representations
-#   (section 6: roughly 0.4-0.65 per layer in the quick run). A "low" similarity only means
-#   "changed" when it is well below what a second seed gives.
+#   0 for wide layers and few datapoints (the bottleneck most of all), and two equally good
+#   networks from different seeds share only part of their representations (section 6 prints
+#   both for this run, and the reference record's values are shown below). A "low" similarity
+#   only means "changed" when it is well below what a second seed gives.
 # - **Weights and representations answer different questions.** A layer can move far in weight
 #   space and keep its subspace (SVCCA is blind to invertible remixing of channels), or move
 #   little and still change what its successors read. The two panels of section 5 need not
@@ -547,6 +633,8 @@ numbers = {
     "between_seeds": {layer: r.mean for layer, r in between_seeds.items()},
     "chance_between_seeds": {layer: r.chance for layer, r in between_seeds.items()},
     "reinitialised_layers": reinitialised,
+    "pretraining": pretraining_summary,
+    "probe_slices": int(probes.shape[0]),
     "preparation": covid_cases[0].meta["steps"],
 }
 write_record(output_dir, "06_svcca", parameters=dict(dataset=dataset, data_root=data_root, setting=setting, device=device, seed=seed,
