@@ -157,22 +157,26 @@ def run_key(recipe: Recipe, dataset: str, folds: int) -> str:
 
 def run_nested_cv(dataset: CaseDataset, prepared: PreparedSlices, recipe: Recipe, out_dir: str | Path, *,
                   folds: int = 5, seeds: Sequence[int] = (0,), device: str = "auto", checkpoints: bool = True,
-                  progress: bool = True) -> list[dict[str, Any]]:
+                  progress: bool = True, fold_indices: Sequence[int] | None = None) -> list[dict[str, Any]]:
     """Every (seed, outer fold) of ``recipe``: train on the inner split, score the outer test fold.
 
     ``prepared``: the dataset's labelled slices at ``recipe.image_size``
     (:func:`covidlib.inference.prepare_slices`). One JSON result per (seed, fold) goes to
     ``out_dir/<run_key>/``; a result whose recipe or code is unchanged is read instead of
     recomputed, and with ``checkpoints`` an interrupted training resumes from its last epoch.
-    Returns the results in (seed, fold) order.
+    ``fold_indices``: run only these outer folds (of ``folds``; e.g. a cheaper check on a few).
+    Returns the results in (seed, fold) order, each with the training's per-epoch ``history``.
     """
+    if fold_indices is not None and not set(fold_indices) <= set(range(folds)):
+        raise InvalidInputError(f"fold_indices must lie in 0..{folds - 1} for {folds} folds, got {list(fold_indices)}")
     ids = sorted(prepared.labelled)
     folder = Path(out_dir) / run_key(recipe, dataset.name, folds)
     code = code_fingerprint(["covidlib.crossval", "covidlib.train", "covidlib.inference", "covidlib.data",
                              "covidlib.augment", "covidlib.losses", "covidlib.metrics", "covidlib.models.unet2d",
                              "covidlib.models.attention"])
     results = []
-    jobs = [(seed, fold) for seed in seeds for fold in nested_folds(ids, folds, seed)]
+    jobs = [(seed, fold) for seed in seeds for fold in nested_folds(ids, folds, seed)
+            if fold_indices is None or fold.index in fold_indices]
     for seed, fold in tqdm(jobs, desc=f"nested CV {recipe.model}", disable=not progress):
         path = folder / f"seed{seed}_fold{fold.index}.json"
         if path.exists():
@@ -188,6 +192,7 @@ def run_nested_cv(dataset: CaseDataset, prepared: PreparedSlices, recipe: Recipe
         result = {"seed": seed, "fold": fold.index, "train": fold.train, "val": fold.val, "test": fold.test,
                   "recipe": dataclasses.asdict(recipe), "dataset": dataset.name, "best_epoch": trainer.best_epoch,
                   "epochs_run": len(trainer.history), "best_val_dice": trainer.best_metric, "per_case": per_case,
+                  "history": trainer.history,
                   "wall_seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu_started,
                   "threads": torch.get_num_threads(), "code": code}
         atomic_write_text(path, json.dumps(result, indent=1, allow_nan=True) + "\n")

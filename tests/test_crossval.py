@@ -67,3 +67,16 @@ def test_a_result_written_by_other_code_is_recomputed(phantom, tmp_path):
     path.write_text(json.dumps(stored))
     second = run_nested_cv(dataset, prepared, TINY, tmp_path, folds=3, seeds=(0,), checkpoints=False, progress=False)
     assert second[1]["per_case"] == first[1]["per_case"]  # recomputed (seeded: the same numbers)
+
+
+def test_fold_indices_run_only_those_folds_with_their_histories(phantom, tmp_path):
+    dataset, prepared = phantom
+    results = run_nested_cv(dataset, prepared, TINY, tmp_path, folds=3, seeds=(0, 1), fold_indices=[2],
+                            checkpoints=False, progress=False)
+    assert [(r["seed"], r["fold"]) for r in results] == [(0, 2), (1, 2)]
+    assert results[0]["test"] == nested_folds(sorted(prepared.labelled), 3, 0)[2].test
+    for result in results:
+        assert [row["epoch"] for row in result["history"]] == [1, 2]  # TINY trains 2 epochs
+        assert result["best_val_dice"] == max(row["val_dice"] for row in result["history"])
+    with pytest.raises(InvalidInputError, match="fold_indices"):
+        run_nested_cv(dataset, prepared, TINY, tmp_path, folds=3, fold_indices=[3], progress=False)
