@@ -171,7 +171,8 @@ def outpaint(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def corrupt(image: np.ndarray, rng: np.random.Generator, corruption: Corruption = Corruption()) -> np.ndarray:
     """One Models Genesis training input: ``image`` (H, W) in [0, 1] after local shuffling,
     the intensity curve and in- or out-painting, each drawn with ``corruption``'s probabilities
-    from ``rng`` (the same draws whatever is applied, so a probability changes nothing else).
+    from ``rng`` (the four decisions are drawn first, so one probability does not change which
+    of the others apply).
     Returns a new float32 array of the same shape in [0, 1]."""
     out = _check_unit_image(image).copy()
     draws = rng.random(4)

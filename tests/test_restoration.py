@@ -206,3 +206,15 @@ def test_unlabelled_slices_of_a_2d_dataset_are_centred_z_scored_squares(tmp_path
     assert abs(float(inside.mean())) < 1e-5 and abs(float(inside.std()) - 1) < 1e-4
     with pytest.raises(InvalidInputError, match="size"):
         restoration.unlabelled_slices("covid-semiseg", tmp_path, 5, 4)
+
+
+def test_restore_gives_maps_in_unit_range_and_keeps_the_mode() -> None:
+    settings = tiny_settings()
+    model = restoration.restoration_network(settings, restoration_model(settings).state_dict())
+    model.train()
+    out = restoration.restore(model, slice_stack(3), device="cpu")
+    assert out.shape == (3, 16, 16) and out.min() >= 0 and out.max() <= 1
+    assert model.training
+    with torch.no_grad():
+        expected = torch.sigmoid(model.eval()(torch.from_numpy(slice_stack(3))[:, None]))[:, 0].numpy()
+    np.testing.assert_allclose(out, expected, atol=1e-6)
