@@ -31,8 +31,18 @@ MONAI is a benchmark-only dependency (``pip install monai==1.6.1 --no-deps``)::
     .venv/bin/python benchmarks/bench_unet.py --widths 16 --threads 2 --rounds 3  # a quick check
     .venv/bin/python benchmarks/bench_unet.py --widths 16 --threads 1 --models unet --profile
 
-Results and the machine they were measured on are in the report of issue 14 and in
-chapter 04's notes; compare rows of one run only.
+Measured (issue 14) on the book's shared 2-core AMD EPYC (Zen 3: AVX2, no AVX512, no native
+bf16) at load average 19-21 from other jobs, so only ratios within one run mean anything:
+``--widths 16 --threads 1,2 --rounds 3`` at 256x256 gave peak fp32 ``torch.mm`` 50.6 / 31.0
+GFLOPS (1 / 2 threads), 144.6 GFLOP per UNet2d step (MONAI BasicUNet 153.4, AttentionUNet2d
+147.0, MONAI AttentionUnet 126.9), img/s UNet2d 0.14 / 0.12 against BasicUNet 0.09 / 0.09
+(1.51x / 1.27x) and AttentionUNet2d 0.09 / 0.09 against AttentionUnet 0.13 / 0.10 (0.70x /
+0.91x), all at 3-7 % of the (equally loaded) peak. On this CPU bf16 is emulated: a 2048^2
+bf16 ``torch.mm`` ran at 0.2 GFLOPS against 79 fp32, a 3x3 convolution at 2 against 16-28, and
+a 128x128 U-Net step about 10x slower than fp32. In an interleaved A/B of CPU seconds per
+step (1 thread, 192x192, width 16, 5 rounds) channels-last and NCHW were equal (UNet2d 2.00
+/ 2.04 s, AttentionUNet2d 2.32 / 2.10 s, +-20 % noise); on an AVX512 CPU channels-last had
+made a UNet2d fp32 step about 15 % faster.
 """
 
 from __future__ import annotations
