@@ -558,14 +558,16 @@ show_grouped_values(fold_groups, ylabel="Dice at 0.5 per outer fold",
                     empty_message="No cross-validation here: quick mode trains none, and no reference record is committed yet.")
 
 # %% mystnb={"figure": {"caption": "Mean learning curves of the cross-validated arms on COVID-SemiSeg: training loss relative to its first epoch and inner-validation Dice per epoch, averaged over the folds still training at that epoch (early stopping ends folds at different epochs), the dot at the best mean. From this run when it cross-validated, else from the committed reference record.", "name": "fig-04-cv-curves"}}
+curves_figure = show_grouped_values(
+    None, title="Learning curves, mean over folds",
+    empty_message="No cross-validation here: quick mode trains none, and no reference record is committed yet.")
 if shown is not None:
-    show_learning_curves({name: [{"epoch": e + 1, "train_loss": loss, "val_dice": dice} for e, (loss, dice)
-                                 in enumerate(zip(arm["relative_train_loss_curve"], arm["val_dice_curve"]))]
-                          for name, arm in shown["arms"].items()},
-                         title=f"Learning curves, mean over folds ({shown_label})")
-else:
-    show_grouped_values(None, title="Learning curves, mean over folds",
-                        empty_message="No cross-validation here: quick mode trains none, and no reference record is committed yet.")
+    curves_figure = show_learning_curves(
+        {name: [{"epoch": e + 1, "train_loss": loss, "val_dice": dice} for e, (loss, dice)
+                in enumerate(zip(arm["relative_train_loss_curve"], arm["val_dice_curve"]))]
+         for name, arm in shown["arms"].items()},
+        title=f"Learning curves, mean over folds ({shown_label})")
+curves_figure
 
 # %%
 if shown is not None:
