@@ -141,6 +141,7 @@ def runtime_summary(*, setting: str, device: torch.device | str, seed: int, data
 
 
 def format_summary(summary: dict[str, object]) -> str:
-    """Render a summary dict as aligned ``key: value`` lines."""
-    width = max(len(k) for k in summary)
-    return "\n".join(f"{k:<{width}} : {v}" for k, v in summary.items())
+    """Render a summary dict as aligned ``key: value`` lines (the clock's start is kept, not shown)."""
+    shown = {k: v for k, v in summary.items() if not k.startswith("started_")}
+    width = max(len(k) for k in shown)
+    return "\n".join(f"{k:<{width}} : {v}" for k, v in shown.items())

@@ -67,13 +67,15 @@ class ReferenceRecord:
         return text
 
 
-def reference_notice(reference: ReferenceRecord | None, chapter: str, dataset: str = REFERENCE_DATASET) -> str:
+def reference_notice(reference: ReferenceRecord | None, chapter: str, dataset: str = REFERENCE_DATASET, *,
+                     command: str | None = None) -> str:
     """What a chapter prints above its real-data results: the record's source line and any
-    staleness warning, or, when there is no record, how to make one."""
+    staleness warning, or, when there is no record, the ``command`` that makes one (default: the
+    chapter's ``ci/book --reference`` run)."""
     if reference is not None:
         return reference.notice()
-    return (f":::{{note}}\nThere is no committed reference record of `{chapter}` on {dataset} yet: "
-            f"`ci/book --reference --dataset {dataset} --data-root DIR --chapters {chapter[:2]}` writes it.\n:::")
+    command = command or f"ci/book --reference --dataset {dataset} --data-root DIR --chapters {chapter[:2]}"
+    return f":::{{note}}\nThere is no committed reference record of `{chapter}` on {dataset} yet: `{command}` writes it.\n:::"
 
 
 def check_record(record: dict[str, Any], path: Path) -> None:

@@ -44,6 +44,7 @@ def test_runtime_summary_names_setting_device_and_versions():
     assert summary["torch"] == torch.__version__
     text = format_summary(summary)
     assert text.splitlines()[0].startswith("setting") and "phantom" in text
+    assert "started_unix" in summary and "started_" not in text  # kept for the record, not printed
 
 
 def test_choose_picks_the_value_of_the_setting_and_rejects_others():
