@@ -153,15 +153,23 @@ def transfer_fold(args: argparse.Namespace, prepared: Any, real: Any, ids: list[
 
 
 def summarise_transfer(folds: dict[str, Any], seed: int) -> dict[str, Any]:
-    """Pooled per-slice test Dice of both arms and the paired bootstrap CI of their difference."""
+    """Pooled per-slice test Dice (at 0.5, and Inf-Net's mean Dice) of both arms and the paired
+    bootstrap CIs of their differences."""
     order = [(fold, i) for fold in sorted(folds, key=int) for i in folds[fold]["test"]]
-    arms = {arm: np.array([folds[f][arm]["test_dice_per_slice"][i] for f, i in order]) for arm in ("scratch", "phantom_pretrained")}
+
+    def pooled(key: str) -> dict[str, np.ndarray]:
+        return {arm: np.array([folds[f][arm][key][i] for f, i in order]) for arm in ("scratch", "phantom_pretrained")}
+
+    arms, infnet = pooled("test_dice_per_slice"), pooled("test_infnet_mean_dice_per_slice")
     interval = paired_bootstrap_ci(arms["scratch"], arms["phantom_pretrained"], seed=seed)
+    infnet_interval = paired_bootstrap_ci(infnet["scratch"], infnet["phantom_pretrained"], seed=seed)
     fold_means = {arm: [float(np.mean(list(folds[f][arm]["test_dice_per_slice"].values()))) for f in sorted(folds, key=int)]
                   for arm in arms}
     return {"units": "test slices pooled over outer folds", "n": len(order),
             "scratch_mean_dice": float(arms["scratch"].mean()), "pretrained_mean_dice": float(arms["phantom_pretrained"].mean()),
-            "fold_means": fold_means, "difference_pretrained_minus_scratch": interval.as_dict()}
+            "fold_means": fold_means, "difference_pretrained_minus_scratch": interval.as_dict(),
+            "infnet_mean_dice": {arm: float(values.mean()) for arm, values in infnet.items()},
+            "infnet_difference_pretrained_minus_scratch": infnet_interval.as_dict()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,10 +208,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.out} was written with other settings; starting a new record")
             record = {}
     record.setdefault("settings", settings(args))
-    record["provenance"] = {"script": "benchmarks/phantom_to_real.py", "commit": git_commit(ROOT), "dataset": str(args.data_root),
+    # Provenance of the run that trained (a resumed run that only adds folds or the summary keeps it).
+    record.setdefault("provenance", {"script": "benchmarks/phantom_to_real.py", "commit": git_commit(ROOT), "dataset": str(args.data_root),
                             "real_slices": len(ids), "calibration": load_calibration()["provenance"],
                             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                                       f"torch threads {args.threads}", "torch": torch.__version__}
+                                       f"torch threads {args.threads}", "torch": torch.__version__})
 
     def save() -> None:
         atomic_write_text(args.out, json.dumps(record, indent=1) + "\n")
