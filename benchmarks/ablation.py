@@ -1,0 +1,115 @@
+"""The path from the report's recipe to the book's: one change at a time, nested CV on COVID-SemiSeg.
+
+Each row adds one change to the row above; every row is nested 5-fold cross-validation of the 50
+labelled slices (:func:`covidlib.crossval.run_nested_cv`: the outer fold only scores) over the
+given seeds, and its paired difference to the row above comes with a 95 % bootstrap CI over
+(fold, seed) units. Test-time augmentation needs no training: its row scores the models of the
+row above with ``tta_`` metrics. The record goes to
+``records/reference-covid-semiseg/ablation.json`` (committed; chapter 09 shows it).
+
+Resumable: every (recipe, seed, fold) is cached under ``--runs``; run the same command again to
+continue. Two processes with different ``--seeds`` share the cache and can run side by side.
+
+    .venv/bin/python benchmarks/ablation.py --seeds 0,1,2
+    .venv/bin/python benchmarks/ablation.py --quick --out /tmp/ablation   # the whole path in minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from covidlib.config import runtime_summary
+from covidlib.crossval import Recipe, run_nested_cv
+from covidlib.datasets import get_dataset
+from covidlib.inference import prepare_slices
+from covidlib.records import reference_dir
+from covidlib.results import write_record
+from covidlib.statistics import paired_bootstrap_ci
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "covid-semiseg"
+
+#: The report's recipe (section 5.1: Adam 2e-4, StepLR 0.8 every 25 epochs, rotation, elastic,
+#: gamma and noise), at this CPU's image size and width.
+REPORT = Recipe(lr=2e-4, dihedral=False, tta=False, image_size=160, base_width=16, epochs=80, patience=30)
+#: (row name, change to the row above, score with test-time augmentation)
+STEPS: list[tuple[str, dict, bool]] = [
+    ("the report's recipe", {}, False),
+    ("+ learning rate 1e-3", {"lr": 1e-3}, False),
+    ("+ random turns and mirrors", {"dihedral": True}, False),
+    ("+ test-time augmentation (8 symmetries)", {"tta": True}, True),
+    ("+ 224 px input", {"image_size": 224}, True),
+]
+
+
+def per_unit(results: list[dict], metric: str) -> dict[tuple[int, int], float]:
+    """``{(seed, fold): mean of metric over the fold's test slices}``."""
+    return {(r["seed"], r["fold"]): float(np.mean([row[metric] for row in r["per_case"].values()])) for r in results}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", default=str(DEFAULT_DATA))
+    parser.add_argument("--runs", default=str(ROOT / "results" / "ablation"))
+    parser.add_argument("--out", default=str(reference_dir()), help="folder of the record ablation.json")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--quick", action="store_true", help="tiny networks and 2 epochs: checks the path")
+    args = parser.parse_args()
+    if not (Path(args.data_root) / "TrainingSet").is_dir():
+        print(f"no COVID-SemiSeg at {args.data_root}: nothing to do")
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    runtime = runtime_summary(setting="quick" if args.quick else "reference", device="auto", seed=0,
+                              dataset="covid-semiseg")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    dataset = get_dataset("covid-semiseg", args.data_root)
+    recipe = REPORT if not args.quick else dataclasses.replace(REPORT, image_size=64, base_width=4, depth=2, epochs=2,
+                                                               max_steps_per_epoch=2)
+    prepared_by_size: dict[int, object] = {}
+    rows, previous = [], None
+    for name, change, with_tta in STEPS:
+        if args.quick and "image_size" in change:
+            change = {"image_size": 80}
+        recipe = dataclasses.replace(recipe, **change)
+        if recipe.image_size not in prepared_by_size:
+            prepared_by_size[recipe.image_size] = prepare_slices(dataset, recipe.image_size)
+        # TTA changes scoring only: the models are those of the recipe without it.
+        trained = dataclasses.replace(recipe, tta=True) if not with_tta else recipe
+        results = run_nested_cv(dataset, prepared_by_size[recipe.image_size], trained, args.runs, folds=args.folds,
+                                seeds=seeds)
+        prefix = "tta_" if with_tta else ""
+        units = {metric: per_unit(results, prefix + metric) for metric in ("dice", "infnet_mean_dice")}
+        row = {"name": name, "recipe": dataclasses.asdict(recipe), "scored_with_tta": with_tta,
+               "dice_by_unit": [[seed, fold, value] for (seed, fold), value in units["dice"].items()],
+               "infnet_mean_dice_by_unit": [[s, f, v] for (s, f), v in units["infnet_mean_dice"].items()],
+               "dice_mean": float(np.mean(list(units["dice"].values()))),
+               "dice_sd_over_units": float(np.std(list(units["dice"].values()), ddof=1)),
+               "infnet_mean_dice_mean": float(np.mean(list(units["infnet_mean_dice"].values()))),
+               "epochs_run": [r["epochs_run"] for r in results], "best_epoch": [r["best_epoch"] for r in results],
+               "train_wall_seconds": float(sum(r["wall_seconds"] for r in results))}
+        if previous is not None:
+            keys = sorted(units["dice"])
+            ci = paired_bootstrap_ci([previous["dice"][k] for k in keys], [units["dice"][k] for k in keys])
+            row["dice_change_vs_previous"] = ci.as_dict()
+        rows.append(row)
+        print(f"{name:<45} Dice {row['dice_mean']:.3f} ± {row['dice_sd_over_units']:.3f}, "
+              f"Inf-Net mean Dice {row['infnet_mean_dice_mean']:.3f}"
+              + (f", change {ci.mean_difference:+.3f} [{ci.low:+.3f}, {ci.high:+.3f}]" if previous is not None else ""),
+              flush=True)
+        previous = units
+    write_record(args.out, "ablation", parameters={"data_root": args.data_root, "seeds": seeds, "folds": args.folds,
+                                                   "quick": args.quick},
+                 numbers={"rows": rows}, runtime=runtime)
+    print(f"wrote {Path(args.out) / 'ablation.json'}")
+
+
+if __name__ == "__main__":
+    main()
