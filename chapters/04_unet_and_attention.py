@@ -485,12 +485,16 @@ if cv_folds:
     print("preparation:", "; ".join(cv_prepared.steps))
     arm_recipes = {f"U-Net, {loss}": replace(cv_recipe, model="unet", loss=loss) for loss in losses}
     arm_recipes[f"attention U-Net, {network_loss}"] = replace(cv_recipe, model="attention-unet")
-    arms = {name: summarise_arm(run_nested_cv(source, cv_prepared, recipe, cv_root, folds=cv_folds, seeds=(seed,),
-                                              checkpoints=False, progress=False))
-            for name, recipe in arm_recipes.items()}
-    precision = {label: summarise_arm(run_nested_cv(source, cv_prepared, replace(cv_recipe, amp=value), cv_root,
-                                                    folds=cv_folds, seeds=precision_seeds,
-                                                    fold_indices=precision_folds, checkpoints=False, progress=False))
+    cv_runs = {}  # every distinct training once (arms that share a recipe share its runs)
+
+    def cross_validate(recipe: Recipe, seeds: tuple, fold_indices: tuple | None = None) -> dict:
+        results = run_nested_cv(source, cv_prepared, recipe, cv_root, folds=cv_folds, seeds=seeds,
+                                fold_indices=fold_indices, checkpoints=False, progress=False)
+        cv_runs.update({(str(r["recipe"]), r["seed"], r["fold"]): r for r in results})
+        return summarise_arm(results)
+
+    arms = {name: cross_validate(recipe, (seed,)) for name, recipe in arm_recipes.items()}
+    precision = {label: cross_validate(replace(cv_recipe, amp=value), precision_seeds, precision_folds)
                  for label, value in (("float32", "off"), ("bfloat16", "bf16"))}
     baseline = f"U-Net, {network_loss}"
     comparisons = [compare(arms, baseline, f"attention U-Net, {network_loss}", metric)
@@ -500,7 +504,10 @@ if cv_folds:
     comparisons += [compare(precision, "float32", "bfloat16", metric) for metric in ("dice", "infnet_mean_dice")]
     cv_numbers = {"folds": cv_folds, "seed": seed, "preparation": cv_prepared.steps, "arms": arms,
                   "precision": precision, "comparisons": comparisons,
-                  "cpu_native_bf16": cpu_supports_bf16(), "threads": threads}
+                  "cpu_native_bf16": cpu_supports_bf16(), "threads": threads,
+                  "compute": {"trainings": len(cv_runs),
+                              "cpu_seconds": sum(r["cpu_seconds"] for r in cv_runs.values()),
+                              "wall_seconds": sum(r["wall_seconds"] for r in cv_runs.values())}}
 
 
 def arm_rows(arms: dict) -> list[tuple[str, ...]]:
@@ -528,6 +535,10 @@ def show_cv_tables(numbers: dict, source_label: str) -> None:
                      f"{sorted({u[0] for u in numbers['precision']['float32']['units']})} × "
                      f"{sorted({u[1] for u in numbers['precision']['float32']['units']})}**\n\n"
                      + markdown_table(arm_rows(numbers["precision"]), header)))
+    compute = numbers["compute"]
+    display(Markdown(f"{source_label}: {compute['trainings']} distinct trainings (training and scoring) took "
+                     f"{compute['cpu_seconds'] / 60:.1f} min CPU and {compute['wall_seconds'] / 60:.1f} min wall when "
+                     f"they were computed, {numbers['threads']} thread(s); a re-run reads them back from `cv_dir`."))
     display(Markdown(f"**{source_label}: paired differences (95 % bootstrap interval over the shared folds)**\n\n"
                      + markdown_table(comparison_rows(numbers["comparisons"]),
                                       ("difference", "metric", "mean", "95 % interval", "n"))))
