@@ -516,7 +516,7 @@ def arm_rows(arms: dict) -> list[tuple[str, ...]]:
         dice, infnet = (summarise_runs(np.asarray(arm[m])[:, None]) for m in ("dice", "infnet_mean_dice"))
         rows.append((name, f"{dice['mean']:.3f} ± {dice['sd_folds']:.3f}", f"{infnet['mean']:.3f} ± {infnet['sd_folds']:.3f}",
                      ", ".join(f"{v:.2f}" for v in arm["dice"]), f"{np.mean(arm['best_epoch']):.0f}",
-                     f"{arm['epoch_cpu_seconds']:.2f}"))
+                     f"{arm.get('epoch_cpu_seconds', float('nan')):.2f}"))  # nan: a record from before it was kept
     return rows
 
 
@@ -535,7 +535,7 @@ def show_cv_tables(numbers: dict, source_label: str) -> None:
                      f"{sorted({u[0] for u in numbers['precision']['float32']['units']})} × "
                      f"{sorted({u[1] for u in numbers['precision']['float32']['units']})}**\n\n"
                      + markdown_table(arm_rows(numbers["precision"]), header)))
-    compute = numbers["compute"]
+    compute = numbers.get("compute") or {"trainings": "?", "cpu_seconds": float("nan"), "wall_seconds": float("nan")}
     display(Markdown(f"{source_label}: {compute['trainings']} distinct trainings (training and scoring) took "
                      f"{compute['cpu_seconds'] / 60:.1f} min CPU and {compute['wall_seconds'] / 60:.1f} min wall when "
                      f"they were computed, {numbers['threads']} thread(s); a re-run reads them back from `cv_dir`."))
