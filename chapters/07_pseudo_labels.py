@@ -360,12 +360,18 @@ show_threshold_calibration(calibration.as_dict() if calibration else None, title
 # and the mean Dice of the pseudo masks it accepts on the validation patches.
 
 # %%
+def rule_table(rows):
+    """Table cells of compare_rules' rows; a Dice with no accepted patch (nan, or null in a record) shows as a dash."""
+    def cell(value, digits):
+        return "—" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+    return [(row["rule"], cell(row["calibration_share"], 2), cell(row["calibration_dice"], 3),
+             cell(row["unlabelled_share"], 2)) for row in rows]
+
+
 rule_rows = []
 if calibration is not None:
     rule_rows = compare_rules(report_rules(calibration.chosen), dictionary, calibration_labels, truth_patches, labels)
-    display(Markdown(markdown_table(
-        [(row["rule"], f"{row['calibration_share']:.2f}", f"{row['calibration_dice']:.3f}",
-          f"{row['unlabelled_share']:.2f}") for row in rule_rows],
+    display(Markdown(markdown_table(rule_table(rule_rows),
         ("rule", "accepted share (validation)", "pseudo-mask Dice (validation)", "accepted share (unlabelled)"))))
 
 # %% [markdown]
@@ -387,9 +393,7 @@ if reference is not None:
         f"Of {ref['patches']} unlabelled patches, the top-2 rule at 0.90 on centred features accepts "
         f"{ref['accepted_top2']} ({ref['accepted_top2'] / max(ref['patches'], 1):.0%}); the threshold chosen on the "
         f"validation slices is {ref['calibrated_threshold']:.2f}."))
-    display(Markdown(markdown_table(
-        [(row["rule"], f"{row['calibration_share']:.2f}", f"{row['calibration_dice']:.3f}",
-          f"{row['unlabelled_share']:.2f}") for row in ref["rules"]],
+    display(Markdown(markdown_table(rule_table(ref["rules"]),
         ("rule (reference record)", "accepted share (validation)", "pseudo-mask Dice (validation)",
          "accepted share (unlabelled)"))))
 
