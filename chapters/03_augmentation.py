@@ -249,13 +249,15 @@ print("800 draws of RandomDihedral, count of each symmetry (turns 0-3, then mirr
 # sized change, not a rubber sheet. (Bicubic interpolation can overshoot between control points,
 # so the dense field may exceed the control-point maximum by a pixel or so, as printed below.)
 
-# %%
+# %% mystnb={"figure": {"caption": "Elastic deformation (the report's Fig. 3.10): the slice and its outline under one sampled field, and under the same field tripled so that its shape is visible. Grey scale [-3, 3] z-score.", "name": "fig-03-elastic"}}
 elastic = RandomElasticDeformation(max_displacement=elastic_max_displacement).sample(np.random.default_rng(seed + 1))
 field = elastic.dense_field(*image.shape).numpy()
 strong = ElasticDeformation(elastic.control_displacements * 3)
 fig = plot_augmentations(image, mask, [elastic, strong], titles=[elastic.label(), "same field x3 (to see it)"],
                          ncols=3, suptitle="Elastic deformation (report Fig. 3.10), grey scale [-3, 3] z-score")
 plt.show()
+
+# %% mystnb={"figure": {"caption": "The dense displacement field d of the elastic deformation above: its length per pixel (colour) and direction (arrows, every 16th pixel); each output pixel reads from p + d.", "name": "fig-03-elastic-field"}}
 fig, ax = plt.subplots(figsize=(4, 4))
 step = 16
 shown = ax.imshow(np.hypot(*field), cmap="magma")

@@ -51,7 +51,9 @@ return {
     .filter(e => /^\s*\|.*\|\s*$/m.test(e.innerText) && /\|\s*:?-{3,}/.test(e.innerText))
     .map(e => e.innerText.slice(0, 80)),
   // Every output figure of a chapter sits in a numbered, captioned figure (myst-nb glue or figure).
+  // (a slice viewer's frames are interactive widgets, not figures)
   uncaptioned: Array.from(main.querySelectorAll('.cell_output img'))
+    .filter(i => !i.closest('.jupyter-widgets, .lm-Widget'))
     .filter(i => !i.closest('figure') || !i.closest('figure').querySelector('figcaption'))
     .map(i => i.getAttribute('src')),
 };
