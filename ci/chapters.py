@@ -48,7 +48,7 @@ def toc_chapters() -> list[str]:
     """Chapter names (``NN_name``) in the order _toc.yml lists them."""
     import yaml
 
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
     names: list[str] = []
 
     def walk(node: object) -> None:
@@ -148,7 +148,7 @@ def execute_chapters(names: list[str], *, setting: str, device: str, dataset: st
     timings_path = results_dir / "_timings.json"
     timings: dict[str, float] = {}
     if timings_path.exists():  # a partial run (--chapters) keeps the other chapters' times
-        previous = json.loads(timings_path.read_text())
+        previous = json.loads(timings_path.read_text(encoding="utf-8"))
         if previous.get("parameters") == parameters:
             timings = {name: previous["seconds"][name] for name in toc_chapters() if name in previous["seconds"]}
     for name in names:
@@ -186,7 +186,7 @@ def build_html() -> None:
 
     print("[book] rendering HTML with Jupyter Book", flush=True)
     start = time.perf_counter()
-    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
     sphinx_config = config.setdefault("sphinx", {}).setdefault("config", {})
     if install_book_js():
         sphinx_config["nb_ipywidgets_js"] = WIDGET_JS_LOCAL

@@ -180,7 +180,7 @@ def run_nested_cv(dataset: CaseDataset, prepared: PreparedSlices, recipe: Recipe
     for seed, fold in tqdm(jobs, desc=f"nested CV {recipe.model}", disable=not progress):
         path = folder / f"seed{seed}_fold{fold.index}.json"
         if path.exists():
-            stored = json.loads(path.read_text())
+            stored = json.loads(path.read_text(encoding="utf-8"))
             if not changed_sources(stored["code"]):
                 results.append(stored)
                 continue

@@ -237,7 +237,7 @@ def fetch(remote: RemoteFile, folder: Path, *, sha256: str | None = None, progre
     """
     marker = folder / f".{remote.filename}.unpacked"
     if marker.is_file():
-        return [folder / line for line in marker.read_text().splitlines() if line]
+        return [folder / line for line in marker.read_text(encoding="utf-8").splitlines() if line]
     checksum = sha256 or remote.sha256
     md5 = None if sha256 else remote.md5
     if not checksum and not md5:

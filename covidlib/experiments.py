@@ -282,7 +282,7 @@ def cell_path(results_dir: str | Path, cell: Cell) -> Path:
 def read_record(path: Path) -> dict[str, Any]:
     """One cell record; :class:`InvalidInputError` naming the file when it is not valid JSON."""
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise InvalidInputError(f"{path}: not a valid cell record ({exc})") from exc
 

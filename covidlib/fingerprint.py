@@ -183,7 +183,7 @@ def imported_modules(modules: Iterable[str | ModuleType]) -> list[str]:
         parts = name.split(".")
         todo.extend(".".join(parts[:end]) for end in range(1, len(parts)))
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
             if isinstance(node, ast.Import):
                 found = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):

@@ -500,7 +500,7 @@ def run_semi_cv(arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], unlabelled:
     for seed, fold in tqdm(jobs, desc="semi-supervised CV", disable=not progress):
         path = folder / f"seed{seed}_fold{fold.index}.json" if folder is not None else None
         if path is not None and path.exists():
-            stored = json.loads(path.read_text())
+            stored = json.loads(path.read_text(encoding="utf-8"))
             if not changed_sources(stored["code"]):
                 results.append(stored)
                 continue
@@ -514,7 +514,7 @@ def run_semi_cv(arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], unlabelled:
                        "code": code})
         if path is not None:
             atomic_write_text(path, to_json(result) + "\n")
-            result = json.loads(path.read_text())
+            result = json.loads(path.read_text(encoding="utf-8"))
         results.append(result)
     return results
 

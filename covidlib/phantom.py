@@ -104,7 +104,7 @@ CALIBRATION_FILE = "phantom_calibration.json"
 
 @functools.lru_cache(maxsize=1)
 def _calibration_text() -> str:
-    return resources.files("covidlib").joinpath(CALIBRATION_FILE).read_text()
+    return resources.files("covidlib").joinpath(CALIBRATION_FILE).read_text(encoding="utf-8")
 
 
 def load_calibration() -> dict[str, Any]:

@@ -88,7 +88,7 @@ def read_reference(path: str | Path) -> ReferenceRecord:
     """A committed record with its staleness (from its code fingerprint)."""
     path = Path(path)
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise InvalidInputError(f"{path}: not a valid JSON record ({exc})") from exc
     check_record(record, path)

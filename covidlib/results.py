@@ -92,7 +92,7 @@ def read_records(results_dir: str | Path) -> dict[str, dict[str, Any]]:
     records = {}
     for path in sorted(Path(results_dir).glob("[!_]*.json")):  # "_name.json" files are build metadata
         try:
-            record = json.loads(path.read_text())
+            record = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise InvalidInputError(f"{path}: not a valid JSON result record ({exc})") from exc
         if "chapter" not in record or "numbers" not in record:
@@ -107,7 +107,7 @@ def read_build_timings(results_dir: str | Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise InvalidInputError(f"{path}: not valid JSON ({exc})") from exc
 

@@ -298,7 +298,7 @@ def write_segmentation(result: Segmentation, mask_path: str | Path, lung_mask_pa
             if isinstance(content, Volume):
                 write_volume(content, tmp)
             else:
-                tmp.write_text(json.dumps(content, indent=2) + "\n")
+                tmp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
     return [path for _, path in outputs]
 
 

@@ -57,7 +57,7 @@ def test_outputs_in_the_committed_notebook_are_reported(chapters):
 
 def test_missing_partner_and_missing_parameters_are_reported(chapters):
     (chapters / "02_alone.py").write_text(SOURCE)
-    (chapters / "03_orphan.ipynb").write_text((chapters / "01_demo.ipynb").read_text())
+    (chapters / "03_orphan.ipynb").write_text((chapters / "01_demo.ipynb").read_text(encoding="utf-8"))
     no_params = SOURCE.replace(' tags=["parameters"]', "")
     (chapters / "01_demo.py").write_text(no_params)
     jupytext.write(jupytext.reads(no_params, fmt="py:percent"), chapters / "01_demo.ipynb")

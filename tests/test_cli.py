@@ -64,9 +64,9 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
 def test_train_writes_checkpoints_history_and_metrics(trained: tuple[Path, Path]) -> None:
     _, out = trained
     assert {p.name for p in out.iterdir()} == {"last.pt", "best.pt", "history.json", "metrics.json"}
-    history = json.loads((out / "history.json").read_text())
+    history = json.loads((out / "history.json").read_text(encoding="utf-8"))
     assert [row["epoch"] for row in history] == [1, 2, 3]
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     ids = [f"train/{i}" for i in range(len(SIZES))]
     assert metrics["settings"]["val_cases"] == kfold_volumes(ids, 3, 0)[1][1]
     assert sorted(metrics["per_case"]) == sorted(metrics["settings"]["val_cases"])
@@ -83,7 +83,7 @@ def test_evaluate_prints_the_validation_metrics_as_json(trained: tuple[Path, Pat
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-root", str(root), "--device", "cpu"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    recorded = json.loads((out / "metrics.json").read_text())["validation"]
+    recorded = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["validation"]
     assert printed["summary"]["dice"] == recorded["dice"]
     assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-root", str(root), "--split", "train",
                  "--per-case", "--device", "cpu"]) == 0

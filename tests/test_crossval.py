@@ -61,7 +61,7 @@ def test_a_result_written_by_other_code_is_recomputed(phantom, tmp_path):
     dataset, prepared = phantom
     first = run_nested_cv(dataset, prepared, TINY, tmp_path, folds=3, seeds=(0,), checkpoints=False, progress=False)
     path = tmp_path / crossval.run_key(TINY, dataset.name, 3) / "seed0_fold1.json"
-    stored = json.loads(path.read_text())
+    stored = json.loads(path.read_text(encoding="utf-8"))
     stored["code"] = {"covidlib/crossval.py": "0" * 16}
     stored["per_case"] = {}
     path.write_text(json.dumps(stored))

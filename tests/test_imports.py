@@ -48,7 +48,7 @@ def test_no_module_imports_the_command_line_even_inside_a_function() -> None:
     for path in sorted(package.rglob("*.py")):
         if path.name == "__main__.py":
             continue
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
             names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
                      else [alias.name for alias in node.names] if isinstance(node, ast.Import) else [])
             if any(name == "covidlib.__main__" for name in names):

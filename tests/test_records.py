@@ -22,7 +22,7 @@ def test_write_record_holds_timing_and_the_fingerprint_of_loaded_code(tmp_path):
     (data / "x.png").write_bytes(b"abc")
     path = write_record(tmp_path / "out", "99_test", parameters={"data_root": str(data)}, numbers={"a": 1},
                         runtime=runtime)
-    record = json.loads(path.read_text())
+    record = json.loads(path.read_text(encoding="utf-8"))
     assert record["timing"]["wall_seconds"] >= 0
     assert record["timing"]["cpu_seconds"] >= 0
     assert "covidlib/svcca.py" in record["fingerprint"]["code"]

@@ -20,7 +20,7 @@ def test_record_round_trip_converts_numpy_and_non_finite(tmp_path):
                         runtime={"device": "cpu"})
     head_after = _head(package)  # another commit may land meanwhile in a shared checkout
     assert path == tmp_path / "04_unet.json"
-    record = json.loads(path.read_text())
+    record = json.loads(path.read_text(encoding="utf-8"))
     assert record["numbers"] == {"dice": 0.5, "folds": [0.25, 0.75], "hd": None}
     assert record["parameters"] == {"quick": True} and record["runtime"] == {"device": "cpu"}
     assert record["commit"].removesuffix("-dirty") in {head_before, head_after}  # "unknown" outside a checkout

@@ -271,7 +271,7 @@ def test_outputs_are_written_all_or_none(oracle_result, tmp_path, monkeypatch):
     monkeypatch.setattr(segment_module, "write_volume", failing_second_write)
     with pytest.raises(OSError, match="disk full"):
         write_segmentation(oracle_result, mask, lungs_file, summary)
-    assert files_in(tmp_path) == ["mask.nii.gz"] and mask.read_text() == "an older result"
+    assert files_in(tmp_path) == ["mask.nii.gz"] and mask.read_text(encoding="utf-8") == "an older result"
     monkeypatch.undo()
     written = write_segmentation(oracle_result, mask, lungs_file, summary)
     assert written == [mask, lungs_file, summary] and files_in(tmp_path) == ["lungs.nii.gz", "mask.nii.gz", "summary.json"]
@@ -306,7 +306,7 @@ def test_cli_writes_mask_lungs_and_summary_on_the_scan_geometry(main, scan_path,
     lung_labels = read_mask(tmp_path / "out" / "infection_lungs.nii.gz").array
     np.testing.assert_array_equal(lung_labels, lungs)
     assert not (infection.astype(bool) & (lung_labels == 0)).any()
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"))
     voxel_ml = float(np.prod(original.GetSpacing())) / 1000.0
     assert summary["infected_volume_ml"] == pytest.approx(np.count_nonzero(infection) * voxel_ml, rel=1e-9)
     assert summary["lung_volume_ml"] == pytest.approx(np.count_nonzero(lung_labels) * voxel_ml, rel=1e-9)

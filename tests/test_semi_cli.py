@@ -70,7 +70,7 @@ def semi_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict
 
 def test_semi_writes_three_arms_and_pseudo_label_counts(semi_run: tuple[Path, Path, dict]) -> None:
     root, out, printed = semi_run
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     ids = get_dataset("covid-semiseg", root).case_ids("train")
     test_ids = kfold_volumes(ids, 3, 0)[1][1]  # fold 1 of 3, computed here independently
     assert set(metrics["dice"]) == set(ARMS) == set(printed["dice"])
@@ -101,7 +101,7 @@ def test_semi_checkpoint_is_loaded_by_evaluate_and_predict(semi_run: tuple[Path,
     assert set(metadata) >= TRAIN_METADATA_KEYS
     assert metadata["model"] == "unet" and metadata["image_size"] == SIDE
     assert metadata["model_options"] == {"in_channels": 1, "num_classes": 2, "base_width": 4, "depth": 2}
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert sorted(metadata["val_cases"]) == sorted(metrics["per_case"]["mean_teacher"])
 
     assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-root", str(root), "--device", "cpu",
@@ -185,7 +185,7 @@ def test_semi_quick_on_real_covid_semiseg(tmp_path: Path, capsys: pytest.Capture
     out = tmp_path / "run"
     assert main(["semi", "--data-root", str(REAL_SEMISEG), "--out", str(out), "--quick", "--unlabelled", "16",
                  "--device", "cpu", "--no-progress"]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert all(0.0 <= metrics["dice"][arm] <= 1.0 for arm in ARMS)
     assert all(len(metrics["per_case"][arm]) == 10 for arm in ARMS)  # fold 0 of 5 over 50 slices
     assert metrics["pseudo"]["unlabelled_images"] == 16
