@@ -68,7 +68,9 @@ runtime = runtime_summary(setting=setting, device=device, seed=seed, dataset=dat
 print(format_summary(runtime))
 
 this_chapter = "09_results"
-book_chapters = sorted({p.stem for p in Path(".").glob("[0-9][0-9]_*.py")} - {this_chapter})
+# The sources sit beside this notebook in chapters/; the executed notebooks in book/chapters/ (nbval).
+book_chapters = sorted({p.stem for pattern in ("[0-9][0-9]_*.py", "[0-9][0-9]_*.ipynb") for p in Path(".").glob(pattern)}
+                       - {this_chapter})
 references = {name: load_reference(name) for name in [*book_chapters, "ablation"]}
 live = read_records(output_dir) if Path(output_dir).is_dir() else {}
 
