@@ -64,7 +64,7 @@ from covidlib.pseudo import (RULES, PseudoLabelConfig, PseudoPatchDataset, build
                              compare_rules, pseudo_label, report_rules)
 from covidlib.results import to_json
 from covidlib.statistics import paired_bootstrap_ci, summarise_runs
-from covidlib.train import AMP_CHOICES, Trainer, TrainConfig, evaluate, save_checkpoint, split_batch, validate_batch
+from covidlib.train import AMP_CHOICES, Trainer, TrainConfig, save_checkpoint, split_batch, validate_batch
 from covidlib.transfer import SliceTraining, fit_volumes, slice_loader
 
 VALIDATE_CHOICES = ("teacher", "student")
