@@ -45,7 +45,7 @@ if importlib.util.find_spec("covidlib") is None:
 
 # %% tags=["parameters"]
 dataset = "phantom"
-data_root = ""  # folder of COVID-SemiSeg: with dataset = "covid-semiseg", section 8 sets its slices beside the phantom
+data_root = ""  # COVID-SemiSeg's folder: with that dataset, section 8 sets real slices beside the phantom's
 setting = "quick"  # "quick" (minutes, CI), "reference" (real data, a 2-core CPU), "full" (the report's settings, a GPU)
 device = "auto"
 seed = 0

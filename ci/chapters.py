@@ -37,6 +37,8 @@ SETTINGS = ("quick", "reference", "full")
 REAL_DATASET = "covid-semiseg"
 REAL_DATA = Path(os.environ.get("COVIDLIB_REAL_DATA", ROOT.parent / "shared" / "data" / "covid-semiseg"))
 HTML = ROOT / "book" / "_build" / "html"
+# What ci/book passes to every chapter: papermill must find each name in the parameters cell.
+BOOK_PARAMETERS = ("dataset", "data_root", "setting", "device", "seed", "output_dir")
 
 
 def fail(message: str) -> None:
@@ -90,10 +92,22 @@ def check_pairs() -> list[str]:
             problems.append(f"{nb_path.relative_to(ROOT)} has no 'python3' kernelspec (papermill needs one)")
         if not any("parameters" in c.metadata.get("tags", []) for c in json_nb.cells):
             problems.append(f"{nb_path.relative_to(ROOT)} has no cell tagged 'parameters'")
+        else:
+            problems += unreadable_parameters(nb_path)
     for nb_path in sorted(CHAPTER_SOURCES.glob("*.ipynb")):
         if not nb_path.with_suffix(".py").exists():
             problems.append(f"{nb_path.relative_to(ROOT)} has no Jupytext source {nb_path.with_suffix('.py').name}")
     return problems
+
+
+def unreadable_parameters(nb_path: Path) -> list[str]:
+    """Book parameters papermill cannot read from the notebook's parameters cell (it then warns
+    "Passed unknown parameter" and the chapter's own default may win)."""
+    from papermill.inspection import inspect_notebook
+
+    found = inspect_notebook(str(nb_path))
+    return [f"{nb_path.relative_to(ROOT)}: papermill cannot read the parameter {name!r} from the parameters cell "
+            f"(write it as 'name = value  # comment' on one line)" for name in BOOK_PARAMETERS if name not in found]
 
 
 def results_dir_for(setting: str, dataset: str) -> Path:

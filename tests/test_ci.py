@@ -24,6 +24,12 @@ SOURCE = """# ---
 
 # %% tags=["parameters"]
 quick = True
+dataset = "phantom"
+data_root = ""  # the dataset's folder
+setting = "quick"
+device = "auto"
+seed = 0
+output_dir = "results"
 
 # %%
 print(quick)
@@ -65,6 +71,16 @@ def test_missing_partner_and_missing_parameters_are_reported(chapters):
     assert "02_alone.py has no paired" in problems
     assert "03_orphan.ipynb has no Jupytext source" in problems
     assert "no cell tagged 'parameters'" in problems
+
+
+def test_a_parameter_papermill_cannot_read_is_reported(chapters):
+    # papermill gives up on a line whose comment holds quotes and '=': it then ignores data_root
+    unreadable = SOURCE.replace('data_root = ""  # the dataset\'s folder',
+                                'data_root = ""  # folder: with dataset = "covid-semiseg", real slices')
+    (chapters / "01_demo.py").write_text(unreadable)
+    jupytext.write(jupytext.reads(unreadable, fmt="py:percent"), chapters / "01_demo.ipynb")
+    problems = ci_chapters.check_pairs()
+    assert len(problems) == 1 and "cannot read the parameter 'data_root'" in problems[0]
 
 
 def test_toc_lists_only_chapters_with_sources():
