@@ -19,6 +19,7 @@ Introduced in chapter 04.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -38,6 +39,8 @@ from covidlib.errors import InvalidInputError
 from covidlib.inference import evaluate_cases, grey_levels, load_model, normalise_slices, predict_stack, prepare_slices
 from covidlib.io import Volume, atomic_path, atomic_write_text, read_volume, write_volume
 from covidlib.losses import LOSSES
+from covidlib.mean_teacher import (QUICK_UNLABELLED, SEMI_FULL, SEMI_METHODS, SEMI_QUICK, semi_supervised_settings,
+                                   train_semi_supervised)
 from covidlib.models import MODELS
 from covidlib.results import to_json
 from covidlib.train import AMP_CHOICES
@@ -88,6 +91,20 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt when it exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    semi = parser.add_argument_group(
+        "semi-supervised (chapter 08)",
+        "With --semi the supervised model (A', kept in OUT/supervised/) is continued on the labelled slices plus "
+        "pseudo-labelled patches of the unlabelled images, the threshold and the epoch chosen on the validation "
+        "cases; OUT/best.pt is the semi-supervised network.")
+    semi.add_argument("--semi", choices=sorted(SEMI_METHODS),
+                      help="pseudo-labels (their weighted loss), mean-teacher (an EMA teacher's consistency on the "
+                           "unlabelled patches) or both (the book's mean-teacher arm)")
+    semi.add_argument("--unlabelled-split", default="unlabelled", help="the dataset split of unlabelled images "
+                                                                       "(default: unlabelled)")
+    semi.add_argument("--unlabelled", type=int, help=f"how many unlabelled images, spread evenly (default all; quick "
+                                                     f"at most {QUICK_UNLABELLED})")
+    semi.add_argument("--semi-epochs", type=int, help=f"epochs of the continuation (default {SEMI_FULL['semi_epochs']}, "
+                                                      f"quick {SEMI_QUICK['semi_epochs']})")
 
 
 def _setting(args: argparse.Namespace, name: str) -> Any:
@@ -128,27 +145,56 @@ def run_train(args: argparse.Namespace) -> int:
                     amp=args.amp, augment=not args.no_augment, dihedral=not args.no_dihedral, tta=not args.no_tta,
                     empty_fraction=args.empty_fraction, mixup_alpha=args.mixup_alpha,
                     max_steps_per_epoch=_setting(args, "max_steps_per_epoch"))
-    prepared = prepare_slices(dataset, recipe.image_size, case_ids=train_ids + val_ids)
+    n_unlabelled = 0
+    if args.semi:
+        n_unlabelled = args.unlabelled
+        if n_unlabelled is not None and n_unlabelled < 1:
+            raise InvalidInputError(f"--unlabelled must be at least 1, got {n_unlabelled}")
+        if n_unlabelled is None and args.quick and args.unlabelled_split in dataset.splits:
+            n_unlabelled = min(QUICK_UNLABELLED, len(dataset.case_ids(args.unlabelled_split))) or None
+    prepared = prepare_slices(dataset, recipe.image_size, case_ids=train_ids + val_ids, n_unlabelled=n_unlabelled,
+                              unlabelled_split=args.unlabelled_split)
     metadata = {"dataset": args.dataset, "split": split, "train_cases": train_ids, "val_cases": val_ids,
                 "folds": args.folds, "fold": args.fold if args.folds is not None else None, "preparation": prepared.steps}
     out = Path(args.out)
-    trainer = train_supervised(prepared, train_ids, val_ids, recipe, seed=args.seed, device=args.device, out_dir=out,
-                               resume=args.resume, metadata=metadata, progress=not args.no_progress)
-    history = trainer.history
-    atomic_write_text(out / "history.json", to_json(history) + "\n")
+    trainer = train_supervised(prepared, train_ids, val_ids, recipe, seed=args.seed, device=args.device,
+                               out_dir=out / "supervised" if args.semi else out, resume=args.resume, metadata=metadata,
+                               progress=not args.no_progress)
     evaluation = evaluate_cases(trainer.model, dataset, val_ids, recipe.image_size, trainer.device, tta=recipe.tta)
-    result = {
+    history, kept, result = trainer.history, trainer, {}
+    if args.semi:
+        settings = semi_supervised_settings(
+            recipe.image_size, len(train_ids), network=recipe.model, base_width=recipe.base_width, depth=recipe.depth,
+            semi_epochs=args.semi_epochs or (SEMI_QUICK if args.quick else SEMI_FULL)["semi_epochs"], lr=recipe.lr,
+            batch_size=recipe.batch_size, amp=args.amp, device=args.device, seed=args.seed,
+            max_steps_per_epoch=recipe.max_steps_per_epoch, progress=not args.no_progress,
+            empty_fraction=recipe.empty_fraction, augment=recipe.augment)
+        semi_metadata = {**trainer.metadata, "semi_supervised": {
+            "method": args.semi, "unlabelled_split": args.unlabelled_split, "unlabelled_cases": len(prepared.unlabelled),
+            "settings": dataclasses.asdict(settings)}}
+        kept, pseudo = train_semi_supervised(trainer.model, prepared.labelled, train_ids, val_ids, prepared.unlabelled,
+                                             settings, args.semi, out_dir=out, metadata=semi_metadata,
+                                             progress=not args.no_progress)
+        history = kept.history
+        supervised_evaluation, evaluation = evaluation, evaluate_cases(
+            kept.validation_model(), dataset, val_ids, recipe.image_size, kept.device, tta=recipe.tta)
+        result["semi_supervised"] = {"method": args.semi, "supervised_validation": supervised_evaluation["summary"],
+                                     "supervised_best_epoch": trainer.best_epoch, "threshold": pseudo["threshold"],
+                                     "pseudo": pseudo["pseudo"], "calibration": pseudo["calibration"]}
+    atomic_write_text(out / "history.json", to_json(history) + "\n")
+    result.update({
         "validation": evaluation["summary"], "per_case": evaluation["per_case"],
-        "best_epoch": trainer.best_epoch, "epochs_run": len(history), "stopped_early": trainer.stopped_early,
-        "best_val_dice_training_size": trainer.best_metric,
+        "best_epoch": kept.best_epoch, "epochs_run": len(history), "stopped_early": kept.stopped_early,
+        "best_val_dice_training_size": kept.best_metric,
         "wall_seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu_started,
-        "device": str(trainer.device), "amp": str(trainer.amp_dtype), "threads": torch.get_num_threads(),
-        "settings": trainer.metadata,
-    }
+        "device": str(kept.device), "amp": str(kept.amp_dtype), "threads": torch.get_num_threads(),
+        "settings": kept.metadata,
+    })
     atomic_write_text(out / "metrics.json", to_json(result) + "\n")
     dice_summary = evaluation["summary"]["dice"]
-    print(f"{args.model}: validation Dice {dice_summary['mean']:.4f} ± {dice_summary['sd']:.4f} over {dice_summary['n']} "
-          f"case(s), best epoch {trainer.best_epoch} of {len(history)}; wrote {out}")
+    what = f"{args.model} + {args.semi}" if args.semi else args.model
+    print(f"{what}: validation Dice {dice_summary['mean']:.4f} ± {dice_summary['sd']:.4f} over {dice_summary['n']} "
+          f"case(s) (they also chose the epoch), best epoch {kept.best_epoch} of {len(history)}; wrote {out}")
     return 0
 
 

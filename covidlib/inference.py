@@ -175,7 +175,8 @@ def _spread(ids: list[str], count: int | None, dataset: CaseDataset) -> list[str
 
 def prepare_slices(dataset: CaseDataset, image_size: int | None = None, *, method: str = "window",
                    split: str | None = None, case_ids: Sequence[str] | None = None, n_unlabelled: int | None = 0,
-                   spacing_mm: float = 1.0, lung_method: str | None = None) -> PreparedSlices:
+                   unlabelled_split: str = "unlabelled", spacing_mm: float = 1.0,
+                   lung_method: str | None = None) -> PreparedSlices:
     """The labelled (and, when asked, unlabelled) cases of ``dataset`` as 2D network input.
 
     ``method``: ``"window"`` (the command line's: grey levels, z-score per slice) or
@@ -184,7 +185,7 @@ def prepare_slices(dataset: CaseDataset, image_size: int | None = None, *, metho
     ``image_size``: resize every slice to that square (images bilinear, masks nearest); ``None``
     keeps each slice's size. ``case_ids``: which labelled cases (default every case of
     ``split``, itself by default :attr:`~covidlib.datasets.Dataset.default_split`).
-    ``n_unlabelled``: 0 none, ``None`` the whole ``"unlabelled"`` split, else that many spread
+    ``n_unlabelled``: 0 none, ``None`` the whole ``unlabelled_split``, else that many spread
     evenly through its sorted ids. Raises :class:`InvalidInputError` naming the case or argument.
     Introduced in chapter 04.
     """
@@ -198,13 +199,13 @@ def prepare_slices(dataset: CaseDataset, image_size: int | None = None, *, metho
         raise InvalidInputError(f"dataset {dataset.name!r} has no labelled cases to prepare (split {split!r})")
     unlabelled_ids: list[str] = []
     if n_unlabelled != 0:
-        if "unlabelled" not in dataset.splits:
-            raise InvalidInputError(f"dataset {dataset.name!r} has no 'unlabelled' split (splits: "
+        if unlabelled_split not in dataset.splits:
+            raise InvalidInputError(f"dataset {dataset.name!r} has no {unlabelled_split!r} split (splits: "
                                     f"{', '.join(dataset.splits)}); semi-supervised training needs unlabelled images, "
                                     "e.g. --dataset covid-semiseg")
-        unlabelled_ids = _spread(dataset.case_ids("unlabelled"), n_unlabelled, dataset)
+        unlabelled_ids = _spread(dataset.case_ids(unlabelled_split), n_unlabelled, dataset)
         if not unlabelled_ids:
-            raise InvalidInputError(f"the 'unlabelled' split of dataset {dataset.name!r} is empty")
+            raise InvalidInputError(f"the {unlabelled_split!r} split of dataset {dataset.name!r} is empty")
     steps: list[str] = []
 
     def prepare(case: Case) -> tuple[np.ndarray, np.ndarray | None]:

@@ -64,7 +64,8 @@ from covidlib.pseudo import (RULES, PseudoLabelConfig, PseudoPatchDataset, build
                              compare_rules, pseudo_label, report_rules)
 from covidlib.results import to_json
 from covidlib.statistics import paired_bootstrap_ci, summarise_runs
-from covidlib.train import AMP_CHOICES, Trainer, TrainConfig, save_checkpoint, split_batch, validate_batch
+from covidlib.train import (AMP_CHOICES, Trainer, TrainConfig, resolve_amp, save_checkpoint, split_batch,
+                            validate_batch)
 from covidlib.transfer import SliceTraining, fit_volumes, slice_loader
 
 VALIDATE_CHOICES = ("teacher", "student")
@@ -163,6 +164,7 @@ class MeanTeacher(Trainer):
     no pseudo-labels. Each step draws ``pseudo_batch_size`` of them with the trainer's seeded,
     checkpointed generator. The loss of one step is
     ``sup + pseudo_weight * sum_i w_i l_i / sum_i w_i + lambda(t) * (consistency on labelled + pseudo inputs)``.
+    With ``pseudo_weight=0`` the patches only enter the consistency cost (their masks are unused).
 
     With ``consistency_weight=0`` no teacher is run and ``validate`` should be ``"student"``:
     that is plain fine-tuning on labels plus pseudo-labels, the book's middle arm.
@@ -210,16 +212,18 @@ class MeanTeacher(Trainer):
         student_logits = [self.model(self._noise(images)).float()]
         loss = supervised = self.loss_fn(student_logits[0], targets)
         terms = {"supervised": float(supervised.detach())}
-        if self.pseudo_patches is not None and self.mean_teacher.pseudo_weight > 0:
+        ramp = self.mean_teacher.consistency_weight * sigmoid_rampup(self.global_step, self.mean_teacher.rampup_steps)
+        # with pseudo_weight 0 the patches still feed the consistency: a mean teacher on unlabelled data alone
+        if self.pseudo_patches is not None and (self.mean_teacher.pseudo_weight > 0 or self.mean_teacher.consistency_weight > 0):
             patches, soft_targets, weights = self._pseudo_batch()
             inputs.append(patches)
             student_logits.append(self.model(self._noise(patches)).float())
-            per_patch = torch.stack([self.loss_fn(student_logits[-1][i:i + 1], soft_targets[i:i + 1])
-                                     for i in range(len(patches))])
-            pseudo = (weights * per_patch).sum() / weights.sum().clamp(min=1e-8)
-            loss = loss + self.mean_teacher.pseudo_weight * pseudo
-            terms["pseudo"] = float(pseudo.detach())
-        ramp = self.mean_teacher.consistency_weight * sigmoid_rampup(self.global_step, self.mean_teacher.rampup_steps)
+            if self.mean_teacher.pseudo_weight > 0:
+                per_patch = torch.stack([self.loss_fn(student_logits[-1][i:i + 1], soft_targets[i:i + 1])
+                                         for i in range(len(patches))])
+                pseudo = (weights * per_patch).sum() / weights.sum().clamp(min=1e-8)
+                loss = loss + self.mean_teacher.pseudo_weight * pseudo
+                terms["pseudo"] = float(pseudo.detach())
         if ramp > 0:
             self.teacher.eval()
             with torch.no_grad():
@@ -306,6 +310,81 @@ def _histogram(scores: np.ndarray | None) -> list[int]:
     return np.histogram(np.clip(scores[:, 0], -1.0, 1.0), SIMILARITY_BINS)[0].tolist()
 
 
+def pseudo_label_patches(model: nn.Module, arrays: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                         train_ids: Sequence[str], val_ids: Sequence[str], unlabelled: Sequence[np.ndarray],
+                         settings: SemiSupervisedSettings, *, rng: np.random.Generator,
+                         device: str | torch.device = "auto", amp: torch.dtype | None = None,
+                         unlabelled_boxes: Sequence[Box | None] | None = None,
+                         progress: bool = False) -> tuple[PseudoPatchDataset, dict[str, Any]]:
+    """Pseudo-labelled patches of ``unlabelled`` from ``model`` (A'): the feature dictionary of
+    the ``train_ids`` slices, the top-2 threshold calibrated on ``val_ids`` (when
+    ``settings.calibrate``), coarse boxes (given, or from ``model``), then
+    :func:`covidlib.pseudo.pseudo_label`. Returns the patches and what the book reports of them:
+    ``{"threshold", "calibration", "rules", "histogram", "pseudo"}``. Introduced in chapter 08.
+    """
+    dictionary = build_dictionary(model, [arrays[c][0] for c in train_ids], [arrays[c][1] for c in train_ids],
+                                  settings.pseudo, rng, device=device, amp=amp)
+    pseudo_config = settings.pseudo
+    calibration = calibration_labels = truth = None
+    val_images = [arrays[c][0] for c in val_ids]
+    val_boxes = predict_boxes_2d(model, val_images, device=device)
+    if any(box is not None for box in val_boxes):
+        calibration, calibration_labels, truth = calibrate_on_labelled(
+            model, dictionary, val_images, [arrays[c][1] for c in val_ids], val_boxes, settings.pseudo, rng,
+            quality_bar=settings.quality_bar, device=device, amp=amp)
+        if settings.calibrate and settings.pseudo.rule == "top2":
+            pseudo_config = dataclasses.replace(settings.pseudo, top2_threshold=calibration.chosen)
+    if unlabelled_boxes is None:
+        unlabelled_boxes = predict_boxes_2d(model, unlabelled, device=device)
+    labels = pseudo_label(model, dictionary, unlabelled, unlabelled_boxes, pseudo_config, rng,
+                          device=device, amp=amp, progress=progress)
+    info = {
+        "threshold": pseudo_config.top2_threshold if pseudo_config.rule == "top2" else None,
+        "calibration": calibration.as_dict() if calibration is not None else None,
+        "rules": (compare_rules(report_rules(calibration.chosen), dictionary, calibration_labels, truth, labels)
+                  if calibration is not None else []),
+        "histogram": {"edges": SIMILARITY_BINS.tolist(), "centred": _histogram(labels.scores),
+                      "plain": _histogram(labels.plain_scores)},
+        "pseudo": {"unlabelled_images": len(unlabelled),
+                   "images_with_box": int(sum(b is not None for b in unlabelled_boxes)),
+                   "patches": len(labels.locations), "accepted": labels.num_accepted,
+                   "dictionary": len(dictionary.features),
+                   "best_similarity_quantiles": np.quantile(labels.scores[:, 0], [0.05, 0.5, 0.95]).tolist()
+                   if len(labels.scores) else []},
+    }
+    return PseudoPatchDataset(unlabelled, labels, dictionary), info
+
+
+def arm_setup(arm: str, config: MeanTeacherConfig) -> tuple[bool, MeanTeacherConfig]:
+    """Whether ``arm`` trains on the unlabelled patches, and its mean-teacher settings: the four
+    continuations of :data:`ARMS` plus ``"consistency"`` (the mean teacher on unlabelled patches
+    without their pseudo-label loss; only :func:`train_semi_supervised` offers it)."""
+    student_kept = dataclasses.replace(config, consistency_weight=0.0, validate="student")
+    setups = {"control": (False, student_kept), "pseudo_labels": (True, student_kept),
+              "control_ema": (False, config), "mean_teacher": (True, config),
+              "consistency": (True, dataclasses.replace(config, pseudo_weight=0.0))}
+    if arm not in setups:
+        raise InvalidInputError(f"unknown arm {arm!r}: choose one of {sorted(setups)}")
+    return setups[arm]
+
+
+def continue_arm(model: nn.Module, arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], train_ids: Sequence[str],
+                 val_ids: Sequence[str], settings: SemiSupervisedSettings, arm: str,
+                 patches: PseudoPatchDataset | None, *, seed: int, out_dir: str | Path | None = None,
+                 metadata: Mapping[str, Any] | None = None) -> MeanTeacher:
+    """A copy of ``model`` (A') trained on as ``arm`` (:func:`arm_setup`) for all
+    ``settings.semi.epochs`` (no early stop: arms and controls take equal steps), the epoch best on
+    ``val_ids`` kept; with ``out_dir`` it checkpoints there like :class:`~covidlib.train.Trainer`.
+    Introduced in chapter 08."""
+    uses_patches, config = arm_setup(arm, settings.mean_teacher)
+    semi = dataclasses.replace(settings.semi, patience=settings.semi.epochs)
+    trainer = MeanTeacher(copy.deepcopy(model), semi, config, pseudo_patches=patches if uses_patches else None,
+                          out_dir=None if out_dir is None else str(out_dir), metadata=metadata)
+    trainer.fit(slice_loader(arrays, train_ids, settings.supervised, training=True, seed=seed),
+                slice_loader(arrays, val_ids, settings.supervised, training=False, seed=seed))
+    return trainer
+
+
 def semi_supervised_fold(arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], train_ids: Sequence[str],
                          val_ids: Sequence[str], test_ids: Sequence[str], unlabelled: Sequence[np.ndarray],
                          settings: SemiSupervisedSettings, *,
@@ -365,48 +444,15 @@ def semi_supervised_fold(arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], tr
                           "precondition_met": bool(supervised.best_metric > A_PRIME_PRECONDITION)}
 
     start = time.perf_counter()
-    rng = np.random.default_rng(seed)
-    amp = supervised.amp_dtype
-    dictionary = build_dictionary(supervised.model, [arrays[c][0] for c in train_ids], [arrays[c][1] for c in train_ids],
-                                  settings.pseudo, rng, device=device, amp=amp)
-    pseudo_config = settings.pseudo
-    calibration = calibration_labels = truth = None
-    val_images = [arrays[c][0] for c in val_ids]
-    val_boxes = predict_boxes_2d(supervised.model, val_images, device=device)
-    if any(box is not None for box in val_boxes):
-        calibration, calibration_labels, truth = calibrate_on_labelled(
-            supervised.model, dictionary, val_images, [arrays[c][1] for c in val_ids], val_boxes, settings.pseudo, rng,
-            quality_bar=settings.quality_bar, device=device, amp=amp)
-        if settings.calibrate and settings.pseudo.rule == "top2":
-            pseudo_config = dataclasses.replace(settings.pseudo, top2_threshold=calibration.chosen)
-    if unlabelled_boxes is None:
-        unlabelled_boxes = predict_boxes_2d(supervised.model, unlabelled, device=device)
-    labels = pseudo_label(supervised.model, dictionary, unlabelled, unlabelled_boxes, pseudo_config, rng,
-                          device=device, amp=amp, progress=progress)
-    patches = PseudoPatchDataset(unlabelled, labels, dictionary)
+    patches, pseudo_info = pseudo_label_patches(supervised.model, arrays, train_ids, val_ids, unlabelled, settings,
+                                                rng=np.random.default_rng(seed), device=device,
+                                                amp=supervised.amp_dtype, unlabelled_boxes=unlabelled_boxes,
+                                                progress=progress)
+    results.update(pseudo_info)
     seconds["pseudo_labelling"] = time.perf_counter() - start
-    results["threshold"] = pseudo_config.top2_threshold if pseudo_config.rule == "top2" else None
-    results["calibration"] = calibration.as_dict() if calibration is not None else None
-    results["rules"] = (compare_rules(report_rules(calibration.chosen), dictionary, calibration_labels, truth, labels)
-                        if calibration is not None else [])
-    results["histogram"] = {"edges": SIMILARITY_BINS.tolist(), "centred": _histogram(labels.scores),
-                            "plain": _histogram(labels.plain_scores)}
-    results["pseudo"] = {"unlabelled_images": len(unlabelled),
-                         "images_with_box": int(sum(b is not None for b in unlabelled_boxes)),
-                         "patches": len(labels.locations), "accepted": labels.num_accepted,
-                         "dictionary": len(dictionary.features),
-                         "best_similarity_quantiles": np.quantile(labels.scores[:, 0], [0.05, 0.5, 0.95]).tolist()
-                         if len(labels.scores) else []}
-
-    student_kept = dataclasses.replace(settings.mean_teacher, consistency_weight=0.0, validate="student")
-    arms = {"control": (None, student_kept), "pseudo_labels": (patches, student_kept),
-            "control_ema": (None, settings.mean_teacher), "mean_teacher": (patches, settings.mean_teacher)}
-    semi = dataclasses.replace(settings.semi, patience=settings.semi.epochs)  # equal budgets: no early stop
-    for arm, (arm_patches, arm_config) in arms.items():
+    for arm in ARMS[1:]:
         start = time.perf_counter()
-        trainer = MeanTeacher(copy.deepcopy(supervised.model), semi, arm_config, pseudo_patches=arm_patches)
-        trainer.fit(slice_loader(arrays, train_ids, settings.supervised, training=True, seed=seed),
-                    slice_loader(arrays, val_ids, settings.supervised, training=False, seed=seed))
+        trainer = continue_arm(supervised.model, arrays, train_ids, val_ids, settings, arm, patches, seed=seed)
         record(arm, trainer.validation_model())
         results["steps"][arm] = trainer.global_step
         results["history"][arm] = trainer.history
@@ -415,6 +461,35 @@ def semi_supervised_fold(arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], tr
     if return_models:
         results["models"] = models
     return results
+
+
+#: The methods of ``python -m covidlib train --semi`` and the arm (:func:`arm_setup`) each trains.
+SEMI_METHODS = {"pseudo-labels": "pseudo_labels", "mean-teacher": "consistency", "both": "mean_teacher"}
+
+
+def train_semi_supervised(model: nn.Module, arrays: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                          train_ids: Sequence[str], val_ids: Sequence[str], unlabelled: Sequence[np.ndarray],
+                          settings: SemiSupervisedSettings, method: str, *, out_dir: str | Path | None = None,
+                          metadata: Mapping[str, Any] | None = None,
+                          progress: bool = False) -> tuple[MeanTeacher, dict[str, Any]]:
+    """A final semi-supervised model: ``model`` (a trained A') continued by ``method`` of
+    :data:`SEMI_METHODS` on the labelled ``train_ids`` and the pseudo-labelled ``unlabelled``
+    images, the threshold and the epoch chosen on ``val_ids`` (no test cases: every labelled
+    slice serves training or selection). Returns the trainer (its ``validation_model()`` is the
+    network to keep) and :func:`pseudo_label_patches`' report. Introduced in chapter 08.
+    """
+    if method not in SEMI_METHODS:
+        raise InvalidInputError(f"unknown semi-supervised method {method!r}: choose one of {sorted(SEMI_METHODS)}")
+    if len(unlabelled) == 0:
+        raise InvalidInputError("semi-supervised training needs at least one unlabelled image, got none")
+    device = next(model.parameters()).device
+    seed = settings.semi.seed
+    patches, report = pseudo_label_patches(model, arrays, train_ids, val_ids, unlabelled, settings,
+                                           rng=np.random.default_rng(seed), device=device,
+                                           amp=resolve_amp(settings.semi.amp, device), progress=progress)
+    trainer = continue_arm(model, arrays, train_ids, val_ids, settings, SEMI_METHODS[method], patches, seed=seed,
+                           out_dir=out_dir, metadata=metadata)
+    return trainer, report
 
 
 # --- data, settings and folds of the comparison on a registered dataset ------------------------

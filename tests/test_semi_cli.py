@@ -17,7 +17,7 @@ from covidlib.data import fit_slice, kfold_volumes
 from covidlib.datasets import get_dataset
 from covidlib.errors import InvalidInputError
 from covidlib.inference import load_model, prepare_slices
-from covidlib.mean_teacher import ARMS, CONTROLS, semi_supervised_settings
+from covidlib.mean_teacher import ARMS, CONTROLS, SEMI_METHODS, MeanTeacherConfig, arm_setup, semi_supervised_settings
 from covidlib.preprocess import normalise_image
 
 SIDE = 32  # the images are as large as the network input, so evaluate sees exactly what training saw
@@ -193,3 +193,70 @@ def test_semi_quick_on_real_covid_semiseg(tmp_path: Path, capsys: pytest.Capture
     assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-root", str(REAL_SEMISEG),
                  "--device", "cpu"]) == 0
     assert json.loads(capsys.readouterr().out)["summary"]["dice"]["n"] == 10
+
+
+# --- python -m covidlib train --semi: a final semi-supervised model ----------------------------
+
+TRAIN_TINY = ["--image-size", str(SIDE), "--base-width", "4", "--depth", "2", "--epochs", "4", "--semi-epochs", "2",
+              "--lr", "5e-3", "--batch-size", "4", "--device", "cpu", "--amp", "off", "--no-progress", "--no-tta"]
+
+
+@pytest.fixture(scope="module")
+def final_semi(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(data root, output folder) of one tiny ``train --semi both`` run on every labelled slice."""
+    root = make_semiseg(tmp_path_factory.mktemp("semiseg-final"))
+    out = tmp_path_factory.mktemp("final")
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["train", "--data-root", str(root), "--out", str(out), "--semi", "both", "--unlabelled", "4",
+                     *TRAIN_TINY]) == 0
+    return root, out
+
+
+def test_train_semi_keeps_the_supervised_model_and_writes_a_loadable_final_one(
+        final_semi: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    root, out = final_semi
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    ids = get_dataset("covid-semiseg", root).case_ids("train")
+    model, metadata = load_model(out / "best.pt")
+    supervised, supervised_metadata = load_model(out / "supervised" / "best.pt")
+    # no test fold: every labelled slice trains or selects
+    assert sorted(metadata["train_cases"] + metadata["val_cases"]) == sorted(ids)
+    assert metadata["semi_supervised"]["method"] == "both" and metadata["semi_supervised"]["unlabelled_cases"] == 4
+    assert supervised_metadata["val_cases"] == metadata["val_cases"]
+    # the continuation changed the supervised network's weights
+    assert any(not np.allclose(a.numpy(), b.numpy()) for a, b in
+               zip(model.state_dict().values(), supervised.state_dict().values()))
+    semi = metrics["semi_supervised"]
+    assert semi["method"] == "both" and semi["pseudo"]["unlabelled_images"] == 4
+    assert metrics["epochs_run"] == 2 and 1 <= metrics["best_epoch"] <= 2
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-root", str(root), "--device", "cpu",
+                 "--per-case"]) == 0
+    evaluation = json.loads(capsys.readouterr().out)
+    for case, row in metrics["per_case"].items():  # evaluate reproduces the final model's validation scores
+        assert evaluation["per_case"][case]["dice"] == pytest.approx(row["dice"], abs=1e-6)
+
+
+@pytest.mark.parametrize(("method", "pseudo_weight", "consistency_weight", "validate"),
+                         [("pseudo-labels", 1.0, 0.0, "student"), ("mean-teacher", 0.0, 1.0, "teacher"),
+                          ("both", 1.0, 1.0, "teacher")])
+def test_each_semi_method_trains_the_arm_it_names(tmp_path: Path, method: str, pseudo_weight: float,
+                                                  consistency_weight: float, validate: str) -> None:
+    root = make_semiseg(tmp_path / "data")
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["train", "--data-root", str(root), "--out", str(tmp_path / "run"), "--semi", method,
+                     "--unlabelled", "2", *TRAIN_TINY]) == 0
+    config = load_model(tmp_path / "run" / "best.pt")[1]["semi_supervised"]["settings"]["mean_teacher"]
+    uses_patches, arm = arm_setup(SEMI_METHODS[method], MeanTeacherConfig(**config))
+    assert uses_patches
+    assert (arm.pseudo_weight, arm.consistency_weight, arm.validate) == (pseudo_weight, consistency_weight, validate)
+
+
+def test_train_semi_without_unlabelled_images_fails_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--dataset", "phantom", "--out", str(tmp_path / "run"), "--quick", "--semi", "both"]) == 2
+    assert "'phantom' has no 'unlabelled' split" in capsys.readouterr().err
+    root = make_semiseg(tmp_path / "data")
+    assert main(["train", "--data-root", str(root), "--out", str(tmp_path / "run"), "--semi", "both",
+                 "--unlabelled-split", "extra", *TRAIN_TINY]) == 2
+    assert "no 'extra' split" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
