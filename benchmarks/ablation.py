@@ -8,9 +8,12 @@ row above with ``tta_`` metrics. The record goes to
 ``records/reference-covid-semiseg/ablation.json`` (committed; chapter 09 shows it).
 
 Resumable: every (recipe, seed, fold) is cached under ``--runs``; run the same command again to
-continue. Two processes with different ``--seeds`` share the cache and can run side by side.
+continue. The record is rewritten after each row with every row complete so far. Processes given
+different ``--rows`` share the cache and can run side by side (one thread each on a 2-core CPU).
 
     .venv/bin/python benchmarks/ablation.py --seeds 0,1,2
+    .venv/bin/python benchmarks/ablation.py --seeds 0 --rows 0,1 --threads 1 &   # two halves side by side
+    .venv/bin/python benchmarks/ablation.py --seeds 0 --rows 4,2 --threads 1
     .venv/bin/python benchmarks/ablation.py --quick --out /tmp/ablation   # the whole path in minutes
 """
 
@@ -61,6 +64,8 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="tiny networks and 2 epochs: checks the path")
+    parser.add_argument("--rows", help="compute only these rows, in this order (e.g. 4,2); the record holds every "
+                                       "complete row, so processes given different rows can run side by side")
     args = parser.parse_args()
     if not (Path(args.data_root) / "TrainingSet").is_dir():
         print(f"no COVID-SemiSeg at {args.data_root}: nothing to do")
@@ -73,43 +78,65 @@ def main() -> None:
     dataset = get_dataset("covid-semiseg", args.data_root)
     recipe = REPORT if not args.quick else dataclasses.replace(REPORT, image_size=64, base_width=4, depth=2, epochs=2,
                                                                max_steps_per_epoch=2)
-    prepared_by_size: dict[int, object] = {}
-    rows, previous = [], None
-    for name, change, with_tta in STEPS:
+    recipes, change_recipe = [], recipe
+    for _, change, _ in STEPS:
         if args.quick and "image_size" in change:
             change = {"image_size": 80}
-        recipe = dataclasses.replace(recipe, **change)
+        change_recipe = dataclasses.replace(change_recipe, **change)
+        recipes.append(change_recipe)
+    order = range(len(STEPS)) if args.rows is None else [int(r) for r in args.rows.split(",")]
+    prepared_by_size: dict[int, object] = {}
+
+    def results_of(index: int, compute: bool) -> list[dict]:
+        recipe = recipes[index]
         if recipe.image_size not in prepared_by_size:
             prepared_by_size[recipe.image_size] = prepare_slices(dataset, recipe.image_size)
-        # TTA changes scoring only: the models are those of the recipe without it.
-        trained = dataclasses.replace(recipe, tta=True) if not with_tta else recipe
-        results = run_nested_cv(dataset, prepared_by_size[recipe.image_size], trained, args.runs, folds=args.folds,
-                                seeds=seeds)
+        # TTA changes scoring only: every row trains with it on, so a TTA row reuses the row above's models
+        return run_nested_cv(dataset, prepared_by_size[recipe.image_size], dataclasses.replace(recipe, tta=True),
+                             args.runs, folds=args.folds, seeds=seeds, compute=compute)
+
+    for index in order:
+        print(f"computing row {index}: {STEPS[index][0]}", flush=True)
+        results_of(index, compute=True)
+        write_complete_rows(args, seeds, runtime, results_of, recipes)
+
+
+def write_complete_rows(args: argparse.Namespace, seeds: list[int], runtime: dict, results_of, recipes: list) -> None:
+    """Write the record of every row whose (seed, fold) runs are all stored; each row's change is
+    measured against the nearest complete row above it."""
+    rows, previous = [], None
+    for index, (name, _, with_tta) in enumerate(STEPS):
+        results = results_of(index, compute=False)
+        if len(results) < len(seeds) * args.folds:
+            continue
         prefix = "tta_" if with_tta else ""
         units = {metric: per_unit(results, prefix + metric) for metric in ("dice", "infnet_mean_dice")}
-        row = {"name": name, "recipe": dataclasses.asdict(recipe), "scored_with_tta": with_tta,
+        row = {"name": name, "recipe": dataclasses.asdict(recipes[index]), "scored_with_tta": with_tta,
                "dice_by_unit": [[seed, fold, value] for (seed, fold), value in units["dice"].items()],
                "infnet_mean_dice_by_unit": [[s, f, v] for (s, f), v in units["infnet_mean_dice"].items()],
                "dice_mean": float(np.mean(list(units["dice"].values()))),
                "dice_sd_over_units": float(np.std(list(units["dice"].values()), ddof=1)),
                "infnet_mean_dice_mean": float(np.mean(list(units["infnet_mean_dice"].values()))),
                "epochs_run": [r["epochs_run"] for r in results], "best_epoch": [r["best_epoch"] for r in results],
-               "train_wall_seconds": float(sum(r["wall_seconds"] for r in results))}
+               "train_wall_seconds": float(sum(r["wall_seconds"] for r in results)),
+               "train_cpu_seconds": float(sum(r["cpu_seconds"] for r in results))}
         if previous is not None:
             keys = sorted(units["dice"])
-            ci = paired_bootstrap_ci([previous["dice"][k] for k in keys], [units["dice"][k] for k in keys])
-            row["dice_change_vs_previous"] = ci.as_dict()
+            ci = paired_bootstrap_ci([previous[1]["dice"][k] for k in keys], [units["dice"][k] for k in keys])
+            row["dice_change_vs_previous"] = {**ci.as_dict(), "previous": previous[0]}
         rows.append(row)
+        change = row.get("dice_change_vs_previous")
         print(f"{name:<45} Dice {row['dice_mean']:.3f} ± {row['dice_sd_over_units']:.3f}, "
               f"Inf-Net mean Dice {row['infnet_mean_dice_mean']:.3f}"
-              + (f", change {ci.mean_difference:+.3f} [{ci.low:+.3f}, {ci.high:+.3f}]" if previous is not None else ""),
-              flush=True)
-        previous = units
+              + (f", change {change['mean_difference']:+.3f} [{change['low']:+.3f}, {change['high']:+.3f}]"
+                 if change else ""), flush=True)
+        previous = (name, units)
+    if not rows:
+        return
     write_record(args.out, "ablation", parameters={"data_root": args.data_root, "seeds": seeds, "folds": args.folds,
                                                    "quick": args.quick},
-                 numbers={"rows": rows}, runtime=runtime)
-    print(f"wrote {Path(args.out) / 'ablation.json'}")
-
+                 numbers={"rows": rows, "planned": [name for name, _, _ in STEPS]}, runtime=runtime)
+    print(f"wrote {Path(args.out) / 'ablation.json'} ({len(rows)} of {len(STEPS)} rows complete)", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -157,7 +157,8 @@ def run_key(recipe: Recipe, dataset: str, folds: int) -> str:
 
 def run_nested_cv(dataset: CaseDataset, prepared: PreparedSlices, recipe: Recipe, out_dir: str | Path, *,
                   folds: int = 5, seeds: Sequence[int] = (0,), device: str = "auto", checkpoints: bool = True,
-                  progress: bool = True, fold_indices: Sequence[int] | None = None) -> list[dict[str, Any]]:
+                  progress: bool = True, fold_indices: Sequence[int] | None = None,
+                  compute: bool = True) -> list[dict[str, Any]]:
     """Every (seed, outer fold) of ``recipe``: train on the inner split, score the outer test fold.
 
     ``prepared``: the dataset's labelled slices at ``recipe.image_size``
@@ -165,6 +166,7 @@ def run_nested_cv(dataset: CaseDataset, prepared: PreparedSlices, recipe: Recipe
     ``out_dir/<run_key>/``; a result whose recipe or code is unchanged is read instead of
     recomputed, and with ``checkpoints`` an interrupted training resumes from its last epoch.
     ``fold_indices``: run only these outer folds (of ``folds``; e.g. a cheaper check on a few).
+    ``compute=False`` only reads: (seed, fold) pairs without an up-to-date stored result are left out.
     Returns the results in (seed, fold) order, each with the training's per-epoch ``history``.
     """
     if fold_indices is not None and not set(fold_indices) <= set(range(folds)):
@@ -184,6 +186,8 @@ def run_nested_cv(dataset: CaseDataset, prepared: PreparedSlices, recipe: Recipe
             if not changed_sources(stored["code"]):
                 results.append(stored)
                 continue
+        if not compute:
+            continue
         started, cpu_started = time.perf_counter(), time.process_time()
         trainer = train_supervised(prepared, fold.train, fold.val, recipe, seed=seed, device=device,
                                    out_dir=folder / f"seed{seed}_fold{fold.index}" if checkpoints else None,

@@ -80,3 +80,18 @@ def test_fold_indices_run_only_those_folds_with_their_histories(phantom, tmp_pat
         assert result["best_val_dice"] == max(row["val_dice"] for row in result["history"])
     with pytest.raises(InvalidInputError, match="fold_indices"):
         run_nested_cv(dataset, prepared, TINY, tmp_path, folds=3, fold_indices=[3], progress=False)
+
+
+def test_compute_false_reads_stored_folds_and_trains_nothing(phantom, tmp_path, monkeypatch):
+    dataset, prepared = phantom
+    assert run_nested_cv(dataset, prepared, TINY, tmp_path, folds=3, compute=False, progress=False) == []
+    stored = run_nested_cv(dataset, prepared, TINY, tmp_path, folds=3, fold_indices=[1], checkpoints=False,
+                           progress=False)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("compute=False trained a fold")
+
+    monkeypatch.setattr(crossval, "train_supervised", no_training)
+    read = run_nested_cv(dataset, prepared, TINY, tmp_path, folds=3, compute=False, progress=False)
+    assert [(r["seed"], r["fold"]) for r in read] == [(0, 1)]
+    assert read[0]["per_case"] == stored[0]["per_case"]
