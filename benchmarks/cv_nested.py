@@ -5,7 +5,7 @@ The outer test fold only scores; an inner validation split picks the epoch
 the same command continues where it stopped. Prints per-fold and mean ± sd Dice at 0.5, with
 and without test-time augmentation, and Inf-Net's mean Dice when available.
 
-    .venv/bin/python benchmarks/cv_nested.py --seeds 0 --image-size 256 --epochs 120
+    .venv/bin/python benchmarks/cv_nested.py --seeds 0 --image-size 224 --epochs 80
     .venv/bin/python benchmarks/cv_nested.py --quick          # a smoke run in about a minute
 """
 

@@ -41,7 +41,8 @@ from covidlib.train import TrainConfig, Trainer, mixup_transform
 
 @dataclass(frozen=True)
 class Recipe:
-    """How one supervised network is trained and applied (defaults: ``python -m covidlib train``'s).
+    """How one supervised network is trained and applied (defaults: ``python -m covidlib train``'s,
+    the last row of ``benchmarks/ablation.py``, whose nested CV the book reports).
 
     ``image_size``: square network input in pixels; ``dihedral``: random turns and mirrors on
     top of the report's augmentation; ``tta``: average the predictions over the 8 turns and
@@ -51,14 +52,14 @@ class Recipe:
     """
 
     model: str = "unet"
-    image_size: int = 256
+    image_size: int = 224
     base_width: int = 16
     depth: int = 4
-    epochs: int = 120
+    epochs: int = 80
     lr: float = 1e-3
     step_size: int = 25
     gamma: float = 0.8
-    patience: int = 40
+    patience: int = 30
     batch_size: int = 8
     loss: str = "ce+dice"
     amp: str = "auto"
