@@ -162,6 +162,7 @@ def run_train(args: argparse.Namespace) -> int:
                                progress=not args.no_progress)
     evaluation = evaluate_cases(trainer.model, dataset, val_ids, recipe.image_size, trainer.device, tta=recipe.tta)
     history, kept, result = trainer.history, trainer, {}
+    supervised_seconds = {"wall": time.perf_counter() - started, "cpu": time.process_time() - cpu_started}
     if args.semi:
         settings = semi_supervised_settings(
             recipe.image_size, len(train_ids), network=recipe.model, base_width=recipe.base_width, depth=recipe.depth,
@@ -179,6 +180,7 @@ def run_train(args: argparse.Namespace) -> int:
         supervised_evaluation, evaluation = evaluation, evaluate_cases(
             kept.validation_model(), dataset, val_ids, recipe.image_size, kept.device, tta=recipe.tta)
         result["semi_supervised"] = {"method": args.semi, "supervised_validation": supervised_evaluation["summary"],
+                                     "supervised_seconds": supervised_seconds,
                                      "supervised_best_epoch": trainer.best_epoch, "threshold": pseudo["threshold"],
                                      "pseudo": pseudo["pseudo"], "calibration": pseudo["calibration"]}
     atomic_write_text(out / "history.json", to_json(history) + "\n")
