@@ -1,6 +1,7 @@
 """Does the phantom teach? Train on phantom slices only, score on COVID-SemiSeg's 50 labelled slices.
 
-Two parts, one JSON record (``--out``, default ``results/phantom_to_real.json``):
+Two parts, one reference record (``--out`` folder, default ``records/reference-covid-semiseg/``:
+``phantom_to_real.json``, committed and shown in chapter 01):
 
 1. **phantom only**: a 2D U-Net trained with the project's own ``Trainer`` on phantom slices in
    their real-like view (:func:`covidlib.phantom.semiseg_view`: 8-bit window, tight crop, quarter
@@ -16,8 +17,10 @@ Two parts, one JSON record (``--out``, default ``results/phantom_to_real.json``)
 
 Both parts take the network input the same way as the rest of the book (grey levels z-scored
 per slice, resized to ``--image-size``). Resumable: pretraining and every arm of every fold
-resume from their ``last.pt`` under ``--work``, and finished folds are kept in the record
-(written atomically after each). Without the data it says so and exits 0.
+resume from their ``last.pt`` under ``--work``, and finished parts are kept in
+``--work``/progress.json (written atomically after each); the record is written at the end with
+:func:`covidlib.results.write_record` (provenance, code and data fingerprints). Without the data it
+says so and exits 0.
 
     nice -n 10 .venv/bin/python benchmarks/phantom_to_real.py                   # both parts
     nice -n 10 .venv/bin/python benchmarks/phantom_to_real.py --folds 0         # phantom only
@@ -28,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -44,7 +46,10 @@ from covidlib.inference import evaluate_cases, normalise_slices, prepare_slices,
 from covidlib.crossval import nested_folds
 from covidlib.models import get_model
 from covidlib.phantom import load_calibration, make_phantom, semiseg_view
-from covidlib.results import atomic_write_text, git_commit
+from covidlib.config import runtime_summary
+from covidlib.fingerprint import code_fingerprint, loaded_covidlib_modules
+from covidlib.records import reference_dir
+from covidlib.results import atomic_write_text, write_record
 from covidlib.statistics import paired_bootstrap_ci
 from covidlib.train import TrainConfig, Trainer
 
@@ -175,7 +180,7 @@ def summarise_transfer(folds: dict[str, Any], seed: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--out", type=Path, default=Path("results/phantom_to_real.json"))
+    parser.add_argument("--out", type=Path, default=reference_dir(), help="folder of the record phantom_to_real.json")
     parser.add_argument("--work", type=Path, default=Path("results/phantom_to_real_work"), help="checkpoints (resume)")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--base-width", type=int, default=16)
@@ -198,27 +203,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"COVID-SemiSeg not found under {args.data_root}: skipping the phantom-to-real benchmark.")
         return 0
     torch.set_num_threads(args.threads)
+    runtime = runtime_summary(setting="reference", device="cpu", seed=args.seed, dataset="covid-semiseg")
     real = get_dataset("covid-semiseg", args.data_root)
     ids = real.case_ids("train")
 
+    progress = Path(args.work) / "progress.json"
     record: dict[str, Any] = {}
-    if args.out.exists():
-        record = json.loads(args.out.read_text())
-        if record.get("settings") != settings(args):
-            print(f"{args.out} was written with other settings; starting a new record")
+    if progress.exists():
+        record = json.loads(progress.read_text(encoding="utf-8"))
+        if record.get("settings") != settings(args) or record.get("code") != code_fingerprint(loaded_covidlib_modules()):
+            print(f"{progress} was written with other settings or code; starting afresh")
             record = {}
-    record.setdefault("settings", settings(args))
-    # Provenance of the run that trained (a resumed run that only adds folds or the summary keeps it).
-    record.setdefault("provenance", {"script": "benchmarks/phantom_to_real.py", "commit": git_commit(ROOT), "dataset": str(args.data_root),
-                            "real_slices": len(ids), "calibration": load_calibration()["provenance"],
-                            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                                       f"torch threads {args.threads}", "torch": torch.__version__})
+    record.update({"settings": settings(args), "code": code_fingerprint(loaded_covidlib_modules())})
+    record.setdefault("real_slices", len(ids))
 
     def save() -> None:
-        atomic_write_text(args.out, json.dumps(record, indent=1) + "\n")
+        atomic_write_text(progress, json.dumps(record, indent=1) + "\n")
 
     phantom_state_path = Path(args.work) / "pretrain" / "phantom_unet.pt"
     if "phantom_only" not in record or not phantom_state_path.exists():
+        record.pop("transfer", None)  # folds fine-tuned from another phantom network do not count
         start = time.perf_counter()
         model, record["phantom_only"] = pretrain(args, real, ids)
         record["phantom_only"]["wall_seconds"] = time.perf_counter() - start
@@ -230,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
           f"Inf-Net mean Dice {part['real_infnet_mean_dice']['mean']:.3f} "
           f"(trained {part['epochs_run']} epochs, best {part['best_epoch']}, {part['wall_seconds']:.0f} s)")
     if args.folds <= 0:
-        return 0
+        return publish(args, record, runtime)
 
     phantom_state = torch.load(phantom_state_path, weights_only=True)
     prepared = prepare_slices(real, args.image_size, case_ids=ids)
@@ -250,6 +254,16 @@ def main(argv: list[str] | None = None) -> int:
     ci = summary["difference_pretrained_minus_scratch"]
     print(f"transfer ({summary['n']} slices): scratch {summary['scratch_mean_dice']:.3f}, phantom-pretrained "
           f"{summary['pretrained_mean_dice']:.3f}, difference {ci}")
+    return publish(args, record, runtime)
+
+
+def publish(args: argparse.Namespace, record: dict[str, Any], runtime: dict[str, Any]) -> int:
+    """Write the reference record (its timing covers this call; each part keeps its own seconds)."""
+    numbers = {key: record[key] for key in ("real_slices", "phantom_only", "transfer") if key in record}
+    numbers["calibration"] = load_calibration()["provenance"]
+    path = write_record(args.out, "phantom_to_real", parameters={**record["settings"], "data_root": str(args.data_root)},
+                        numbers=numbers, runtime=runtime)
+    print(f"wrote {path}")
     return 0
 
 

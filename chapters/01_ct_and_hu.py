@@ -331,6 +331,50 @@ for name in regions:
     print(f"{name:>7}: median grey level phantom {view_medians[name]:5.1f}, real {real_medians[name]:5.1f}")
 
 # %% [markdown]
+# ### Does the phantom teach? On real scans (reference record)
+#
+# Matching histograms is not the point; a phantom earns its place if what a network learns on it
+# carries over to real scans. `benchmarks/phantom_to_real.py` tests that in two parts. It trains a
+# U-Net on phantom slices in the real-like view alone, picks its epoch on other phantom slices, and
+# scores it once on COVID-SemiSeg's 50 labelled slices. Then, in nested cross-validation on those
+# slices, it fine-tunes that network and a network trained from scratch with the same splits, seeds
+# and schedule, and compares them slice by slice. The numbers below are read from the committed record.
+
+# %%
+from IPython.display import Markdown, display
+
+from covidlib.records import load_reference, reference_notice
+from covidlib.results import markdown_table
+
+transfer_record = load_reference("phantom_to_real")
+display(Markdown(reference_notice(transfer_record, "phantom_to_real",
+                                  command=".venv/bin/python benchmarks/phantom_to_real.py")))
+if transfer_record is not None:
+    phantom_only = transfer_record.numbers["phantom_only"]
+    at_half, infnet = phantom_only["real_dice_at_0.5"], phantom_only["real_infnet_mean_dice"]
+    rows = [("trained on phantom slices only", f"{at_half['mean']:.3f} ± {at_half['sd']:.3f}",
+             f"{infnet['mean']:.3f} ± {infnet['sd']:.3f}", f"all {at_half['n']} labelled slices"),
+            ("every pixel called infection (the floor)", f"{phantom_only['real_dice_all_foreground_baseline']:.3f}",
+             "—", f"all {at_half['n']} labelled slices")]
+    transfer = transfer_record.numbers.get("transfer", {}).get("summary")
+    if transfer:
+        rows += [(f"fine-tuned {name}, nested CV", f"{transfer[key]:.3f}", f"{transfer['infnet_mean_dice'][arm]:.3f}",
+                  f"{transfer['n']} outer-fold test slices")
+                 for name, key, arm in (("from scratch", "scratch_mean_dice", "scratch"),
+                                        ("from the phantom network", "pretrained_mean_dice", "phantom_pretrained"))]
+    display(Markdown(markdown_table(rows, ("network", "Dice at 0.5 (mean ± sd over slices)", "Inf-Net mean Dice",
+                                           "scored on"))))
+    if transfer:
+        lines = []
+        for label, key in (("Dice at 0.5", "difference_pretrained_minus_scratch"),
+                           ("Inf-Net mean Dice", "infnet_difference_pretrained_minus_scratch")):
+            ci = transfer[key]
+            verdict = "above zero" if ci["low"] > 0 else "below zero" if ci["high"] < 0 else "includes zero"
+            lines.append(f"{label}: {ci['mean_difference']:+.3f}, 95 % CI [{ci['low']:+.3f}, {ci['high']:+.3f}] "
+                         f"({verdict})")
+        display(Markdown("Phantom-pretrained minus scratch, paired over the test slices: " + "; ".join(lines) + "."))
+
+# %% [markdown]
 # ## Summary
 #
 # CT measures attenuation, and Hounsfield units express it relative to water and air. Stored

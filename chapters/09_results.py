@@ -71,7 +71,8 @@ this_chapter = "09_results"
 # The sources sit beside this notebook in chapters/; the executed notebooks in book/chapters/ (nbval).
 book_chapters = sorted({p.stem for pattern in ("[0-9][0-9]_*.py", "[0-9][0-9]_*.ipynb") for p in Path(".").glob(pattern)}
                        - {this_chapter})
-references = {name: load_reference(name) for name in [*book_chapters, "ablation"]}
+benchmark_records = ["ablation", "phantom_to_real"]  # written by benchmarks/*.py, shown in this chapter and chapter 01
+references = {name: load_reference(name) for name in [*book_chapters, *benchmark_records]}
 live = read_records(output_dir) if Path(output_dir).is_dir() else {}
 
 
@@ -93,7 +94,7 @@ def cell(value: float | None, sd: float | None = None) -> str:
 
 # %%
 rows = []
-for name in [*book_chapters, "ablation"]:
+for name in [*book_chapters, *benchmark_records]:
     reference = references[name]
     timing = reference.record.get("timing", {}) if reference else {}
     rows.append((name, "yes" if name in live else "—",
