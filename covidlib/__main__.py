@@ -1,7 +1,7 @@
 """The command line: ``python -m covidlib <command>`` (also installed as ``covidlib``).
 
 Commands: ``train`` (a 2D network on a registered dataset, optionally one fold of a k-fold
-split), ``evaluate`` (a checkpoint on a split, metrics as JSON on stdout), ``predict``
+split; with ``--semi`` continued semi-supervised on an unlabelled split), ``evaluate`` (a checkpoint on a split, metrics as JSON on stdout), ``predict``
 (a checkpoint on a folder of 2D images or on a NIfTI volume, writing probability maps),
 ``segment`` (a CT scan to infection and lung masks on its own grid, with volumes in mL;
 :mod:`covidlib.segment`) and ``semi`` (one fold of supervised vs pseudo-labels vs mean
@@ -89,7 +89,8 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mixup-alpha", type=float, default=0.0, help="mixup Beta(alpha, alpha); 0 = no mixup")
     parser.add_argument("--empty-fraction", type=float, default=1.0, help="share of training slices without infection kept")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt when it exists")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt when it exists (with --semi: "
+                                                              "the supervised stage's OUT/supervised/last.pt)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     semi = parser.add_argument_group(
         "semi-supervised (chapter 08)",
