@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -214,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         if record.get("settings") != settings(args) or record.get("code") != code_fingerprint(loaded_covidlib_modules()):
             print(f"{progress} was written with other settings or code; starting afresh")
             record = {}
+    if not record:  # checkpoints without a matching progress file were made by other settings or code
+        for stale in [Path(args.work) / "pretrain", *Path(args.work).glob("fold[0-9]*")]:
+            shutil.rmtree(stale, ignore_errors=True)
     record.update({"settings": settings(args), "code": code_fingerprint(loaded_covidlib_modules())})
     record.setdefault("real_slices", len(ids))
 
