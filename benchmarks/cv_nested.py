@@ -35,6 +35,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="tiny recipe: checks the whole path")
+    parser.add_argument("--fold-indices", help="only these outer folds, e.g. 3,4 (processes given disjoint folds "
+                                               "of one recipe can share --runs side by side)")
     for field in dataclasses.fields(Recipe):
         kind = {bool: lambda text: text.lower() in ("1", "true", "yes"), int: int, float: float, str: str}.get(
             type(field.default), int)
@@ -53,7 +55,9 @@ def main() -> None:
     prepared = prepare_slices(dataset, recipe.image_size)
     seeds = [int(s) for s in args.seeds.split(",")]
     started = time.perf_counter()
-    results = run_nested_cv(dataset, prepared, recipe, args.runs, folds=args.folds, seeds=seeds)
+    fold_indices = [int(f) for f in args.fold_indices.split(",")] if args.fold_indices else None
+    results = run_nested_cv(dataset, prepared, recipe, args.runs, folds=args.folds, seeds=seeds,
+                            fold_indices=fold_indices)
     print(recipe)
     metric_names = [m for m in ("dice", "tta_dice", "infnet_mean_dice", "tta_infnet_mean_dice") if m in results[0]["per_case"][results[0]["test"][0]]]
     for metric in metric_names:
