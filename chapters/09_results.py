@@ -170,8 +170,10 @@ if cv_04:
 # ## The path past the published results
 #
 # `benchmarks/ablation.py` starts from the report's recipe and adds one change at a time, each row
-# nested-CV'd over several seeds, with the paired difference to the row above and its 95 % bootstrap
-# interval. Its record is committed like the chapters' (`records/reference-covid-semiseg/ablation.json`).
+# nested-CV'd over the seeds its record names, with the paired difference to the row above and its
+# 95 % bootstrap interval over (fold, seed) runs. Its last row is `python -m covidlib train`'s
+# defaults. The record is committed like the chapters' (`records/reference-covid-semiseg/ablation.json`)
+# and is rewritten as rows complete, so it may hold only some of them.
 
 # %%
 ablation = references["ablation"]
@@ -185,6 +187,8 @@ if ablation is not None:
                      f"{change['mean_difference']:+.3f} [{change['low']:+.3f}, {change['high']:+.3f}]{versus}"
                      if change else "—", str(len(row["dice_by_unit"])),
                      f"{row['train_cpu_seconds'] / 60:.0f}" if "train_cpu_seconds" in row else "—"))
+    display(Markdown(f"Seeds {ablation.record['parameters']['seeds']}, {ablation.record['parameters']['folds']} "
+                     "outer folds; Dice at 0.5 as mean ± sd over the (fold, seed) runs."))
     display(Markdown(markdown_table(rows, ("recipe", "Dice at 0.5", "Inf-Net mean Dice",
                                            "change vs the complete row above [95 % CI]", "(fold, seed) runs",
                                            "CPU min (training and scoring)"))))
