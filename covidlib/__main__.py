@@ -1,8 +1,9 @@
 """The command line: ``python -m covidlib <command>`` (also installed as ``covidlib``).
 
 Commands: ``train`` (a 2D network on a registered dataset, optionally one fold of a k-fold
-split; with ``--semi`` continued semi-supervised on an unlabelled split), ``evaluate`` (a checkpoint on a split, metrics as JSON on stdout), ``predict``
-(a checkpoint on a folder of 2D images or on a NIfTI volume, writing probability maps),
+split; with ``--semi`` continued semi-supervised on an unlabelled split), ``evaluate`` (a
+checkpoint on a split, metrics as JSON on stdout), ``predict`` (a checkpoint on a folder of 2D
+images or on a NIfTI volume, writing probability maps),
 ``segment`` (a CT scan to infection and lung masks on its own grid, with volumes in mL;
 :mod:`covidlib.segment`) and ``semi`` (one fold of supervised vs pseudo-labels vs mean
 teacher using a dataset's unlabelled split; :mod:`covidlib.mean_teacher`).
