@@ -404,6 +404,8 @@ numbers = {
     "noise_sd_thick": noise_thick,
     "ggo_vs_lung_grey_levels": grey_levels,
     "semiseg_view_median_grey": view_medians,
+    # when each record shown here was written: ci/book reruns this chapter once one is rewritten
+    "records_shown": {"phantom_to_real": transfer_record.record.get("created") if transfer_record else None},
 }
 record_path = write_record(output_dir, "01_ct_and_hu",
                            parameters=dict(dataset=dataset, setting=setting, device=device, seed=seed, thin_mm=thin_mm,

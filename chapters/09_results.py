@@ -296,7 +296,9 @@ else:
 
 # %%
 numbers = {"live_records": sorted(live), "reference_records": sorted(n for n, r in references.items() if r is not None),
-           "reference_up_to_date": fresh, "findings": findings}
+           "reference_up_to_date": fresh, "findings": findings,
+           # when each record shown here was written: ci/book reruns this chapter once one is rewritten
+           "records_shown": {name: r.record.get("created") if r else None for name, r in references.items()}}
 record_path = write_record(output_dir, this_chapter, numbers=numbers, runtime=runtime,
                            parameters=dict(dataset=dataset, setting=setting, device=device, seed=seed))
 

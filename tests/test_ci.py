@@ -97,3 +97,25 @@ def test_a_failing_chapter_stops_the_build_naming_chapter_and_cell(chapters, mon
     assert "chapter 01_demo: cell" in message and "ValueError: phantom lost" in message
     assert "raise ValueError" in message  # the failing cell's source
     assert (tmp_path / "executed" / "01_demo.ipynb").exists()  # kept, with the traceback, for reading
+
+
+def test_a_record_showing_a_rewritten_record_is_outdated(tmp_path):
+    """Chapter 09 shows other records: once one of them is rewritten (or first written), its own
+    record is out of date although no code changed."""
+    import json
+
+    def write(name: str, created: str, shown: dict | None = None) -> Path:
+        path = tmp_path / f"{name}.json"
+        numbers = {} if shown is None else {"records_shown": shown}
+        path.write_text(json.dumps({"chapter": name, "created": created, "numbers": numbers}), encoding="utf-8")
+        return path
+
+    write("ablation", "2026-11-30T01:00:00+00:00")
+    results = write("09_results", "2026-11-30T02:00:00+00:00",
+                    {"ablation": "2026-11-30T01:00:00+00:00", "04_unet": None})
+    assert ci_chapters.rewritten_since(results) == []
+    assert ci_chapters.rewritten_since(tmp_path / "ablation.json") == []  # shows nothing
+    write("ablation", "2026-11-30T03:00:00+00:00")
+    assert ci_chapters.rewritten_since(results) == ["ablation"]
+    write("04_unet", "2026-11-30T03:00:00+00:00")
+    assert ci_chapters.rewritten_since(results) == ["ablation", "04_unet"]
