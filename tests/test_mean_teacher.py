@@ -247,16 +247,13 @@ def test_every_arm_and_its_control_take_the_same_optimizer_steps():
                                         labelled_patches=10, patches_per_unlabelled=4, calibrate=False)
     settings = dataclasses.replace(settings, pseudo=dataclasses.replace(settings.pseudo, top2_threshold=-1.0),
                                    semi=dataclasses.replace(settings.semi, patience=1))
-    optimizers: list[torch.optim.Optimizer] = []  # held, so a freed optimizer's id is never reused
-    steps: list[int] = []
+    counts: dict[int, int] = {}
+    held: list[torch.optim.Optimizer] = []  # kept alive: a freed optimizer's id can go to the next arm's
 
     def count(optimizer, args, kwargs):
-        index = next((i for i, seen in enumerate(optimizers) if seen is optimizer), None)
-        if index is None:
-            optimizers.append(optimizer)
-            steps.append(0)
-            index = len(steps) - 1
-        steps[index] += 1
+        if id(optimizer) not in counts:
+            held.append(optimizer)
+        counts[id(optimizer)] = counts.get(id(optimizer), 0) + 1
 
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
@@ -267,7 +264,7 @@ def test_every_arm_and_its_control_take_the_same_optimizer_steps():
     finally:
         handle.remove()
     assert result["pseudo"]["accepted"] > 0  # the arms did get unlabelled data
-    # steps is in order: A', control, pseudo_labels, control_ema, mean_teacher
+    steps = list(counts.values())  # in order: A', control, pseudo_labels, control_ema, mean_teacher
     assert len(steps) == len(ARMS)
     expected = 3 * 3  # 3 epochs of ceil(5 / 2) batches
     assert steps[1:] == [expected] * 4
