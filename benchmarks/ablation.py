@@ -1,19 +1,20 @@
 """The path from the report's recipe to the book's: one change at a time, nested CV on COVID-SemiSeg.
 
-Each row adds one change to the row above; every row is nested 5-fold cross-validation of the 50
-labelled slices (:func:`covidlib.crossval.run_nested_cv`: the outer fold only scores) over the
-given seeds, and its paired difference to the row above comes with a 95 % bootstrap CI over
-(fold, seed) units. Test-time augmentation needs no training: its row scores the models of the
+Each path row adds one change to the row above; an alternative row applies its change to a named
+row instead and is measured against it (a change tried there, kept or set aside). Every row is
+nested 5-fold cross-validation of the 50 labelled slices (:func:`covidlib.crossval.run_nested_cv`:
+the outer fold only scores) over the given seeds, and its paired difference to the row it changes
+comes with a 95 % bootstrap CI over (fold, seed) units. Test-time augmentation needs no training: its row scores the models of the
 row above with ``tta_`` metrics. The record goes to
 ``records/reference-covid-semiseg/ablation.json`` (committed; chapter 09 shows it).
 
 Resumable: every (recipe, seed, fold) is cached under ``--runs``; run the same command again to
 continue. The record is rewritten after each row with every row complete so far. Processes given
-different ``--rows`` share the cache and can run side by side (one thread each on a 2-core CPU).
+different ``--rows`` share the cache (on this 2-core CPU one process at 2 threads finishes sooner
+than two side by side).
 
     .venv/bin/python benchmarks/ablation.py --seeds 0,1,2
-    .venv/bin/python benchmarks/ablation.py --seeds 0 --rows 0,1 --threads 1 &   # two halves side by side
-    .venv/bin/python benchmarks/ablation.py --seeds 0 --rows 4,2 --threads 1
+    .venv/bin/python benchmarks/ablation.py --seeds 0 --rows 5,6     # only these rows
     .venv/bin/python benchmarks/ablation.py --quick --out /tmp/ablation   # the whole path in minutes
 """
 
@@ -38,18 +39,36 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "covid-semiseg"
 
 #: The report's recipe (section 5.1: Adam 2e-4, StepLR 0.8 every 25 epochs, rotation, elastic,
-#: gamma and noise), at this CPU's image size and width; the steps below end at ``Recipe()``, the
-#: command line's defaults.
+#: gamma and noise), at this CPU's image size and width; one row of the steps below is ``Recipe()``,
+#: the command line's defaults.
 REPORT = Recipe(lr=2e-4, dihedral=False, tta=False, image_size=160)
-#: (row name, change to the row above, score with test-time augmentation)
-STEPS: list[tuple[str, dict, bool]] = [
-    ("the report's recipe", {}, False),
-    ("+ learning rate 1e-3", {"lr": 1e-3}, False),
-    ("+ random turns and mirrors", {"dihedral": True}, False),
-    ("+ test-time augmentation (8 symmetries)", {"tta": True}, True),
-    ("+ 224 px input", {"image_size": 224}, True),
-]
 
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One row: ``change`` applied to the recipe of row ``base`` (``None``: the row above).
+
+    A path row has no ``base``; a row with a ``base`` is an alternative tried at that point of the
+    path, measured against it, and the path goes on from the row above it.
+    ``scored_with_tta``: score with test-time augmentation.
+    """
+
+    name: str
+    change: dict
+    scored_with_tta: bool = True
+    base: str | None = None
+
+
+TTA_ROW = "+ test-time augmentation (8 symmetries)"
+STEPS: list[Step] = [
+    Step("the report's recipe", {}, scored_with_tta=False),
+    Step("+ learning rate 1e-3", {"lr": 1e-3}, scored_with_tta=False),
+    Step("+ random turns and mirrors", {"dihedral": True}, scored_with_tta=False),
+    Step(TTA_ROW, {"tta": True}),
+    Step("+ 224 px input", {"image_size": 224}, base=TTA_ROW),
+    Step("+ 128 px input", {"image_size": 128}, base=TTA_ROW),
+    Step("+ 96 px input", {"image_size": 96}, base=TTA_ROW),
+]
 
 def per_unit(results: list[dict], metric: str) -> dict[tuple[int, int], float]:
     """``{(seed, fold): mean of metric over the fold's test slices}``."""
@@ -79,14 +98,9 @@ def main() -> None:
     dataset = get_dataset("covid-semiseg", args.data_root)
     recipe = REPORT if not args.quick else dataclasses.replace(REPORT, image_size=64, base_width=4, depth=2, epochs=2,
                                                                max_steps_per_epoch=2)
-    recipes, change_recipe = [], recipe
-    for _, change, _ in STEPS:
-        if args.quick and "image_size" in change:
-            change = {"image_size": 80}
-        change_recipe = dataclasses.replace(change_recipe, **change)
-        recipes.append(change_recipe)
-    if not args.quick and recipes[-1] != Recipe():
-        raise SystemExit(f"the last row {recipes[-1]} is not Recipe(), the defaults of 'train': update STEPS or Recipe")
+    recipes = build_recipes(recipe, quick=args.quick)
+    if not args.quick and Recipe() not in recipes:
+        raise SystemExit(f"no row is Recipe(), the defaults of 'train': update STEPS or Recipe")
     order = range(len(STEPS)) if args.rows is None else [int(r) for r in args.rows.split(",")]
     prepared_by_size: dict[int, object] = {}
 
@@ -99,22 +113,39 @@ def main() -> None:
                              args.runs, folds=args.folds, seeds=seeds, compute=compute)
 
     for index in order:
-        print(f"computing row {index}: {STEPS[index][0]}", flush=True)
+        print(f"computing row {index}: {STEPS[index].name}", flush=True)
         results_of(index, compute=True)
         write_complete_rows(args, seeds, runtime, results_of, recipes)
 
 
+def build_recipes(start: Recipe, quick: bool) -> list[Recipe]:
+    """The recipe of each row of ``STEPS``, from ``start`` (quick: every size change is 80 px)."""
+    recipes: list[Recipe] = []
+    for step in STEPS:
+        change = {**step.change, "image_size": 80} if quick and "image_size" in step.change else step.change
+        base = recipes[row_index(step.base)] if step.base else recipes[-1] if recipes else start
+        recipes.append(dataclasses.replace(base, **change))
+    return recipes
+
+
+def row_index(name: str) -> int:
+    """The index in ``STEPS`` of the row called ``name``."""
+    return next(index for index, step in enumerate(STEPS) if step.name == name)
+
+
 def write_complete_rows(args: argparse.Namespace, seeds: list[int], runtime: dict, results_of, recipes: list) -> None:
-    """Write the record of every row whose (seed, fold) runs are all stored; each row's change is
-    measured against the nearest complete row above it."""
-    rows, previous = [], None
-    for index, (name, _, with_tta) in enumerate(STEPS):
+    """Write the record of every row whose (seed, fold) runs are all stored; a path row's change is
+    measured against the nearest complete path row above it, an alternative's against its base."""
+    rows, previous, complete = [], None, {}
+    for index, step in enumerate(STEPS):
+        name, with_tta = step.name, step.scored_with_tta
         results = results_of(index, compute=False)
         if len(results) < len(seeds) * args.folds:
             continue
         prefix = "tta_" if with_tta else ""
         units = {metric: per_unit(results, prefix + metric) for metric in ("dice", "infnet_mean_dice")}
         row = {"name": name, "recipe": dataclasses.asdict(recipes[index]), "scored_with_tta": with_tta,
+               "base": step.base,
                "dice_by_unit": [[seed, fold, value] for (seed, fold), value in units["dice"].items()],
                "infnet_mean_dice_by_unit": [[s, f, v] for (s, f), v in units["infnet_mean_dice"].items()],
                "dice_mean": float(np.mean(list(units["dice"].values()))),
@@ -123,22 +154,25 @@ def write_complete_rows(args: argparse.Namespace, seeds: list[int], runtime: dic
                "epochs_run": [r["epochs_run"] for r in results], "best_epoch": [r["best_epoch"] for r in results],
                "train_wall_seconds": float(sum(r["wall_seconds"] for r in results)),
                "train_cpu_seconds": float(sum(r["cpu_seconds"] for r in results))}
-        if previous is not None:
+        against = (step.base, complete.get(step.base)) if step.base else previous
+        if against is not None and against[1] is not None:
             keys = sorted(units["dice"])
-            ci = paired_bootstrap_ci([previous[1]["dice"][k] for k in keys], [units["dice"][k] for k in keys])
-            row["dice_change_vs_previous"] = {**ci.as_dict(), "previous": previous[0]}
+            ci = paired_bootstrap_ci([against[1]["dice"][k] for k in keys], [units["dice"][k] for k in keys])
+            row["dice_change_vs_previous"] = {**ci.as_dict(), "previous": against[0]}
         rows.append(row)
         change = row.get("dice_change_vs_previous")
         print(f"{name:<45} Dice {row['dice_mean']:.3f} ± {row['dice_sd_over_units']:.3f}, "
               f"Inf-Net mean Dice {row['infnet_mean_dice_mean']:.3f}"
               + (f", change {change['mean_difference']:+.3f} [{change['low']:+.3f}, {change['high']:+.3f}]"
                  if change else ""), flush=True)
-        previous = (name, units)
+        complete[name] = units
+        if step.base is None:
+            previous = (name, units)
     if not rows:
         return
     write_record(args.out, "ablation", parameters={"data_root": args.data_root, "seeds": seeds, "folds": args.folds,
                                                    "quick": args.quick},
-                 numbers={"rows": rows, "planned": [name for name, _, _ in STEPS]}, runtime=runtime)
+                 numbers={"rows": rows, "planned": [step.name for step in STEPS]}, runtime=runtime)
     print(f"wrote {Path(args.out) / 'ablation.json'} ({len(rows)} of {len(STEPS)} rows complete)", flush=True)
 
 if __name__ == "__main__":

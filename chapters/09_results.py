@@ -50,6 +50,7 @@ output_dir = "results"
 digits = 3
 
 # %%
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,7 @@ from IPython.display import Markdown, display
 
 from covidlib import viz
 from covidlib.config import choose, format_summary, runtime_summary, seed_everything
+from covidlib.crossval import Recipe
 from covidlib.mean_teacher import CONTROLS, arm_rows, paired_rows
 from covidlib.published import PUBLISHED, REPORT_BEST, REPORT_TABLE_5_1
 from covidlib.records import REFERENCE_DATASET, load_reference, reference_dir, reference_notice
@@ -169,11 +171,13 @@ if cv_04:
 # %% [markdown]
 # ## The path past the published results
 #
-# `benchmarks/ablation.py` starts from the report's recipe and adds one change at a time, each row
-# nested-CV'd over the seeds its record names, with the paired difference to the row above and its
-# 95 % bootstrap interval over (fold, seed) runs. Its last row is `python -m covidlib train`'s
-# defaults. The record is committed like the chapters' (`records/reference-covid-semiseg/ablation.json`)
-# and is rewritten as rows complete, so it may hold only some of them.
+# `benchmarks/ablation.py` starts from the report's recipe and adds one change at a time. Each row
+# is nested-CV'd over the seeds its record names and set beside the row it changes: the row above,
+# or, for an alternative tried at some point of the path, the row named in the last column. The
+# change comes with its 95 % bootstrap interval over (fold, seed) runs. One row is
+# `python -m covidlib train`'s defaults, marked as such. The record is committed like the chapters'
+# (`records/reference-covid-semiseg/ablation.json`) and is rewritten as rows complete, so it may
+# hold only some of them.
 
 # %%
 ablation = references["ablation"]
@@ -183,14 +187,15 @@ if ablation is not None:
     for row in ablation.numbers["rows"]:
         change = row.get("dice_change_vs_previous")
         versus = f" vs “{change['previous']}”" if change and "previous" in change else ""
-        rows.append((row["name"], cell(row["dice_mean"], row["dice_sd_over_units"]), cell(row["infnet_mean_dice_mean"]),
+        defaults = " (`train`'s defaults)" if row["recipe"] == dataclasses.asdict(Recipe()) else ""
+        rows.append((row["name"] + defaults, cell(row["dice_mean"], row["dice_sd_over_units"]), cell(row["infnet_mean_dice_mean"]),
                      f"{change['mean_difference']:+.3f} [{change['low']:+.3f}, {change['high']:+.3f}]{versus}"
                      if change else "—", str(len(row["dice_by_unit"])),
                      f"{row['train_cpu_seconds'] / 60:.0f}" if "train_cpu_seconds" in row else "—"))
     display(Markdown(f"Seeds {ablation.record['parameters']['seeds']}, {ablation.record['parameters']['folds']} "
                      "outer folds; Dice at 0.5 as mean ± sd over the (fold, seed) runs."))
     display(Markdown(markdown_table(rows, ("recipe", "Dice at 0.5", "Inf-Net mean Dice",
-                                           "change vs the complete row above [95 % CI]", "(fold, seed) runs",
+                                           "change [95 % CI] vs the row it changes", "(fold, seed) runs",
                                            "CPU min (training and scoring)"))))
     done = {row["name"] for row in ablation.numbers["rows"]}
     missing = [name for name in ablation.numbers.get("planned", []) if name not in done]

@@ -1,0 +1,71 @@
+"""benchmarks/ablation.py: which recipe each row trains, and which row each change is measured against."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from covidlib.crossval import Recipe
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation.py"
+
+
+@pytest.fixture(scope="module")
+def ablation():
+    spec = importlib.util.spec_from_file_location("ablation_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the script runs
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def test_path_rows_accumulate_and_alternatives_change_their_base(ablation):
+    recipes = ablation.build_recipes(ablation.REPORT, quick=False)
+    tta = recipes[ablation.row_index(ablation.TTA_ROW)]
+    assert tta == dataclasses.replace(ablation.REPORT, lr=1e-3, dihedral=True, tta=True)
+    for step, recipe in zip(ablation.STEPS, recipes):
+        if step.base == ablation.TTA_ROW:
+            assert recipe == dataclasses.replace(tta, **step.change)
+    assert Recipe() in recipes
+
+
+def test_quick_rows_shrink_every_size_change(ablation):
+    recipes = ablation.build_recipes(ablation.REPORT, quick=True)
+    sized = [recipe for step, recipe in zip(ablation.STEPS, recipes) if "image_size" in step.change]
+    assert sized and all(recipe.image_size == 80 for recipe in sized)
+
+
+def test_each_change_is_measured_against_its_base_or_the_path_row_above(ablation, tmp_path):
+    # fold f of row r scores 0.5 + 0.01 r + 0.001 f on its single test slice; row 2 is left incomplete
+    def results_of(index: int, compute: bool) -> list[dict]:
+        if index == 2:
+            return []
+        return [{"seed": 0, "fold": fold, "per_case": {"case": {"dice": 0.5 + 0.01 * index + 0.001 * fold,
+                                                                "tta_dice": 0.5 + 0.01 * index + 0.001 * fold,
+                                                                "infnet_mean_dice": 0.4, "tta_infnet_mean_dice": 0.4}},
+                 "epochs_run": 3, "best_epoch": 2, "wall_seconds": 1.0, "cpu_seconds": 1.0} for fold in range(2)]
+
+    args = argparse.Namespace(out=str(tmp_path), data_root=str(tmp_path), folds=2, quick=True)
+    recipes = ablation.build_recipes(ablation.REPORT, quick=True)
+    ablation.write_complete_rows(args, [0], {}, results_of, recipes)
+    rows = {row["name"]: row for row in json.loads((tmp_path / "ablation.json").read_text())["numbers"]["rows"]}
+    names = [step.name for step in ablation.STEPS]
+    assert names[2] not in rows and len(rows) == len(names) - 1
+    assert "dice_change_vs_previous" not in rows[names[0]]
+    # the path skips the incomplete row: row 3 is measured against row 1
+    change = rows[names[3]]["dice_change_vs_previous"]
+    assert change["previous"] == names[1] and np.isclose(change["mean_difference"], 0.02)
+    for index, step in enumerate(ablation.STEPS):
+        if step.base is not None:
+            change = rows[step.name]["dice_change_vs_previous"]
+            base = ablation.row_index(step.base)
+            assert change["previous"] == step.base
+            assert np.isclose(change["mean_difference"], 0.01 * (index - base))
