@@ -28,9 +28,10 @@ import numpy as np
 import torch
 
 from covidlib.config import runtime_summary
-from covidlib.crossval import Recipe, run_nested_cv
+from covidlib.crossval import run_nested_cv
 from covidlib.datasets import get_dataset
 from covidlib.inference import prepare_slices
+from covidlib.recipe import Recipe
 from covidlib.records import reference_dir
 from covidlib.results import write_record
 from covidlib.statistics import paired_bootstrap_ci

@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from covidlib.crossval import Recipe, fold_means, run_nested_cv
+from covidlib.crossval import fold_means, run_nested_cv
 from covidlib.datasets import get_dataset
 from covidlib.inference import prepare_slices
+from covidlib.recipe import Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "covid-semiseg"

@@ -73,11 +73,12 @@ from torch import nn
 
 from covidlib.augment import default_augmentation
 from covidlib.config import choose, cpu_supports_bf16, format_summary, get_device, runtime_summary, seed_everything
-from covidlib.crossval import Recipe, fold_means, run_nested_cv
+from covidlib.crossval import fold_means, run_nested_cv
 from covidlib.data import SliceDataset, seeded_loader, split_volumes
 from covidlib.datasets import get_dataset
 from covidlib.inference import prepare_slices
 from covidlib.models import AttentionGate, AttentionUNet2d, UNet2d
+from covidlib.recipe import Recipe
 from covidlib.records import load_reference, reference_notice
 from covidlib.results import markdown_table, write_record
 from covidlib.statistics import paired_bootstrap_ci, summarise_runs

@@ -58,7 +58,7 @@ from IPython.display import Markdown, display
 
 from covidlib import viz
 from covidlib.config import choose, format_summary, runtime_summary, seed_everything
-from covidlib.crossval import Recipe
+from covidlib.recipe import Recipe
 from covidlib.mean_teacher import CONTROLS, arm_rows, paired_rows
 from covidlib.published import PUBLISHED, REPORT_BEST, REPORT_TABLE_5_1
 from covidlib.records import REFERENCE_DATASET, load_reference, reference_dir, reference_notice

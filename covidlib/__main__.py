@@ -33,7 +33,7 @@ import torch
 
 from covidlib import mean_teacher, segment
 from covidlib.config import get_device, seed_everything
-from covidlib.crossval import Recipe, train_supervised
+from covidlib.crossval import train_supervised
 from covidlib.data import kfold_volumes, split_volumes
 from covidlib.datasets import get_dataset
 from covidlib.errors import InvalidInputError
@@ -43,6 +43,7 @@ from covidlib.losses import LOSSES
 from covidlib.mean_teacher import (QUICK_UNLABELLED, SEMI_FULL, SEMI_METHODS, SEMI_QUICK, semi_supervised_settings,
                                    train_semi_supervised)
 from covidlib.models import MODELS
+from covidlib.recipe import Recipe
 from covidlib.results import to_json
 from covidlib.train import AMP_CHOICES
 

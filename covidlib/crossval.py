@@ -3,8 +3,9 @@
 With 50 labelled slices every choice made on the slices that are then scored inflates the score.
 Here each outer fold's test slices are used once, to score; the epoch is picked on an inner
 validation split of the remaining slices (:func:`nested_folds`), and the threshold is fixed
-(0.5). Each (seed, fold) is one JSON file keyed by the recipe, so a run that is interrupted
-continues where it stopped, and a changed recipe or changed code is computed afresh.
+(0.5). Each (seed, fold) is one JSON file keyed by the recipe (:class:`covidlib.recipe.Recipe`),
+so a run that is interrupted continues where it stopped, and a changed recipe or changed code is
+computed afresh.
 
 Scores are per slice at the slice's own resolution: Dice at 0.5 and, when
 :func:`covidlib.metrics.infnet_metrics` is there, Inf-Net's mean Dice over thresholds
@@ -36,47 +37,8 @@ from covidlib.fingerprint import changed_sources, code_fingerprint, settings_key
 from covidlib.inference import PreparedSlices, evaluate_cases
 from covidlib.io import atomic_write_text
 from covidlib.models import get_model
+from covidlib.recipe import Recipe
 from covidlib.train import TrainConfig, Trainer, mixup_transform
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How one supervised network is trained and applied (defaults: ``python -m covidlib train``'s,
-    the last row of ``benchmarks/ablation.py``, whose nested CV the book reports).
-
-    ``image_size``: square network input in pixels; ``dihedral``: random turns and mirrors on
-    top of the report's augmentation; ``tta``: average the predictions over the 8 turns and
-    mirrors at test time; ``empty_fraction``: share of infection-free training slices kept;
-    ``mixup_alpha``: mixup's Beta(alpha, alpha), 0 for none. The rest are
-    :class:`covidlib.train.TrainConfig`'s.
-    """
-
-    model: str = "unet"
-    image_size: int = 224
-    base_width: int = 16
-    depth: int = 4
-    epochs: int = 80
-    lr: float = 1e-3
-    step_size: int = 25
-    gamma: float = 0.8
-    patience: int = 30
-    batch_size: int = 8
-    loss: str = "ce+dice"
-    amp: str = "auto"
-    augment: bool = True
-    dihedral: bool = True
-    tta: bool = True
-    empty_fraction: float = 1.0
-    mixup_alpha: float = 0.0
-    max_steps_per_epoch: int | None = None
-
-    def model_options(self) -> dict[str, int]:
-        return {"in_channels": 1, "num_classes": 2, "base_width": self.base_width, "depth": self.depth}
-
-    def train_config(self, seed: int, device: str, progress: bool) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, lr=self.lr, step_size=self.step_size, gamma=self.gamma,
-                           patience=self.patience, loss=self.loss, amp=self.amp,
-                           max_steps_per_epoch=self.max_steps_per_epoch, seed=seed, device=device, progress=progress)
 
 
 @dataclass(frozen=True)
@@ -107,6 +69,18 @@ def nested_folds(case_ids: Sequence[str], folds: int, seed: int, n_val: int | No
     return result
 
 
+def model_options(recipe: Recipe) -> dict[str, int]:
+    """The keyword arguments of ``recipe``'s network (:func:`covidlib.models.get_model`)."""
+    return {"in_channels": 1, "num_classes": 2, "base_width": recipe.base_width, "depth": recipe.depth}
+
+
+def train_config(recipe: Recipe, seed: int, device: str, progress: bool) -> TrainConfig:
+    """``recipe``'s training settings for one run."""
+    return TrainConfig(epochs=recipe.epochs, lr=recipe.lr, step_size=recipe.step_size, gamma=recipe.gamma,
+                       patience=recipe.patience, loss=recipe.loss, amp=recipe.amp,
+                       max_steps_per_epoch=recipe.max_steps_per_epoch, seed=seed, device=device, progress=progress)
+
+
 def slice_dataset(prepared: PreparedSlices, ids: Sequence[str], recipe: Recipe, *, training: bool,
                   seed: int) -> SliceDataset:
     """The slices of ``ids`` from ``prepared`` (already at ``recipe.image_size``), augmented when training."""
@@ -125,10 +99,10 @@ def train_supervised(prepared: PreparedSlices, train_ids: Sequence[str], val_ids
     ``last.pt``. The one training path of nested CV and of ``python -m covidlib train``.
     """
     torch.manual_seed(seed)
-    model = get_model(recipe.model, **recipe.model_options())
-    trainer = Trainer(model, recipe.train_config(seed, device, progress), out_dir=out_dir,
+    model = get_model(recipe.model, **model_options(recipe))
+    trainer = Trainer(model, train_config(recipe, seed, device, progress), out_dir=out_dir,
                       batch_transform=mixup_transform(recipe.mixup_alpha) if recipe.mixup_alpha > 0 else None,
-                      metadata={**(metadata or {}), "model": recipe.model, "model_options": recipe.model_options(),
+                      metadata={**(metadata or {}), "model": recipe.model, "model_options": model_options(recipe),
                                 "image_size": recipe.image_size, "tta": recipe.tta,
                                 "recipe": dataclasses.asdict(recipe)})
     train = seeded_loader(slice_dataset(prepared, train_ids, recipe, training=True, seed=seed),
@@ -174,6 +148,7 @@ def run_nested_cv(dataset: CaseDataset, prepared: PreparedSlices, recipe: Recipe
         raise InvalidInputError(f"fold_indices must lie in 0..{folds - 1} for {folds} folds, got {list(fold_indices)}")
     ids = sorted(prepared.labelled)
     folder = Path(out_dir) / run_key(recipe, dataset.name, folds)
+    # not covidlib.recipe: the run key already holds every field of the recipe, defaults included
     code = code_fingerprint(["covidlib.crossval", "covidlib.train", "covidlib.inference", "covidlib.data",
                              "covidlib.augment", "covidlib.losses", "covidlib.metrics", "covidlib.models.unet2d",
                              "covidlib.models.attention"])

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from covidlib.crossval import Recipe
+from covidlib.recipe import Recipe
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation.py"
 

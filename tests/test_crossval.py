@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
 from covidlib import crossval
-from covidlib.crossval import Recipe, nested_folds, run_nested_cv
+from covidlib.crossval import nested_folds, run_nested_cv
 from covidlib.datasets import get_dataset
 from covidlib.errors import InvalidInputError
 from covidlib.inference import prepare_slices
+from covidlib.recipe import Recipe
 
 TINY = Recipe(image_size=32, base_width=4, depth=2, epochs=2, max_steps_per_epoch=1, batch_size=4, amp="off")
 
@@ -95,3 +97,23 @@ def test_compute_false_reads_stored_folds_and_trains_nothing(phantom, tmp_path, 
     read = run_nested_cv(dataset, prepared, TINY, tmp_path, folds=3, compute=False, progress=False)
     assert [(r["seed"], r["fold"]) for r in read] == [(0, 1)]
     assert read[0]["per_case"] == stored[0]["per_case"]
+
+
+def test_every_recipe_field_is_in_the_run_key_so_its_defaults_are_not_code(phantom, tmp_path):
+    dataset, prepared = phantom
+    (result,) = run_nested_cv(dataset, prepared, TINY, tmp_path, folds=3, fold_indices=[0], checkpoints=False,
+                              progress=False)
+    assert "covidlib/crossval.py" in result["code"] and "covidlib/recipe.py" not in result["code"]
+
+    def another(value):
+        if isinstance(value, bool):
+            return not value
+        if isinstance(value, (int, float)):
+            return value * 2 + 1
+        return 1 if value is None else value + "-other"
+
+    keys = {crossval.run_key(TINY, dataset.name, 3)}
+    for field in dataclasses.fields(Recipe):
+        keys.add(crossval.run_key(dataclasses.replace(TINY, **{field.name: another(getattr(TINY, field.name))}),
+                                  dataset.name, 3))
+    assert len(keys) == len(dataclasses.fields(Recipe)) + 1

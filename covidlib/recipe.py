@@ -1,0 +1,44 @@
+"""What one supervised network is: the settings of its training and of its use, as data.
+
+A :class:`Recipe` holds values only; :mod:`covidlib.crossval` turns them into a network, a
+training run and its scores. Nested-CV results are stored under a hash of every field
+(:func:`covidlib.crossval.run_key`), so changing a default here recomputes exactly the recipes
+that relied on it. Introduced in chapter 04.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one supervised network is trained and applied (defaults: ``python -m covidlib train``'s,
+    a row of ``benchmarks/ablation.py``, whose nested CV the book reports).
+
+    ``image_size``: square network input in pixels; ``dihedral``: random turns and mirrors on
+    top of the report's augmentation; ``tta``: average the predictions over the 8 turns and
+    mirrors at test time; ``empty_fraction``: share of infection-free training slices kept;
+    ``mixup_alpha``: mixup's Beta(alpha, alpha), 0 for none. ``model``, ``base_width`` and
+    ``depth`` choose the network (:func:`covidlib.models.get_model`); the rest are
+    :class:`covidlib.train.TrainConfig`'s.
+    """
+
+    model: str = "unet"
+    image_size: int = 128
+    base_width: int = 16
+    depth: int = 4
+    epochs: int = 80
+    lr: float = 1e-3
+    step_size: int = 25
+    gamma: float = 0.8
+    patience: int = 30
+    batch_size: int = 8
+    loss: str = "ce+dice"
+    amp: str = "auto"
+    augment: bool = True
+    dihedral: bool = True
+    tta: bool = True
+    empty_fraction: float = 1.0
+    mixup_alpha: float = 0.0
+    max_steps_per_epoch: int | None = None
