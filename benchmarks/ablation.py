@@ -120,12 +120,17 @@ def main() -> None:
 
 
 def build_recipes(start: Recipe, quick: bool) -> list[Recipe]:
-    """The recipe of each row of ``STEPS``, from ``start`` (quick: every size change is 80 px)."""
+    """The recipe of each row of ``STEPS``, from ``start`` (quick: every size change is 80 px).
+
+    A path row builds on the path row above it (alternatives in between are skipped)."""
     recipes: list[Recipe] = []
+    path_end = start
     for step in STEPS:
         change = {**step.change, "image_size": 80} if quick and "image_size" in step.change else step.change
-        base = recipes[row_index(step.base)] if step.base else recipes[-1] if recipes else start
-        recipes.append(dataclasses.replace(base, **change))
+        recipe = dataclasses.replace(recipes[row_index(step.base)] if step.base else path_end, **change)
+        recipes.append(recipe)
+        if step.base is None:
+            path_end = recipe
     return recipes
 
 

@@ -37,6 +37,14 @@ def test_path_rows_accumulate_and_alternatives_change_their_base(ablation):
     assert Recipe() in recipes
 
 
+def test_a_path_row_below_an_alternative_builds_on_the_path(ablation, monkeypatch):
+    steps = [ablation.Step("start", {}), ablation.Step("wide", {"base_width": 32}),
+             ablation.Step("narrow instead", {"base_width": 8}, base="start"), ablation.Step("+ lr", {"lr": 5e-3})]
+    monkeypatch.setattr(ablation, "STEPS", steps)
+    start, wide, narrow, faster = ablation.build_recipes(Recipe(), quick=False)
+    assert (wide.base_width, narrow.base_width, faster.base_width, faster.lr) == (32, 8, 32, 5e-3)
+
+
 def test_quick_rows_shrink_every_size_change(ablation):
     recipes = ablation.build_recipes(ablation.REPORT, quick=True)
     sized = [recipe for step, recipe in zip(ablation.STEPS, recipes) if "image_size" in step.change]
