@@ -66,8 +66,8 @@ STEPS: list[Step] = [
     Step("+ learning rate 1e-3", {"lr": 1e-3}, scored_with_tta=False),
     Step("+ random turns and mirrors", {"dihedral": True}, scored_with_tta=False),
     Step(TTA_ROW, {"tta": True}),
+    Step("+ 128 px input", {"image_size": 128}),
     Step("+ 224 px input", {"image_size": 224}, base=TTA_ROW),
-    Step("+ 128 px input", {"image_size": 128}, base=TTA_ROW),
     Step("+ 96 px input", {"image_size": 96}, base=TTA_ROW),
 ]
 
