@@ -57,12 +57,12 @@ FULL = {name: getattr(Recipe(), name) for name in QUICK}
 
 # --- train ------------------------------------------------------------------------------------
 
-#: What ``train --help`` says of its cost, measured on COVID-SemiSeg (2-core AMD EPYC, AVX2, float32, 1 thread).
+#: What ``train --help`` says of its cost, measured alone on COVID-SemiSeg (2-core AMD EPYC, AVX2, float32).
 TRAIN_TIMES = (
-    "CPU time at the defaults on COVID-SemiSeg, measured on a 2-core AMD EPYC (AVX2, float32, one thread): about "
-    "20 CPU-minutes for train (one nested-CV fold of these defaults, 80 epochs over 32 slices with scoring, took "
-    "953 CPU-seconds; train uses 40 slices), and --semi adds about 6 (pseudo-labelling the 1,600 unlabelled slices "
-    "and 8 epochs took 374 CPU-seconds). A second thread shortens the wall time on an idle machine. Not yet timed on a GPU.")
+    "Cost at the defaults on COVID-SemiSeg, measured alone on a 2-core AMD EPYC (AVX2, float32, torch's default 2 "
+    "threads): train took 10 min wall and 19.4 CPU-minutes (early stopping ended it at epoch 57 of 80; all 80 would "
+    "take about 14 min), and --semi adds about 6 CPU-minutes (pseudo-labelling the 1,600 unlabelled slices and 8 "
+    "epochs took 374 CPU-seconds at one thread). Not yet timed on a GPU.")
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
