@@ -4,8 +4,8 @@ Each path row adds one change to the row above; an alternative row applies its c
 row instead and is measured against it (a change tried there, kept or set aside). Every row is
 nested 5-fold cross-validation of the 50 labelled slices (:func:`covidlib.crossval.run_nested_cv`:
 the outer fold only scores) over the given seeds, and its paired difference to the row it changes
-comes with a 95 % bootstrap CI over (fold, seed) units. Test-time augmentation needs no training: its row scores the models of the
-row above with ``tta_`` metrics. The record goes to
+comes with a 95 % bootstrap CI over (fold, seed) units. Test-time augmentation needs no training:
+its row scores the models of the row above with ``tta_`` metrics. The record goes to
 ``records/reference-covid-semiseg/ablation.json`` (committed; chapter 09 shows it).
 
 Resumable: every (recipe, seed, fold) is cached under ``--runs``; run the same command again to
@@ -47,7 +47,7 @@ REPORT = Recipe(lr=2e-4, dihedral=False, tta=False, image_size=160)
 
 @dataclasses.dataclass(frozen=True)
 class Step:
-    """One row: ``change`` applied to the recipe of row ``base`` (``None``: the row above).
+    """One row: ``change`` applied to the recipe of row ``base`` (``None``: the path row above).
 
     A path row has no ``base``; a row with a ``base`` is an alternative tried at that point of the
     path, measured against it, and the path goes on from the row above it.
@@ -70,6 +70,7 @@ STEPS: list[Step] = [
     Step("+ 224 px input", {"image_size": 224}, base=TTA_ROW),
     Step("+ 96 px input", {"image_size": 96}, base=TTA_ROW),
 ]
+
 
 def per_unit(results: list[dict], metric: str) -> dict[tuple[int, int], float]:
     """``{(seed, fold): mean of metric over the fold's test slices}``."""
@@ -101,7 +102,7 @@ def main() -> None:
                                                                max_steps_per_epoch=2)
     recipes = build_recipes(recipe, quick=args.quick)
     if not args.quick and Recipe() not in recipes:
-        raise SystemExit(f"no row is Recipe(), the defaults of 'train': update STEPS or Recipe")
+        raise SystemExit("no row is Recipe(), the defaults of 'train': update STEPS or Recipe")
     order = range(len(STEPS)) if args.rows is None else [int(r) for r in args.rows.split(",")]
     prepared_by_size: dict[int, object] = {}
 
