@@ -143,7 +143,7 @@ def row_index(name: str) -> int:
 def write_complete_rows(args: argparse.Namespace, seeds: list[int], runtime: dict, results_of, recipes: list) -> None:
     """Write the record of every row whose (seed, fold) runs are all stored; a path row's change is
     measured against the nearest complete path row above it, an alternative's against its base."""
-    rows, previous, complete = [], None, {}
+    rows, path_end, complete = [], None, {}
     for index, step in enumerate(STEPS):
         name, with_tta = step.name, step.scored_with_tta
         results = results_of(index, compute=False)
@@ -161,11 +161,11 @@ def write_complete_rows(args: argparse.Namespace, seeds: list[int], runtime: dic
                "epochs_run": [r["epochs_run"] for r in results], "best_epoch": [r["best_epoch"] for r in results],
                "train_wall_seconds": float(sum(r["wall_seconds"] for r in results)),
                "train_cpu_seconds": float(sum(r["cpu_seconds"] for r in results))}
-        against = (step.base, complete.get(step.base)) if step.base else previous
-        if against is not None and against[1] is not None:
+        against = step.base or path_end
+        if against in complete:
             keys = sorted(units["dice"])
-            ci = paired_bootstrap_ci([against[1]["dice"][k] for k in keys], [units["dice"][k] for k in keys])
-            row["dice_change_vs_previous"] = {**ci.as_dict(), "previous": against[0]}
+            ci = paired_bootstrap_ci([complete[against]["dice"][k] for k in keys], [units["dice"][k] for k in keys])
+            row["dice_change_vs_previous"] = {**ci.as_dict(), "previous": against}
         rows.append(row)
         change = row.get("dice_change_vs_previous")
         print(f"{name:<45} Dice {row['dice_mean']:.3f} ± {row['dice_sd_over_units']:.3f}, "
@@ -174,13 +174,14 @@ def write_complete_rows(args: argparse.Namespace, seeds: list[int], runtime: dic
                  if change else ""), flush=True)
         complete[name] = units
         if step.base is None:
-            previous = (name, units)
+            path_end = name
     if not rows:
         return
     write_record(args.out, "ablation", parameters={"data_root": args.data_root, "seeds": seeds, "folds": args.folds,
                                                    "quick": args.quick},
                  numbers={"rows": rows, "planned": [step.name for step in STEPS]}, runtime=runtime)
     print(f"wrote {Path(args.out) / 'ablation.json'} ({len(rows)} of {len(STEPS)} rows complete)", flush=True)
+
 
 if __name__ == "__main__":
     main()
