@@ -122,6 +122,7 @@ def summarise(results: list[dict]) -> dict:
                 **ci.as_dict(), "against": against}
         rows.append(row)
     return {"rows": rows, "thresholds": [r["threshold"] for r in results],
+            "a_prime_val_dice": [r["a_prime_val_dice"] for r in results],
             "accepted_patches": [r["pseudo"]["accepted"] for r in results],
             "patches": [r["pseudo"]["patches"] for r in results],
             "pseudo_slice_foreground_share": [r["pseudo_slices"]["foreground_share"] for r in results],
@@ -169,7 +170,7 @@ def main() -> None:
             stored = {**run_fold(args, dataset, prepared, recipe, a_prime_result,
                                  supervised_folder / f"seed{seed}_fold{fold}" / "best.pt"), "code": code}
             atomic_write_text(path, to_json(stored) + "\n")
-        results.append(stored)
+        results.append({**stored, "a_prime_val_dice": a_prime_result["best_val_dice"]})
         write_record(args.out, "semi_recipe",
                      parameters={"data_root": args.data_root, "seeds": seeds, **{k: v for k, v in options.items()
                                                                               if k != "unlabelled"},

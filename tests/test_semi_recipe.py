@@ -30,7 +30,8 @@ def _unit(seed: int, fold: int, offsets: dict[str, float]) -> dict:
                 for arm, shift in offsets.items()}
     return {"seed": seed, "fold": fold, "per_case": per_case, "threshold": 0.95,
             "pseudo": {"accepted": 10, "patches": 40}, "pseudo_slices": {"foreground_share": 0.05},
-            "best_epoch": {arm: 3 for arm in offsets if arm != "supervised"}, "seconds": {"pseudo_labelling": 2.0}}
+            "best_epoch": {arm: 3 for arm in offsets if arm != "supervised"}, "seconds": {"pseudo_labelling": 2.0},
+            "a_prime_val_dice": 0.7}
 
 
 def test_rows_hold_unit_means_and_paired_differences_to_control_and_a_prime(semi_recipe):
