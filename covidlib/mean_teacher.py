@@ -33,12 +33,13 @@ Introduced in chapter 08.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,10 @@ from tqdm.auto import tqdm
 
 from covidlib.coarse import Box, predict_boxes_2d
 from covidlib.config import seed_everything
+from covidlib.augment import default_augmentation
 from covidlib.crossval import nested_folds
-from covidlib.data import fit_slice
+from covidlib.data import SliceDataset, fit_slice, seeded_loader
+from covidlib.distributed import EpochLoader
 from covidlib.datasets import get_dataset
 from covidlib.errors import InvalidInputError
 from covidlib.fingerprint import changed_sources, code_fingerprint, content_key, imported_modules
@@ -156,6 +159,23 @@ class MeanTeacherConfig:
             raise InvalidInputError(f"MeanTeacherConfig.validate must be one of {VALIDATE_CHOICES}, got {self.validate!r}")
 
 
+@contextlib.contextmanager
+def frozen_running_statistics(model: nn.Module) -> Iterator[None]:
+    """Within the block, batch norm layers normalise with the batch's own statistics but leave their
+    running estimates (what evaluation normalises with) unchanged. The pseudo-labelled batches pass
+    through it: 16 px patches, or slices from other scanners, have other statistics than the
+    labelled slices the network is tested on, and updating the estimates with them (momentum 0.1 a
+    pass) cost the patch arm 0.21 Dice on a COVID-SemiSeg fold."""
+    layers = [(layer, layer.momentum) for layer in model.modules() if isinstance(layer, nn.modules.batchnorm._BatchNorm)]
+    for layer, _ in layers:
+        layer.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
+    try:
+        yield
+    finally:
+        for layer, momentum in layers:
+            layer.momentum = momentum
+
+
 class MeanTeacher(Trainer):
     """Train a copy of ``model`` (the student) with labels, weighted pseudo-labels and a mean teacher.
 
@@ -165,6 +185,9 @@ class MeanTeacher(Trainer):
     checkpointed generator. The loss of one step is
     ``sup + pseudo_weight * sum_i w_i l_i / sum_i w_i + lambda(t) * (consistency on labelled + pseudo inputs)``.
     With ``pseudo_weight=0`` the patches only enter the consistency cost (their masks are unused).
+
+    The pseudo-labelled batches pass through :func:`frozen_running_statistics`: batch norm's running
+    estimates come from the labelled batches alone.
 
     With ``consistency_weight=0`` no teacher is run and ``validate`` should be ``"student"``:
     that is plain fine-tuning on labels plus pseudo-labels, the book's middle arm.
@@ -217,7 +240,8 @@ class MeanTeacher(Trainer):
         if self.pseudo_patches is not None and (self.mean_teacher.pseudo_weight > 0 or self.mean_teacher.consistency_weight > 0):
             patches, soft_targets, weights = self._pseudo_batch()
             inputs.append(patches)
-            student_logits.append(self.model(self._noise(patches)).float())
+            with frozen_running_statistics(self.model):
+                student_logits.append(self.model(self._noise(patches)).float())
             if self.mean_teacher.pseudo_weight > 0:
                 per_patch = torch.stack([self.loss_fn(student_logits[-1][i:i + 1], soft_targets[i:i + 1])
                                          for i in range(len(patches))])
@@ -277,7 +301,9 @@ class SemiSupervisedSettings:
     ``pseudo``/``mean_teacher``: their settings; ``network``/``base_width``/``depth``: the 2D U-Net;
     ``calibrate``: choose the top-2 threshold on the inner validation slices
     (:func:`covidlib.pseudo.calibrate_on_labelled`, accepting patches whose pseudo masks beat
-    ``quality_bar`` Dice) instead of ``pseudo.top2_threshold``.
+    ``quality_bar`` Dice) instead of ``pseudo.top2_threshold``; ``dihedral``: the continuations
+    add random turns and mirrors to the report's augmentation (as a recipe of
+    :class:`covidlib.crossval.Recipe` with ``dihedral`` trained A').
     """
 
     supervised: SliceTraining
@@ -289,6 +315,7 @@ class SemiSupervisedSettings:
     depth: int = 4
     calibrate: bool = True
     quality_bar: float = 0.5
+    dihedral: bool = False
 
 
 def fit_cases(arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], size: int | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -368,20 +395,33 @@ def arm_setup(arm: str, config: MeanTeacherConfig) -> tuple[bool, MeanTeacherCon
     return setups[arm]
 
 
+def continuation_loader(arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], case_ids: Sequence[str],
+                        settings: SemiSupervisedSettings, *, seed: int) -> Any:
+    """The continuations' labelled training loader: :func:`covidlib.transfer.slice_loader`'s, with
+    random turns and mirrors added to the augmentation when ``settings.dihedral``."""
+    if not settings.dihedral:
+        return slice_loader(arrays, case_ids, settings.supervised, training=True, seed=seed)
+    dataset = SliceDataset([arrays[c] for c in case_ids], case_ids=list(case_ids),
+                           empty_fraction=settings.supervised.empty_fraction, output_size=settings.supervised.output_size,
+                           transform=default_augmentation(dihedral=True), seed=seed)
+    return EpochLoader(seeded_loader(dataset, settings.supervised.batch_size, shuffle=True, seed=seed))
+
+
 def continue_arm(model: nn.Module, arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], train_ids: Sequence[str],
                  val_ids: Sequence[str], settings: SemiSupervisedSettings, arm: str,
-                 patches: PseudoPatchDataset | None, *, seed: int, out_dir: str | Path | None = None,
+                 patches: Dataset | None, *, seed: int, out_dir: str | Path | None = None,
                  metadata: Mapping[str, Any] | None = None) -> MeanTeacher:
     """A copy of ``model`` (A') trained on as ``arm`` (:func:`arm_setup`) for all
-    ``settings.semi.epochs`` (no early stop: arms and controls take equal steps), the epoch best on
+    ``settings.semi.epochs`` (no early stop: arms and controls take equal steps), drawing its
+    pseudo-labelled batches from ``patches`` (:class:`~covidlib.pseudo.PseudoPatchDataset`, or
+    whole slices, :class:`~covidlib.self_training.PseudoSliceDataset`), the epoch best on
     ``val_ids`` kept; with ``out_dir`` it checkpoints there like :class:`~covidlib.train.Trainer`.
     Introduced in chapter 08."""
     uses_patches, config = arm_setup(arm, settings.mean_teacher)
     semi = dataclasses.replace(settings.semi, patience=settings.semi.epochs)
     trainer = MeanTeacher(copy.deepcopy(model), semi, config, pseudo_patches=patches if uses_patches else None,
                           out_dir=None if out_dir is None else str(out_dir), metadata=metadata)
-    trainer.fit(slice_loader(arrays, train_ids, settings.supervised, training=True, seed=seed),
-                slice_loader(arrays, val_ids, settings.supervised, training=False, seed=seed))
+    trainer.fit(continuation_loader(arrays, train_ids, settings, seed=seed), slice_loader(arrays, val_ids, settings.supervised, training=False, seed=seed))
     return trainer
 
 
@@ -503,8 +543,8 @@ def semi_supervised_settings(image_size: int, n_train: int, *, network: str = "u
                              patches_per_unlabelled: int = 32, center_features: bool = True,
                              rampup_steps: int | None = None, alpha: float = 0.99, consistency_weight: float = 1.0,
                              noise_std: float = 0.1, output_size: int | None = None, empty_fraction: float = 1.0,
-                             augment: bool = True, calibrate: bool = True,
-                             quality_bar: float = 0.5) -> SemiSupervisedSettings:
+                             augment: bool = True, calibrate: bool = True, quality_bar: float = 0.5,
+                             dihedral: bool = False) -> SemiSupervisedSettings:
     """The comparison's settings for slices of ``image_size`` pixels and ``n_train`` training slices.
 
     A' trains ``supervised_epochs`` at ``lr`` on slices of ``output_size`` (``None``: their own
@@ -513,8 +553,8 @@ def semi_supervised_settings(image_size: int, n_train: int, *, network: str = "u
     ``lr / 2``). The patch size (unless given) and the box margins are the report's (68 px, 10
     and 15 px on 512 px slices) scaled to ``image_size``; the consistency ramp-up lasts
     ``rampup_steps`` (default 5 epochs of steps). ``alpha``, ``consistency_weight`` and
-    ``noise_std`` are the mean teacher's (:class:`MeanTeacherConfig`); ``calibrate`` and
-    ``quality_bar`` see :class:`SemiSupervisedSettings`. Raises :class:`InvalidInputError` for an
+    ``noise_std`` are the mean teacher's (:class:`MeanTeacherConfig`); ``calibrate``,
+    ``quality_bar`` and ``dihedral`` see :class:`SemiSupervisedSettings`. Raises :class:`InvalidInputError` for an
     ``image_size`` under 16 px (patches are at least 8 px and the default U-Net halves a side 4
     times). Introduced in chapter 08.
     """
@@ -540,7 +580,8 @@ def semi_supervised_settings(image_size: int, n_train: int, *, network: str = "u
         mean_teacher=MeanTeacherConfig(alpha=alpha, consistency_weight=consistency_weight, noise_std=noise_std,
                                        rampup_steps=5 * steps_per_epoch if rampup_steps is None else rampup_steps,
                                        pseudo_batch_size=batch_size),
-        network=network, base_width=base_width, depth=depth, calibrate=calibrate, quality_bar=quality_bar)
+        network=network, base_width=base_width, depth=depth, calibrate=calibrate, quality_bar=quality_bar,
+        dihedral=dihedral)
 
 
 #: Modules whose code a stored (seed, fold) result of :func:`run_semi_cv` depends on.

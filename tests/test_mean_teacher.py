@@ -294,3 +294,52 @@ def test_compare_arms_pairs_each_arm_with_its_control():
     control_mean = np.mean([0.51 + 0.1 * f + 0.01 * s for f in (0, 1) for s in (0, 1)])
     assert paired["pseudo_labels"]["percent"] == pytest.approx(100 * 0.02 / control_mean)
     assert summary["dice"]["arms"]["supervised"]["n"] == 4 and set(summary["dice"]["arms"]) == set(ARMS)
+
+
+@pytest.mark.parametrize("dihedral", [False, True])
+def test_continuations_train_with_the_recipe_augmentation(dihedral):
+    """With ``dihedral`` the continuations draw random turns and mirrors too, as A' did; otherwise
+    their loader is chapter 05's (the report's augmentation), slice for slice."""
+    from covidlib.augment import default_augmentation
+    from covidlib.mean_teacher import continuation_loader, semi_supervised_settings
+
+    rng = np.random.default_rng(0)
+    arrays = {f"c{i}": (rng.normal(size=(1, 16, 16)).astype(np.float32), np.zeros((1, 16, 16), np.uint8))
+              for i in range(3)}
+    settings = semi_supervised_settings(16, 3, batch_size=2, dihedral=dihedral)
+    loader = continuation_loader(arrays, list(arrays), settings, seed=0)
+    assert loader.loader.dataset.transform == default_augmentation(dihedral=dihedral)
+    if not dihedral:
+        plain = slice_loader(arrays, list(arrays), settings.supervised, training=True, seed=0)
+        for ours, theirs in zip(loader, plain):
+            assert torch.equal(ours["image"], theirs["image"])
+
+
+def test_pseudo_labelled_batches_leave_batch_norm_running_statistics_to_the_labelled_ones():
+    """One step with a batch norm on the input: its running mean moves by momentum 0.1 towards the
+    labelled batch's mean only, although the pseudo-labelled patches are far brighter (+10)."""
+    from covidlib.mean_teacher import frozen_running_statistics
+
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.BatchNorm2d(1), nn.Conv2d(1, 2, kernel_size=1))
+    images = torch.randn(2, 1, 8, 8)
+    labelled = [{"image": images[i], "mask": (images[i, 0] > 0).long()} for i in range(2)]
+
+    class Bright(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, index):
+            return {"image": torch.full((1, 8, 8), 10.0 + index), "mask": torch.stack([torch.zeros(8, 8), torch.ones(8, 8)]),
+                    "weight": torch.tensor(1.0)}
+
+    trainer = MeanTeacher(network, TrainConfig(epochs=1, lr=1e-3, device="cpu", amp="off"),
+                          MeanTeacherConfig(consistency_weight=0.0, noise_std=0.0, validate="student",
+                                            pseudo_batch_size=2), pseudo_patches=Bright())
+    trainer.train_step(torch.utils.data.default_collate(labelled))
+    assert "pseudo" in trainer.last_terms
+    np.testing.assert_allclose(trainer.model[0].running_mean.item(), 0.1 * images.mean().item(), rtol=1e-5)
+    layer = nn.BatchNorm1d(3)
+    with frozen_running_statistics(layer):
+        layer(torch.randn(4, 3) + 5)
+    assert torch.equal(layer.running_mean, torch.zeros(3)) and layer.momentum == 0.1

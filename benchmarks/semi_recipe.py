@@ -1,0 +1,189 @@
+"""Unlabelled data on top of the best supervised recipe: nested CV on COVID-SemiSeg, each arm against its control.
+
+A' is the ablation's best row (``+ 128 px input``, :func:`covidlib.crossval.run_nested_cv`, read
+from the ablation's cache ``--supervised-runs`` or trained there): for each (seed, outer fold) it
+was trained on the inner split and its epoch chosen on the inner validation slices. Five
+continuations of it then take the same optimizer steps, input noise, augmentation (with the
+recipe's turns and mirrors) and epoch selection on those validation slices:
+
+- ``control``: labels only (the student kept);
+- ``pseudo_labels``: + the report's patch pseudo-labels of all 1,600 unlabelled slices (chapter 07;
+  top-2 threshold calibrated on the inner validation slices);
+- ``pseudo_slices``: + whole-slice pseudo-labels, A''s test-time-augmented probabilities
+  (:mod:`covidlib.self_training`), a self-training baseline the report does not have;
+- ``control_ema``: labels only with the mean teacher's consistency (the EMA teacher kept);
+- ``mean_teacher``: + the patch pseudo-labels (chapter 08).
+
+Every arm is scored on the outer test fold with test-time augmentation, Dice at 0.5 and Inf-Net's
+mean Dice; each semi-supervised arm's paired difference to its control (and to A') comes with a
+95 % bootstrap CI over (seed, fold) units. The record goes to
+``records/reference-covid-semiseg/semi_recipe.json`` (committed; chapter 08 shows it).
+
+Resumable: each (seed, fold) is stored under ``--runs`` when done; run the same command again to
+continue. The record is rewritten after each fold with every fold complete so far.
+
+    .venv/bin/python benchmarks/semi_recipe.py --seeds 0
+    .venv/bin/python benchmarks/semi_recipe.py --quick --out /tmp/semi   # the whole path in minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from covidlib.augment import default_augmentation
+from covidlib.config import runtime_summary
+from covidlib.crossval import Recipe, nested_folds, run_key, run_nested_cv, score_cases
+from covidlib.datasets import get_dataset
+from covidlib.fingerprint import changed_sources, code_fingerprint, imported_modules, settings_key
+from covidlib.inference import load_model, prepare_slices
+from covidlib.io import atomic_write_text
+from covidlib.mean_teacher import ARM_LABELS, continue_arm, pseudo_label_patches, semi_supervised_settings
+from covidlib.records import reference_dir
+from covidlib.results import to_json, write_record
+from covidlib.self_training import PseudoSliceDataset, pseudo_label_slices
+from covidlib.statistics import paired_bootstrap_ci
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "covid-semiseg"
+
+#: The ablation's best row, ``+ 128 px input`` (benchmarks/ablation.py).
+RECIPE = Recipe(image_size=128)
+#: Each continuation: (the arm of :func:`covidlib.mean_teacher.arm_setup` it trains as, its pseudo-labels).
+ARMS = {"control": ("control", None), "pseudo_labels": ("pseudo_labels", "patches"),
+        "pseudo_slices": ("pseudo_labels", "slices"), "control_ema": ("control_ema", None),
+        "mean_teacher": ("mean_teacher", "patches")}
+CONTROLS = {"pseudo_labels": "control", "pseudo_slices": "control", "mean_teacher": "control_ema"}
+LABELS = {**ARM_LABELS, "pseudo_slices": "+ whole-slice pseudo-labels (A′'s TTA probabilities)"}
+METRICS = ("tta_dice", "tta_infnet_mean_dice")
+
+
+def run_fold(args: argparse.Namespace, dataset, prepared, recipe: Recipe, a_prime_result: dict,
+             checkpoint: Path) -> dict:
+    """The five continuations of one (seed, fold)'s A', scored on its outer test fold."""
+    seed, train_ids, val_ids, test_ids = (a_prime_result[k] for k in ("seed", "train", "val", "test"))
+    a_prime, _ = load_model(checkpoint)
+    settings = semi_supervised_settings(recipe.image_size, len(train_ids), network=recipe.model,
+                                        base_width=recipe.base_width, depth=recipe.depth, lr=recipe.lr,
+                                        semi_epochs=args.semi_epochs, semi_lr=args.semi_lr,
+                                        batch_size=recipe.batch_size, noise_std=args.noise_std, seed=seed,
+                                        max_steps_per_epoch=recipe.max_steps_per_epoch, dihedral=recipe.dihedral)
+    started = time.perf_counter()
+    patches, pseudo = pseudo_label_patches(a_prime, prepared.labelled, train_ids, val_ids, prepared.unlabelled,
+                                           settings, rng=np.random.default_rng(seed))
+    unlabelled = np.stack([image[0] for image in prepared.unlabelled])
+    probabilities = pseudo_label_slices(a_prime, unlabelled, recipe.image_size, tta=recipe.tta)
+    sources = {"patches": patches,
+               "slices": PseudoSliceDataset(unlabelled, probabilities, transform=default_augmentation(
+                   dihedral=recipe.dihedral), seed=seed)}
+    result = {"seed": seed, "fold": a_prime_result["fold"], "train": train_ids, "val": val_ids, "test": test_ids,
+              "threshold": pseudo["threshold"], "pseudo": pseudo["pseudo"],
+              "pseudo_slices": {"foreground_share": float((probabilities > 0.5).mean()),
+                                "slices_with_foreground": int(((probabilities > 0.5).sum(axis=(1, 2)) > 0).sum())},
+              "seconds": {"pseudo_labelling": time.perf_counter() - started},
+              "per_case": {"supervised": a_prime_result["per_case"]}, "best_epoch": {}, "steps": {}}
+    for name, (arm, source) in ARMS.items():
+        started = time.perf_counter()
+        trainer = continue_arm(a_prime, prepared.labelled, train_ids, val_ids, settings, arm,
+                               sources[source] if source else None, seed=seed)
+        result["per_case"][name] = score_cases(trainer.validation_model(), dataset, test_ids, recipe)
+        result["best_epoch"][name], result["steps"][name] = trainer.best_epoch, trainer.global_step
+        result["seconds"][name] = time.perf_counter() - started
+        print(f"seed {seed} fold {result['fold']} {name:<14} TTA Dice "
+              f"{np.mean([row['tta_dice'] for row in result['per_case'][name].values()]):.4f} "
+              f"(best epoch {trainer.best_epoch}, {result['seconds'][name]:.0f} s)", flush=True)
+    return result
+
+
+def unit_scores(results: list[dict], arm: str, metric: str) -> list[float]:
+    """The mean of ``metric`` over each (seed, fold)'s test slices, in the results' order."""
+    return [float(np.mean([row[metric] for row in r["per_case"][arm].values()])) for r in results]
+
+
+def summarise(results: list[dict]) -> dict:
+    """Rows of mean ± sd over units and each arm's paired differences to its control and to A'."""
+    rows = []
+    for arm in ["supervised", *ARMS]:
+        scores = {metric: unit_scores(results, arm, metric) for metric in METRICS}
+        row = {"arm": arm, "label": LABELS[arm], "units": [[r["seed"], r["fold"]] for r in results],
+               **{f"{metric}_by_unit": scores[metric] for metric in METRICS},
+               **{f"{metric}_mean": float(np.mean(scores[metric])) for metric in METRICS},
+               "tta_dice_sd_over_units": float(np.std(scores["tta_dice"], ddof=1)) if len(results) > 1 else 0.0,
+               "best_epoch": [r["best_epoch"].get(arm) for r in results]}
+        comparisons = ([CONTROLS[arm]] if arm in CONTROLS else []) + (["supervised"] if arm != "supervised" else [])
+        for against in comparisons if len(results) > 1 else []:
+            ci = paired_bootstrap_ci(unit_scores(results, against, "tta_dice"), scores["tta_dice"])
+            row[f"tta_dice_change_vs_{'control' if against != 'supervised' else 'supervised'}"] = {
+                **ci.as_dict(), "against": against}
+        rows.append(row)
+    return {"rows": rows, "thresholds": [r["threshold"] for r in results],
+            "a_prime_val_dice": [r["a_prime_val_dice"] for r in results],
+            "accepted_patches": [r["pseudo"]["accepted"] for r in results],
+            "patches": [r["pseudo"]["patches"] for r in results],
+            "pseudo_slice_foreground_share": [r["pseudo_slices"]["foreground_share"] for r in results],
+            "seconds": {name: float(sum(r["seconds"][name] for r in results)) for name in results[0]["seconds"]}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", default=str(DEFAULT_DATA))
+    parser.add_argument("--runs", default=str(ROOT / "results" / "semi_recipe"))
+    parser.add_argument("--supervised-runs", default=str(ROOT / "results" / "ablation"),
+                        help="the ablation's cache of nested-CV runs, where A' is read or trained")
+    parser.add_argument("--out", default=str(reference_dir()), help="folder of the record semi_recipe.json")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--semi-epochs", type=int, default=30)
+    parser.add_argument("--semi-lr", type=float, default=5e-4)
+    parser.add_argument("--noise-std", type=float, default=0.1)
+    parser.add_argument("--quick", action="store_true", help="tiny networks, 2 epochs, 16 unlabelled slices")
+    args = parser.parse_args()
+    if not (Path(args.data_root) / "TrainingSet").is_dir():
+        print(f"no COVID-SemiSeg at {args.data_root}: nothing to do")
+        return
+    runtime = runtime_summary(setting="quick" if args.quick else "reference", device="auto", seed=0,
+                              dataset="covid-semiseg")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    recipe = RECIPE if not args.quick else dataclasses.replace(RECIPE, image_size=64, base_width=4, depth=2, epochs=2,
+                                                               max_steps_per_epoch=2)
+    if args.quick:
+        args.semi_epochs = 2
+    dataset = get_dataset("covid-semiseg", args.data_root)
+    prepared = prepare_slices(dataset, recipe.image_size, n_unlabelled=16 if args.quick else None)
+    supervised = run_nested_cv(dataset, prepared, recipe, args.supervised_runs, folds=args.folds, seeds=seeds)
+    supervised_folder = Path(args.supervised_runs) / run_key(recipe, dataset.name, args.folds)
+    options = {"recipe": dataclasses.asdict(recipe), "semi_epochs": args.semi_epochs, "semi_lr": args.semi_lr,
+               "noise_std": args.noise_std, "folds": args.folds, "unlabelled": prepared.unlabelled_ids}
+    folder = Path(args.runs) / f"semi-{settings_key(options)}"
+    code = code_fingerprint(imported_modules(["covidlib.mean_teacher", "covidlib.self_training", "covidlib.crossval"]))
+    results = []
+    for a_prime_result in supervised:
+        seed, fold = a_prime_result["seed"], a_prime_result["fold"]
+        path = folder / f"seed{seed}_fold{fold}.json"
+        stored = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+        if stored is None or changed_sources(stored["code"]):
+            stored = {**run_fold(args, dataset, prepared, recipe, a_prime_result,
+                                 supervised_folder / f"seed{seed}_fold{fold}" / "best.pt"), "code": code}
+            atomic_write_text(path, to_json(stored) + "\n")
+        results.append({**stored, "a_prime_val_dice": a_prime_result["best_val_dice"]})
+        write_record(args.out, "semi_recipe",
+                     parameters={"data_root": args.data_root, "seeds": seeds, **{k: v for k, v in options.items()
+                                                                              if k != "unlabelled"},
+                                 "unlabelled_slices": len(prepared.unlabelled_ids), "quick": args.quick},
+                     numbers={**summarise(results), "units_planned": len(seeds) * args.folds}, runtime=runtime)
+        for row in summarise(results)["rows"]:
+            change = row.get("tta_dice_change_vs_control")
+            print(f"{row['arm']:<14} TTA Dice {row['tta_dice_mean']:.3f} ± {row['tta_dice_sd_over_units']:.3f}"
+                  + (f", vs {change['against']} {change['mean_difference']:+.3f} [{change['low']:+.3f}, "
+                     f"{change['high']:+.3f}]" if change else ""), flush=True)
+        print(f"wrote {Path(args.out) / 'semi_recipe.json'} ({len(results)} of {len(seeds) * args.folds} units)",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
