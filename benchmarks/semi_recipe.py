@@ -38,12 +38,13 @@ import numpy as np
 
 from covidlib.augment import default_augmentation
 from covidlib.config import runtime_summary
-from covidlib.crossval import Recipe, nested_folds, run_key, run_nested_cv, score_cases
+from covidlib.crossval import nested_folds, run_key, run_nested_cv, score_cases
 from covidlib.datasets import get_dataset
 from covidlib.fingerprint import changed_sources, code_fingerprint, imported_modules, settings_key
 from covidlib.inference import load_model, prepare_slices
 from covidlib.io import atomic_write_text
 from covidlib.mean_teacher import ARM_LABELS, continue_arm, pseudo_label_patches, semi_supervised_settings
+from covidlib.recipe import Recipe
 from covidlib.records import reference_dir
 from covidlib.results import to_json, write_record
 from covidlib.self_training import PseudoSliceDataset, pseudo_label_slices
@@ -52,8 +53,8 @@ from covidlib.statistics import paired_bootstrap_ci
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "covid-semiseg"
 
-#: The ablation's best row, ``+ 128 px input`` (benchmarks/ablation.py).
-RECIPE = Recipe(image_size=128)
+#: The ablation's best row, ``+ 128 px input`` (benchmarks/ablation.py): ``train``'s defaults.
+RECIPE = Recipe()
 #: Each continuation: (the arm of :func:`covidlib.mean_teacher.arm_setup` it trains as, its pseudo-labels).
 ARMS = {"control": ("control", None), "pseudo_labels": ("pseudo_labels", "patches"),
         "pseudo_slices": ("pseudo_labels", "slices"), "control_ema": ("control_ema", None),

@@ -51,7 +51,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # Quick mode: a smoke run in seconds (tests, trying a setup); explicit flags still win.
 QUICK = {"epochs": 3, "max_steps_per_epoch": 2, "image_size": 64, "base_width": 8, "batch_size": 4}
-# Without --quick: the recipe the book's nested cross-validation measures (covidlib.crossval.Recipe).
+# Without --quick: the recipe the book's nested cross-validation measures (covidlib.recipe.Recipe).
 FULL = {name: getattr(Recipe(), name) for name in QUICK}
 
 

@@ -303,7 +303,7 @@ class SemiSupervisedSettings:
     (:func:`covidlib.pseudo.calibrate_on_labelled`, accepting patches whose pseudo masks beat
     ``quality_bar`` Dice) instead of ``pseudo.top2_threshold``; ``dihedral``: the continuations
     add random turns and mirrors to the report's augmentation (as a recipe of
-    :class:`covidlib.crossval.Recipe` with ``dihedral`` trained A').
+    :class:`covidlib.recipe.Recipe` with ``dihedral`` trained A').
     """
 
     supervised: SliceTraining
