@@ -172,12 +172,13 @@ def main() -> None:
                                  supervised_folder / f"seed{seed}_fold{fold}" / "best.pt"), "code": code}
             atomic_write_text(path, to_json(stored) + "\n")
         results.append({**stored, "a_prime_val_dice": a_prime_result["best_val_dice"]})
+        summary = summarise(results)
         write_record(args.out, "semi_recipe",
                      parameters={"data_root": args.data_root, "seeds": seeds, **{k: v for k, v in options.items()
                                                                               if k != "unlabelled"},
                                  "unlabelled_slices": len(prepared.unlabelled_ids), "quick": args.quick},
-                     numbers={**summarise(results), "units_planned": len(seeds) * args.folds}, runtime=runtime)
-        for row in summarise(results)["rows"]:
+                     numbers={**summary, "units_planned": len(seeds) * args.folds}, runtime=runtime)
+        for row in summary["rows"]:
             change = row.get("tta_dice_change_vs_control")
             print(f"{row['arm']:<14} TTA Dice {row['tta_dice_mean']:.3f} ± {row['tta_dice_sd_over_units']:.3f}"
                   + (f", vs {change['against']} {change['mean_difference']:+.3f} [{change['low']:+.3f}, "
