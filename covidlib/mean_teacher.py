@@ -53,10 +53,8 @@ from tqdm.auto import tqdm
 
 from covidlib.coarse import Box, predict_boxes_2d
 from covidlib.config import seed_everything
-from covidlib.augment import default_augmentation
 from covidlib.crossval import nested_folds
-from covidlib.data import SliceDataset, fit_slice, seeded_loader
-from covidlib.distributed import EpochLoader
+from covidlib.data import fit_slice
 from covidlib.datasets import get_dataset
 from covidlib.errors import InvalidInputError
 from covidlib.fingerprint import changed_sources, code_fingerprint, content_key, imported_modules
@@ -395,18 +393,6 @@ def arm_setup(arm: str, config: MeanTeacherConfig) -> tuple[bool, MeanTeacherCon
     return setups[arm]
 
 
-def continuation_loader(arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], case_ids: Sequence[str],
-                        settings: SemiSupervisedSettings, *, seed: int) -> Any:
-    """The continuations' labelled training loader: :func:`covidlib.transfer.slice_loader`'s, with
-    random turns and mirrors added to the augmentation when ``settings.dihedral``."""
-    if not settings.dihedral:
-        return slice_loader(arrays, case_ids, settings.supervised, training=True, seed=seed)
-    dataset = SliceDataset([arrays[c] for c in case_ids], case_ids=list(case_ids),
-                           empty_fraction=settings.supervised.empty_fraction, output_size=settings.supervised.output_size,
-                           transform=default_augmentation(dihedral=True), seed=seed)
-    return EpochLoader(seeded_loader(dataset, settings.supervised.batch_size, shuffle=True, seed=seed))
-
-
 def continue_arm(model: nn.Module, arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], train_ids: Sequence[str],
                  val_ids: Sequence[str], settings: SemiSupervisedSettings, arm: str,
                  patches: Dataset | None, *, seed: int, out_dir: str | Path | None = None,
@@ -421,7 +407,9 @@ def continue_arm(model: nn.Module, arrays: Mapping[str, tuple[np.ndarray, np.nda
     semi = dataclasses.replace(settings.semi, patience=settings.semi.epochs)
     trainer = MeanTeacher(copy.deepcopy(model), semi, config, pseudo_patches=patches if uses_patches else None,
                           out_dir=None if out_dir is None else str(out_dir), metadata=metadata)
-    trainer.fit(continuation_loader(arrays, train_ids, settings, seed=seed), slice_loader(arrays, val_ids, settings.supervised, training=False, seed=seed))
+    trainer.fit(slice_loader(arrays, train_ids, settings.supervised, training=True, seed=seed,
+                             dihedral=settings.dihedral),
+                slice_loader(arrays, val_ids, settings.supervised, training=False, seed=seed))
     return trainer
 
 

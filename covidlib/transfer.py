@@ -308,13 +308,15 @@ def case_arrays(cases: Iterable[Any]) -> dict[str, tuple[np.ndarray, np.ndarray]
 
 
 def slice_loader(arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], case_ids: Sequence[str],
-                 settings: SliceTraining, *, training: bool, seed: int) -> Any:
+                 settings: SliceTraining, *, training: bool, seed: int, dihedral: bool = False) -> Any:
     """A seeded loader of the slices of ``case_ids``: shuffled, subsampled and augmented when
-    ``training``; every slice in order otherwise (for volume-level evaluation)."""
+    ``training`` (``dihedral`` adds random turns and mirrors to the report's augmentation);
+    every slice in order otherwise (for volume-level evaluation)."""
+    augment = training and settings.augment
     dataset = SliceDataset([arrays[c] for c in case_ids], case_ids=list(case_ids),
                            empty_fraction=settings.empty_fraction if training else 1.0,
                            output_size=settings.output_size,
-                           transform=default_augmentation() if training and settings.augment else None, seed=seed)
+                           transform=default_augmentation(dihedral=dihedral) if augment else None, seed=seed)
     loader = seeded_loader(dataset, settings.batch_size, shuffle=training, seed=seed)
     return EpochLoader(loader) if training else loader
 

@@ -297,17 +297,17 @@ def test_compare_arms_pairs_each_arm_with_its_control():
 
 
 @pytest.mark.parametrize("dihedral", [False, True])
-def test_continuations_train_with_the_recipe_augmentation(dihedral):
-    """With ``dihedral`` the continuations draw random turns and mirrors too, as A' did; otherwise
-    their loader is chapter 05's (the report's augmentation), slice for slice."""
+def test_slice_loader_adds_turns_and_mirrors_only_when_asked(dihedral):
+    """``dihedral`` (the continuations of a recipe trained with turns and mirrors) adds them to the
+    report's augmentation; without it the loader is chapter 05's, slice for slice."""
     from covidlib.augment import default_augmentation
-    from covidlib.mean_teacher import continuation_loader, semi_supervised_settings
+    from covidlib.mean_teacher import semi_supervised_settings
 
     rng = np.random.default_rng(0)
     arrays = {f"c{i}": (rng.normal(size=(1, 16, 16)).astype(np.float32), np.zeros((1, 16, 16), np.uint8))
               for i in range(3)}
     settings = semi_supervised_settings(16, 3, batch_size=2, dihedral=dihedral)
-    loader = continuation_loader(arrays, list(arrays), settings, seed=0)
+    loader = slice_loader(arrays, list(arrays), settings.supervised, training=True, seed=0, dihedral=settings.dihedral)
     assert loader.loader.dataset.transform == default_augmentation(dihedral=dihedral)
     if not dihedral:
         plain = slice_loader(arrays, list(arrays), settings.supervised, training=True, seed=0)
