@@ -9,12 +9,14 @@ its row scores the models of the row above with ``tta_`` metrics. The record goe
 ``records/reference-covid-semiseg/ablation.json`` (committed; chapter 09 shows it).
 
 Resumable: every (recipe, seed, fold) is cached under ``--runs``; run the same command again to
-continue. The record is rewritten after each row with every row complete so far. Processes given
-different ``--rows`` share the cache (on this 2-core CPU one process at 2 threads finishes sooner
-than two side by side).
+continue. The record is rewritten after each row with every row computed so far, each over the
+seeds whose folds are all there (rows may differ: a change is measured on the (seed, fold) runs
+both rows have). Processes given different ``--rows`` share the cache (on this 2-core CPU one
+process at 2 threads finishes sooner than two side by side).
 
     .venv/bin/python benchmarks/ablation.py --seeds 0,1,2
     .venv/bin/python benchmarks/ablation.py --seeds 0 --rows 5,6     # only these rows
+    .venv/bin/python benchmarks/ablation.py --seeds 1,2 --rows 4     # more seeds for one row
     .venv/bin/python benchmarks/ablation.py --quick --out /tmp/ablation   # the whole path in minutes
 """
 
@@ -22,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +76,10 @@ STEPS: list[Step] = [
 ]
 
 
+#: The seeds a record looks for; a row holds each of them whose folds are all computed.
+RECORD_SEEDS = tuple(range(10))
+
+
 def per_unit(results: list[dict], metric: str) -> dict[tuple[int, int], float]:
     """``{(seed, fold): mean of metric over the fold's test slices}``."""
     return {(r["seed"], r["fold"]): float(np.mean([row[metric] for row in r["per_case"].values()])) for r in results}
@@ -106,18 +114,19 @@ def main() -> None:
     order = range(len(STEPS)) if args.rows is None else [int(r) for r in args.rows.split(",")]
     prepared_by_size: dict[int, object] = {}
 
-    def results_of(index: int, compute: bool) -> list[dict]:
+    def results_of(index: int, row_seeds: Sequence[int], compute: bool) -> list[dict]:
         recipe = recipes[index]
         if recipe.image_size not in prepared_by_size:
             prepared_by_size[recipe.image_size] = prepare_slices(dataset, recipe.image_size)
         # TTA changes scoring only: every row trains with it on, so a TTA row reuses the row above's models
         return run_nested_cv(dataset, prepared_by_size[recipe.image_size], dataclasses.replace(recipe, tta=True),
-                             args.runs, folds=args.folds, seeds=seeds, compute=compute)
+                             args.runs, folds=args.folds, seeds=row_seeds, compute=compute,
+                             progress=compute)
 
     for index in order:
         print(f"computing row {index}: {STEPS[index].name}", flush=True)
-        results_of(index, compute=True)
-        write_complete_rows(args, seeds, runtime, results_of, recipes)
+        results_of(index, seeds, compute=True)
+        write_complete_rows(args, runtime, results_of, recipes)
 
 
 def build_recipes(start: Recipe, quick: bool) -> list[Recipe]:
@@ -140,19 +149,26 @@ def row_index(name: str) -> int:
     return next(index for index, step in enumerate(STEPS) if step.name == name)
 
 
-def write_complete_rows(args: argparse.Namespace, seeds: list[int], runtime: dict, results_of, recipes: list) -> None:
-    """Write the record of every row whose (seed, fold) runs are all stored; a path row's change is
-    measured against the nearest complete path row above it, an alternative's against its base."""
+def complete_seeds(results: list[dict], folds: int) -> list[dict]:
+    """The results of the seeds whose ``folds`` outer folds are all there."""
+    counts = Counter(r["seed"] for r in results)
+    return [r for r in results if counts[r["seed"]] == folds]
+
+
+def write_complete_rows(args: argparse.Namespace, runtime: dict, results_of, recipes: list) -> None:
+    """Write the record of every row with at least one seed whose folds are all stored, over such
+    seeds (:data:`RECORD_SEEDS`); a path row's change is measured against the nearest such path row
+    above it, an alternative's against its base, on the (seed, fold) runs both rows have."""
     rows, path_end, complete = [], None, {}
     for index, step in enumerate(STEPS):
         name, with_tta = step.name, step.scored_with_tta
-        results = results_of(index, compute=False)
-        if len(results) < len(seeds) * args.folds:
+        results = complete_seeds(results_of(index, RECORD_SEEDS, compute=False), args.folds)
+        if not results:
             continue
         prefix = "tta_" if with_tta else ""
         units = {metric: per_unit(results, prefix + metric) for metric in ("dice", "infnet_mean_dice")}
         row = {"name": name, "recipe": dataclasses.asdict(recipes[index]), "scored_with_tta": with_tta,
-               "base": step.base,
+               "base": step.base, "seeds": sorted({r["seed"] for r in results}),
                "dice_by_unit": [[seed, fold, value] for (seed, fold), value in units["dice"].items()],
                "infnet_mean_dice_by_unit": [[s, f, v] for (s, f), v in units["infnet_mean_dice"].items()],
                "dice_mean": float(np.mean(list(units["dice"].values()))),
@@ -162,8 +178,8 @@ def write_complete_rows(args: argparse.Namespace, seeds: list[int], runtime: dic
                "train_wall_seconds": float(sum(r["wall_seconds"] for r in results)),
                "train_cpu_seconds": float(sum(r["cpu_seconds"] for r in results))}
         against = step.base or path_end
-        if against in complete:
-            keys = sorted(units["dice"])
+        keys = sorted(set(units["dice"]) & set(complete.get(against, {}).get("dice", {})))
+        if keys:
             ci = paired_bootstrap_ci([complete[against]["dice"][k] for k in keys], [units["dice"][k] for k in keys])
             row["dice_change_vs_previous"] = {**ci.as_dict(), "previous": against}
         rows.append(row)
@@ -177,6 +193,7 @@ def write_complete_rows(args: argparse.Namespace, seeds: list[int], runtime: dic
             path_end = name
     if not rows:
         return
+    seeds = sorted({seed for row in rows for seed in row["seeds"]})
     write_record(args.out, "ablation", parameters={"data_root": args.data_root, "seeds": seeds, "folds": args.folds,
                                                    "quick": args.quick},
                  numbers={"rows": rows, "planned": [step.name for step in STEPS]}, runtime=runtime)

@@ -193,7 +193,8 @@ if ablation is not None:
                      if change else "—", str(len(row["dice_by_unit"])),
                      f"{row['train_cpu_seconds'] / 60:.0f}" if "train_cpu_seconds" in row else "—"))
     display(Markdown(f"Seeds {ablation.record['parameters']['seeds']}, {ablation.record['parameters']['folds']} "
-                     "outer folds; Dice at 0.5 as mean ± sd over the (fold, seed) runs."))
+                     "outer folds; Dice at 0.5 as mean ± sd over a row's (fold, seed) runs. Rows may have "
+                     "different seeds: a change is measured on the runs both rows have."))
     display(Markdown(markdown_table(rows, ("recipe", "Dice at 0.5", "Inf-Net mean Dice",
                                            "change [95 % CI] vs the row it changes", "(fold, seed) runs",
                                            "CPU min (training and scoring)"))))

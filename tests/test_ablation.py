@@ -53,7 +53,7 @@ def test_quick_rows_shrink_every_size_change(ablation):
 
 def test_each_change_is_measured_against_its_base_or_the_path_row_above(ablation, tmp_path):
     # fold f of row r scores 0.5 + 0.01 r + 0.001 f on its single test slice; row 2 is left incomplete
-    def results_of(index: int, compute: bool) -> list[dict]:
+    def results_of(index: int, seeds, compute: bool) -> list[dict]:
         if index == 2:
             return []
         return [{"seed": 0, "fold": fold, "per_case": {"case": {"dice": 0.5 + 0.01 * index + 0.001 * fold,
@@ -63,7 +63,7 @@ def test_each_change_is_measured_against_its_base_or_the_path_row_above(ablation
 
     args = argparse.Namespace(out=str(tmp_path), data_root=str(tmp_path), folds=2, quick=True)
     recipes = ablation.build_recipes(ablation.REPORT, quick=True)
-    ablation.write_complete_rows(args, [0], {}, results_of, recipes)
+    ablation.write_complete_rows(args, {}, results_of, recipes)
     rows = {row["name"]: row for row in json.loads((tmp_path / "ablation.json").read_text())["numbers"]["rows"]}
     names = [step.name for step in ablation.STEPS]
     assert names[2] not in rows and len(rows) == len(names) - 1
@@ -77,3 +77,26 @@ def test_each_change_is_measured_against_its_base_or_the_path_row_above(ablation
             base = ablation.row_index(step.base)
             assert change["previous"] == step.base
             assert np.isclose(change["mean_difference"], 0.01 * (index - base))
+
+
+def test_rows_hold_their_complete_seeds_and_changes_use_the_runs_both_rows_have(ablation, tmp_path):
+    # row 0: seeds 0 and 1 complete, seed 2 has one fold of two; row 1: seed 0 only; other rows: none.
+    # (seed, fold) scores 0.5 + 0.1 row + 0.01 seed + 0.001 fold, so row 1 - row 0 is 0.1 on seed 0's runs.
+    present = {0: {(0, 0), (0, 1), (1, 0), (1, 1), (2, 0)}, 1: {(0, 0), (0, 1)}}
+
+    def results_of(index: int, seeds, compute: bool) -> list[dict]:
+        score = lambda seed, fold: 0.5 + 0.1 * index + 0.01 * seed + 0.001 * fold  # noqa: E731
+        return [{"seed": seed, "fold": fold,
+                 "per_case": {"case": {metric: score(seed, fold) for metric in
+                                       ("dice", "tta_dice", "infnet_mean_dice", "tta_infnet_mean_dice")}},
+                 "epochs_run": 3, "best_epoch": 2, "wall_seconds": 1.0, "cpu_seconds": 1.0}
+                for seed, fold in sorted(present.get(index, ())) if seed in seeds]
+
+    args = argparse.Namespace(out=str(tmp_path), data_root=str(tmp_path), folds=2, quick=True)
+    ablation.write_complete_rows(args, {}, results_of, ablation.build_recipes(ablation.REPORT, quick=True))
+    record = json.loads((tmp_path / "ablation.json").read_text())
+    first, second = record["numbers"]["rows"]
+    assert (first["seeds"], second["seeds"], record["parameters"]["seeds"]) == ([0, 1], [0], [0, 1])
+    assert len(first["dice_by_unit"]) == 4 and np.isclose(first["dice_mean"], 0.5 + 0.005 + 0.0005)
+    change = second["dice_change_vs_previous"]
+    assert change["n"] == 2 and np.isclose(change["mean_difference"], 0.1)
