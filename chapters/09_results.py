@@ -58,9 +58,9 @@ from IPython.display import Markdown, display
 
 from covidlib import viz
 from covidlib.config import choose, format_summary, runtime_summary, seed_everything
-from covidlib.recipe import Recipe
 from covidlib.mean_teacher import CONTROLS, arm_rows, paired_rows
 from covidlib.published import PUBLISHED, REPORT_BEST, REPORT_TABLE_5_1
+from covidlib.recipe import Recipe
 from covidlib.records import REFERENCE_DATASET, load_reference, reference_dir, reference_notice
 from covidlib.results import markdown_table, read_build_timings, read_records, write_record
 from covidlib.statistics import summarise_runs
@@ -73,7 +73,7 @@ this_chapter = "09_results"
 # The sources sit beside this notebook in chapters/; the executed notebooks in book/chapters/ (nbval).
 book_chapters = sorted({p.stem for pattern in ("[0-9][0-9]_*.py", "[0-9][0-9]_*.ipynb") for p in Path(".").glob(pattern)}
                        - {this_chapter})
-benchmark_records = ["ablation", "semi_recipe", "phantom_to_real"]  # by benchmarks/*.py; shown here, in 08 and in 01
+benchmark_records = ["ablation", "learning_curve", "semi_recipe", "phantom_to_real"]  # by benchmarks/*.py; shown here, in 08 and in 01
 references = {name: load_reference(name) for name in [*book_chapters, *benchmark_records]}
 live = read_records(output_dir) if Path(output_dir).is_dir() else {}
 
@@ -205,6 +205,36 @@ if ablation is not None:
                          + "; ".join(f"“{name}”" for name in missing) + "."))
 
 # %% [markdown]
+# ## How many labelled slices does the recipe need?
+#
+# Every outer fold of the ablation trains on 32 labelled slices. `benchmarks/learning_curve.py`
+# trains `train`'s recipe on fewer of them (each smaller set inside the larger ones), with the same
+# inner validation slices, the same outer test fold and as many optimizer steps, so that only the
+# number of labels changes. Where the curve still climbs at 32, more labels would help; a book about
+# few labels should know how steep it is.
+
+# %%
+curve = references["learning_curve"]
+display(Markdown(reference_notice(curve, "learning_curve", command=".venv/bin/python benchmarks/learning_curve.py")))
+curve_rows = curve.numbers["rows"] if curve is not None else []
+if curve_rows:
+    rows = []
+    for row in curve_rows:
+        change = row.get("tta_dice_change_vs_all")
+        rows.append((str(row["n"]), cell(row["tta_dice_mean"], row["tta_dice_sd_over_units"]),
+                     cell(row["tta_infnet_mean_dice_mean"]),
+                     f"{change['mean_difference']:+.3f} [{change['low']:+.3f}, {change['high']:+.3f}]" if change else "—",
+                     str(len(row["units"]))))
+    display(Markdown(markdown_table(rows, ("labelled training slices", "Dice at 0.5 (TTA)", "Inf-Net mean Dice",
+                                           f"change [95 % CI] vs all {curve.numbers['all_slices']}",
+                                           "(fold, seed) runs"))))
+
+# %% mystnb={"figure": {"caption": "Reference record (COVID-SemiSeg): test Dice at 0.5 with test-time augmentation of train's recipe against the number of labelled training slices, one point per (fold, seed), the black bar the mean. Without a record the panel says so.", "name": "fig-09-learning-curve"}}
+viz.show_grouped_values({f"{row['n']} slices": row["tta_dice_by_unit"] for row in curve_rows} or None,
+                        ylabel="Dice at 0.5", title="Dice against the number of labelled slices (COVID-SemiSeg)",
+                        empty_message="no reference record of benchmarks/learning_curve.py yet")
+
+# %% [markdown]
 # ## The semi-supervised comparison
 #
 # The report's summary ends with "an improvement of ??? percent". Chapter 08 answers it on
@@ -257,6 +287,14 @@ if ablation is not None and ablation.numbers["rows"]:
                     f"{best_row['dice_mean']:.3f} over {len(best_row['dice_by_unit'])} nested-CV runs; its Inf-Net "
                     f"mean Dice, {best_row['infnet_mean_dice_mean']:.3f}, is the number to set beside Semi-Inf-Net's "
                     f"published {semi_inf.value:.3f} (again a different split)")
+if len(curve_rows) > 1 and "tta_dice_change_vs_all" in curve_rows[-2]:
+    below = curve_rows[-2]
+    change = below["tta_dice_change_vs_all"]
+    steeper = change["high"] < 0
+    findings.append(f"with {below['n']} instead of {curve.numbers['all_slices']} labelled training slices the recipe "
+                    f"changed test Dice by {change['mean_difference']:+.3f} [{change['low']:+.3f}, {change['high']:+.3f}]"
+                    + ("; the curve still climbs, so more labels would help" if steeper else
+                       "; the interval holds no change, so these runs cannot show that more labels would help"))
 if reference_08 is not None:
     paired = reference_08.numbers["summary"]["dice"]["paired"]
     for arm, interval in paired.items():

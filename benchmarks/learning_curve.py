@@ -1,0 +1,165 @@
+"""How Dice grows with the number of labelled training slices: ``train``'s recipe on nested subsets.
+
+For each (seed, outer fold) of the ablation's nested CV (:func:`covidlib.crossval.nested_folds`),
+``train``'s recipe (:class:`covidlib.recipe.Recipe`) trains on the first ``n`` of a seeded shuffle
+of the fold's training slices (each subset holds the smaller ones), picks its epoch on the same
+inner validation slices and is scored on the same outer test fold. Every ``n`` takes the recipe's
+number of optimizer steps: its epochs, learning-rate step and patience grow by (training slices) / n,
+so a smaller set is not also a shorter training. ``n`` = all the fold's training slices is the
+recipe's own nested CV, read from (or trained into) the ablation's cache ``--supervised-runs``.
+
+Scores are Dice at 0.5 and Inf-Net's mean Dice, both with the recipe's test-time augmentation; each
+``n``'s paired difference to all slices comes with a 95 % bootstrap CI over (seed, fold) units.
+The record goes to ``records/reference-covid-semiseg/learning_curve.json`` (committed; chapter 09
+shows it).
+
+Resumable: each (seed, fold, n) is stored under ``--runs`` when done (a training in progress
+resumes from its last epoch); run the same command again to continue. The record is rewritten
+after each (seed, fold) with every unit complete so far.
+
+    .venv/bin/python benchmarks/learning_curve.py --seeds 0
+    .venv/bin/python benchmarks/learning_curve.py --quick --out /tmp/curve   # the whole path in minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from covidlib.config import runtime_summary
+from covidlib.crossval import Fold, nested_folds, run_nested_cv, score_cases, train_supervised
+from covidlib.datasets import get_dataset
+from covidlib.errors import InvalidInputError
+from covidlib.fingerprint import changed_sources, code_fingerprint, imported_modules, settings_key
+from covidlib.inference import prepare_slices
+from covidlib.io import atomic_write_text
+from covidlib.recipe import Recipe
+from covidlib.records import reference_dir
+from covidlib.results import to_json, write_record
+from covidlib.statistics import paired_bootstrap_ci
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "covid-semiseg"
+METRICS = ("tta_dice", "tta_infnet_mean_dice")
+
+
+def training_subset(train_ids: Sequence[str], n: int, seed: int, fold: int) -> list[str]:
+    """The first ``n`` of a shuffle of ``train_ids`` seeded by (seed, fold): a smaller ``n`` gives a
+    subset of a larger one's."""
+    if not 1 <= n <= len(train_ids):
+        raise InvalidInputError(f"n must lie in [1, {len(train_ids)}], got {n}")
+    order = np.random.default_rng([seed, fold]).permutation(sorted(train_ids))
+    return sorted(order[:n].tolist())
+
+
+def scaled_recipe(recipe: Recipe, n: int, full: int) -> Recipe:
+    """``recipe`` for ``n`` of ``full`` training slices, taking as many optimizer steps (to within an
+    epoch): epochs, learning-rate step and patience times ``full / n``, rounded."""
+    factor = full / n
+    return dataclasses.replace(recipe, epochs=round(recipe.epochs * factor),
+                               step_size=round(recipe.step_size * factor), patience=round(recipe.patience * factor))
+
+
+def run_unit(dataset, prepared, recipe: Recipe, fold: Fold, seed: int, n: int, folder: Path, code: dict) -> dict:
+    """One (seed, fold, n): train on ``n`` of the fold's training slices, score its test fold."""
+    name = f"seed{seed}_fold{fold.index}_n{n}"
+    path = folder / f"{name}.json"
+    if path.exists():
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if not changed_sources(stored["code"]):
+            return stored
+    subset = training_subset(fold.train, n, seed, fold.index)
+    scaled = scaled_recipe(recipe, n, len(fold.train))
+    started = time.perf_counter()
+    trainer = train_supervised(prepared, subset, fold.val, scaled, seed=seed, out_dir=folder / name, resume=True)
+    result = {"seed": seed, "fold": fold.index, "n": n, "train": subset, "val": fold.val, "test": fold.test,
+              "recipe": dataclasses.asdict(scaled), "best_epoch": trainer.best_epoch,
+              "epochs_run": len(trainer.history),
+              "per_case": score_cases(trainer.model, dataset, fold.test, scaled, trainer.device),
+              "wall_seconds": time.perf_counter() - started, "code": code}
+    atomic_write_text(path, to_json(result) + "\n")
+    return result
+
+
+def unit_mean(result: dict, metric: str) -> float:
+    """The mean of ``metric`` over one unit's test slices."""
+    return float(np.mean([row[metric] for row in result["per_case"].values()]))
+
+
+def summarise(results: dict[int, list[dict]]) -> dict:
+    """Rows per ``n`` (ascending): mean ± sd over (seed, fold) units of each metric, and the paired
+    difference to the largest ``n`` on the units both have. ``results``: ``{n: unit results}``."""
+    full = max(results)
+    by_unit = {n: {(r["seed"], r["fold"]): r for r in units} for n, units in results.items()}
+    rows = []
+    for n in sorted(results):
+        units = by_unit[n]
+        row = {"n": n, "units": [list(key) for key in sorted(units)]}
+        for metric in METRICS:
+            values = [unit_mean(units[key], metric) for key in sorted(units)]
+            row[f"{metric}_by_unit"] = values
+            row[f"{metric}_mean"] = float(np.mean(values))
+            row[f"{metric}_sd_over_units"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+        shared = sorted(set(units) & set(by_unit[full]))
+        if n != full and len(shared) > 1:
+            row["tta_dice_change_vs_all"] = paired_bootstrap_ci(
+                [unit_mean(by_unit[full][key], "tta_dice") for key in shared],
+                [unit_mean(units[key], "tta_dice") for key in shared]).as_dict()
+        rows.append(row)
+    return {"rows": rows, "all_slices": full}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", default=str(DEFAULT_DATA))
+    parser.add_argument("--runs", default=str(ROOT / "results" / "learning_curve"))
+    parser.add_argument("--supervised-runs", default=str(ROOT / "results" / "ablation"),
+                        help="the ablation's cache of nested-CV runs, where the all-slices point is read or trained")
+    parser.add_argument("--out", default=str(reference_dir()), help="folder of the record learning_curve.json")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--sizes", default="8,16,24", help="training slices per fold, below all of them")
+    parser.add_argument("--quick", action="store_true", help="tiny networks and 2 epochs: checks the path")
+    args = parser.parse_args()
+    if not (Path(args.data_root) / "TrainingSet").is_dir():
+        print(f"no COVID-SemiSeg at {args.data_root}: nothing to do")
+        return
+    runtime = runtime_summary(setting="quick" if args.quick else "reference", device="auto", seed=0,
+                              dataset="covid-semiseg")
+    seeds, sizes = [int(s) for s in args.seeds.split(",")], [int(s) for s in args.sizes.split(",")]
+    recipe = Recipe() if not args.quick else Recipe(image_size=64, base_width=4, depth=2, epochs=2,
+                                                     max_steps_per_epoch=2)
+    dataset = get_dataset("covid-semiseg", args.data_root)
+    prepared = prepare_slices(dataset, recipe.image_size)
+    folder = Path(args.runs) / f"curve-{settings_key([dataclasses.asdict(recipe), args.folds])}"
+    code = code_fingerprint(imported_modules(["covidlib.crossval"]))
+    results: dict[int, list[dict]] = {}
+    for seed in seeds:
+        for fold in nested_folds(sorted(prepared.labelled), args.folds, seed):
+            if max(sizes) >= len(fold.train):
+                raise SystemExit(f"--sizes must stay below the {len(fold.train)} training slices of a fold")
+            for n in sizes:
+                results.setdefault(n, []).append(run_unit(dataset, prepared, recipe, fold, seed, n, folder, code))
+            everything = run_nested_cv(dataset, prepared, recipe, args.supervised_runs, folds=args.folds,
+                                       seeds=[seed], fold_indices=[fold.index], progress=False)
+            results.setdefault(len(fold.train), []).extend(everything)
+            summary = summarise(results)
+            write_record(args.out, "learning_curve",
+                         parameters={"data_root": args.data_root, "seeds": seeds, "folds": args.folds,
+                                     "sizes": sizes, "recipe": dataclasses.asdict(recipe), "quick": args.quick},
+                         numbers={**summary, "units_planned": len(seeds) * args.folds}, runtime=runtime)
+            for row in summary["rows"]:
+                change = row.get("tta_dice_change_vs_all")
+                print(f"n={row['n']:>3}  TTA Dice {row['tta_dice_mean']:.3f}"
+                      + (f", vs all {change['mean_difference']:+.3f} [{change['low']:+.3f}, {change['high']:+.3f}]"
+                         if change else ""), flush=True)
+
+
+if __name__ == "__main__":
+    main()

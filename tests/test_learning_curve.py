@@ -1,0 +1,64 @@
+"""benchmarks/learning_curve.py: nested training subsets, equal optimizer steps, and the summary."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from covidlib.errors import InvalidInputError
+from covidlib.recipe import Recipe
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "learning_curve.py"
+
+
+@pytest.fixture(scope="module")
+def curve():
+    spec = importlib.util.spec_from_file_location("learning_curve_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def test_subsets_are_nested_seeded_and_drawn_from_the_training_slices(curve):
+    train = [f"train/{i}" for i in range(32)]
+    subsets = {n: curve.training_subset(train, n, seed=0, fold=1) for n in (8, 16, 24, 32)}
+    assert all(len(subsets[n]) == n and set(subsets[n]) <= set(train) for n in subsets)
+    assert set(subsets[8]) < set(subsets[16]) < set(subsets[24]) < set(subsets[32]) == set(train)
+    assert subsets[8] == curve.training_subset(list(reversed(train)), 8, seed=0, fold=1)
+    assert subsets[8] != curve.training_subset(train, 8, seed=0, fold=2)
+    with pytest.raises(InvalidInputError, match="n must lie"):
+        curve.training_subset(train, 33, seed=0, fold=0)
+
+
+@pytest.mark.parametrize("n", [8, 16, 24])
+def test_a_smaller_set_takes_as_many_optimizer_steps(curve, n):
+    recipe = Recipe()
+    scaled = curve.scaled_recipe(recipe, n, 32)
+    steps = lambda r, slices: r.epochs * math.ceil(slices / r.batch_size)  # noqa: E731
+    assert abs(steps(scaled, n) - steps(recipe, 32)) <= math.ceil(n / recipe.batch_size)  # within an epoch
+    assert (scaled.epochs, scaled.step_size, scaled.patience) == {8: (320, 100, 120), 16: (160, 50, 60),
+                                                                  24: (107, 33, 40)}[n]
+    assert (scaled.image_size, scaled.lr, scaled.loss) == (recipe.image_size, recipe.lr, recipe.loss)
+
+
+def test_summary_means_and_paired_differences_to_all_slices(curve):
+    # unit (seed 0, fold f) of size n scores 0.5 + n / 100 + f / 1000 on its single test slice
+    def unit(n, fold):
+        value = 0.5 + n / 100 + fold / 1000
+        return {"seed": 0, "fold": fold, "per_case": {"a": {"tta_dice": value, "tta_infnet_mean_dice": value - 0.1}}}
+
+    summary = curve.summarise({8: [unit(8, f) for f in range(3)], 32: [unit(32, f) for f in range(3)]})
+    small, full = summary["rows"]
+    assert (small["n"], full["n"], summary["all_slices"]) == (8, 32, 32)
+    assert np.isclose(small["tta_dice_mean"], 0.58 + 0.001) and np.isclose(full["tta_infnet_mean_dice_mean"], 0.721)
+    assert np.isclose(small["tta_dice_sd_over_units"], 0.001)
+    change = small["tta_dice_change_vs_all"]
+    assert change["n"] == 3 and np.isclose(change["mean_difference"], -0.24)
+    assert "tta_dice_change_vs_all" not in full
