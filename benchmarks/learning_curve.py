@@ -66,14 +66,16 @@ def scaled_recipe(recipe: Recipe, n: int, full: int) -> Recipe:
                                step_size=round(recipe.step_size * factor), patience=round(recipe.patience * factor))
 
 
-def run_unit(dataset, prepared, recipe: Recipe, fold: Fold, seed: int, n: int, folder: Path, code: dict) -> dict:
-    """One (seed, fold, n): train on ``n`` of the fold's training slices, score its test fold."""
+def run_unit(dataset, prepared, recipe: Recipe, fold: Fold, seed: int, n: int, folder: Path,
+             code: dict) -> tuple[dict, bool]:
+    """One (seed, fold, n): train on ``n`` of the fold's training slices, score its test fold.
+    Returns the result and whether it was computed now (rather than read)."""
     name = f"seed{seed}_fold{fold.index}_n{n}"
     path = folder / f"{name}.json"
     if path.exists():
         stored = json.loads(path.read_text(encoding="utf-8"))
         if not changed_sources(stored["code"]):
-            return stored
+            return stored, False
     subset = training_subset(fold.train, n, seed, fold.index)
     scaled = scaled_recipe(recipe, n, len(fold.train))
     started = time.perf_counter()
@@ -84,7 +86,7 @@ def run_unit(dataset, prepared, recipe: Recipe, fold: Fold, seed: int, n: int, f
               "per_case": score_cases(trainer.model, dataset, fold.test, scaled, trainer.device),
               "wall_seconds": time.perf_counter() - started, "code": code}
     atomic_write_text(path, to_json(result) + "\n")
-    return result
+    return result, True
 
 
 def unit_mean(result: dict, metric: str) -> float:
@@ -140,15 +142,20 @@ def main() -> None:
     folder = Path(args.runs) / f"curve-{settings_key([dataclasses.asdict(recipe), args.folds])}"
     code = code_fingerprint(imported_modules(["covidlib.crossval"]))
     results: dict[int, list[dict]] = {}
+    computed, record = False, Path(args.out) / "learning_curve.json"
     for seed in seeds:
         for fold in nested_folds(sorted(prepared.labelled), args.folds, seed):
             if max(sizes) >= len(fold.train):
                 raise SystemExit(f"--sizes must stay below the {len(fold.train)} training slices of a fold")
             for n in sizes:
-                results.setdefault(n, []).append(run_unit(dataset, prepared, recipe, fold, seed, n, folder, code))
+                unit, fresh = run_unit(dataset, prepared, recipe, fold, seed, n, folder, code)
+                computed |= fresh
+                results.setdefault(n, []).append(unit)
             everything = run_nested_cv(dataset, prepared, recipe, args.supervised_runs, folds=args.folds,
                                        seeds=[seed], fold_indices=[fold.index], progress=False)
             results.setdefault(len(fold.train), []).extend(everything)
+            if not computed and record.exists():
+                continue  # nothing new yet: the record keeps the timing of the run that computed it
             summary = summarise(results)
             write_record(args.out, "learning_curve",
                          parameters={"data_root": args.data_root, "seeds": seeds, "folds": args.folds,
@@ -159,6 +166,8 @@ def main() -> None:
                 print(f"n={row['n']:>3}  TTA Dice {row['tta_dice_mean']:.3f}"
                       + (f", vs all {change['mean_difference']:+.3f} [{change['low']:+.3f}, {change['high']:+.3f}]"
                          if change else ""), flush=True)
+    if not computed and record.exists():
+        print(f"every unit was stored already: {record} is left as it is", flush=True)
 
 
 if __name__ == "__main__":

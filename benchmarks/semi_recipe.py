@@ -162,7 +162,7 @@ def main() -> None:
                "noise_std": args.noise_std, "folds": args.folds, "unlabelled": prepared.unlabelled_ids}
     folder = Path(args.runs) / f"semi-{settings_key(options)}"
     code = code_fingerprint(imported_modules(["covidlib.mean_teacher", "covidlib.self_training", "covidlib.crossval"]))
-    results = []
+    results, computed, record = [], False, Path(args.out) / "semi_recipe.json"
     for a_prime_result in supervised:
         seed, fold = a_prime_result["seed"], a_prime_result["fold"]
         path = folder / f"seed{seed}_fold{fold}.json"
@@ -171,7 +171,10 @@ def main() -> None:
             stored = {**run_fold(args, dataset, prepared, recipe, a_prime_result,
                                  supervised_folder / f"seed{seed}_fold{fold}" / "best.pt"), "code": code}
             atomic_write_text(path, to_json(stored) + "\n")
+            computed = True
         results.append({**stored, "a_prime_val_dice": a_prime_result["best_val_dice"]})
+        if not computed and record.exists():
+            continue  # nothing new yet: the record keeps the timing of the run that computed it
         summary = summarise(results)
         write_record(args.out, "semi_recipe",
                      parameters={"data_root": args.data_root, "seeds": seeds, **{k: v for k, v in options.items()
@@ -183,8 +186,9 @@ def main() -> None:
             print(f"{row['arm']:<14} TTA Dice {row['tta_dice_mean']:.3f} ± {row['tta_dice_sd_over_units']:.3f}"
                   + (f", vs {change['against']} {change['mean_difference']:+.3f} [{change['low']:+.3f}, "
                      f"{change['high']:+.3f}]" if change else ""), flush=True)
-        print(f"wrote {Path(args.out) / 'semi_recipe.json'} ({len(results)} of {len(seeds) * args.folds} units)",
-              flush=True)
+        print(f"wrote {record} ({len(results)} of {len(seeds) * args.folds} units)", flush=True)
+    if not computed and record.exists():
+        print(f"every unit was stored already: {record} is left as it is", flush=True)
 
 
 if __name__ == "__main__":
