@@ -178,6 +178,11 @@ if cv_04:
 # `python -m covidlib train`'s defaults, marked as such. The record is committed like the chapters'
 # (`records/reference-covid-semiseg/ablation.json`) and is rewritten as rows complete, so it may
 # hold only some of them.
+#
+# The path is chosen by the same outer folds that score it: of several input sizes, the best-scoring one
+# became the default, so that row's seed-0 score is somewhat optimistic. A seed also draws the folds
+# (`covidlib.crossval.nested_folds`), so the defaults row's other seeds score it on splits that took no
+# part in the choice.
 
 # %%
 ablation = references["ablation"]
