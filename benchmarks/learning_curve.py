@@ -9,7 +9,8 @@ so a smaller set is not also a shorter training. ``n`` = all the fold's training
 recipe's own nested CV, read from (or trained into) the ablation's cache ``--supervised-runs``.
 
 Scores are Dice at 0.5 and Inf-Net's mean Dice, both with the recipe's test-time augmentation; each
-``n``'s paired difference to all slices comes with a 95 % bootstrap CI over (seed, fold) units.
+``n``'s paired difference to all slices comes with a 95 % bootstrap CI over (seed, fold) units, and so
+does the Dice a doubling of the slices adds (each unit's slope of Dice on log2 n, averaged).
 The record goes to ``records/reference-covid-semiseg/learning_curve.json`` (committed; chapter 09
 shows it).
 
@@ -114,7 +115,22 @@ def summarise(results: dict[int, list[dict]]) -> dict:
                 [unit_mean(by_unit[full][key], "tta_dice") for key in shared],
                 [unit_mean(units[key], "tta_dice") for key in shared]).as_dict()
         rows.append(row)
-    return {"rows": rows, "all_slices": full}
+    return {"rows": rows, "all_slices": full, "per_doubling": per_doubling(by_unit)}
+
+
+def per_doubling(by_unit: dict[int, dict[tuple[int, int], dict]]) -> dict | None:
+    """How much TTA Dice one doubling of the training slices adds: each (seed, fold) unit present at
+    every ``n`` gets the least-squares slope of its Dice on log2(n); the mean slope comes with a 95 %
+    bootstrap CI over units. ``None`` with fewer than two sizes or two such units."""
+    sizes = sorted(by_unit)
+    units = sorted(set.intersection(*(set(by_unit[n]) for n in sizes))) if sizes else []
+    if len(sizes) < 2 or len(units) < 2:
+        return None
+    slopes = [float(np.polyfit(np.log2(sizes), [unit_mean(by_unit[n][key], "tta_dice") for n in sizes], 1)[0])
+              for key in units]
+    # a CI of the mean slope: the paired difference of the slopes from a flat curve
+    return {**paired_bootstrap_ci(np.zeros(len(slopes)), slopes).as_dict(), "slopes": slopes,
+            "units": [list(key) for key in units], "sizes": sizes}
 
 
 def main() -> None:

@@ -233,6 +233,11 @@ if curve_rows:
     display(Markdown(markdown_table(rows, ("labelled training slices", "Dice at 0.5 (TTA)", "Inf-Net mean Dice",
                                            f"change [95 % CI] vs all {curve.numbers['all_slices']}",
                                            "(fold, seed) runs"))))
+    doubling = curve.numbers.get("per_doubling")
+    if doubling:
+        display(Markdown(f"Each doubling of the labelled slices added {doubling['mean_difference']:+.3f} test Dice "
+                         f"(95 % CI {doubling['low']:+.3f} to {doubling['high']:+.3f}): the mean over {doubling['n']} "
+                         "(fold, seed) runs of each run's least-squares slope of Dice on log2 of the number of slices."))
 
 # %% mystnb={"figure": {"caption": "Reference record (COVID-SemiSeg): test Dice at 0.5 with test-time augmentation of train's recipe against the number of labelled training slices, one point per (fold, seed), the black bar the mean. Without a record the panel says so.", "name": "fig-09-learning-curve"}}
 viz.show_grouped_values({f"{row['n']} slices": row["tta_dice_by_unit"] for row in curve_rows} or None,
@@ -306,6 +311,11 @@ if len(curve_rows) > 1 and "tta_dice_change_vs_all" in curve_rows[-2]:
                     f"changed test Dice by {change['mean_difference']:+.3f} [{change['low']:+.3f}, {change['high']:+.3f}]"
                     + ("; the curve still climbs, so more labels would help" if steeper else
                        "; the interval holds no change, so these runs cannot show that more labels would help"))
+    doubling = curve.numbers.get("per_doubling")
+    if doubling:
+        findings.append(f"over the whole curve each doubling of the labelled slices added "
+                        f"{doubling['mean_difference']:+.3f} [{doubling['low']:+.3f}, {doubling['high']:+.3f}] "
+                        f"test Dice")
 if reference_08 is not None:
     paired = reference_08.numbers["summary"]["dice"]["paired"]
     for arm, interval in paired.items():

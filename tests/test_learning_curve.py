@@ -62,3 +62,18 @@ def test_summary_means_and_paired_differences_to_all_slices(curve):
     change = small["tta_dice_change_vs_all"]
     assert change["n"] == 3 and np.isclose(change["mean_difference"], -0.24)
     assert "tta_dice_change_vs_all" not in full
+
+
+def test_per_doubling_is_the_mean_slope_on_log2_n(curve):
+    # unit f gains 0.02 * (f + 1) Dice per doubling from an offset of its own: slopes 0.02, 0.04, 0.06
+    def unit(n, fold):
+        value = 0.4 + fold / 100 + 0.02 * (fold + 1) * math.log2(n)
+        return {"seed": 0, "fold": fold, "per_case": {"a": {"tta_dice": value, "tta_infnet_mean_dice": value}}}
+
+    results = {n: [unit(n, f) for f in range(3)] for n in (8, 16, 32)}
+    results[8].append(unit(8, 3))  # a unit missing from the other sizes takes no part
+    doubling = curve.summarise(results)["per_doubling"]
+    assert np.allclose(doubling["slopes"], [0.02, 0.04, 0.06]) and doubling["units"] == [[0, 0], [0, 1], [0, 2]]
+    assert np.isclose(doubling["mean_difference"], 0.04) and doubling["low"] <= 0.04 <= doubling["high"]
+    assert 0.02 - 1e-12 <= doubling["low"] and doubling["high"] <= 0.06 + 1e-12
+    assert curve.summarise({32: results[32]})["per_doubling"] is None
