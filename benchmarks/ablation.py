@@ -29,19 +29,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from covidlib.config import runtime_summary
+from _nested_cv import begin, integers, nested_cv_parser, quick_recipe
 from covidlib.crossval import run_nested_cv
 from covidlib.datasets import get_dataset
 from covidlib.inference import prepare_slices
 from covidlib.recipe import Recipe
-from covidlib.records import reference_dir
 from covidlib.results import write_record
 from covidlib.statistics import paired_bootstrap_ci
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "covid-semiseg"
 
 #: The report's recipe (section 5.1: Adam 2e-4, StepLR 0.8 every 25 epochs, rotation, elastic,
 #: gamma and noise), at this CPU's image size and width; one row of the steps below is ``Recipe()``,
@@ -86,32 +82,21 @@ def per_unit(results: list[dict], metric: str) -> dict[tuple[int, int], float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-root", default=str(DEFAULT_DATA))
-    parser.add_argument("--runs", default=str(ROOT / "results" / "ablation"))
-    parser.add_argument("--out", default=str(reference_dir()), help="folder of the record ablation.json")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--quick", action="store_true", help="tiny networks and 2 epochs: checks the path")
-    parser.add_argument("--rows", help="compute only these rows, in this order (e.g. 4,2); the record holds every "
-                                       "complete row, so processes given different rows can run side by side")
+    parser = nested_cv_parser(__doc__, runs="ablation", record="ablation.json", seeds="0,1,2")
+    parser.add_argument("--rows", type=integers,
+                        help="compute only these rows, in this order (e.g. 4,2); the record holds every "
+                             "complete row, so processes given different rows can run side by side")
     args = parser.parse_args()
-    if not (Path(args.data_root) / "TrainingSet").is_dir():
-        print(f"no COVID-SemiSeg at {args.data_root}: nothing to do")
+    runtime = begin(args)
+    if runtime is None:
         return
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    runtime = runtime_summary(setting="quick" if args.quick else "reference", device="auto", seed=0,
-                              dataset="covid-semiseg")
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     dataset = get_dataset("covid-semiseg", args.data_root)
-    recipe = REPORT if not args.quick else dataclasses.replace(REPORT, image_size=64, base_width=4, depth=2, epochs=2,
-                                                               max_steps_per_epoch=2)
+    recipe = quick_recipe(REPORT) if args.quick else REPORT
     recipes = build_recipes(recipe, quick=args.quick)
     if not args.quick and Recipe() not in recipes:
         raise SystemExit("no row is Recipe(), the defaults of 'train': update STEPS or Recipe")
-    order = range(len(STEPS)) if args.rows is None else [int(r) for r in args.rows.split(",")]
+    order = range(len(STEPS)) if args.rows is None else args.rows
     prepared_by_size: dict[int, object] = {}
 
     def results_of(index: int, row_seeds: Sequence[int], compute: bool) -> list[dict]:

@@ -11,54 +11,40 @@ and without test-time augmentation, and Inf-Net's mean Dice when available.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
-from pathlib import Path
 
 import numpy as np
-import torch
 
+from _nested_cv import QUICK, begin, integers, nested_cv_parser
 from covidlib.crossval import fold_means, run_nested_cv
 from covidlib.datasets import get_dataset
 from covidlib.inference import prepare_slices
 from covidlib.recipe import Recipe
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "covid-semiseg"
-
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-root", default=str(DEFAULT_DATA))
-    parser.add_argument("--runs", default=str(ROOT / "results" / "cv_nested"))
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--quick", action="store_true", help="tiny recipe: checks the whole path")
-    parser.add_argument("--fold-indices", help="only these outer folds, e.g. 3,4 (processes given disjoint folds "
-                                               "of one recipe can share --runs side by side)")
+    parser = nested_cv_parser(__doc__, runs="cv_nested", quick="tiny recipe: checks the whole path")
+    parser.add_argument("--fold-indices", type=integers,
+                        help="only these outer folds, e.g. 3,4 (processes given disjoint folds of one recipe "
+                             "can share --runs side by side)")
     for field in dataclasses.fields(Recipe):
         kind = {bool: lambda text: text.lower() in ("1", "true", "yes"), int: int, float: float, str: str}.get(
             type(field.default), int)
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=None)
     args = parser.parse_args()
-    if not (Path(args.data_root) / "TrainingSet").is_dir():
-        print(f"no COVID-SemiSeg at {args.data_root}: nothing to do")
+    if begin(args) is None:
         return
-    if args.threads:
-        torch.set_num_threads(args.threads)
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe) if getattr(args, f.name) is not None}
     if args.quick:
-        overrides = {"image_size": 64, "base_width": 4, "depth": 2, "epochs": 2, "max_steps_per_epoch": 2, **overrides}
+        overrides = {**QUICK, **overrides}
     recipe = Recipe(**overrides)
     dataset = get_dataset("covid-semiseg", args.data_root)
     prepared = prepare_slices(dataset, recipe.image_size)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     started = time.perf_counter()
-    fold_indices = [int(f) for f in args.fold_indices.split(",")] if args.fold_indices else None
     results = run_nested_cv(dataset, prepared, recipe, args.runs, folds=args.folds, seeds=seeds,
-                            fold_indices=fold_indices)
+                            fold_indices=args.fold_indices)
     print(recipe)
     metric_names = [m for m in ("dice", "tta_dice", "infnet_mean_dice", "tta_infnet_mean_dice") if m in results[0]["per_case"][results[0]["test"][0]]]
     for metric in metric_names:

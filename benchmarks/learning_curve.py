@@ -24,7 +24,6 @@ after each (seed, fold) with every unit complete so far.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from covidlib.config import runtime_summary
+from _nested_cv import begin, integers, nested_cv_parser, quick_recipe
 from covidlib.crossval import Fold, nested_folds, run_nested_cv, score_cases, train_supervised
 from covidlib.datasets import get_dataset
 from covidlib.errors import InvalidInputError
@@ -41,12 +40,9 @@ from covidlib.fingerprint import changed_sources, code_fingerprint, imported_mod
 from covidlib.inference import prepare_slices
 from covidlib.io import atomic_write_text
 from covidlib.recipe import Recipe
-from covidlib.records import reference_dir
 from covidlib.results import to_json, write_record
 from covidlib.statistics import paired_bootstrap_ci
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "covid-semiseg"
 METRICS = ("tta_dice", "tta_infnet_mean_dice")
 
 
@@ -134,25 +130,15 @@ def per_doubling(by_unit: dict[int, dict[tuple[int, int], dict]]) -> dict | None
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-root", default=str(DEFAULT_DATA))
-    parser.add_argument("--runs", default=str(ROOT / "results" / "learning_curve"))
-    parser.add_argument("--supervised-runs", default=str(ROOT / "results" / "ablation"),
-                        help="the ablation's cache of nested-CV runs, where the all-slices point is read or trained")
-    parser.add_argument("--out", default=str(reference_dir()), help="folder of the record learning_curve.json")
-    parser.add_argument("--seeds", default="0")
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--sizes", default="8,16,24", help="training slices per fold, below all of them")
-    parser.add_argument("--quick", action="store_true", help="tiny networks and 2 epochs: checks the path")
+    parser = nested_cv_parser(__doc__, runs="learning_curve", record="learning_curve.json",
+                              supervised_runs="the all-slices point is read or trained")
+    parser.add_argument("--sizes", type=integers, default="8,16,24", help="training slices per fold, below all of them")
     args = parser.parse_args()
-    if not (Path(args.data_root) / "TrainingSet").is_dir():
-        print(f"no COVID-SemiSeg at {args.data_root}: nothing to do")
+    runtime = begin(args)
+    if runtime is None:
         return
-    runtime = runtime_summary(setting="quick" if args.quick else "reference", device="auto", seed=0,
-                              dataset="covid-semiseg")
-    seeds, sizes = [int(s) for s in args.seeds.split(",")], [int(s) for s in args.sizes.split(",")]
-    recipe = Recipe() if not args.quick else Recipe(image_size=64, base_width=4, depth=2, epochs=2,
-                                                     max_steps_per_epoch=2)
+    seeds, sizes = args.seeds, args.sizes
+    recipe = quick_recipe(Recipe()) if args.quick else Recipe()
     dataset = get_dataset("covid-semiseg", args.data_root)
     prepared = prepare_slices(dataset, recipe.image_size)
     folder = Path(args.runs) / f"curve-{settings_key([dataclasses.asdict(recipe), args.folds])}"

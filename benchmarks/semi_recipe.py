@@ -36,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _nested_cv import begin, nested_cv_parser, quick_recipe
 from covidlib.augment import default_augmentation
-from covidlib.config import runtime_summary
 from covidlib.crossval import nested_folds, run_key, run_nested_cv, score_cases
 from covidlib.datasets import get_dataset
 from covidlib.fingerprint import changed_sources, code_fingerprint, imported_modules, settings_key
@@ -45,13 +45,10 @@ from covidlib.inference import load_model, prepare_slices
 from covidlib.io import atomic_write_text
 from covidlib.mean_teacher import ARM_LABELS, continue_arm, pseudo_label_patches, semi_supervised_settings
 from covidlib.recipe import Recipe
-from covidlib.records import reference_dir
 from covidlib.results import to_json, write_record
 from covidlib.self_training import PseudoSliceDataset, pseudo_label_slices
 from covidlib.statistics import paired_bootstrap_ci
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "covid-semiseg"
 
 #: The ablation's best row, ``+ 128 px input`` (benchmarks/ablation.py): ``train``'s defaults.
 RECIPE = Recipe()
@@ -131,27 +128,18 @@ def summarise(results: list[dict]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-root", default=str(DEFAULT_DATA))
-    parser.add_argument("--runs", default=str(ROOT / "results" / "semi_recipe"))
-    parser.add_argument("--supervised-runs", default=str(ROOT / "results" / "ablation"),
-                        help="the ablation's cache of nested-CV runs, where A' is read or trained")
-    parser.add_argument("--out", default=str(reference_dir()), help="folder of the record semi_recipe.json")
-    parser.add_argument("--seeds", default="0")
-    parser.add_argument("--folds", type=int, default=5)
+    parser = nested_cv_parser(__doc__, runs="semi_recipe", record="semi_recipe.json",
+                              supervised_runs="A' is read or trained",
+                              quick="tiny networks, 2 epochs, 16 unlabelled slices")
     parser.add_argument("--semi-epochs", type=int, default=30)
     parser.add_argument("--semi-lr", type=float, default=5e-4)
     parser.add_argument("--noise-std", type=float, default=0.1)
-    parser.add_argument("--quick", action="store_true", help="tiny networks, 2 epochs, 16 unlabelled slices")
     args = parser.parse_args()
-    if not (Path(args.data_root) / "TrainingSet").is_dir():
-        print(f"no COVID-SemiSeg at {args.data_root}: nothing to do")
+    runtime = begin(args)
+    if runtime is None:
         return
-    runtime = runtime_summary(setting="quick" if args.quick else "reference", device="auto", seed=0,
-                              dataset="covid-semiseg")
-    seeds = [int(s) for s in args.seeds.split(",")]
-    recipe = RECIPE if not args.quick else dataclasses.replace(RECIPE, image_size=64, base_width=4, depth=2, epochs=2,
-                                                               max_steps_per_epoch=2)
+    seeds = args.seeds
+    recipe = quick_recipe(RECIPE) if args.quick else RECIPE
     if args.quick:
         args.semi_epochs = 2
     dataset = get_dataset("covid-semiseg", args.data_root)

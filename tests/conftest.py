@@ -1,9 +1,13 @@
 """Shared test settings and fixtures."""
 
+import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def pytest_configure(config) -> None:
@@ -46,3 +50,25 @@ def interrupt_after_epoch(monkeypatch):
         return Interrupted
 
     return arm
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """``load_benchmark("ablation")``: the script ``benchmarks/ablation.py`` as a module. Scripts run as
+    files, with their folder first on ``sys.path`` (they import ``_nested_cv``), so it goes there too."""
+    sys.path.insert(0, str(BENCHMARKS))
+    loaded = {}
+
+    def load(name: str):
+        if name not in loaded:
+            spec = importlib.util.spec_from_file_location(f"{name}_benchmark", BENCHMARKS / f"{name}.py")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module  # dataclasses look their module up while the script runs
+            spec.loader.exec_module(module)
+            loaded[name] = module
+        return loaded[name]
+
+    yield load
+    for module in loaded.values():
+        del sys.modules[module.__name__]
+    sys.path.remove(str(BENCHMARKS))

@@ -4,27 +4,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from covidlib.recipe import Recipe
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation.py"
-
 
 @pytest.fixture(scope="module")
-def ablation():
-    spec = importlib.util.spec_from_file_location("ablation_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the script runs
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+def ablation(load_benchmark):
+    return load_benchmark("ablation")
 
 
 def test_path_rows_accumulate_and_alternatives_change_their_base(ablation):

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,17 +10,10 @@ import pytest
 from covidlib.errors import InvalidInputError
 from covidlib.recipe import Recipe
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "learning_curve.py"
-
 
 @pytest.fixture(scope="module")
-def curve():
-    spec = importlib.util.spec_from_file_location("learning_curve_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+def curve(load_benchmark):
+    return load_benchmark("learning_curve")
 
 
 def test_subsets_are_nested_seeded_and_drawn_from_the_training_slices(curve):

@@ -3,24 +3,13 @@ against hand-set per-slice scores."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "semi_recipe.py"
-
 
 @pytest.fixture(scope="module")
-def semi_recipe():
-    spec = importlib.util.spec_from_file_location("semi_recipe_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+def semi_recipe(load_benchmark):
+    return load_benchmark("semi_recipe")
 
 
 def _unit(seed: int, fold: int, offsets: dict[str, float]) -> dict:

@@ -1,0 +1,74 @@
+"""What the nested cross-validation benchmarks share (``ablation``, ``cv_nested``, ``learning_curve``,
+``semi_recipe``): their common options, the check that COVID-SemiSeg is there, the tiny recipe of
+``--quick`` and the runtime summary their records store.
+
+The benchmarks run as files (``python benchmarks/ablation.py``), so this folder is first on
+``sys.path`` and they import this module by its plain name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from covidlib.config import runtime_summary
+from covidlib.recipe import Recipe
+from covidlib.records import reference_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "covid-semiseg"
+#: What ``--quick`` changes: tiny networks and 2 epochs of 2 steps, enough to check the whole path.
+QUICK = {"image_size": 64, "base_width": 4, "depth": 2, "epochs": 2, "max_steps_per_epoch": 2}
+
+
+def integers(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; an argparse ``type``."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,1,2, got {text!r}") from None
+
+
+def nested_cv_parser(doc: str | None, *, runs: str, seeds: str = "0", record: str | None = None,
+                     supervised_runs: str | None = None,
+                     quick: str = "tiny networks and 2 epochs: checks the path") -> argparse.ArgumentParser:
+    """A parser with the options every nested-CV benchmark takes: ``--data-root``, ``--runs`` (its
+    resumable cache, ``results/<runs>``), ``--seeds`` (parsed to a list), ``--folds``, ``--threads``
+    and ``--quick``; with ``record``, ``--out`` (the folder of that committed record); with
+    ``supervised_runs`` (what the benchmark reads there), ``--supervised-runs``, the ablation's cache."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", default=str(DEFAULT_DATA), help="COVID-SemiSeg's folder")
+    parser.add_argument("--runs", default=str(ROOT / "results" / runs),
+                        help="cache of the trainings: run the same command again to continue")
+    if supervised_runs is not None:
+        parser.add_argument("--supervised-runs", default=str(ROOT / "results" / "ablation"),
+                            help=f"the ablation's cache of nested-CV runs, where {supervised_runs}")
+    if record is not None:
+        parser.add_argument("--out", default=str(reference_dir()), help=f"folder of the record {record}")
+    parser.add_argument("--seeds", type=integers, default=seeds,
+                        help=f"comma-separated seeds; each draws its own folds (default {seeds})")
+    parser.add_argument("--folds", type=int, default=5, help="outer folds (default 5)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--quick", action="store_true", help=quick)
+    return parser
+
+
+def begin(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The runtime summary a record stores, after applying ``--threads``; ``None``, after saying so,
+    when COVID-SemiSeg is not at ``--data-root`` (the benchmark then has nothing to do)."""
+    if not (Path(args.data_root) / "TrainingSet").is_dir():
+        print(f"no COVID-SemiSeg at {args.data_root}: nothing to do")
+        return None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return runtime_summary(setting="quick" if args.quick else "reference", device="auto", seed=0,
+                           dataset="covid-semiseg")
+
+
+def quick_recipe(recipe: Recipe) -> Recipe:
+    """``recipe`` shrunk as ``--quick`` asks (:data:`QUICK`)."""
+    return dataclasses.replace(recipe, **QUICK)

@@ -1,0 +1,99 @@
+"""benchmarks/_nested_cv.py, the options the nested-CV benchmarks share, and each benchmark's ``--quick``
+path run as a reader runs it: ``python benchmarks/<name>.py``, on the real data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from covidlib.recipe import Recipe
+from test_datasets import REAL_SEMISEG
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def nested_cv(load_benchmark):
+    load_benchmark("ablation")  # puts benchmarks/ on sys.path
+    import _nested_cv
+
+    return _nested_cv
+
+
+def test_integers_parse_a_comma_list_and_name_what_is_wrong(nested_cv):
+    assert nested_cv.integers("0,1,2") == [0, 1, 2]
+    assert nested_cv.integers("7") == [7]
+    parser = nested_cv.nested_cv_parser(None, runs="x")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--seeds", "0,one"])
+
+
+def test_parser_defaults_and_optional_options(nested_cv, tmp_path):
+    plain = nested_cv.nested_cv_parser(None, runs="cv_nested").parse_args([])
+    assert plain.seeds == [0] and plain.folds == 5 and plain.threads is None and not plain.quick
+    assert Path(plain.runs) == nested_cv.ROOT / "results" / "cv_nested"
+    assert not hasattr(plain, "out") and not hasattr(plain, "supervised_runs")
+    full = nested_cv.nested_cv_parser(None, runs="semi", seeds="0,1,2", record="semi.json",
+                                      supervised_runs="A' is read").parse_args(["--out", str(tmp_path)])
+    assert full.seeds == [0, 1, 2] and full.out == str(tmp_path)
+    assert Path(full.supervised_runs) == nested_cv.ROOT / "results" / "ablation"
+
+
+def test_begin_without_the_data_says_so_and_leaves_threads_alone(nested_cv, tmp_path, capsys):
+    args = nested_cv.nested_cv_parser(None, runs="x").parse_args(["--data-root", str(tmp_path), "--threads", "2"])
+    threads = torch.get_num_threads()
+    assert nested_cv.begin(args) is None
+    assert f"no COVID-SemiSeg at {tmp_path}: nothing to do" in capsys.readouterr().out
+    assert torch.get_num_threads() == threads
+
+
+def test_quick_recipe_changes_only_the_sizes(nested_cv):
+    start = Recipe(lr=2e-4, dihedral=False)
+    quick = nested_cv.quick_recipe(start)
+    assert (quick.image_size, quick.base_width, quick.depth, quick.epochs, quick.max_steps_per_epoch) == (64, 4, 2, 2, 2)
+    assert (quick.lr, quick.dihedral, quick.tta) == (start.lr, start.dihedral, start.tta)
+
+
+def _run(script: str, *options: str) -> str:
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--quick", "--data-root", str(REAL_SEMISEG),
+                           *options], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+@pytest.mark.skipif(not REAL_SEMISEG.is_dir(), reason="real COVID-SemiSeg data not present")
+def test_learning_curve_quick_writes_its_record_and_resumes_from_the_cache(tmp_path):
+    options = ["--seeds", "0", "--out", str(tmp_path), "--runs", str(tmp_path / "curve"),
+               "--supervised-runs", str(tmp_path / "ablation"), "--threads", "1"]
+    _run("learning_curve.py", *options)
+    record_path = tmp_path / "learning_curve.json"
+    record = json.loads(record_path.read_text())
+    assert record["parameters"]["quick"] is True and record["parameters"]["seeds"] == [0]
+    rows = record["numbers"]["rows"]
+    assert [row["n"] for row in rows] == [8, 16, 24, 32]
+    assert all(0.0 <= row["tta_dice_mean"] <= 1.0 for row in rows)
+    written = record_path.read_text()
+    assert "every unit was stored already" in _run("learning_curve.py", *options)
+    assert record_path.read_text() == written
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+@pytest.mark.skipif(not REAL_SEMISEG.is_dir(), reason="real COVID-SemiSeg data not present")
+def test_semi_recipe_and_ablation_quick_write_their_records(tmp_path):
+    _run("ablation.py", "--seeds", "0", "--rows", "0", "--out", str(tmp_path), "--runs", str(tmp_path / "ablation"),
+         "--threads", "1")
+    ablation = json.loads((tmp_path / "ablation.json").read_text())["numbers"]
+    assert [row["name"] for row in ablation["rows"]] == [ablation["planned"][0]]
+    _run("semi_recipe.py", "--seeds", "0", "--folds", "5", "--out", str(tmp_path), "--runs", str(tmp_path / "semi"),
+         "--supervised-runs", str(tmp_path / "ablation"), "--threads", "1")
+    semi = json.loads((tmp_path / "semi_recipe.json").read_text())["numbers"]
+    assert semi["units_planned"] == 5 and len(semi["thresholds"]) == 5
+    assert {"control", "pseudo_labels", "pseudo_slices", "control_ema", "mean_teacher"} <= {r["arm"] for r in semi["rows"]}
