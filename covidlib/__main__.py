@@ -60,9 +60,9 @@ FULL = {name: getattr(Recipe(), name) for name in QUICK}
 #: What ``train --help`` says of its cost, measured alone on COVID-SemiSeg (2-core AMD EPYC, AVX2, float32).
 TRAIN_TIMES = (
     "Cost at the defaults on COVID-SemiSeg, measured alone on a 2-core AMD EPYC (AVX2, float32, torch's default 2 "
-    "threads): train took 10 min wall and 19.4 CPU-minutes (early stopping ended it at epoch 57 of 80; all 80 would "
-    "take about 14 min), and --semi adds about 6 CPU-minutes (pseudo-labelling the 1,600 unlabelled slices and 8 "
-    "epochs took 374 CPU-seconds at one thread). Not yet timed on a GPU.")
+    "threads): train took 4.1 min wall and 7.9 CPU-minutes (all 80 epochs; the best epoch was 67), and --semi both "
+    "adds about 1 min wall and 2 CPU-minutes (pseudo-labelling the 1,600 unlabelled slices and 8 epochs). Not yet "
+    "timed on a GPU.")
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
