@@ -4,6 +4,7 @@ path run as a reader runs it: ``python benchmarks/<name>.py``, on the real data.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -61,7 +62,8 @@ def test_quick_recipe_changes_only_the_sizes(nested_cv):
 
 def _run(script: str, *options: str) -> str:
     done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--quick", "--data-root", str(REAL_SEMISEG),
-                           *options], capture_output=True, text=True, timeout=900)
+                           *options], capture_output=True, encoding="utf-8", timeout=900,
+                          env={**os.environ, "PYTHONIOENCODING": "utf-8"})  # the tables print ± in any locale
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
