@@ -33,17 +33,18 @@ def integers(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,1,2, got {text!r}") from None
 
 
-def nested_cv_parser(doc: str | None, *, runs: str, seeds: str = "0", record: str | None = None,
+def nested_cv_parser(doc: str | None, *, runs: str | None = None, seeds: str = "0", record: str | None = None,
                      supervised_runs: str | None = None,
                      quick: str = "tiny networks and 2 epochs: checks the path") -> argparse.ArgumentParser:
-    """A parser with the options every nested-CV benchmark takes: ``--data-root``, ``--runs`` (its
-    resumable cache, ``results/<runs>``), ``--seeds`` (parsed to a list), ``--folds``, ``--threads``
-    and ``--quick``; with ``record``, ``--out`` (the folder of that committed record); with
+    """A parser with the options every nested-CV benchmark takes: ``--data-root``, ``--seeds`` (parsed
+    to a list), ``--folds``, ``--threads`` and ``--quick``; with ``runs``, ``--runs`` (its resumable
+    cache, ``results/<runs>``); with ``record``, ``--out`` (the folder of that committed record); with
     ``supervised_runs`` (what the benchmark reads there), ``--supervised-runs``, the ablation's cache."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default=str(DEFAULT_DATA), help="COVID-SemiSeg's folder")
-    parser.add_argument("--runs", default=str(ROOT / "results" / runs),
-                        help="cache of the trainings: run the same command again to continue")
+    if runs is not None:
+        parser.add_argument("--runs", default=str(ROOT / "results" / runs),
+                            help="cache of the trainings: run the same command again to continue")
     if supervised_runs is not None:
         parser.add_argument("--supervised-runs", default=str(ROOT / "results" / "ablation"),
                             help=f"the ablation's cache of nested-CV runs, where {supervised_runs}")

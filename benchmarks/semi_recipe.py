@@ -19,8 +19,11 @@ mean Dice; each semi-supervised arm's paired difference to its control (and to A
 95 % bootstrap CI over (seed, fold) units. The record goes to
 ``records/reference-covid-semiseg/semi_recipe.json`` (committed; chapter 08 shows it).
 
-Resumable: each (seed, fold) is stored under ``--runs`` when done; run the same command again to
-continue. The record is rewritten after each fold with every fold complete so far.
+Resumable across sessions: the record is rewritten after each (seed, fold) with every unit complete
+so far (``numbers.units``: each arm's mean scores, the threshold, the seconds), so a committed
+partial record is where the next run continues. A unit is reused while the record's code and data
+fingerprints still hold and its other parameters are unchanged; only A''s checkpoints live in the
+ablation's cache. The record's ``timing`` is the last invocation's; ``numbers.seconds`` sums the units'.
 
     .venv/bin/python benchmarks/semi_recipe.py --seeds 0
     .venv/bin/python benchmarks/semi_recipe.py --quick --out /tmp/semi   # the whole path in minutes
@@ -30,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -38,14 +40,14 @@ import numpy as np
 
 from _nested_cv import begin, nested_cv_parser, quick_recipe
 from covidlib.augment import default_augmentation
-from covidlib.crossval import nested_folds, run_key, run_nested_cv, score_cases
+from covidlib.crossval import run_key, run_nested_cv, score_cases
 from covidlib.datasets import get_dataset
-from covidlib.fingerprint import changed_sources, code_fingerprint, imported_modules, settings_key
+from covidlib.fingerprint import data_fingerprint
 from covidlib.inference import load_model, prepare_slices
-from covidlib.io import atomic_write_text
 from covidlib.mean_teacher import ARM_LABELS, continue_arm, pseudo_label_patches, semi_supervised_settings
 from covidlib.recipe import Recipe
-from covidlib.results import to_json, write_record
+from covidlib.records import read_reference
+from covidlib.results import write_record
 from covidlib.self_training import PseudoSliceDataset, pseudo_label_slices
 from covidlib.statistics import paired_bootstrap_ci
 
@@ -79,28 +81,51 @@ def run_fold(args: argparse.Namespace, dataset, prepared, recipe: Recipe, a_prim
     sources = {"patches": patches,
                "slices": PseudoSliceDataset(unlabelled, probabilities, transform=default_augmentation(
                    dihedral=recipe.dihedral), seed=seed)}
-    result = {"seed": seed, "fold": a_prime_result["fold"], "train": train_ids, "val": val_ids, "test": test_ids,
+    result = {"seed": seed, "fold": a_prime_result["fold"], "test": test_ids,
               "threshold": pseudo["threshold"], "pseudo": pseudo["pseudo"],
               "pseudo_slices": {"foreground_share": float((probabilities > 0.5).mean()),
                                 "slices_with_foreground": int(((probabilities > 0.5).sum(axis=(1, 2)) > 0).sum())},
+              "a_prime_val_dice": a_prime_result["best_val_dice"],
               "seconds": {"pseudo_labelling": time.perf_counter() - started},
-              "per_case": {"supervised": a_prime_result["per_case"]}, "best_epoch": {}, "steps": {}}
+              "scores": {"supervised": mean_scores(a_prime_result["per_case"])}, "best_epoch": {}, "steps": {}}
     for name, (arm, source) in ARMS.items():
         started = time.perf_counter()
         trainer = continue_arm(a_prime, prepared.labelled, train_ids, val_ids, settings, arm,
                                sources[source] if source else None, seed=seed)
-        result["per_case"][name] = score_cases(trainer.validation_model(), dataset, test_ids, recipe)
+        result["scores"][name] = mean_scores(score_cases(trainer.validation_model(), dataset, test_ids, recipe))
         result["best_epoch"][name], result["steps"][name] = trainer.best_epoch, trainer.global_step
         result["seconds"][name] = time.perf_counter() - started
-        print(f"seed {seed} fold {result['fold']} {name:<14} TTA Dice "
-              f"{np.mean([row['tta_dice'] for row in result['per_case'][name].values()]):.4f} "
+        print(f"seed {seed} fold {result['fold']} {name:<14} TTA Dice {result['scores'][name]['tta_dice']:.4f} "
               f"(best epoch {trainer.best_epoch}, {result['seconds'][name]:.0f} s)", flush=True)
     return result
 
 
+def mean_scores(per_case: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Each of :data:`METRICS` averaged over the test slices of ``per_case`` (``{case_id: scores}``)."""
+    return {metric: float(np.mean([row[metric] for row in per_case.values()])) for metric in METRICS}
+
+
 def unit_scores(results: list[dict], arm: str, metric: str) -> list[float]:
-    """The mean of ``metric`` over each (seed, fold)'s test slices, in the results' order."""
-    return [float(np.mean([row[metric] for row in r["per_case"][arm].values()])) for r in results]
+    """Each (seed, fold)'s mean ``metric`` of ``arm`` over its test slices, in the results' order."""
+    return [r["scores"][arm][metric] for r in results]
+
+
+def stored_units(record: Path, parameters: dict) -> dict[tuple[int, int], dict]:
+    """The units of an earlier ``record`` that still hold, keyed by (seed, fold): none when the file is
+    missing, its code or data changed, or a parameter other than the seeds and the data's folder
+    differs from ``parameters``."""
+    if not record.exists():
+        return {}
+    earlier = read_reference(record)
+    same = all(earlier.record["parameters"].get(key) == value for key, value in parameters.items()
+               if key not in ("seeds", "data_root"))
+    data = data_fingerprint(parameters["data_root"])
+    if earlier.stale or not same or earlier.record["fingerprint"]["data"] != data:
+        reason = f"its code changed ({', '.join(earlier.stale)})" if earlier.stale else (
+            "its parameters differ" if not same else "the data changed")
+        print(f"{record}: not resuming from it, {reason}", flush=True)
+        return {}
+    return {(unit["seed"], unit["fold"]): unit for unit in earlier.numbers.get("units", [])}
 
 
 def summarise(results: list[dict]) -> dict:
@@ -128,8 +153,7 @@ def summarise(results: list[dict]) -> dict:
 
 
 def main() -> None:
-    parser = nested_cv_parser(__doc__, runs="semi_recipe", record="semi_recipe.json",
-                              supervised_runs="A' is read or trained",
+    parser = nested_cv_parser(__doc__, record="semi_recipe.json", supervised_runs="A' is read or trained",
                               quick="tiny networks, 2 epochs, 16 unlabelled slices")
     parser.add_argument("--semi-epochs", type=int, default=30)
     parser.add_argument("--semi-lr", type=float, default=5e-4)
@@ -138,45 +162,38 @@ def main() -> None:
     runtime = begin(args)
     if runtime is None:
         return
-    seeds = args.seeds
     recipe = quick_recipe(RECIPE) if args.quick else RECIPE
     if args.quick:
         args.semi_epochs = 2
     dataset = get_dataset("covid-semiseg", args.data_root)
     prepared = prepare_slices(dataset, recipe.image_size, n_unlabelled=16 if args.quick else None)
-    supervised = run_nested_cv(dataset, prepared, recipe, args.supervised_runs, folds=args.folds, seeds=seeds)
     supervised_folder = Path(args.supervised_runs) / run_key(recipe, dataset.name, args.folds)
-    options = {"recipe": dataclasses.asdict(recipe), "semi_epochs": args.semi_epochs, "semi_lr": args.semi_lr,
-               "noise_std": args.noise_std, "folds": args.folds, "unlabelled": prepared.unlabelled_ids}
-    folder = Path(args.runs) / f"semi-{settings_key(options)}"
-    code = code_fingerprint(imported_modules(["covidlib.mean_teacher", "covidlib.self_training", "covidlib.crossval"]))
-    results, computed, record = [], False, Path(args.out) / "semi_recipe.json"
-    for a_prime_result in supervised:
-        seed, fold = a_prime_result["seed"], a_prime_result["fold"]
-        path = folder / f"seed{seed}_fold{fold}.json"
-        stored = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-        if stored is None or changed_sources(stored["code"]):
-            stored = {**run_fold(args, dataset, prepared, recipe, a_prime_result,
-                                 supervised_folder / f"seed{seed}_fold{fold}" / "best.pt"), "code": code}
-            atomic_write_text(path, to_json(stored) + "\n")
-            computed = True
-        results.append({**stored, "a_prime_val_dice": a_prime_result["best_val_dice"]})
-        if not computed and record.exists():
-            continue  # nothing new yet: the record keeps the timing of the run that computed it
-        summary = summarise(results)
-        write_record(args.out, "semi_recipe",
-                     parameters={"data_root": args.data_root, "seeds": seeds, **{k: v for k, v in options.items()
-                                                                              if k != "unlabelled"},
-                                 "unlabelled_slices": len(prepared.unlabelled_ids), "quick": args.quick},
-                     numbers={**summary, "units_planned": len(seeds) * args.folds}, runtime=runtime)
+    parameters = {"data_root": args.data_root, "seeds": args.seeds, "recipe": dataclasses.asdict(recipe),
+                  "semi_epochs": args.semi_epochs, "semi_lr": args.semi_lr, "noise_std": args.noise_std,
+                  "folds": args.folds, "unlabelled_slices": len(prepared.unlabelled_ids), "quick": args.quick}
+    record = Path(args.out) / "semi_recipe.json"
+    units = stored_units(record, parameters)
+    plan = [(seed, fold) for seed in args.seeds for fold in range(args.folds)]
+    print(f"{sum(unit in units for unit in plan)} of {len(plan)} units stored in {record}", flush=True)
+    for seed, fold in plan:
+        if (seed, fold) in units:
+            continue
+        [a_prime_result] = run_nested_cv(dataset, prepared, recipe, args.supervised_runs, folds=args.folds,
+                                         seeds=[seed], fold_indices=[fold])
+        units[seed, fold] = run_fold(args, dataset, prepared, recipe, a_prime_result,
+                                     supervised_folder / f"seed{seed}_fold{fold}" / "best.pt")
+        done = [units[unit] for unit in plan if unit in units]
+        summary = summarise(done)
+        write_record(args.out, "semi_recipe", parameters=parameters,
+                     numbers={**summary, "units": done, "units_planned": len(plan)}, runtime=runtime)
         for row in summary["rows"]:
             change = row.get("tta_dice_change_vs_control")
             print(f"{row['arm']:<14} TTA Dice {row['tta_dice_mean']:.3f} ± {row['tta_dice_sd_over_units']:.3f}"
                   + (f", vs {change['against']} {change['mean_difference']:+.3f} [{change['low']:+.3f}, "
                      f"{change['high']:+.3f}]" if change else ""), flush=True)
-        print(f"wrote {record} ({len(results)} of {len(seeds) * args.folds} units)", flush=True)
-    if not computed and record.exists():
-        print(f"every unit was stored already: {record} is left as it is", flush=True)
+        print(f"wrote {record} ({len(done)} of {len(plan)} units)", flush=True)
+    if all(unit in units for unit in plan):
+        print(f"every unit is stored: {record} holds all {len(plan)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -39,9 +40,9 @@ def test_parser_defaults_and_optional_options(nested_cv, tmp_path):
     assert plain.seeds == [0] and plain.folds == 5 and plain.threads is None and not plain.quick
     assert Path(plain.runs) == nested_cv.ROOT / "results" / "cv_nested"
     assert not hasattr(plain, "out") and not hasattr(plain, "supervised_runs")
-    full = nested_cv.nested_cv_parser(None, runs="semi", seeds="0,1,2", record="semi.json",
+    full = nested_cv.nested_cv_parser(None, seeds="0,1,2", record="semi.json",
                                       supervised_runs="A' is read").parse_args(["--out", str(tmp_path)])
-    assert full.seeds == [0, 1, 2] and full.out == str(tmp_path)
+    assert full.seeds == [0, 1, 2] and full.out == str(tmp_path) and not hasattr(full, "runs")
     assert Path(full.supervised_runs) == nested_cv.ROOT / "results" / "ablation"
 
 
@@ -94,8 +95,15 @@ def test_semi_recipe_and_ablation_quick_write_their_records(tmp_path):
          "--threads", "1")
     ablation = json.loads((tmp_path / "ablation.json").read_text())["numbers"]
     assert [row["name"] for row in ablation["rows"]] == [ablation["planned"][0]]
-    _run("semi_recipe.py", "--seeds", "0", "--folds", "5", "--out", str(tmp_path), "--runs", str(tmp_path / "semi"),
-         "--supervised-runs", str(tmp_path / "ablation"), "--threads", "1")
-    semi = json.loads((tmp_path / "semi_recipe.json").read_text())["numbers"]
-    assert semi["units_planned"] == 5 and len(semi["thresholds"]) == 5
+    semi_options = ["--seeds", "0", "--folds", "5", "--out", str(tmp_path), "--supervised-runs",
+                    str(tmp_path / "ablation"), "--threads", "1"]
+    _run("semi_recipe.py", *semi_options)
+    record_path = tmp_path / "semi_recipe.json"
+    semi = json.loads(record_path.read_text())["numbers"]
+    assert semi["units_planned"] == 5 and len(semi["thresholds"]) == 5 and len(semi["units"]) == 5
     assert {"control", "pseudo_labels", "pseudo_slices", "control_ema", "mean_teacher"} <= {r["arm"] for r in semi["rows"]}
+    # the record alone resumes the run: without A''s checkpoints nothing is trained again
+    shutil.rmtree(tmp_path / "ablation")
+    written = record_path.read_text()
+    assert "5 of 5 units stored" in _run("semi_recipe.py", *semi_options)
+    assert record_path.read_text() == written and not (tmp_path / "ablation").exists()
