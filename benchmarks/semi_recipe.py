@@ -110,19 +110,21 @@ def unit_scores(results: list[dict], arm: str, metric: str) -> list[float]:
     return [r["scores"][arm][metric] for r in results]
 
 
-def stored_units(record: Path, parameters: dict) -> dict[tuple[int, int], dict]:
+def stored_units(record: Path, parameters: dict, runtime: dict) -> dict[tuple[int, int], dict]:
     """The units of an earlier ``record`` that still hold, keyed by (seed, fold): none when the file is
-    missing, its code or data changed, or a parameter other than the seeds and the data's folder
-    differs from ``parameters``."""
+    missing, its code or data changed, a parameter other than the seeds and the data's folder differs
+    from ``parameters``, or it ran with other numerics (threads, bfloat16) than ``runtime``."""
     if not record.exists():
         return {}
     earlier = read_reference(record)
     same = all(earlier.record["parameters"].get(key) == value for key, value in parameters.items()
                if key not in ("seeds", "data_root"))
+    numerics = all(earlier.record["runtime"].get(key) == runtime.get(key) for key in ("threads", "cpu_bf16"))
     data = data_fingerprint(parameters["data_root"])
-    if earlier.stale or not same or earlier.record["fingerprint"]["data"] != data:
-        reason = f"its code changed ({', '.join(earlier.stale)})" if earlier.stale else (
-            "its parameters differ" if not same else "the data changed")
+    if earlier.stale or not same or not numerics or earlier.record["fingerprint"]["data"] != data:
+        reason = (f"its code changed ({', '.join(earlier.stale)})" if earlier.stale else
+                  "its parameters differ" if not same else
+                  "it ran at other threads or precision" if not numerics else "the data changed")
         print(f"{record}: not resuming from it, {reason}", flush=True)
         return {}
     return {(unit["seed"], unit["fold"]): unit for unit in earlier.numbers.get("units", [])}
@@ -172,7 +174,7 @@ def main() -> None:
                   "semi_epochs": args.semi_epochs, "semi_lr": args.semi_lr, "noise_std": args.noise_std,
                   "folds": args.folds, "unlabelled_slices": len(prepared.unlabelled_ids), "quick": args.quick}
     record = Path(args.out) / "semi_recipe.json"
-    units = stored_units(record, parameters)
+    units = stored_units(record, parameters, runtime)
     plan = [(seed, fold) for seed in args.seeds for fold in range(args.folds)]
     print(f"{sum(unit in units for unit in plan)} of {len(plan)} units stored in {record}", flush=True)
     for seed, fold in plan:

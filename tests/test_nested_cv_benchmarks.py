@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from covidlib.config import cpu_supports_bf16
 from covidlib.recipe import Recipe
 from test_datasets import REAL_SEMISEG
 
@@ -52,6 +53,14 @@ def test_begin_without_the_data_says_so_and_leaves_threads_alone(nested_cv, tmp_
     assert nested_cv.begin(args) is None
     assert f"no COVID-SemiSeg at {tmp_path}: nothing to do" in capsys.readouterr().out
     assert torch.get_num_threads() == threads
+
+
+def test_begin_records_the_processor_and_its_bfloat16(nested_cv, tmp_path):
+    (tmp_path / "TrainingSet").mkdir()
+    args = nested_cv.nested_cv_parser(None).parse_args(["--data-root", str(tmp_path)])
+    runtime = nested_cv.begin(args)
+    assert runtime["setting"] == "reference" and runtime["cpu"]
+    assert runtime["cpu_bf16"] is cpu_supports_bf16()
 
 
 def test_quick_recipe_changes_only_the_sizes(nested_cv):
