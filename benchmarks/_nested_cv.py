@@ -1,6 +1,6 @@
 """What the nested cross-validation benchmarks share (``ablation``, ``cv_nested``, ``learning_curve``,
 ``semi_recipe``): their common options, the check that COVID-SemiSeg is there, the tiny recipe of
-``--quick`` and the runtime summary their records store.
+``--quick``, the runtime summary their records store, and resuming from a committed record.
 
 The benchmarks run as files (``python benchmarks/ablation.py``), so this folder is first on
 ``sys.path`` and they import this module by its plain name.
@@ -14,14 +14,18 @@ import platform
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from covidlib.config import cpu_supports_bf16, runtime_summary
+from covidlib.fingerprint import data_fingerprint
 from covidlib.recipe import Recipe
-from covidlib.records import reference_dir
+from covidlib.records import read_reference, reference_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "covid-semiseg"
+#: The scores every nested-CV record keeps per unit: Dice at 0.5 and Inf-Net's mean Dice, both with TTA.
+METRICS = ("tta_dice", "tta_infnet_mean_dice")
 #: What ``--quick`` changes: tiny networks and 2 epochs of 2 steps, enough to check the whole path.
 QUICK = {"image_size": 64, "base_width": 4, "depth": 2, "epochs": 2, "max_steps_per_epoch": 2}
 
@@ -84,3 +88,30 @@ def machine_numerics() -> dict[str, Any]:
 def quick_recipe(recipe: Recipe) -> Recipe:
     """``recipe`` shrunk as ``--quick`` asks (:data:`QUICK`)."""
     return dataclasses.replace(recipe, **QUICK)
+
+
+def mean_scores(per_case: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Each of :data:`METRICS` averaged over the test slices of ``per_case`` (``{case_id: scores}``)."""
+    return {metric: float(np.mean([row[metric] for row in per_case.values()])) for metric in METRICS}
+
+
+def stored_units(record: Path, parameters: dict[str, Any], runtime: dict[str, Any],
+                 key: tuple[str, ...] = ("seed", "fold")) -> dict[tuple, dict]:
+    """The units (``numbers.units``) of an earlier ``record`` that still hold, keyed by their ``key``
+    fields: none when the file is missing, its code or data changed, a parameter other than the seeds
+    and the data's folder differs from ``parameters``, or it ran with other numerics (threads,
+    bfloat16) than ``runtime``. A committed partial record is thus where the next machine continues."""
+    if not record.exists():
+        return {}
+    earlier = read_reference(record)
+    same = all(earlier.record["parameters"].get(name) == value for name, value in parameters.items()
+               if name not in ("seeds", "data_root"))
+    numerics = all(earlier.record["runtime"].get(name) == runtime.get(name) for name in ("threads", "cpu_bf16"))
+    data = data_fingerprint(parameters["data_root"])
+    if earlier.stale or not same or not numerics or earlier.record["fingerprint"]["data"] != data:
+        reason = (f"its code changed ({', '.join(earlier.stale)})" if earlier.stale else
+                  "its parameters differ" if not same else
+                  "it ran at other threads or precision" if not numerics else "the data changed")
+        print(f"{record}: not resuming from it, {reason}", flush=True)
+        return {}
+    return {tuple(unit[name] for name in key): unit for unit in earlier.numbers.get("units", [])}

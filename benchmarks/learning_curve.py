@@ -14,9 +14,10 @@ does the Dice a doubling of the slices adds (each unit's slope of Dice on log2 n
 The record goes to ``records/reference-covid-semiseg/learning_curve.json`` (committed; chapter 09
 shows it).
 
-Resumable: each (seed, fold, n) is stored under ``--runs`` when done (a training in progress
-resumes from its last epoch); run the same command again to continue. The record is rewritten
-after each (seed, fold) with every unit complete so far.
+Resumable across sessions: the record is rewritten after each (seed, fold) with every unit complete
+so far (``numbers.units``: each (seed, fold, n)'s mean scores and its training's length), so a
+committed partial record is where the next run continues (:func:`_nested_cv.stored_units`); a
+training in progress resumes from its last epoch in ``--runs``.
 
     .venv/bin/python benchmarks/learning_curve.py --seeds 0
     .venv/bin/python benchmarks/learning_curve.py --quick --out /tmp/curve   # the whole path in minutes
@@ -25,22 +26,20 @@ after each (seed, fold) with every unit complete so far.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from _nested_cv import begin, integers, nested_cv_parser, quick_recipe
+from _nested_cv import begin, integers, mean_scores, nested_cv_parser, quick_recipe, stored_units
 from covidlib.crossval import Fold, nested_folds, run_nested_cv, score_cases, train_supervised
 from covidlib.datasets import get_dataset
 from covidlib.errors import InvalidInputError
-from covidlib.fingerprint import changed_sources, code_fingerprint, imported_modules, settings_key
+from covidlib.fingerprint import settings_key
 from covidlib.inference import prepare_slices
-from covidlib.io import atomic_write_text
 from covidlib.recipe import Recipe
-from covidlib.results import to_json, write_record
+from covidlib.results import write_record
 from covidlib.statistics import paired_bootstrap_ci
 
 METRICS = ("tta_dice", "tta_infnet_mean_dice")
@@ -63,32 +62,24 @@ def scaled_recipe(recipe: Recipe, n: int, full: int) -> Recipe:
                                step_size=round(recipe.step_size * factor), patience=round(recipe.patience * factor))
 
 
-def run_unit(dataset, prepared, recipe: Recipe, fold: Fold, seed: int, n: int, folder: Path,
-             code: dict) -> tuple[dict, bool]:
-    """One (seed, fold, n): train on ``n`` of the fold's training slices, score its test fold.
-    Returns the result and whether it was computed now (rather than read)."""
-    name = f"seed{seed}_fold{fold.index}_n{n}"
-    path = folder / f"{name}.json"
-    if path.exists():
-        stored = json.loads(path.read_text(encoding="utf-8"))
-        if not changed_sources(stored["code"]):
-            return stored, False
+def run_unit(dataset, prepared, recipe: Recipe, fold: Fold, seed: int, n: int, folder: Path) -> dict:
+    """One (seed, fold, n): train on ``n`` of the fold's training slices, score its test fold."""
     subset = training_subset(fold.train, n, seed, fold.index)
     scaled = scaled_recipe(recipe, n, len(fold.train))
     started = time.perf_counter()
-    trainer = train_supervised(prepared, subset, fold.val, scaled, seed=seed, out_dir=folder / name, resume=True)
-    result = {"seed": seed, "fold": fold.index, "n": n, "train": subset, "val": fold.val, "test": fold.test,
-              "recipe": dataclasses.asdict(scaled), "best_epoch": trainer.best_epoch,
-              "epochs_run": len(trainer.history),
-              "per_case": score_cases(trainer.model, dataset, fold.test, scaled, trainer.device),
-              "wall_seconds": time.perf_counter() - started, "code": code}
-    atomic_write_text(path, to_json(result) + "\n")
-    return result, True
+    trainer = train_supervised(prepared, subset, fold.val, scaled, seed=seed,
+                               out_dir=folder / f"seed{seed}_fold{fold.index}_n{n}", resume=True)
+    return {"seed": seed, "fold": fold.index, "n": n, "best_epoch": trainer.best_epoch,
+            "epochs_run": len(trainer.history), "wall_seconds": time.perf_counter() - started,
+            "scores": mean_scores(score_cases(trainer.model, dataset, fold.test, scaled, trainer.device))}
 
 
-def unit_mean(result: dict, metric: str) -> float:
-    """The mean of ``metric`` over one unit's test slices."""
-    return float(np.mean([row[metric] for row in result["per_case"].values()]))
+def all_slices_unit(result: dict) -> dict:
+    """A unit of the recipe's own nested CV (:func:`covidlib.crossval.run_nested_cv`'s result) as the
+    curve's point at all of the fold's training slices."""
+    return {"seed": result["seed"], "fold": result["fold"], "n": len(result["train"]),
+            "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"],
+            "wall_seconds": result["wall_seconds"], "scores": mean_scores(result["per_case"])}
 
 
 def summarise(results: dict[int, list[dict]]) -> dict:
@@ -101,15 +92,15 @@ def summarise(results: dict[int, list[dict]]) -> dict:
         units = by_unit[n]
         row = {"n": n, "units": [list(key) for key in sorted(units)]}
         for metric in METRICS:
-            values = [unit_mean(units[key], metric) for key in sorted(units)]
+            values = [units[key]["scores"][metric] for key in sorted(units)]
             row[f"{metric}_by_unit"] = values
             row[f"{metric}_mean"] = float(np.mean(values))
             row[f"{metric}_sd_over_units"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
         shared = sorted(set(units) & set(by_unit[full]))
         if n != full and len(shared) > 1:
             row["tta_dice_change_vs_all"] = paired_bootstrap_ci(
-                [unit_mean(by_unit[full][key], "tta_dice") for key in shared],
-                [unit_mean(units[key], "tta_dice") for key in shared]).as_dict()
+                [by_unit[full][key]["scores"]["tta_dice"] for key in shared],
+                [units[key]["scores"]["tta_dice"] for key in shared]).as_dict()
         rows.append(row)
     return {"rows": rows, "all_slices": full, "per_doubling": per_doubling(by_unit)}
 
@@ -122,7 +113,7 @@ def per_doubling(by_unit: dict[int, dict[tuple[int, int], dict]]) -> dict | None
     units = sorted(set.intersection(*(set(by_unit[n]) for n in sizes))) if sizes else []
     if len(sizes) < 2 or len(units) < 2:
         return None
-    slopes = [float(np.polyfit(np.log2(sizes), [unit_mean(by_unit[n][key], "tta_dice") for n in sizes], 1)[0])
+    slopes = [float(np.polyfit(np.log2(sizes), [by_unit[n][key]["scores"]["tta_dice"] for n in sizes], 1)[0])
               for key in units]
     # a CI of the mean slope: the paired difference of the slopes from a flat curve
     return {**paired_bootstrap_ci(np.zeros(len(slopes)), slopes).as_dict(), "slopes": slopes,
@@ -137,39 +128,45 @@ def main() -> None:
     runtime = begin(args)
     if runtime is None:
         return
-    seeds, sizes = args.seeds, args.sizes
     recipe = quick_recipe(Recipe()) if args.quick else Recipe()
     dataset = get_dataset("covid-semiseg", args.data_root)
     prepared = prepare_slices(dataset, recipe.image_size)
     folder = Path(args.runs) / f"curve-{settings_key([dataclasses.asdict(recipe), args.folds])}"
-    code = code_fingerprint(imported_modules(["covidlib.crossval"]))
-    results: dict[int, list[dict]] = {}
-    computed, record = False, Path(args.out) / "learning_curve.json"
-    for seed in seeds:
-        for fold in nested_folds(sorted(prepared.labelled), args.folds, seed):
-            if max(sizes) >= len(fold.train):
-                raise SystemExit(f"--sizes must stay below the {len(fold.train)} training slices of a fold")
-            for n in sizes:
-                unit, fresh = run_unit(dataset, prepared, recipe, fold, seed, n, folder, code)
-                computed |= fresh
-                results.setdefault(n, []).append(unit)
-            everything = run_nested_cv(dataset, prepared, recipe, args.supervised_runs, folds=args.folds,
-                                       seeds=[seed], fold_indices=[fold.index], progress=False)
-            results.setdefault(len(fold.train), []).extend(everything)
-            if not computed and record.exists():
-                continue  # nothing new yet: the record keeps the timing of the run that computed it
-            summary = summarise(results)
-            write_record(args.out, "learning_curve",
-                         parameters={"data_root": args.data_root, "seeds": seeds, "folds": args.folds,
-                                     "sizes": sizes, "recipe": dataclasses.asdict(recipe), "quick": args.quick},
-                         numbers={**summary, "units_planned": len(seeds) * args.folds}, runtime=runtime)
-            for row in summary["rows"]:
-                change = row.get("tta_dice_change_vs_all")
-                print(f"n={row['n']:>3}  TTA Dice {row['tta_dice_mean']:.3f}"
-                      + (f", vs all {change['mean_difference']:+.3f} [{change['low']:+.3f}, {change['high']:+.3f}]"
-                         if change else ""), flush=True)
-    if not computed and record.exists():
-        print(f"every unit was stored already: {record} is left as it is", flush=True)
+    parameters = {"data_root": args.data_root, "seeds": args.seeds, "folds": args.folds, "sizes": args.sizes,
+                  "recipe": dataclasses.asdict(recipe), "quick": args.quick}
+    record = Path(args.out) / "learning_curve.json"
+    units = stored_units(record, parameters, runtime, key=("seed", "fold", "n"))
+    folds = [(seed, fold) for seed in args.seeds for fold in nested_folds(sorted(prepared.labelled), args.folds, seed)]
+    planned = [(seed, fold.index, n) for seed, fold in folds for n in [*args.sizes, len(fold.train)]]
+    print(f"{sum(unit in units for unit in planned)} of {len(planned)} units stored in {record}", flush=True)
+    for seed, fold in folds:
+        if max(args.sizes) >= len(fold.train):
+            raise SystemExit(f"--sizes must stay below the {len(fold.train)} training slices of a fold")
+        missing = [n for n in [*args.sizes, len(fold.train)] if (seed, fold.index, n) not in units]
+        if not missing:
+            continue
+        for n in missing:
+            if n < len(fold.train):
+                units[seed, fold.index, n] = run_unit(dataset, prepared, recipe, fold, seed, n, folder)
+            else:
+                [everything] = run_nested_cv(dataset, prepared, recipe, args.supervised_runs, folds=args.folds,
+                                             seeds=[seed], fold_indices=[fold.index], progress=False)
+                units[seed, fold.index, n] = all_slices_unit(everything)
+        done = [units[unit] for unit in planned if unit in units]
+        by_size: dict[int, list[dict]] = {}
+        for unit in done:
+            by_size.setdefault(unit["n"], []).append(unit)
+        summary = summarise(by_size)
+        write_record(args.out, "learning_curve", parameters=parameters,
+                     numbers={**summary, "units": done, "units_planned": len(folds)}, runtime=runtime)
+        for row in summary["rows"]:
+            change = row.get("tta_dice_change_vs_all")
+            print(f"n={row['n']:>3}  TTA Dice {row['tta_dice_mean']:.3f}"
+                  + (f", vs all {change['mean_difference']:+.3f} [{change['low']:+.3f}, {change['high']:+.3f}]"
+                     if change else ""), flush=True)
+        print(f"wrote {record} ({len(done)} of {len(planned)} units)", flush=True)
+    if all(unit in units for unit in planned):
+        print(f"every unit is stored: {record} holds all {len(planned)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -38,15 +38,13 @@ from pathlib import Path
 
 import numpy as np
 
-from _nested_cv import begin, nested_cv_parser, quick_recipe
+from _nested_cv import METRICS, begin, mean_scores, nested_cv_parser, quick_recipe, stored_units
 from covidlib.augment import default_augmentation
 from covidlib.crossval import run_key, run_nested_cv, score_cases
 from covidlib.datasets import get_dataset
-from covidlib.fingerprint import data_fingerprint
 from covidlib.inference import load_model, prepare_slices
 from covidlib.mean_teacher import ARM_LABELS, continue_arm, pseudo_label_patches, semi_supervised_settings
 from covidlib.recipe import Recipe
-from covidlib.records import read_reference
 from covidlib.results import write_record
 from covidlib.self_training import PseudoSliceDataset, pseudo_label_slices
 from covidlib.statistics import paired_bootstrap_ci
@@ -60,7 +58,6 @@ ARMS = {"control": ("control", None), "pseudo_labels": ("pseudo_labels", "patche
         "mean_teacher": ("mean_teacher", "patches")}
 CONTROLS = {"pseudo_labels": "control", "pseudo_slices": "control", "mean_teacher": "control_ema"}
 LABELS = {**ARM_LABELS, "pseudo_slices": "+ whole-slice pseudo-labels (A′'s TTA probabilities)"}
-METRICS = ("tta_dice", "tta_infnet_mean_dice")
 
 
 def run_fold(args: argparse.Namespace, dataset, prepared, recipe: Recipe, a_prime_result: dict,
@@ -100,34 +97,9 @@ def run_fold(args: argparse.Namespace, dataset, prepared, recipe: Recipe, a_prim
     return result
 
 
-def mean_scores(per_case: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Each of :data:`METRICS` averaged over the test slices of ``per_case`` (``{case_id: scores}``)."""
-    return {metric: float(np.mean([row[metric] for row in per_case.values()])) for metric in METRICS}
-
-
 def unit_scores(results: list[dict], arm: str, metric: str) -> list[float]:
     """Each (seed, fold)'s mean ``metric`` of ``arm`` over its test slices, in the results' order."""
     return [r["scores"][arm][metric] for r in results]
-
-
-def stored_units(record: Path, parameters: dict, runtime: dict) -> dict[tuple[int, int], dict]:
-    """The units of an earlier ``record`` that still hold, keyed by (seed, fold): none when the file is
-    missing, its code or data changed, a parameter other than the seeds and the data's folder differs
-    from ``parameters``, or it ran with other numerics (threads, bfloat16) than ``runtime``."""
-    if not record.exists():
-        return {}
-    earlier = read_reference(record)
-    same = all(earlier.record["parameters"].get(key) == value for key, value in parameters.items()
-               if key not in ("seeds", "data_root"))
-    numerics = all(earlier.record["runtime"].get(key) == runtime.get(key) for key in ("threads", "cpu_bf16"))
-    data = data_fingerprint(parameters["data_root"])
-    if earlier.stale or not same or not numerics or earlier.record["fingerprint"]["data"] != data:
-        reason = (f"its code changed ({', '.join(earlier.stale)})" if earlier.stale else
-                  "its parameters differ" if not same else
-                  "it ran at other threads or precision" if not numerics else "the data changed")
-        print(f"{record}: not resuming from it, {reason}", flush=True)
-        return {}
-    return {(unit["seed"], unit["fold"]): unit for unit in earlier.numbers.get("units", [])}
 
 
 def summarise(results: list[dict]) -> dict:

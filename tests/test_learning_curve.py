@@ -39,10 +39,10 @@ def test_a_smaller_set_takes_as_many_optimizer_steps(curve, n):
 
 
 def test_summary_means_and_paired_differences_to_all_slices(curve):
-    # unit (seed 0, fold f) of size n scores 0.5 + n / 100 + f / 1000 on its single test slice
+    # unit (seed 0, fold f) of size n scores 0.5 + n / 100 + f / 1000 on its test slices
     def unit(n, fold):
         value = 0.5 + n / 100 + fold / 1000
-        return {"seed": 0, "fold": fold, "per_case": {"a": {"tta_dice": value, "tta_infnet_mean_dice": value - 0.1}}}
+        return {"seed": 0, "fold": fold, "n": n, "scores": {"tta_dice": value, "tta_infnet_mean_dice": value - 0.1}}
 
     summary = curve.summarise({8: [unit(8, f) for f in range(3)], 32: [unit(32, f) for f in range(3)]})
     small, full = summary["rows"]
@@ -58,7 +58,7 @@ def test_per_doubling_is_the_mean_slope_on_log2_n(curve):
     # unit f gains 0.02 * (f + 1) Dice per doubling from an offset of its own: slopes 0.02, 0.04, 0.06
     def unit(n, fold):
         value = 0.4 + fold / 100 + 0.02 * (fold + 1) * math.log2(n)
-        return {"seed": 0, "fold": fold, "per_case": {"a": {"tta_dice": value, "tta_infnet_mean_dice": value}}}
+        return {"seed": 0, "fold": fold, "n": n, "scores": {"tta_dice": value, "tta_infnet_mean_dice": value}}
 
     results = {n: [unit(n, f) for f in range(3)] for n in (8, 16, 32)}
     results[8].append(unit(8, 3))  # a unit missing from the other sizes takes no part
@@ -67,3 +67,12 @@ def test_per_doubling_is_the_mean_slope_on_log2_n(curve):
     assert np.isclose(doubling["mean_difference"], 0.04) and doubling["low"] <= 0.04 <= doubling["high"]
     assert 0.02 - 1e-12 <= doubling["low"] and doubling["high"] <= 0.06 + 1e-12
     assert curve.summarise({32: results[32]})["per_doubling"] is None
+
+
+def test_an_all_slices_unit_is_the_nested_cv_result_averaged_over_its_test_slices(curve):
+    result = {"seed": 1, "fold": 3, "train": [f"t{i}" for i in range(32)], "best_epoch": 60, "epochs_run": 80,
+              "wall_seconds": 50.0, "per_case": {"a": {"tta_dice": 0.6, "tta_infnet_mean_dice": 0.5, "dice": 0.0},
+                                                 "b": {"tta_dice": 0.8, "tta_infnet_mean_dice": 0.7, "dice": 0.0}}}
+    unit = curve.all_slices_unit(result)
+    assert (unit["seed"], unit["fold"], unit["n"], unit["best_epoch"]) == (1, 3, 32, 60)
+    assert unit["scores"] == pytest.approx({"tta_dice": 0.7, "tta_infnet_mean_dice": 0.6})

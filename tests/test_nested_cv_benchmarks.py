@@ -15,6 +15,7 @@ import torch
 
 from covidlib.config import cpu_supports_bf16
 from covidlib.recipe import Recipe
+from covidlib.results import write_record
 from test_datasets import REAL_SEMISEG
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -70,6 +71,43 @@ def test_quick_recipe_changes_only_the_sizes(nested_cv):
     assert (quick.lr, quick.dihedral, quick.tta) == (start.lr, start.dihedral, start.tta)
 
 
+def test_mean_scores_average_each_metric_over_the_test_slices(nested_cv):
+    per_case = {"s1": {"tta_dice": 0.5, "tta_infnet_mean_dice": 0.4, "dice": 0.1},
+                "s2": {"tta_dice": 0.8, "tta_infnet_mean_dice": 0.2, "dice": 0.9}}
+    assert nested_cv.mean_scores(per_case) == pytest.approx({"tta_dice": 0.65, "tta_infnet_mean_dice": 0.3})
+
+
+NUMERICS = {"threads": 2, "cpu_bf16": True}
+
+
+def _write_record(folder, parameters: dict, units: list[dict]):
+    return write_record(folder, "some_benchmark", parameters=parameters, numbers={"units": units}, runtime=NUMERICS)
+
+
+def test_stored_units_resume_only_what_the_same_settings_and_data_produced(nested_cv, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.png").write_bytes(b"x")
+    parameters = {"data_root": str(data), "seeds": [0], "semi_epochs": 30, "quick": False}
+    units = [{"seed": 0, "fold": fold, "scores": {"tta_dice": 0.6 + fold / 10}} for fold in (0, 1)]
+    record = _write_record(tmp_path, parameters, units)
+    assert nested_cv.stored_units(tmp_path / "missing.json", parameters, NUMERICS) == {}
+    # more seeds, or the same data in another folder, still resume
+    moved = tmp_path / "moved"
+    data.rename(moved)
+    resumed = nested_cv.stored_units(record, {**parameters, "seeds": [0, 1, 2], "data_root": str(moved)}, NUMERICS)
+    assert sorted(resumed) == [(0, 0), (0, 1)]
+    assert resumed[0, 1]["scores"]["tta_dice"] == pytest.approx(0.7)
+    by_seed = nested_cv.stored_units(record, {**parameters, "data_root": str(moved)}, NUMERICS, key=("seed",))
+    assert list(by_seed) == [(0,)]
+    assert nested_cv.stored_units(record, {**parameters, "data_root": str(moved), "semi_epochs": 10}, NUMERICS) == {}
+    # another processor's bfloat16 or another thread count gives other last bits: computed again
+    assert nested_cv.stored_units(record, {**parameters, "data_root": str(moved)}, {**NUMERICS, "cpu_bf16": False}) == {}
+    assert nested_cv.stored_units(record, {**parameters, "data_root": str(moved)}, {**NUMERICS, "threads": 1}) == {}
+    (moved / "b.png").write_bytes(b"y")
+    assert nested_cv.stored_units(record, {**parameters, "data_root": str(moved)}, NUMERICS) == {}
+
+
 def _run(script: str, *options: str) -> str:
     done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--quick", "--data-root", str(REAL_SEMISEG),
                            *options], capture_output=True, encoding="utf-8", timeout=900,
@@ -81,7 +119,7 @@ def _run(script: str, *options: str) -> str:
 @pytest.mark.slow
 @pytest.mark.realdata
 @pytest.mark.skipif(not REAL_SEMISEG.is_dir(), reason="real COVID-SemiSeg data not present")
-def test_learning_curve_quick_writes_its_record_and_resumes_from_the_cache(tmp_path):
+def test_learning_curve_quick_writes_its_record_and_resumes_from_it(tmp_path):
     options = ["--seeds", "0", "--out", str(tmp_path), "--runs", str(tmp_path / "curve"),
                "--supervised-runs", str(tmp_path / "ablation"), "--threads", "1"]
     _run("learning_curve.py", *options)
@@ -91,9 +129,13 @@ def test_learning_curve_quick_writes_its_record_and_resumes_from_the_cache(tmp_p
     rows = record["numbers"]["rows"]
     assert [row["n"] for row in rows] == [8, 16, 24, 32]
     assert all(0.0 <= row["tta_dice_mean"] <= 1.0 for row in rows)
+    assert len(record["numbers"]["units"]) == 4 * 5 and record["numbers"]["units_planned"] == 5
+    # the record alone resumes the run: without the trainings' caches nothing is trained again
+    shutil.rmtree(tmp_path / "curve")
+    shutil.rmtree(tmp_path / "ablation")
     written = record_path.read_text()
-    assert "every unit was stored already" in _run("learning_curve.py", *options)
-    assert record_path.read_text() == written
+    assert "every unit is stored" in _run("learning_curve.py", *options)
+    assert record_path.read_text() == written and not (tmp_path / "ablation").exists()
 
 
 @pytest.mark.slow

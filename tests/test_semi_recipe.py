@@ -6,8 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from covidlib.results import write_record
-
 
 @pytest.fixture(scope="module")
 def semi_recipe(load_benchmark):
@@ -21,40 +19,6 @@ def _unit(seed: int, fold: int, offsets: dict[str, float]) -> dict:
             "pseudo": {"accepted": 10, "patches": 40}, "pseudo_slices": {"foreground_share": 0.05},
             "best_epoch": {arm: 3 for arm in offsets if arm != "supervised"}, "seconds": {"pseudo_labelling": 2.0},
             "a_prime_val_dice": 0.7}
-
-
-def test_mean_scores_average_each_metric_over_the_test_slices(semi_recipe):
-    per_case = {"s1": {"tta_dice": 0.5, "tta_infnet_mean_dice": 0.4, "dice": 0.1},
-                "s2": {"tta_dice": 0.8, "tta_infnet_mean_dice": 0.2, "dice": 0.9}}
-    assert semi_recipe.mean_scores(per_case) == pytest.approx({"tta_dice": 0.65, "tta_infnet_mean_dice": 0.3})
-
-
-NUMERICS = {"threads": 2, "cpu_bf16": True}
-
-
-def _write_record(folder, parameters: dict, units: list[dict]):
-    return write_record(folder, "semi_recipe", parameters=parameters, numbers={"units": units}, runtime=NUMERICS)
-
-
-def test_stored_units_resume_only_what_the_same_settings_and_data_produced(semi_recipe, tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "a.png").write_bytes(b"x")
-    parameters = {"data_root": str(data), "seeds": [0], "semi_epochs": 30, "quick": False}
-    record = _write_record(tmp_path, parameters, [_unit(0, 0, {"supervised": 0.0}), _unit(0, 1, {"supervised": 0.1})])
-    assert semi_recipe.stored_units(tmp_path / "missing.json", parameters, NUMERICS) == {}
-    # more seeds, or the same data in another folder, still resume
-    moved = tmp_path / "moved"
-    data.rename(moved)
-    resumed = semi_recipe.stored_units(record, {**parameters, "seeds": [0, 1, 2], "data_root": str(moved)}, NUMERICS)
-    assert sorted(resumed) == [(0, 0), (0, 1)]
-    assert resumed[0, 1]["scores"]["supervised"]["tta_dice"] == pytest.approx(0.7)
-    assert semi_recipe.stored_units(record, {**parameters, "data_root": str(moved), "semi_epochs": 10}, NUMERICS) == {}
-    # another processor's bfloat16 or another thread count gives other last bits: computed again
-    assert semi_recipe.stored_units(record, {**parameters, "data_root": str(moved)}, {**NUMERICS, "cpu_bf16": False}) == {}
-    assert semi_recipe.stored_units(record, {**parameters, "data_root": str(moved)}, {**NUMERICS, "threads": 1}) == {}
-    (moved / "b.png").write_bytes(b"y")
-    assert semi_recipe.stored_units(record, {**parameters, "data_root": str(moved)}, NUMERICS) == {}
 
 
 def test_rows_hold_unit_means_and_paired_differences_to_control_and_a_prime(semi_recipe):
