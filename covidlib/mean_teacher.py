@@ -733,7 +733,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patience", type=int, default=20, help="stop after this many epochs without a better validation Dice")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
     parser.add_argument("--amp", choices=AMP_CHOICES, default="auto",
-                        help="mixed precision: auto (bf16/fp16 on a GPU, float32 on the CPU), bf16, fp16 or off")
+                        help="mixed precision: auto (bf16/fp16 on a GPU; bf16 on a CPU with native bf16 kernels, "
+                        "AVX512-BF16/AMX; else float32), bf16, fp16 or off")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the folds, initialisation, batches and sampling")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -99,8 +99,9 @@ def predict_volume(model: nn.Module, image: np.ndarray, *, device: str | torch.d
     """Infection probability (z, y, x) float32 of a preprocessed volume, slice by slice.
 
     ``image`` (z, y, x) is the z-scored image of :func:`covidlib.preprocess.preprocess_case`.
-    Runs without gradients under ``amp`` autocast (``"auto"``: bf16/fp16 on a GPU, float32 on
-    the CPU, as :func:`covidlib.train.resolve_amp` decides) on ``get_device(device)``; a
+    Runs without gradients under ``amp`` autocast (``"auto"``: bf16/fp16 on a GPU, bf16 on a CPU
+    with native bf16 kernels, else float32, as :func:`covidlib.train.resolve_amp` decides) on
+    ``get_device(device)``; a
     progress bar counts slices.
 
     Introduced in chapter 04.
@@ -331,7 +332,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lungmask-weights", help="lungmask weights file (default: R231 from the torch hub cache)")
     parser.add_argument("--series-id", help="DICOM series to read when the folder holds several")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
-    parser.add_argument("--amp", choices=AMP_CHOICES, default="auto", help="autocast dtype (auto: bf16/fp16 on a GPU, float32 on the CPU)")
+    parser.add_argument("--amp", choices=AMP_CHOICES, default="auto", help="autocast dtype (auto: bf16/fp16 on a GPU; bf16 on a CPU with native "
+                        "bf16 kernels, AVX512-BF16/AMX; else float32)")
     parser.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")
     parser.add_argument("--threshold", type=float, default=0.5, help="infection when the probability exceeds this")
     parser.add_argument("--model", choices=sorted(MODELS), help="architecture, for checkpoints that do not record it")
