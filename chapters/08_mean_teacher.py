@@ -314,10 +314,12 @@ if semi_recipe is not None:
         verdicts.append(f"{by_arm[arm]['label']}: {100 * change['mean_difference'] / base:+.1f} % of its control "
                         f"(95 % CI {100 * change['low'] / base:+.1f} % to {100 * change['high'] / base:+.1f} %)")
     units = len(by_arm["supervised"]["units"])
+    planned = semi_recipe.numbers["units_planned"]
     a_prime_val = semi_recipe.numbers.get("a_prime_val_dice", [])
     best = max(semi_rows, key=lambda row: row["tta_dice_mean"])
     display(Markdown(
-        f"**At the best recipe** ({units} (fold, seed) runs; the top-2 threshold chosen on the validation slices "
+        f"**At the best recipe** ({units} (fold, seed) runs" + (f" of the {planned} planned" if units < planned else "")
+        + "; the top-2 threshold chosen on the validation slices "
         f"averaged {np.mean(semi_recipe.numbers['thresholds']):.2f} and accepted "
         f"{np.mean(semi_recipe.numbers['accepted_patches']) / np.mean(semi_recipe.numbers['patches']):.0%} of the "
         "patches). " + ("; ".join(verdicts) + "." if verdicts else "A paired interval needs at least two runs.")
