@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import platform
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from covidlib.config import cpu_supports_bf16, runtime_summary
 from covidlib.fingerprint import data_fingerprint
 from covidlib.recipe import Recipe
 from covidlib.records import read_reference, reference_dir
+from covidlib.results import write_record
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "covid-semiseg"
@@ -115,3 +117,16 @@ def stored_units(record: Path, parameters: dict[str, Any], runtime: dict[str, An
         print(f"{record}: not resuming from it, {reason}", flush=True)
         return {}
     return {tuple(unit[name] for name in key): unit for unit in earlier.numbers.get("units", [])}
+
+
+def write_units_record(out: str, name: str, *, parameters: dict[str, Any], runtime: dict[str, Any],
+                       units: dict[tuple, dict], planned: list[tuple],
+                       summarise: Callable[[list[dict]], dict[str, Any]]) -> dict[str, Any]:
+    """Rewrite the record ``out/<name>.json`` with the ``planned`` units done so far (``numbers.units``,
+    in plan order, where :func:`stored_units` finds them next time) and their ``summarise``; returns that summary."""
+    done = [units[key] for key in planned if key in units]
+    summary = summarise(done)
+    path = write_record(out, name, parameters=parameters, runtime=runtime,
+                        numbers={**summary, "units": done, "units_planned": len(planned)})
+    print(f"wrote {path} ({len(done)} of {len(planned)} units)", flush=True)
+    return summary

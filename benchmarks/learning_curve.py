@@ -32,18 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
-from _nested_cv import begin, integers, mean_scores, nested_cv_parser, quick_recipe, stored_units
+from _nested_cv import METRICS, begin, integers, mean_scores, nested_cv_parser, quick_recipe, stored_units, write_units_record
 from covidlib.crossval import Fold, nested_folds, run_nested_cv, score_cases, train_supervised
 from covidlib.datasets import get_dataset
 from covidlib.errors import InvalidInputError
 from covidlib.fingerprint import settings_key
 from covidlib.inference import prepare_slices
 from covidlib.recipe import Recipe
-from covidlib.results import write_record
 from covidlib.statistics import paired_bootstrap_ci
-
-METRICS = ("tta_dice", "tta_infnet_mean_dice")
-
 
 def training_subset(train_ids: Sequence[str], n: int, seed: int, fold: int) -> list[str]:
     """The first ``n`` of a shuffle of ``train_ids`` seeded by (seed, fold): a smaller ``n`` gives a
@@ -82,25 +78,27 @@ def all_slices_unit(result: dict) -> dict:
             "wall_seconds": result["wall_seconds"], "scores": mean_scores(result["per_case"])}
 
 
-def summarise(results: dict[int, list[dict]]) -> dict:
+def summarise(units: list[dict]) -> dict:
     """Rows per ``n`` (ascending): mean ± sd over (seed, fold) units of each metric, and the paired
-    difference to the largest ``n`` on the units both have. ``results``: ``{n: unit results}``."""
-    full = max(results)
-    by_unit = {n: {(r["seed"], r["fold"]): r for r in units} for n, units in results.items()}
+    difference to the largest ``n`` on the units both have. ``units``: (seed, fold, n) results."""
+    by_unit: dict[int, dict[tuple[int, int], dict]] = {}
+    for unit in units:
+        by_unit.setdefault(unit["n"], {})[unit["seed"], unit["fold"]] = unit
+    full = max(by_unit)
     rows = []
-    for n in sorted(results):
-        units = by_unit[n]
-        row = {"n": n, "units": [list(key) for key in sorted(units)]}
+    for n in sorted(by_unit):
+        at_n = by_unit[n]
+        row = {"n": n, "units": [list(key) for key in sorted(at_n)]}
         for metric in METRICS:
-            values = [units[key]["scores"][metric] for key in sorted(units)]
+            values = [at_n[key]["scores"][metric] for key in sorted(at_n)]
             row[f"{metric}_by_unit"] = values
             row[f"{metric}_mean"] = float(np.mean(values))
             row[f"{metric}_sd_over_units"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
-        shared = sorted(set(units) & set(by_unit[full]))
+        shared = sorted(set(at_n) & set(by_unit[full]))
         if n != full and len(shared) > 1:
             row["tta_dice_change_vs_all"] = paired_bootstrap_ci(
                 [by_unit[full][key]["scores"]["tta_dice"] for key in shared],
-                [units[key]["scores"]["tta_dice"] for key in shared]).as_dict()
+                [at_n[key]["scores"]["tta_dice"] for key in shared]).as_dict()
         rows.append(row)
     return {"rows": rows, "all_slices": full, "per_doubling": per_doubling(by_unit)}
 
@@ -152,19 +150,13 @@ def main() -> None:
                 [everything] = run_nested_cv(dataset, prepared, recipe, args.supervised_runs, folds=args.folds,
                                              seeds=[seed], fold_indices=[fold.index], progress=False)
                 units[seed, fold.index, n] = all_slices_unit(everything)
-        done = [units[unit] for unit in planned if unit in units]
-        by_size: dict[int, list[dict]] = {}
-        for unit in done:
-            by_size.setdefault(unit["n"], []).append(unit)
-        summary = summarise(by_size)
-        write_record(args.out, "learning_curve", parameters=parameters,
-                     numbers={**summary, "units": done, "units_planned": len(folds)}, runtime=runtime)
+        summary = write_units_record(args.out, "learning_curve", parameters=parameters, runtime=runtime,
+                                     units=units, planned=planned, summarise=summarise)
         for row in summary["rows"]:
             change = row.get("tta_dice_change_vs_all")
             print(f"n={row['n']:>3}  TTA Dice {row['tta_dice_mean']:.3f}"
                   + (f", vs all {change['mean_difference']:+.3f} [{change['low']:+.3f}, {change['high']:+.3f}]"
                      if change else ""), flush=True)
-        print(f"wrote {record} ({len(done)} of {len(planned)} units)", flush=True)
     if all(unit in units for unit in planned):
         print(f"every unit is stored: {record} holds all {len(planned)}", flush=True)
 

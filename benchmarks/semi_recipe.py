@@ -38,14 +38,13 @@ from pathlib import Path
 
 import numpy as np
 
-from _nested_cv import METRICS, begin, mean_scores, nested_cv_parser, quick_recipe, stored_units
+from _nested_cv import METRICS, begin, mean_scores, nested_cv_parser, quick_recipe, stored_units, write_units_record
 from covidlib.augment import default_augmentation
 from covidlib.crossval import run_key, run_nested_cv, score_cases
 from covidlib.datasets import get_dataset
 from covidlib.inference import load_model, prepare_slices
 from covidlib.mean_teacher import ARM_LABELS, continue_arm, pseudo_label_patches, semi_supervised_settings
 from covidlib.recipe import Recipe
-from covidlib.results import write_record
 from covidlib.self_training import PseudoSliceDataset, pseudo_label_slices
 from covidlib.statistics import paired_bootstrap_ci
 
@@ -156,16 +155,13 @@ def main() -> None:
                                          seeds=[seed], fold_indices=[fold])
         units[seed, fold] = run_fold(args, dataset, prepared, recipe, a_prime_result,
                                      supervised_folder / f"seed{seed}_fold{fold}" / "best.pt")
-        done = [units[unit] for unit in plan if unit in units]
-        summary = summarise(done)
-        write_record(args.out, "semi_recipe", parameters=parameters,
-                     numbers={**summary, "units": done, "units_planned": len(plan)}, runtime=runtime)
+        summary = write_units_record(args.out, "semi_recipe", parameters=parameters, runtime=runtime, units=units,
+                                     planned=plan, summarise=summarise)
         for row in summary["rows"]:
             change = row.get("tta_dice_change_vs_control")
             print(f"{row['arm']:<14} TTA Dice {row['tta_dice_mean']:.3f} ± {row['tta_dice_sd_over_units']:.3f}"
                   + (f", vs {change['against']} {change['mean_difference']:+.3f} [{change['low']:+.3f}, "
                      f"{change['high']:+.3f}]" if change else ""), flush=True)
-        print(f"wrote {record} ({len(done)} of {len(plan)} units)", flush=True)
     if all(unit in units for unit in plan):
         print(f"every unit is stored: {record} holds all {len(plan)}", flush=True)
 

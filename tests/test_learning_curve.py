@@ -44,7 +44,7 @@ def test_summary_means_and_paired_differences_to_all_slices(curve):
         value = 0.5 + n / 100 + fold / 1000
         return {"seed": 0, "fold": fold, "n": n, "scores": {"tta_dice": value, "tta_infnet_mean_dice": value - 0.1}}
 
-    summary = curve.summarise({8: [unit(8, f) for f in range(3)], 32: [unit(32, f) for f in range(3)]})
+    summary = curve.summarise([unit(n, f) for n in (8, 32) for f in range(3)])
     small, full = summary["rows"]
     assert (small["n"], full["n"], summary["all_slices"]) == (8, 32, 32)
     assert np.isclose(small["tta_dice_mean"], 0.58 + 0.001) and np.isclose(full["tta_infnet_mean_dice_mean"], 0.721)
@@ -60,13 +60,12 @@ def test_per_doubling_is_the_mean_slope_on_log2_n(curve):
         value = 0.4 + fold / 100 + 0.02 * (fold + 1) * math.log2(n)
         return {"seed": 0, "fold": fold, "n": n, "scores": {"tta_dice": value, "tta_infnet_mean_dice": value}}
 
-    results = {n: [unit(n, f) for f in range(3)] for n in (8, 16, 32)}
-    results[8].append(unit(8, 3))  # a unit missing from the other sizes takes no part
-    doubling = curve.summarise(results)["per_doubling"]
+    units = [unit(n, f) for n in (8, 16, 32) for f in range(3)]
+    doubling = curve.summarise([*units, unit(8, 3)])["per_doubling"]  # a unit missing from the other sizes takes no part
     assert np.allclose(doubling["slopes"], [0.02, 0.04, 0.06]) and doubling["units"] == [[0, 0], [0, 1], [0, 2]]
     assert np.isclose(doubling["mean_difference"], 0.04) and doubling["low"] <= 0.04 <= doubling["high"]
     assert 0.02 - 1e-12 <= doubling["low"] and doubling["high"] <= 0.06 + 1e-12
-    assert curve.summarise({32: results[32]})["per_doubling"] is None
+    assert curve.summarise([u for u in units if u["n"] == 32])["per_doubling"] is None
 
 
 def test_an_all_slices_unit_is_the_nested_cv_result_averaged_over_its_test_slices(curve):

@@ -129,7 +129,7 @@ def test_learning_curve_quick_writes_its_record_and_resumes_from_it(tmp_path):
     rows = record["numbers"]["rows"]
     assert [row["n"] for row in rows] == [8, 16, 24, 32]
     assert all(0.0 <= row["tta_dice_mean"] <= 1.0 for row in rows)
-    assert len(record["numbers"]["units"]) == 4 * 5 and record["numbers"]["units_planned"] == 5
+    assert len(record["numbers"]["units"]) == 4 * 5 and record["numbers"]["units_planned"] == 4 * 5
     # the record alone resumes the run: without the trainings' caches nothing is trained again
     shutil.rmtree(tmp_path / "curve")
     shutil.rmtree(tmp_path / "ablation")
