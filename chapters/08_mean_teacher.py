@@ -322,7 +322,8 @@ if semi_recipe is not None:
         + "; the top-2 threshold chosen on the validation slices "
         f"averaged {np.mean(semi_recipe.numbers['thresholds']):.2f} and accepted "
         f"{np.mean(semi_recipe.numbers['accepted_patches']) / np.mean(semi_recipe.numbers['patches']):.0%} of the "
-        "patches). " + ("; ".join(verdicts) + "." if verdicts else "A paired interval needs at least two runs.")
+        f"patches; in {sum(n == 0 for n in semi_recipe.numbers['accepted_patches'])} of {units} runs it accepted none, "
+        "and both patch pseudo-label arms then train exactly as their controls). " + ("; ".join(verdicts) + "." if verdicts else "A paired interval needs at least two runs.")
         + f" The best arm is “{best['label']}” at {best['tta_dice_mean']:.3f}; A′ itself scored "
         f"{by_arm['supervised']['tta_dice_mean']:.3f} and its labels-only continuation {control_mean:.3f}. A′ is "
         f"trained from scratch here (the report fine-tunes a pretrained A; chapter 05 weighs pretrained starts); its "

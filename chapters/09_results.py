@@ -100,7 +100,8 @@ def cell(value: float | None, sd: float | None = None) -> str:
 def machine(runtime: dict) -> str:
     """Where a record ran: the processor (where the record names it), bfloat16 or float32, threads."""
     precision = {True: ", bf16", False: ", float32"}.get(runtime.get("cpu_bf16"), "")
-    return f"{runtime.get('cpu') or runtime.get('device_name', '?')}{precision}, {runtime.get('threads', '?')} threads"
+    threads = runtime.get("threads", "?")
+    return f"{runtime.get('cpu') or runtime.get('device_name', '?')}{precision}, {threads} thread{'' if threads == 1 else 's'}"
 
 
 rows = []
@@ -339,8 +340,10 @@ if semi_recipe is not None:
         if change is not None:
             verdict = ("an improvement" if change["low"] > 0 else "a loss" if change["high"] < 0 else
                        "no difference distinguishable from noise")
-            findings.append(f"at the best supervised recipe (over {len(row['units'])} of "
-                            f"{semi_recipe.numbers['units_planned']} planned (seed, fold) runs), {row['label']} changed Dice at 0.5 by "
+            done, planned = len(row["units"]), semi_recipe.numbers["units_planned"]
+            findings.append("at the best supervised recipe" + (f" (over {done} of {planned} planned (seed, fold) runs)"
+                                                               if done < planned else "")
+                            + f", {row['label']} changed Dice at 0.5 by "
                             f"{change['mean_difference']:+.3f} against {change['against']} (95 % CI "
                             f"{change['low']:+.3f} to {change['high']:+.3f}), {verdict}")
 display(Markdown(("On real scans: " + "; ".join(findings) + ".") if findings else
