@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import platform
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -66,8 +66,8 @@ def nested_cv_parser(doc: str | None, *, runs: str | None = None, seeds: str = "
 
 
 def begin(args: argparse.Namespace) -> dict[str, Any] | None:
-    """The runtime summary a record stores, with :func:`machine_numerics`, after applying ``--threads``; ``None``, after saying so,
-    when COVID-SemiSeg is not at ``--data-root`` (the benchmark then has nothing to do)."""
+    """The runtime summary a record stores, with :func:`machine_numerics`, after applying ``--threads``;
+    ``None``, after saying so, when COVID-SemiSeg is not at ``--data-root`` (nothing to do then)."""
     if not (Path(args.data_root) / "TrainingSet").is_dir():
         print(f"no COVID-SemiSeg at {args.data_root}: nothing to do")
         return None
