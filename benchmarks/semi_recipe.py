@@ -21,9 +21,8 @@ mean Dice; each semi-supervised arm's paired difference to its control (and to A
 
 Resumable across sessions: the record is rewritten after each (seed, fold) with every unit complete
 so far (``numbers.units``: each arm's mean scores, the threshold, the seconds), so a committed
-partial record is where the next run continues. A unit is reused while the record's code and data
-fingerprints still hold and its other parameters are unchanged; only A''s checkpoints live in the
-ablation's cache. The record's ``timing`` is the last invocation's; ``numbers.seconds`` sums the units'.
+partial record is where the next run continues (:func:`_nested_cv.stored_units`: same code, data,
+parameters, threads and precision); only A''s checkpoints live in the ablation's cache. The record's ``timing`` is the last invocation's; ``numbers.seconds`` sums the units'.
 
     .venv/bin/python benchmarks/semi_recipe.py --seeds 0
     .venv/bin/python benchmarks/semi_recipe.py --quick --out /tmp/semi   # the whole path in minutes
