@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import platform
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from covidlib.config import cpu_supports_bf16, runtime_summary
+from covidlib.config import runtime_summary
 from covidlib.fingerprint import data_fingerprint
 from covidlib.recipe import Recipe
 from covidlib.records import read_reference, reference_dir
@@ -66,25 +65,14 @@ def nested_cv_parser(doc: str | None, *, runs: str | None = None, seeds: str = "
 
 
 def begin(args: argparse.Namespace) -> dict[str, Any] | None:
-    """The runtime summary a record stores, with :func:`machine_numerics`, after applying ``--threads``;
+    """The runtime summary a record stores (processor and bfloat16 included), after applying ``--threads``;
     ``None``, after saying so, when COVID-SemiSeg is not at ``--data-root`` (nothing to do then)."""
     if not (Path(args.data_root) / "TrainingSet").is_dir():
         print(f"no COVID-SemiSeg at {args.data_root}: nothing to do")
         return None
     if args.threads:
         torch.set_num_threads(args.threads)
-    return {**runtime_summary(setting="quick" if args.quick else "reference", device="auto", seed=0,
-                              dataset="covid-semiseg"), **machine_numerics()}
-
-
-def machine_numerics() -> dict[str, Any]:
-    """What decides a CPU run's last bits beside the seed and the threads: the processor and whether
-    it computes in bfloat16 (``amp="auto"`` does so where :func:`covidlib.config.cpu_supports_bf16`)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-             if line.startswith("model name")] if cpuinfo.exists() else []
-    return {"cpu": names[0] if names else platform.processor() or platform.machine(),
-            "cpu_bf16": cpu_supports_bf16()}
+    return runtime_summary(setting="quick" if args.quick else "reference", device="auto", seed=0, dataset="covid-semiseg")
 
 
 def quick_recipe(recipe: Recipe) -> Recipe:

@@ -122,14 +122,30 @@ def choose(setting: str, *, quick: T, reference: T, full: T) -> T:
     return {"quick": quick, "reference": reference, "full": full}[check_setting(setting)]
 
 
+def processor_name() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``), else what :mod:`platform` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            names = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or platform.machine()
+
+
 def runtime_summary(*, setting: str, device: torch.device | str, seed: int, dataset: str) -> dict[str, object]:
-    """The settings a chapter runs with, as a dict ready to print or to store in a record."""
+    """The settings a chapter runs with, as a dict ready to print or to store in a record.
+
+    Beside the seed and the threads, a CPU run's last digits depend on the processor
+    (``device_name``) and on whether it computes in bfloat16 (``cpu_bf16``: what ``amp="auto"``
+    does there, :func:`cpu_supports_bf16`).
+    """
     resolved = get_device(device)
     summary: dict[str, object] = {
         "setting": check_setting(setting),
         "dataset": dataset,
         "device": str(resolved),
-        "device_name": torch.cuda.get_device_name(resolved) if resolved.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(resolved) if resolved.type == "cuda" else processor_name(),
+        "cpu_bf16": cpu_supports_bf16(),
         "threads": torch.get_num_threads(),
         "seed": seed,
     }

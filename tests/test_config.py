@@ -1,8 +1,11 @@
+import io
+
 import numpy as np
 import pytest
 import torch
 
-from covidlib.config import format_summary, get_device, runtime_summary, seed_everything
+from covidlib import config
+from covidlib.config import cpu_supports_bf16, format_summary, get_device, processor_name, runtime_summary, seed_everything
 from covidlib.errors import InvalidInputError
 
 
@@ -45,6 +48,14 @@ def test_runtime_summary_names_setting_device_and_versions():
     text = format_summary(summary)
     assert text.splitlines()[0].startswith("setting") and "phantom" in text
     assert "started_unix" in summary and "started_" not in text  # kept for the record, not printed
+
+
+def test_runtime_summary_names_the_processor_and_its_bfloat16(monkeypatch):
+    cpuinfo = "processor\t: 0\nmodel name\t: Test CPU 9000\n\nprocessor\t: 1\nmodel name\t: Test CPU 9000\n"
+    monkeypatch.setattr(config, "open", lambda *args, **kwargs: io.StringIO(cpuinfo), raising=False)
+    summary = runtime_summary(setting="quick", device="cpu", seed=0, dataset="phantom")
+    assert summary["device_name"] == "Test CPU 9000" == processor_name()
+    assert summary["cpu_bf16"] is cpu_supports_bf16()
 
 
 def test_choose_picks_the_value_of_the_setting_and_rejects_others():

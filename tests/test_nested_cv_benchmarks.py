@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from covidlib.config import cpu_supports_bf16
+from covidlib.config import cpu_supports_bf16, processor_name
 from covidlib.recipe import Recipe
 from covidlib.results import write_record
 from test_datasets import REAL_SEMISEG
@@ -60,7 +60,7 @@ def test_begin_records_the_processor_and_its_bfloat16(nested_cv, tmp_path):
     (tmp_path / "TrainingSet").mkdir()
     args = nested_cv.nested_cv_parser(None).parse_args(["--data-root", str(tmp_path)])
     runtime = nested_cv.begin(args)
-    assert runtime["setting"] == "reference" and runtime["cpu"]
+    assert runtime["setting"] == "reference" and runtime["device_name"] == processor_name()
     assert runtime["cpu_bf16"] is cpu_supports_bf16()
 
 
