@@ -48,7 +48,7 @@ from covidlib.self_training import PseudoSliceDataset, pseudo_label_slices
 from covidlib.statistics import paired_bootstrap_ci
 
 
-#: The ablation's best row, ``+ 128 px input`` (benchmarks/ablation.py): ``train``'s defaults.
+#: ``train``'s defaults, a row of benchmarks/ablation.py (chapter 09 marks it).
 RECIPE = Recipe()
 #: Each continuation: (the arm of :func:`covidlib.mean_teacher.arm_setup` it trains as, its pseudo-labels).
 ARMS = {"control": ("control", None), "pseudo_labels": ("pseudo_labels", "patches"),

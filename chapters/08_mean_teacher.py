@@ -76,6 +76,7 @@ from covidlib.datasets import get_dataset
 from covidlib.inference import prepare_slices
 from covidlib.mean_teacher import (A_PRIME_PRECONDITION, ARMS, CONTROLS, arm_rows, compare_arms, ema_update,
                                    paired_rows, run_semi_cv, sigmoid_rampup)
+from covidlib.recipe import describe_recipe
 from covidlib.records import load_reference, reference_notice
 from covidlib.restoration import RestorationSettings, pretrained_weights
 from covidlib.results import markdown_table, write_record
@@ -279,8 +280,9 @@ show_grouped_values({f"{arm} − {control}": reference.numbers["summary"]["dice"
 #
 # The record above uses small networks trained briefly, so A′ is far from the best supervised
 # model this book trains. `benchmarks/semi_recipe.py` asks the same question where it matters:
-# A′ is the best row of {doc}`chapter 09 <09_results>`'s ablation (a width-16 U-Net at 128 px
-# with turns and mirrors, its epoch chosen on the inner validation slices), and each arm continues
+# A′ is trained with `python -m covidlib train`'s recipe, the row of {doc}`chapter 09 <09_results>`'s
+# ablation it marks (its epoch chosen on the inner validation slices; the record names the recipe it
+# ran, so a record that predates today's defaults says so), and each arm continues
 # it over all 1,600 unlabelled slices with the same steps, noise, augmentation and selection as its
 # control. Beside the report's patch pseudo-labels it tries the simplest alternative, whole-slice
 # pseudo-labels: A′'s own test-time-augmented probabilities on each unlabelled slice
@@ -318,7 +320,8 @@ if semi_recipe is not None:
     a_prime_val = semi_recipe.numbers.get("a_prime_val_dice", [])
     best = max(semi_rows, key=lambda row: row["tta_dice_mean"])
     display(Markdown(
-        f"**At the best recipe** ({units} (fold, seed) runs" + (f" of the {planned} planned" if units < planned else "")
+        f"**At the best recipe** ({describe_recipe(semi_recipe.record['parameters']['recipe'])}; "
+        f"{units} (fold, seed) runs" + (f" of the {planned} planned" if units < planned else "")
         + "; the top-2 threshold chosen on the validation slices "
         f"averaged {np.mean(semi_recipe.numbers['thresholds']):.2f} and accepted "
         f"{np.mean(semi_recipe.numbers['accepted_patches']) / np.mean(semi_recipe.numbers['patches']):.0%} of the "

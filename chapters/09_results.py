@@ -60,7 +60,7 @@ from covidlib import viz
 from covidlib.config import choose, format_summary, runtime_summary, seed_everything
 from covidlib.mean_teacher import CONTROLS, arm_rows, paired_rows
 from covidlib.published import PUBLISHED, REPORT_BEST, REPORT_TABLE_5_1
-from covidlib.recipe import Recipe
+from covidlib.recipe import Recipe, describe_recipe
 from covidlib.records import REFERENCE_DATASET, load_reference, reference_dir, reference_notice
 from covidlib.results import markdown_table, read_build_timings, read_records, write_record
 from covidlib.statistics import summarise_runs
@@ -222,14 +222,16 @@ if ablation is not None:
 # ## How many labelled slices does the recipe need?
 #
 # Every outer fold of the ablation trains on 32 labelled slices. `benchmarks/learning_curve.py`
-# trains `train`'s recipe on fewer of them (each smaller set inside the larger ones), with the same
-# inner validation slices, the same outer test fold and as many optimizer steps, so that only the
-# number of labels changes. Where the curve still climbs at 32, more labels would help; a book about
+# trains `train`'s recipe (as it stood when the record ran; named below) on fewer of them (each
+# smaller set inside the larger ones), with the same inner validation slices, the same outer test
+# fold and as many optimizer steps, so that only the number of labels changes. Where the curve still climbs at 32, more labels would help; a book about
 # few labels should know how steep it is.
 
 # %%
 curve = references["learning_curve"]
 display(Markdown(reference_notice(curve, "learning_curve", command=".venv/bin/python benchmarks/learning_curve.py")))
+if curve is not None:
+    display(Markdown(f"The recipe of this record: {describe_recipe(curve.record['parameters']['recipe'])}."))
 curve_rows = curve.numbers["rows"] if curve is not None else []
 if curve_rows:
     rows = []

@@ -8,7 +8,11 @@ that relied on it. Introduced in chapter 04.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from covidlib.errors import InvalidInputError
 
 
 @dataclass(frozen=True)
@@ -28,11 +32,11 @@ class Recipe:
     image_size: int = 128
     base_width: int = 16
     depth: int = 4
-    epochs: int = 80
+    epochs: int = 300
     lr: float = 1e-3
-    step_size: int = 25
+    step_size: int = 75
     gamma: float = 0.8
-    patience: int = 30
+    patience: int = 300
     batch_size: int = 8
     loss: str = "ce+dice"
     amp: str = "auto"
@@ -42,3 +46,18 @@ class Recipe:
     empty_fraction: float = 1.0
     mixup_alpha: float = 0.0
     max_steps_per_epoch: int | None = None
+
+
+def describe_recipe(fields: Mapping[str, Any]) -> str:
+    """One line for a reader: a recipe's fields (e.g. from a record) as they differ from, or match,
+    ``Recipe()``, the defaults of ``python -m covidlib train``: "`train`'s defaults", or e.g.
+    "`train`'s defaults except epochs 80 (now 300), patience 30 (now 300)" for a record that
+    predates them. Introduced in chapter 08.
+    """
+    defaults = asdict(Recipe())
+    unknown = sorted(set(fields) - set(defaults))
+    if unknown:
+        raise InvalidInputError(f"not fields of a Recipe: {', '.join(unknown)}")
+    changed = [f"{name.replace('_', ' ')} {fields[name]} (now {value})" for name, value in defaults.items()
+               if name in fields and fields[name] != value]
+    return "`train`'s defaults" + (" except " + ", ".join(changed) if changed else "")

@@ -35,10 +35,12 @@ def test_a_path_row_below_an_alternative_builds_on_the_path(ablation, monkeypatc
     assert (wide.base_width, narrow.base_width, faster.base_width, faster.lr) == (32, 8, 32, 5e-3)
 
 
-def test_quick_rows_shrink_every_size_change(ablation):
+def test_quick_rows_shrink_every_size_and_schedule_change(ablation):
     recipes = ablation.build_recipes(ablation.REPORT, quick=True)
     sized = [recipe for step, recipe in zip(ablation.STEPS, recipes) if "image_size" in step.change]
     assert sized and all(recipe.image_size == 80 for recipe in sized)
+    longer = [recipe for step, recipe in zip(ablation.STEPS, recipes) if "epochs" in step.change]
+    assert longer and all(recipe.epochs == 3 for recipe in longer)
 
 
 def test_each_change_is_measured_against_its_base_or_the_path_row_above(ablation, tmp_path):

@@ -29,7 +29,7 @@ def test_subsets_are_nested_seeded_and_drawn_from_the_training_slices(curve):
 
 @pytest.mark.parametrize("n", [8, 16, 24])
 def test_a_smaller_set_takes_as_many_optimizer_steps(curve, n):
-    recipe = Recipe()
+    recipe = Recipe(epochs=80, step_size=25, patience=30)
     scaled = curve.scaled_recipe(recipe, n, 32)
     steps = lambda r, slices: r.epochs * math.ceil(slices / r.batch_size)  # noqa: E731
     assert abs(steps(scaled, n) - steps(recipe, 32)) <= math.ceil(n / recipe.batch_size)  # within an epoch
