@@ -188,8 +188,8 @@ if cv_04:
 # (`records/reference-covid-semiseg/ablation.json`) and is rewritten as rows complete, so it may
 # hold only some of them.
 #
-# The path is chosen by the same outer folds that score it: of several input sizes, the best-scoring one
-# became the default, so that row's seed-0 score is somewhat optimistic. A seed also draws the folds
+# The path is chosen by the same outer folds that score it: of several input sizes and two learning-rate
+# schedules, the best-scoring ones became the defaults, so that row's seed-0 score is somewhat optimistic. A seed also draws the folds
 # (`covidlib.crossval.nested_folds`), so the defaults row's other seeds score it on splits that took no
 # part in the choice.
 
