@@ -70,8 +70,7 @@ STEPS: list[Step] = [
     Step("+ 300 epochs, no early stop", {"epochs": 300, "step_size": 75, "patience": 300}),
     Step("+ faster decay (× 0.75 every 30 epochs)", {"step_size": 30, "gamma": 0.75},
          base="+ 300 epochs, no early stop"),
-    Step("+ 224 px input", {"image_size": 224}, base=TTA_ROW),
-    Step("+ 96 px input", {"image_size": 96}, base=TTA_ROW),
+    Step("+ 160 px input", {"image_size": 160}, base="+ 300 epochs, no early stop"),
 ]
 
 

@@ -21,9 +21,10 @@ def test_path_rows_accumulate_and_alternatives_change_their_base(ablation):
     recipes = ablation.build_recipes(ablation.REPORT, quick=False)
     tta = recipes[ablation.row_index(ablation.TTA_ROW)]
     assert tta == dataclasses.replace(ablation.REPORT, lr=1e-3, dihedral=True, tta=True)
-    for step, recipe in zip(ablation.STEPS, recipes):
-        if step.base == ablation.TTA_ROW:
-            assert recipe == dataclasses.replace(tta, **step.change)
+    alternatives = [(step, recipe) for step, recipe in zip(ablation.STEPS, recipes) if step.base]
+    assert alternatives
+    for step, recipe in alternatives:
+        assert recipe == dataclasses.replace(recipes[ablation.row_index(step.base)], **step.change)
     assert Recipe() in recipes
 
 
