@@ -337,14 +337,14 @@ if reference_08 is not None:
                         f"{verdict}, where the report anticipated a gain")
 semi_recipe = references["semi_recipe"]
 if semi_recipe is not None:
+    findings.append(f"the semi-supervised benchmark's A′ is {describe_recipe(semi_recipe.record['parameters']['recipe'])}")
     for row in semi_recipe.numbers["rows"]:
         change = row.get("tta_dice_change_vs_control")
         if change is not None:
             verdict = ("an improvement" if change["low"] > 0 else "a loss" if change["high"] < 0 else
                        "no difference distinguishable from noise")
             done, planned = len(row["units"]), semi_recipe.numbers["units_planned"]
-            findings.append("at the best supervised recipe" + (f" (over {done} of {planned} planned (seed, fold) runs)"
-                                                               if done < planned else "")
+            findings.append("there" + (f" (over {done} of {planned} planned (seed, fold) runs)" if done < planned else "")
                             + f", {row['label']} changed Dice at 0.5 by "
                             f"{change['mean_difference']:+.3f} against {change['against']} (95 % CI "
                             f"{change['low']:+.3f} to {change['high']:+.3f}), {verdict}")
