@@ -188,8 +188,10 @@ if cv_04:
 # (`records/reference-covid-semiseg/ablation.json`) and is rewritten as rows complete, so it may
 # hold only some of them.
 #
-# The path is chosen by the same outer folds that score it: of several input sizes and two learning-rate
-# schedules, the best-scoring ones became the defaults, so that row's seed-0 score is somewhat optimistic. A seed also draws the folds
+# The path is chosen by the same outer folds that score it: the defaults' 300-epoch schedule scored
+# best of the two tried at seed 0, so that row's seed-0 score is somewhat optimistic. (Its 128 px input
+# was chosen on an earlier record, made on another processor in float32, where it beat 160, 224 and
+# 96 px; in this record 160 px scores higher at 80 epochs.) A seed also draws the folds
 # (`covidlib.crossval.nested_folds`), so the defaults row's other seeds score it on splits that took no
 # part in the choice.
 
@@ -224,8 +226,8 @@ if ablation is not None:
 # Every outer fold of the ablation trains on 32 labelled slices. `benchmarks/learning_curve.py`
 # trains `train`'s recipe (as it stood when the record ran; named below) on fewer of them (each
 # smaller set inside the larger ones), with the same inner validation slices, the same outer test
-# fold and as many optimizer steps, so that only the number of labels changes. Where the curve still climbs at 32, more labels would help; a book about
-# few labels should know how steep it is.
+# fold and as many optimizer steps, so that only the number of labels changes. Where the curve
+# still climbs at 32, more labels would help; a book about few labels should know how steep it is.
 
 # %%
 curve = references["learning_curve"]
