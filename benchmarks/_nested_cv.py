@@ -20,7 +20,7 @@ import torch
 from covidlib.config import runtime_summary
 from covidlib.fingerprint import data_fingerprint
 from covidlib.recipe import Recipe
-from covidlib.records import read_reference, reference_dir
+from covidlib.records import ReferenceRecord, read_reference, reference_dir
 from covidlib.results import write_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,24 +85,43 @@ def mean_scores(per_case: dict[str, dict[str, float]]) -> dict[str, float]:
     return {metric: float(np.mean([row[metric] for row in per_case.values()])) for metric in METRICS}
 
 
-def stored_units(record: Path, parameters: dict[str, Any], runtime: dict[str, Any],
-                 key: tuple[str, ...] = ("seed", "fold")) -> dict[tuple, dict]:
-    """The units (``numbers.units``) of an earlier ``record`` that still hold, keyed by their ``key``
-    fields: none when the file is missing, its code or data changed, a parameter other than the seeds
-    and the data's folder differs from ``parameters``, or it ran with other numerics (threads,
-    bfloat16) than ``runtime``. A committed partial record is thus where the next machine continues."""
+#: The runtime settings that change a training's last bits: a unit computed otherwise is another number.
+NUMERICS = ("threads", "cpu_bf16")
+
+
+def other_numerics(record: dict[str, Any], runtime: dict[str, Any]) -> list[str]:
+    """The :data:`NUMERICS` settings in which ``record`` ran otherwise than ``runtime`` describes."""
+    return [name for name in NUMERICS if record["runtime"].get(name) != runtime.get(name)]
+
+
+def comparable_record(record: Path, parameters: dict[str, Any], runtime: dict[str, Any]) -> ReferenceRecord | None:
+    """The earlier ``record`` when it ran with ``parameters`` (its seeds and the data's folder aside),
+    the numerics of ``runtime`` (threads, bfloat16) and the same data; ``None``, after saying why, otherwise."""
     if not record.exists():
-        return {}
+        return None
     earlier = read_reference(record)
     same = all(earlier.record["parameters"].get(name) == value for name, value in parameters.items()
                if name not in ("seeds", "data_root"))
-    numerics = all(earlier.record["runtime"].get(name) == runtime.get(name) for name in ("threads", "cpu_bf16"))
-    data = data_fingerprint(parameters["data_root"])
-    if earlier.stale or not same or not numerics or earlier.record["fingerprint"]["data"] != data:
-        reason = (f"its code changed ({', '.join(earlier.stale)})" if earlier.stale else
-                  "its parameters differ" if not same else
-                  "it ran at other threads or precision" if not numerics else "the data changed")
+    reason = ("its parameters differ" if not same else
+              "it ran at other threads or precision" if other_numerics(earlier.record, runtime) else
+              "the data changed" if earlier.record["fingerprint"]["data"] != data_fingerprint(parameters["data_root"])
+              else None)
+    if reason:
         print(f"{record}: not resuming from it, {reason}", flush=True)
+        return None
+    return earlier
+
+
+def stored_units(record: Path, parameters: dict[str, Any], runtime: dict[str, Any],
+                 key: tuple[str, ...] = ("seed", "fold")) -> dict[tuple, dict]:
+    """The units (``numbers.units``) of an earlier ``record`` that still hold, keyed by their ``key``
+    fields: none when the record is not :func:`comparable_record` or its code changed.
+    A committed partial record is thus where the next machine continues."""
+    earlier = comparable_record(record, parameters, runtime)
+    if earlier is None:
+        return {}
+    if earlier.stale:
+        print(f"{record}: not resuming from it, its code changed ({', '.join(earlier.stale)})", flush=True)
         return {}
     return {tuple(unit[name] for name in key): unit for unit in earlier.numbers.get("units", [])}
 

@@ -8,11 +8,12 @@ comes with a 95 % bootstrap CI over (fold, seed) units. Test-time augmentation n
 its row scores the models of the row above with ``tta_`` metrics. The record goes to
 ``records/reference-covid-semiseg/ablation.json`` (committed; chapter 09 shows it).
 
-Resumable: every (recipe, seed, fold) is cached under ``--runs``; run the same command again to
-continue. The record is rewritten after each row with every row computed so far, each over the
-seeds whose folds are all there (rows may differ: a change is measured on the (seed, fold) runs
-both rows have). Processes given different ``--rows`` share the cache (on this 2-core CPU one
-process at 2 threads finishes sooner than two side by side).
+Resumable across machines: the record keeps every (seed, fold) run of each row's training recipe
+(``numbers.runs``, with the code that trained it) and is rewritten after each, so a committed partial
+record is where the next machine continues; a training in progress resumes from its last epoch in
+``--runs``. A row shows the seeds whose folds are all there (rows may differ: a change is measured
+on the (seed, fold) runs both rows have). A record made at other numerics (threads, bfloat16) is
+never continued or overwritten: its rows would mix last bits.
 
     .venv/bin/python benchmarks/ablation.py --seeds 0,1,2
     .venv/bin/python benchmarks/ablation.py --seeds 0 --rows 5,6     # only these rows
@@ -30,11 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
-from _nested_cv import begin, integers, nested_cv_parser, quick_recipe
-from covidlib.crossval import run_nested_cv
+from _nested_cv import begin, comparable_record, integers, nested_cv_parser, other_numerics, quick_recipe
+from covidlib.crossval import run_key, run_nested_cv
 from covidlib.datasets import get_dataset
 from covidlib.inference import prepare_slices
+from covidlib.fingerprint import changed_sources
 from covidlib.recipe import Recipe
+from covidlib.records import read_reference
 from covidlib.results import write_record
 from covidlib.statistics import paired_bootstrap_ci
 
@@ -76,46 +79,87 @@ STEPS: list[Step] = [
 ]
 
 
-#: The seeds a record looks for; a row holds each of them whose folds are all computed.
-RECORD_SEEDS = tuple(range(10))
-
-
-def per_unit(results: list[dict], metric: str) -> dict[tuple[int, int], float]:
-    """``{(seed, fold): mean of metric over the fold's test slices}``."""
-    return {(r["seed"], r["fold"]): float(np.mean([row[metric] for row in r["per_case"].values()])) for r in results}
+#: The scores a unit keeps: Dice at 0.5 and Inf-Net's mean Dice, without and with TTA.
+UNIT_SCORES = ("dice", "infnet_mean_dice", "tta_dice", "tta_infnet_mean_dice")
 
 
 def main() -> None:
     parser = nested_cv_parser(__doc__, runs="ablation", record="ablation.json", seeds="0,1,2")
     parser.add_argument("--rows", type=integers,
-                        help="compute only these rows, in this order (e.g. 4,2); the record holds every "
-                             "complete row, so processes given different rows can run side by side")
+                        help="compute only these rows, in this order (e.g. 4,2); the record keeps every "
+                             "row computed before")
     args = parser.parse_args()
     runtime = begin(args)
     if runtime is None:
         return
-    seeds = args.seeds
     dataset = get_dataset("covid-semiseg", args.data_root)
-    recipe = quick_recipe(REPORT) if args.quick else REPORT
-    recipes = build_recipes(recipe, quick=args.quick)
+    recipes = build_recipes(quick_recipe(REPORT) if args.quick else REPORT, quick=args.quick)
     if not args.quick and Recipe() not in recipes:
         raise SystemExit("no row is Recipe(), the defaults of 'train': update STEPS or Recipe")
-    order = range(len(STEPS)) if args.rows is None else args.rows
+    keys = [run_key(training_recipe(recipe), dataset.name, args.folds) for recipe in recipes]
+    parameters = {"data_root": args.data_root, "folds": args.folds, "quick": args.quick}
+    runs = stored_runs(Path(args.out) / "ablation.json", parameters, runtime)
     prepared_by_size: dict[int, object] = {}
-
-    def results_of(index: int, row_seeds: Sequence[int], compute: bool) -> list[dict]:
-        recipe = recipes[index]
-        if recipe.image_size not in prepared_by_size:
+    for index in range(len(STEPS)) if args.rows is None else args.rows:
+        recipe, run = training_recipe(recipes[index]), runs.setdefault(keys[index], new_run())
+        done = {(unit["seed"], unit["fold"]) for unit in run["units"]}
+        todo = [(seed, fold) for seed in args.seeds for fold in range(args.folds) if (seed, fold) not in done]
+        print(f"row {index}: {STEPS[index].name}: {len(todo)} of {len(args.seeds) * args.folds} runs to compute",
+              flush=True)
+        if todo and recipe.image_size not in prepared_by_size:
             prepared_by_size[recipe.image_size] = prepare_slices(dataset, recipe.image_size)
-        # TTA changes scoring only: every row trains with it on, so a TTA row reuses the row above's models
-        return run_nested_cv(dataset, prepared_by_size[recipe.image_size], dataclasses.replace(recipe, tta=True),
-                             args.runs, folds=args.folds, seeds=row_seeds, compute=compute,
-                             progress=compute)
+        for seed, fold in todo:
+            result, = run_nested_cv(dataset, prepared_by_size[recipe.image_size], recipe, args.runs, folds=args.folds,
+                                    seeds=[seed], fold_indices=[fold])
+            add_result(run, result)
+            write_rows(args, runtime, runs, keys, recipes)
+    write_rows(args, runtime, runs, keys, recipes)
 
-    for index in order:
-        print(f"computing row {index}: {STEPS[index].name}", flush=True)
-        results_of(index, seeds, compute=True)
-        write_complete_rows(args, runtime, results_of, recipes)
+
+def training_recipe(recipe: Recipe) -> Recipe:
+    """What a row trains: TTA changes scoring only, so every row trains with it on and a TTA row
+    reuses the models of the row above."""
+    return dataclasses.replace(recipe, tta=True)
+
+
+def new_run() -> dict:
+    """A run (the units of one training recipe): the code that trained it, its (seed, fold) units, and
+    the seconds they took (each entry the total of the units it names)."""
+    return {"code": {}, "units": [], "seconds": []}
+
+
+def add_result(run: dict, result: dict) -> None:
+    """Add one (seed, fold) result of :func:`covidlib.crossval.run_nested_cv` to ``run`` as a unit:
+    each of :data:`UNIT_SCORES` averaged over the fold's test slices, the epochs and the seconds."""
+    per_case = result["per_case"].values()
+    run["code"] = result["code"]
+    run["units"].append({"seed": result["seed"], "fold": result["fold"],
+                         "scores": {metric: float(np.mean([row[metric] for row in per_case])) for metric in UNIT_SCORES},
+                         "epochs_run": result["epochs_run"], "best_epoch": result["best_epoch"]})
+    run["seconds"].append({"units": [[result["seed"], result["fold"]]], "wall_seconds": result["wall_seconds"],
+                           "cpu_seconds": result["cpu_seconds"]})
+
+
+def stored_runs(record: Path, parameters: dict, runtime: dict) -> dict[str, dict]:
+    """``{run key: run}`` of the earlier ``record`` that still hold: same parameters and data
+    (:func:`_nested_cv.comparable_record`) and unchanged training code. A record made at other numerics
+    (threads, bfloat16) is refused: its rows cannot take units computed here, and rewriting it would drop them."""
+    if record.exists() and (differ := other_numerics(earlier_runtime := read_reference(record).record, runtime)):
+        raise SystemExit(f"{record} was computed with "
+                         + ", ".join(f"{name}={earlier_runtime['runtime'].get(name)}" for name in differ)
+                         + "; this process has " + ", ".join(f"{name}={runtime.get(name)}" for name in differ)
+                         + ". Its rows cannot take units of other numerics: continue on a machine like the one "
+                         f"it names ({earlier_runtime['runtime'].get('device_name', '?')}), or pass --out DIR "
+                         "for a separate record.")
+    earlier = comparable_record(record, parameters, runtime)
+    runs = {}
+    for key, run in (earlier.numbers.get("runs", {}) if earlier else {}).items():
+        if changed := changed_sources(run["code"]):
+            print(f"{record}: the runs {key} are computed afresh, their code changed ({', '.join(changed)})",
+                  flush=True)
+        else:
+            runs[key] = run
+    return runs
 
 
 #: What ``--quick`` makes of a change of these fields: every size 80 px, every longer schedule 3 epochs.
@@ -142,55 +186,60 @@ def row_index(name: str) -> int:
     return next(index for index, step in enumerate(STEPS) if step.name == name)
 
 
-def complete_seeds(results: list[dict], folds: int) -> list[dict]:
-    """The results of the seeds whose ``folds`` outer folds are all there."""
-    counts = Counter(r["seed"] for r in results)
-    return [r for r in results if counts[r["seed"]] == folds]
+def complete_units(units: list[dict], folds: int) -> list[dict]:
+    """The units of the seeds whose ``folds`` outer folds are all there, in (seed, fold) order."""
+    counts = Counter(unit["seed"] for unit in units)
+    return sorted((unit for unit in units if counts[unit["seed"]] == folds), key=lambda unit: (unit["seed"], unit["fold"]))
 
 
-def write_complete_rows(args: argparse.Namespace, runtime: dict, results_of, recipes: list) -> None:
-    """Write the record of every row with at least one seed whose folds are all stored, over such
-    seeds (:data:`RECORD_SEEDS`); a path row's change is measured against the nearest such path row
-    above it, an alternative's against its base, on the (seed, fold) runs both rows have."""
+def write_rows(args: argparse.Namespace, runtime: dict, runs: dict[str, dict], keys: list[str],
+               recipes: list[Recipe]) -> None:
+    """Write the record: the runs, and a row for each step whose run (``runs[keys[index]]``) has a seed
+    with all its folds, over such seeds; a path row's change is measured against the nearest such path
+    row above it, an alternative's against its base, on the (seed, fold) units both rows have."""
     rows, path_end, complete = [], None, {}
     for index, step in enumerate(STEPS):
-        name, with_tta = step.name, step.scored_with_tta
-        results = complete_seeds(results_of(index, RECORD_SEEDS, compute=False), args.folds)
-        if not results:
+        run = runs.get(keys[index], new_run())
+        units = complete_units(run["units"], args.folds)
+        if not units:
             continue
-        prefix = "tta_" if with_tta else ""
-        units = {metric: per_unit(results, prefix + metric) for metric in ("dice", "infnet_mean_dice")}
-        row = {"name": name, "recipe": dataclasses.asdict(recipes[index]), "scored_with_tta": with_tta,
-               "base": step.base, "seeds": sorted({r["seed"] for r in results}),
-               "dice_by_unit": [[seed, fold, value] for (seed, fold), value in units["dice"].items()],
-               "infnet_mean_dice_by_unit": [[s, f, v] for (s, f), v in units["infnet_mean_dice"].items()],
-               "dice_mean": float(np.mean(list(units["dice"].values()))),
-               "dice_sd_over_units": float(np.std(list(units["dice"].values()), ddof=1)),
-               "infnet_mean_dice_mean": float(np.mean(list(units["infnet_mean_dice"].values()))),
-               "epochs_run": [r["epochs_run"] for r in results], "best_epoch": [r["best_epoch"] for r in results],
-               "train_wall_seconds": float(sum(r["wall_seconds"] for r in results)),
-               "train_cpu_seconds": float(sum(r["cpu_seconds"] for r in results))}
+        prefix = "tta_" if step.scored_with_tta else ""
+        scores = {metric: {(unit["seed"], unit["fold"]): unit["scores"][prefix + metric] for unit in units}
+                  for metric in ("dice", "infnet_mean_dice")}
+        timed = [entry for entry in run["seconds"] if {tuple(unit) for unit in entry["units"]} <= set(scores["dice"])]
+        row = {"name": step.name, "recipe": dataclasses.asdict(recipes[index]), "run": keys[index],
+               "scored_with_tta": step.scored_with_tta, "base": step.base,
+               "seeds": sorted({unit["seed"] for unit in units}),
+               "dice_by_unit": [[seed, fold, value] for (seed, fold), value in scores["dice"].items()],
+               "infnet_mean_dice_by_unit": [[s, f, v] for (s, f), v in scores["infnet_mean_dice"].items()],
+               "dice_mean": float(np.mean(list(scores["dice"].values()))),
+               "dice_sd_over_units": float(np.std(list(scores["dice"].values()), ddof=1)),
+               "infnet_mean_dice_mean": float(np.mean(list(scores["infnet_mean_dice"].values()))),
+               "epochs_run": [unit["epochs_run"] for unit in units], "best_epoch": [unit["best_epoch"] for unit in units],
+               "train_wall_seconds": float(sum(entry["wall_seconds"] for entry in timed)),
+               "train_cpu_seconds": float(sum(entry["cpu_seconds"] for entry in timed))}
         against = step.base or path_end
-        keys = sorted(set(units["dice"]) & set(complete.get(against, {}).get("dice", {})))
-        if keys:
-            ci = paired_bootstrap_ci([complete[against]["dice"][k] for k in keys], [units["dice"][k] for k in keys])
+        shared = sorted(set(scores["dice"]) & set(complete.get(against, {})))
+        if shared:
+            ci = paired_bootstrap_ci([complete[against][k] for k in shared], [scores["dice"][k] for k in shared])
             row["dice_change_vs_previous"] = {**ci.as_dict(), "previous": against}
         rows.append(row)
         change = row.get("dice_change_vs_previous")
-        print(f"{name:<45} Dice {row['dice_mean']:.3f} ± {row['dice_sd_over_units']:.3f}, "
+        print(f"{step.name:<45} Dice {row['dice_mean']:.3f} ± {row['dice_sd_over_units']:.3f}, "
               f"Inf-Net mean Dice {row['infnet_mean_dice_mean']:.3f}"
               + (f", change {change['mean_difference']:+.3f} [{change['low']:+.3f}, {change['high']:+.3f}]"
                  if change else ""), flush=True)
-        complete[name] = units
+        complete[step.name] = scores["dice"]
         if step.base is None:
-            path_end = name
-    if not rows:
-        return
+            path_end = step.name
+    kept = {key: {**run, "units": sorted(run["units"], key=lambda unit: (unit["seed"], unit["fold"]))}
+            for key, run in runs.items() if key in keys and run["units"]}
     seeds = sorted({seed for row in rows for seed in row["seeds"]})
     write_record(args.out, "ablation", parameters={"data_root": args.data_root, "seeds": seeds, "folds": args.folds,
                                                    "quick": args.quick},
-                 numbers={"rows": rows, "planned": [step.name for step in STEPS]}, runtime=runtime)
-    print(f"wrote {Path(args.out) / 'ablation.json'} ({len(rows)} of {len(STEPS)} rows complete)", flush=True)
+                 numbers={"rows": rows, "runs": kept, "planned": [step.name for step in STEPS]}, runtime=runtime)
+    print(f"wrote {Path(args.out) / 'ablation.json'} ({len(rows)} of {len(STEPS)} rows complete, "
+          f"{sum(len(run['units']) for run in kept.values())} runs)", flush=True)
 
 
 if __name__ == "__main__":

@@ -44,24 +44,37 @@ def test_quick_rows_shrink_every_size_and_schedule_change(ablation):
     assert longer and all(recipe.epochs == 3 for recipe in longer)
 
 
-def test_each_change_is_measured_against_its_base_or_the_path_row_above(ablation, tmp_path):
-    # fold f of row r scores 0.5 + 0.01 r + 0.001 f on its single test slice; row 2 is left incomplete
-    def results_of(index: int, seeds, compute: bool) -> list[dict]:
-        if index == 2:
-            return []
-        return [{"seed": 0, "fold": fold, "per_case": {"case": {"dice": 0.5 + 0.01 * index + 0.001 * fold,
-                                                                "tta_dice": 0.5 + 0.01 * index + 0.001 * fold,
-                                                                "infnet_mean_dice": 0.4, "tta_infnet_mean_dice": 0.4}},
-                 "epochs_run": 3, "best_epoch": 2, "wall_seconds": 1.0, "cpu_seconds": 1.0} for fold in range(2)]
-
-    args = argparse.Namespace(out=str(tmp_path), data_root=str(tmp_path), folds=2, quick=True)
+def _runs(ablation, score, present: dict[int, set]) -> tuple[dict, list[str]]:
+    """Runs of the quick recipes: row ``r`` holds the (seed, fold) units ``present[r]``, each scoring
+    ``score(r, seed, fold)`` on every metric, each taking one second."""
     recipes = ablation.build_recipes(ablation.REPORT, quick=True)
-    ablation.write_complete_rows(args, {}, results_of, recipes)
-    rows = {row["name"]: row for row in json.loads((tmp_path / "ablation.json").read_text())["numbers"]["rows"]}
+    keys = [f"run{index}" for index in range(len(recipes))]
+    runs = {}
+    for index, units in present.items():
+        run = runs.setdefault(keys[index], ablation.new_run())
+        for seed, fold in sorted(units):
+            ablation.add_result(run, {"seed": seed, "fold": fold, "code": {},
+                                      "per_case": {"case": {metric: score(index, seed, fold)
+                                                            for metric in ablation.UNIT_SCORES}},
+                                      "epochs_run": 3, "best_epoch": 2, "wall_seconds": 1.0, "cpu_seconds": 2.0})
+    return runs, keys
+
+
+def _write(ablation, tmp_path, runs: dict, keys: list[str]) -> dict:
+    args = argparse.Namespace(out=str(tmp_path), data_root=str(tmp_path), folds=2, quick=True)
+    ablation.write_rows(args, {}, runs, keys, ablation.build_recipes(ablation.REPORT, quick=True))
+    return json.loads((tmp_path / "ablation.json").read_text())
+
+
+def test_each_change_is_measured_against_its_base_or_the_path_row_above(ablation, tmp_path):
+    # fold f of row r scores 0.5 + 0.01 r + 0.001 f on its single test slice; row 2 is left out
+    present = {index: {(0, 0), (0, 1)} for index in range(len(ablation.STEPS)) if index != 2}
+    runs, keys = _runs(ablation, lambda index, seed, fold: 0.5 + 0.01 * index + 0.001 * fold, present)
+    rows = {row["name"]: row for row in _write(ablation, tmp_path, runs, keys)["numbers"]["rows"]}
     names = [step.name for step in ablation.STEPS]
     assert names[2] not in rows and len(rows) == len(names) - 1
     assert "dice_change_vs_previous" not in rows[names[0]]
-    # the path skips the incomplete row: row 3 is measured against row 1
+    # the path skips the missing row: row 3 is measured against row 1
     change = rows[names[3]]["dice_change_vs_previous"]
     assert change["previous"] == names[1] and np.isclose(change["mean_difference"], 0.02)
     for index, step in enumerate(ablation.STEPS):
@@ -76,20 +89,49 @@ def test_rows_hold_their_complete_seeds_and_changes_use_the_runs_both_rows_have(
     # row 0: seeds 0 and 1 complete, seed 2 has one fold of two; row 1: seed 0 only; other rows: none.
     # (seed, fold) scores 0.5 + 0.1 row + 0.01 seed + 0.001 fold, so row 1 - row 0 is 0.1 on seed 0's runs.
     present = {0: {(0, 0), (0, 1), (1, 0), (1, 1), (2, 0)}, 1: {(0, 0), (0, 1)}}
-
-    def results_of(index: int, seeds, compute: bool) -> list[dict]:
-        score = lambda seed, fold: 0.5 + 0.1 * index + 0.01 * seed + 0.001 * fold  # noqa: E731
-        return [{"seed": seed, "fold": fold,
-                 "per_case": {"case": {metric: score(seed, fold) for metric in
-                                       ("dice", "tta_dice", "infnet_mean_dice", "tta_infnet_mean_dice")}},
-                 "epochs_run": 3, "best_epoch": 2, "wall_seconds": 1.0, "cpu_seconds": 1.0}
-                for seed, fold in sorted(present.get(index, ())) if seed in seeds]
-
-    args = argparse.Namespace(out=str(tmp_path), data_root=str(tmp_path), folds=2, quick=True)
-    ablation.write_complete_rows(args, {}, results_of, ablation.build_recipes(ablation.REPORT, quick=True))
-    record = json.loads((tmp_path / "ablation.json").read_text())
+    runs, keys = _runs(ablation, lambda index, seed, fold: 0.5 + 0.1 * index + 0.01 * seed + 0.001 * fold, present)
+    record = _write(ablation, tmp_path, runs, keys)
     first, second = record["numbers"]["rows"]
     assert (first["seeds"], second["seeds"], record["parameters"]["seeds"]) == ([0, 1], [0], [0, 1])
     assert len(first["dice_by_unit"]) == 4 and np.isclose(first["dice_mean"], 0.5 + 0.005 + 0.0005)
+    # the seconds of the incomplete seed's run are not the row's, but its unit is kept for the next machine
+    assert (first["train_wall_seconds"], first["train_cpu_seconds"]) == (4.0, 8.0)
+    assert len(record["numbers"]["runs"]["run0"]["units"]) == 5
     change = second["dice_change_vs_previous"]
     assert change["n"] == 2 and np.isclose(change["mean_difference"], 0.1)
+
+
+def test_a_unit_averages_each_score_over_the_test_slices(ablation):
+    run = ablation.new_run()
+    per_case = {"a": {metric: 0.2 for metric in ablation.UNIT_SCORES}, "b": {metric: 0.6 for metric in ablation.UNIT_SCORES}}
+    ablation.add_result(run, {"seed": 1, "fold": 3, "code": {"covidlib/train.py": "abc"}, "per_case": per_case,
+                              "epochs_run": 9, "best_epoch": 4, "wall_seconds": 5.0, "cpu_seconds": 9.0})
+    assert run["code"] == {"covidlib/train.py": "abc"}
+    (unit,) = run["units"]
+    assert (unit["seed"], unit["fold"], unit["epochs_run"], unit["best_epoch"]) == (1, 3, 9, 4)
+    assert unit["scores"] == pytest.approx({metric: 0.4 for metric in ablation.UNIT_SCORES})
+    assert run["seconds"] == [{"units": [[1, 3]], "wall_seconds": 5.0, "cpu_seconds": 9.0}]
+
+
+def test_a_record_resumes_its_runs_of_unchanged_code_and_refuses_other_numerics(ablation, tmp_path):
+    from covidlib.fingerprint import code_fingerprint
+
+    numerics = {"threads": 2, "cpu_bf16": True}
+    runs, keys = _runs(ablation, lambda index, seed, fold: 0.6, {0: {(0, 0), (0, 1)}, 1: {(0, 0), (0, 1)}})
+    runs["run0"]["code"] = code_fingerprint(["covidlib.recipe"])
+    runs["run1"]["code"] = {"covidlib/recipe.py": "0" * 16}  # trained by code that has changed since
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.png").write_bytes(b"x")
+    args = argparse.Namespace(out=str(tmp_path), data_root=str(data), folds=2, quick=True)
+    ablation.write_rows(args, numerics, runs, keys, ablation.build_recipes(ablation.REPORT, quick=True))
+    record = tmp_path / "ablation.json"
+    parameters = {"data_root": str(data), "folds": 2, "quick": True}
+    stored = ablation.stored_runs(record, parameters, numerics)
+    assert list(stored) == ["run0"] and stored["run0"]["units"] == runs["run0"]["units"]
+    assert ablation.stored_runs(record, {**parameters, "folds": 5}, numerics) == {}
+    assert ablation.stored_runs(tmp_path / "missing.json", parameters, numerics) == {}
+    written = record.read_text()
+    with pytest.raises(SystemExit, match="cpu_bf16=True.*cpu_bf16=False.*--out DIR"):
+        ablation.stored_runs(record, parameters, {**numerics, "cpu_bf16": False})
+    assert record.read_text() == written

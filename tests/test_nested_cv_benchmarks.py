@@ -136,14 +136,19 @@ def test_learning_curve_quick_writes_its_record_and_resumes_from_it(tmp_path):
     written = record_path.read_text()
     assert "every unit is stored" in _run("learning_curve.py", *options)
     assert record_path.read_text() == written and not (tmp_path / "ablation").exists()
+    # so does the ablation's: its record keeps every run
+    assert "0 of 5 runs to compute" in _run("ablation.py", *ablation_options)
+    assert json.loads((tmp_path / "ablation.json").read_text())["numbers"] == ablation
+    assert not (tmp_path / "ablation").exists()
 
 
 @pytest.mark.slow
 @pytest.mark.realdata
 @pytest.mark.skipif(not REAL_SEMISEG.is_dir(), reason="real COVID-SemiSeg data not present")
 def test_semi_recipe_and_ablation_quick_write_their_records(tmp_path):
-    _run("ablation.py", "--seeds", "0", "--rows", "0", "--out", str(tmp_path), "--runs", str(tmp_path / "ablation"),
-         "--threads", "1")
+    ablation_options = ["--seeds", "0", "--rows", "0", "--out", str(tmp_path), "--runs", str(tmp_path / "ablation"),
+                        "--threads", "1"]
+    _run("ablation.py", *ablation_options)
     ablation = json.loads((tmp_path / "ablation.json").read_text())["numbers"]
     assert [row["name"] for row in ablation["rows"]] == [ablation["planned"][0]]
     semi_options = ["--seeds", "0", "--folds", "5", "--out", str(tmp_path), "--supervised-runs",
@@ -158,3 +163,7 @@ def test_semi_recipe_and_ablation_quick_write_their_records(tmp_path):
     written = record_path.read_text()
     assert "5 of 5 units stored" in _run("semi_recipe.py", *semi_options)
     assert record_path.read_text() == written and not (tmp_path / "ablation").exists()
+    # so does the ablation's: its record keeps every run
+    assert "0 of 5 runs to compute" in _run("ablation.py", *ablation_options)
+    assert json.loads((tmp_path / "ablation.json").read_text())["numbers"] == ablation
+    assert not (tmp_path / "ablation").exists()
