@@ -62,8 +62,9 @@ TRAIN_TIMES = (
     "Cost at the defaults on COVID-SemiSeg, measured alone on a 2-core Intel Xeon with AMX (bfloat16, torch's "
     "default 2 threads): train took 4.0 min wall and 7.3 CPU-minutes (all 300 epochs; the best epoch was 297), "
     "using 1.3 GB of memory, and --semi both added 0.5 min wall (pseudo-labelling the 1,600 unlabelled slices and "
-    "8 epochs). A CPU without native bfloat16 trains in float32, several times slower: a 2-core AMD EPYC "
-    "(AVX2) took 4.1 min for the earlier 80-epoch defaults, so expect about 15 min there. Not yet timed on a GPU.")
+    "8 epochs). A CPU without native bfloat16 trains in float32, about 3 times slower: on a 2-core AMD EPYC "
+    "(AVX2, float32) train --semi both took 13.7 min wall and 26.3 CPU-minutes (1.4 GB), of which the supervised "
+    "300 epochs took 12.3 min (best epoch 232). Not yet timed on a GPU.")
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
