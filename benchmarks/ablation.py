@@ -13,7 +13,9 @@ Resumable across machines: the record keeps every (seed, fold) run of each row's
 record is where the next machine continues; a training in progress resumes from its last epoch in
 ``--runs``. A row shows the seeds whose folds are all there (rows may differ: a change is measured
 on the (seed, fold) runs both rows have). A record made at other numerics (threads, bfloat16) is
-never continued or overwritten: its rows would mix last bits.
+never continued or overwritten: its rows would mix last bits. Processes given different ``--rows``
+may share the record and the cache, each keeping the units the other wrote (on this 2-core CPU one
+process at 2 threads finishes sooner than two side by side).
 
     .venv/bin/python benchmarks/ablation.py --seeds 0,1,2
     .venv/bin/python benchmarks/ablation.py --seeds 0 --rows 5,6     # only these rows
@@ -87,7 +89,7 @@ def main() -> None:
     parser = nested_cv_parser(__doc__, runs="ablation", record="ablation.json", seeds="0,1,2")
     parser.add_argument("--rows", type=integers,
                         help="compute only these rows, in this order (e.g. 4,2); the record keeps every "
-                             "row computed before")
+                             "row computed before, and those another process adds")
     args = parser.parse_args()
     runtime = begin(args)
     if runtime is None:
@@ -112,6 +114,8 @@ def main() -> None:
             result, = run_nested_cv(dataset, prepared_by_size[recipe.image_size], recipe, args.runs, folds=args.folds,
                                     seeds=[seed], fold_indices=[fold])
             add_result(run, result)
+            # another process may have added units to the record since: keep them
+            merge_runs(runs, stored_runs(Path(args.out) / "ablation.json", parameters, runtime))
             write_rows(args, runtime, runs, keys, recipes)
     write_rows(args, runtime, runs, keys, recipes)
 
@@ -138,6 +142,17 @@ def add_result(run: dict, result: dict) -> None:
                          "epochs_run": result["epochs_run"], "best_epoch": result["best_epoch"]})
     run["seconds"].append({"units": [[result["seed"], result["fold"]]], "wall_seconds": result["wall_seconds"],
                            "cpu_seconds": result["cpu_seconds"]})
+
+
+def merge_runs(runs: dict[str, dict], other: dict[str, dict]) -> None:
+    """Add to ``runs`` the units of ``other`` (same keys: same recipe and code) that it lacks, with their seconds."""
+    for key, run in other.items():
+        mine = runs.setdefault(key, new_run())
+        mine["code"] = run["code"]
+        have = {(unit["seed"], unit["fold"]) for unit in mine["units"]}
+        mine["units"] += [unit for unit in run["units"] if (unit["seed"], unit["fold"]) not in have]
+        mine["seconds"] += [entry for entry in run["seconds"]
+                            if not {tuple(unit) for unit in entry["units"]} & have and entry not in mine["seconds"]]
 
 
 def stored_runs(record: Path, parameters: dict, runtime: dict) -> dict[str, dict]:

@@ -135,3 +135,15 @@ def test_a_record_resumes_its_runs_of_unchanged_code_and_refuses_other_numerics(
     with pytest.raises(SystemExit, match="cpu_bf16=True.*cpu_bf16=False.*--out DIR"):
         ablation.stored_runs(record, parameters, {**numerics, "cpu_bf16": False})
     assert record.read_text() == written
+
+
+def test_merging_keeps_the_units_another_process_added_and_counts_each_second_once(ablation):
+    mine, keys = _runs(ablation, lambda index, seed, fold: 0.6, {0: {(0, 0)}, 1: {(0, 0)}})
+    theirs, _ = _runs(ablation, lambda index, seed, fold: 0.7, {0: {(0, 0), (0, 1)}, 2: {(1, 0)}})
+    ablation.merge_runs(mine, theirs)
+    assert [(unit["seed"], unit["fold"], unit["scores"]["dice"]) for unit in mine["run0"]["units"]] == [
+        (0, 0, pytest.approx(0.6)), (0, 1, pytest.approx(0.7))]
+    assert [entry["units"] for entry in mine["run0"]["seconds"]] == [[[0, 0]], [[0, 1]]]
+    assert len(mine["run1"]["units"]) == 1 and len(mine["run2"]["units"]) == 1
+    ablation.merge_runs(mine, theirs)  # merging again adds nothing
+    assert len(mine["run0"]["units"]) == 2 and len(mine["run0"]["seconds"]) == 2
