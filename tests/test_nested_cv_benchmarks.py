@@ -136,10 +136,6 @@ def test_learning_curve_quick_writes_its_record_and_resumes_from_it(tmp_path):
     written = record_path.read_text()
     assert "every unit is stored" in _run("learning_curve.py", *options)
     assert record_path.read_text() == written and not (tmp_path / "ablation").exists()
-    # so does the ablation's: its record keeps every run
-    assert "0 of 5 runs to compute" in _run("ablation.py", *ablation_options)
-    assert json.loads((tmp_path / "ablation.json").read_text())["numbers"] == ablation
-    assert not (tmp_path / "ablation").exists()
 
 
 @pytest.mark.slow
