@@ -80,9 +80,9 @@ def quick_recipe(recipe: Recipe) -> Recipe:
     return dataclasses.replace(recipe, **QUICK)
 
 
-def mean_scores(per_case: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Each of :data:`METRICS` averaged over the test slices of ``per_case`` (``{case_id: scores}``)."""
-    return {metric: float(np.mean([row[metric] for row in per_case.values()])) for metric in METRICS}
+def mean_scores(per_case: dict[str, dict[str, float]], metrics: tuple[str, ...] = METRICS) -> dict[str, float]:
+    """Each of ``metrics`` averaged over the test slices of ``per_case`` (``{case_id: scores}``)."""
+    return {metric: float(np.mean([row[metric] for row in per_case.values()])) for metric in metrics}
 
 
 #: The runtime settings that change a training's last bits: a unit computed otherwise is another number.

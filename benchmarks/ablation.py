@@ -28,16 +28,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from collections import Counter
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from _nested_cv import begin, comparable_record, integers, nested_cv_parser, other_numerics, quick_recipe
+from _nested_cv import begin, comparable_record, integers, mean_scores, nested_cv_parser, other_numerics, quick_recipe
 from covidlib.crossval import run_key, run_nested_cv
 from covidlib.datasets import get_dataset
-from covidlib.inference import prepare_slices
 from covidlib.fingerprint import changed_sources
+from covidlib.inference import prepare_slices
 from covidlib.recipe import Recipe
 from covidlib.records import read_reference
 from covidlib.results import write_record
@@ -135,10 +134,9 @@ def new_run() -> dict:
 def add_result(run: dict, result: dict) -> None:
     """Add one (seed, fold) result of :func:`covidlib.crossval.run_nested_cv` to ``run`` as a unit:
     each of :data:`UNIT_SCORES` averaged over the fold's test slices, the epochs and the seconds."""
-    per_case = result["per_case"].values()
     run["code"] = result["code"]
     run["units"].append({"seed": result["seed"], "fold": result["fold"],
-                         "scores": {metric: float(np.mean([row[metric] for row in per_case])) for metric in UNIT_SCORES},
+                         "scores": mean_scores(result["per_case"], UNIT_SCORES),
                          "epochs_run": result["epochs_run"], "best_epoch": result["best_epoch"]})
     run["seconds"].append({"units": [[result["seed"], result["fold"]]], "wall_seconds": result["wall_seconds"],
                            "cpu_seconds": result["cpu_seconds"]})
@@ -159,16 +157,17 @@ def stored_runs(record: Path, parameters: dict, runtime: dict) -> dict[str, dict
     """``{run key: run}`` of the earlier ``record`` that still hold: same parameters and data
     (:func:`_nested_cv.comparable_record`) and unchanged training code. A record made at other numerics
     (threads, bfloat16) is refused: its rows cannot take units computed here, and rewriting it would drop them."""
-    if record.exists() and (differ := other_numerics(earlier_runtime := read_reference(record).record, runtime)):
-        raise SystemExit(f"{record} was computed with "
-                         + ", ".join(f"{name}={earlier_runtime['runtime'].get(name)}" for name in differ)
-                         + "; this process has " + ", ".join(f"{name}={runtime.get(name)}" for name in differ)
-                         + ". Its rows cannot take units of other numerics: continue on a machine like the one "
-                         f"it names ({earlier_runtime['runtime'].get('device_name', '?')}), or pass --out DIR "
-                         "for a separate record.")
-    earlier = comparable_record(record, parameters, runtime)
+    if record.exists():
+        earlier = read_reference(record).record
+        if differ := other_numerics(earlier, runtime):
+            ran = earlier["runtime"]
+            raise SystemExit(f"{record} was computed with " + ", ".join(f"{name}={ran.get(name)}" for name in differ)
+                             + "; this process has " + ", ".join(f"{name}={runtime.get(name)}" for name in differ)
+                             + ". Its rows cannot take units of other numerics: continue on a machine like the one "
+                             f"it names ({ran.get('device_name', '?')}), or pass --out DIR for a separate record.")
+    comparable = comparable_record(record, parameters, runtime)
     runs = {}
-    for key, run in (earlier.numbers.get("runs", {}) if earlier else {}).items():
+    for key, run in (comparable.numbers.get("runs", {}) if comparable else {}).items():
         if changed := changed_sources(run["code"]):
             print(f"{record}: the runs {key} are computed afresh, their code changed ({', '.join(changed)})",
                   flush=True)
