@@ -100,6 +100,9 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="predict without test-time augmentation (default: average the 8 turns and mirrors; "
                              "stored in the checkpoint, so evaluate and predict do the same)")
     parser.add_argument("--mixup-alpha", type=float, default=0.0, help="mixup Beta(alpha, alpha); 0 = no mixup")
+    parser.add_argument("--ema-decay", type=float, default=Recipe.ema_decay,
+                        help="validate and keep a moving average of the weights with this decay per step, e.g. 0.995 "
+                             f"(default {Recipe.ema_decay:g}: the weights themselves)")
     parser.add_argument("--empty-fraction", type=float, default=1.0, help="share of training slices without infection kept")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt when it exists (with --semi: "
@@ -157,7 +160,7 @@ def run_train(args: argparse.Namespace) -> int:
                     depth=args.depth, epochs=_setting(args, "epochs"), lr=args.lr, step_size=args.step_size,
                     gamma=args.gamma, patience=args.patience, batch_size=_setting(args, "batch_size"), loss=args.loss,
                     amp=args.amp, augment=not args.no_augment, dihedral=not args.no_dihedral, tta=not args.no_tta,
-                    empty_fraction=args.empty_fraction, mixup_alpha=args.mixup_alpha,
+                    empty_fraction=args.empty_fraction, mixup_alpha=args.mixup_alpha, ema_decay=args.ema_decay,
                     max_steps_per_epoch=_setting(args, "max_steps_per_epoch"))
     n_unlabelled = 0
     if args.semi:

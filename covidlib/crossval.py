@@ -33,11 +33,11 @@ from covidlib.augment import default_augmentation
 from covidlib.data import SliceDataset, kfold_volumes, seeded_loader, split_volumes
 from covidlib.datasets import Dataset as CaseDataset
 from covidlib.errors import InvalidInputError
-from covidlib.fingerprint import changed_sources, code_fingerprint, settings_key
+from covidlib.fingerprint import changed_sources, code_fingerprint, content_key, settings_key
 from covidlib.inference import PreparedSlices, evaluate_cases
 from covidlib.io import atomic_write_text
 from covidlib.models import get_model
-from covidlib.recipe import Recipe
+from covidlib.recipe import Recipe, key_fields
 from covidlib.train import TrainConfig, Trainer, mixup_transform
 
 
@@ -78,7 +78,8 @@ def train_config(recipe: Recipe, seed: int, device: str, progress: bool) -> Trai
     """``recipe``'s training settings for one run."""
     return TrainConfig(epochs=recipe.epochs, lr=recipe.lr, step_size=recipe.step_size, gamma=recipe.gamma,
                        patience=recipe.patience, loss=recipe.loss, amp=recipe.amp,
-                       max_steps_per_epoch=recipe.max_steps_per_epoch, seed=seed, device=device, progress=progress)
+                       max_steps_per_epoch=recipe.max_steps_per_epoch, seed=seed, device=device, progress=progress,
+                       ema_decay=recipe.ema_decay)
 
 
 def slice_dataset(prepared: PreparedSlices, ids: Sequence[str], recipe: Recipe, *, training: bool,
@@ -89,6 +90,22 @@ def slice_dataset(prepared: PreparedSlices, ids: Sequence[str], recipe: Recipe, 
                         empty_fraction=recipe.empty_fraction if training else 1.0)
 
 
+#: The modules a supervised run's numbers depend on (not covidlib.recipe: a run's key and fingerprint
+#: already hold every field of its recipe, defaults included).
+TRAINING_MODULES = ("covidlib.crossval", "covidlib.train", "covidlib.averaging", "covidlib.inference", "covidlib.data",
+                    "covidlib.augment", "covidlib.losses", "covidlib.metrics", "covidlib.models.unet2d",
+                    "covidlib.models.attention")
+
+
+def training_fingerprint(prepared: PreparedSlices, train_ids: Sequence[str], val_ids: Sequence[str], recipe: Recipe,
+                         seed: int) -> str:
+    """What a supervised run's checkpoints are keyed by, so that ``resume`` never continues a run
+    of other settings, slices or code: the recipe, the seed, the split, the slices' content and
+    :data:`TRAINING_MODULES`' source."""
+    return content_key(dataclasses.asdict(recipe), seed, list(train_ids), list(val_ids),
+                       [prepared.labelled[i] for i in [*train_ids, *val_ids]], code_fingerprint(TRAINING_MODULES))
+
+
 def train_supervised(prepared: PreparedSlices, train_ids: Sequence[str], val_ids: Sequence[str], recipe: Recipe, *,
                      seed: int = 0, device: str = "auto", out_dir: str | Path | None = None, resume: bool = False,
                      metadata: Mapping[str, Any] | None = None, progress: bool = False) -> Trainer:
@@ -96,7 +113,7 @@ def train_supervised(prepared: PreparedSlices, train_ids: Sequence[str], val_ids
 
     With ``out_dir`` the run checkpoints every epoch (``last.pt``, ``best.pt``, readable by
     :func:`covidlib.inference.load_model`, with ``metadata`` added); ``resume`` continues from
-    ``last.pt``. The one training path of nested CV and of ``python -m covidlib train``.
+    ``last.pt`` when it holds the same :func:`training_fingerprint`. The one training path of nested CV and of ``python -m covidlib train``.
     """
     torch.manual_seed(seed)
     model = get_model(recipe.model, **model_options(recipe))
@@ -104,7 +121,8 @@ def train_supervised(prepared: PreparedSlices, train_ids: Sequence[str], val_ids
                       batch_transform=mixup_transform(recipe.mixup_alpha) if recipe.mixup_alpha > 0 else None,
                       metadata={**(metadata or {}), "model": recipe.model, "model_options": model_options(recipe),
                                 "image_size": recipe.image_size, "tta": recipe.tta,
-                                "recipe": dataclasses.asdict(recipe)})
+                                "recipe": dataclasses.asdict(recipe),
+                                "fingerprint": training_fingerprint(prepared, train_ids, val_ids, recipe, seed)})
     train = seeded_loader(slice_dataset(prepared, train_ids, recipe, training=True, seed=seed),
                           recipe.batch_size, shuffle=True, seed=seed)
     val = seeded_loader(slice_dataset(prepared, val_ids, recipe, training=False, seed=seed),
@@ -127,7 +145,7 @@ def score_cases(model: nn.Module, dataset: CaseDataset, case_ids: Sequence[str],
 
 def run_key(recipe: Recipe, dataset: str, folds: int) -> str:
     """The folder name of a recipe's runs: a hash of the recipe, the dataset and the fold count."""
-    return f"{recipe.model}-{settings_key([dataclasses.asdict(recipe), dataset, folds])}"
+    return f"{recipe.model}-{settings_key([key_fields(recipe), dataset, folds])}"
 
 
 def run_nested_cv(dataset: CaseDataset, prepared: PreparedSlices, recipe: Recipe, out_dir: str | Path, *,
@@ -148,10 +166,7 @@ def run_nested_cv(dataset: CaseDataset, prepared: PreparedSlices, recipe: Recipe
         raise InvalidInputError(f"fold_indices must lie in 0..{folds - 1} for {folds} folds, got {list(fold_indices)}")
     ids = sorted(prepared.labelled)
     folder = Path(out_dir) / run_key(recipe, dataset.name, folds)
-    # not covidlib.recipe: the run key already holds every field of the recipe, defaults included
-    code = code_fingerprint(["covidlib.crossval", "covidlib.train", "covidlib.inference", "covidlib.data",
-                             "covidlib.augment", "covidlib.losses", "covidlib.metrics", "covidlib.models.unet2d",
-                             "covidlib.models.attention"])
+    code = code_fingerprint(TRAINING_MODULES)
     results = []
     jobs = [(seed, fold) for seed in seeds for fold in nested_folds(ids, folds, seed)
             if fold_indices is None or fold.index in fold_indices]

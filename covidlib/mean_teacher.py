@@ -51,6 +51,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from covidlib.averaging import ema_update
 from covidlib.coarse import Box, predict_boxes_2d
 from covidlib.config import seed_everything
 from covidlib.crossval import nested_folds
@@ -70,39 +71,6 @@ from covidlib.train import (AMP_CHOICES, Trainer, TrainConfig, resolve_amp, save
 from covidlib.transfer import SliceTraining, fit_volumes, slice_loader
 
 VALIDATE_CHOICES = ("teacher", "student")
-
-
-def ema_alpha(alpha: float, step: int) -> float:
-    """The warm-up EMA decay ``min(1 - 1/(step + 1), alpha)`` (Tarvainen and Valpola 2017)."""
-    if not 0.0 <= alpha <= 1.0:
-        raise InvalidInputError(f"alpha must be in [0, 1], got {alpha!r}")
-    if step < 0:
-        raise InvalidInputError(f"step must be non-negative, got {step!r}")
-    return min(1.0 - 1.0 / (step + 1), alpha)
-
-
-@torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, alpha: float, step: int) -> float:
-    """``teacher <- a_t teacher + (1 - a_t) student`` for every parameter and float buffer; returns ``a_t``.
-
-    Float buffers (BatchNorm running mean/variance) are averaged like weights, so the teacher
-    can run in eval mode; integer buffers (``num_batches_tracked``) are copied. The two
-    networks must have the same architecture.
-    """
-    decay = ema_alpha(alpha, step)
-    teacher_state = teacher.state_dict()
-    student_state = student.state_dict()
-    if teacher_state.keys() != student_state.keys():
-        raise InvalidInputError("teacher and student have different parameter names: they must be copies of one network")
-    for name, value in teacher_state.items():
-        source = student_state[name]
-        if value.shape != source.shape:
-            raise InvalidInputError(f"teacher and student differ at {name}: {tuple(value.shape)} vs {tuple(source.shape)}")
-        if value.is_floating_point():
-            value.mul_(decay).add_(source.detach(), alpha=1.0 - decay)
-        else:
-            value.copy_(source)
-    return decay
 
 
 def sigmoid_rampup(step: float, length: float) -> float:
@@ -195,6 +163,9 @@ class MeanTeacher(Trainer):
     def __init__(self, model: nn.Module, config: TrainConfig | None = None,
                  mean_teacher: MeanTeacherConfig | None = None, *, pseudo_patches: Dataset | None = None,
                  out_dir: str | None = None, metadata: Mapping[str, Any] | None = None) -> None:
+        if config is not None and config.ema_decay > 0:
+            raise InvalidInputError("a MeanTeacher validates its teacher, already a moving average of the student: "
+                                    f"TrainConfig.ema_decay must be 0, got {config.ema_decay!r}")
         super().__init__(model, config, out_dir=out_dir, metadata=metadata)
         self.mean_teacher = mean_teacher or MeanTeacherConfig()
         self.pseudo_patches = pseudo_patches

@@ -23,7 +23,8 @@ class Recipe:
     ``image_size``: square network input in pixels; ``dihedral``: random turns and mirrors on
     top of the report's augmentation; ``tta``: average the predictions over the 8 turns and
     mirrors at test time; ``empty_fraction``: share of infection-free training slices kept;
-    ``mixup_alpha``: mixup's Beta(alpha, alpha), 0 for none. ``model``, ``base_width`` and
+    ``mixup_alpha``: mixup's Beta(alpha, alpha), 0 for none; ``ema_decay``: validate and keep a
+    moving average of the weights (:mod:`covidlib.averaging`), 0 for none. ``model``, ``base_width`` and
     ``depth`` choose the network (:func:`covidlib.models.get_model`); the rest are
     :class:`covidlib.train.TrainConfig`'s.
     """
@@ -46,6 +47,20 @@ class Recipe:
     empty_fraction: float = 1.0
     mixup_alpha: float = 0.0
     max_steps_per_epoch: int | None = None
+    ema_decay: float = 0.0
+
+
+#: Fields added after runs were stored, each with the value that leaves training as it was before
+#: the field existed: :func:`key_fields` omits them at that value, so the stored runs of the recipes
+#: that do not use a feature keep their key.
+LATER_FIELDS: dict[str, Any] = {"ema_decay": 0.0}
+
+
+def key_fields(recipe: Recipe) -> dict[str, Any]:
+    """``recipe``'s fields as stored results are keyed by (:func:`covidlib.crossval.run_key`): all of
+    them, less those of :data:`LATER_FIELDS` at their neutral value."""
+    return {name: value for name, value in asdict(recipe).items()
+            if not (name in LATER_FIELDS and value == LATER_FIELDS[name])}
 
 
 def describe_recipe(fields: Mapping[str, Any]) -> str:

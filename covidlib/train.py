@@ -36,6 +36,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from covidlib.averaging import ema_update
 from covidlib.config import cpu_supports_bf16, get_device
 from covidlib.errors import InvalidInputError
 from covidlib.io import atomic_path
@@ -79,6 +80,9 @@ class TrainConfig:
     float32 first), the BatchNorm running statistics, the weights, their gradients and Adam's
     moments stay float32 (issue 14 traced this).
     ``max_steps_per_epoch`` caps the batches of an epoch (quick mode); ``None`` = all.
+    ``ema_decay``: above 0, an exponential moving average of the weights with this decay
+    (:func:`covidlib.averaging.ema_update`, one update a step) is what is validated and kept,
+    instead of the weights of the step; 0 (the report's recipe) keeps the weights themselves.
     """
 
     epochs: int = 500
@@ -92,6 +96,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     progress: bool = True
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "step_size", "patience"):
@@ -108,6 +113,8 @@ class TrainConfig:
             raise InvalidInputError(f"TrainConfig.max_steps_per_epoch must be None or a positive integer, got {self.max_steps_per_epoch!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise InvalidInputError(f"TrainConfig.seed must be a non-negative integer, got {self.seed!r}")
+        if not (isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1):
+            raise InvalidInputError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay!r}")
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
@@ -285,6 +292,10 @@ class Trainer:
         self.best_epoch = 0
         self.best_state: dict[str, torch.Tensor] | None = None
         self.stopped_early = False
+        self.averaged: nn.Module | None = None
+        if self.config.ema_decay > 0:
+            self.averaged = copy.deepcopy(self.model).requires_grad_(False)
+        self.optimizer_steps = 0
 
     # --- hooks for other objectives -------------------------------------------------------
 
@@ -302,8 +313,9 @@ class Trainer:
         """Called after each optimizer step (mean teacher updates its EMA weights here)."""
 
     def validation_model(self) -> nn.Module:
-        """The network that is validated, kept as best and saved in ``best.pt``."""
-        return self.model
+        """The network that is validated, kept as best and saved in ``best.pt``: the weights'
+        moving average with ``config.ema_decay``, else the network trained."""
+        return self.model if self.averaged is None else self.averaged
 
     def extra_state(self) -> dict[str, Any]:
         """Anything more a subclass must checkpoint (tensors and plain types only)."""
@@ -327,6 +339,9 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.after_step()
+        if self.averaged is not None:
+            ema_update(self.averaged, self.model, self.config.ema_decay, self.optimizer_steps)
+        self.optimizer_steps += 1
         return float(loss.detach())
 
     def fit(self, train_loader: Iterable[Any], val_loader: Iterable[Any], *, resume: bool = False) -> list[dict[str, float]]:
@@ -335,7 +350,7 @@ class Trainer:
         ``resume=True`` continues from ``out_dir/last.pt`` when it exists and carries the same
         ``metadata["fingerprint"]`` as this Trainer (a fresh start otherwise: a checkpoint of
         other settings, inputs or code is never continued). At the end the model holds the best
-        weights by validation Dice.
+        weights by validation Dice (with ``config.ema_decay``: the best average's).
         """
         loader_generator = getattr(train_loader, "generator", None)
         if resume and self.out_dir is None:
@@ -375,6 +390,8 @@ class Trainer:
         bar.close()
         if self.best_state is not None:
             self.validation_model().load_state_dict(self.best_state)
+            if self.averaged is not None:
+                self.model.load_state_dict(self.best_state)
         return self.history
 
     # --- internals ---------------------------------------------------------------------------
@@ -425,6 +442,8 @@ class Trainer:
             "best_metric": self.best_metric,
             "best_epoch": self.best_epoch,
             "stopped_early": self.stopped_early,
+            "optimizer_steps": self.optimizer_steps,
+            "averaged": None if self.averaged is None else self.averaged.state_dict(),
             "history": self.history,
             "config": dataclasses.asdict(self.config),
             "metadata": copy.deepcopy(self.metadata),
@@ -442,6 +461,9 @@ class Trainer:
         self.best_metric = float(state["best_metric"])
         self.best_epoch = int(state["best_epoch"])
         self.stopped_early = bool(state["stopped_early"])
+        self.optimizer_steps = int(state["optimizer_steps"])
+        if self.averaged is not None:
+            self.averaged.load_state_dict(state["averaged"])
         self.history = [dict(row) for row in state["history"]]
         self.load_extra_state(state["extra"])
         best_path = self.out_dir / BEST_CHECKPOINT if self.out_dir is not None else None

@@ -117,3 +117,20 @@ def test_every_recipe_field_is_in_the_run_key_so_its_defaults_are_not_code(phant
         keys.add(crossval.run_key(dataclasses.replace(TINY, **{field.name: another(getattr(TINY, field.name))}),
                                   dataset.name, 3))
     assert len(keys) == len(dataclasses.fields(Recipe)) + 1
+
+
+def test_a_checkpoint_of_other_code_or_slices_is_not_continued(phantom, tmp_path, monkeypatch):
+    dataset, prepared = phantom
+    ids = sorted(prepared.labelled)
+    train_ids, val_ids = ids[:4], ids[4:6]
+    first = crossval.train_supervised(prepared, train_ids, val_ids, TINY, out_dir=tmp_path / "run")
+    again = crossval.train_supervised(prepared, train_ids, val_ids, TINY, out_dir=tmp_path / "run", resume=True)
+    assert again.history == first.history  # finished: read back, not trained again
+    real = crossval.code_fingerprint
+    monkeypatch.setattr(crossval, "code_fingerprint", lambda modules: {**real(modules), "covidlib/train.py": "0" * 16})
+    changed = crossval.train_supervised(prepared, train_ids, val_ids, TINY, out_dir=tmp_path / "run", resume=True)
+    assert [row["seconds"] for row in changed.history] != [row["seconds"] for row in first.history]  # trained afresh
+    monkeypatch.undo()
+    other_slices = crossval.train_supervised(prepared, ids[1:5], val_ids, TINY, out_dir=tmp_path / "run", resume=True)
+    assert other_slices.metadata["fingerprint"] != first.metadata["fingerprint"]
+    assert other_slices.history[0]["seconds"] != first.history[0]["seconds"]

@@ -91,7 +91,8 @@ def test_defaults_are_the_reports_recipe() -> None:
 
 
 @pytest.mark.parametrize("field, value", [("epochs", 0), ("lr", -1.0), ("gamma", 1.5), ("patience", 0),
-                                          ("amp", "fp8"), ("max_steps_per_epoch", 0), ("seed", -1)])
+                                          ("amp", "fp8"), ("max_steps_per_epoch", 0), ("seed", -1), ("ema_decay", 1.0),
+                                          ("ema_decay", -0.1)])
 def test_config_rejects_bad_values(field: str, value: object) -> None:
     with pytest.raises(InvalidInputError, match=field if field != "amp" else "amp"):
         TrainConfig(**{field: value})
@@ -430,3 +431,53 @@ def test_training_figures() -> None:
         show_attention_maps(images, images[:1], images, {})
     with pytest.raises(InvalidInputError, match="at least one"):
         show_learning_curves({"a": []})
+
+
+class RecordingTrainer(Trainer):
+    """Keeps the network's weights after every optimizer step."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.after_each_step: list[dict[str, torch.Tensor]] = []
+
+    def after_step(self) -> None:
+        self.after_each_step.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+
+
+def test_ema_decay_validates_and_keeps_the_moving_average_of_the_weights() -> None:
+    train, val = loaders()
+    trainer = RecordingTrainer(tiny_model(), quick_config(epochs=1, ema_decay=0.6))
+    trainer.fit(train, val)
+    # by hand: a_0 = 0 copies the first step's weights, then a_t = min(1 - 1/(t+1), 0.6): 0.5, 0.6, 0.6
+    expected = {k: v.clone() for k, v in trainer.after_each_step[0].items()}
+    for step, weights in enumerate(trainer.after_each_step[1:], start=1):
+        decay = min(1 - 1 / (step + 1), 0.6)
+        for name, value in expected.items():
+            expected[name] = decay * value + (1 - decay) * weights[name] if value.is_floating_point() else weights[name]
+    assert len(trainer.after_each_step) == 4
+    for name, value in trainer.validation_model().state_dict().items():
+        torch.testing.assert_close(value, expected[name])
+    # one epoch is the best epoch: the network handed back holds the average, not its last step
+    assert_same_state(trainer.model.state_dict(), trainer.validation_model().state_dict())
+    assert not torch.equal(trainer.model.state_dict()["encoder.0.0.weight"],
+                           trainer.after_each_step[-1]["encoder.0.0.weight"])
+
+
+def test_without_ema_decay_the_network_itself_is_validated() -> None:
+    trainer = Trainer(tiny_model(), quick_config())
+    assert trainer.averaged is None and trainer.validation_model() is trainer.model
+
+
+def test_ema_training_resumes_exactly(tmp_path: Path) -> None:
+    train, val = loaders()
+    straight = Trainer(tiny_model(), quick_config(epochs=3, ema_decay=0.9), out_dir=tmp_path / "straight")
+    straight.fit(train, val)
+    train, val = loaders()
+    Trainer(tiny_model(), quick_config(epochs=2, ema_decay=0.9), out_dir=tmp_path / "resumed").fit(train, val)
+    train, val = loaders()
+    resumed = Trainer(tiny_model(seed=4), quick_config(epochs=3, ema_decay=0.9), out_dir=tmp_path / "resumed")
+    resumed.fit(train, val, resume=True)
+    assert without_times(resumed.history) == without_times(straight.history)
+    assert_same_state(resumed.model.state_dict(), straight.model.state_dict())
+    assert_same_state(load_checkpoint(tmp_path / "resumed" / LAST_CHECKPOINT)["averaged"],
+                      load_checkpoint(tmp_path / "straight" / LAST_CHECKPOINT)["averaged"])
