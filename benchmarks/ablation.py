@@ -11,7 +11,10 @@ its row scores the models of the row above with ``tta_`` metrics. The record goe
 Resumable across machines: the record keeps every (seed, fold) run of each row's training recipe
 (``numbers.runs``, with the code that trained it) and is rewritten after each, so a committed partial
 record is where the next machine continues; a training in progress resumes from its last epoch in
-``--runs``. A row shows the seeds whose folds are all there (rows may differ: a change is measured
+``--runs``. A run trained by code that has changed since is rechecked first, whichever rows are
+asked for: one of its units is retrained and, when the numbers reproduce to the last bit, the run's
+units stand (a new option, off by default, costs a unit a run); otherwise they are computed afresh,
+and until then the row is left out. A row shows the seeds whose folds are all there (rows may differ: a change is measured
 on the (seed, fold) runs both rows have). A record made at other numerics (threads, bfloat16) is
 never continued or overwritten: its rows would mix last bits. Processes given different ``--rows``
 may share the record and the cache, each keeping the units the other wrote (on this 2-core CPU one
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -101,18 +105,27 @@ def main() -> None:
     parameters = {"data_root": args.data_root, "folds": args.folds, "quick": args.quick}
     runs = stored_runs(Path(args.out) / "ablation.json", parameters, runtime)
     prepared_by_size: dict[int, object] = {}
+
+    def train_unit(index: int, seed: int, fold: int) -> dict:
+        recipe = training_recipe(recipes[index])
+        if recipe.image_size not in prepared_by_size:
+            prepared_by_size[recipe.image_size] = prepare_slices(dataset, recipe.image_size)
+        result, = run_nested_cv(dataset, prepared_by_size[recipe.image_size], recipe, args.runs, folds=args.folds,
+                                seeds=[seed], fold_indices=[fold])
+        return result
+
+    for index, key in enumerate(keys):
+        if runs.get(key, new_run())["units"] and (changed := changed_sources(runs[key]["code"])):
+            runs[key] = recheck(runs[key], changed, lambda seed, fold: train_unit(index, seed, fold))
+            write_rows(args, runtime, runs, keys, recipes)
     for index in range(len(STEPS)) if args.rows is None else args.rows:
-        recipe, run = training_recipe(recipes[index]), runs.setdefault(keys[index], new_run())
+        run = runs.setdefault(keys[index], new_run())
         done = {(unit["seed"], unit["fold"]) for unit in run["units"]}
         todo = [(seed, fold) for seed in args.seeds for fold in range(args.folds) if (seed, fold) not in done]
         print(f"row {index}: {STEPS[index].name}: {len(todo)} of {len(args.seeds) * args.folds} runs to compute",
               flush=True)
-        if todo and recipe.image_size not in prepared_by_size:
-            prepared_by_size[recipe.image_size] = prepare_slices(dataset, recipe.image_size)
         for seed, fold in todo:
-            result, = run_nested_cv(dataset, prepared_by_size[recipe.image_size], recipe, args.runs, folds=args.folds,
-                                    seeds=[seed], fold_indices=[fold])
-            add_result(run, result)
+            add_result(run, train_unit(index, seed, fold))
             # another process may have added units to the record since: keep them
             merge_runs(runs, stored_runs(Path(args.out) / "ablation.json", parameters, runtime))
             write_rows(args, runtime, runs, keys, recipes)
@@ -142,10 +155,36 @@ def add_result(run: dict, result: dict) -> None:
                            "cpu_seconds": result["cpu_seconds"]})
 
 
+def recheck(run: dict, changed: list[str], retrain: Callable[[int, int], dict]) -> dict:
+    """``run``, trained by code that has changed since (``changed``: its files), kept when the current
+    code reproduces its first (seed, fold) unit exactly (``retrain(seed, fold)``: scores, epochs run
+    and best epoch, to the last bit): its units then stand under the current code, the check noted in
+    ``checks``. Otherwise a new run holding the retrained unit. Training is deterministic on one kind of
+    CPU, so a change that leaves the numbers alone (a new option, off by default) costs one unit a
+    run instead of all of them."""
+    first = min(run["units"], key=lambda unit: (unit["seed"], unit["fold"]))
+    fresh = new_run()
+    add_result(fresh, retrain(first["seed"], first["fold"]))
+    again = fresh["units"][0]
+    if again == first:
+        print(f"the current code reproduces unit ({first['seed']}, {first['fold']}) exactly: keeping the run's "
+              f"{len(run['units'])} units", flush=True)
+        return {**run, "code": fresh["code"],
+                "checks": [*run.get("checks", []), {"unit": [first["seed"], first["fold"]], "changed": changed}]}
+    print(f"the current code does not reproduce unit ({first['seed']}, {first['fold']}): "
+          f"{first['scores']} then, {again['scores']} now; its units are computed afresh", flush=True)
+    return fresh
+
+
 def merge_runs(runs: dict[str, dict], other: dict[str, dict]) -> None:
-    """Add to ``runs`` the units of ``other`` (same keys: same recipe and code) that it lacks, with their seconds."""
+    """Add to ``runs`` the units of ``other`` that it lacks, with their seconds, where both runs have the
+    same code; where they differ, the run of the current code is kept whole."""
     for key, run in other.items():
         mine = runs.setdefault(key, new_run())
+        if run["code"] != mine["code"] and mine["units"]:
+            if changed_sources(mine["code"]) and not changed_sources(run["code"]):
+                runs[key] = run
+            continue
         mine["code"] = run["code"]
         have = {(unit["seed"], unit["fold"]) for unit in mine["units"]}
         mine["units"] += [unit for unit in run["units"] if (unit["seed"], unit["fold"]) not in have]
@@ -154,8 +193,9 @@ def merge_runs(runs: dict[str, dict], other: dict[str, dict]) -> None:
 
 
 def stored_runs(record: Path, parameters: dict, runtime: dict) -> dict[str, dict]:
-    """``{run key: run}`` of the earlier ``record`` that still hold: same parameters and data
-    (:func:`_nested_cv.comparable_record`) and unchanged training code. A record made at other numerics
+    """``{run key: run}`` of the earlier ``record`` when it holds: same parameters and data
+    (:func:`_nested_cv.comparable_record`); runs of changed training code are among them, for
+    :func:`recheck`. A record made at other numerics
     (threads, bfloat16) is refused: its rows cannot take units computed here, and rewriting it would drop them."""
     if record.exists():
         earlier = read_reference(record).record
@@ -166,13 +206,11 @@ def stored_runs(record: Path, parameters: dict, runtime: dict) -> dict[str, dict
                              + ". Its rows cannot take units of other numerics: continue on a machine like the one "
                              f"it names ({ran.get('device_name', '?')}), or pass --out DIR for a separate record.")
     comparable = comparable_record(record, parameters, runtime)
-    runs = {}
-    for key, run in (comparable.numbers.get("runs", {}) if comparable else {}).items():
+    runs = comparable.numbers.get("runs", {}) if comparable else {}
+    for key, run in runs.items():
         if changed := changed_sources(run["code"]):
-            print(f"{record}: the runs {key} are computed afresh, their code changed ({', '.join(changed)})",
-                  flush=True)
-        else:
-            runs[key] = run
+            print(f"{record}: the runs {key} were trained by code changed since ({', '.join(changed)}): "
+                  "one unit is retrained to check them", flush=True)
     return runs
 
 
@@ -214,7 +252,7 @@ def write_rows(args: argparse.Namespace, runtime: dict, runs: dict[str, dict], k
     rows, path_end, complete = [], None, {}
     for index, step in enumerate(STEPS):
         run = runs.get(keys[index], new_run())
-        units = complete_units(run["units"], args.folds)
+        units = [] if changed_sources(run["code"]) else complete_units(run["units"], args.folds)
         if not units:
             continue
         prefix = "tta_" if step.scored_with_tta else ""

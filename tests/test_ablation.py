@@ -113,7 +113,7 @@ def test_a_unit_averages_each_score_over_the_test_slices(ablation):
     assert run["seconds"] == [{"units": [[1, 3]], "wall_seconds": 5.0, "cpu_seconds": 9.0}]
 
 
-def test_a_record_resumes_its_runs_of_unchanged_code_and_refuses_other_numerics(ablation, tmp_path):
+def test_a_record_resumes_its_runs_shows_only_those_of_unchanged_code_and_refuses_other_numerics(ablation, tmp_path):
     from covidlib.fingerprint import code_fingerprint
 
     numerics = {"threads": 2, "cpu_bf16": True}
@@ -127,8 +127,11 @@ def test_a_record_resumes_its_runs_of_unchanged_code_and_refuses_other_numerics(
     ablation.write_rows(args, numerics, runs, keys, ablation.build_recipes(ablation.REPORT, quick=True))
     record = tmp_path / "ablation.json"
     parameters = {"data_root": str(data), "folds": 2, "quick": True}
+    # the stale run is kept for a recheck, but is no row
+    assert [row["name"] for row in json.loads(record.read_text())["numbers"]["rows"]] == [ablation.STEPS[0].name]
     stored = ablation.stored_runs(record, parameters, numerics)
-    assert list(stored) == ["run0"] and stored["run0"]["units"] == runs["run0"]["units"]
+    assert list(stored) == ["run0", "run1"] and stored["run0"]["units"] == runs["run0"]["units"]
+    assert stored["run1"]["units"] == runs["run1"]["units"]
     assert ablation.stored_runs(record, {**parameters, "folds": 5}, numerics) == {}
     assert ablation.stored_runs(tmp_path / "missing.json", parameters, numerics) == {}
     written = record.read_text()
@@ -147,3 +150,45 @@ def test_merging_keeps_the_units_another_process_added_and_counts_each_second_on
     assert len(mine["run1"]["units"]) == 1 and len(mine["run2"]["units"]) == 1
     ablation.merge_runs(mine, theirs)  # merging again adds nothing
     assert len(mine["run0"]["units"]) == 2 and len(mine["run0"]["seconds"]) == 2
+
+
+def _result(seed: int, fold: int, score: float, code: dict) -> dict:
+    return {"seed": seed, "fold": fold, "code": code, "per_case": {"case": {m: score for m in ("dice", "infnet_mean_dice",
+                                                                                            "tta_dice", "tta_infnet_mean_dice")}},
+            "epochs_run": 3, "best_epoch": 2, "wall_seconds": 1.0, "cpu_seconds": 2.0}
+
+
+def test_a_run_of_changed_code_is_kept_only_when_the_current_code_reproduces_a_unit_exactly(ablation):
+    from covidlib.fingerprint import code_fingerprint
+
+    current, old = code_fingerprint(["covidlib.recipe"]), {"covidlib/recipe.py": "0" * 16}
+    runs, _ = _runs(ablation, lambda index, seed, fold: 0.6 + 0.01 * fold, {0: {(0, 1), (0, 0), (1, 0)}})
+    run = {**runs["run0"], "code": old}
+    asked = []
+
+    def same(seed, fold):
+        asked.append((seed, fold))
+        return _result(seed, fold, 0.6 + 0.01 * fold, current)
+
+    kept = ablation.recheck(run, ["covidlib/recipe.py"], same)
+    assert asked == [(0, 0)]  # one unit, the first
+    assert kept["code"] == current and kept["units"] == run["units"] and kept["seconds"] == run["seconds"]
+    assert kept["checks"] == [{"unit": [0, 0], "changed": ["covidlib/recipe.py"]}]
+    # the last bit differs: every unit is computed afresh, starting from the one just retrained
+    fresh = ablation.recheck(run, ["covidlib/recipe.py"], lambda seed, fold: _result(seed, fold, 0.6 + 1e-12, current))
+    assert [(u["seed"], u["fold"]) for u in fresh["units"]] == [(0, 0)] and "checks" not in fresh
+    assert fresh["units"][0]["scores"]["dice"] == 0.6 + 1e-12
+
+
+def test_merging_keeps_the_run_of_the_current_code_whole(ablation):
+    from covidlib.fingerprint import code_fingerprint
+
+    current, old = code_fingerprint(["covidlib.recipe"]), {"covidlib/recipe.py": "0" * 16}
+    stale, _ = _runs(ablation, lambda index, seed, fold: 0.6, {0: {(0, 0), (0, 1)}})
+    rechecked, _ = _runs(ablation, lambda index, seed, fold: 0.6, {0: {(0, 0)}})
+    stale["run0"]["code"], rechecked["run0"]["code"] = old, current
+    mine = {key: dict(run) for key, run in stale.items()}
+    ablation.merge_runs(mine, rechecked)
+    assert mine["run0"] == rechecked["run0"]
+    ablation.merge_runs(mine, stale)  # a stale run of another process does not undo the check
+    assert mine["run0"] == rechecked["run0"]
