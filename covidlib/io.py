@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
+import stat
 import tempfile
 import zlib
 from collections.abc import Iterator
@@ -271,13 +272,22 @@ def write_volume(volume: Volume, path: str | Path, *, compress: bool = True) -> 
 # Atomic writes: every file the book writes goes through these
 
 
+def _umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, *, suffix: str = ".tmp") -> Iterator[Path]:
     """A temporary path beside ``path`` for a writer that needs a file name (torch.save, SimpleITK).
 
     The file is renamed over ``path`` when the ``with`` block ends normally, and removed when it
     raises, so ``path`` is never left partial. ``suffix`` is the temporary file's ending (writers
-    that choose a format by it need the target's, e.g. ``".nii.gz"``). The folder is created.
+    that choose a format by it need the target's, e.g. ``".nii.gz"``). The folder is created. The
+    file gets the permissions of the file it replaces, or those a new file gets under the umask
+    (not the owner-only ones of a temporary file).
 
     Introduced in chapter 01.
     """
@@ -288,6 +298,7 @@ def atomic_path(path: str | Path, *, suffix: str = ".tmp") -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -260,6 +260,20 @@ def test_atomic_writes_replace_whole_files_or_leave_the_old_one(tmp_path: Path) 
     assert sorted(p.name for p in target.parent.iterdir()) == ["record.json"]  # no temporary file left
 
 
+def test_atomic_writes_give_a_new_file_the_umask_permissions_and_keep_an_old_files(tmp_path: Path) -> None:
+    previous = os.umask(0o027)
+    try:
+        fresh = io.atomic_write_text(tmp_path / "fresh.json", "{}")
+        assert fresh.stat().st_mode & 0o777 == 0o640  # 0o666 less the umask, not a temporary file's 0o600
+        kept = tmp_path / "kept.json"
+        kept.write_text("old")
+        kept.chmod(0o604)
+        io.atomic_write_text(kept, "new")
+        assert kept.stat().st_mode & 0o777 == 0o604
+    finally:
+        os.umask(previous)
+
+
 def test_write_rejects_multi_file_formats(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="cannot write"):
         write_volume(small_volume(), tmp_path / "scan.mhd")
