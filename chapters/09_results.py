@@ -50,7 +50,6 @@ output_dir = "results"
 digits = 3
 
 # %%
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -204,7 +203,7 @@ if ablation is not None:
     for row in ablation.numbers["rows"]:
         change = row.get("dice_change_vs_previous")
         versus = f" vs “{change['previous']}”" if change and "previous" in change else ""
-        defaults = " (`train`'s defaults)" if row["recipe"] == dataclasses.asdict(Recipe()) else ""
+        defaults = " (`train`'s defaults)" if Recipe(**row["recipe"]) == Recipe() else ""
         rows.append((row["name"] + defaults, cell(row["dice_mean"], row["dice_sd_over_units"]), cell(row["infnet_mean_dice_mean"]),
                      f"{change['mean_difference']:+.3f} [{change['low']:+.3f}, {change['high']:+.3f}]{versus}"
                      if change else "—", str(len(row["dice_by_unit"])),
@@ -307,7 +306,7 @@ if cv_04:
 if ablation is not None and ablation.numbers["rows"]:
     # the defaults row, not the best-scoring one: rows may hold different seeds, and its extra seeds are
     # splits that took no part in choosing it
-    defaults_row = next((row for row in ablation.numbers["rows"] if row["recipe"] == dataclasses.asdict(Recipe())),
+    defaults_row = next((row for row in ablation.numbers["rows"] if Recipe(**row["recipe"]) == Recipe()),
                         None)
     semi_inf = next(r for r in PUBLISHED if r.method == "Semi-Inf-Net")
     if defaults_row is not None:
