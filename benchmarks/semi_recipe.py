@@ -12,7 +12,9 @@ recipe's turns and mirrors) and epoch selection on those validation slices:
 - ``pseudo_slices``: + whole-slice pseudo-labels, A''s test-time-augmented probabilities
   (:mod:`covidlib.self_training`), a self-training baseline the report does not have;
 - ``control_ema``: labels only with the mean teacher's consistency (the EMA teacher kept);
-- ``mean_teacher``: + the patch pseudo-labels (chapter 08).
+- ``mean_teacher``: + the patch pseudo-labels (chapter 08);
+- ``consistency_slices``: + the mean teacher's consistency on the whole unlabelled slices, without
+  pseudo-labels (Tarvainen and Valpola's own semi-supervised setting).
 
 Every arm is scored on the outer test fold with test-time augmentation, Dice at 0.5 and Inf-Net's
 mean Dice; each semi-supervised arm's paired difference to its control (and to A') comes with a
@@ -53,9 +55,11 @@ RECIPE = Recipe()
 #: Each continuation: (the arm of :func:`covidlib.mean_teacher.arm_setup` it trains as, its pseudo-labels).
 ARMS = {"control": ("control", None), "pseudo_labels": ("pseudo_labels", "patches"),
         "pseudo_slices": ("pseudo_labels", "slices"), "control_ema": ("control_ema", None),
-        "mean_teacher": ("mean_teacher", "patches")}
-CONTROLS = {"pseudo_labels": "control", "pseudo_slices": "control", "mean_teacher": "control_ema"}
-LABELS = {**ARM_LABELS, "pseudo_slices": "+ whole-slice pseudo-labels (A′'s TTA probabilities)"}
+        "mean_teacher": ("mean_teacher", "patches"), "consistency_slices": ("consistency", "slices")}
+CONTROLS = {"pseudo_labels": "control", "pseudo_slices": "control", "mean_teacher": "control_ema",
+            "consistency_slices": "control_ema"}
+LABELS = {**ARM_LABELS, "pseudo_slices": "+ whole-slice pseudo-labels (A′'s TTA probabilities)",
+          "consistency_slices": "+ mean teacher on the whole unlabelled slices (consistency only)"}
 
 
 def run_fold(args: argparse.Namespace, dataset, prepared, recipe: Recipe, a_prime_result: dict,
@@ -73,8 +77,9 @@ def run_fold(args: argparse.Namespace, dataset, prepared, recipe: Recipe, a_prim
                                            settings, rng=np.random.default_rng(seed))
     unlabelled = np.stack([image[0] for image in prepared.unlabelled])
     probabilities = pseudo_label_slices(a_prime, unlabelled, recipe.image_size, tta=recipe.tta)
-    sources = {"patches": patches,
-               "slices": PseudoSliceDataset(unlabelled, probabilities, transform=default_augmentation(
+    # a slice dataset counts its draws: each arm gets its own, so an arm's batches do not depend on the arms before it
+    sources = {"patches": lambda: patches,
+               "slices": lambda: PseudoSliceDataset(unlabelled, probabilities, transform=default_augmentation(
                    dihedral=recipe.dihedral), seed=seed)}
     result = {"seed": seed, "fold": a_prime_result["fold"], "test": test_ids,
               "threshold": pseudo["threshold"], "pseudo": pseudo["pseudo"],
@@ -86,7 +91,7 @@ def run_fold(args: argparse.Namespace, dataset, prepared, recipe: Recipe, a_prim
     for name, (arm, source) in ARMS.items():
         started = time.perf_counter()
         trainer = continue_arm(a_prime, prepared.labelled, train_ids, val_ids, settings, arm,
-                               sources[source] if source else None, seed=seed)
+                               sources[source]() if source else None, seed=seed)
         result["scores"][name] = mean_scores(score_cases(trainer.validation_model(), dataset, test_ids, recipe))
         result["best_epoch"][name], result["steps"][name] = trainer.best_epoch, trainer.global_step
         result["seconds"][name] = time.perf_counter() - started

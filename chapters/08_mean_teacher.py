@@ -284,9 +284,11 @@ show_grouped_values({f"{arm} − {control}": reference.numbers["summary"]["dice"
 # ablation it marks (its epoch chosen on the inner validation slices; the record names the recipe it
 # ran, so a record that predates today's defaults says so), and each arm continues
 # it over all 1,600 unlabelled slices with the same steps, noise, augmentation and selection as its
-# control. Beside the report's patch pseudo-labels it tries the simplest alternative, whole-slice
-# pseudo-labels: A′'s own test-time-augmented probabilities on each unlabelled slice
-# (self-training, {mod}`covidlib.self_training`). Every arm is scored with test-time augmentation.
+# control. Beside the report's patch pseudo-labels it tries two alternatives on the whole unlabelled
+# slices: pseudo-labels that are A′'s own test-time-augmented probabilities (self-training,
+# {mod}`covidlib.self_training`), and the mean teacher as Tarvainen and Valpola use it, its consistency
+# cost on the unlabelled slices with no pseudo-labels at all (a record that predates this arm lacks
+# its row). Every arm is scored with test-time augmentation.
 
 # %%
 semi_recipe = load_reference("semi_recipe")

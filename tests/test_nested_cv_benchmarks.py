@@ -153,7 +153,8 @@ def test_semi_recipe_and_ablation_quick_write_their_records(tmp_path):
     record_path = tmp_path / "semi_recipe.json"
     semi = json.loads(record_path.read_text())["numbers"]
     assert semi["units_planned"] == 5 and len(semi["thresholds"]) == 5 and len(semi["units"]) == 5
-    assert {"control", "pseudo_labels", "pseudo_slices", "control_ema", "mean_teacher"} <= {r["arm"] for r in semi["rows"]}
+    assert [r["arm"] for r in semi["rows"]] == ["supervised", "control", "pseudo_labels", "pseudo_slices", "control_ema",
+                                                "mean_teacher", "consistency_slices"]
     # the record alone resumes the run: without A''s checkpoints nothing is trained again
     shutil.rmtree(tmp_path / "ablation")
     written = record_path.read_text()

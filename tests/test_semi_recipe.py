@@ -23,8 +23,8 @@ def _unit(seed: int, fold: int, offsets: dict[str, float]) -> dict:
 
 def test_rows_hold_unit_means_and_paired_differences_to_control_and_a_prime(semi_recipe):
     arms = ["supervised", *semi_recipe.ARMS]
-    first = _unit(0, 0, dict(zip(arms, [0.0, 0.01, 0.03, -0.05, 0.0, 0.02])))
-    second = _unit(0, 1, dict(zip(arms, [0.1, 0.09, 0.13, 0.05, 0.1, 0.1])))
+    first = _unit(0, 0, dict(zip(arms, [0.0, 0.01, 0.03, -0.05, 0.0, 0.02, 0.03], strict=True)))
+    second = _unit(0, 1, dict(zip(arms, [0.1, 0.09, 0.13, 0.05, 0.1, 0.1, 0.08], strict=True)))
     summary = semi_recipe.summarise([first, second])
     rows = {row["arm"]: row for row in summary["rows"]}
     assert list(rows) == arms
@@ -39,6 +39,9 @@ def test_rows_hold_unit_means_and_paired_differences_to_control_and_a_prime(semi
     np.testing.assert_allclose(rows["pseudo_slices"]["tta_dice_change_vs_control"]["mean_difference"], -0.05)
     assert rows["mean_teacher"]["tta_dice_change_vs_control"]["against"] == "control_ema"
     np.testing.assert_allclose(rows["mean_teacher"]["tta_dice_change_vs_supervised"]["mean_difference"], 0.01)
+    # consistency_slices - control_ema: +0.03 and -0.02
+    assert rows["consistency_slices"]["tta_dice_change_vs_control"]["against"] == "control_ema"
+    np.testing.assert_allclose(rows["consistency_slices"]["tta_dice_change_vs_control"]["mean_difference"], 0.005)
     assert "tta_dice_change_vs_control" not in rows["control"] and "tta_dice_change_vs_supervised" in rows["control"]
     assert "tta_dice_change_vs_supervised" not in rows["supervised"]
     assert summary["thresholds"] == [0.95, 0.95] and summary["seconds"] == {"pseudo_labelling": 4.0}
