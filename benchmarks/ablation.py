@@ -157,8 +157,8 @@ def add_result(run: dict, result: dict) -> None:
 
 def recheck(run: dict, changed: list[str], retrain: Callable[[int, int], dict]) -> dict:
     """``run``, trained by code that has changed since (``changed``: its files), kept when the current
-    code reproduces its first (seed, fold) unit exactly (``retrain(seed, fold)``: scores, epochs run
-    and best epoch, to the last bit): its units then stand under the current code, the check noted in
+    code reproduces its first (seed, fold) unit exactly (``retrain(seed, fold)``: every score the unit
+    holds, epochs run and best epoch, to the last bit): its units then stand under the current code, the check noted in
     ``checks``. Otherwise a new run holding the retrained unit. Training is deterministic on one kind of
     CPU, so a change that leaves the numbers alone (a new option, off by default) costs one unit a
     run instead of all of them."""
@@ -166,7 +166,9 @@ def recheck(run: dict, changed: list[str], retrain: Callable[[int, int], dict]) 
     fresh = new_run()
     add_result(fresh, retrain(first["seed"], first["fold"]))
     again = fresh["units"][0]
-    if again == first:
+    # a stored unit may hold only the scores its rows show (units carried over from an older record)
+    if (all(again[name] == first[name] for name in ("epochs_run", "best_epoch"))
+            and all(again["scores"][name] == value for name, value in first["scores"].items())):
         print(f"the current code reproduces unit ({first['seed']}, {first['fold']}) exactly: keeping the run's "
               f"{len(run['units'])} units", flush=True)
         return {**run, "code": fresh["code"],

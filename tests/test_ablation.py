@@ -164,6 +164,8 @@ def test_a_run_of_changed_code_is_kept_only_when_the_current_code_reproduces_a_u
     current, old = code_fingerprint(["covidlib.recipe"]), {"covidlib/recipe.py": "0" * 16}
     runs, _ = _runs(ablation, lambda index, seed, fold: 0.6 + 0.01 * fold, {0: {(0, 1), (0, 0), (1, 0)}})
     run = {**runs["run0"], "code": old}
+    # units carried over from an older record hold only the scores their rows show
+    run["units"] = [{**unit, "scores": {"tta_dice": unit["scores"]["tta_dice"]}} for unit in run["units"]]
     asked = []
 
     def same(seed, fold):
@@ -178,6 +180,8 @@ def test_a_run_of_changed_code_is_kept_only_when_the_current_code_reproduces_a_u
     fresh = ablation.recheck(run, ["covidlib/recipe.py"], lambda seed, fold: _result(seed, fold, 0.6 + 1e-12, current))
     assert [(u["seed"], u["fold"]) for u in fresh["units"]] == [(0, 0)] and "checks" not in fresh
     assert fresh["units"][0]["scores"]["dice"] == 0.6 + 1e-12
+    later_epoch = {**_result(0, 0, 0.6, current), "best_epoch": 3}
+    assert "checks" not in ablation.recheck(run, ["covidlib/recipe.py"], lambda seed, fold: later_epoch)
 
 
 def test_merging_keeps_the_run_of_the_current_code_whole(ablation):
