@@ -1,10 +1,10 @@
 """Unlabelled data on top of the best supervised recipe: nested CV on COVID-SemiSeg, each arm against its control.
 
-A' is the ablation's best row (``+ 128 px input``, :func:`covidlib.crossval.run_nested_cv`, read
-from the ablation's cache ``--supervised-runs`` or trained there): for each (seed, outer fold) it
-was trained on the inner split and its epoch chosen on the inner validation slices. Five
-continuations of it then take the same optimizer steps, input noise, augmentation (with the
-recipe's turns and mirrors) and epoch selection on those validation slices:
+A' is ``train``'s defaults (``Recipe()``, a row of ``benchmarks/ablation.py``), trained by
+:func:`covidlib.crossval.run_nested_cv` or read from the ablation's cache ``--supervised-runs``: for
+each (seed, outer fold) it was trained on the inner split and its epoch chosen on the inner
+validation slices. Six continuations of it then take the same optimizer steps, input noise,
+augmentation (with the recipe's turns and mirrors) and epoch selection on those validation slices:
 
 - ``control``: labels only (the student kept);
 - ``pseudo_labels``: + the report's patch pseudo-labels of all 1,600 unlabelled slices (chapter 07;
@@ -64,7 +64,7 @@ LABELS = {**ARM_LABELS, "pseudo_slices": "+ whole-slice pseudo-labels (A′'s TT
 
 def run_fold(args: argparse.Namespace, dataset, prepared, recipe: Recipe, a_prime_result: dict,
              checkpoint: Path) -> dict:
-    """The five continuations of one (seed, fold)'s A', scored on its outer test fold."""
+    """The continuations of :data:`ARMS` from one (seed, fold)'s A', scored on its outer test fold."""
     seed, train_ids, val_ids, test_ids = (a_prime_result[k] for k in ("seed", "train", "val", "test"))
     a_prime, _ = load_model(checkpoint)
     settings = semi_supervised_settings(recipe.image_size, len(train_ids), network=recipe.model,
