@@ -4,8 +4,10 @@ Each path row adds one change to the row above; an alternative row applies its c
 row instead and is measured against it (a change tried there, kept or set aside). Every row is
 nested 5-fold cross-validation of the 50 labelled slices (:func:`covidlib.crossval.run_nested_cv`:
 the outer fold only scores) over the given seeds, and its paired difference to the row it changes
-comes with a 95 % bootstrap CI over (fold, seed) units. Test-time augmentation needs no training:
-its row scores the models of the row above with ``tta_`` metrics. The record goes to
+comes with a 95 % bootstrap CI over (fold, seed) units. Test-time augmentation and a threshold chosen
+on the inner validation slices need no training: their rows score the models of the row they change
+with ``tta_`` metrics and at that threshold (a unit stored before that score existed is computed again
+for such a row). The record goes to
 ``records/reference-covid-semiseg/ablation.json`` (committed; chapter 09 shows it).
 
 Resumable across machines: the record keeps every (seed, fold) run of each row's training recipe
@@ -31,7 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -81,11 +83,25 @@ STEPS: list[Step] = [
     Step("+ 160 px input", {"image_size": 160}, base="+ 300 epochs, no early stop"),
     Step("+ 600 epochs (× 0.8 every 150)", {"epochs": 600, "step_size": 150, "patience": 600},
          base="+ 300 epochs, no early stop"),
+    Step("+ threshold chosen on the inner split", {"select_threshold": True}, base="+ 600 epochs (× 0.8 every 150)"),
 ]
 
 
-#: The scores a unit keeps: Dice at 0.5 and Inf-Net's mean Dice, without and with TTA.
-UNIT_SCORES = ("dice", "infnet_mean_dice", "tta_dice", "tta_infnet_mean_dice")
+#: The scores a unit keeps: Dice at 0.5 and Inf-Net's mean Dice, without and with TTA, and Dice with
+#: TTA at the threshold chosen on the inner validation slices (whose value the unit keeps too).
+UNIT_SCORES = ("dice", "infnet_mean_dice", "tta_dice", "tta_infnet_mean_dice", "tta_dice_at_val_threshold")
+
+
+def row_scores(step: Step, recipe: Recipe) -> dict[str, str]:
+    """The unit scores a row reports as its Dice and its Inf-Net mean Dice."""
+    prefix = "tta_" if step.scored_with_tta else ""
+    return {"dice": prefix + ("dice_at_val_threshold" if recipe.select_threshold else "dice"),
+            "infnet_mean_dice": prefix + "infnet_mean_dice"}
+
+
+def has_scores(unit: dict, names: Iterable[str]) -> bool:
+    """Whether ``unit`` holds every score of ``names`` (a unit stored before a score existed lacks it)."""
+    return set(names) <= set(unit["scores"])
 
 
 def main() -> None:
@@ -120,7 +136,8 @@ def main() -> None:
             write_rows(args, runtime, runs, keys, recipes)
     for index in range(len(STEPS)) if args.rows is None else args.rows:
         run = runs.setdefault(keys[index], new_run())
-        done = {(unit["seed"], unit["fold"]) for unit in run["units"]}
+        needed = row_scores(STEPS[index], recipes[index]).values()
+        done = {(unit["seed"], unit["fold"]) for unit in run["units"] if has_scores(unit, needed)}
         todo = [(seed, fold) for seed in args.seeds for fold in range(args.folds) if (seed, fold) not in done]
         print(f"row {index}: {STEPS[index].name}: {len(todo)} of {len(args.seeds) * args.folds} runs to compute",
               flush=True)
@@ -133,9 +150,10 @@ def main() -> None:
 
 
 def training_recipe(recipe: Recipe) -> Recipe:
-    """What a row trains: TTA changes scoring only, so every row trains with it on and a TTA row
-    reuses the models of the row above."""
-    return dataclasses.replace(recipe, tta=True)
+    """What a row trains: TTA and the threshold change scoring only (every unit holds the scores
+    of both settings), so every row trains with TTA on and without a chosen threshold, and a TTA or
+    threshold row reuses the models of the row it changes."""
+    return dataclasses.replace(recipe, tta=True, select_threshold=False)
 
 
 def new_run() -> dict:
@@ -146,13 +164,17 @@ def new_run() -> dict:
 
 def add_result(run: dict, result: dict) -> None:
     """Add one (seed, fold) result of :func:`covidlib.crossval.run_nested_cv` to ``run`` as a unit:
-    each of :data:`UNIT_SCORES` averaged over the fold's test slices, the epochs and the seconds."""
+    each of :data:`UNIT_SCORES` averaged over the fold's test slices, the threshold chosen on the
+    inner validation slices, the epochs and the seconds. It replaces a unit of the same (seed, fold)
+    stored without some of these scores, and the seconds that named that unit."""
+    unit = [result["seed"], result["fold"]]
     run["code"] = result["code"]
+    run["units"] = [old for old in run["units"] if [old["seed"], old["fold"]] != unit]
+    run["seconds"] = [entry for entry in run["seconds"] if unit not in entry["units"]]
     run["units"].append({"seed": result["seed"], "fold": result["fold"],
-                         "scores": mean_scores(result["per_case"], UNIT_SCORES),
+                         "scores": mean_scores(result["per_case"], UNIT_SCORES), "val_threshold": result["val_threshold"],
                          "epochs_run": result["epochs_run"], "best_epoch": result["best_epoch"]})
-    run["seconds"].append({"units": [[result["seed"], result["fold"]]], "wall_seconds": result["wall_seconds"],
-                           "cpu_seconds": result["cpu_seconds"]})
+    run["seconds"].append({"units": [unit], "wall_seconds": result["wall_seconds"], "cpu_seconds": result["cpu_seconds"]})
 
 
 def recheck(run: dict, changed: list[str], retrain: Callable[[int, int], dict]) -> dict:
@@ -171,7 +193,9 @@ def recheck(run: dict, changed: list[str], retrain: Callable[[int, int], dict]) 
             and all(again["scores"][name] == value for name, value in first["scores"].items())):
         print(f"the current code reproduces unit ({first['seed']}, {first['fold']}) exactly: keeping the run's "
               f"{len(run['units'])} units", flush=True)
-        return {**run, "code": fresh["code"],
+        # the retrained unit may hold scores the stored one lacks
+        units = [again if unit is first else unit for unit in run["units"]]
+        return {**run, "code": fresh["code"], "units": units,
                 "checks": [*run.get("checks", []), {"unit": [first["seed"], first["fold"]], "changed": changed}]}
     print(f"the current code does not reproduce unit ({first['seed']}, {first['fold']}): "
           f"{first['scores']} then, {again['scores']} now; its units are computed afresh", flush=True)
@@ -254,12 +278,13 @@ def write_rows(args: argparse.Namespace, runtime: dict, runs: dict[str, dict], k
     rows, path_end, complete = [], None, {}
     for index, step in enumerate(STEPS):
         run = runs.get(keys[index], new_run())
-        units = [] if changed_sources(run["code"]) else complete_units(run["units"], args.folds)
+        names = row_scores(step, recipes[index])
+        units = [] if changed_sources(run["code"]) else complete_units(
+            [unit for unit in run["units"] if has_scores(unit, names.values())], args.folds)
         if not units:
             continue
-        prefix = "tta_" if step.scored_with_tta else ""
-        scores = {metric: {(unit["seed"], unit["fold"]): unit["scores"][prefix + metric] for unit in units}
-                  for metric in ("dice", "infnet_mean_dice")}
+        scores = {metric: {(unit["seed"], unit["fold"]): unit["scores"][name] for unit in units}
+                  for metric, name in names.items()}
         timed = [entry for entry in run["seconds"] if {tuple(unit) for unit in entry["units"]} <= set(scores["dice"])]
         row = {"name": step.name, "recipe": dataclasses.asdict(recipes[index]), "run": keys[index],
                "scored_with_tta": step.scored_with_tta, "base": step.base,

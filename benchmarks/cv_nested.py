@@ -46,10 +46,11 @@ def main() -> None:
     results = run_nested_cv(dataset, prepared, recipe, args.runs, folds=args.folds, seeds=seeds,
                             fold_indices=args.fold_indices)
     print(recipe)
-    metric_names = [m for m in ("dice", "tta_dice", "infnet_mean_dice", "tta_infnet_mean_dice") if m in results[0]["per_case"][results[0]["test"][0]]]
+    metric_names = [m for m in ("dice", "tta_dice", "dice_at_val_threshold", "tta_dice_at_val_threshold",
+                                "infnet_mean_dice", "tta_infnet_mean_dice") if m in results[0]["per_case"][results[0]["test"][0]]]
     for metric in metric_names:
         for seed, values in fold_means(results, metric).items():
-            print(f"{metric:<22} seed {seed}: folds {' '.join(f'{v:.3f}' for v in values)}  "
+            print(f"{metric:<26} seed {seed}: folds {' '.join(f'{v:.3f}' for v in values)}  "
                   f"mean {np.mean(values):.3f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.3f}")
     epochs = " ".join(f"{r['epochs_run']}({r['best_epoch']})" for r in results)
     minutes = sum(r["wall_seconds"] for r in results) / 60

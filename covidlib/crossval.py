@@ -2,12 +2,12 @@
 
 With 50 labelled slices every choice made on the slices that are then scored inflates the score.
 Here each outer fold's test slices are used once, to score; the epoch is picked on an inner
-validation split of the remaining slices (:func:`nested_folds`), and the threshold is fixed
-(0.5). Each (seed, fold) is one JSON file keyed by the recipe (:class:`covidlib.recipe.Recipe`),
-so a run that is interrupted continues where it stopped, and a changed recipe or changed code is
-computed afresh.
+validation split of the remaining slices (:func:`nested_folds`), and so is a probability threshold
+(:func:`covidlib.inference.choose_threshold`). Each (seed, fold) is one JSON file keyed by the
+recipe (:class:`covidlib.recipe.Recipe`), so a run that is interrupted continues where it stopped,
+and a changed recipe or changed code is computed afresh.
 
-Scores are per slice at the slice's own resolution: Dice at 0.5 and, when
+Scores are per slice at the slice's own resolution: Dice at 0.5 and at the chosen threshold and, when
 :func:`covidlib.metrics.infnet_metrics` is there, Inf-Net's mean Dice over thresholds
 (Fan et al., "Inf-Net", IEEE TMI 2020), the number every published result on COVID-SemiSeg uses.
 
@@ -34,7 +34,8 @@ from covidlib.data import SliceDataset, kfold_volumes, seeded_loader, split_volu
 from covidlib.datasets import Dataset as CaseDataset
 from covidlib.errors import InvalidInputError
 from covidlib.fingerprint import changed_sources, code_fingerprint, content_key, settings_key
-from covidlib.inference import PreparedSlices, evaluate_cases
+from covidlib.inference import PreparedSlices, case_metrics, choose_threshold, predict_cases
+from covidlib.metrics import dice
 from covidlib.io import atomic_write_text
 from covidlib.models import get_model
 from covidlib.recipe import Recipe, key_fields
@@ -132,15 +133,27 @@ def train_supervised(prepared: PreparedSlices, train_ids: Sequence[str], val_ids
 
 
 def score_cases(model: nn.Module, dataset: CaseDataset, case_ids: Sequence[str], recipe: Recipe,
-                device: str | torch.device = "auto") -> dict[str, dict[str, float]]:
-    """``{case_id: scores}`` of ``model`` on ``case_ids`` at each slice's own size
-    (:func:`covidlib.inference.case_metrics`), and with ``recipe.tta`` the same prefixed ``tta_``."""
-    per_case = evaluate_cases(model, dataset, case_ids, recipe.image_size, device)["per_case"]
-    if recipe.tta:
-        with_tta = evaluate_cases(model, dataset, case_ids, recipe.image_size, device, tta=True)["per_case"]
-        for case_id, scores in with_tta.items():
-            per_case[case_id].update({f"tta_{name}": value for name, value in scores.items()})
+                device: str | torch.device = "auto", threshold: float | None = None) -> dict[str, dict[str, float]]:
+    """``{case_id: scores}`` of ``model`` on ``case_ids`` at each slice's own size: at 0.5
+    (:func:`covidlib.inference.case_metrics`), with ``recipe.tta`` the same prefixed ``tta_``; with a
+    ``threshold`` (chosen on validation slices, :func:`covidlib.inference.choose_threshold`) also the
+    Dice of the recipe's own prediction (with TTA when ``recipe.tta``) at it, as ``[tta_]dice_at_val_threshold``."""
+    per_case: dict[str, dict[str, float]] = {}
+    for tta in (False, True) if recipe.tta else (False,):
+        prefix = "tta_" if tta else ""
+        for case_id, probabilities, mask in predict_cases(model, dataset, case_ids, recipe.image_size, device, tta=tta):
+            scores = case_metrics(probabilities, mask)
+            if threshold is not None and tta == recipe.tta:
+                scores["dice_at_val_threshold"] = dice(probabilities > threshold, mask)
+            per_case.setdefault(case_id, {}).update({prefix + name: value for name, value in scores.items()})
     return per_case
+
+
+def scored_metric(recipe: Recipe) -> str:
+    """The per-slice score ``recipe`` is judged by in :func:`score_cases`'s results: Dice, with TTA
+    when ``recipe.tta``, at the threshold chosen on the inner validation slices when
+    ``recipe.select_threshold``, else at 0.5."""
+    return ("tta_" if recipe.tta else "") + ("dice_at_val_threshold" if recipe.select_threshold else "dice")
 
 
 def run_key(recipe: Recipe, dataset: str, folds: int) -> str:
@@ -183,9 +196,11 @@ def run_nested_cv(dataset: CaseDataset, prepared: PreparedSlices, recipe: Recipe
         trainer = train_supervised(prepared, fold.train, fold.val, recipe, seed=seed, device=device,
                                    out_dir=folder / f"seed{seed}_fold{fold.index}" if checkpoints else None,
                                    resume=checkpoints)
-        per_case = score_cases(trainer.model, dataset, fold.test, recipe, trainer.device)
+        threshold = choose_threshold(trainer.model, dataset, fold.val, recipe.image_size, trainer.device, tta=recipe.tta)
+        per_case = score_cases(trainer.model, dataset, fold.test, recipe, trainer.device, threshold)
         result = {"seed": seed, "fold": fold.index, "train": fold.train, "val": fold.val, "test": fold.test,
                   "recipe": dataclasses.asdict(recipe), "dataset": dataset.name, "best_epoch": trainer.best_epoch,
+                  "val_threshold": threshold,
                   "epochs_run": len(trainer.history), "best_val_dice": trainer.best_metric, "per_case": per_case,
                   "history": trainer.history,
                   "wall_seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu_started,

@@ -19,7 +19,7 @@ Introduced in chapter 04.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from covidlib.ct import window_hu, window_label
 from covidlib.datasets import Case
 from covidlib.datasets import Dataset as CaseDataset
 from covidlib.errors import InvalidInputError
-from covidlib.metrics import dice, infnet_metrics, iou, sensitivity, specificity, summarise
+from covidlib.metrics import best_threshold, dice, infnet_metrics, iou, sensitivity, specificity, summarise
 from covidlib.models import MODELS, get_model
 from covidlib.preprocess import normalise_image, preprocess_case
 from covidlib.train import load_checkpoint, predict_proba
@@ -102,17 +102,17 @@ def predict_stack(model: nn.Module, images: np.ndarray, image_size: int, device:
     return np.clip(resize_stack(total / len(symmetries), images.shape[-2:], "bilinear"), 0.0, 1.0)
 
 
-def case_metrics(probabilities: np.ndarray, target: np.ndarray) -> dict[str, float]:
+def case_metrics(probabilities: np.ndarray, target: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
     """Metrics of one case: probabilities (z, H, W) or (H, W) in [0, 1] against its mask.
 
-    Dice, IoU, sensitivity and specificity of the mask at probability 0.5 (over the whole case),
+    Dice, IoU, sensitivity and specificity of the mask at ``threshold`` (over the whole case),
     and Inf-Net's threshold-averaged metrics (:func:`covidlib.metrics.infnet_metrics`, Fan et al.
     2020: the protocol of every published COVID-SemiSeg number) as ``infnet_<name>``, averaged
     over the case's slices (a slice without lesion scores 0 there, Inf-Net's convention; all 50
     COVID-SemiSeg labelled slices have one).
     """
     probabilities, target = np.asarray(probabilities), np.asarray(target)
-    prediction = probabilities > 0.5
+    prediction = probabilities > threshold
     scores = {"dice": dice(prediction, target), "iou": iou(prediction, target),
               "sensitivity": sensitivity(prediction, target), "specificity": specificity(prediction, target)}
     planes = [infnet_metrics(plane, plane_target) for plane, plane_target in
@@ -121,19 +121,38 @@ def case_metrics(probabilities: np.ndarray, target: np.ndarray) -> dict[str, flo
     return scores
 
 
+def predict_cases(model: nn.Module, dataset: CaseDataset, case_ids: Sequence[str], image_size: int,
+                  device: str | torch.device = "auto", *, tta: bool = False) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """``(case_id, probabilities, mask)`` for each of the labelled ``case_ids`` in turn (one case in
+    memory at a time), both (z, H, W) at the case's own resolution (windowed input; ``tta``:
+    :func:`predict_stack`'s)."""
+    for case_id in case_ids:
+        image, mask = prepare_case(_labelled(dataset.load(case_id)))
+        yield case_id, predict_stack(model, image, image_size, device, tta=tta), mask
+
+
+def choose_threshold(model: nn.Module, dataset: CaseDataset, case_ids: Sequence[str], image_size: int,
+                     device: str | torch.device = "auto", *, tta: bool = False) -> float:
+    """The probability threshold with the best mean Dice on ``case_ids``
+    (:func:`covidlib.metrics.best_threshold`): validation cases, never those then scored."""
+    if not case_ids:
+        raise InvalidInputError("no cases to choose a threshold on")
+    predictions = list(predict_cases(model, dataset, case_ids, image_size, device, tta=tta))
+    return best_threshold([probabilities for _, probabilities, _ in predictions], [mask for _, _, mask in predictions])
+
+
 def evaluate_cases(model: nn.Module, dataset: CaseDataset, case_ids: Sequence[str], image_size: int,
-                   device: str | torch.device = "auto", *, tta: bool = False) -> dict[str, Any]:
+                   device: str | torch.device = "auto", *, tta: bool = False, threshold: float = 0.5) -> dict[str, Any]:
     """Metrics of ``model`` on ``case_ids`` (windowed input) at each case's own resolution.
 
     Returns ``{"per_case": {id: case_metrics(...)}, "summary": {metric: summarise(...)}}``;
-    ``tta`` predicts with test-time augmentation (:func:`predict_stack`).
+    ``tta`` predicts with test-time augmentation (:func:`predict_stack`); masks are
+    ``probability > threshold``.
     """
     if not case_ids:
         raise InvalidInputError("no cases to evaluate")
-    per_case = {}
-    for case_id in case_ids:
-        image, mask = prepare_case(_labelled(dataset.load(case_id)))
-        per_case[case_id] = case_metrics(predict_stack(model, image, image_size, device, tta=tta), mask)
+    per_case = {case_id: case_metrics(probabilities, mask, threshold) for case_id, probabilities, mask
+                in predict_cases(model, dataset, case_ids, image_size, device, tta=tta)}
     names = next(iter(per_case.values())).keys()
     return {"per_case": per_case, "summary": {name: summarise(row[name] for row in per_case.values()) for name in names}}
 
@@ -250,6 +269,17 @@ def _architecture_from(metadata: Mapping[str, Any], path: Path) -> Architecture 
         raise InvalidInputError(f"checkpoint {path}: metadata 'model' must be a model name and 'model_options' a dict, "
                                 f"got {metadata['model']!r} and {options!r}")
     return Architecture(metadata["model"], dict(options))
+
+
+def decision_threshold(metadata: Mapping[str, Any], path: str | Path) -> float:
+    """The probability above which the network of checkpoint ``path`` calls a pixel infected:
+    ``metadata["probability_threshold"]`` (chosen on its validation slices by ``python -m covidlib
+    train --select-threshold``), else 0.5."""
+    threshold = metadata.get("probability_threshold", 0.5)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold < 1.0:
+        raise InvalidInputError(f"checkpoint {path}: metadata 'probability_threshold' must be a number in (0, 1), "
+                                f"got {threshold!r}")
+    return float(threshold)
 
 
 def load_model(path: str | Path, architecture: Architecture | None = None) -> tuple[nn.Module, dict[str, Any]]:

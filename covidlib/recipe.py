@@ -24,7 +24,9 @@ class Recipe:
     top of the report's augmentation; ``tta``: average the predictions over the 8 turns and
     mirrors at test time; ``empty_fraction``: share of infection-free training slices kept;
     ``mixup_alpha``: mixup's Beta(alpha, alpha), 0 for none; ``ema_decay``: validate and keep a
-    moving average of the weights (:mod:`covidlib.averaging`), 0 for none. ``model``, ``base_width`` and
+    moving average of the weights (:mod:`covidlib.averaging`), 0 for none; ``select_threshold``:
+    segment at the probability threshold best on the validation slices
+    (:func:`covidlib.inference.choose_threshold`), not at 0.5. ``model``, ``base_width`` and
     ``depth`` choose the network (:func:`covidlib.models.get_model`); the rest are
     :class:`covidlib.train.TrainConfig`'s.
     """
@@ -48,12 +50,13 @@ class Recipe:
     mixup_alpha: float = 0.0
     max_steps_per_epoch: int | None = None
     ema_decay: float = 0.0
+    select_threshold: bool = False
 
 
 #: Fields added after runs were stored, each with the value that leaves training as it was before
 #: the field existed: :func:`key_fields` omits them at that value, so the stored runs of the recipes
 #: that do not use a feature keep their key.
-LATER_FIELDS: dict[str, Any] = {"ema_decay": 0.0}
+LATER_FIELDS: dict[str, Any] = {"ema_decay": 0.0, "select_threshold": False}
 
 
 def key_fields(recipe: Recipe) -> dict[str, Any]:

@@ -61,7 +61,7 @@ from tqdm.auto import tqdm
 from covidlib.config import get_device
 from covidlib.datasets import Case
 from covidlib.errors import InvalidInputError
-from covidlib.inference import Architecture, grey_levels, load_model, normalise_slices, resize_stack
+from covidlib.inference import Architecture, decision_threshold, grey_levels, load_model, normalise_slices, resize_stack
 from covidlib.io import WRITE_SUFFIXES, Volume, atomic_path, read_volume, write_volume
 from covidlib.models import MODELS
 from covidlib.preprocess import LUNG_METHODS, check_ct_volume, crop_to_mask, lung_mask, lungmask_weights, preprocess_case
@@ -335,7 +335,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", choices=AMP_CHOICES, default="auto", help="autocast dtype (auto: bf16/fp16 on a GPU; bf16 on a CPU with native "
                         "bf16 kernels, AVX512-BF16/AMX; else float32)")
     parser.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")
-    parser.add_argument("--threshold", type=float, default=0.5, help="infection when the probability exceeds this")
+    parser.add_argument("--threshold", type=float, help="infection when the probability exceeds this (default: the "
+                        "checkpoint's, chosen on its validation cases by train --select-threshold, else 0.5)")
     parser.add_argument("--model", choices=sorted(MODELS), help="architecture, for checkpoints that do not record it")
     parser.add_argument("--base-width", type=int, help="with --model: channels of the first level")
     parser.add_argument("--depth", type=int, help="with --model: number of poolings")
@@ -361,7 +362,8 @@ def run(args: argparse.Namespace) -> int:
     window_size = int(metadata["image_size"]) if "image_size" in metadata and not preprocess else None
     result = segment_volume(volume, model, device=args.device, lung_method=args.lung_method,
                             lungmask_modelpath=args.lungmask_weights, preprocess=preprocess, window_size=window_size,
-                            threshold=args.threshold, batch_size=args.batch_size, amp=args.amp,
+                            threshold=decision_threshold(metadata, args.checkpoint) if args.threshold is None
+                            else args.threshold, batch_size=args.batch_size, amp=args.amp,
                             progress=not args.no_progress)
     result.summary.update(checkpoint=str(args.checkpoint), model=metadata["model"], model_options=metadata["model_options"],
                           outputs={"infection": str(args.output), "lung_mask": str(lung_mask_path)})

@@ -258,6 +258,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise InvalidInputError(f"checkpoint {path} cannot be read: {exc}") from exc
 
 
+def add_checkpoint_metadata(path: str | Path, **values: Any) -> Path:
+    """Add ``values`` (plain types) to the ``metadata`` of the checkpoint at ``path``, rewritten
+    atomically: facts learnt after training, such as the threshold chosen on the validation slices."""
+    payload = load_checkpoint(path)
+    payload["metadata"] = {**dict(payload.get("metadata") or {}), **values}
+    return save_checkpoint(payload, path)
+
+
 class Trainer:
     """Train a segmentation network with the report's recipe; see the module docstring.
 

@@ -56,7 +56,8 @@ def _runs(ablation, score, present: dict[int, set]) -> tuple[dict, list[str]]:
             ablation.add_result(run, {"seed": seed, "fold": fold, "code": {},
                                       "per_case": {"case": {metric: score(index, seed, fold)
                                                             for metric in ablation.UNIT_SCORES}},
-                                      "epochs_run": 3, "best_epoch": 2, "wall_seconds": 1.0, "cpu_seconds": 2.0})
+                                      "val_threshold": 0.4, "epochs_run": 3, "best_epoch": 2, "wall_seconds": 1.0,
+                                      "cpu_seconds": 2.0})
     return runs, keys
 
 
@@ -105,10 +106,11 @@ def test_a_unit_averages_each_score_over_the_test_slices(ablation):
     run = ablation.new_run()
     per_case = {"a": {metric: 0.2 for metric in ablation.UNIT_SCORES}, "b": {metric: 0.6 for metric in ablation.UNIT_SCORES}}
     ablation.add_result(run, {"seed": 1, "fold": 3, "code": {"covidlib/train.py": "abc"}, "per_case": per_case,
-                              "epochs_run": 9, "best_epoch": 4, "wall_seconds": 5.0, "cpu_seconds": 9.0})
+                              "val_threshold": 0.35, "epochs_run": 9, "best_epoch": 4, "wall_seconds": 5.0,
+                              "cpu_seconds": 9.0})
     assert run["code"] == {"covidlib/train.py": "abc"}
     (unit,) = run["units"]
-    assert (unit["seed"], unit["fold"], unit["epochs_run"], unit["best_epoch"]) == (1, 3, 9, 4)
+    assert (unit["seed"], unit["fold"], unit["epochs_run"], unit["best_epoch"], unit["val_threshold"]) == (1, 3, 9, 4, 0.35)
     assert unit["scores"] == pytest.approx({metric: 0.4 for metric in ablation.UNIT_SCORES})
     assert run["seconds"] == [{"units": [[1, 3]], "wall_seconds": 5.0, "cpu_seconds": 9.0}]
 
@@ -154,8 +156,9 @@ def test_merging_keeps_the_units_another_process_added_and_counts_each_second_on
 
 def _result(seed: int, fold: int, score: float, code: dict) -> dict:
     return {"seed": seed, "fold": fold, "code": code, "per_case": {"case": {m: score for m in ("dice", "infnet_mean_dice",
-                                                                                            "tta_dice", "tta_infnet_mean_dice")}},
-            "epochs_run": 3, "best_epoch": 2, "wall_seconds": 1.0, "cpu_seconds": 2.0}
+                                                                                            "tta_dice", "tta_infnet_mean_dice",
+                                                                                            "tta_dice_at_val_threshold")}},
+            "val_threshold": 0.4, "epochs_run": 3, "best_epoch": 2, "wall_seconds": 1.0, "cpu_seconds": 2.0}
 
 
 def test_a_run_of_changed_code_is_kept_only_when_the_current_code_reproduces_a_unit_exactly(ablation):
@@ -174,7 +177,12 @@ def test_a_run_of_changed_code_is_kept_only_when_the_current_code_reproduces_a_u
 
     kept = ablation.recheck(run, ["covidlib/recipe.py"], same)
     assert asked == [(0, 0)]  # one unit, the first
-    assert kept["code"] == current and kept["units"] == run["units"] and kept["seconds"] == run["seconds"]
+    assert kept["code"] == current and kept["seconds"] == run["seconds"]
+    # the retrained unit, with every score, stands in for the stored one; the others stay as they were
+    first, *others = sorted(kept["units"], key=lambda unit: (unit["seed"], unit["fold"]))
+    assert set(first["scores"]) == set(ablation.UNIT_SCORES) and first["scores"]["tta_dice"] == pytest.approx(0.6)
+    assert sorted(others, key=lambda unit: (unit["seed"], unit["fold"])) == [
+        unit for unit in run["units"] if (unit["seed"], unit["fold"]) != (0, 0)]
     assert kept["checks"] == [{"unit": [0, 0], "changed": ["covidlib/recipe.py"]}]
     # the last bit differs: every unit is computed afresh, starting from the one just retrained
     fresh = ablation.recheck(run, ["covidlib/recipe.py"], lambda seed, fold: _result(seed, fold, 0.6 + 1e-12, current))
@@ -196,3 +204,27 @@ def test_merging_keeps_the_run_of_the_current_code_whole(ablation):
     assert mine["run0"] == rechecked["run0"]
     ablation.merge_runs(mine, stale)  # a stale run of another process does not undo the check
     assert mine["run0"] == rechecked["run0"]
+
+
+def test_a_threshold_row_shows_only_units_holding_its_score_and_a_recomputed_unit_replaces_the_old(ablation, tmp_path):
+    threshold_row = next(index for index, step in enumerate(ablation.STEPS) if "select_threshold" in step.change)
+    base = ablation.row_index(ablation.STEPS[threshold_row].base)
+    recipes = ablation.build_recipes(ablation.REPORT, quick=False)
+    assert ablation.training_recipe(recipes[threshold_row]) == ablation.training_recipe(recipes[base])
+    assert ablation.row_scores(ablation.STEPS[threshold_row], recipes[threshold_row])["dice"] == "tta_dice_at_val_threshold"
+    # both rows share one run (as run_key of the training recipe makes them); seed 0's fold 1 predates the score
+    runs, keys = _runs(ablation, lambda index, seed, fold: 0.6 + 0.01 * fold, {base: {(0, 0), (0, 1)}})
+    keys[threshold_row] = keys[base]
+    old = runs[keys[base]]["units"][1]
+    old["scores"] = {name: value for name, value in old["scores"].items() if name != "tta_dice_at_val_threshold"}
+    names = [row["name"] for row in _write(ablation, tmp_path, runs, keys)["numbers"]["rows"]]
+    assert names == [ablation.STEPS[base].name]
+    result = _result(0, 1, 0.61, {})
+    result["per_case"]["case"]["tta_dice_at_val_threshold"] = 0.65
+    ablation.add_result(runs[keys[base]], result)
+    run = runs[keys[base]]
+    assert sorted((unit["seed"], unit["fold"]) for unit in run["units"]) == [(0, 0), (0, 1)]
+    assert [entry["units"] for entry in run["seconds"]] == [[[0, 0]], [[0, 1]]]
+    rows = {row["name"]: row for row in _write(ablation, tmp_path, runs, keys)["numbers"]["rows"]}
+    change = rows[ablation.STEPS[threshold_row].name]["dice_change_vs_previous"]
+    assert change["previous"] == ablation.STEPS[base].name and np.isclose(change["mean_difference"], 0.02)

@@ -13,7 +13,9 @@ from PIL import Image
 
 from covidlib.__main__ import COMMANDS, main
 from covidlib.data import kfold_volumes
-from covidlib.inference import load_model
+from covidlib.datasets import get_dataset
+from covidlib.inference import load_model, predict_stack, prepare_case
+from covidlib.metrics import best_threshold, dice
 from covidlib.io import read_volume
 from covidlib.train import load_checkpoint, predict_proba
 
@@ -90,6 +92,30 @@ def test_evaluate_prints_the_validation_metrics_as_json(trained: tuple[Path, Pat
     printed = json.loads(capsys.readouterr().out)
     assert printed["summary"]["dice"]["n"] == len(SIZES)
     assert len(printed["per_case"]) == len(SIZES)
+
+
+def test_select_threshold_stores_the_validation_choice_for_evaluate(trained: tuple[Path, Path], tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    root, _ = trained
+    out = tmp_path / "chosen"
+    assert main(["train", "--dataset", "covid-semiseg", "--data-root", str(root), "--out", str(out), "--quick",
+                 "--folds", "3", "--fold", "1", "--device", "cpu", "--amp", "off", "--no-progress",
+                 "--select-threshold"]) == 0
+    metadata = load_checkpoint(out / "best.pt")["metadata"]
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    model, _ = load_model(out / "best.pt")
+    val = [prepare_case(get_dataset("covid-semiseg", str(root)).load(case)) for case in metadata["val_cases"]]
+    probabilities = [predict_stack(model, image, metadata["image_size"], "cpu", tta=True) for image, _ in val]
+    chosen = best_threshold(probabilities, [mask for _, mask in val])
+    assert metadata["probability_threshold"] == metrics["probability_threshold"] == chosen
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-root", str(root), "--device", "cpu",
+                 "--per-case"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["threshold"] == chosen and printed["summary"]["dice"] == metrics["validation"]["dice"]
+    by_hand = [dice(p > chosen, mask) for p, (_, mask) in zip(probabilities, val)]
+    assert [printed["per_case"][case]["dice"] for case in metadata["val_cases"]] == by_hand
+    assert "probability_threshold" not in load_checkpoint(trained[1] / "best.pt")["metadata"]
 
 
 def tta_by_hand(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:

@@ -12,7 +12,8 @@ from covidlib import crossval
 from covidlib.crossval import nested_folds, run_nested_cv
 from covidlib.datasets import get_dataset
 from covidlib.errors import InvalidInputError
-from covidlib.inference import prepare_slices
+from covidlib.inference import prepare_case, predict_stack, prepare_slices
+from covidlib.metrics import THRESHOLD_GRID, best_threshold, dice
 from covidlib.recipe import Recipe
 
 TINY = Recipe(image_size=32, base_width=4, depth=2, epochs=2, max_steps_per_epoch=1, batch_size=4, amp="off")
@@ -134,3 +135,35 @@ def test_a_checkpoint_of_other_code_or_slices_is_not_continued(phantom, tmp_path
     other_slices = crossval.train_supervised(prepared, ids[1:5], val_ids, TINY, out_dir=tmp_path / "run", resume=True)
     assert other_slices.metadata["fingerprint"] != first.metadata["fingerprint"]
     assert other_slices.history[0]["seconds"] != first.history[0]["seconds"]
+
+
+def test_the_threshold_is_chosen_on_the_validation_slices_and_scores_the_test_slices(phantom, tmp_path):
+    dataset, prepared = phantom
+    result, = run_nested_cv(dataset, prepared, TINY, tmp_path, folds=3, seeds=(0,), fold_indices=[1],
+                            checkpoints=False, progress=False)
+    assert result["val_threshold"] in THRESHOLD_GRID
+    for scores in result["per_case"].values():
+        assert "tta_dice_at_val_threshold" in scores and "dice_at_val_threshold" not in scores
+    trainer = crossval.train_supervised(prepared, result["train"], result["val"], TINY, seed=0)
+    val = [(predict_stack(trainer.model, image, TINY.image_size, tta=True), mask)
+           for image, mask in (prepare_case(dataset.load(case)) for case in result["val"])]
+    assert result["val_threshold"] == best_threshold([p for p, _ in val], [m for _, m in val])
+    for case, scores in result["per_case"].items():
+        image, mask = prepare_case(dataset.load(case))
+        probabilities = predict_stack(trainer.model, image, TINY.image_size, tta=True)
+        assert scores["tta_dice_at_val_threshold"] == dice(probabilities > result["val_threshold"], mask)
+
+
+def test_score_cases_at_one_half_is_the_dice_at_one_half_and_follows_the_recipes_tta(phantom):
+    dataset, prepared = phantom
+    plain = dataclasses.replace(TINY, tta=False)
+    trainer = crossval.train_supervised(prepared, sorted(prepared.labelled)[:4], sorted(prepared.labelled)[4:], plain)
+    ids = sorted(prepared.labelled)[4:]
+    without = crossval.score_cases(trainer.model, dataset, ids, plain, threshold=0.5)
+    with_tta = crossval.score_cases(trainer.model, dataset, ids, TINY, threshold=0.5)
+    for case in ids:
+        assert without[case]["dice_at_val_threshold"] == without[case]["dice"]
+        assert with_tta[case]["tta_dice_at_val_threshold"] == with_tta[case]["tta_dice"]
+        assert "tta_dice" not in without[case]
+    assert crossval.scored_metric(TINY) == "tta_dice"
+    assert crossval.scored_metric(dataclasses.replace(plain, select_threshold=True)) == "dice_at_val_threshold"

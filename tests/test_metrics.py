@@ -12,6 +12,8 @@ from scipy.spatial.distance import cdist
 
 from covidlib.errors import InvalidInputError
 from covidlib.metrics import (
+    THRESHOLD_GRID,
+    best_threshold,
     INFNET_THRESHOLDS,
     dice,
     e_measure,
@@ -294,3 +296,31 @@ def test_infnet_bad_input_raises() -> None:
         e_measure(np.full((2, 2), 0.5), np.eye(2))
     with pytest.raises(InvalidInputError, match="targets"):
         infnet_dataset_metrics([np.eye(2)], [])
+
+
+def test_best_threshold_by_hand_prefers_the_one_nearest_half_among_equals() -> None:
+    # t = 0.20 and 0.25 both keep all three lesion pixels (Dice 1); from 0.30 the 0.3 pixel is lost
+    probability = np.array([[0.3, 0.35, 0.6, 0.1]])
+    target = np.array([[1, 1, 1, 0]])
+    assert best_threshold([probability], [target]) == 0.25
+    # a perfect map scores 1 at every threshold: 0.5 stays
+    assert best_threshold([target.astype(float)], [target]) == 0.5
+
+
+def test_best_threshold_maximises_the_mean_over_cases() -> None:
+    # case A scores 1 up to t = 0.40, 0 above; case B scores 2/3 below 0.45, 1 on [0.45, 0.55), 0 above
+    low, high = (np.array([[0.45]]), np.array([[1]])), (np.array([[0.55, 0.45]]), np.array([[1, 0]]))
+    assert best_threshold([low[0], high[0]], [low[1], high[1]]) == 0.4
+    assert best_threshold([high[0]], [high[1]]) == 0.5
+    assert best_threshold([high[0]], [high[1]], grid=(0.3, 0.6)) == 0.3
+
+
+def test_best_threshold_refuses_bad_input() -> None:
+    probability, target = np.full((2, 2), 0.4), np.ones((2, 2), dtype=int)
+    for probabilities, targets, grid, message in [
+            ([probability], [], THRESHOLD_GRID, "1 probability maps but 0 targets"),
+            ([], [], THRESHOLD_GRID, "no cases"),
+            ([np.full((2, 2), np.nan)], [target], THRESHOLD_GRID, "NaN"),
+            ([probability], [target], (0.5, 1.0), "thresholds must lie in")]:
+        with pytest.raises(InvalidInputError, match=message):
+            best_threshold(probabilities, targets, grid)

@@ -326,6 +326,22 @@ def test_cli_uses_the_window_input_of_train_checkpoints(main, scan_path, lungs, 
     np.testing.assert_array_equal(read_mask(tmp_path / "lungs.nrrd").array, lungs)
 
 
+def test_cli_segments_at_the_checkpoints_threshold_unless_told_otherwise(main, scan_path, lungs, tmp_path):
+    model = constant_network(True)
+    with torch.no_grad():
+        model.head.bias.copy_(torch.tensor([0.0, 0.4]))  # probability sigmoid(0.4) = 0.599 everywhere
+    in_lungs = (lungs > 0).astype(np.uint8)
+    for threshold, option, expected in [(0.65, [], 0 * in_lungs), (0.55, [], in_lungs), (0.65, ["--threshold", "0.55"], in_lungs)]:
+        metadata = {"model": "unet", "model_options": TINY, "image_size": 32, "probability_threshold": threshold}
+        checkpoint = write_checkpoint(tmp_path / "best.pt", model, metadata)
+        out = tmp_path / "mask.nii"
+        assert main(["segment", str(scan_path), "-o", str(out), "--checkpoint", str(checkpoint), "--lung-method",
+                     "classical", "--lung-mask", str(tmp_path / "lungs.nrrd"), "--no-progress", *option]) == 0
+        np.testing.assert_array_equal(read_mask(out).array, expected)
+        out.unlink()
+        (tmp_path / "lungs.nrrd").unlink()
+
+
 def test_cli_architecture_options_for_bare_checkpoints(main, scan_path, tmp_path):
     checkpoint = write_checkpoint(tmp_path / "bare.pt", constant_network(False), None)
     out = tmp_path / "out" / "mask.nii.gz"

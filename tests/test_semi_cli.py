@@ -18,6 +18,7 @@ from covidlib.datasets import get_dataset
 from covidlib.errors import InvalidInputError
 from covidlib.inference import load_model, prepare_slices
 from covidlib.mean_teacher import ARMS, CONTROLS, SEMI_METHODS, MeanTeacherConfig, arm_setup, semi_supervised_settings
+from covidlib.metrics import THRESHOLD_GRID
 from covidlib.preprocess import normalise_image
 
 SIDE = 32  # the images are as large as the network input, so evaluate sees exactly what training saw
@@ -208,7 +209,7 @@ def final_semi(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("final")
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(["train", "--data-root", str(root), "--out", str(out), "--semi", "both", "--unlabelled", "4",
-                     *TRAIN_TINY]) == 0
+                     "--select-threshold", *TRAIN_TINY]) == 0
     return root, out
 
 
@@ -223,6 +224,9 @@ def test_train_semi_keeps_the_supervised_model_and_writes_a_loadable_final_one(
     assert sorted(metadata["train_cases"] + metadata["val_cases"]) == sorted(ids)
     assert metadata["semi_supervised"]["method"] == "both" and metadata["semi_supervised"]["unlabelled_cases"] == 4
     assert supervised_metadata["val_cases"] == metadata["val_cases"]
+    # each network keeps the threshold chosen for it on the validation slices
+    assert metadata["probability_threshold"] == metrics["probability_threshold"] in THRESHOLD_GRID
+    assert supervised_metadata["probability_threshold"] in THRESHOLD_GRID
     # the continuation changed the supervised network's weights
     assert any(not np.allclose(a.numpy(), b.numpy()) for a, b in
                zip(model.state_dict().values(), supervised.state_dict().values()))
