@@ -315,6 +315,7 @@ def run_predict(args: argparse.Namespace) -> int:
     model, metadata = load_model(args.checkpoint)
     image_size = _image_size(metadata, args.checkpoint)
     tta = bool(metadata.get("tta", False))  # as the checkpoint was validated
+    segments_at = f"the checkpoint calls a pixel infected above probability {decision_threshold(metadata, args.checkpoint):g}"
     device = get_device(args.device)
     source, target = Path(args.input), Path(args.output)
     if source.is_dir():
@@ -325,7 +326,7 @@ def run_predict(args: argparse.Namespace) -> int:
             image = normalise_slices(_read_grey_image(path)[None], str(path))
             _write_png(predict_stack(model, image, image_size, device, args.batch_size, tta=tta)[0],
                        target / f"{path.stem}.png")
-        print(f"wrote {len(files)} probability map(s) to {target}")
+        print(f"wrote {len(files)} probability map(s) to {target}; {segments_at}")
         return 0
     if source.name.lower().endswith(NIFTI_SUFFIXES):
         if not target.name.lower().endswith(NIFTI_SUFFIXES):
@@ -335,7 +336,7 @@ def run_predict(args: argparse.Namespace) -> int:
         probabilities = predict_stack(model, image, image_size, device, args.batch_size, tta=tta).astype(np.float32)
         write_volume(Volume(array=probabilities, spacing=volume.spacing, origin=volume.origin,
                             direction=volume.direction, source=None), target)
-        print(f"wrote a probability volume {probabilities.shape} to {target}")
+        print(f"wrote a probability volume {probabilities.shape} to {target}; {segments_at}")
         return 0
     raise InvalidInputError(f"--input {source}: expected a folder of 2D images or a .nii/.nii.gz file")
 

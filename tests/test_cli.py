@@ -131,11 +131,13 @@ def tta_by_hand(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
     return np.mean(outputs, axis=0)
 
 
-def test_predict_folder_writes_8bit_pngs_with_the_same_names(trained: tuple[Path, Path], tmp_path: Path) -> None:
+def test_predict_folder_writes_8bit_pngs_with_the_same_names(trained: tuple[Path, Path], tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
     root, out = trained
     inputs = root / "TrainingSet/LungInfection-Train/Doctor-label/Imgs"
     assert main(["predict", "--checkpoint", str(out / "best.pt"), "--input", str(inputs),
                  "--output", str(tmp_path / "maps"), "--device", "cpu"]) == 0
+    assert "infected above probability 0.5" in capsys.readouterr().out  # trained without --select-threshold
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == sorted(f"{i}.png" for i in range(len(SIZES)))
     model, metadata = load_model(out / "best.pt")
     size = metadata["image_size"]
