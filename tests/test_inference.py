@@ -16,6 +16,7 @@ from covidlib.errors import InvalidInputError
 from covidlib.inference import (
     Architecture,
     case_metrics,
+    decision_threshold,
     grey_levels,
     load_model,
     normalise_slices,
@@ -189,3 +190,11 @@ def test_predict_stack_tta_is_exact_for_an_equivariant_network_and_averages_a_no
         assert np.allclose(transform(averaged)[0], averaged, atol=1e-6)
     assert not np.allclose(predict_stack(LeftEdgeNet(), np.zeros((1, 12, 12), np.float32), 12, "cpu"),
                            averaged, atol=1e-3)
+
+
+def test_decision_threshold_is_the_checkpoints_or_one_half_and_a_bad_one_is_named():
+    assert decision_threshold({}, "best.pt") == 0.5
+    assert decision_threshold({"probability_threshold": 0.35}, "best.pt") == 0.35
+    for bad in (1.5, 0.0, "high", True, None):
+        with pytest.raises(InvalidInputError, match=r"checkpoint runs/best\.pt: metadata 'probability_threshold'"):
+            decision_threshold({"probability_threshold": bad}, "runs/best.pt")
