@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from _nested_cv import begin, comparable_record, integers, mean_scores, nested_cv_parser, other_numerics, quick_recipe
-from covidlib.crossval import run_key, run_nested_cv
+from covidlib.crossval import run_key, run_nested_cv, scored_metric
 from covidlib.datasets import get_dataset
 from covidlib.fingerprint import changed_sources
 from covidlib.inference import prepare_slices
@@ -60,21 +60,20 @@ class Step:
     """One row: ``change`` applied to the recipe of row ``base`` (``None``: the path row above).
 
     A path row has no ``base``; a row with a ``base`` is an alternative tried at that point of the
-    path, measured against it, and the path goes on from the row above it.
-    ``scored_with_tta``: score with test-time augmentation.
+    path, measured against it, and the path goes on from the row above it. A row is scored as its
+    recipe says (:func:`covidlib.crossval.scored_metric`: with TTA, at a chosen threshold).
     """
 
     name: str
     change: dict
-    scored_with_tta: bool = True
     base: str | None = None
 
 
 TTA_ROW = "+ test-time augmentation (8 symmetries)"
 STEPS: list[Step] = [
-    Step("the report's recipe", {}, scored_with_tta=False),
-    Step("+ learning rate 1e-3", {"lr": 1e-3}, scored_with_tta=False),
-    Step("+ random turns and mirrors", {"dihedral": True}, scored_with_tta=False),
+    Step("the report's recipe", {}),
+    Step("+ learning rate 1e-3", {"lr": 1e-3}),
+    Step("+ random turns and mirrors", {"dihedral": True}),
     Step(TTA_ROW, {"tta": True}),
     Step("+ 128 px input", {"image_size": 128}),
     Step("+ 300 epochs, no early stop", {"epochs": 300, "step_size": 75, "patience": 300}),
@@ -92,11 +91,9 @@ STEPS: list[Step] = [
 UNIT_SCORES = ("dice", "infnet_mean_dice", "tta_dice", "tta_infnet_mean_dice", "tta_dice_at_val_threshold")
 
 
-def row_scores(step: Step, recipe: Recipe) -> dict[str, str]:
-    """The unit scores a row reports as its Dice and its Inf-Net mean Dice."""
-    prefix = "tta_" if step.scored_with_tta else ""
-    return {"dice": prefix + ("dice_at_val_threshold" if recipe.select_threshold else "dice"),
-            "infnet_mean_dice": prefix + "infnet_mean_dice"}
+def row_scores(recipe: Recipe) -> dict[str, str]:
+    """The unit scores a row of ``recipe`` reports as its Dice and its Inf-Net mean Dice."""
+    return {"dice": scored_metric(recipe), "infnet_mean_dice": ("tta_" if recipe.tta else "") + "infnet_mean_dice"}
 
 
 def has_scores(unit: dict, names: Iterable[str]) -> bool:
@@ -136,7 +133,7 @@ def main() -> None:
             write_rows(args, runtime, runs, keys, recipes)
     for index in range(len(STEPS)) if args.rows is None else args.rows:
         run = runs.setdefault(keys[index], new_run())
-        needed = row_scores(STEPS[index], recipes[index]).values()
+        needed = row_scores(recipes[index]).values()
         done = {(unit["seed"], unit["fold"]) for unit in run["units"] if has_scores(unit, needed)}
         todo = [(seed, fold) for seed in args.seeds for fold in range(args.folds) if (seed, fold) not in done]
         print(f"row {index}: {STEPS[index].name}: {len(todo)} of {len(args.seeds) * args.folds} runs to compute",
@@ -278,7 +275,7 @@ def write_rows(args: argparse.Namespace, runtime: dict, runs: dict[str, dict], k
     rows, path_end, complete = [], None, {}
     for index, step in enumerate(STEPS):
         run = runs.get(keys[index], new_run())
-        names = row_scores(step, recipes[index])
+        names = row_scores(recipes[index])
         units = [] if changed_sources(run["code"]) else complete_units(
             [unit for unit in run["units"] if has_scores(unit, names.values())], args.folds)
         if not units:
@@ -287,7 +284,7 @@ def write_rows(args: argparse.Namespace, runtime: dict, runs: dict[str, dict], k
                   for metric, name in names.items()}
         timed = [entry for entry in run["seconds"] if {tuple(unit) for unit in entry["units"]} <= set(scores["dice"])]
         row = {"name": step.name, "recipe": dataclasses.asdict(recipes[index]), "run": keys[index],
-               "scored_with_tta": step.scored_with_tta, "base": step.base,
+               "scored_with_tta": recipes[index].tta, "base": step.base,
                "seeds": sorted({unit["seed"] for unit in units}),
                "dice_by_unit": [[seed, fold, value] for (seed, fold), value in scores["dice"].items()],
                "infnet_mean_dice_by_unit": [[s, f, v] for (s, f), v in scores["infnet_mean_dice"].items()],

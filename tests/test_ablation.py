@@ -211,7 +211,10 @@ def test_a_threshold_row_shows_only_units_holding_its_score_and_a_recomputed_uni
     base = ablation.row_index(ablation.STEPS[threshold_row].base)
     recipes = ablation.build_recipes(ablation.REPORT, quick=False)
     assert ablation.training_recipe(recipes[threshold_row]) == ablation.training_recipe(recipes[base])
-    assert ablation.row_scores(ablation.STEPS[threshold_row], recipes[threshold_row])["dice"] == "tta_dice_at_val_threshold"
+    assert ablation.row_scores(recipes[threshold_row])["dice"] == "tta_dice_at_val_threshold"
+    # rows before the TTA row are scored without it, as the record's scored_with_tta says
+    assert [ablation.row_scores(recipe)["dice"] for recipe in recipes[:ablation.row_index(ablation.TTA_ROW) + 1]] == [
+        "dice", "dice", "dice", "tta_dice"]
     # both rows share one run (as run_key of the training recipe makes them); seed 0's fold 1 predates the score
     runs, keys = _runs(ablation, lambda index, seed, fold: 0.6 + 0.01 * fold, {base: {(0, 0), (0, 1)}})
     keys[threshold_row] = keys[base]
