@@ -93,7 +93,7 @@ def cell(value: float | None, sd: float | None = None) -> str:
 # `ci/book --reference --dataset covid-semiseg --data-root DIR`. A reference record is *stale* when
 # the code that produced it has changed since; its numbers then describe an earlier version. On a
 # CPU the same seed gives the same numbers only on the same threads and precision (bfloat16 where the
-# processor has native kernels, see {doc}`../book/reproducing`), so the table names each record's machine.
+# processor has native kernels, see {doc}`/book/reproducing`), so the table names each record's machine.
 
 # %%
 def machine(runtime: dict) -> str:

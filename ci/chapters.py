@@ -211,14 +211,16 @@ def build_html() -> None:
         yaml.safe_dump(config, handle, sort_keys=False)
     try:
         result = subprocess.run(
+            # -W: a broken cross-reference or a figure Sphinx cannot place fails the build instead of
+            # reaching a reader; --keep-going lists every such warning before failing
             [str(Path(sys.executable).parent / "jupyter-book"), "build", str(ROOT), "--path-output", str(ROOT / "book"),
-             "--config", handle.name],
+             "--config", handle.name, "-W", "--keep-going"],
             cwd=ROOT,
         )
     finally:
         os.unlink(handle.name)
     if result.returncode != 0:
-        fail("jupyter-book build failed (see the messages above)")
+        fail("jupyter-book build failed, or warned (a warning fails it: -W); see the messages above")
     print(f"[book] HTML in {HTML.relative_to(ROOT)}/ ({time.perf_counter() - start:.1f} s)", flush=True)
 
 
