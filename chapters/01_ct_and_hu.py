@@ -347,8 +347,7 @@ from covidlib.records import load_reference, reference_notice
 from covidlib.results import markdown_table
 
 transfer_record = load_reference("phantom_to_real")
-display(Markdown(reference_notice(transfer_record, "phantom_to_real",
-                                  command=".venv/bin/python benchmarks/phantom_to_real.py")))
+display(Markdown(reference_notice(transfer_record, "phantom_to_real")))
 if transfer_record is not None:
     phantom_only = transfer_record.numbers["phantom_only"]
     at_half, infnet = phantom_only["real_dice_at_0.5"], phantom_only["real_infnet_mean_dice"]

@@ -26,6 +26,15 @@ RECORDS_DIR = PACKAGE_PARENT / "records"
 REFERENCE_DATASET = "covid-semiseg"
 
 
+def regenerate_command(name: str, dataset: str = REFERENCE_DATASET) -> str:
+    """The command that writes the reference record ``name`` on ``dataset``: a chapter's
+    (``"NN_name"``) comes from ``ci/book --reference``, any other from its resumable benchmark,
+    ``benchmarks/<name>.py``."""
+    if name[:2].isdigit():
+        return f"ci/book --reference --dataset {dataset} --data-root DIR --chapters {name[:2]}"
+    return f".venv/bin/python benchmarks/{name}.py --data-root DIR"
+
+
 def reference_dir(dataset: str = REFERENCE_DATASET, records_dir: str | Path | None = None) -> Path:
     """The folder of the committed reference records of ``dataset``."""
     return Path(records_dir or RECORDS_DIR) / f"reference-{dataset}"
@@ -43,38 +52,45 @@ class ReferenceRecord:
     def numbers(self) -> dict[str, Any]:
         return self.record["numbers"]
 
+    @property
+    def dataset(self) -> str:
+        """The dataset the record was computed on (its folder says so when its runtime does not)."""
+        return self.record.get("runtime", {}).get("dataset") or self.path.parent.name.removeprefix("reference-")
+
     def source_line(self) -> str:
-        """One Markdown line naming the record: dataset, setting, commit, date, time it took."""
+        """One Markdown line naming the record: dataset, setting, commit, date, and the time of
+        the run that wrote it (a benchmark's last run may have reused units stored by earlier ones)."""
         run = self.record.get("runtime", {})
         timing = self.record.get("timing", {})
         minutes = ""
         if timing.get("wall_seconds") is not None:
-            minutes = (f", {timing['wall_seconds'] / 60:.1f} min wall / "
+            minutes = (f" by a run of {timing['wall_seconds'] / 60:.1f} min wall / "
                        f"{timing.get('cpu_seconds', float('nan')) / 60:.1f} min CPU on {run.get('device_name', '?')}")
         return (f"**Reference record** `{self.path.parent.name}/{self.path.name}`: dataset "
                 f"**{run.get('dataset', '?')}**, setting **{run.get('setting', '?')}**, seed {run.get('seed', '?')}, "
                 f"commit `{str(self.record.get('commit', 'unknown'))[:12]}`, written {self.record.get('created', '?')}"
                 f"{minutes}.")
 
-    def notice(self) -> str:
-        """The record's source line, and a MyST warning box when it is stale."""
+    def notice(self, command: str | None = None) -> str:
+        """The record's source line, and a MyST warning box when it is stale that names the
+        ``command`` regenerating it (default: :func:`regenerate_command`)."""
         text = self.source_line()
         if self.stale:
+            command = command or regenerate_command(self.path.stem, self.dataset)
             text += ("\n\n:::{warning}\nThis record is **stale**: the code that produced it has changed since "
                      f"({', '.join(f'`{name}`' for name in self.stale[:6])}"
-                     f"{' and more' if len(self.stale) > 6 else ''}). Regenerate it with "
-                     "`ci/book --reference --dataset covid-semiseg --data-root DIR`.\n:::")
+                     f"{' and more' if len(self.stale) > 6 else ''}). Regenerate it with `{command}`.\n:::")
         return text
 
 
 def reference_notice(reference: ReferenceRecord | None, chapter: str, dataset: str = REFERENCE_DATASET, *,
                      command: str | None = None) -> str:
     """What a chapter prints above its real-data results: the record's source line and any
-    staleness warning, or, when there is no record, the ``command`` that makes one (default: the
-    chapter's ``ci/book --reference`` run)."""
+    staleness warning, or, when there is no record, the ``command`` that makes one (default:
+    :func:`regenerate_command`)."""
     if reference is not None:
-        return reference.notice()
-    command = command or f"ci/book --reference --dataset {dataset} --data-root DIR --chapters {chapter[:2]}"
+        return reference.notice(command)
+    command = command or regenerate_command(chapter, dataset)
     return f":::{{note}}\nThere is no committed reference record of `{chapter}` on {dataset} yet: `{command}` writes it.\n:::"
 
 

@@ -1,6 +1,7 @@
 """The chapter pair checks of ci/chapters.py catch each way a pair can go wrong."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import jupytext
@@ -119,3 +120,29 @@ def test_a_record_showing_a_rewritten_record_is_outdated(tmp_path):
     assert ci_chapters.rewritten_since(results) == ["ablation"]
     write("04_unet", "2026-11-30T03:00:00+00:00")
     assert ci_chapters.rewritten_since(results) == ["ablation", "04_unet"]
+
+
+def test_stale_records_are_listed_with_the_command_that_regenerates_each(tmp_path, monkeypatch, capsys):
+    from covidlib.fingerprint import code_fingerprint
+
+    source = tmp_path / "module.py"
+    source.write_text("VALUE = 1\n")
+    folder = tmp_path / "reference-covid-semiseg"
+    folder.mkdir()
+    for name in ("04_unet", "semi_recipe"):
+        record = {"chapter": name, "numbers": {}, "runtime": {"dataset": "covid-semiseg"},
+                  "fingerprint": {"code": code_fingerprint(files=[source])}}
+        (folder / f"{name}.json").write_text(json.dumps(record))
+    monkeypatch.setattr(ci_chapters, "RECORDS", tmp_path)
+    monkeypatch.setattr(ci_chapters, "ROOT", tmp_path)
+    ci_chapters.report_stale_records()
+    assert "stale" not in capsys.readouterr().out
+
+    source.write_text("VALUE = 2\n")
+    ci_chapters.report_stale_records()
+    lines = capsys.readouterr().out.splitlines()
+    assert any("04_unet.json" in line and line.endswith(
+        "regenerate with ci/book --reference --dataset covid-semiseg --data-root DIR --chapters 04") for line in lines)
+    assert any("semi_recipe.json" in line and line.endswith(
+        "regenerate with .venv/bin/python benchmarks/semi_recipe.py --data-root DIR") for line in lines)
+    assert lines[-1] == "[test] 2 stale reference record(s)"

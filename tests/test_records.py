@@ -48,11 +48,39 @@ def test_a_record_whose_code_changed_is_stale(tmp_path):
     assert loaded.stale == [source.resolve().as_posix()]
     assert [r.path.name for r in records.stale_records(tmp_path)] == ["04_x.json"]
     assert ":::{warning}" in loaded.notice() and "stale" in loaded.notice()
+    assert "`ci/book --reference --dataset covid-semiseg --data-root DIR --chapters 04`" in loaded.notice()
+    assert "`my command`" in loaded.notice("my command")
+
+
+def test_a_stale_benchmark_record_names_its_benchmark_not_ci_book(tmp_path):
+    source = tmp_path / "module.py"
+    source.write_text("VALUE = 1\n")
+    folder = records.reference_dir("covid-semiseg", tmp_path)
+    folder.mkdir(parents=True)
+    # no dataset in the runtime: the folder names it
+    record = {"chapter": "ablation", "numbers": {}, "runtime": {}, "timing": {"wall_seconds": 3.0, "cpu_seconds": 6.0},
+              "fingerprint": {"code": code_fingerprint(files=[source])}}
+    (folder / "ablation.json").write_text(json.dumps(record))
+    source.write_text("VALUE = 2\n")
+    loaded = records.load_reference("ablation", records_dir=tmp_path)
+    assert loaded.dataset == "covid-semiseg"
+    assert "Regenerate it with `.venv/bin/python benchmarks/ablation.py --data-root DIR`." in loaded.notice()
+    assert "ci/book" not in loaded.notice()
+    assert "by a run of 0.1 min wall / 0.1 min CPU" in loaded.source_line()
+
+
+def test_regenerate_command():
+    assert records.regenerate_command("07_pseudo_labels", "mosmed") == \
+        "ci/book --reference --dataset mosmed --data-root DIR --chapters 07"
+    assert records.regenerate_command("learning_curve") == ".venv/bin/python benchmarks/learning_curve.py --data-root DIR"
 
 
 def test_missing_and_broken_records(tmp_path):
     assert records.load_reference("01_none", records_dir=tmp_path) is None
-    assert "ci/book --reference" in records.reference_notice(None, "01_none")
+    assert "`ci/book --reference --dataset covid-semiseg --data-root DIR --chapters 01` writes it" in \
+        records.reference_notice(None, "01_none")
+    assert "`.venv/bin/python benchmarks/semi_recipe.py --data-root DIR` writes it" in \
+        records.reference_notice(None, "semi_recipe")
     folder = records.reference_dir("covid-semiseg", tmp_path)
     folder.mkdir(parents=True)
     (folder / "02_bad.json").write_text("{not json")
@@ -68,3 +96,12 @@ def test_a_record_without_fingerprint_counts_as_stale(tmp_path):
     folder.mkdir(parents=True)
     (folder / "05_old.json").write_text(json.dumps({"chapter": "05_old", "numbers": {}}))
     assert records.load_reference("05_old", records_dir=tmp_path).stale == ["(no code fingerprint)"]
+
+
+def test_every_committed_record_names_a_command_that_exists():
+    for path in sorted(records.RECORDS_DIR.glob("reference-*/[!_]*.json")):
+        command = records.regenerate_command(path.stem)
+        if command.startswith("ci/book"):
+            assert (records.PACKAGE_PARENT / "chapters" / f"{path.stem}.py").exists(), path
+        else:
+            assert (records.PACKAGE_PARENT / "benchmarks" / f"{path.stem}.py").exists(), path
