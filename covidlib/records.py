@@ -71,27 +71,26 @@ class ReferenceRecord:
                 f"commit `{str(self.record.get('commit', 'unknown'))[:12]}`, written {self.record.get('created', '?')}"
                 f"{minutes}.")
 
-    def notice(self, command: str | None = None) -> str:
+    def notice(self) -> str:
         """The record's source line, and a MyST warning box when it is stale that names the
-        ``command`` regenerating it (default: :func:`regenerate_command`)."""
+        command regenerating it (:func:`regenerate_command`)."""
         text = self.source_line()
         if self.stale:
-            command = command or regenerate_command(self.path.stem, self.dataset)
+            command = regenerate_command(self.path.stem, self.dataset)
             text += ("\n\n:::{warning}\nThis record is **stale**: the code that produced it has changed since "
                      f"({', '.join(f'`{name}`' for name in self.stale[:6])}"
                      f"{' and more' if len(self.stale) > 6 else ''}). Regenerate it with `{command}`.\n:::")
         return text
 
 
-def reference_notice(reference: ReferenceRecord | None, chapter: str, dataset: str = REFERENCE_DATASET, *,
-                     command: str | None = None) -> str:
+def reference_notice(reference: ReferenceRecord | None, chapter: str, dataset: str = REFERENCE_DATASET) -> str:
     """What a chapter prints above its real-data results: the record's source line and any
-    staleness warning, or, when there is no record, the ``command`` that makes one (default:
-    :func:`regenerate_command`)."""
+    staleness warning, or, when there is no record, the command that makes one
+    (:func:`regenerate_command`)."""
     if reference is not None:
-        return reference.notice(command)
-    command = command or regenerate_command(chapter, dataset)
-    return f":::{{note}}\nThere is no committed reference record of `{chapter}` on {dataset} yet: `{command}` writes it.\n:::"
+        return reference.notice()
+    return (f":::{{note}}\nThere is no committed reference record of `{chapter}` on {dataset} yet: "
+            f"`{regenerate_command(chapter, dataset)}` writes it.\n:::")
 
 
 def check_record(record: dict[str, Any], path: Path) -> None:

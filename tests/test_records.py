@@ -49,7 +49,6 @@ def test_a_record_whose_code_changed_is_stale(tmp_path):
     assert [r.path.name for r in records.stale_records(tmp_path)] == ["04_x.json"]
     assert ":::{warning}" in loaded.notice() and "stale" in loaded.notice()
     assert "`ci/book --reference --dataset covid-semiseg --data-root DIR --chapters 04`" in loaded.notice()
-    assert "`my command`" in loaded.notice("my command")
 
 
 def test_a_stale_benchmark_record_names_its_benchmark_not_ci_book(tmp_path):
