@@ -457,7 +457,7 @@ else:
 # The table puts this run's measurements (only when it ran on COVID-SemiSeg) beside those of the
 # committed reference record, which measured every labelled and unlabelled slice.
 
-# %%
+# %% tags=["hide-input"]
 display(Markdown(reference_notice(reference, "02_data_and_preprocessing")))
 recorded = reference.numbers.get("covid_semiseg") if reference is not None else None
 

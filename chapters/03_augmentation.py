@@ -476,7 +476,7 @@ print("the report's splits on this run's cases (train, val, test):", own_splits 
 # numbers stand beside this run's; the figures below are drawn from it (from this run when there
 # is no record; each title says which).
 
-# %%
+# %% tags=["hide-input"]
 display(Markdown(reference_notice(reference, "03_augmentation")))
 recorded = reference.numbers if reference is not None else None
 
