@@ -67,7 +67,7 @@ class ReferenceRecord:
             minutes = (f" by a run of {timing['wall_seconds'] / 60:.1f} min wall / "
                        f"{timing.get('cpu_seconds', float('nan')) / 60:.1f} min CPU on {run.get('device_name', '?')}")
         return (f"**Reference record** `{self.path.parent.name}/{self.path.name}`: dataset "
-                f"**{run.get('dataset', '?')}**, setting **{run.get('setting', '?')}**, seed {run.get('seed', '?')}, "
+                f"**{self.dataset}**, setting **{run.get('setting', '?')}**, seed {run.get('seed', '?')}, "
                 f"commit `{str(self.record.get('commit', 'unknown'))[:12]}`, written {self.record.get('created', '?')}"
                 f"{minutes}.")
 

@@ -130,19 +130,28 @@ def test_stale_records_are_listed_with_the_command_that_regenerates_each(tmp_pat
     folder = tmp_path / "reference-covid-semiseg"
     folder.mkdir()
     for name in ("04_unet", "semi_recipe"):
-        record = {"chapter": name, "numbers": {}, "runtime": {"dataset": "covid-semiseg"},
+        record = {"chapter": name, "numbers": {}, "runtime": {"dataset": "covid-semiseg"}, "created": "then",
                   "fingerprint": {"code": code_fingerprint(files=[source])}}
         (folder / f"{name}.json").write_text(json.dumps(record))
+    # a chapter that shows semi_recipe as it was written "then"; its own code never changes
+    (tmp_path / "other.py").write_text("VALUE = 1\n")
+    shows = {"chapter": "09_results", "numbers": {"records_shown": {"semi_recipe": "then"}}, "runtime": {},
+             "fingerprint": {"code": code_fingerprint(files=[tmp_path / "other.py"])}}
+    (folder / "09_results.json").write_text(json.dumps(shows))
     monkeypatch.setattr(ci_chapters, "RECORDS", tmp_path)
     monkeypatch.setattr(ci_chapters, "ROOT", tmp_path)
     ci_chapters.report_stale_records()
     assert "stale" not in capsys.readouterr().out
 
     source.write_text("VALUE = 2\n")
+    semi_recipe = json.loads((folder / "semi_recipe.json").read_text())
+    (folder / "semi_recipe.json").write_text(json.dumps({**semi_recipe, "created": "now"}))
     ci_chapters.report_stale_records()
     lines = capsys.readouterr().out.splitlines()
+    assert any("09_results.json: shows records rewritten since: semi_recipe" in line and line.endswith(
+        "regenerate with ci/book --reference --dataset covid-semiseg --data-root DIR --chapters 09") for line in lines)
     assert any("04_unet.json" in line and line.endswith(
         "regenerate with ci/book --reference --dataset covid-semiseg --data-root DIR --chapters 04") for line in lines)
     assert any("semi_recipe.json" in line and line.endswith(
         "regenerate with .venv/bin/python benchmarks/semi_recipe.py --data-root DIR") for line in lines)
-    assert lines[-1] == "[test] 2 stale reference record(s)"
+    assert lines[-1] == "[test] 3 stale reference record(s)"
