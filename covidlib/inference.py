@@ -134,9 +134,8 @@ def predict_cases(model: nn.Module, dataset: CaseDataset, case_ids: Sequence[str
 def choose_threshold(model: nn.Module, dataset: CaseDataset, case_ids: Sequence[str], image_size: int,
                      device: str | torch.device = "auto", *, tta: bool = False) -> float:
     """The probability threshold with the best mean Dice on ``case_ids``
-    (:func:`covidlib.metrics.best_threshold`): validation cases, never those then scored."""
-    if not case_ids:
-        raise InvalidInputError("no cases to choose a threshold on")
+    (:func:`covidlib.metrics.best_threshold`, which refuses an empty ``case_ids``): validation cases,
+    never those then scored."""
     predictions = list(predict_cases(model, dataset, case_ids, image_size, device, tta=tta))
     return best_threshold([probabilities for _, probabilities, _ in predictions], [mask for _, _, mask in predictions])
 

@@ -16,6 +16,7 @@ from covidlib.errors import InvalidInputError
 from covidlib.inference import (
     Architecture,
     case_metrics,
+    choose_threshold,
     decision_threshold,
     grey_levels,
     load_model,
@@ -131,6 +132,8 @@ def test_bad_arguments_are_named() -> None:
         prepare_slices(dataset, 0)
     with pytest.raises(InvalidInputError, match="no 'unlabelled' split"):
         prepare_slices(dataset, n_unlabelled=1)
+    with pytest.raises(InvalidInputError, match="no cases to choose a threshold on"):
+        choose_threshold(SigmoidOfInput(), dataset, [], 64, "cpu")
 
 
 def test_load_model_rebuilds_the_network_and_names_bad_files(tmp_path: Path) -> None:
