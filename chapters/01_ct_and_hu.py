@@ -383,7 +383,7 @@ if transfer_record is not None:
 # ones, which lowers noise but also the contrast and volume of small lesions.
 # {doc}`Chapter 02 <02_data_and_preprocessing>` reads real scans and prepares them (lung masks, resampling, normalisation) for the networks.
 
-# %%
+# %% tags=["hide-input"]
 from covidlib.results import write_record
 
 numbers = {

@@ -535,7 +535,7 @@ if shown is not None:
 #
 # **Next**: {doc}`chapter 03 <03_augmentation>` augments these preprocessed scans.
 
-# %%
+# %% tags=["hide-input"]
 from covidlib.results import write_record
 
 write_record(output_dir, "02_data_and_preprocessing",

@@ -533,7 +533,7 @@ if recorded is not None:
         "later chapters' scores are partly differences in what the folds hold. One augmented training item costs "
         f"{recorded['timing_ms']['SliceDataset item (pad/crop + chain)']:.1f} ms there."))
 
-# %%
+# %% tags=["hide-input"]
 numbers = {
     "example_case": example_id,
     "example_slice": z,

@@ -442,7 +442,7 @@ print(f"finest gate: mean alpha {inside:.3f} on infection, {outside:.3f} elsewhe
 # `python -m covidlib train` does (`prepare_slices`), resized to the recipe's square. In quick mode
 # this section trains nothing and shows the committed reference record.
 
-# %%
+# %% tags=["hide-input"]
 def summarise_arm(results: list[dict]) -> dict:
     """What the page needs of one arm's nested-CV results, units in (seed, fold) order."""
     curves = [[row["val_dice"] for row in result["history"]] for result in results]
@@ -476,39 +476,6 @@ def compare(arms: dict, first: str, second: str, metric: str) -> dict:
 
     return {"first": first, "second": second, "metric": metric,
             **paired_bootstrap_ci(pick(first), pick(second), seed=seed).as_dict()}
-
-
-network_names = {"unet": "U-Net", "attention-unet": "attention U-Net"}
-cv_numbers = None
-if cv_folds:
-    cv_root = Path(cv_dir or Path(output_dir) / f"04_cv_{setting}_{dataset}")
-    cv_prepared = prepare_slices(source, cv_recipe.image_size)
-    print("preparation:", "; ".join(cv_prepared.steps))
-    arm_recipes = {f"U-Net, {loss}": replace(cv_recipe, model="unet", loss=loss) for loss in losses}
-    arm_recipes[f"attention U-Net, {network_loss}"] = replace(cv_recipe, model="attention-unet")
-    cv_runs = {}  # every distinct training once (arms that share a recipe share its runs)
-
-    def cross_validate(recipe: Recipe, seeds: tuple, fold_indices: tuple | None = None) -> dict:
-        results = run_nested_cv(source, cv_prepared, recipe, cv_root, folds=cv_folds, seeds=seeds,
-                                fold_indices=fold_indices, checkpoints=False, progress=False)
-        cv_runs.update({(str(r["recipe"]), r["seed"], r["fold"]): r for r in results})
-        return summarise_arm(results)
-
-    arms = {name: cross_validate(recipe, (seed,)) for name, recipe in arm_recipes.items()}
-    precision = {label: cross_validate(replace(cv_recipe, amp=value), precision_seeds, precision_folds)
-                 for label, value in (("float32", "off"), ("bfloat16", "bf16"))}
-    baseline = f"U-Net, {network_loss}"
-    comparisons = [compare(arms, baseline, f"attention U-Net, {network_loss}", metric)
-                   for metric in ("dice", "infnet_mean_dice")]
-    comparisons += [compare(arms, baseline, f"U-Net, {loss}", metric)
-                    for loss in losses if loss != network_loss for metric in ("dice", "infnet_mean_dice")]
-    comparisons += [compare(precision, "float32", "bfloat16", metric) for metric in ("dice", "infnet_mean_dice")]
-    cv_numbers = {"folds": cv_folds, "seed": seed, "preparation": cv_prepared.steps, "arms": arms,
-                  "precision": precision, "comparisons": comparisons,
-                  "cpu_native_bf16": cpu_supports_bf16(), "threads": threads,
-                  "compute": {"trainings": len(cv_runs),
-                              "cpu_seconds": sum(r["cpu_seconds"] for r in cv_runs.values()),
-                              "wall_seconds": sum(r["wall_seconds"] for r in cv_runs.values())}}
 
 
 def arm_rows(arms: dict) -> list[tuple[str, ...]]:
@@ -545,6 +512,39 @@ def show_cv_tables(numbers: dict, source_label: str) -> None:
                                       ("difference", "metric", "mean", "95 % interval", "n"))))
 
 
+# %%
+network_names = {"unet": "U-Net", "attention-unet": "attention U-Net"}
+cv_numbers = None
+if cv_folds:
+    cv_root = Path(cv_dir or Path(output_dir) / f"04_cv_{setting}_{dataset}")
+    cv_prepared = prepare_slices(source, cv_recipe.image_size)
+    print("preparation:", "; ".join(cv_prepared.steps))
+    arm_recipes = {f"U-Net, {loss}": replace(cv_recipe, model="unet", loss=loss) for loss in losses}
+    arm_recipes[f"attention U-Net, {network_loss}"] = replace(cv_recipe, model="attention-unet")
+    cv_runs = {}  # every distinct training once (arms that share a recipe share its runs)
+
+    def cross_validate(recipe: Recipe, seeds: tuple, fold_indices: tuple | None = None) -> dict:
+        results = run_nested_cv(source, cv_prepared, recipe, cv_root, folds=cv_folds, seeds=seeds,
+                                fold_indices=fold_indices, checkpoints=False, progress=False)
+        cv_runs.update({(str(r["recipe"]), r["seed"], r["fold"]): r for r in results})
+        return summarise_arm(results)
+
+    arms = {name: cross_validate(recipe, (seed,)) for name, recipe in arm_recipes.items()}
+    precision = {label: cross_validate(replace(cv_recipe, amp=value), precision_seeds, precision_folds)
+                 for label, value in (("float32", "off"), ("bfloat16", "bf16"))}
+    baseline = f"U-Net, {network_loss}"
+    comparisons = [compare(arms, baseline, f"attention U-Net, {network_loss}", metric)
+                   for metric in ("dice", "infnet_mean_dice")]
+    comparisons += [compare(arms, baseline, f"U-Net, {loss}", metric)
+                    for loss in losses if loss != network_loss for metric in ("dice", "infnet_mean_dice")]
+    comparisons += [compare(precision, "float32", "bfloat16", metric) for metric in ("dice", "infnet_mean_dice")]
+    cv_numbers = {"folds": cv_folds, "seed": seed, "preparation": cv_prepared.steps, "arms": arms,
+                  "precision": precision, "comparisons": comparisons,
+                  "cpu_native_bf16": cpu_supports_bf16(), "threads": threads,
+                  "compute": {"trainings": len(cv_runs),
+                              "cpu_seconds": sum(r["cpu_seconds"] for r in cv_runs.values()),
+                              "wall_seconds": sum(r["wall_seconds"] for r in cv_runs.values())}}
+
 if cv_numbers is not None:
     show_cv_tables(cv_numbers, "This run")
 
@@ -554,7 +554,7 @@ if cv_numbers is not None:
 # The committed record of this chapter's reference run on COVID-SemiSeg (the tables above appear
 # only when this run is itself a reference or full run):
 
-# %%
+# %% tags=["hide-input"]
 reference = load_reference("04_unet_and_attention")
 display(Markdown(reference_notice(reference, "04_unet_and_attention")))
 recorded = reference.numbers.get("cv") if reference is not None else None
@@ -583,7 +583,7 @@ if shown is not None:
         title=f"Learning curves, mean over folds ({shown_label})")
 curves_figure
 
-# %%
+# %% tags=["hide-input"]
 if shown is not None:
     by_metric = {(c["second"], c["metric"]): c for c in shown["comparisons"]}
     attention = by_metric[(f"attention U-Net, {network_loss}", "dice")]
@@ -606,7 +606,7 @@ if shown is not None:
 # losses and the training precision on real slices with nested cross-validation, small networks
 # sized for a 2-core CPU; the full setting runs the report's settings.
 
-# %%
+# %% tags=["hide-input"]
 numbers = {
     "unet_parameters_paper_widths": n_parameters,
     "paper_output_size_for_572": rows[-1]["paper"][1],

@@ -393,7 +393,7 @@ display(Markdown(f"**Table 5.1, this run** ({dataset}, {setting} setting):\n\n"
 # The report's MSD lung tumour and NSCLC effusion sources are not available offline; the rows
 # name what stands in for them.
 
-# %%
+# %% tags=["hide-input"]
 from covidlib.records import load_reference, reference_notice
 
 reference = load_reference("05_transfer_learning")
@@ -509,7 +509,7 @@ del full_model, full_optimizer
 # %% [markdown]
 # ## Record
 
-# %%
+# %% tags=["hide-input"]
 from covidlib.results import write_record
 
 table = summarise(records)

@@ -544,7 +544,7 @@ display(Markdown(scale_sentence))
 # restoration weights, read from the record committed with the book
 # (`ci/book --reference --dataset covid-semiseg` regenerates it).
 
-# %%
+# %% tags=["hide-input"]
 from covidlib.records import load_reference, reference_notice
 from covidlib.results import markdown_table
 
@@ -617,7 +617,7 @@ figure
 # of repeats. {doc}`Chapter 07 <07_pseudo_labels>` reuses the pretrained encoder's features to pseudo-label unannotated
 # scans.
 
-# %%
+# %% tags=["hide-input"]
 from covidlib.results import write_record
 
 numbers = {

@@ -381,7 +381,7 @@ if calibration is not None:
 # restoration-pretrained A on the real labelled slices, a few hundred real unlabelled slices
 # pseudo-labelled. The tables and figures below come from the committed record, not from this run.
 
-# %%
+# %% tags=["hide-input"]
 reference = load_reference("07_pseudo_labels")
 display(Markdown(reference_notice(reference, "07_pseudo_labels")))
 if reference is not None:
@@ -418,7 +418,7 @@ show_binned_histograms(histograms, title="Similarity of real unlabelled patches"
 # features the threshold is chosen where the borrowed masks are good enough. Whether those
 # masks help training is {doc}`chapter 08 <08_mean_teacher>`'s question.
 
-# %%
+# %% tags=["hide-input"]
 numbers = {"a_prime_val_dice": a_prime_dice, "unlabelled_images": len(unlabelled), "images_with_box": len(with_box),
            "box_recall": float(np.mean(box_recall)) if box_recall else None,
            "box_share": float(np.mean(box_share)) if box_share else None,

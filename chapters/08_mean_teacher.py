@@ -342,7 +342,7 @@ show_grouped_values({f"{arm} − {control}": np.subtract(by_arm[arm]["tta_dice_b
                     ylabel="Dice difference", title="Paired differences at the best recipe (COVID-SemiSeg)",
                     empty_message="no reference record of benchmarks/semi_recipe.py yet")
 
-# %%
+# %% tags=["hide-input"]
 numbers = {"summary": summary, "units": len(results), "folds_run": run_folds, "n_folds": n_folds, "seeds": seeds,
            "dice": {arm: [row["dice"][arm] for row in results] for arm in ARMS},
            "infnet_mean_dice": {arm: [row["infnet_mean_dice"][arm] for row in results] for arm in ARMS},

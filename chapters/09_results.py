@@ -401,7 +401,7 @@ else:
 #   0.21 Dice against its control; `covidlib.mean_teacher` now leaves the running statistics to the
 #   labelled batches.
 
-# %%
+# %% tags=["hide-input"]
 numbers = {"live_records": sorted(live), "reference_records": sorted(n for n, r in references.items() if r is not None),
            "reference_up_to_date": fresh, "findings": findings,
            # when each record shown here was written: ci/book reruns this chapter once one is rewritten
