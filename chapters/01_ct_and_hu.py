@@ -340,7 +340,7 @@ for name in regions:
 # slices, it fine-tunes that network and a network trained from scratch with the same splits, seeds
 # and schedule, and compares them slice by slice. The numbers below are read from the committed record.
 
-# %%
+# %% tags=["hide-input"]
 from IPython.display import Markdown, display
 
 from covidlib.records import load_reference, reference_notice
