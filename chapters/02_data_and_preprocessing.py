@@ -34,7 +34,7 @@
 #
 # **Prerequisites** {doc}`chapter 01 <01_ct_and_hu>` (HU, windows, the phantom).
 #
-# **Run time** quick: ~1 min CPU; reference: ~5 min CPU (12 phantom scans on 256 x 256, all 1,650 COVID-SemiSeg
+# **Run time** quick: ~1 min CPU; reference: ~1 min CPU (12 phantom scans on 256 x 256, all 1,650 COVID-SemiSeg
 # slices); full: ~10 min CPU (a 40-scan cohort on 512 x 512 matrices).
 
 # %% tags=["remove-cell"]

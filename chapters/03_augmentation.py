@@ -36,7 +36,7 @@
 # **Prerequisites** chapters {doc}`01 <01_ct_and_hu>` (HU and the phantom) and
 # {doc}`02 <02_data_and_preprocessing>` (preprocessing).
 #
-# **Run time** quick: ~20 s CPU; reference (50 real slices): ~2 min CPU; full: ~2 min CPU (no GPU needed).
+# **Run time** quick: ~20 s CPU; reference (50 real slices): ~15 s CPU; full: ~2 min CPU (no GPU needed).
 
 # %% tags=["remove-cell"]
 # Colab and fresh kernels: install the book's library only when it is missing.

@@ -36,7 +36,7 @@
 #
 # **Run time** quick: ~1.5 min CPU; reference (COVID-SemiSeg's labelled slices, a width-16 U-Net
 # on 128-pixel slices, fine-tuned from chapter 05's self-supervised restoration weights): about
-# 10-15 min on a quiet 2-core CPU; full: many GPU hours (the report's 40-vs-5-volume setting,
+# 5 min on a quiet 2-core CPU; full: many GPU hours (the report's 40-vs-5-volume setting,
 # several repeats).
 
 # %% tags=["remove-cell"]

@@ -37,7 +37,7 @@
 # {doc}`05 <05_transfer_learning>` (fine-tuning).
 #
 # **Run time** quick: ~1 min CPU (phantom or COVID-SemiSeg); reference (COVID-SemiSeg, 128 px,
-# 400 unlabelled slices): under 10 min on a 2-core CPU; full: ~1 h GPU (phantom at 256 px, or
+# 400 unlabelled slices): about 2 min on a 2-core CPU; full: ~1 h GPU (phantom at 256 px, or
 # COVID-SemiSeg with its 1600 unlabelled slices).
 
 # %% tags=["remove-cell"]

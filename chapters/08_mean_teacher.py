@@ -39,7 +39,7 @@
 #
 # **Run time** quick: ~2 min CPU (2 folds of tiny networks, phantom or COVID-SemiSeg);
 # reference (COVID-SemiSeg, 5 folds x 3 seeds of small networks at 128 px, 400 unlabelled
-# slices): about half an hour on a 2-core CPU; full: hours on a GPU.
+# slices): about 10 min on a 2-core CPU; full: hours on a GPU.
 
 # %% tags=["remove-cell"]
 # Colab and fresh kernels: install the book's library only when it is missing.
