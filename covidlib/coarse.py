@@ -160,6 +160,12 @@ def train_coarse_segmenter(images: Sequence[np.ndarray], masks: Sequence[np.ndar
     if len(images) != len(masks) or not images:
         raise InvalidInputError(f"images and masks must be non-empty and of equal length, got {len(images)} and {len(masks)}")
     shape = _check_coarse_shape(shape)
+    for index, (image, mask) in enumerate(zip(images, masks)):
+        if not np.isfinite(image).all():
+            raise InvalidInputError(f"image {index} holds NaN or infinite values")
+        if np.shape(image) != np.shape(mask) or not np.isin(mask, (0, 1)).all():
+            raise InvalidInputError(f"mask {index} must be 0/1 and of its image's shape {np.shape(image)}, "
+                                    f"got shape {np.shape(mask)} with values {np.unique(mask)[:5].tolist()}")
     resolved = get_device(device)
     small_images = torch.stack([torch.from_numpy(resize_volume(im, shape)) for im in images])[:, None]
     small_masks = torch.stack([torch.from_numpy(resize_volume(m, shape, mode="nearest-exact")) for m in masks]).long()
@@ -173,7 +179,10 @@ def train_coarse_segmenter(images: Sequence[np.ndarray], masks: Sequence[np.ndar
         for index in torch.randperm(len(small_images), generator=generator).tolist():
             optimizer.zero_grad(set_to_none=True)
             logits = model(small_images[index:index + 1].to(resolved))
-            loss_fn(logits, small_masks[index:index + 1].to(resolved)).backward()
+            loss = loss_fn(logits, small_masks[index:index + 1].to(resolved))
+            if not torch.isfinite(loss):
+                raise InvalidInputError(f"the coarse network's loss became {float(loss)}: lower lr={lr}")
+            loss.backward()
             optimizer.step()
     return model.eval()
 

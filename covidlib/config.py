@@ -23,7 +23,12 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and PyTorch (all devices) so a run repeats exactly on CPU."""
+    """Seed Python's ``random``, NumPy and PyTorch (all devices) so a run repeats exactly on CPU.
+
+    It also sets ``os.environ["PYTHONHASHSEED"]``, which only child processes started afterwards
+    see: the running interpreter fixed its ``str``/``bytes`` hash seed at start-up, so set
+    ``PYTHONHASHSEED`` before starting Python when string hashing (e.g. set order) must repeat.
+    """
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InvalidInputError(f"seed must be a non-negative integer, got {seed!r}")
     random.seed(int(seed))

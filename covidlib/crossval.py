@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from covidlib.augment import default_augmentation
 from covidlib.data import SliceDataset, kfold_volumes, seeded_loader, split_volumes
 from covidlib.datasets import Dataset as CaseDataset
 from covidlib.errors import InvalidInputError
-from covidlib.fingerprint import changed_sources, code_fingerprint, content_key, settings_key
+from covidlib.fingerprint import changed_sources, code_fingerprint, content_key, imported_modules, settings_key
 from covidlib.inference import PreparedSlices, case_metrics, choose_threshold, predict_cases
 from covidlib.metrics import dice
 from covidlib.io import atomic_write_text
@@ -91,20 +92,21 @@ def slice_dataset(prepared: PreparedSlices, ids: Sequence[str], recipe: Recipe, 
                         empty_fraction=recipe.empty_fraction if training else 1.0)
 
 
-#: The modules a supervised run's numbers depend on (not covidlib.recipe: a run's key and fingerprint
-#: already hold every field of its recipe, defaults included).
-TRAINING_MODULES = ("covidlib.crossval", "covidlib.train", "covidlib.averaging", "covidlib.inference", "covidlib.data",
-                    "covidlib.augment", "covidlib.losses", "covidlib.metrics", "covidlib.models.unet2d",
-                    "covidlib.models.attention")
+def training_code() -> dict[str, str]:
+    """The source a supervised run's numbers depend on (:func:`covidlib.fingerprint.code_fingerprint`):
+    this module and every ``covidlib`` module it imports, directly or not, so that a change to the
+    windowing or normalisation of the slices stales stored runs too. Less ``covidlib.recipe``: a run's
+    key and fingerprint already hold every field of its recipe, so a new default stales nothing."""
+    return code_fingerprint(name for name in imported_modules([__name__]) if name != "covidlib.recipe")
 
 
 def training_fingerprint(prepared: PreparedSlices, train_ids: Sequence[str], val_ids: Sequence[str], recipe: Recipe,
                          seed: int) -> str:
     """What a supervised run's checkpoints are keyed by, so that ``resume`` never continues a run
     of other settings, slices or code: the recipe, the seed, the split, the slices' content and
-    :data:`TRAINING_MODULES`' source."""
+    the source of :func:`training_code`."""
     return content_key(dataclasses.asdict(recipe), seed, list(train_ids), list(val_ids),
-                       [prepared.labelled[i] for i in [*train_ids, *val_ids]], code_fingerprint(TRAINING_MODULES))
+                       [prepared.labelled[i] for i in [*train_ids, *val_ids]], training_code())
 
 
 def train_supervised(prepared: PreparedSlices, train_ids: Sequence[str], val_ids: Sequence[str], recipe: Recipe, *,
@@ -179,17 +181,16 @@ def run_nested_cv(dataset: CaseDataset, prepared: PreparedSlices, recipe: Recipe
         raise InvalidInputError(f"fold_indices must lie in 0..{folds - 1} for {folds} folds, got {list(fold_indices)}")
     ids = sorted(prepared.labelled)
     folder = Path(out_dir) / run_key(recipe, dataset.name, folds)
-    code = code_fingerprint(TRAINING_MODULES)
+    code = training_code()
     results = []
     jobs = [(seed, fold) for seed in seeds for fold in nested_folds(ids, folds, seed)
             if fold_indices is None or fold.index in fold_indices]
     for seed, fold in tqdm(jobs, desc=f"nested CV {recipe.model}", disable=not progress):
         path = folder / f"seed{seed}_fold{fold.index}.json"
-        if path.exists():
-            stored = json.loads(path.read_text(encoding="utf-8"))
-            if not changed_sources(stored["code"]):
-                results.append(stored)
-                continue
+        stored = _stored_result(path)
+        if stored is not None and not changed_sources(stored["code"]):
+            results.append(stored)
+            continue
         if not compute:
             continue
         started, cpu_started = time.perf_counter(), time.process_time()
@@ -208,6 +209,21 @@ def run_nested_cv(dataset: CaseDataset, prepared: PreparedSlices, recipe: Recipe
         atomic_write_text(path, json.dumps(result, indent=1, allow_nan=True) + "\n")
         results.append(result)
     return results
+
+
+def _stored_result(path: Path) -> dict[str, Any] | None:
+    """The result stored at ``path``, or None when there is none; a damaged one (e.g. cut short
+    by a full disk) is recomputed, with a warning naming it."""
+    if not path.exists():
+        return None
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(stored, dict) and isinstance(stored.get("code"), dict):
+            return stored
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        pass
+    warnings.warn(f"{path}: not a readable nested-CV result; computing it again", stacklevel=3)
+    return None
 
 
 def fold_means(results: Sequence[dict[str, Any]], metric: str = "dice") -> dict[int, list[float]]:

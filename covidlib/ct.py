@@ -173,7 +173,7 @@ def make_thick_slices(volume: Volume, thickness_mm: float) -> Volume:
     """Thick slabs from thin slices: each slab averages ``thickness_mm / spacing_z`` consecutive slices.
 
     Images (float) are averaged, which is what a scanner's thick reconstruction does to small
-    structures (partial-volume effect); label masks (integer) take the majority label. The z
+    structures (partial-volume effect); label masks (integer or boolean) take the majority label. The z
     spacing becomes ``thickness_mm`` and the origin moves to the centre of the first slab; a
     trailing group shorter than a slab is dropped.
 
@@ -181,7 +181,8 @@ def make_thick_slices(volume: Volume, thickness_mm: float) -> Volume:
     """
     factor = _slab_factor(volume, thickness_mm)
     array = volume.array
-    thick = majority_slabs(array, factor) if np.issubdtype(array.dtype, np.integer) else average_slabs(array, factor)
+    is_label = np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_
+    thick = majority_slabs(array, factor) if is_label else average_slabs(array, factor)
     direction = np.asarray(volume.direction).reshape(3, 3)
     # Index (x, y, z) -> physical: origin + D @ (index * spacing); the first slab's centre sits at z index (factor-1)/2.
     shift = direction @ np.array([0.0, 0.0, (factor - 1) / 2 * volume.spacing[0]])

@@ -539,7 +539,7 @@ class CovidSemiSegDataset(Dataset):
         split = self.split_of(case_id)
         stem = case_id.split("/", 1)[1]
         image_path = self._image_file(split, stem)
-        pixels = _read_8bit(image_path)
+        pixels = read_8bit(image_path)
         lesion = None
         if self._folders[split][1] is not None:
             if self.multiclass and split == "train":
@@ -563,14 +563,16 @@ def _natural_key(name: str) -> list[object]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def _read_8bit(path: Path) -> np.ndarray:
+def read_8bit(path: str | Path) -> np.ndarray:
+    """An image file (PNG, JPEG, ...) as 8-bit grey levels (H, W) ``uint8``; colour images are
+    converted to grey. Raises :class:`InvalidInputError` naming an unreadable file."""
     from PIL import Image
 
     try:
         with Image.open(path) as img:
             return np.asarray(img.convert("L"), dtype=np.uint8)
-    except OSError as exc:
-        raise InvalidInputError(f"{path}: cannot read image ({exc})") from exc
+    except OSError as exc:  # PIL's UnidentifiedImageError is one
+        raise InvalidInputError(f"{path}: cannot be read as an image ({exc})") from exc
 
 
 def _read_png_labels(path: Path, shape: tuple[int, ...], image_path: Path, allowed: tuple[int, ...]) -> np.ndarray:
@@ -578,9 +580,12 @@ def _read_png_labels(path: Path, shape: tuple[int, ...], image_path: Path, allow
 
     if not path.is_file():
         raise InvalidInputError(f"{path}: ground-truth mask of {image_path} is missing")
-    with Image.open(path) as img:
-        # Palette PNGs (the multi-class GT) store class ids as palette indices: keep them as they are.
-        labels = np.asarray(img if img.mode in ("P", "L") else img.convert("L"), dtype=np.uint8)
+    try:
+        with Image.open(path) as img:
+            # Palette PNGs (the multi-class GT) store class ids as palette indices: keep them as they are.
+            labels = np.asarray(img if img.mode in ("P", "L") else img.convert("L"), dtype=np.uint8)
+    except OSError as exc:
+        raise InvalidInputError(f"{path}: cannot read the ground-truth mask of {image_path} ({exc})") from exc
     if labels.shape != tuple(shape):
         raise InvalidInputError(f"{path}: mask shape {labels.shape} differs from image {image_path} shape {tuple(shape)}")
     unexpected = sorted(set(np.unique(labels).tolist()) - set(allowed))
@@ -675,8 +680,8 @@ def list_datasets() -> list[DatasetInfo]:
 def get_dataset(name: str, root: str | Path | None = None, **options: Any) -> Dataset:
     """The dataset ``name``, read from ``root`` (default: ``data_root() / name``).
 
-    ``options`` go to the dataset: ``phantom``: n, shape, disease, seed (+ make_phantom options);
-    ``covid19-ct-seg``: download; ``msd-lung``: download, sha256; ``covid-semiseg``: multiclass;
+    ``options`` go to the dataset: ``phantom``: n, shape, disease, seed, view (+ make_phantom options);
+    ``covid19-ct-seg``: download, progress; ``msd-lung``: download, sha256, progress; ``covid-semiseg``: multiclass;
     ``folder``/``mosmed``/``nsclc``: image_pattern, lesion_pattern, lung_pattern.
 
     Introduced in chapter 02.

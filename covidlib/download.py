@@ -181,7 +181,9 @@ def extract_archive(archive: str | Path, target: str | Path) -> list[Path]:
     Every member is checked before anything is written: absolute paths, ``..`` components,
     links pointing outside ``target`` and special files raise :class:`InvalidInputError`
     naming the archive and the member. Members go to a temporary folder inside ``target``'s
-    parent and are then moved in, so a failed extraction leaves ``target`` as it was.
+    parent and are moved in only once none of them would land on a folder or below a file of
+    ``target``, so a failed extraction leaves ``target`` as it was (files of the same name are
+    replaced).
 
     Introduced in chapter 02.
     """
@@ -201,17 +203,19 @@ def extract_archive(archive: str | Path, target: str | Path) -> list[Path]:
                 tf.extractall(staging, filter="data")
         else:
             raise InvalidInputError(f"{archive}: not a zip or tar archive")
+        moves = [(source, target / source.relative_to(staging)) for source in sorted(staging.rglob("*"))
+                 if source.is_symlink() or not source.is_dir()]
+        for _, destination in moves:
+            blocking = [destination] if destination.is_dir() and not destination.is_symlink() else []
+            blocking += [parent for parent in destination.parents if parent.is_file() and target in parent.parents]
+            if blocking:
+                raise InvalidInputError(f"{archive}: member {destination.relative_to(target)} cannot be unpacked: "
+                                        f"{blocking[0]} is in the way (a {'folder' if blocking[0].is_dir() else 'file'})")
         target.mkdir(parents=True, exist_ok=True)
-        extracted = []
-        for source in sorted(staging.rglob("*")):
-            if source.is_dir() and not source.is_symlink():
-                continue
-            relative = source.relative_to(staging)
-            destination = target / relative
+        for source, destination in moves:
             destination.parent.mkdir(parents=True, exist_ok=True)
             os.replace(source, destination)
-            extracted.append(destination)
-        return extracted
+        return [destination for _, destination in moves]
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

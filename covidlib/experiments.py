@@ -29,7 +29,6 @@ Introduced in chapter 05.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import multiprocessing
 import time
@@ -47,13 +46,13 @@ from tqdm.auto import tqdm
 from covidlib.config import get_device
 from covidlib.data import REPORT_SPLITS, report_split
 from covidlib.errors import InvalidInputError
-from covidlib.fingerprint import content_key
+from covidlib.fingerprint import content_key, settings_key
 from covidlib.metrics import infnet_metrics
 from covidlib.metrics import summarise as summarise_values
 from covidlib.models import get_model
 from covidlib.models.unet3d import GenesisUNet2d, load_genesis_checkpoint
 from covidlib.results import atomic_write_text
-from covidlib.train import evaluate, split_batch
+from covidlib.train import evaluate, load_checkpoint, split_batch
 from covidlib.transfer import (RECIPES, SliceTraining, case_arrays, code_versions, fit_volumes, prepare_finetune,
                                slice_loader, stable_settings)
 
@@ -149,7 +148,7 @@ class GridConfig:
         settings["training"] = stable_settings(self.training)
         for per_cell in ("networks", "recipes", "splits", "sources", "folds"):
             settings.pop(per_cell)
-        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        return settings_key(settings)
 
 
 def build_network(network: str, recipe: str, config: GridConfig) -> nn.Module:
@@ -175,7 +174,7 @@ def _pretrained_for(cell: Cell, pretrained: Mapping[str, str | Path], genesis: s
     path = Path(pretrained[name])
     if not path.is_file():
         raise InvalidInputError(f"pretrained weights {path} for {name!r} not found")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_checkpoint(path)
 
 
 def cell_inputs(cells: Sequence[Cell], arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], config: GridConfig, *,
@@ -216,10 +215,13 @@ def infnet_mean_dice(model: nn.Module, loader: Any, device: str | torch.device =
     defined). Fan et al., Inf-Net, IEEE TMI 2020. Introduced in chapter 05."""
     resolved = get_device(device)
     was_training = model.training
-    model.eval()
+    model.to(resolved).eval()
     per_case: dict[str, list[float]] = {}
     for batch in loader:
         images, targets = split_batch(batch)
+        if "case_id" not in batch:
+            raise InvalidInputError("infnet_mean_dice needs batches that name their slices' case_id "
+                                    "(e.g. from covidlib.data.SliceDataset)")
         probabilities = torch.softmax(model(images.to(resolved)).float(), dim=1)[:, 1].cpu().numpy()
         for case, probability, target in zip(batch["case_id"], probabilities, targets.numpy()):
             if target.any():

@@ -182,13 +182,22 @@ class PreparedSlices:
     steps: list[str] = field(default_factory=list)
 
 
+def spread_evenly(ids: Sequence[str], count: int) -> list[str]:
+    """``count`` of ``ids`` spread evenly through them, the first included: id
+    ``i * len(ids) // count`` for each ``i`` (a fixed stride when ``count`` divides ``len(ids)``).
+    Introduced in chapter 02."""
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= len(ids):
+        raise InvalidInputError(f"count must be in [1, {len(ids)}], got {count!r}")
+    return [ids[i * len(ids) // count] for i in range(count)]
+
+
 def _spread(ids: list[str], count: int | None, dataset: CaseDataset) -> list[str]:
-    """``count`` ids at an even stride through ``ids`` (all when None)."""
+    """:func:`spread_evenly` for ``prepare_slices``' ``n_unlabelled`` (all when None)."""
     if count is None:
         return ids
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= len(ids):
         raise InvalidInputError(f"n_unlabelled must be in [1, {len(ids)}] for dataset {dataset.name!r}, got {count!r}")
-    return ids[:: max(1, len(ids) // count)][:count]
+    return spread_evenly(ids, count)
 
 
 def prepare_slices(dataset: CaseDataset, image_size: int | None = None, *, method: str = "window",

@@ -64,7 +64,7 @@ from covidlib.io import atomic_write_text
 from covidlib.models import MODELS, get_model
 from covidlib.pseudo import (RULES, PseudoLabelConfig, PseudoPatchDataset, build_dictionary, calibrate_on_labelled,
                              compare_rules, pseudo_label, report_rules)
-from covidlib.results import to_json
+from covidlib.results import format_interval, to_json
 from covidlib.statistics import paired_bootstrap_ci, summarise_runs
 from covidlib.train import (AMP_CHOICES, Trainer, TrainConfig, resolve_amp, save_checkpoint, split_batch,
                             validate_batch)
@@ -143,7 +143,8 @@ def frozen_running_statistics(model: nn.Module) -> Iterator[None]:
 
 
 class MeanTeacher(Trainer):
-    """Train a copy of ``model`` (the student) with labels, weighted pseudo-labels and a mean teacher.
+    """Train ``model`` itself (the student, in place) with labels, weighted pseudo-labels and a mean
+    teacher; the teacher (``self.teacher``) is a deep copy of it, updated as its moving average.
 
     ``pseudo_patches``: a dataset whose items hold ``image`` (1, P, P), ``mask`` (C, P, P) soft
     targets and ``weight`` (e.g. :class:`covidlib.pseudo.PseudoPatchDataset`), or ``None`` for
@@ -644,23 +645,34 @@ METRIC_LABELS = {"dice": "Dice at 0.5", "infnet_mean_dice": "Inf-Net mean Dice"}
 
 def arm_rows(summary: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
     """Table rows of :func:`compare_arms`' summary: arm, Dice at 0.5 as mean ± sd over folds, its
-    sd over seeds, and Inf-Net's mean Dice as mean ± sd over folds. Introduced in chapter 08."""
+    sd over seeds ("one seed" when there is no spread over seeds), and Inf-Net's mean Dice as
+    mean ± sd over folds. Introduced in chapter 08."""
     dice, infnet = summary["dice"]["arms"], summary["infnet_mean_dice"]["arms"]
-    return [(ARM_LABELS[arm], f"{dice[arm]['mean']:.3f} ± {dice[arm]['sd_folds']:.3f}", f"{dice[arm]['sd_seeds']:.3f}",
+
+    def over_seeds(sd: float) -> str:
+        return "one seed" if math.isnan(sd) else f"{sd:.3f}"
+
+    return [(ARM_LABELS[arm], f"{dice[arm]['mean']:.3f} ± {dice[arm]['sd_folds']:.3f}", over_seeds(dice[arm]["sd_seeds"]),
              f"{infnet[arm]['mean']:.3f} ± {infnet[arm]['sd_folds']:.3f}") for arm in ARMS]
+
+
+def _percent_cell(interval: Mapping[str, Any]) -> str:
+    """``+x.x % [low, high]``, or ``n/a`` when the control's mean is 0 (no percent of it exists)."""
+    if interval["percent"] is None:
+        return "n/a (control mean 0)"
+    return f"{interval['percent']:+.1f} % [{interval['percent_low']:+.1f}, {interval['percent_high']:+.1f}]"
 
 
 def paired_rows(summary: Mapping[str, Any]) -> list[tuple[str, str, str, str, str]]:
     """Table rows of the paired differences in :func:`compare_arms`' summary: arm − control,
-    metric, difference [95 % CI], the same in percent of the control's mean, and the number of
-    (fold, seed) units. Introduced in chapter 08."""
+    metric, difference [95 % CI], the same in percent of the control's mean (``n/a`` when that
+    mean is 0), and the number of (fold, seed) units. Introduced in chapter 08."""
     rows = []
     for metric, part in summary.items():
         for arm, interval in part["paired"].items():
             rows.append((f"{ARM_LABELS[arm]} − control", METRIC_LABELS.get(metric, metric),
-                         f"{interval['mean_difference']:+.3f} [{interval['low']:+.3f}, {interval['high']:+.3f}]",
-                         f"{interval['percent']:+.1f} % [{interval['percent_low']:+.1f}, {interval['percent_high']:+.1f}]",
-                         str(interval["n"])))
+                         format_interval(interval),
+                         _percent_cell(interval), str(interval["n"])))
     return rows
 
 

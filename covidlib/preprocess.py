@@ -305,6 +305,10 @@ def lungmask_lung_mask(volume: Volume, modelpath: str | Path | None = None, *, d
     return np.asarray(mask, dtype=np.uint8)
 
 
+LUNGMASK_FALLBACK_WARNING = ("lungmask weights not found (no modelpath, none in the torch hub cache): using the "
+                             "classical threshold/watershed lung mask instead")
+
+
 def lung_mask(volume: Volume, method: str = "auto", modelpath: str | Path | None = None, *,
               device: str = "auto") -> np.ndarray:
     """Lung mask of a CT volume; uint8 (z, y, x): 0 outside, 1 right lung, 2 left lung.
@@ -323,8 +327,7 @@ def lung_mask(volume: Volume, method: str = "auto", modelpath: str | Path | None
         if lungmask_weights(modelpath) is not None:
             method = "lungmask"
         else:
-            warnings.warn("lungmask weights not found (no modelpath, none in the torch hub cache): using the classical "
-                          "threshold/watershed lung mask instead", stacklevel=2)
+            warnings.warn(LUNGMASK_FALLBACK_WARNING, stacklevel=2)
             method = "classical"
     if method == "lungmask":
         return lungmask_lung_mask(volume, modelpath, device=device)
@@ -558,7 +561,13 @@ def preprocess_case(case: Case, *, lung_method: str = "auto", spacing_mm: float 
     lesion = None if case.lesion_mask is None else _check_mask_on(volume, case.lesion_mask, "lesion mask")
     if case.lung_mask is not None:
         _check_mask_on(volume, case.lung_mask, "lung mask")
-    parameters = {"lung_method": lung_method, "spacing_mm": spacing_mm, "margin_mm": margin_mm,
+    # "auto" is resolved before the cache lookup, and the key holds the method that will run: a
+    # classical mask cached while no lungmask weights existed must miss once they appear.
+    # Explicit methods keep the key they always had; "auto" shares the key of its resolution.
+    used = lung_method
+    if lung_method == "auto":
+        used = "lungmask" if lungmask_weights(modelpath) is not None else "classical"
+    parameters = {"lung_method": used, "spacing_mm": spacing_mm, "margin_mm": margin_mm,
                   "equalise": equalise, "modelpath": str(modelpath) if modelpath else None}
     key = PreprocessCache.key(case, parameters) if cache is not None else ""
     if cache is not None and (hit := cache.get(key)) is not None:
@@ -567,11 +576,11 @@ def preprocess_case(case: Case, *, lung_method: str = "auto", spacing_mm: float 
     if lung_method == "given":
         if case.lung_mask is None:
             raise InvalidInputError(f"{where}: lung_method='given' but case {case.case_id!r} has no lung mask")
-        lungs, used = np.asarray(case.lung_mask, np.uint8), "given"
+        lungs = np.asarray(case.lung_mask, np.uint8)
     else:
-        uses_lungmask = lung_method == "lungmask" or (lung_method == "auto" and lungmask_weights(modelpath) is not None)
-        used = "lungmask" if uses_lungmask else "classical"
-        lungs = lung_mask(volume, lung_method, modelpath, device=device)  # "auto" warns when it falls back
+        if lung_method == "auto" and used == "classical":
+            warnings.warn(LUNGMASK_FALLBACK_WARNING, stacklevel=2)
+        lungs = lung_mask(volume, used, modelpath, device=device)
     if not lungs.any():
         raise InvalidInputError(f"{where}: the lung mask of case {case.case_id!r} is empty (method {used!r})")
 

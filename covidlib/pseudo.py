@@ -24,7 +24,6 @@ Introduced in chapter 07.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -605,12 +604,6 @@ def calibrate_on_labelled(encoder_model: nn.Module, dictionary: PatchDictionary,
     values = patch_dice(rule_masks(dictionary.masks, labels.scores, labels.indices, "top2"), truth)
     calibration = calibrate_threshold(labels.scores, values, thresholds=thresholds, quality_bar=quality_bar)
     return calibration, labels, truth
-
-
-def with_threshold(labels: PseudoLabels, threshold: float, band: tuple[float, float] = (0.87, 0.96)) -> PseudoLabels:
-    """``labels`` re-assigned by the top-2 rule at ``threshold`` (centred scores)."""
-    return dataclasses.replace(labels, assignment=assign(labels.scores, labels.indices, "top2", threshold=threshold,
-                                                         band=band))
 
 
 # --- figures ----------------------------------------------------------------------------------

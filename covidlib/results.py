@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,25 @@ def format_value(value: Any, digits: int = 3) -> str:
         return f"{array.mean():.{digits}f}{sd} (n={len(array)})"
     text = str(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def format_change(value: float, digits: int = 3) -> str:
+    """A signed change as text, ``+0.012``: one that rounds to zero at ``digits`` but is not zero
+    gets more digits (``-0.0004``), so an interval bound just below zero never reads ``-0.000``."""
+    if value == 0:
+        return f"{0:.{digits}f}"
+    for shown in range(digits, digits + 3):
+        text = f"{value:+.{shown}f}"
+        if text.strip("+-0.") or not math.isfinite(value):
+            return text
+    return f"{value:+.1e}"
+
+
+def format_interval(interval: Mapping[str, Any], digits: int = 3) -> str:
+    """A paired difference with its confidence interval (:func:`covidlib.statistics.paired_bootstrap_ci`'s
+    ``mean_difference``, ``low``, ``high``) as ``+0.021 [+0.013, +0.031]``."""
+    return (f"{format_change(interval['mean_difference'], digits)} "
+            f"[{format_change(interval['low'], digits)}, {format_change(interval['high'], digits)}]")
 
 
 def flatten_numbers(numbers: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

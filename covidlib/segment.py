@@ -284,14 +284,18 @@ def write_segmentation(result: Segmentation, mask_path: str | Path, lung_mask_pa
     """Write the infection mask, the lung mask and (optionally) the JSON summary, all or none.
 
     Each file is first written in full to a hidden temporary name beside its target; only when
-    every one is complete are they renamed into place, so a failure leaves no output behind
-    (and no earlier file half-replaced). Returns the paths written.
+    every one is complete are they renamed into place, so a failure while writing leaves no
+    output behind (and no earlier file half-replaced). A target that is a folder is refused before
+    anything is written. Returns the paths written.
 
     Introduced in chapter 04.
     """
     outputs: list[tuple[Any, Path]] = [(result.infection, Path(mask_path)), (result.lung_mask, Path(lung_mask_path))]
     if summary_path is not None:
         outputs.append((result.summary, Path(summary_path)))
+    for _, path in outputs:
+        if path.is_dir():
+            raise InvalidInputError(f"{path}: is a folder; give a file name")
     # Every temporary file is written before the first rename; a failure removes them all.
     with contextlib.ExitStack() as stack:
         for content, path in outputs:

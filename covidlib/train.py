@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import pickle
 import random
 import time
 import warnings
@@ -254,8 +255,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise InvalidInputError(f"checkpoint {path} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # torch's own message advises the unsafe weights_only=False
+        raise InvalidInputError(f"checkpoint {path} cannot be read: it holds no PyTorch tensors and plain values "
+                                "(damaged, or objects that a weights-only load refuses)") from exc
     except Exception as exc:  # torch raises several types for a damaged or foreign file
-        raise InvalidInputError(f"checkpoint {path} cannot be read: {exc}") from exc
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise InvalidInputError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {reason})") from exc
 
 
 def add_checkpoint_metadata(path: str | Path, **values: Any) -> Path:

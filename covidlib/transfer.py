@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from covidlib.augment import default_augmentation
+from covidlib.ct import check_hu
 from covidlib.data import SliceDataset, seeded_loader, split_volumes
 from covidlib.distributed import EpochLoader
 from covidlib.errors import InvalidInputError
@@ -431,6 +432,8 @@ def pretrain_genesis_proxy(unet3d: UNet3d, volumes_hu: Sequence[np.ndarray], *, 
     """
     if unet3d.in_channels != 1 or unet3d.num_classes != 1:
         raise InvalidInputError("pretrain_genesis_proxy restores one-channel images: use UNet3d(in_channels=1, num_classes=1)")
+    for index, volume in enumerate(volumes_hu):
+        check_hu(np.asarray(volume), f"volume {index}")
     key = None
     if cache is not None:
         key = content_key(dict(cube=list(cube), steps=steps, batch_size=batch_size, lr=lr, seed=seed),
@@ -456,6 +459,8 @@ def pretrain_genesis_proxy(unet3d: UNet3d, volumes_hu: Sequence[np.ndarray], *, 
             cubes.append(volume[tuple(slice(a, a + c) for a, c in zip(start, cube))])
         target = torch.from_numpy(np.stack(cubes))[:, None]
         loss = F.mse_loss(torch.sigmoid(unet3d(genesis_corruption(target, generator))), target)
+        if not torch.isfinite(loss):
+            raise InvalidInputError(f"the restoration loss became {float(loss)} at step {len(losses) + 1}: lower lr={lr}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

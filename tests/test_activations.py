@@ -160,11 +160,37 @@ def test_snapshot_trainer_keeps_weights_on_schedule(tmp_path) -> None:
         SnapshotTrainer(tiny_unet(), config, interval=0)
 
 
+class CountingSnapshotTrainer(SnapshotTrainer):
+    """Counts the optimizer steps this trainer itself ran (not those of an earlier run)."""
+
+    steps_run = 0
+
+    def train_step(self, batch):
+        self.steps_run += 1
+        return super().train_step(batch)
+
+
 def test_snapshot_trainer_resume_continues_the_schedule(tmp_path) -> None:
+    train, val = tiny_batches(3, seed=0), tiny_batches(1, seed=1)
+    uninterrupted = SnapshotTrainer(tiny_unet(), TrainConfig(epochs=2, amp="off", device="cpu", progress=False, seed=0),
+                                    interval=2, out_dir=tmp_path / "full", snapshot_dir=tmp_path / "full_snaps")
+    uninterrupted.fit(train, val)
+
     config = TrainConfig(epochs=1, amp="off", device="cpu", progress=False, seed=0)
     SnapshotTrainer(tiny_unet(), config, interval=2, out_dir=tmp_path / "run", snapshot_dir=tmp_path / "snaps").fit(
-        tiny_batches(3, seed=0), tiny_batches(1, seed=1))
+        train, val)
+    before = {path.name: (path.read_bytes(), path.stat().st_mtime_ns) for path in (tmp_path / "snaps").iterdir()}
+    assert sorted(before) == ["step_0000000.pt", "step_0000002.pt"]
     config.epochs = 2
-    resumed = SnapshotTrainer(tiny_unet(), config, interval=2, out_dir=tmp_path / "run", snapshot_dir=tmp_path / "snaps")
-    resumed.fit(tiny_batches(3, seed=0), tiny_batches(1, seed=1), resume=True)
+    # a different initialisation: a restart instead of a resume would show in every snapshot
+    resumed = CountingSnapshotTrainer(tiny_unet(seed=7), config, interval=2, out_dir=tmp_path / "run",
+                                      snapshot_dir=tmp_path / "snaps")
+    resumed.fit(train, val, resume=True)
+    assert resumed.steps_run == 3  # only the second epoch's three batches were trained
     assert resumed.step == 6 and sorted(resumed.snapshots) == [0, 2, 4, 6]
+    for name, (content, mtime) in before.items():  # the interrupted run's snapshots are kept, not rewritten
+        path = tmp_path / "snaps" / name
+        assert path.read_bytes() == content and path.stat().st_mtime_ns == mtime
+    for step in (0, 2, 4, 6):  # resuming gives the uninterrupted run's weights, bit for bit
+        expected, got = load_weights(uninterrupted.snapshots[step]), load_weights(resumed.snapshots[step])
+        assert all(torch.equal(got[key], expected[key]) for key in expected), step

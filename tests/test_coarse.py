@@ -85,6 +85,14 @@ def test_coarse_segmenter_finds_a_bright_block():
         assert np.prod(overlap) >= 0.5 * np.prod(true.shape)
 
 
-def test_coarse_shape_must_be_multiples_of_eight():
+def test_coarse_shape_must_be_multiples_of_eight_and_inputs_valid():
     with pytest.raises(InvalidInputError, match="multiples of 8"):
         train_coarse_segmenter([np.zeros((8, 8, 8))], [np.zeros((8, 8, 8))], shape=(8, 12, 16), epochs=1, progress=False)
+    nan = np.zeros((8, 8, 8), np.float32)
+    nan[1, 2, 3] = np.nan
+    with pytest.raises(InvalidInputError, match="image 1 holds NaN"):
+        train_coarse_segmenter([np.zeros((8, 8, 8)), nan], [np.zeros((8, 8, 8))] * 2, shape=(8, 8, 8), progress=False)
+    with pytest.raises(InvalidInputError, match=r"mask 0 must be 0/1.*values \[255\]"):
+        train_coarse_segmenter([np.zeros((8, 8, 8))], [np.full((8, 8, 8), 255)], shape=(8, 8, 8), progress=False)
+    with pytest.raises(InvalidInputError, match=r"mask 0 must be 0/1 and of its image's shape"):
+        train_coarse_segmenter([np.zeros((8, 8, 8))], [np.zeros((8, 8, 4))], shape=(8, 8, 8), progress=False)

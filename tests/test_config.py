@@ -1,4 +1,7 @@
 import io
+import os
+import random
+import types
 
 import numpy as np
 import pytest
@@ -9,13 +12,20 @@ from covidlib.config import cpu_supports_bf16, format_summary, get_device, proce
 from covidlib.errors import InvalidInputError
 
 
-def test_seed_everything_repeats_every_generator():
+def test_seed_everything_repeats_every_generator(monkeypatch):
+    # seed_everything writes PYTHONHASHSEED: monkeypatch puts the session's value (or its
+    # absence) back afterwards. setenv, not delenv: delenv of an absent variable records nothing.
+    monkeypatch.setenv("PYTHONHASHSEED", "0")
     seed_everything(7)
-    first = (np.random.rand(3), torch.rand(3))
+    first = (random.random(), np.random.rand(3), torch.rand(3))
     seed_everything(7)
-    second = (np.random.rand(3), torch.rand(3))
-    np.testing.assert_array_equal(first[0], second[0])
-    assert torch.equal(first[1], second[1])
+    second = (random.random(), np.random.rand(3), torch.rand(3))
+    assert first[0] == second[0]
+    np.testing.assert_array_equal(first[1], second[1])
+    assert torch.equal(first[2], second[2])
+    assert os.environ["PYTHONHASHSEED"] == "7"  # for child processes only
+    seed_everything(8)
+    assert random.random() != first[0] and not torch.equal(torch.rand(3), first[2])
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, "0"])
@@ -55,7 +65,26 @@ def test_runtime_summary_names_the_processor_and_its_bfloat16(monkeypatch):
     monkeypatch.setattr(config, "open", lambda *args, **kwargs: io.StringIO(cpuinfo), raising=False)
     summary = runtime_summary(setting="quick", device="cpu", seed=0, dataset="phantom")
     assert summary["device_name"] == "Test CPU 9000" == processor_name()
-    assert summary["cpu_bf16"] is cpu_supports_bf16()
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_runtime_summary_records_what_cpu_supports_bf16_says(monkeypatch, bf16):
+    monkeypatch.setattr(config, "cpu_supports_bf16", lambda: bf16)
+    assert runtime_summary(setting="quick", device="cpu", seed=0, dataset="phantom")["cpu_bf16"] is bf16
+
+
+@pytest.mark.parametrize(("mkldnn", "check", "expected"), [
+    (True, lambda: True, True),  # oneDNN with native bfloat16 (AVX512-BF16 / AMX)
+    (True, lambda: False, False),  # oneDNN that would emulate bfloat16 (AVX2 only)
+    (True, lambda: 1, True),  # whatever the check returns is made a bool
+    (True, None, False),  # a torch without the check
+    (False, lambda: True, False),  # no oneDNN at all: the check is not trusted
+])
+def test_cpu_supports_bf16_asks_onednn(monkeypatch, mkldnn, check, expected):
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: mkldnn)
+    namespace = types.SimpleNamespace() if check is None else types.SimpleNamespace(_is_mkldnn_bf16_supported=check)
+    monkeypatch.setattr(torch.ops, "mkldnn", namespace)
+    assert cpu_supports_bf16() is expected
 
 
 def test_choose_picks_the_value_of_the_setting_and_rejects_others():

@@ -84,6 +84,15 @@ def test_thick_slabs_average_consecutive_slices_by_hand() -> None:
     assert make_thick_slices(seven, 3.0).shape == (2, 2, 2)
 
 
+def test_thick_slabs_of_a_boolean_mask_take_the_majority() -> None:
+    mask = np.zeros((8, 1, 2), bool)
+    mask[:3, 0, 0] = True  # 3 of the first 4 slices: the first slab is lesion there
+    mask[4, 0, 1] = True  # 1 of the next 4: the second slab is not
+    thick = make_thick_slices(Volume(mask, (1.0, 1.0, 1.0)), 4.0)
+    assert thick.array.dtype == np.bool_
+    np.testing.assert_array_equal(thick.array, [[[True, False]], [[False, False]]])
+
+
 def test_thick_slab_origin_follows_a_flipped_direction() -> None:
     flipped = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
     volume = Volume(np.zeros((4, 2, 2), np.float32), (2.0, 1.0, 1.0), origin=(0.0, 0.0, 100.0), direction=flipped)

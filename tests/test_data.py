@@ -252,11 +252,10 @@ def test_slices_of_a_preprocessed_phantom():
 
 @pytest.mark.realdata
 def test_covid_semiseg_five_fold_by_slice():
-    from pathlib import Path
+    from test_datasets import REAL_SEMISEG as root
 
-    root = Path(__file__).resolve().parents[2] / "shared" / "data" / "covid-semiseg"
     if not root.is_dir():
-        pytest.skip("COVID-SemiSeg not found at ../shared/data/covid-semiseg")
+        pytest.skip(f"COVID-SemiSeg not found at {root}")
     from covidlib.datasets import get_dataset
     from covidlib.preprocess import normalise_image
     import dataclasses

@@ -53,14 +53,28 @@ def _rank_main(rank: int, port: int, out_dir: str) -> None:
 
 
 def free_port() -> int:
+    """A port that was free a moment ago; another process may take it before rank 0 binds it."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
+def spawn_ranks(out_dir: str, attempts: int = 3) -> None:
+    """Run ``_rank_main`` on WORLD processes, on a fresh port again when rank 0 finds its port
+    taken (free_port closes its socket before the store binds it: a race with other programs).
+    Rank 0 fails at the rendezvous, before it writes anything, and mp.spawn then stops rank 1."""
+    for attempt in range(attempts):
+        try:
+            mp.spawn(_rank_main, args=(free_port(), out_dir), nprocs=WORLD, join=True)
+            return
+        except mp.ProcessRaisedException as error:
+            if "address already in use" not in str(error).lower() or attempt == attempts - 1:
+                raise
+
+
 @pytest.mark.slow  # two spawned interpreters importing torch: ~10-25 s on the shared 2-core CPU
 def test_two_gloo_processes_match_whole_batch_training(tmp_path) -> None:
-    mp.spawn(_rank_main, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    spawn_ranks(str(tmp_path))
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     for key in rank0:

@@ -173,6 +173,23 @@ def test_tar_escapes_are_refused(tmp_path: Path, members: dict[str, bytes], syml
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(("in_the_way", "kind"), [("cases/sub/case_002.txt", "folder"), ("cases/sub", "file")])
+def test_a_member_blocked_by_the_target_leaves_it_as_it_was(tmp_path: Path, in_the_way: str, kind: str) -> None:
+    archive = tmp_path / "a.zip"
+    archive.write_bytes(GOOD_ZIP)
+    target = tmp_path / "out"
+    blocker = target / in_the_way
+    blocker.parent.mkdir(parents=True)
+    blocker.mkdir() if kind == "folder" else blocker.write_text("mine")
+    (target / "cases" / "case_001.txt").write_text("older")
+    before = sorted(str(p.relative_to(target)) for p in target.rglob("*"))
+    with pytest.raises(InvalidInputError, match=rf"a\.zip: member cases/sub/case_002\.txt .*in the way \(a {kind}\)"):
+        extract_archive(archive, target)
+    assert sorted(str(p.relative_to(target)) for p in target.rglob("*")) == before
+    assert (target / "cases" / "case_001.txt").read_text() == "older"  # no member moved in
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # staging folder cleaned up
+
+
 def test_not_an_archive(tmp_path: Path) -> None:
     path = tmp_path / "plain.zip"
     path.write_bytes(b"not an archive")

@@ -278,3 +278,15 @@ def test_infnet_mean_dice_of_a_perfect_and_an_inverted_network() -> None:
     assert perfect["a"] == pytest.approx((0.4 + 255 * 1.0) / 256)
     inverted = experiments.infnet_mean_dice(Oracle(-1.0), loader, "cpu")
     assert inverted["a"] == pytest.approx(0.4 / 256)
+    unnamed = [(torch.from_numpy(mask.astype(np.float32))[None], torch.from_numpy(mask.astype(np.int64)))]
+    with pytest.raises(InvalidInputError, match="case_id"):
+        experiments.infnet_mean_dice(Oracle(1.0), unnamed, "cpu")
+
+
+def test_damaged_pretrained_weights_are_named(tmp_path) -> None:
+    bad = tmp_path / "unet-phantom.pt"
+    bad.write_bytes(b"not a checkpoint")
+    config = tiny_config(networks=("unet",), recipes=("decoder",), sources=("phantom",))
+    name = experiments.weights_name("unet", "phantom")
+    with pytest.raises(InvalidInputError, match=r"checkpoint .*unet-phantom\.pt cannot be read"):
+        run_grid([ToyCase(i) for i in range(8)], config, tmp_path / "grid", pretrained={name: bad}, progress=False)

@@ -121,6 +121,9 @@ def test_unlabelled_slices_are_spread_evenly(tmp_path: Path) -> None:
     assert len(prepared.labelled) == N_LABELLED
     assert prepared.unlabelled_ids == [f"unlabelled/{UNLABELLED_NAME.format(i)}" for i in (0, 2)]
     assert all(image.shape == (1, 16, 16) for image in prepared.unlabelled)
+    # more than half of them: still spread to the end, not the first three
+    assert prepare_slices(dataset, 16, n_unlabelled=3).unlabelled_ids == [
+        f"unlabelled/{UNLABELLED_NAME.format(i)}" for i in (0, 1, 3)]
     assert len(prepare_slices(dataset, 16, n_unlabelled=None).unlabelled) == 5
 
 

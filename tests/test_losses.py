@@ -13,6 +13,7 @@ from covidlib.errors import InvalidInputError
 from covidlib.losses import (
     LOSSES,
     boundary_distance_map,
+    ce_dice_loss,
     cross_entropy,
     get_loss,
     hausdorff_dt_loss,
@@ -64,6 +65,19 @@ def test_soft_dice_by_hand() -> None:
     assert soft_dice_loss(logits, target, include_background=True, smooth=0.0).item() == pytest.approx(both, rel=1e-12)
 
 
+def test_ce_dice_by_hand() -> None:
+    # two pixels, foreground probabilities 0.75 and 0.5, target 1 and 0
+    logits = logits_for_foreground_probability([0.75, 0.5])
+    target = torch.tensor([[[1, 0]]])
+    ce = (-math.log(0.75) - math.log(0.5)) / 2  # 0.490415
+    smooth = 1e-5  # soft_dice_loss's default
+    # foreground Dice: overlap 0.75 * 1 + 0.5 * 0 = 0.75, sum p^2 = 0.5625 + 0.25, sum g^2 = 1
+    dice_loss = 1 - (2 * 0.75 + smooth) / (0.8125 + 1 + smooth)  # 1 - 1.5 / 1.8125 = 0.172414
+    assert ce_dice_loss(logits, target).item() == pytest.approx(ce + dice_loss, rel=1e-12)  # 0.662829
+    assert ce_dice_loss(logits, target, dice_weight=0.25).item() == pytest.approx(ce + 0.25 * dice_loss, rel=1e-12)
+    assert ce_dice_loss(logits, target, dice_weight=0.0).item() == pytest.approx(ce, rel=1e-12)
+
+
 def test_hausdorff_loss_by_hand() -> None:
     probability = [0.2, 0.9, 0.6, 0.7, 0.1]  # thresholded: 0 1 1 1 0
     target = torch.tensor([[[0, 1, 1, 0, 0]]])
@@ -74,6 +88,26 @@ def test_hausdorff_loss_by_hand() -> None:
     loss = hausdorff_dt_loss(logits_for_foreground_probability(probability), target)
     assert loss.item() == pytest.approx(expected, rel=1e-9)
     np.testing.assert_array_equal(boundary_distance_map(np.array([[0, 1, 1, 0, 0]])), distance_target[None])
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 3.0])
+def test_hausdorff_loss_by_hand_for_other_exponents(alpha: float) -> None:
+    probability = [0.2, 0.9, 0.6, 0.7, 0.1]  # thresholded: 0 1 1 1 0
+    target = torch.tensor([[[0, 1, 1, 0, 0]]])
+    distance_target = np.array([1, 1, 1, 1, 2.0])
+    distance_prediction = np.array([1, 1, 2, 1, 1.0])
+    error = (np.array(probability) - np.array([0, 1, 1, 0, 0])) ** 2  # 0.04 0.01 0.16 0.49 0.01
+    # only the pixels at distance 2 feel alpha: pixel 2 (prediction) and pixel 4 (target)
+    expected = (0.04 * 2 + 0.01 * 2 + 0.16 * (1 + 2**alpha) + 0.49 * 2 + 0.01 * (2**alpha + 1)) / 5
+    assert expected == pytest.approx(np.mean(error * (distance_target**alpha + distance_prediction**alpha)))
+    loss = hausdorff_dt_loss(logits_for_foreground_probability(probability), target, alpha=alpha)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)  # the distance maps are float32
+
+
+@pytest.mark.parametrize("alpha", [0.0, -1.0])
+def test_hausdorff_loss_refuses_a_non_positive_exponent(alpha: float) -> None:
+    with pytest.raises(InvalidInputError, match="alpha must be positive"):
+        hausdorff_dt_loss(logits_for_foreground_probability([0.2, 0.9]), torch.tensor([[[0, 1]]]), alpha=alpha)
 
 
 def test_boundary_distance_map_of_mask_without_boundary_is_zero() -> None:
@@ -124,7 +158,8 @@ def test_gradients_are_finite_for_soft_targets(name: str, empty_target: bool) ->
 
 
 def test_get_loss_binds_keyword_arguments() -> None:
-    logits, target = torch.randn(1, 2, 4, 4), torch.randint(0, 2, (1, 4, 4))
+    generator = torch.Generator().manual_seed(5)
+    logits, target = torch.randn(1, 2, 4, 4, generator=generator), torch.randint(0, 2, (1, 4, 4), generator=generator)
     weights = torch.tensor([1.0, 5.0])
     torch.testing.assert_close(get_loss("wce", class_weights=weights)(logits, target),
                                cross_entropy(logits, target, class_weights=weights))
@@ -133,7 +168,7 @@ def test_get_loss_binds_keyword_arguments() -> None:
 
 
 def test_bad_targets_raise() -> None:
-    logits = torch.randn(2, 2, 4, 4)
+    logits = torch.randn(2, 2, 4, 4, generator=torch.Generator().manual_seed(6))
     with pytest.raises(InvalidInputError, match="index target must have shape"):
         cross_entropy(logits, torch.zeros(2, 4, 5, dtype=torch.long))
     with pytest.raises(InvalidInputError, match="probability target"):
@@ -145,7 +180,8 @@ def test_bad_targets_raise() -> None:
 
 
 def test_bool_index_target_and_single_channel_logits() -> None:
-    logits, target = torch.randn(1, 2, 4, 4), torch.rand(1, 4, 4) > 0.5
+    generator = torch.Generator().manual_seed(7)
+    logits, target = torch.randn(1, 2, 4, 4, generator=generator), torch.rand(1, 4, 4, generator=generator) > 0.5
     torch.testing.assert_close(cross_entropy(logits, target), cross_entropy(logits, target.long()))
     with pytest.raises(InvalidInputError, match="at least 2 class channels"):
-        soft_dice_loss(torch.randn(1, 1, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long))
+        soft_dice_loss(torch.randn(1, 1, 4, 4, generator=generator), torch.zeros(1, 4, 4, dtype=torch.long))

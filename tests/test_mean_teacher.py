@@ -292,10 +292,91 @@ def test_pseudo_labelled_batches_leave_batch_norm_running_statistics_to_the_labe
     np.testing.assert_allclose(trainer.model[0].running_mean.item(), 0.1 * images.mean().item(), rtol=1e-5)
     layer = nn.BatchNorm1d(3)
     with frozen_running_statistics(layer):
-        layer(torch.randn(4, 3) + 5)
+        layer(torch.randn(4, 3, generator=torch.Generator().manual_seed(1)) + 5)
     assert torch.equal(layer.running_mean, torch.zeros(3)) and layer.momentum == 0.1
 
 
 def test_mean_teacher_refuses_a_second_moving_average():
     with pytest.raises(InvalidInputError, match="ema_decay must be 0"):
         MeanTeacher(UNet2d(base_width=2, depth=2), TrainConfig(ema_decay=0.9, progress=False, device="cpu"))
+
+
+def test_paired_rows_format_by_hand_and_say_n_a_for_a_zero_control():
+    """A control whose mean Dice is 0 has no percent change: the row says so instead of crashing."""
+    from covidlib.mean_teacher import compare_arms, paired_rows
+
+    results = []
+    for seed in (0, 1):
+        for fold in (0, 1):
+            dice = {"supervised": 0.0, "control": 0.0, "pseudo_labels": 0.1 + 0.1 * fold,
+                    "control_ema": 0.5, "mean_teacher": 0.52}
+            results.append({"seed": seed, "fold": fold, "dice": dice, "infnet_mean_dice": dict(dice)})
+    summary = compare_arms(results, metrics=("dice",))
+    assert summary["dice"]["paired"]["pseudo_labels"]["percent"] is None
+    rows = {row[0]: row for row in paired_rows(summary)}
+    zero = rows["+ pseudo-labels − control"]
+    assert zero[1] == "Dice at 0.5" and zero[3] == "n/a (control mean 0)" and zero[4] == "4"
+    assert zero[2].startswith("+0.150 [")  # differences 0.1, 0.2, 0.1, 0.2
+    # a constant difference of 0.02 on a control of 0.5: +0.020 [+0.020, +0.020], 4 % [4, 4]
+    assert rows["+ pseudo-labels + mean teacher − control"][2:] == ("+0.020 [+0.020, +0.020]", "+4.0 % [+4.0, +4.0]", "4")
+
+
+def test_arm_rows_by_hand_say_one_seed_when_there_is_no_spread_over_seeds():
+    from covidlib.mean_teacher import ARM_LABELS, ARMS, arm_rows, compare_arms
+
+    def results(seeds):
+        return [{"seed": seed, "fold": fold, "dice": {arm: 0.5 + 0.1 * fold + 0.01 * seed for arm in ARMS},
+                 "infnet_mean_dice": {arm: 0.4 for arm in ARMS}} for seed in seeds for fold in (0, 1)]
+
+    (first, *_) = arm_rows(compare_arms(results([0])))
+    # folds 0.5 and 0.6: mean 0.55, sample sd 0.0707; one seed has no spread over seeds
+    assert first == (ARM_LABELS[ARMS[0]], "0.550 ± 0.071", "one seed", "0.400 ± 0.000")
+    (first, *_) = arm_rows(compare_arms(results([0, 1])))
+    assert first[2] == "0.007"  # seed means 0.55 and 0.56: sample sd 0.00707
+
+
+def test_run_semi_cv_continues_from_stored_folds_and_recomputes_other_code(tmp_path, monkeypatch):
+    """Stored (seed, fold) results are reused; one written by other code is recomputed. The fold
+    itself is a stand-in here (what is tested is the bookkeeping around it)."""
+    import json
+
+    from covidlib import mean_teacher
+
+    rng = np.random.default_rng(0)
+    arrays = {f"c{i}": (rng.normal(size=(1, 8, 8)).astype(np.float32), (rng.random((1, 8, 8)) > 0.7).astype(np.uint8))
+              for i in range(6)}
+    unlabelled = [rng.normal(size=(8, 8)).astype(np.float32)]
+    calls = []
+
+    def fake_fold(arrays, train, val, test, unlabelled, settings, *, native=None, initial_state=None):
+        calls.append(tuple(test))
+        return {"dice": {"score": len(calls) / 10}}
+
+    monkeypatch.setattr(mean_teacher, "semi_supervised_fold", fake_fold)
+
+    def run():
+        return mean_teacher.run_semi_cv(arrays, unlabelled, 16, {"device": "cpu"}, tmp_path, folds=3, seeds=(0, 1))
+
+    first = run()
+    assert len(calls) == 6 and [(r["seed"], r["fold"]) for r in first] == [(s, k) for s in (0, 1) for k in range(3)]
+    files = sorted((tmp_path).glob("semi-*/seed*_fold*.json"))
+    assert len(files) == 6
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a stored fold was recomputed")
+
+    monkeypatch.setattr(mean_teacher, "semi_supervised_fold", refuse)
+    assert run() == first  # everything from disk
+
+    stale = next(f for f in files if f.name == "seed1_fold2.json")
+    stored = json.loads(stale.read_text(encoding="utf-8"))
+    stored["code"] = {"covidlib/mean_teacher.py": "0" * 16}  # as if written by other code
+    stale.write_text(json.dumps(stored), encoding="utf-8")
+    monkeypatch.setattr(mean_teacher, "semi_supervised_fold", fake_fold)
+    again = run()
+    assert len(calls) == 7  # only the tampered fold ran again
+    assert again[:5] == first[:5] and again[5]["dice"] == {"score": 0.7} and again[5]["test"] == first[5]["test"]
+    assert json.loads(stale.read_text(encoding="utf-8"))["code"] == first[5]["code"]
+    # other options are another key: a fresh folder, every fold computed
+    mean_teacher.run_semi_cv(arrays, unlabelled, 16, {"device": "cpu", "lr": 5e-4}, tmp_path, folds=3, seeds=(0,))
+    assert len(calls) == 10 and len(list(tmp_path.glob("semi-*"))) == 2

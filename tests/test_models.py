@@ -48,6 +48,16 @@ def test_default_unet_is_the_paper_sized_network() -> None:
     assert count_parameters(model) == unet_parameters(1, 2, 64, 4) == 31_036_546
 
 
+def test_default_attention_unet_is_the_paper_sized_network_plus_its_gates() -> None:
+    # gates at skips 64, 128, 256, 512 (coarse = 2 * skip, inter = skip / 2):
+    #   skip * inter + coarse * inter + 2 * inter + 1
+    #   = (2,048 + 4,096 + 65) + (8,192 + 16,384 + 129) + (32,768 + 65,536 + 257) + (131,072 + 262,144 + 513)
+    #   = 6,209 + 24,705 + 98,561 + 393,729 = 523,204
+    model = AttentionUNet2d()
+    assert model.widths == [64, 128, 256, 512, 1024]
+    assert count_parameters(model) == unet_parameters(1, 2, 64, 4, attention=True) == 31_036_546 + 523_204 == 31_559_750
+
+
 def test_structure_for_transfer_learning() -> None:
     model = UNet2d(1, 2, base_width=4, depth=3)
     assert len(model.encoder) == 4 and len(model.decoder) == 3
@@ -118,8 +128,9 @@ def test_gate_with_zero_weights_passes_half_of_the_skip() -> None:
     gate = AttentionGate(3, 5, 2)
     for parameter in gate.parameters():
         torch.nn.init.zeros_(parameter)
-    x = torch.randn(2, 3, 8, 8)
-    gated, attention = gate(x, torch.randn(2, 5, 4, 4))
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 8, 8, generator=generator)
+    gated, attention = gate(x, torch.randn(2, 5, 4, 4, generator=generator))
     assert attention.shape == (2, 1, 8, 8)
     torch.testing.assert_close(attention, torch.full_like(attention, 0.5))
     torch.testing.assert_close(gated, 0.5 * x)
@@ -139,6 +150,27 @@ def test_gate_matches_the_formula_by_hand() -> None:
     gated, attention = gate(x, g)
     torch.testing.assert_close(attention, expected_alpha)
     torch.testing.assert_close(gated, x * expected_alpha)
+
+
+@pytest.mark.parametrize("name, arguments", [
+    ("skip_channels", (0, 4, 2)),
+    ("gating_channels", (3, -1, 2)),
+    ("inter_channels", (3, 4, 1.5)),
+    ("skip_channels", (True, 4, 2)),  # a bool is not a channel count
+])
+def test_gate_rejects_bad_channel_counts_by_name(name: str, arguments: tuple) -> None:
+    with pytest.raises(InvalidInputError, match=f"AttentionGate {name} must be an integer >= 1"):
+        AttentionGate(*arguments)
+
+
+def test_gate_rejects_inputs_that_are_not_batches_of_images() -> None:
+    gate = AttentionGate(3, 5, 2)
+    with pytest.raises(InvalidInputError, match=r"got x \(3, 8, 8\) and g \(1, 5, 4, 4\)"):
+        gate(torch.zeros(3, 8, 8), torch.zeros(1, 5, 4, 4))  # x without its batch dimension
+    with pytest.raises(InvalidInputError, match=r"same B"):
+        gate(torch.zeros(2, 3, 8, 8), torch.zeros(1, 5, 4, 4))
+    with pytest.raises(InvalidInputError, match=r"g \(5, 4, 4\)"):
+        gate(torch.zeros(1, 3, 8, 8), torch.zeros(5, 4, 4))
 
 
 def test_gate_resamples_the_gating_signal_to_the_skip_grid() -> None:
@@ -173,13 +205,14 @@ def test_get_model_by_name() -> None:
 # --- fast paths (issue 14): channels-last activations and bf16 autocast ------------------------
 
 def test_to_channels_last_restrides_even_one_channel_images() -> None:
-    x = torch.randn(2, 1, 5, 7)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1, 5, 7, generator=generator)
     assert x.is_contiguous(memory_format=torch.channels_last) and x.stride(1) != 1  # the trap
     y = to_channels_last(x)
     assert y.stride() == (35, 1, 7, 1)
     torch.testing.assert_close(y, x, rtol=0, atol=0)
     assert to_channels_last(y) is y  # already NHWC: no copy
-    z = to_channels_last(torch.randn(2, 3, 4, 4))
+    z = to_channels_last(torch.randn(2, 3, 4, 4, generator=generator))
     assert z.stride() == (48, 1, 12, 3)
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from covidlib.config import cpu_supports_bf16, processor_name
+from covidlib import config
+from covidlib.config import processor_name
 from covidlib.recipe import Recipe
 from covidlib.results import write_record
 from test_datasets import REAL_SEMISEG
@@ -56,12 +57,15 @@ def test_begin_without_the_data_says_so_and_leaves_threads_alone(nested_cv, tmp_
     assert torch.get_num_threads() == threads
 
 
-def test_begin_records_the_processor_and_its_bfloat16(nested_cv, tmp_path):
+@pytest.mark.parametrize("bf16", [True, False])
+def test_begin_records_the_processor_and_its_bfloat16(nested_cv, tmp_path, monkeypatch, bf16):
+    monkeypatch.setattr(config, "cpu_supports_bf16", lambda: bf16)  # whatever this CPU says
     (tmp_path / "TrainingSet").mkdir()
     args = nested_cv.nested_cv_parser(None).parse_args(["--data-root", str(tmp_path)])
     runtime = nested_cv.begin(args)
-    assert runtime["setting"] == "reference" and runtime["device_name"] == processor_name()
-    assert runtime["cpu_bf16"] is cpu_supports_bf16()
+    assert runtime["setting"] == "reference" and runtime["cpu_bf16"] is bf16
+    if runtime["device"] == "cpu":
+        assert runtime["device_name"] == processor_name()
 
 
 def test_quick_recipe_changes_only_the_sizes(nested_cv):

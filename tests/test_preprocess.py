@@ -290,20 +290,38 @@ def test_normalise_in_lungs_hand_values() -> None:
         normalise_in_lungs(image, lungs[..., :2])
 
 
-def test_normalise_image_and_equalise() -> None:
+def test_normalise_image() -> None:
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (1, 20, 30)).astype(np.float32)
     out = normalise_image(pixels)
     assert abs(float(out.mean())) < 1e-5 and abs(float(out.std()) - 1) < 1e-5
     with pytest.raises(InvalidInputError, match="constant"):
         normalise_image(np.full((4, 4), 7.0), "slice.jpg")
+
+
+DECILES = np.linspace(0.1, 0.9, 9)
+
+
+def test_equalise_histogram_flattens_the_masked_histogram() -> None:
+    rng = np.random.default_rng(0)
+    # strongly skewed grey levels (exponential: a linear rescale keeps the skew), 1200 distinct values
+    pixels = rng.exponential(100.0, (1, 40, 50)).astype(np.float32)
     mask = np.zeros(pixels.shape, np.uint8)
-    mask[:, 5:15, 5:25] = 1
+    mask[:, 5:35, 5:45] = 1
     equalised = equalise_histogram(pixels, mask)
-    assert equalised.min() >= 0 and equalised.max() <= 1
-    inside_in, inside_out = pixels[mask > 0], equalised[mask > 0]
-    order = np.argsort(inside_in, kind="stable")
-    assert np.all(np.diff(inside_out[order]) >= -1e-6)  # monotone: ranks kept
+    assert equalised.dtype == np.float32 and equalised.min() >= 0 and equalised.max() <= 1
+    inside = mask > 0
+    # equalised values are the empirical CDF: uniform on [0, 1], so decile q sits at q
+    # (to within the 256 bins' resolution)
+    np.testing.assert_allclose(np.quantile(equalised[inside], DECILES), DECILES, atol=0.03)
+    order = np.argsort(pixels[inside], kind="stable")
+    assert np.all(np.diff(equalised[inside][order]) >= -1e-6)  # monotone: ranks kept
+    # the histogram is the mask's: whatever lies outside leaves the inside unchanged
+    other = pixels.copy()
+    other[~inside] = rng.uniform(5000, 9000, int((~inside).sum()))
+    np.testing.assert_array_equal(equalise_histogram(other, mask)[inside], equalised[inside])
+    with pytest.raises(InvalidInputError, match="empty"):
+        equalise_histogram(pixels, np.zeros_like(mask))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,6 +349,24 @@ def test_preprocess_case_classical() -> None:
     assert out.meta["lung_method"] == "classical" and 0.5 < out.meta["lesion_inside_lungs"] <= 1.0
     given = preprocess_case(case, lung_method="given")
     assert given.meta["lung_method"] == "given" and given.meta["lesion_inside_lungs"] == 1.0
+
+
+def test_preprocess_case_equalise_flattens_the_lungs_histogram_keeping_ranks() -> None:
+    case = _phantom_case()
+    plain = preprocess_case(case, lung_method="given", margin_mm=5.0)
+    equalised = preprocess_case(case, lung_method="given", margin_mm=5.0, equalise=True)
+    np.testing.assert_array_equal(equalised.lung_mask, plain.lung_mask)
+    inside = equalised.lung_mask > 0
+    assert np.all(equalised.image[~inside] == 0)
+    values = equalised.image[inside]
+    assert abs(float(values.mean())) < 1e-4 and abs(float(values.std()) - 1) < 1e-4
+    # a z-scored uniform variable has deciles sqrt(12) * (q - 1/2)
+    np.testing.assert_allclose(np.quantile(values, DECILES), np.sqrt(12) * (DECILES - 0.5), atol=0.06)
+    # equalisation is monotone: the equalised lungs keep the ranks of the plain z-scored lungs
+    order = np.argsort(plain.image[inside], kind="stable")
+    assert np.all(np.diff(values[order]) >= -1e-5)
+    assert "histogram equalisation inside the lungs" in equalised.meta["steps"]
+    assert "histogram equalisation inside the lungs" not in plain.meta["steps"]
 
 
 def test_preprocess_case_bad_input() -> None:
@@ -390,6 +426,33 @@ def test_preprocess_cache_hits_and_misses(tmp_path: Path) -> None:
     stored = preprocess_case(unlabelled, lung_method="classical", cache=cache)
     assert preprocess_case(unlabelled, lung_method="classical", cache=cache).lesion_mask is None
     assert stored.lesion_mask is None
+
+
+def test_auto_cache_key_follows_the_method_that_runs(small_lungmask: Path, small_architecture: None,
+                                                     monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A classical mask cached by "auto" before lungmask weights existed is not served after."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    phantom = make_phantom(1, (3, 96, 96), spacing=(8.0, 3.0, 3.0))
+    case = Case("p", phantom.image, None, None, {})
+    cache = PreprocessCache(tmp_path / "cache")
+    with pytest.warns(UserWarning, match="classical"):
+        before = preprocess_case(case, lung_method="auto", margin_mm=5.0, cache=cache)
+    assert before.meta["lung_method"] == "classical" and (cache.hits, cache.misses) == (0, 1)
+    # "auto" that fell back is the classical computation, stored under the classical key
+    assert preprocess_case(case, lung_method="classical", margin_mm=5.0, cache=cache).meta == before.meta
+    assert (cache.hits, cache.misses) == (1, 1)
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "unet_r231-d5d2fc3d.pth").write_bytes(small_lungmask.read_bytes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback now
+        after = preprocess_case(case, lung_method="auto", margin_mm=5.0, device="cpu", cache=cache)
+    assert after.meta["lung_method"] == "lungmask" and (cache.hits, cache.misses) == (1, 2)
+    explicit = preprocess_case(case, lung_method="lungmask", margin_mm=5.0, device="cpu")
+    np.testing.assert_array_equal(after.lung_mask, explicit.lung_mask)
+    np.testing.assert_array_equal(after.image, explicit.image)
+    assert preprocess_case(case, lung_method="auto", margin_mm=5.0, device="cpu", cache=cache).meta == after.meta
+    assert (cache.hits, cache.misses) == (2, 2)
 
 
 def test_resampled_geometry_matches_sitk() -> None:

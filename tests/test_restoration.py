@@ -89,12 +89,19 @@ def test_nonlinear_intensity_is_monotone_one_way_or_the_other() -> None:
 
 def test_one_shuffled_window_permutes_its_pixels_only() -> None:
     image = unit_image(shape=(20, 20))
-    out = shuffle_local_pixels(image, np.random.default_rng(1), density=1 / 400)  # exactly one window
+    # density 1/400 on 20 x 20 is exactly one window; seed 0 draws a 2 x 2 window whose four
+    # pixels all move (seeds 1, 6 and 8 happen to leave their window unchanged)
+    out = shuffle_local_pixels(image, np.random.default_rng(0), density=1 / 400)
     changed = np.argwhere(out != image)
-    np.testing.assert_array_equal(np.sort(out, axis=None), np.sort(image, axis=None))
-    if len(changed):
-        extent = changed.max(axis=0) - changed.min(axis=0) + 1
-        assert np.all(extent <= 2)  # a window is at most a tenth of each side (2 of 20 pixels)
+    assert len(changed) > 0
+    low, high = changed.min(axis=0), changed.max(axis=0) + 1
+    assert np.all(high - low <= 2)  # a window is at most a tenth of each side (2 of 20 pixels)
+    box = (slice(low[0], high[0]), slice(low[1], high[1]))
+    # the box's pixels are a permutation of its own original values, not values from elsewhere
+    np.testing.assert_array_equal(np.sort(out[box], axis=None), np.sort(image[box], axis=None))
+    outside = np.ones(image.shape, bool)
+    outside[box] = False
+    np.testing.assert_array_equal(out[outside], image[outside])
 
 
 def test_outpainting_keeps_at_least_one_large_box() -> None:

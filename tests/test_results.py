@@ -9,7 +9,7 @@ import pytest
 import covidlib.results
 
 from covidlib.errors import InvalidInputError
-from covidlib.results import atomic_write_text, read_build_timings, read_records, write_record
+from covidlib.results import atomic_write_text, format_change, format_interval, read_build_timings, read_records, write_record
 
 
 def test_record_round_trip_converts_numpy_and_non_finite(tmp_path):
@@ -105,3 +105,15 @@ def test_flatten_provenance_and_table():
     assert markdown_table([("a", "1")]) == "| quantity | value |\n|---|---|\n| a | 1 |"
     with pytest.raises(InvalidInputError, match="2 cells"):
         markdown_table([("a",)])
+
+
+@pytest.mark.parametrize(("value", "text"), [(0.0123, "+0.012"), (-0.0123, "-0.012"), (0.0, "0.000"), (-0.0, "0.000"),
+                                             (-0.0004, "-0.0004"), (0.00004, "+0.00004"), (-1e-8, "-1.0e-08")])
+def test_format_change_never_reads_minus_zero(value: float, text: str) -> None:
+    assert format_change(value) == text
+
+
+def test_format_interval_by_hand() -> None:
+    interval = {"mean_difference": 0.0251, "low": -0.0003, "high": 0.0499, "n": 15}
+    assert format_interval(interval) == "+0.025 [-0.0003, +0.050]"
+    assert format_interval(interval, digits=2) == "+0.03 [-0.0003, +0.05]"

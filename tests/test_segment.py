@@ -276,6 +276,13 @@ def test_outputs_are_written_all_or_none(oracle_result, tmp_path, monkeypatch):
     written = write_segmentation(oracle_result, mask, lungs_file, summary)
     assert written == [mask, lungs_file, summary] and files_in(tmp_path) == ["lungs.nii.gz", "mask.nii.gz", "summary.json"]
     np.testing.assert_array_equal(read_mask(mask).array, oracle_result.infection.array)
+    # a folder in the way of the last output: refused before the first file is written
+    for path in written:
+        path.unlink()
+    (tmp_path / "summary.json").mkdir()
+    with pytest.raises(InvalidInputError, match=r"summary\.json: is a folder"):
+        write_segmentation(oracle_result, mask, lungs_file, summary)
+    assert files_in(tmp_path) == ["summary.json"]
 
 
 # --- the command line ---------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import warnings
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -335,6 +336,27 @@ def test_evaluate_groups_slices_into_cases_and_matches_hand_counts() -> None:
     assert result["summary"]["dice"]["sd"] == pytest.approx(np.std([0.75, 0.0], ddof=1))
 
 
+def test_evaluate_segments_at_the_threshold_and_with_spacing_adds_distances() -> None:
+    class Graded(nn.Module):
+        """Foreground probability 0.9 in the first column, 0.6 in the second, 0.1 elsewhere."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            probability = torch.full_like(x[:, 0], 0.1)
+            probability[..., 0], probability[..., 1] = 0.9, 0.6
+            return torch.stack([torch.zeros_like(probability), torch.logit(probability)], dim=1)
+
+    masks = torch.zeros(1, 4, 4, dtype=torch.int64)
+    masks[0, :, 0] = 1
+    batch = {"image": torch.zeros(1, 1, 4, 4), "mask": masks, "case_id": ["c"], "slice_index": torch.tensor([0])}
+    # at 0.5 both columns: 8 predicted, 4 true, 4 overlap -> Dice 8/12; at 0.7 the first column only
+    assert evaluate(Graded(), [batch], "cpu")["per_case"]["c"]["dice"] == pytest.approx(8 / 12)
+    exact = evaluate(Graded(), [batch], "cpu", threshold=0.7, spacing=(1.0, 1.0, 1.0))["per_case"]["c"]
+    assert exact["dice"] == pytest.approx(1.0)
+    assert exact["hd95"] == pytest.approx(0.0) and exact["nsd"] == pytest.approx(1.0)
+    shifted = evaluate(Graded(), [batch], "cpu", threshold=0.5, spacing=(1.0, 1.0, 2.0))["per_case"]["c"]
+    assert shifted["hd95"] == pytest.approx(2.0)  # the second column lies one pixel (2 mm) off the truth
+
+
 def test_predict_proba_is_the_softmax_foreground_and_batch_independent() -> None:
     model = tiny_model().eval()
     images = torch.randn(5, 1, 16, 16)
@@ -357,8 +379,13 @@ def test_checkpoints_are_written_atomically(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_text("not a checkpoint")
-    with pytest.raises(InvalidInputError, match="cannot be read"):
-        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"value": Fraction(1, 3)}, tmp_path / "object.pt")  # loads only by unpickling code
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[:100])
+    for bad in ("junk.pt", "object.pt", "truncated.pt"):
+        with pytest.raises(InvalidInputError, match=rf"checkpoint .*{bad} cannot be read") as info:
+            load_checkpoint(tmp_path / bad)
+        assert "weights_only" not in str(info.value) and "\n" not in str(info.value)  # no unsafe advice
 
 
 def test_rng_state_round_trips_through_a_safe_checkpoint(tmp_path: Path) -> None:

@@ -295,6 +295,12 @@ def test_genesis_proxy_pretraining_lowers_restoration_loss() -> None:
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
     with pytest.raises(InvalidInputError, match="num_classes=1"):
         pretrain_genesis_proxy(UNet3d(num_classes=2, base_width=2), [volume], progress=False)
+    broken = volume.copy()
+    broken[0, 0, 0] = np.nan
+    with pytest.raises(InvalidInputError, match="volume 1: image holds NaN"):
+        pretrain_genesis_proxy(UNet3d(base_width=2), [volume, broken], progress=False)
+    with pytest.raises(InvalidInputError, match="volume 0: .*8-bit"):
+        pretrain_genesis_proxy(UNet3d(base_width=2), [np.full((16, 32, 32), 200.0, np.float32)], progress=False)
 
 
 def toy_source_cases(count: int) -> list[SimpleNamespace]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -68,6 +70,7 @@ def test_forward_shapes_and_input_checks() -> None:
 
 
 def test_genesis_unet2d_shares_every_name_of_the_3d_network() -> None:
+    torch.manual_seed(0)
     names3d = set(UNet3d(base_width=4).state_dict())
     plain = GenesisUNet2d(base_width=4)
     assert set(plain.state_dict()) == names3d
@@ -75,7 +78,65 @@ def test_genesis_unet2d_shares_every_name_of_the_3d_network() -> None:
     extra = set(gated.state_dict()) - names3d
     assert extra and all(".gate." in name for name in extra)
     assert gated(torch.randn(2, 1, 16, 24)).shape == (2, 2, 16, 24)
-    assert len(gated.up_tr64.last_attention.shape) == 4
+    assert gated.up_tr64.last_attention.shape == (2, 1, 16, 24)
+
+
+def test_gated_genesis_unet2d_deep_copies_after_a_forward_pass() -> None:
+    # a mean teacher copies the student after it has run; the stored attention map must not
+    # carry the autograd graph (only graph leaves can be deep-copied)
+    torch.manual_seed(0)
+    model = GenesisUNet2d(base_width=4, attention=True)
+    x = torch.randn(2, 1, 16, 16)
+    model(x).sum().backward()  # the gradients still reach the gates
+    assert all(p.grad is not None for name, p in model.named_parameters() if ".gate." in name)
+    for block in model.decoder:
+        assert block.last_attention is not None and not block.last_attention.requires_grad
+    twin = copy.deepcopy(model)
+    for (name, p), q in zip(model.state_dict().items(), twin.state_dict().values()):
+        assert torch.equal(p, q), name
+    torch.testing.assert_close(twin.eval()(x), model.eval()(x), rtol=0, atol=0)
+
+
+def conv_unit_parameters(c_in: int, c_out: int, dims: int) -> int:
+    # 3^dims kernel with bias, then BatchNorm scale and shift
+    return 3**dims * c_in * c_out + c_out + 2 * c_out
+
+
+def genesis_parameters(c_in: int, classes: int, w: int, dims: int, attention: bool = False) -> int:
+    """The Models Genesis layout's parameter count from its layer formulas (module docstring)."""
+    total = 0
+    for cin, cout in ((c_in, 2 * w), (2 * w, 4 * w), (4 * w, 8 * w), (8 * w, 16 * w)):  # down_tr64 .. 512
+        total += conv_unit_parameters(cin, cout // 2, dims) + conv_unit_parameters(cout // 2, cout, dims)
+    for coarse, skip in ((16 * w, 8 * w), (8 * w, 4 * w), (4 * w, 2 * w)):  # up_tr256, 128, 64
+        total += 2**dims * coarse * coarse + coarse  # up_conv: 2^dims transposed conv, channels kept, bias
+        total += conv_unit_parameters(coarse + skip, skip, dims) + conv_unit_parameters(skip, skip, dims)
+        if attention:
+            inter = skip // 2
+            total += skip * inter + coarse * inter + inter + inter + 1  # W_x, W_g + b_xg, psi + b_psi
+    return total + 2 * w * classes + classes  # out_tr: 1x1 conv
+
+
+def test_parameter_counts_follow_the_layer_formulas() -> None:
+    # the formula reproduces the published 3D network's count, so it can be trusted in 2D
+    assert genesis_parameters(1, 1, 32, dims=3) == 19_073_665
+    # GenesisUNet2d() by hand (9 c_in c_out + 3 c_out per unit):
+    #   down: (1->32, 32->64) 384 + 18,624; (64->64, 64->128) 37,056 + 74,112;
+    #         (128->128, 128->256) 147,840 + 295,680; (256->256, 256->512) 590,592 + 1,181,184
+    #         = 2,345,472
+    #   up_tr256: up_conv 4 * 512^2 + 512 = 1,049,088; units 768->256, 256->256 1,770,240 + 590,592
+    #   up_tr128: 262,400 + 442,752 + 147,840;  up_tr64: 65,664 + 110,784 + 37,056
+    #   = 3,409,920 + 852,992 + 213,504;  out_tr 64 * 2 + 2 = 130
+    #   total 2,345,472 + 4,476,416 + 130 = 6,822,018
+    assert genesis_parameters(1, 2, 32, dims=2) == 6_822_018
+    assert sum(p.numel() for p in GenesisUNet2d().parameters()) == 6_822_018
+    # gates (inter = skip / 2): 256*128 + 512*128 + 257 + 128*64 + 256*64 + 129 + 64*32 + 128*32 + 65
+    #   = 98,561 + 24,705 + 6,209 = 129,475
+    assert genesis_parameters(1, 2, 32, dims=2, attention=True) == 6_822_018 + 129_475
+    assert sum(p.numel() for p in GenesisUNet2d(attention=True).parameters()) == 6_822_018 + 129_475
+    for c_in, classes, w in ((3, 4, 4), (1, 1, 6)):
+        assert sum(p.numel() for p in UNet3d(c_in, classes, w).parameters()) == genesis_parameters(c_in, classes, w, 3)
+        assert sum(p.numel() for p in GenesisUNet2d(c_in, classes, w, attention=True).parameters()) == \
+            genesis_parameters(c_in, classes, w, 2, attention=True)
 
 
 def _save_published_style(model: UNet3d, path) -> None:

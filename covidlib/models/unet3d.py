@@ -80,7 +80,9 @@ class GenesisUpBlock(nn.Module):
     """Decoder level: ``up_conv`` (2x transposed conv, ``in -> in`` channels), concatenation
     ``[upsampled, skip]`` (the published order, which the weights depend on), ``ops`` = two
     :class:`ConvUnit` s ``in + skip -> out -> out``. Optional 2D ``gate``
-    (:class:`~covidlib.models.attention.AttentionGate`) on the skip, gated by the coarse input."""
+    (:class:`~covidlib.models.attention.AttentionGate`) on the skip, gated by the coarse input;
+    after a forward pass ``last_attention`` holds its map ``(B, 1, H, W)``, detached (as in
+    :class:`~covidlib.models.unet2d.UpBlock`: the model stays deep-copyable, e.g. by a mean teacher)."""
 
     def __init__(self, in_channels: int, skip_channels: int, out_channels: int, spatial_dims: SpatialDims,
                  attention: bool = False) -> None:
@@ -93,7 +95,8 @@ class GenesisUpBlock(nn.Module):
 
     def forward(self, coarse: Tensor, skip: Tensor) -> Tensor:
         if self.gate is not None:
-            skip, self.last_attention = self.gate(skip, coarse)
+            skip, attention = self.gate(skip, coarse)
+            self.last_attention = attention.detach()
         return self.ops(torch.cat([self.up_conv(coarse), skip], dim=1))
 
 
