@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -33,10 +34,12 @@ import torch
 
 from covidlib import mean_teacher, segment
 from covidlib.config import get_device, seed_everything
+from covidlib.ct import check_hu
 from covidlib.crossval import train_supervised
 from covidlib.data import kfold_volumes, split_volumes
-from covidlib.datasets import get_dataset
+from covidlib.datasets import get_dataset, read_8bit
 from covidlib.errors import InvalidInputError
+from covidlib.fingerprint import content_key
 from covidlib.inference import (choose_threshold, decision_threshold, evaluate_cases, grey_levels, load_model, normalise_slices,
                                 predict_stack, prepare_slices)
 from covidlib.io import Volume, atomic_path, atomic_write_text, read_volume, write_volume
@@ -80,8 +83,9 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation, batches and augmentation")
     parser.add_argument("--folds", type=int, help="k of a k-fold split by case; with --fold, validate on that fold")
-    parser.add_argument("--fold", type=int, default=0, help="which fold (0..k-1) validates (default 0)")
-    parser.add_argument("--val-fraction", type=float, default=0.2, help="without --folds: share of cases held out to validate")
+    parser.add_argument("--fold", type=int, help="with --folds: which fold (0..k-1) validates (default 0)")
+    parser.add_argument("--val-fraction", type=float,
+                        help="without --folds: share of cases held out to validate (default 0.2)")
     parser.add_argument("--image-size", type=int, help=f"square network input in pixels (default {FULL['image_size']})")
     parser.add_argument("--base-width", type=int, help=f"channels of the first level (default {FULL['base_width']}; the paper: 64)")
     parser.add_argument("--depth", type=int, default=4, help="number of poolings (default 4)")
@@ -120,8 +124,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     semi.add_argument("--semi", choices=sorted(SEMI_METHODS),
                       help="pseudo-labels (their weighted loss), mean-teacher (an EMA teacher's consistency on the "
                            "unlabelled patches) or both (the book's mean-teacher arm)")
-    semi.add_argument("--unlabelled-split", default="unlabelled", help="the dataset split of unlabelled images "
-                                                                       "(default: unlabelled)")
+    semi.add_argument("--unlabelled-split", help="the dataset split of unlabelled images (default: unlabelled)")
     semi.add_argument("--unlabelled", type=int, help=f"how many unlabelled images, spread evenly (default all; quick "
                                                      f"at most {QUICK_UNLABELLED})")
     semi.add_argument("--semi-epochs", type=int, help=f"epochs of the continuation (default {SEMI_FULL['semi_epochs']}, "
@@ -141,13 +144,20 @@ def _train_and_val_ids(dataset: Any, args: argparse.Namespace) -> tuple[str, lis
     if len(ids) < 2:
         raise InvalidInputError(f"split {split!r} of dataset {args.dataset!r} has {len(ids)} case(s); training needs at least 2")
     if args.folds is not None:
+        if args.folds > len(ids):
+            raise InvalidInputError(f"--folds {args.folds}: split {split!r} of dataset {args.dataset!r} has only "
+                                    f"{len(ids)} cases; --folds must be in [2, {len(ids)}]")
         if not 0 <= args.fold < args.folds:
             raise InvalidInputError(f"--fold must be in [0, {args.folds - 1}] for --folds {args.folds}, got {args.fold}")
         train_ids, val_ids = kfold_volumes(ids, args.folds, args.seed)[args.fold]
         return split, train_ids, val_ids
     if not 0 < args.val_fraction < 1:
         raise InvalidInputError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
-    train_ids, val_ids = split_volumes(ids, max(1, round(args.val_fraction * len(ids))), args.seed)
+    n_val = max(1, round(args.val_fraction * len(ids)))
+    if n_val >= len(ids):
+        raise InvalidInputError(f"--val-fraction {args.val_fraction:g} holds out {n_val} of the {len(ids)} cases of split "
+                                f"{split!r}, leaving none to train; hold out at most {len(ids) - 1}")
+    train_ids, val_ids = split_volumes(ids, n_val, args.seed)
     return split, train_ids, val_ids
 
 
@@ -160,6 +170,9 @@ def run_train(args: argparse.Namespace) -> int:
     cpu_started = time.process_time()
     dataset = get_dataset(args.dataset, args.data_root)
     split, train_ids, val_ids = _train_and_val_ids(dataset, args)
+    if args.semi and args.unlabelled_split == split:
+        raise InvalidInputError(f"--unlabelled-split {args.unlabelled_split!r} is the split the network trains and "
+                                "validates on; name a split of unlabelled images")
     recipe = Recipe(model=args.model, image_size=_setting(args, "image_size"), base_width=_setting(args, "base_width"),
                     depth=args.depth, epochs=_setting(args, "epochs"), lr=args.lr, step_size=args.step_size,
                     gamma=args.gamma, patience=args.patience, batch_size=_setting(args, "batch_size"), loss=args.loss,
@@ -188,13 +201,16 @@ def run_train(args: argparse.Namespace) -> int:
     if args.semi:
         settings = semi_supervised_settings(
             recipe.image_size, len(train_ids), network=recipe.model, base_width=recipe.base_width, depth=recipe.depth,
-            semi_epochs=args.semi_epochs or (SEMI_QUICK if args.quick else SEMI_FULL)["semi_epochs"], lr=recipe.lr,
+            semi_epochs=(SEMI_QUICK if args.quick else SEMI_FULL)["semi_epochs"] if args.semi_epochs is None
+            else args.semi_epochs, lr=recipe.lr,
             batch_size=recipe.batch_size, amp=args.amp, device=args.device, seed=args.seed,
             max_steps_per_epoch=recipe.max_steps_per_epoch, progress=not args.no_progress,
             empty_fraction=recipe.empty_fraction, augment=recipe.augment)
-        semi_metadata = {**trainer.metadata, "semi_supervised": {
-            "method": args.semi, "unlabelled_split": args.unlabelled_split, "unlabelled_cases": len(prepared.unlabelled),
-            "settings": dataclasses.asdict(settings)}}
+        semi_run = {"method": args.semi, "unlabelled_split": args.unlabelled_split,
+                    "unlabelled_cases": len(prepared.unlabelled), "settings": dataclasses.asdict(settings)}
+        # a fingerprint of its own, so that `train --resume` without --semi never continues this network
+        semi_metadata = {**trainer.metadata, "semi_supervised": semi_run,
+                         "fingerprint": content_key(trainer.metadata["fingerprint"], semi_run, prepared.unlabelled)}
         kept, pseudo = train_semi_supervised(trainer.model, prepared.labelled, train_ids, val_ids, prepared.unlabelled,
                                              settings, args.semi, out_dir=out, metadata=semi_metadata,
                                              progress=not args.no_progress)
@@ -285,16 +301,6 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")
 
 
-def _read_grey_image(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("L"), dtype=np.float32)
-    except (OSError, UnidentifiedImageError) as exc:
-        raise InvalidInputError(f"{path}: cannot be read as an image ({exc})") from exc
-
-
 def _write_png(probabilities: np.ndarray, path: Path) -> None:
     from PIL import Image
 
@@ -310,35 +316,182 @@ def _image_size(metadata: dict[str, Any], checkpoint: str) -> int:
     return int(metadata["image_size"])
 
 
+def _check_8bit(path: Path) -> None:
+    """Refuse an image stored with more than 8 bits a channel (16-bit PNG/TIFF, 32-bit integer or float):
+    converting it to 8-bit grey levels would clip it, not scale it."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        mode = img.mode
+    if mode in ("I", "F") or mode.startswith(("I;", "F;")):
+        raise InvalidInputError(f"{path}: a {mode!r} image (16- or 32-bit); predict needs 8-bit grey images "
+                                "(converting would clip the values above 255): convert it to 8 bits first")
+
+
+def _predict_folder(source: Path, target: Path) -> list[tuple[Path, Path]]:
+    """(input image, output map) of every image in ``source``; raises before any work when the
+    outputs would overwrite the inputs or each other."""
+    if target.exists() and not target.is_dir():
+        raise InvalidInputError(f"--output {target}: exists and is not a folder; a folder of images needs an output folder")
+    if target.resolve() == source.resolve():
+        raise InvalidInputError(f"--output {target} is the --input folder: the probability maps would overwrite or mix "
+                                "with the input images; choose another output folder")
+    files = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InvalidInputError(f"{source}: no 2D images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    first: dict[Path, Path] = {}
+    for path in files:
+        output = target / f"{path.stem}.png"
+        if output in first:
+            raise InvalidInputError(f"--input {source}: {first[output].name} and {path.name} would both be written to "
+                                    f"{output}; rename one of them")
+        if output.is_dir():
+            raise InvalidInputError(f"--output {target}: {output} is a folder; it cannot hold the map of {path.name}")
+        first[output] = path
+    return [(path, output) for output, path in first.items()]
+
+
 def run_predict(args: argparse.Namespace) -> int:
-    """Write probability maps for a folder of 2D images or for one NIfTI volume."""
+    """Write probability maps for a folder of 2D images or for one NIfTI volume.
+
+    Every path and every input is checked before any output is written: an output never replaces
+    an input, two inputs never share an output, and one bad image leaves no partial output."""
+    source, target = Path(args.input), Path(args.output)
+    if source.is_dir():
+        pairs = _predict_folder(source, target)
+        images = []
+        for path, _ in pairs:  # read and check every image before the first output
+            grey = read_8bit(path)
+            _check_8bit(path)
+            normalise_slices(grey[None].astype(np.float32), str(path))  # refuses a constant image
+            images.append(grey)
+    elif source.name.lower().endswith(NIFTI_SUFFIXES):
+        if not target.name.lower().endswith(NIFTI_SUFFIXES):
+            raise InvalidInputError(f"--output {target}: a NIfTI input needs a .nii or .nii.gz output file")
+        if target.resolve() == source.resolve():
+            raise InvalidInputError(f"--output {target} is the --input file; it would be overwritten")
+        if target.is_dir():
+            raise InvalidInputError(f"--output {target}: is a folder; give a .nii or .nii.gz file name")
+        volume = read_volume(source)
+        check_hu(volume.array, str(source))  # as segment does: an 8-bit or normalised volume is not a CT in HU
+    else:
+        raise InvalidInputError(f"--input {source}: expected a folder of 2D images or a .nii/.nii.gz file")
     model, metadata = load_model(args.checkpoint)
     image_size = _image_size(metadata, args.checkpoint)
     tta = bool(metadata.get("tta", False))  # as the checkpoint was validated
     segments_at = f"the checkpoint calls a pixel infected above probability {decision_threshold(metadata, args.checkpoint):g}"
     device = get_device(args.device)
-    source, target = Path(args.input), Path(args.output)
     if source.is_dir():
-        files = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise InvalidInputError(f"{source}: no 2D images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-        for path in files:
-            image = normalise_slices(_read_grey_image(path)[None], str(path))
-            _write_png(predict_stack(model, image, image_size, device, args.batch_size, tta=tta)[0],
-                       target / f"{path.stem}.png")
-        print(f"wrote {len(files)} probability map(s) to {target}; {segments_at}")
+        for (path, output), grey in zip(pairs, images):
+            image = normalise_slices(grey[None].astype(np.float32), str(path))
+            _write_png(predict_stack(model, image, image_size, device, args.batch_size, tta=tta)[0], output)
+        print(f"wrote {len(pairs)} probability map(s) to {target}; {segments_at}")
         return 0
-    if source.name.lower().endswith(NIFTI_SUFFIXES):
-        if not target.name.lower().endswith(NIFTI_SUFFIXES):
-            raise InvalidInputError(f"--output {target}: a NIfTI input needs a .nii or .nii.gz output file")
-        volume = read_volume(source)
-        image = normalise_slices(grey_levels(volume.array, "hu"), str(source))
-        probabilities = predict_stack(model, image, image_size, device, args.batch_size, tta=tta).astype(np.float32)
-        write_volume(Volume(array=probabilities, spacing=volume.spacing, origin=volume.origin,
-                            direction=volume.direction, source=None), target)
-        print(f"wrote a probability volume {probabilities.shape} to {target}; {segments_at}")
-        return 0
-    raise InvalidInputError(f"--input {source}: expected a folder of 2D images or a .nii/.nii.gz file")
+    image = normalise_slices(grey_levels(volume.array, "hu"), str(source))
+    probabilities = predict_stack(model, image, image_size, device, args.batch_size, tta=tta).astype(np.float32)
+    write_volume(Volume(array=probabilities, spacing=volume.spacing, origin=volume.origin,
+                        direction=volume.direction, source=None), target)
+    print(f"wrote a probability volume {probabilities.shape} to {target}; {segments_at}")
+    return 0
+
+
+# --- checks before any work -------------------------------------------------------------------
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and value >= 1
+
+
+#: Flags of train, semi and predict checked before any work: dest -> (test, what it must be).
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "threads": (_positive_int, "a positive integer"),
+    "epochs": (_positive_int, "a positive integer"),
+    "semi_epochs": (_positive_int, "a positive integer"),
+    "patience": (_positive_int, "a positive integer"),
+    "step_size": (_positive_int, "a positive integer"),
+    "max_steps_per_epoch": (_positive_int, "a positive integer"),
+    "batch_size": (_positive_int, "a positive integer"),
+    "base_width": (_positive_int, "a positive integer"),
+    "depth": (_positive_int, "a positive integer"),
+    "image_size": (_positive_int, "a positive integer"),
+    "unlabelled": (_positive_int, "at least 1"),
+    "inner_val": (_positive_int, "at least 1"),
+    "folds": (lambda v: isinstance(v, int) and v >= 2, "an integer of at least 2"),
+    "fold": (lambda v: isinstance(v, int) and v >= 0, "a non-negative integer"),
+    "seed": (lambda v: isinstance(v, int) and v >= 0, "a non-negative integer"),
+    "lr": (lambda v: math.isfinite(v) and v > 0, "a positive number"),
+    "gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "mixup_alpha": (lambda v: math.isfinite(v) and v >= 0, "a non-negative number (0: no mixup)"),
+    "empty_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "val_fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
+}
+
+
+def _check_rules(args: argparse.Namespace) -> None:
+    for dest, (test, what) in RULES.items():
+        value = getattr(args, dest, None)
+        if value is not None and not test(value):
+            raise InvalidInputError(f"--{dest.replace('_', '-')} must be {what}, got {value}")
+
+
+def _check_output_folder(flag: str, path: Path) -> None:
+    """Refuse an output folder that is an existing file or lies under one."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        where = "exists and is not a folder" if existing == path else f"lies under {existing}, which is not a folder"
+        raise InvalidInputError(f"{flag} {path}: {where}; give an output folder")
+
+
+def _check_depth(image_size: int, depth: int) -> None:
+    """The network halves its input ``depth`` times; its bottleneck must keep at least 2 x 2 pixels
+    (a 1 x 1 bottleneck of a batch of one cannot be batch-normalised in training)."""
+    if image_size // 2**depth < 2:
+        deepest = max(1, int(math.log2(image_size // 2))) if image_size >= 4 else 0
+        hint = f"at most {deepest}" if deepest else "use --image-size 4 or more"
+        raise InvalidInputError(f"--depth {depth} is too deep for --image-size {image_size}: {depth} poolings leave "
+                                f"{image_size // 2**depth} pixel(s) at the bottleneck, the network needs at least 2 "
+                                f"(--depth {hint} for this size, or a larger --image-size)")
+
+
+def check_train(args: argparse.Namespace) -> None:
+    """``train``'s flags, alone and together, before any data is read."""
+    _check_rules(args)
+    if args.folds is None:
+        if args.fold is not None:
+            raise InvalidInputError(f"--fold {args.fold} needs --folds (k of the k-fold split)")
+        if args.val_fraction is None:
+            args.val_fraction = 0.2
+    else:
+        if args.val_fraction is not None:
+            raise InvalidInputError("--val-fraction and --folds exclude each other: with --folds the fold validates")
+        if args.fold is None:
+            args.fold = 0
+    if not args.semi:
+        given = [flag for flag, value in (("--semi-epochs", args.semi_epochs), ("--unlabelled", args.unlabelled),
+                                          ("--unlabelled-split", args.unlabelled_split)) if value is not None]
+        if given:
+            raise InvalidInputError(f"{', '.join(given)} {'acts' if len(given) == 1 else 'act'} only with --semi")
+    if args.unlabelled_split is None:
+        args.unlabelled_split = "unlabelled"
+    _check_depth(_setting(args, "image_size"), args.depth)
+    _check_output_folder("--out", Path(args.out))
+
+
+def check_semi(args: argparse.Namespace) -> None:
+    """``semi``'s flags before any data is read."""
+    _check_rules(args)
+    image_size = args.image_size if args.image_size is not None else (SEMI_QUICK if args.quick else SEMI_FULL)["image_size"]
+    if image_size < 16:
+        raise InvalidInputError(f"--image-size must be an integer of at least 16, got {image_size}")
+    _check_depth(image_size, args.depth)
+    _check_output_folder("--out", Path(args.out))
+
+
+def check_predict(args: argparse.Namespace) -> None:
+    """``predict``'s numbers (its paths are checked by :func:`run_predict` before any work)."""
+    _check_rules(args)
 
 
 # --- the command table ------------------------------------------------------------------------
@@ -350,17 +503,34 @@ class Command:
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+    #: checks the parsed arguments before any work (raises InvalidInputError naming the flag)
+    check: Callable[[argparse.Namespace], None] | None = None
+    #: what to say when Ctrl-C stops it (from the arguments), or None for nothing
+    interrupted: Callable[[argparse.Namespace], str] | None = None
 
 
 COMMANDS: dict[str, Command] = {
-    "train": Command("train a 2D U-Net or attention U-Net on a registered dataset", _train_arguments, run_train),
+    "train": Command("train a 2D U-Net or attention U-Net on a registered dataset", _train_arguments, run_train,
+                     check_train, lambda args: _train_interrupted(args)),
     "evaluate": Command("evaluate a checkpoint on a dataset split; prints metrics as JSON", _evaluate_arguments, run_evaluate),
-    "predict": Command("probability maps for a folder of 2D images or a NIfTI volume", _predict_arguments, run_predict),
+    "predict": Command("probability maps for a folder of 2D images or a NIfTI volume", _predict_arguments, run_predict,
+                       check_predict),
     "segment": Command("infection and lung masks of a CT scan on its own grid, with volumes in mL",
                        segment.add_arguments, segment.run),
     "semi": Command("one fold of supervised A' vs + pseudo-labels vs + mean teacher, using the unlabelled split",
-                    mean_teacher.add_arguments, mean_teacher.run),
+                    mean_teacher.add_arguments, mean_teacher.run, check_semi,
+                    lambda args: "interrupted; semi has no --resume: run the same command again to start over"),
 }
+
+
+def _train_interrupted(args: argparse.Namespace) -> str:
+    """What ``--resume`` would do after Ctrl-C stopped ``train``: continue the supervised stage's
+    ``last.pt`` (written after every epoch) when one exists; the ``--semi`` stage starts again."""
+    last = Path(args.out) / ("supervised" if args.semi else "") / "last.pt"
+    if not last.is_file():
+        return f"interrupted before the first epoch ended: no {last} to resume from; run the same command again"
+    again = "; the --semi stage starts again" if args.semi else ""
+    return f"interrupted; the same command with --resume continues from {last}{again}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -380,15 +550,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit code.
 
-    Bad input (a missing file, an unknown dataset, a mask that does not fit) is reported on
-    stderr as one line and gives exit code 2.
+    Bad input (a missing file, an unknown dataset, a mask that does not fit, a flag out of range)
+    is reported on stderr as one line and gives exit code 2. Ctrl-C during ``train`` or ``semi``
+    prints one line (how to continue) and gives exit code 130.
     """
     args = build_parser().parse_args(argv)
+    command = COMMANDS[args.command]
     try:
-        return COMMANDS[args.command].run(args)
+        if command.check is not None:
+            command.check(args)
+        return command.run(args)
     except InvalidInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if command.interrupted is None:
+            raise
+        print(f"\n{command.interrupted(args)}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -158,7 +158,9 @@ def test_predict_folder_writes_8bit_pngs_with_the_same_names(trained: tuple[Path
 def test_predict_nifti_keeps_the_inputs_geometry(trained: tuple[Path, Path], tmp_path: Path) -> None:
     _, out = trained
     hu = np.full((3, 40, 48), -850.0, dtype=np.float32)
-    hu[:, 15:25, 10:22] = -500.0
+    for z in range(3):  # a different slice each z, so slices cannot be mixed up unnoticed
+        hu[z, 15:25, 10 + 6 * z:22 + 6 * z] = -500.0
+    hu[2, 30:34, 5:9] = 400.0  # above the lung window: clipped to 255
     image = sitk.GetImageFromArray(hu)
     image.SetSpacing((0.7, 0.8, 2.5))
     image.SetOrigin((-10.0, 20.0, 30.0))
@@ -171,6 +173,22 @@ def test_predict_nifti_keeps_the_inputs_geometry(trained: tuple[Path, Path], tmp
     np.testing.assert_allclose(result.spacing, source.spacing)
     np.testing.assert_allclose(result.origin, source.origin)
     np.testing.assert_allclose(result.direction, source.direction)
+    np.testing.assert_array_equal(source.array, hu)  # stored as written, so the route below starts from hu
+    # Independent route: the lung window [-1250, 250] HU to grey levels 0..255 by hand
+    # (-850 HU -> 68, -500 HU -> 127.5, 400 HU -> 255), z-score each slice, resize, 8-fold TTA, resize back.
+    model, metadata = load_model(out / "best.pt")
+    size = metadata["image_size"]
+    grey = 255.0 * np.clip((hu + 1250.0) / 1500.0, 0.0, 1.0)
+    assert grey[0, 0, 0] == pytest.approx(68.0) and grey[0, 15, 10] == pytest.approx(127.5)
+    assert metadata["tta"]
+    for z in range(3):
+        normalised = (grey[z] - grey[z].mean()) / grey[z].std()
+        small = torch.nn.functional.interpolate(torch.from_numpy(normalised.astype(np.float32))[None, None],
+                                                size=(size, size), mode="bilinear")
+        probability = tta_by_hand(model, small.numpy())
+        back = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(probability))[None],
+                                               size=(40, 48), mode="bilinear")[0, 0].numpy()
+        np.testing.assert_allclose(result.array[z], back, atol=1e-4, err_msg=f"slice {z}")
     assert 0.0 <= result.array.min() and result.array.max() <= 1.0
 
 
@@ -205,3 +223,151 @@ def test_bad_input_gives_exit_code_2_and_a_message(argv: list[str], message: str
     assert main(filled) == 2
     error = capsys.readouterr().err
     assert error.startswith("error:") and message in error
+
+
+# --- checks before any work: flags, output paths and inputs of predict --------------------------
+
+@pytest.mark.parametrize("argv, message", [
+    # flags named as flags, checked before any data is read
+    (["train", "--epochs", "0"], "--epochs must be a positive integer, got 0"),
+    (["train", "--lr", "0"], "--lr must be a positive number"),
+    (["train", "--patience", "0"], "--patience must be a positive integer"),
+    (["train", "--step-size", "0"], "--step-size must be a positive integer"),
+    (["train", "--gamma", "0"], "--gamma must be in (0, 1]"),
+    (["train", "--ema-decay", "1.5"], "--ema-decay must be in [0, 1)"),
+    (["train", "--max-steps-per-epoch", "0"], "--max-steps-per-epoch must be a positive integer"),
+    (["train", "--threads", "0"], "--threads must be a positive integer, got 0"),
+    (["train", "--folds", "0"], "--folds must be an integer of at least 2"),
+    (["train", "--folds", "1"], "--folds must be an integer of at least 2"),
+    (["train", "--folds", "7"], "--folds 7: split 'train' of dataset 'covid-semiseg' has only 6 cases"),
+    (["train", "--val-fraction", "0.995"], "--val-fraction 0.995 holds out 6 of the 6 cases"),
+    (["train", "--depth", "9"], "--depth 9 is too deep for --image-size 64"),
+    (["train", "--semi", "both", "--semi-epochs", "0"], "--semi-epochs must be a positive integer, got 0"),
+    (["semi", "--semi-epochs", "0"], "--semi-epochs must be a positive integer, got 0"),
+    (["semi", "--inner-val", "0"], "--inner-val must be at least 1, got 0"),
+    (["semi", "--threads", "0"], "--threads must be a positive integer, got 0"),
+    (["semi", "--depth", "6"], "--depth 6 is too deep for --image-size 64"),
+    # flags that would otherwise be ignored
+    (["train", "--fold", "3"], "--fold 3 needs --folds"),
+    (["train", "--folds", "3", "--val-fraction", "0.5"], "--val-fraction and --folds exclude each other"),
+    (["train", "--semi-epochs", "5"], "--semi-epochs acts only with --semi"),
+    (["train", "--unlabelled", "5"], "--unlabelled acts only with --semi"),
+    (["train", "--mixup-alpha", "-1"], "--mixup-alpha must be a non-negative number"),
+    (["train", "--semi", "both", "--unlabelled-split", "train"], "--unlabelled-split 'train' is the split the network trains"),
+    # an output folder that is a file
+    (["train", "--out", "{tmp}/afile.txt"], "--out {tmp}/afile.txt: exists and is not a folder"),
+    (["train", "--out", "{tmp}/afile.txt/run"], "lies under {tmp}/afile.txt, which is not a folder"),
+    (["semi", "--out", "{tmp}/afile.txt"], "--out {tmp}/afile.txt: exists and is not a folder"),
+])
+def test_bad_flags_fail_before_any_work_naming_the_flag(argv: list[str], message: str, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    root = make_semiseg(tmp_path / "data")
+    (tmp_path / "afile.txt").write_text("not a folder\n", encoding="utf-8")
+    out = ["--out", str(tmp_path / "o")] if "--out" not in argv else []
+    filled = [a.format(tmp=tmp_path) for a in argv]
+    small = [["--quick"], ["--epochs", "1"], ["--max-steps-per-epoch", "1"], ["--no-progress"], ["--device", "cpu"],
+             ["--amp", "off"]]  # so that a run that should have failed ends soon
+    code = main([*filled, "--data-root", str(root), *out, *[a for flag in small if flag[0] not in filled for a in flag]])
+    error = capsys.readouterr().err
+    assert code == 2, error
+    assert error.startswith("error:") and message.format(tmp=tmp_path) in error and "Traceback" not in error
+    assert not (tmp_path / "o").exists()
+    assert (tmp_path / "afile.txt").read_text(encoding="utf-8") == "not a folder\n"
+
+
+def test_ctrl_c_during_train_says_how_to_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import covidlib.__main__ as cli
+
+    def interrupted(*args, out_dir, **kwargs):
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "last.pt").write_bytes(b"an epoch's checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "train_supervised", interrupted)
+    root = make_semiseg(tmp_path / "data")
+    common = ["train", "--data-root", str(root), "--quick", "--device", "cpu", "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "run")]) == 130
+    error = capsys.readouterr().err
+    assert f"--resume continues from {tmp_path / 'run' / 'last.pt'}" in error and "Traceback" not in error
+    monkeypatch.setattr(cli, "train_supervised", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert main([*common, "--out", str(tmp_path / "fresh")]) == 130
+    assert "no " in capsys.readouterr().err  # nothing written yet: nothing to resume
+
+
+def _checkpoint_args(out: Path) -> list[str]:
+    return ["predict", "--checkpoint", str(out / "best.pt"), "--device", "cpu"]
+
+
+def test_predict_never_overwrites_its_inputs(trained: tuple[Path, Path], tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    root, out = trained
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(2):  # PNG inputs: their maps would have the same names
+        Image.open(root / f"TrainingSet/LungInfection-Train/Doctor-label/Imgs/{index}.jpg").save(folder / f"{index}.png")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert main([*_checkpoint_args(out), "--input", str(folder), "--output", str(folder)]) == 2
+    assert "is the --input folder" in capsys.readouterr().err
+    assert main([*_checkpoint_args(out), "--input", str(folder), "--output", str(tmp_path / "." / "images")]) == 2
+    assert "is the --input folder" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    hu = np.full((2, 16, 16), -900.0, dtype=np.float32)
+    hu[:, 4:8, 4:8] = 40.0
+    sitk.WriteImage(sitk.GetImageFromArray(hu), str(tmp_path / "scan.nii.gz"))
+    scan = (tmp_path / "scan.nii.gz").read_bytes()
+    assert main([*_checkpoint_args(out), "--input", str(tmp_path / "scan.nii.gz"),
+                 "--output", str(tmp_path / "scan.nii.gz")]) == 2
+    assert "is the --input file" in capsys.readouterr().err
+    assert (tmp_path / "scan.nii.gz").read_bytes() == scan
+
+
+def test_predict_refuses_two_inputs_with_one_output_name(trained: tuple[Path, Path], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    root, out = trained
+    folder = tmp_path / "images"
+    folder.mkdir()
+    image = Image.open(root / "TrainingSet/LungInfection-Train/Doctor-label/Imgs/0.jpg")
+    image.save(folder / "0.jpg")
+    image.save(folder / "0.png")
+    assert main([*_checkpoint_args(out), "--input", str(folder), "--output", str(tmp_path / "maps")]) == 2
+    error = capsys.readouterr().err
+    assert "0.jpg and 0.png would both be written to" in error
+    assert not (tmp_path / "maps").exists()
+
+
+def test_predict_refuses_a_volume_that_is_not_in_hu(trained: tuple[Path, Path], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    _, out = trained
+    grey = np.random.default_rng(0).integers(0, 256, (3, 16, 16)).astype(np.float32)  # an 8-bit picture
+    sitk.WriteImage(sitk.GetImageFromArray(grey), str(tmp_path / "grey.nii.gz"))
+    assert main([*_checkpoint_args(out), "--input", str(tmp_path / "grey.nii.gz"),
+                 "--output", str(tmp_path / "prob.nii.gz")]) == 2
+    error = capsys.readouterr().err
+    assert "grey.nii.gz" in error and "not a CT in HU" in error
+    assert not (tmp_path / "prob.nii.gz").exists()
+
+
+def test_predict_refuses_16bit_images_and_writes_nothing_when_one_input_is_bad(
+        trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root, out = trained
+    good = root / "TrainingSet/LungInfection-Train/Doctor-label/Imgs/0.jpg"
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    Image.fromarray(np.arange(40 * 48, dtype=np.uint16).reshape(40, 48) * 30).save(deep / "1.png")
+    Image.open(good).save(deep / "0.png")
+    assert main([*_checkpoint_args(out), "--input", str(deep), "--output", str(tmp_path / "maps16")]) == 2
+    error = capsys.readouterr().err
+    assert "1.png" in error and "8-bit" in error
+    assert not (tmp_path / "maps16").exists()  # 0.png, read first, got no map either
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    Image.open(good).save(bad / "0.png")
+    (bad / "1.png").write_bytes(b"not an image")
+    assert main([*_checkpoint_args(out), "--input", str(bad), "--output", str(tmp_path / "maps")]) == 2
+    assert "1.png" in capsys.readouterr().err
+    assert not (tmp_path / "maps").exists()
+    (tmp_path / "afile.txt").write_text("x", encoding="utf-8")
+    assert main([*_checkpoint_args(out), "--input", str(deep), "--output", str(tmp_path / "afile.txt")]) == 2
+    error = capsys.readouterr().err
+    assert f"--output {tmp_path / 'afile.txt'}: exists and is not a folder" in error

@@ -6,18 +6,21 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from test_datasets import REAL_SEMISEG, _save_jpg, _save_png
 
+from covidlib import mean_teacher
 from covidlib.__main__ import main
 from covidlib.data import fit_slice, kfold_volumes
 from covidlib.datasets import get_dataset
 from covidlib.errors import InvalidInputError
 from covidlib.inference import load_model, prepare_slices
-from covidlib.mean_teacher import ARMS, CONTROLS, SEMI_METHODS, MeanTeacherConfig, arm_setup, semi_supervised_settings
+from covidlib.mean_teacher import ARMS, CONTROLS, semi_supervised_settings
 from covidlib.metrics import THRESHOLD_GRID
 from covidlib.preprocess import normalise_image
 
@@ -88,7 +91,7 @@ def test_semi_writes_three_arms_and_pseudo_label_counts(semi_run: tuple[Path, Pa
     assert len(settings["selection_cases"]) == (N_LABELLED - len(test_ids)) // 5
     pseudo = metrics["pseudo"]
     assert pseudo["unlabelled_images"] == 3 == printed["unlabelled"]
-    assert 0 <= pseudo["images_with_box"] <= 3
+    assert 1 <= pseudo["images_with_box"] <= 3  # the discs give A' something to box
     assert 0 <= pseudo["accepted"] <= pseudo["patches"] <= 32 * pseudo["images_with_box"]
     assert set(metrics["seconds"]) >= {"loading", "supervised", "pseudo_labelling", *ARMS[1:]}
     assert settings["image_size"] == SIDE and settings["base_width"] == 4 and settings["depth"] == 2
@@ -167,7 +170,7 @@ def test_bad_input_names_the_dataset_or_argument(tmp_path: Path, capsys: pytest.
     with pytest.raises(InvalidInputError, match="image_size"):
         semi_supervised_settings(8, 10)
     assert main(["semi", "--data-root", str(root), "--out", str(tmp_path / "run"), "--image-size", "8"]) == 2
-    assert "image_size must be an integer of at least 16" in capsys.readouterr().err
+    assert "--image-size must be an integer of at least 16, got 8" in capsys.readouterr().err
     assert main(["semi", "--data-root", str(root), "--out", str(tmp_path / "run"), "--unlabelled", "0"]) == 2
     assert "--unlabelled must be at least 1" in capsys.readouterr().err
     assert main(["semi", "--data-root", str(root), "--out", str(tmp_path / "run"), "--folds", "3", "--fold", "3"]) == 2
@@ -241,19 +244,47 @@ def test_train_semi_keeps_the_supervised_model_and_writes_a_loadable_final_one(
         assert evaluation["per_case"][case]["dice"] == pytest.approx(row["dice"], abs=1e-6)
 
 
+def supervised_flags(flags: list[str]) -> list[str]:
+    """``flags`` less ``--semi-epochs N``, which ``train`` refuses without ``--semi``."""
+    at = flags.index("--semi-epochs")
+    return flags[:at] + flags[at + 2:]
+
+
+def test_train_resume_without_semi_never_continues_the_semi_supervised_network(
+        final_semi: tuple[Path, Path], tmp_path: Path) -> None:
+    root, semi_out = final_semi
+    out = tmp_path / "run"
+    shutil.copytree(semi_out, out)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["train", "--data-root", str(root), "--out", str(out), "--resume", "--select-threshold",
+                     *supervised_flags(TRAIN_TINY)]) == 0
+    # trained from scratch with the supervised stage's settings and seed: the supervised stage's network
+    resumed, supervised = load_model(out / "best.pt")[0], load_model(out / "supervised" / "best.pt")[0]
+    for name, value in supervised.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
+
+
 @pytest.mark.parametrize(("method", "pseudo_weight", "consistency_weight", "validate"),
                          [("pseudo-labels", 1.0, 0.0, "student"), ("mean-teacher", 0.0, 1.0, "teacher"),
                           ("both", 1.0, 1.0, "teacher")])
-def test_each_semi_method_trains_the_arm_it_names(tmp_path: Path, method: str, pseudo_weight: float,
-                                                  consistency_weight: float, validate: str) -> None:
+def test_each_semi_method_trains_the_arm_it_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str,
+                                                  pseudo_weight: float, consistency_weight: float, validate: str) -> None:
+    trained = []
+    real_init = mean_teacher.MeanTeacher.__init__
+
+    def spy(self, model, config=None, settings=None, **kwargs):
+        trained.append((settings, kwargs.get("pseudo_patches")))
+        real_init(self, model, config, settings, **kwargs)
+
+    monkeypatch.setattr(mean_teacher.MeanTeacher, "__init__", spy)
     root = make_semiseg(tmp_path / "data")
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(["train", "--data-root", str(root), "--out", str(tmp_path / "run"), "--semi", method,
                      "--unlabelled", "2", *TRAIN_TINY]) == 0
-    config = load_model(tmp_path / "run" / "best.pt")[1]["semi_supervised"]["settings"]["mean_teacher"]
-    uses_patches, arm = arm_setup(SEMI_METHODS[method], MeanTeacherConfig(**config))
-    assert uses_patches
-    assert (arm.pseudo_weight, arm.consistency_weight, arm.validate) == (pseudo_weight, consistency_weight, validate)
+    ((settings, patches),) = trained  # one network continued, the one the method names
+    assert patches is not None and len(patches) > 0
+    assert (settings.pseudo_weight, settings.consistency_weight, settings.validate) == (
+        pseudo_weight, consistency_weight, validate)
 
 
 def test_train_semi_without_unlabelled_images_fails_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
