@@ -197,8 +197,8 @@ for name, levels in grey_levels.items():
 # %% [markdown]
 # ## 5. Thin and thick slices
 #
-# {term}`Slice thickness` is how much of the patient along z one image averages. Thin slices (under
-# about 3 mm) show small structures sharply but are noisier and many more; thick slices (5-8 mm,
+# {term}`Slice thickness` is how much of the patient along z one image averages. Thin slices (1.5 mm
+# or less) show small structures sharply but are noisier and many more; thick slices (5-8 mm,
 # common where dose, storage or older scanners matter, as in the MosMed data
 # {cite}`morozov2020mosmed`) average them away. The report's data ranged from 1 mm to 8 mm. A
 # thick slice is, to a good approximation, the mean of the thin slices it covers, which is how
@@ -277,15 +277,17 @@ viz.show_views(thick, masks={"infection": thick_lesion}, title=f"The same patien
 # %% [markdown]
 # ## 7. Scrolling through a volume
 #
-# In Jupyter or Colab the slider below scrolls through the axial slices with the infection
-# mask drawn on top. The built HTML book has no Python kernel to move it, so a static montage of
-# the same volume follows.
+# The slider below scrolls through the axial slices with the infection mask drawn on top. Every
+# slice it shows is drawn in advance and travels with the page, so it works without a Python
+# kernel: in Jupyter, in Colab and in this HTML book alike. (It shows at most 32 slices, evenly
+# spaced: the slider counts them, the title gives each one's z.) A static montage of the same
+# volume follows for print.
 
 # %%
 viz.slice_viewer(image, {"infection": case.lesion_mask}, window="lung", title="Phantom")
 
 # %% mystnb={"figure": {"caption": "Twelve evenly spaced axial slices of the thin-slice phantom in the lung window, infection overlaid: the printed stand-in for the slice viewer above.", "name": "fig-01-montage"}}
-viz.show_montage(image, n=12, masks={"infection": case.lesion_mask}, title="Phantom, every eighth slice")
+viz.show_montage(image, n=12, masks={"infection": case.lesion_mask}, title="Phantom, 12 evenly spaced slices")
 
 # %% [markdown]
 # ## 8. The phantom beside real slices
@@ -344,7 +346,7 @@ for name in regions:
 from IPython.display import Markdown, display
 
 from covidlib.records import load_reference, reference_notice
-from covidlib.results import markdown_table
+from covidlib.results import format_change, markdown_table
 
 transfer_record = load_reference("phantom_to_real")
 display(Markdown(reference_notice(transfer_record, "phantom_to_real")))
@@ -369,7 +371,7 @@ if transfer_record is not None:
                            ("Inf-Net mean Dice", "infnet_difference_pretrained_minus_scratch")):
             ci = transfer[key]
             verdict = "above zero" if ci["low"] > 0 else "below zero" if ci["high"] < 0 else "includes zero"
-            lines.append(f"{label}: {ci['mean_difference']:+.3f}, 95 % CI [{ci['low']:+.3f}, {ci['high']:+.3f}] "
+            lines.append(f"{label}: {format_change(ci['mean_difference'])}, 95 % CI [{format_change(ci['low'])}, {format_change(ci['high'])}] "
                          f"({verdict})")
         display(Markdown("Phantom-pretrained minus scratch, paired over the test slices: " + "; ".join(lines) + "."))
 

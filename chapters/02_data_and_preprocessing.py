@@ -51,7 +51,7 @@ device = "auto"
 seed = 0
 output_dir = "results"
 # chapter knobs
-data_root = None  # folder of a real dataset (e.g. the COVID-SemiSeg "Dataset" folder); None: $COVIDLIB_DATA/<dataset>
+data_root = ""  # folder of a real dataset (e.g. the COVID-SemiSeg "Dataset" folder); empty: $COVIDLIB_DATA/<dataset>
 lungmask_modelpath = None  # a lungmask R231 weights file; None: the torch hub cache, if it holds one
 threshold_hu = -350.0
 
@@ -65,6 +65,7 @@ from IPython.display import Markdown, display
 from covidlib import viz
 from covidlib.config import choose, format_summary, runtime_summary, seed_everything
 from covidlib.datasets import Case, get_dataset, list_datasets
+from covidlib.inference import spread_evenly
 from covidlib.io import Volume
 from covidlib.metrics import dice
 from covidlib.preprocess import (PreprocessCache, classical_lung_mask, lung_mask, lungmask_weights,
@@ -89,7 +90,7 @@ reference = load_reference("02_data_and_preprocessing")
 #
 # The report's central problem is that labelled COVID-19 CT scans were scarce in 2020, so it
 # leaned on other lung CT collections for pre-training and transfer: lung tumours (MSD),
-# pleural effusion (NSCLC with the PleThora masks), and COVID-19 scans with (MosMed, the
+# pleural effusion (NSCLC with the PleThora masks {cite}`kiser2020plethora`), and COVID-19 scans with (MosMed, the
 # "Covid Segmentation Benchmark" of Ma et al.) and without labels. The registry lists them,
 # plus the 2D COVID-SemiSeg slices used for the semi-supervised chapters and the built-in
 # {term}`phantom <Phantom>` that lets every chapter run anywhere.
@@ -127,7 +128,7 @@ for case in cases[:3]:
 #
 # A CT volume is a stack of axial slices. Within a slice, pixels are typically 0.6-0.95 mm
 # wide on a 512 x 512 matrix (it depends on the patient's size: the field of view is set to
-# fit the body); between slices, the spacing ({term}`slice thickness <Slice thickness>`) ranges from under 1 mm ("thin-slice") to 5-10 mm
+# fit the body); between slices, the spacing ({term}`slice thickness <Slice thickness>`) ranges from under 1 mm (thin slices: 1.5 mm or less) to 5-10 mm
 # ("thick-slice", common in emergency COVID-19 imaging, MosMed among them). The phantom
 # cohort draws both at random like a multi-centre collection ({numref}`fig-02-spacings`). (In quick mode the matrix is
 # 128 x 128, so its pixels are four times larger than a real scan's; full mode uses 512.)
@@ -136,7 +137,7 @@ for case in cases[:3]:
 spacings = {"phantom cohort": [case.image.spacing for case in cases]}
 real = None
 if dataset not in ("phantom", "covid-semiseg"):
-    real = get_dataset(dataset, data_root)
+    real = get_dataset(dataset, data_root or None)
     spacings[dataset] = [real.spacing(case_id) for case_id in real.case_ids()]
 viz.show_spacings(spacings, title="Slice thickness against pixel size (report Fig. 3.7)")
 
@@ -344,7 +345,7 @@ assert all(abs(m) < 1e-3 for m in z_means) and all(abs(s - 1) < 1e-3 for s in z_
 
 # %%
 if dataset == "covid-semiseg":
-    semiseg = get_dataset("covid-semiseg", data_root)
+    semiseg = get_dataset("covid-semiseg", data_root or None)
     train_ids = semiseg.case_ids("train")
     by_infection = sorted(train_ids, key=lambda case_id: int(semiseg.load(case_id).lesion_mask.sum()))
     unlabelled_all = semiseg.case_ids("unlabelled")
@@ -367,20 +368,20 @@ routes = [("report, CT in HU (the phantom scan above)", prepared[0].meta["steps"
 if reference is not None:
     routes.append(("2D equivalent, COVID-SemiSeg (reference record)", reference.numbers["covid_semiseg"]["steps"]))
 display(Markdown(markdown_table([(name, " → ".join(steps)) for name, steps in routes], header=("route", "steps that ran"))))
-display(Markdown(f"`lung_mask` on the 8-bit slice `{eight_bit[0].case_id}` refuses: *{refusal}*"))
+display(Markdown(f"`lung_mask` on the 8-bit slice `{eight_bit[0].case_id}` refuses: `{refusal}`"))
 for case, out in zip(eight_bit, after_2d):
     print(f"{case.case_id}: {case.image.shape[1:]} grey levels {case.image.array.min():.0f}-{case.image.array.max():.0f} "
           f"-> {out.image.shape[1:]}, z-score mean {out.image.mean():+.3f}, sd {out.image.std():.3f}")
 
 # %% mystnb={"figure": {"caption": "8-bit slices of this run before their 2D preparation, grey levels as stored (0-255), infection outlined where the slice is labelled: with the phantom, its scan in the lung window; with COVID-SemiSeg, the labelled slices with the most, the median and the least infection and two unlabelled slices.", "name": "fig-02-slices-before"}}
-viz.show_panels({case.case_id: case.image.array[0] for case in eight_bit}, window=(0.0, 255.0),
+viz.show_panels({case.case_id: case.image.array[0] for case in eight_bit}, window=(0.0, 255.0), unit="8-bit grey levels",
                 masks={case.case_id: {"infection": case.lesion_mask[0]} for case in eight_bit if case.lesion_mask is not None},
-                title="Before: 8-bit grey levels as stored")
+                title="Before: the slices as stored")
 
 # %% mystnb={"figure": {"caption": "The same slices after the 2D equivalents of the report's preprocessing: resized so that the longer side spans 300 one-millimetre pixels, and z-scored over the whole image (grey scale -3 to 3).", "name": "fig-02-slices-after"}}
-viz.show_panels({out.case_id: out.image[0] for out in after_2d}, window=(-3.0, 3.0),
+viz.show_panels({out.case_id: out.image[0] for out in after_2d}, window=(-3.0, 3.0), unit="z-score",
                 masks={out.case_id: {"infection": out.lesion_mask[0]} for out in after_2d if out.lesion_mask is not None},
-                title="After: resized to 1 mm pixels (300 mm assumed), per-image z-score")
+                title="After: resized to 1 mm pixels (300 mm assumed), z-scored per image")
 
 # %% [markdown]
 # ### The dataset's facts, computed from the files
@@ -409,7 +410,7 @@ def total_variation(counts_a: list[int], counts_b: list[int]) -> float:
 facts = None
 if dataset == "covid-semiseg":
     grey_edges, z_edges = np.arange(0.0, 257.0, 4.0), np.linspace(-4.0, 4.0, 65)
-    unlabelled_ids = unlabelled_all if n_unlabelled is None else unlabelled_all[::max(1, len(unlabelled_all) // n_unlabelled)][:n_unlabelled]
+    unlabelled_ids = unlabelled_all if n_unlabelled is None else spread_evenly(unlabelled_all, n_unlabelled)
     groups: dict[str, dict[str, list]] = {}
     infection_share = []
     for case_id in train_ids + unlabelled_ids:
@@ -538,10 +539,10 @@ if shown is not None:
 # %% tags=["hide-input"]
 from covidlib.results import write_record
 
-write_record(output_dir, "02_data_and_preprocessing",
-             parameters=dict(dataset=dataset, data_root=data_root, setting=setting, device=device, seed=seed,
-                             n_cases=n_cases, shape=list(shape), n_unlabelled=n_unlabelled, threshold_hu=threshold_hu, lungmask_weights=str(weights) if weights else None),
-             numbers=numbers, runtime=runtime)
+record_path = write_record(output_dir, "02_data_and_preprocessing",
+                           parameters=dict(dataset=dataset, data_root=data_root, setting=setting, device=device, seed=seed,
+                                           n_cases=n_cases, shape=list(shape), n_unlabelled=n_unlabelled, threshold_hu=threshold_hu, lungmask_weights=str(weights) if weights else None),
+                           numbers=numbers, runtime=runtime)
 
 # %%
 # NBVAL_CHECK_OUTPUT

@@ -319,13 +319,13 @@ plt.show()
 # %% [markdown]
 # ## 7. Mixup: soft labels
 #
-# {term}`Mixup` (Zhang et al. 2018, {cite}`zhang2018mixup`) makes a new training pair by blending two:
+# {term}`Mixup` {cite}`zhang2018mixup` makes a new training pair by blending two:
 # `x = λ x_i + (1 - λ) x_j` and `y = λ y_i + (1 - λ) y_j`, with one λ drawn from Beta(α, α) for
 # the batch and partners `j` drawn by a random permutation. The label is no longer 0 or 1 per
 # pixel but a probability ({numref}`fig-03-mixup`), which the losses of
 # {doc}`chapter 04 <04_unet_and_attention>` accept. With α = 0.4 most λ are near
 # 0 or 1 (a slice with a faint ghost of another); α = 1 makes λ uniform. The report used mixup
-# for its best fully supervised model (section 5.2.2); Panfilov et al. (2019) found it helps on
+# for its best fully supervised model (section 5.2.2); {cite:t}`panfilov2019mixup` found it helps on
 # small knee MRI sets but can underfit without removing weight decay.
 
 # %% mystnb={"figure": {"caption": "Mixup of two training slices: each with its infection outlined, their blend with weights \u03bb and 1 \u2212 \u03bb, and the soft label, the infection probability mixed from the two masks with the same weights.", "name": "fig-03-mixup"}}
@@ -342,7 +342,7 @@ item = int(paired_with_other[0]) if len(paired_with_other) else 0  # show a slic
 fig = plot_mixup(batch_images, batch_masks, mixed_images, soft_targets, mix, item=item)
 plt.show()
 label_sums = soft_targets.sum(axis=1)
-print(f"soft labels: values {sorted(np.unique(np.round(soft_targets[:, 1], 4)).tolist())}, "
+print(f"soft labels: values [{', '.join(f'{v:.4f}' for v in np.unique(np.round(soft_targets[:, 1], 4)))}], "
       f"class sums in [{label_sums.min():.6f}, {label_sums.max():.6f}]")
 # the one-call version used in training loops gives the same result from the same generator
 again_images, again_targets, again_lam = mixup(torch.from_numpy(batch_images), torch.from_numpy(batch_masks),
@@ -554,12 +554,12 @@ numbers = {
     "dihedral_draw_counts": dihedral_counts.tolist(),
     **this_run,
 }
-write_record(output_dir, "03_augmentation",
-             parameters=dict(dataset=dataset, data_root=data_root, setting=setting, device=device, seed=seed,
-                             n_cases=n_cases, n_slices=n_slices, n_draws=n_draws, n_repeats=n_repeats,
-                             rotation_degrees=rotation_degrees, elastic_max_displacement=elastic_max_displacement,
-                             mixup_alpha=mixup_alpha, augmentation_p=augmentation_p),
-             numbers=numbers, runtime=runtime)
+record_path = write_record(output_dir, "03_augmentation",
+                           parameters=dict(dataset=dataset, data_root=data_root, setting=setting, device=device, seed=seed,
+                                           n_cases=n_cases, n_slices=n_slices, n_draws=n_draws, n_repeats=n_repeats,
+                                           rotation_degrees=rotation_degrees, elastic_max_displacement=elastic_max_displacement,
+                                           mixup_alpha=mixup_alpha, augmentation_p=augmentation_p),
+                           numbers=numbers, runtime=runtime)
 
 # %%
 # NBVAL_CHECK_OUTPUT

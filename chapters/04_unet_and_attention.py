@@ -20,10 +20,10 @@
 #
 # **What you will learn**
 #
-# - how the {term}`U-Net` of Ronneberger et al. (2015) is put together, read off a live model as the
+# - how the {term}`U-Net` of {cite:t}`ronneberger2015unet` is put together, read off a live model as the
 #   layer table of the original paper (input 572, output 388, no padding) next to the padded
 #   version this book trains;
-# - the additive {term}`attention gate <Attention gate>` of Oktay et al. (2018), written from its equations and checked
+# - the additive {term}`attention gate <Attention gate>` of {cite:t}`oktay2018attention`, written from its equations and checked
 #   against the library, and what its attention maps look like after training;
 # - the four losses the report discusses — cross entropy, soft Dice, their sum, and the
 #   distance-transform Hausdorff loss — compared on the same data;
@@ -37,7 +37,7 @@
 # {doc}`03 <03_augmentation>` (augmentation, slices and splits).
 #
 # **Run time** quick: ~1.5 min CPU (small networks, few epochs); reference (COVID-SemiSeg,
-# nested 5-fold cross-validation of small networks): about 15 min on a quiet 2-core CPU; full: the
+# nested 5-fold cross-validation of small networks): about 12 min on a quiet 2-core CPU; full: the
 # report's settings, hours on a GPU.
 
 # %% tags=["remove-cell"]
@@ -80,7 +80,7 @@ from covidlib.inference import prepare_slices
 from covidlib.models import AttentionGate, AttentionUNet2d, UNet2d
 from covidlib.recipe import Recipe
 from covidlib.records import load_reference, reference_notice
-from covidlib.results import markdown_table, write_record
+from covidlib.results import format_change, markdown_table, write_record
 from covidlib.statistics import paired_bootstrap_ci, summarise_runs
 from covidlib.train import TrainConfig, Trainer, evaluate, resolve_amp
 from covidlib.viz import show_attention_maps, show_grouped_values, show_learning_curves
@@ -229,7 +229,7 @@ assert rows[-1]["ours_out"] == 256
 #
 # ## 2. The attention gate
 #
-# Oktay et al. (2018) let the decoder decide which parts of a skip connection to pass on. For
+# {cite:t}`oktay2018attention` let the decoder decide which parts of a skip connection to pass on. For
 # the skip features $x_i^l$ at pixel $i$ of level $l$ and a gating signal $g$ taken from the
 # coarser level below, the additive attention coefficient is
 #
@@ -332,8 +332,8 @@ print(f"native bfloat16 kernels on this CPU: {cpu_supports_bf16()}; amp={amp!r} 
 # - **soft Dice** $1 - \frac{2\sum_i p_i g_i}{\sum_i p_i^2 + \sum_i g_i^2}$ (V-Net) on the
 #   infection class — a region overlap, insensitive to class imbalance;
 # - **CE + Dice**, the compound the loss survey the report cites found reliable;
-# - **Hausdorff loss** $\frac{1}{N}\sum_i (p_i - g_i)^2 (d_{G,i}^2 + d_{S,i}^2)$ (Karimi and
-#   Salcudean) with $d_G$, $d_S$ the distances to the true and predicted boundaries — errors far
+# - **Hausdorff loss** $\frac{1}{N}\sum_i (p_i - g_i)^2 (d_{G,i}^2 + d_{S,i}^2)$ {cite}`karimi2019hausdorff`
+#   with $d_G$, $d_S$ the distances to the true and predicted boundaries — errors far
 #   from a boundary cost more. (The report writes $(s_i - g_i)$ unsquared, which can go
 #   negative; the paper squares it.)
 #
@@ -490,8 +490,8 @@ def arm_rows(arms: dict) -> list[tuple[str, ...]]:
 
 def comparison_rows(comparisons: list[dict]) -> list[tuple[str, ...]]:
     metric_names = {"dice": "Dice at 0.5", "infnet_mean_dice": "Inf-Net mean Dice"}
-    return [(f"{c['second']} − {c['first']}", metric_names[c["metric"]], f"{c['mean_difference']:+.3f}",
-             f"[{c['low']:+.3f}, {c['high']:+.3f}]", str(c["n"])) for c in comparisons]
+    return [(f"{c['second']} − {c['first']}", metric_names[c["metric"]], f"{format_change(c['mean_difference'])}",
+             f"[{format_change(c['low'])}, {format_change(c['high'])}]", str(c["n"])) for c in comparisons]
 
 
 def show_cv_tables(numbers: dict, source_label: str) -> None:
@@ -589,14 +589,24 @@ if shown is not None:
     attention = by_metric[(f"attention U-Net, {network_loss}", "dice")]
     bf16 = by_metric[("bfloat16", "dice")]
     ratio = shown["precision"]["bfloat16"]["epoch_cpu_seconds"] / shown["precision"]["float32"]["epoch_cpu_seconds"]
+
+    def reading(comparison: dict, higher: str, lower: str) -> str:
+        """What a paired 95 % interval says: which arm scored higher, or that it cannot tell."""
+        if comparison["low"] > 0:
+            return f"its interval lies above 0: {higher} scored higher on these folds"
+        if comparison["high"] < 0:
+            return f"its interval lies below 0: {higher} scored lower than {lower} on these folds"
+        return f"its interval contains 0: the data cannot tell {higher} from {lower} at this size"
+
     display(Markdown(
-        f"In {shown_label}, the attention U-Net differs from the U-Net by {attention['mean_difference']:+.3f} "
-        f"Dice at 0.5 (95 % interval [{attention['low']:+.3f}, {attention['high']:+.3f}], {attention['n']} folds); "
-        f"bfloat16 training differs from float32 by {bf16['mean_difference']:+.3f} "
-        f"([{bf16['low']:+.3f}, {bf16['high']:+.3f}], {bf16['n']} seed-fold pairs), and an epoch took "
+        f"In {shown_label}, the attention U-Net differs from the U-Net by {format_change(attention['mean_difference'])} "
+        f"Dice at 0.5 (95 % interval [{format_change(attention['low'])}, {format_change(attention['high'])}], {attention['n']} folds; "
+        f"{reading(attention, 'the attention U-Net', 'the U-Net')}). "
+        f"bfloat16 training differs from float32 by {format_change(bf16['mean_difference'])} "
+        f"([{format_change(bf16['low'])}, {format_change(bf16['high'])}], {bf16['n']} seed-fold pairs; "
+        f"{reading(bf16, 'bfloat16 training', 'float32')}), and an epoch took "
         f"{ratio:.2f} times the CPU time of float32 on a CPU "
-        f"{'with' if shown['cpu_native_bf16'] else 'without'} native bfloat16 kernels. An interval that "
-        "contains 0 says the data cannot tell the two arms apart at this size."))
+        f"{'with' if shown['cpu_native_bf16'] else 'without'} native bfloat16 kernels."))
 
 # %% [markdown]
 # ## 9. Summary
@@ -625,14 +635,14 @@ numbers = {
     "preparation": prepared.steps,
     "cv": cv_numbers,
 }
-write_record(output_dir, "04_unet_and_attention",
-             parameters=dict(dataset=dataset, data_root=data_root, setting=setting, device=device, seed=seed, losses=losses,
-                             network_loss=network_loss, amp=amp, empty_fraction=empty_fraction,
-                             epochs=epochs, lr=lr, step_size=step_size, patience=patience,
-                             base_width=base_width, depth=depth, slice_size=list(slice_size), pixel_mm=pixel_mm,
-                             cv_dir=cv_dir, cv_folds=cv_folds, threads=threads,
-                             precision_seeds=list(precision_seeds), precision_folds=list(precision_folds)),
-             numbers=numbers, runtime=runtime)
+record_path = write_record(output_dir, "04_unet_and_attention",
+                           parameters=dict(dataset=dataset, data_root=data_root, setting=setting, device=device, seed=seed, losses=losses,
+                                           network_loss=network_loss, amp=amp, empty_fraction=empty_fraction,
+                                           epochs=epochs, lr=lr, step_size=step_size, patience=patience,
+                                           base_width=base_width, depth=depth, slice_size=list(slice_size), pixel_mm=pixel_mm,
+                                           cv_dir=cv_dir, cv_folds=cv_folds, threads=threads,
+                                           precision_seeds=list(precision_seeds), precision_folds=list(precision_folds)),
+                           numbers=numbers, runtime=runtime)
 
 # %%
 # NBVAL_CHECK_OUTPUT

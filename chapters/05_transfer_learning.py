@@ -36,8 +36,9 @@
 #
 # **Run time** quick: ~1.5-2 min CPU (tiny networks, small phantom cohort, 2 folds); reference
 # (COVID-SemiSeg's 50 labelled slices, two pretraining sources, U-Net of width 16 on 128-pixel
-# slices, 2 folds): about 25 min on a quiet 2-core CPU, resumable; full: the report's settings —
-# 80 trainings of a 31M-parameter U-Net, days on a CPU, hours on GPUs (see the estimate below).
+# slices, 2 folds): about 21 min on a quiet 2-core CPU, resumable; full: the report's settings —
+# 80 trainings of a 31M-parameter U-Net, a job for GPUs: on a CPU it would take far longer than
+# anyone waits (the section "Full mode: size and cost" estimates the CPU-hours on the machine that runs it).
 
 # %% tags=["remove-cell"]
 # Colab and fresh kernels: install the book's library only when it is missing.
@@ -248,7 +249,7 @@ if slices_2d:
     restored = restore(restorer, (corrupted * (high - low) + low)[None], device=device)[0]
     figure = show_panels({f"unlabelled slice #{index}": unit, "corrupted (network input)": corrupted,
                           "restored": restored, "|restored - original|": np.abs(restored - unit)},
-                         window=(0.0, 1.0), title="Restoration pretraining")
+                         window=(0.0, 1.0), unit="(each slice rescaled to 0-1)", title="Restoration pretraining")
 else:
     figure = show_curves(None, title="Restoration pretraining",
                          empty_message="This run's cohort is 3D: the 2D restoration source runs on 2D slices (dataset='covid-semiseg').")
@@ -262,7 +263,7 @@ show_curves({network: losses for network, losses in restoration_losses.items()},
 # %% [markdown]
 # ## Models Genesis: a 3D network, and its weights in 2D
 #
-# {term}`Models Genesis` (Zhou et al., MICCAI 2019) trained a 3D U-Net without labels, to restore CT
+# {term}`Models Genesis` {cite}`zhou2019genesis` trained a 3D U-Net without labels, to restore CT
 # cubes that had been corrupted (voxels shuffled locally, boxes painted over, intensities bent).
 # `covidlib.models.UNet3d` has its exact layout — the parameter names of the published
 # `Genesis_Chest_CT.pt` — so the real checkpoint loads by name with
@@ -315,7 +316,7 @@ assert torch.allclose(out3d, out2d, atol=1e-5)
 genesis2d = flatten_3d_to_2d(genesis3d, GenesisUNet2d(num_classes=2, base_width=config.genesis_width), "sum",
                              exclude=("out_tr",))
 assert torch.allclose(genesis2d.down_tr64.ops[0].conv1.weight, first3d.weight.sum(-1))
-print("max |3D - 2D| on the first layer:", float((out3d - out2d).abs().max()))
+print(f"max |3D - 2D| on the first layer: {float((out3d - out2d).abs().max()):.1e}")
 
 # %% [markdown]
 # ## The recipes, layer by layer
@@ -348,9 +349,9 @@ for ax, (title, rows) in zip(axes, recipes_shown.items()):
     ax.set_xticks([(a + b) / 2 - 0.5 for a, b in zip([0] + bounds, bounds + [len(rows)])])
     ax.set_xticklabels([rows[i]["part"].replace("_", " ") for i in [0] + bounds], fontsize=8)
 handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
-fig.legend(handles, list(colours), loc="upper right", ncol=4, fontsize=9)
-fig.suptitle("What each recipe freezes, keeps and redraws (convolution weights, encoder -> head)", y=1.0)
-fig.tight_layout()
+fig.suptitle("What each recipe freezes, keeps and redraws (convolution weights, encoder -> head)")
+fig.tight_layout(rect=(0, 0.05, 1, 1))  # room under the panels for the legend, away from the title
+fig.legend(handles, list(colours), loc="lower center", ncol=4, fontsize=9, frameon=False)
 plt.show()
 
 # %% [markdown]
@@ -409,6 +410,14 @@ if reference is not None:
         f"`{best}` at {ref_table[best]['10-40']['test']['mean']:.3f}. With "
         f"{ref_table['scratch']['10-40']['test']['n']} folds and {len(reference.numbers['test_cases'])} test slices, a "
         f"difference smaller than the fold-to-fold sd is not a finding."))
+    network_names = {"unet": "U-Net", "attention-unet": "attention U-Net"}
+    in_record = list(reference.numbers["table"])
+    absent = [name for name in network_names if name not in in_record]  # the report's Table 5.1 has both
+    display(Markdown(
+        "The record fills the rows of " + " and ".join(network_names.get(n, n) for n in in_record)
+        + f" ({', '.join(f'`{row}`' for row in ref_rows)}; both splits)"
+        + (f"; the report's {' and '.join(network_names.get(n, n) for n in absent)} rows are not in it"
+           if absent else "") + "."))
 
 # %% mystnb={"figure": {"caption": "Restoration loss of the reference record's self-supervised pretraining on the 1,600 unlabelled COVID-SemiSeg slices, step by step (every saved step; log scale). Without a committed record the panel says how to make one.", "name": "fig-05-reference-restoration"}}
 show_curves(None if reference is None else reference.numbers.get("restoration_losses"), xlabel="optimizer step",
@@ -444,7 +453,7 @@ plt.show()
 # The report's filled cells (Table 5.1) are the U-Net from scratch — test Dice **0.8012** on
 # 40-10 and **0.6893** on 10-40 — and validation numbers for some fine-tuned rows (one of them
 # a 0 that reads as a failed run); its attention U-Net rows and all fine-tuned test cells are
-# empty. The COVID-19-CT-Seg benchmark (Ma et al. 2020) reports lesion DSC of **0.609 (2D
+# empty. The COVID-19-CT-Seg benchmark {cite}`ma2021benchmark` reports lesion DSC of **0.609 (2D
 # nnU-Net)** and **0.673 (3D nnU-Net)** when training on 4 cases, and **0.512 / 0.623** when the
 # network is pretrained on MSD lung tumours and fine-tuned on the 4 COVID cases.
 #
@@ -455,9 +464,10 @@ plt.show()
 #   five-fold rotation. Quick mode here uses a dozen tiny synthetic volumes, 25 optimizer steps
 #   a cell and a pretraining of a few steps (compare its validation Dice above with the
 #   all-lesion floor printed beside it). Its numbers show that the pipeline runs end to end and
-#   fills every cell; the fold-to-fold sd is as large as the gaps between recipes, so they rank
-#   nothing. The reference record uses COVID-SemiSeg's labelled slices with a CPU-sized U-Net
-#   and training budget; its table says over how many folds.
+#   fills every cell of the grid it runs; the fold-to-fold sd is as large as the gaps between
+#   recipes, so they rank nothing. The reference record uses COVID-SemiSeg's labelled slices with
+#   a CPU-sized U-Net and training budget; it fills only the rows its grid ran (named above), and its
+#   table says over how many folds.
 # - **Dice convention.** The benchmark's DSC is a 3D volume Dice per case. The report computes
 #   Dice over 2D slices, and its very high training Dice (0.97-0.99) suggests slice-level
 #   averaging that rewards the many empty slices; it does not say which. This chapter
@@ -527,10 +537,10 @@ numbers = {
     "grid_seconds": grid_seconds,
     "preparation": covid[0].meta["steps"],
 }
-write_record(output_dir, "05_transfer_learning",
-             parameters=dict(dataset=dataset, data_root=data_root, setting=setting, device=device, seed=seed, source=source,
-                             genesis_checkpoint=genesis_checkpoint, grid_dir=str(results_root), n_workers=n_workers),
-             numbers=numbers, runtime=runtime)
+record_path = write_record(output_dir, "05_transfer_learning",
+                           parameters=dict(dataset=dataset, data_root=data_root, setting=setting, device=device, seed=seed, source=source,
+                                           genesis_checkpoint=genesis_checkpoint, grid_dir=str(results_root), n_workers=n_workers),
+                           numbers=numbers, runtime=runtime)
 
 # %%
 # NBVAL_CHECK_OUTPUT

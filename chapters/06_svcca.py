@@ -190,7 +190,7 @@ print(f"a layer vs an invertible linear map of itself (plain CCA): {cca(layer_a,
 #
 # Two *independent* random layers are not similar, yet their canonical correlations are not 0:
 # CCA finds the best-aligned directions, and with few datapoints per dimension it always finds
-# some. For Gaussian data the limit is known (Wachter 1980): with $n$ datapoints and $p, q$
+# some. For Gaussian data the limit is known {cite}`wachter1980limiting`: with $n$ datapoints and $p, q$
 # dimensions the squared correlations follow a known law, whose mean `chance_mean_correlation`
 # computes (`svcca` reports it for every comparison as `.chance`). Below ({numref}`fig-06-chance`), simulated independent
 # layers against that curve: at 20 dimensions and 200 datapoints the "similarity" of pure noise
@@ -531,8 +531,10 @@ for layer, result in between_seeds.items():
 bottleneck = [layer for layer in layers if layer.startswith("encoder")][-1]  # the last encoder block
 highest = max(layers, key=lambda layer: between_seeds[layer].chance)
 seed_values = [between_seeds[layer].mean for layer in layers]
+highest_note = ("the highest of any layer" if highest == bottleneck else
+                f"the highest is `{highest}`'s, {between_seeds[highest].chance:.2f}")
 scale_sentence = (f"In this run the bottleneck (`{bottleneck}`) has a chance level of {between_seeds[bottleneck].chance:.2f} "
-                  f"(the highest: `{highest}`, {between_seeds[highest].chance:.2f}), and two seeds share from "
+                  f"({highest_note}), and two seeds share from "
                   f"{min(seed_values):.2f} to {max(seed_values):.2f} per layer.")
 display(Markdown(scale_sentence))
 
@@ -590,7 +592,7 @@ figure
 # - **Chance and the seed baseline set the scale.** SVCCA between unrelated layers is well above
 #   0 for wide layers and few datapoints (the bottleneck most of all), and two equally good
 #   networks from different seeds share only part of their representations (section 6 prints
-#   both for this run, and the reference record's values are shown below). A "low" similarity
+#   both for this run, and the reference record's values are in the table above). A "low" similarity
 #   only means "changed" when it is well below what a second seed gives.
 # - **Weights and representations answer different questions.** A layer can move far in weight
 #   space and keep its subspace (SVCCA is blind to invertible remixing of channels), or move
@@ -637,10 +639,10 @@ numbers = {
     "probe_slices": int(probes.shape[0]),
     "preparation": covid_cases[0].meta["steps"],
 }
-write_record(output_dir, "06_svcca", parameters=dict(dataset=dataset, data_root=data_root, setting=setting, device=device, seed=seed,
-                                                     variance=variance, many_volumes=n_many, few_volumes=n_few,
-                                                     repeats=n_repeats, snapshot_interval=interval),
-             numbers=numbers, runtime=runtime)
+record_path = write_record(output_dir, "06_svcca", parameters=dict(dataset=dataset, data_root=data_root, setting=setting, device=device, seed=seed,
+                                                                   variance=variance, many_volumes=n_many, few_volumes=n_few,
+                                                                   repeats=n_repeats, snapshot_interval=interval),
+                           numbers=numbers, runtime=runtime)
 
 # %%
 # NBVAL_CHECK_OUTPUT

@@ -334,9 +334,9 @@ if hidden_masks is not None:
 # ## Step 6 — choosing the threshold for centred features
 #
 # The report's thresholds (0.90; [0.87, 0.96]) were tuned for plain cosine, where nearly every
-# pair scores near 1. Centred scores spread over [−1, 1], and a fixed 0.90 means something else
-# there: on COVID-SemiSeg with all its unlabelled slices it accepted most patches (issue 13),
-# so it no longer selects. The threshold is therefore chosen on the *validation*
+# pair scores near 1. Centred scores can range over [−1, 1] (the figure above shows where they
+# fall for this run's patches), and a fixed 0.90 means something else there: on COVID-SemiSeg with
+# all its unlabelled slices it accepted most patches, so it no longer selects. The threshold is therefore chosen on the *validation*
 # slices, treated as unlabelled: their patches are sampled inside A′'s predicted boxes and
 # pseudo-labelled exactly like unlabelled ones, and their true masks grade every pseudo mask.
 # A patch is worth accepting when patches of its similarity have pseudo masks better than a
@@ -373,6 +373,13 @@ if calibration is not None:
     rule_rows = compare_rules(report_rules(calibration.chosen), dictionary, calibration_labels, truth_patches, labels)
     display(Markdown(markdown_table(rule_table(rule_rows),
         ("rule", "accepted share (validation)", "pseudo-mask Dice (validation)", "accepted share (unlabelled)"))))
+    calibrated_row = rule_rows[-1]
+    if not calibrated_row["calibration_share"] and not calibrated_row["unlabelled_share"]:
+        display(Markdown(
+            f"No patch passes the calibrated threshold ({calibration.chosen:.2f}): no threshold gave pseudo masks "
+            "better than the quality bar on this run's validation patches, so the rule accepts none"
+            + (" (the quick setting: A′ is trained for a few steps, and its pseudo masks are poor)."
+               if setting == "quick" else ".")))
 
 # %% [markdown]
 # ## On real scans (reference record)
@@ -435,13 +442,13 @@ numbers = {"a_prime_val_dice": a_prime_dice, "unlabelled_images": len(unlabelled
            "histogram": {"edges": SIMILARITY_BINS.tolist(),
                          "plain": np.histogram(np.clip(plain_scores[:, 0], -1, 1), SIMILARITY_BINS)[0].tolist(),
                          "centred": np.histogram(np.clip(labels.scores[:, 0], -1, 1), SIMILARITY_BINS)[0].tolist()}}
-write_record(output_dir, "07_pseudo_labels",
-             parameters=dict(dataset=dataset, data_root=data_root, setting=setting, device=device, seed=seed, rule=rule,
-                             center_features=center_features, patch_size=patch_size, slice_size=slice_size,
-                             base_width=base_width, depth=depth, restoration_steps=restoration_steps,
-                             n_unlabelled_images=len(unlabelled),
-                             pseudo_config=dataclasses.asdict(pseudo_config)),
-             numbers=numbers, runtime=runtime)
+record_path = write_record(output_dir, "07_pseudo_labels",
+                           parameters=dict(dataset=dataset, data_root=data_root, setting=setting, device=device, seed=seed, rule=rule,
+                                           center_features=center_features, patch_size=patch_size, slice_size=slice_size,
+                                           base_width=base_width, depth=depth, restoration_steps=restoration_steps,
+                                           n_unlabelled_images=len(unlabelled),
+                                           pseudo_config=dataclasses.asdict(pseudo_config)),
+                           numbers=numbers, runtime=runtime)
 
 # %%
 # NBVAL_CHECK_OUTPUT

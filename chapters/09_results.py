@@ -50,7 +50,6 @@ output_dir = "results"
 digits = 3
 
 # %%
-import re
 from pathlib import Path
 
 import numpy as np
@@ -61,8 +60,8 @@ from covidlib.config import choose, format_summary, runtime_summary, seed_everyt
 from covidlib.mean_teacher import CONTROLS, arm_rows, paired_rows
 from covidlib.published import PUBLISHED, REPORT_BEST, REPORT_TABLE_5_1
 from covidlib.recipe import Recipe, describe_recipe
-from covidlib.records import REFERENCE_DATASET, load_reference, reference_dir, reference_notice
-from covidlib.results import markdown_table, read_build_timings, read_records, write_record
+from covidlib.records import REFERENCE_DATASET, describe_machine, load_reference, reference_dir, reference_notice
+from covidlib.results import format_change, format_interval, markdown_table, read_build_timings, read_records, write_record
 from covidlib.statistics import summarise_runs
 
 seed_everything(seed)
@@ -97,30 +96,42 @@ def cell(value: float | None, sd: float | None = None) -> str:
 # A reference record is *stale* when the code that produced it has changed since; its numbers then
 # describe an earlier version. On a CPU the same seed gives the same numbers only on the same threads
 # and precision (bfloat16 where the processor has native kernels, see {doc}`/book/reproducing`), so
-# the table names each record's machine.
+# the table names each record's machine. A benchmark's last run may have computed little of its record;
+# where the record stores the time of each row or unit, the last column adds them up.
 
 # %% tags=["hide-input"]
-def machine(runtime: dict) -> str:
-    """Where a record ran: the processor (where the record names it), bfloat16 or float32, threads."""
-    precision = {True: ", bf16", False: ", float32"}.get(runtime.get("cpu_bf16"), "")
-    threads = runtime.get("threads", "?")
-    processor = re.sub(r"\((R|TM)\)| Processor| CPU", "", runtime.get("cpu") or runtime.get("device_name", "?"))
-    return f"{processor}{precision}, {threads} thread{'' if threads == 1 else 's'}"
+def stored_work(reference) -> str:
+    """The minutes of compute a benchmark record stores row by row or unit by unit, all runs together:
+    the ablation's distinct trainings (wall / CPU, training and scoring), the learning curve's units
+    (wall); an em dash where the record stores no such times."""
+    numbers = reference.numbers if reference is not None else {}
+    if reference is not None and reference.path.stem == "ablation":
+        runs = {row["run"]: row for row in numbers.get("rows", []) if "train_cpu_seconds" in row}
+        if runs:
+            wall = sum(row.get("train_wall_seconds", 0.0) for row in runs.values())
+            cpu = sum(row["train_cpu_seconds"] for row in runs.values())
+            return f"{wall / 60:.0f} wall / {cpu / 60:.0f} CPU ({len(runs)} trainings)"
+    units = numbers.get("units")
+    if isinstance(units, list) and units and all("wall_seconds" in unit for unit in units):
+        return f"{sum(unit['wall_seconds'] for unit in units) / 60:.0f} wall ({len(units)} units)"
+    return "—"
 
 
 rows = []
 for name in [*book_chapters, *benchmark_records]:
     reference = references[name]
     timing = reference.record.get("timing", {}) if reference else {}
-    rows.append((name, "yes" if name in live else "—", machine(reference.record["runtime"]) if reference else "—",
+    rows.append((name, "yes" if name in live else "—", describe_machine(reference.record["runtime"]) if reference else "—",
                  str(reference.record.get("commit", "?"))[:10] if reference else "—",
                  str(reference.record.get("created", "?"))[:10] if reference else "—",
                  f"{timing['wall_seconds'] / 60:.1f}" if timing.get("wall_seconds") is not None else "—",
                  f"{timing['cpu_seconds'] / 60:.1f}" if timing.get("cpu_seconds") is not None else "—",
+                 stored_work(reference),
                  ("stale: " + ", ".join(reference.stale[:3])) if reference and reference.stale else
                  ("up to date" if reference else "no record")))
 display(Markdown(markdown_table(rows, ("record", "in this run", "reference: machine", "reference: commit", "written",
-                                       "wall min (last run)", "CPU min (last run)", "reference: code"))))
+                                       "wall min (last run)", "CPU min (last run)",
+                                       "min, all stored rows or units", "reference: code"))))
 fresh = [name for name, reference in references.items() if reference is not None and not reference.stale]
 print(f"reference records: {sum(r is not None for r in references.values())} of {len(references)}, "
       f"up to date: {len(fresh)}")
@@ -130,13 +141,15 @@ print(f"reference records: {sum(r is not None for r in references.values())} of 
 #
 # The report's central table trains a U-Net and an attention U-Net from scratch or fine-tunes a
 # pretrained one (decoder only, or all layers) on 10 or 40 labelled volumes, tests on 20 more, and
-# leaves most cells empty. The book fills every cell from chapter 05's reference record: COVID-SemiSeg's
-# 2D slices, mean ± sd over folds, Dice at 0.5 (and Inf-Net's mean Dice on the test slices). The
+# leaves most cells empty. The book fills the cells that chapter 05's reference record ran (the line
+# under the table names them): COVID-SemiSeg's 2D slices, mean ± sd over folds, Dice at 0.5 (and
+# Inf-Net's mean Dice on the test slices). The
 # report's pretraining sources (MSD, NSCLC) are not available offline; chapter 05 names what stands
 # in for them. The report's own numbers are quoted beside ours: its data (50 + 20 CT volumes) differ,
 # so the comparison is of trends, not of values.
 
 # %% tags=["hide-input"]
+NETWORK_NAMES = {"unet": "U-Net", "attention-unet": "attention U-Net"}
 reference_05 = references["05_transfer_learning"]
 display(Markdown(reference_notice(reference_05, "05_transfer_learning")))
 if reference_05 is not None:
@@ -150,12 +163,23 @@ if reference_05 is not None:
                 quoted = REPORT_TABLE_5_1.get(network, {}).get(recipe, {}).get(split, {})
                 ours = [cell(phases[p]["mean"], phases[p]["sd"]) for p in ("train", "val", "test")]
                 infnet = phases.get("test_infnet")
-                rows.append((network, recipe + (f" ({titles.get(source, source)})" if source else ""), split,
+                rows.append((NETWORK_NAMES.get(network, network), recipe + (f" ({titles.get(source, source)})" if source else ""), split,
                              *(cell(quoted.get(p)) for p in ("train", "val", "test")), *ours,
                              cell(infnet["mean"], infnet["sd"]) if infnet else "—"))
     display(Markdown(markdown_table(rows, ("network", "initialisation", "split", "report: train", "report: val",
                                            "report: test", "ours: train", "ours: val", "ours: test",
                                            "ours: test, Inf-Net mean Dice"))))
+    report_rows = {(network, recipe) for network, recipes in REPORT_TABLE_5_1.items() for recipe in recipes}
+    ours = {(network, row_name.partition("/")[0]) for network, recipes in table.items() for row_name in recipes}
+    not_run = [(network, recipe) for network, recipes in REPORT_TABLE_5_1.items() for recipe in recipes
+               if (network, recipe) not in ours]
+    display(Markdown(
+        f"The record fills {len(report_rows & ours)} of the report's {len(report_rows)} (network, initialisation) rows"
+        + (" (each from every pretraining source it ran)" if any("/" in r for recipes in table.values() for r in recipes) else "")
+        + (": it has no row for " + "; ".join(
+            f"the {NETWORK_NAMES.get(network, network)} ({', '.join(r for n, r in not_run if n == network)})"
+            for network in dict.fromkeys(n for n, _ in not_run))
+           + ", whose cells stay empty here." if not_run else ", every one of them.")))
 
 # %% [markdown]
 # ## Networks and losses
@@ -192,17 +216,13 @@ if cv_04:
 # (`records/reference-covid-semiseg/ablation.json`) and is rewritten as rows complete, so it may
 # hold only some of them.
 #
-# The path is chosen by the same outer folds that score it: the defaults' 300-epoch schedule scored
-# best of the two tried at seed 0, so that row's seed-0 score is somewhat optimistic. (Its 128 px input
-# was chosen on an earlier record, made on another processor in float32, where it beat 160, 224 and
-# 96 px; in this record 160 px scores higher at 80 epochs.) A seed also draws the folds
-# (`covidlib.crossval.nested_folds`), so the defaults row's other seeds score it on splits that took no
-# part in the choice. The 600-epoch alternative scores higher again at seed 0; it becomes the default
-# only once its other seeds, on folds that took no part in the choice, confirm it. The threshold row
-# trains nothing new: it segments the 600-epoch row's models at the probability threshold that is best
-# on each fold's inner validation slices (0.20 to 0.70, `covidlib.inference.choose_threshold`,
-# `train --select-threshold`) instead of at 0.5, since networks trained on 32 slices tend to
-# under-segment.
+# The path is chosen by the same outer folds that score it, so a row kept because it scored best at
+# seed 0 is somewhat optimistic at seed 0. A seed also draws the folds
+# (`covidlib.crossval.nested_folds`), so a row's other seeds score it on splits that took no part in
+# the choice, and an alternative becomes `train`'s default only once they confirm it. (The 128 px
+# input was chosen on an earlier record, made on another processor in float32.) The record's planned
+# rows that it does not hold yet are listed under the table; the sentences under it are generated
+# from the rows it holds.
 
 # %% tags=["hide-input"]
 ablation = references["ablation"]
@@ -214,12 +234,15 @@ if ablation is not None:
         versus = f" vs “{change['previous']}”" if change and "previous" in change else ""
         defaults = " (`train`'s defaults)" if Recipe(**row["recipe"]) == Recipe() else ""
         rows.append((row["name"] + defaults, cell(row["dice_mean"], row["dice_sd_over_units"]), cell(row["infnet_mean_dice_mean"]),
-                     f"{change['mean_difference']:+.3f} [{change['low']:+.3f}, {change['high']:+.3f}]{versus}"
+                     f"{format_interval(change)}{versus}"
                      if change else "—", str(len(row["dice_by_unit"])),
                      f"{row['train_cpu_seconds'] / 60:.0f}" if "train_cpu_seconds" in row else "—"))
+    threshold_rows = [row["name"] for row in ablation.numbers["rows"] if row["recipe"].get("select_threshold")]
     display(Markdown(f"Seeds {ablation.record['parameters']['seeds']}, {ablation.record['parameters']['folds']} "
-                     "outer folds; Dice at 0.5 (the threshold row: at the threshold chosen on the inner "
-                     "validation slices) as mean ± sd over a row's (fold, seed) runs. Rows may have "
+                     "outer folds; Dice at 0.5"
+                     + (f" (“{'”, “'.join(threshold_rows)}”: at the threshold chosen on the inner validation slices)"
+                        if threshold_rows else "")
+                     + " as mean ± sd over a row's (fold, seed) runs. Rows may have "
                      "different seeds: a change is measured on the runs both rows have."))
     display(Markdown(markdown_table(rows, ("recipe", "Dice", "Inf-Net mean Dice",
                                            "change [95 % CI] vs the row it changes", "(fold, seed) runs",
@@ -229,6 +252,30 @@ if ablation is not None:
     if missing:
         display(Markdown("Rows not computed yet (the benchmark resumes where it stopped): "
                          + "; ".join(f"“{name}”" for name in missing) + "."))
+
+    def verdict(change: dict) -> str:
+        if change["low"] > 0:
+            return "higher, its interval above 0"
+        if change["high"] < 0:
+            return "lower, its interval below 0"
+        return "not distinguishable, its interval contains 0"
+
+    by_name = {row["name"]: row for row in ablation.numbers["rows"]}
+    notes = []
+    defaults = [row["name"] for row in ablation.numbers["rows"] if Recipe(**row["recipe"]) == Recipe()]
+    if defaults:
+        notes.append(f"“{defaults[0]}” is `train`'s recipe today (seeds {by_name[defaults[0]]['seeds']}).")
+    for row in ablation.numbers["rows"]:
+        change = row.get("dice_change_vs_previous")
+        if row.get("base") and change:  # an alternative tried at some point of the path, not a step of it
+            notes.append(f"The alternative “{row['name']}” (seeds {row['seeds']}) against “{change['previous']}”: "
+                         f"{format_change(change['mean_difference'])} ({verdict(change)}, {change['n']} paired runs).")
+    for name in threshold_rows:
+        notes.append(f"“{name}” trains nothing new: it segments its base row's models at the probability threshold "
+                     "that is best on each fold's inner validation slices (`covidlib.inference.choose_threshold`, "
+                     "`train --select-threshold`) instead of at 0.5.")
+    if notes:
+        display(Markdown(" ".join(notes)))
 
 # %% [markdown]
 # ## How many labelled slices does the recipe need?
@@ -251,15 +298,15 @@ if curve_rows:
         change = row.get("tta_dice_change_vs_all")
         rows.append((str(row["n"]), cell(row["tta_dice_mean"], row["tta_dice_sd_over_units"]),
                      cell(row["tta_infnet_mean_dice_mean"]),
-                     f"{change['mean_difference']:+.3f} [{change['low']:+.3f}, {change['high']:+.3f}]" if change else "—",
+                     format_interval(change) if change else "—",
                      str(len(row["units"]))))
     display(Markdown(markdown_table(rows, ("labelled training slices", "Dice at 0.5 (TTA)", "Inf-Net mean Dice",
                                            f"change [95 % CI] vs all {curve.numbers['all_slices']}",
                                            "(fold, seed) runs"))))
     doubling = curve.numbers.get("per_doubling")
     if doubling:
-        display(Markdown(f"Each doubling of the labelled slices added {doubling['mean_difference']:+.3f} test Dice "
-                         f"(95 % CI {doubling['low']:+.3f} to {doubling['high']:+.3f}): the mean over {doubling['n']} "
+        display(Markdown(f"Each doubling of the labelled slices added {format_change(doubling['mean_difference'])} test Dice "
+                         f"(95 % CI {format_change(doubling['low'])} to {format_change(doubling['high'])}): the mean over {doubling['n']} "
                          "(fold, seed) runs of each run's least-squares slope of Dice on log2 of the number of slices."))
 
 # %% mystnb={"figure": {"caption": "Reference record (COVID-SemiSeg): test Dice at 0.5 with test-time augmentation of train's recipe against the number of labelled training slices, one point per (fold, seed), the black bar the mean. Without a record the panel says so.", "name": "fig-09-learning-curve"}}
@@ -303,7 +350,7 @@ if reference_05 is not None:
              for split, phases in splits.items() if split in scratch]
     if gains:
         best = max(gains, key=lambda g: g[2])
-        findings.append(f"the best pretrained start ({best[0]}, {best[1]}) changed test Dice by {best[2]:+.3f} "
+        findings.append(f"the best pretrained start ({best[0]}, {best[1]}) changed test Dice by {format_change(best[2])} "
                         f"against training from scratch, where the report expected transfer to help")
 if cv_04:
     arms = cv_04["arms"]
@@ -332,13 +379,13 @@ if len(curve_rows) > 1 and "tta_dice_change_vs_all" in curve_rows[-2]:
     change = below["tta_dice_change_vs_all"]
     steeper = change["high"] < 0
     findings.append(f"with {below['n']} instead of {curve.numbers['all_slices']} labelled training slices the recipe "
-                    f"changed test Dice by {change['mean_difference']:+.3f} [{change['low']:+.3f}, {change['high']:+.3f}]"
+                    f"changed test Dice by {format_interval(change)}"
                     + ("; the curve still climbs, so more labels would help" if steeper else
                        "; the interval holds no change, so these runs cannot show that more labels would help"))
     doubling = curve.numbers.get("per_doubling")
     if doubling:
         findings.append(f"over the whole curve each doubling of the labelled slices added "
-                        f"{doubling['mean_difference']:+.3f} [{doubling['low']:+.3f}, {doubling['high']:+.3f}] "
+                        f"{format_interval(doubling)} "
                         f"test Dice")
 if reference_08 is not None:
     paired = reference_08.numbers["summary"]["dice"]["paired"]
@@ -359,8 +406,8 @@ if semi_recipe is not None:
             done, planned = len(row["units"]), semi_recipe.numbers["units_planned"]
             findings.append("there" + (f" (over {done} of {planned} planned (seed, fold) runs)" if done < planned else "")
                             + f", {row['label']} changed Dice at 0.5 by "
-                            f"{change['mean_difference']:+.3f} against {change['against']} (95 % CI "
-                            f"{change['low']:+.3f} to {change['high']:+.3f}), {verdict}")
+                            f"{format_change(change['mean_difference'])} against {change['against']} (95 % CI "
+                            f"{format_change(change['low'])} to {format_change(change['high'])}), {verdict}")
 display(Markdown(("On real scans: " + "; ".join(findings) + ".") if findings else
                  "No reference record is committed yet, so there is nothing to compare with the report."))
 

@@ -143,7 +143,33 @@ def execute_chapter(name: str, parameters: dict[str, object], executed: Path = E
                 f"{error.ename}: {error.evalue}\n  cell source:\n    {first_lines}\n"
                 f"  the executed notebook with the traceback: {output.relative_to(ROOT)}"
             )
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    hide_bookkeeping(output)
+    return elapsed
+
+
+def hide_bookkeeping(path: Path) -> None:
+    """Tag the cells readers need not see with ``remove-cell`` in an executed notebook.
+
+    Papermill's injected parameters cell and the ``# NBVAL_CHECK_OUTPUT`` cells (the seeded
+    summary nbval compares) are bookkeeping: Jupyter Book drops a ``remove-cell`` cell from the
+    page, while nbval, which ignores that tag, still runs and compares them.
+    """
+    import nbformat
+
+    notebook = nbformat.read(path, as_version=4)
+    changed = False
+    for cell in notebook.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        bookkeeping = "injected-parameters" in tags or (
+            cell.cell_type == "code" and cell.source.lstrip().startswith("# NBVAL_CHECK_OUTPUT"))
+        if bookkeeping and "remove-cell" not in tags:
+            tags.append("remove-cell")
+            changed = True
+        elif not tags:
+            del cell.metadata["tags"]
+    if changed:
+        nbformat.write(notebook, path)
 
 
 def execute_chapters(names: list[str], *, setting: str, device: str, dataset: str, seed: int,

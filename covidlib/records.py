@@ -14,6 +14,7 @@ Introduced in chapter 09.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,20 @@ from covidlib.fingerprint import PACKAGE_PARENT, changed_sources
 #: Where committed records live in a checkout (``records/<setting>-<dataset>/``).
 RECORDS_DIR = PACKAGE_PARENT / "records"
 REFERENCE_DATASET = "covid-semiseg"
+
+
+def describe_machine(runtime: dict[str, Any], *, threads: bool = True) -> str:
+    """Where a record ran, named the same way everywhere in the book: the processor (its model name
+    where the record has one, else the device), bfloat16 or float32 where known, and the threads,
+    e.g. ``"Intel Xeon, bf16, 2 threads"``."""
+    processor = runtime.get("cpu") or runtime.get("device_name") or "?"
+    processor = re.sub(r"\s+", " ", re.sub(r"\((R|TM)\)| Processor| CPU", "", processor)).strip()
+    precision = {True: ", bf16", False: ", float32"}.get(runtime.get("cpu_bf16"), "")
+    text = f"{processor}{precision}"
+    if threads and runtime.get("threads") is not None:
+        count = runtime["threads"]
+        text += f", {count} thread{'' if count == 1 else 's'}"
+    return text
 
 
 def regenerate_command(name: str, dataset: str = REFERENCE_DATASET) -> str:
@@ -65,7 +80,7 @@ class ReferenceRecord:
         minutes = ""
         if timing.get("wall_seconds") is not None:
             minutes = (f" by a run of {timing['wall_seconds'] / 60:.1f} min wall / "
-                       f"{timing.get('cpu_seconds', float('nan')) / 60:.1f} min CPU on {run.get('device_name', '?')}")
+                       f"{timing.get('cpu_seconds', float('nan')) / 60:.1f} min CPU on {describe_machine(run)}")
         return (f"**Reference record** `{self.path.parent.name}/{self.path.name}`: dataset "
                 f"**{self.dataset}**, setting **{run.get('setting', '?')}**, seed {run.get('seed', '?')}, "
                 f"commit `{str(self.record.get('commit', 'unknown'))[:12]}`, written {self.record.get('created', '?')}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import matplotlib
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -182,18 +183,29 @@ def show_montage(image: Volume | np.ndarray, n: int = 12, *, axis: int = 0, wind
     return fig
 
 
+def _range_label(window: Window, unit: str) -> str:
+    """The title's name of the display range: a HU window by name, any other unit by its range."""
+    if unit == "HU":
+        return window_label(window)
+    lo, hi = resolve_window(window)
+    return f"display range [{lo:g}, {hi:g}] {unit}"
+
+
 def show_panels(panels: Mapping[str, np.ndarray], *, window: Window = "lung", masks: Mapping[str, Masks] | None = None,
-                alpha: float = 0.35, title: str | None = None) -> Figure:
+                alpha: float = 0.35, title: str | None = None, unit: str = "HU") -> Figure:
     """2D images side by side under one window, each titled by its key (e.g. thin vs thick slice).
 
-    ``masks`` optionally maps a panel's key to masks for that panel.
+    ``masks`` optionally maps a panel's key to masks for that panel. ``unit`` names what the
+    pixel values are, for the title: ``"HU"`` (the window's name and range in HU), or e.g.
+    ``"8-bit grey levels"`` or ``"z-score"`` for images that are not in Hounsfield units.
     Introduced in chapter 01.
     """
     if not panels:
         raise InvalidInputError("show_panels needs at least one panel")
     named = {key: _named_masks((masks or {}).get(key), np.shape(image)) for key, image in panels.items()}
     legend = next((m for m in named.values() if m), {})
-    fig, axes = _grid_figure(len(panels), len(panels), f"{title or 'Comparison'} ({window_label(window)})", bool(legend))
+    fig, axes = _grid_figure(len(panels), len(panels), f"{title or 'Comparison'} ({_range_label(window, unit)})",
+                             bool(legend))
     for ax, (key, image) in zip(axes, panels.items()):
         image = np.asarray(image)
         if image.ndim != 2:
@@ -297,11 +309,17 @@ def show_hu_histograms(image: Volume | np.ndarray, labels: np.ndarray, names: Ma
     bins = np.arange(-1100, 1201, 20) if bins is None else bins
     fig = Figure(figsize=(10, 4.2), layout="constrained")
     ax = fig.subplots()
-    colours = iter(MASK_COLOURS * 3)
+    # one distinct colour per tissue: the mask colours while they last, else matplotlib's ten;
+    # beyond ten the line style changes too, so no two tissues are drawn alike
+    palette = MASK_COLOURS if len(names) <= len(MASK_COLOURS) else tuple(matplotlib.colormaps["tab10"].colors)
+    styles = ("-", "--", ":", "-.")
+    drawn = 0
     for name, label in names.items():
         values = array[labels == label]
         if values.size:
-            ax.hist(values, bins=bins, histtype="step", linewidth=1.5, color=next(colours), label=f"{name} ({values.mean():.0f})")
+            ax.hist(values, bins=bins, histtype="step", linewidth=1.5, color=palette[drawn % len(palette)],
+                    linestyle=styles[drawn // len(palette) % len(styles)], label=f"{name} ({values.mean():.0f})")
+            drawn += 1
     if window is not None:
         lo, hi = resolve_window(window)
         ax.axvspan(lo, hi, color="0.85", zorder=0, label=window_label(window))
@@ -341,8 +359,11 @@ def slice_viewer(volume: Volume | np.ndarray, masks: Masks = None, *, window: Wi
     shown = np.unique(np.linspace(0, depth - 1, min(depth, max_slices)).round().astype(int))
     label = title or "Slice viewer"
     images = []
-    for z in shown:
-        fig, (ax,) = _grid_figure(1, 1, f"{label}, z = {z} ({window_label(window)})", bool(named))
+    for frame, z in enumerate(shown):
+        # the slider reads out the frame number, so the title names it beside z (they differ once
+        # the volume is subsampled); two lines, as one does not fit a single panel's width
+        fig, (ax,) = _grid_figure(1, 1, f"{label}: slice {frame} of {len(shown) - 1}, z = {z}\n{window_label(window)}",
+                                  bool(named))
         _draw(ax, array[z], window, {k: m[z] for k, m in named.items()}, alpha)
         _legend(fig, named)
         buffer = _io.BytesIO()
@@ -568,6 +589,7 @@ def show_phantom_and_real(phantom: Sequence[tuple[np.ndarray, np.ndarray]],
                     color=MASK_COLOURS[1 + number], label=source)
         ax.set_title(region, fontsize=8)
         ax.set_xlim(0, 256)
+        ax.set_ylabel("share of pixels", fontsize=7)
         ax.tick_params(labelsize=7)
         if index == 0:
             ax.legend(fontsize=7)

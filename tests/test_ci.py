@@ -84,9 +84,38 @@ def test_a_parameter_papermill_cannot_read_is_reported(chapters):
     assert len(problems) == 1 and "cannot read the parameter 'data_root'" in problems[0]
 
 
-def test_toc_lists_only_chapters_with_sources():
-    for name in ci_chapters.toc_chapters():
-        assert (ROOT / "chapters" / f"{name}.py").exists()
+def test_the_books_toc_lists_only_chapters_with_sources():
+    names = ci_chapters.toc_chapters()  # raises SystemExit naming any chapter without a source
+    assert names and all((ROOT / "chapters" / f"{name}.py").exists() for name in names)
+
+
+TOC = """format: jb-book
+root: book/intro
+parts:
+  - caption: Chapters
+    chapters:
+      - file: book/chapters/01_demo
+      - file: book/chapters/02_gone
+        sections:
+          - file: book/chapters/04_nested_gone
+  - caption: About
+    chapters:
+      - file: book/reproducing
+"""
+
+
+def test_toc_naming_a_chapter_without_a_source_stops_naming_it(chapters, capsys):
+    (chapters / "_toc.yml").write_text(TOC)
+    with pytest.raises(SystemExit) as stop:
+        ci_chapters.toc_chapters()
+    assert stop.value.code == 1
+    message = capsys.readouterr().err
+    assert "_toc.yml lists chapters without a source in chapters/: 02_gone, 04_nested_gone" in message
+    assert "01_demo" not in message and "reproducing" not in message
+    # with the sources present, the chapters come back in the toc's order, other pages left out
+    (chapters / "02_gone.py").write_text(SOURCE)
+    (chapters / "04_nested_gone.py").write_text(SOURCE)
+    assert ci_chapters.toc_chapters() == ["01_demo", "02_gone", "04_nested_gone"]
 
 
 def test_a_failing_chapter_stops_the_build_naming_chapter_and_cell(chapters, monkeypatch, tmp_path, capsys):
@@ -155,3 +184,20 @@ def test_stale_records_are_listed_with_the_command_that_regenerates_each(tmp_pat
     assert any("semi_recipe.json" in line and line.endswith(
         "regenerate with .venv/bin/python benchmarks/semi_recipe.py --data-root DIR") for line in lines)
     assert lines[-1] == "[test] 3 stale reference record(s)"
+
+
+def test_hide_bookkeeping_removes_only_the_injected_parameters_and_nbval_cells(tmp_path: Path) -> None:
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_code_cell("setting = 'quick'", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("setting = 'reference'", metadata={"tags": ["injected-parameters"]}),
+        nbformat.v4.new_code_cell("print('a result')"),
+        nbformat.v4.new_markdown_cell("# NBVAL_CHECK_OUTPUT in prose is not a check cell"),
+        nbformat.v4.new_code_cell("  # NBVAL_CHECK_OUTPUT\nprint(summary)"),
+    ]
+    path = tmp_path / "chapter.ipynb"
+    nbformat.write(notebook, path)
+    ci_chapters.hide_bookkeeping(path)
+    ci_chapters.hide_bookkeeping(path)  # a second pass changes nothing more
+    tags = [cell.metadata.get("tags", []) for cell in nbformat.read(path, as_version=4).cells]
+    assert tags == [["parameters"], ["injected-parameters", "remove-cell"], [], [], ["remove-cell"]]

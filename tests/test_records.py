@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import pytest
 
@@ -17,17 +19,30 @@ def test_write_record_holds_timing_and_the_fingerprint_of_loaded_code(tmp_path):
     import covidlib.svcca  # noqa: F401  (a module the "chapter" used)
 
     runtime = runtime_summary(setting="quick", device="cpu", seed=0, dataset="phantom")
+    # as if the chapter had started 100 s (wall) and 500 CPU-seconds (several workers) ago; the
+    # two offsets differ, so swapped or unanchored times fall outside the bounds below
+    runtime["started_unix"] = time.time() - 100.0
+    runtime["started_cpu_seconds"] = sum(os.times()[:4]) - 500.0
     data = tmp_path / "data"
     data.mkdir()
     (data / "x.png").write_bytes(b"abc")
     path = write_record(tmp_path / "out", "99_test", parameters={"data_root": str(data)}, numbers={"a": 1},
                         runtime=runtime)
     record = json.loads(path.read_text(encoding="utf-8"))
-    assert record["timing"]["wall_seconds"] >= 0
-    assert record["timing"]["cpu_seconds"] >= 0
+    assert 100.0 <= record["timing"]["wall_seconds"] < 160.0
+    assert 500.0 <= record["timing"]["cpu_seconds"] < 560.0
+    assert record["runtime"]["started_unix"] == runtime["started_unix"]
     assert "covidlib/svcca.py" in record["fingerprint"]["code"]
     assert record["fingerprint"]["data"]["files"] == 1
     assert records.read_reference(path).stale == []
+
+
+def test_write_record_without_a_start_has_no_timing(tmp_path):
+    # no runtime_summary, or one without its clock's start: nothing to measure from
+    for runtime in (None, {"setting": "quick", "seed": 0}):
+        path = write_record(tmp_path / "out", "99_test", parameters={}, numbers={"a": 1}, runtime=runtime)
+        record = json.loads(path.read_text(encoding="utf-8"))
+        assert record["timing"] == {} and record["numbers"] == {"a": 1}
 
 
 def test_a_record_whose_code_changed_is_stale(tmp_path):
@@ -104,3 +119,13 @@ def test_every_committed_record_names_a_command_that_exists():
             assert (records.PACKAGE_PARENT / "chapters" / f"{path.stem}.py").exists(), path
         else:
             assert (records.PACKAGE_PARENT / "benchmarks" / f"{path.stem}.py").exists(), path
+
+
+def test_describe_machine_names_processor_precision_and_threads_by_hand():
+    xeon = {"cpu": "Intel(R) Xeon(R) Processor @ 2.10GHz", "cpu_bf16": True, "threads": 2}
+    assert records.describe_machine(xeon) == "Intel Xeon @ 2.10GHz, bf16, 2 threads"
+    amd = {"cpu": "AMD EPYC  7B13", "cpu_bf16": False, "threads": 1}
+    assert records.describe_machine(amd) == "AMD EPYC 7B13, float32, 1 thread"
+    assert records.describe_machine({"device_name": "x86_64"}) == "x86_64"  # an older record: the device only
+    assert records.describe_machine(xeon, threads=False) == "Intel Xeon @ 2.10GHz, bf16"
+    assert records.describe_machine({}) == "?"
