@@ -112,7 +112,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="validate and keep a moving average of the weights with this decay per step, e.g. 0.995 "
                              f"(default {Recipe.ema_decay:g}: the weights themselves)")
     parser.add_argument("--empty-fraction", type=float, default=1.0, help="share of training slices without infection kept")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    _threads_argument(parser)
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt when it exists (with --semi: "
                                                               "the supervised stage's OUT/supervised/last.pt)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -163,8 +163,6 @@ def _train_and_val_ids(dataset: Any, args: argparse.Namespace) -> tuple[str, lis
 
 def run_train(args: argparse.Namespace) -> int:
     """Train one network and write OUT/{last,best}.pt, history.json and metrics.json."""
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     started = time.perf_counter()
     cpu_started = time.process_time()
@@ -252,6 +250,10 @@ def _validate(model: torch.nn.Module, dataset: Any, val_ids: list[str], recipe: 
     return {**evaluation, "threshold": threshold}
 
 
+def _threads_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+
+
 # --- evaluate ---------------------------------------------------------------------------------
 
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -261,6 +263,7 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", help="split to evaluate (default: the checkpoint's validation cases)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--per-case", action="store_true", help="include every case's metrics in the JSON")
+    _threads_argument(parser)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -282,10 +285,27 @@ def run_evaluate(args: argparse.Namespace) -> int:
                                 tta=bool(metadata.get("tta", False)), threshold=threshold)
     output = {"checkpoint": str(args.checkpoint), "dataset": name, "split": args.split or "validation cases",
               "threshold": threshold, "summary": evaluation["summary"]}
+    seen = _seen_in_training(metadata, name, case_ids)
+    if seen:
+        output["seen_in_training"] = seen
+        print(f"note: of the {len(case_ids)} cases, {seen['trained_on']} trained this network and "
+              f"{seen['selected_on']} chose its epoch (and threshold): its score on them is optimistic, "
+              "not a test score", file=sys.stderr)
     if args.per_case:
         output["per_case"] = evaluation["per_case"]
     print(to_json(output))
     return 0
+
+
+def _seen_in_training(metadata: dict[str, Any], dataset: str, case_ids: Sequence[str]) -> dict[str, int]:
+    """How many of ``case_ids`` the checkpoint trained on and selected on (empty when none, or
+    when it was trained on another dataset)."""
+    if metadata.get("dataset") != dataset:
+        return {}
+    cases = set(case_ids)
+    seen = {"trained_on": len(cases & set(metadata.get("train_cases") or [])),
+            "selected_on": len(cases & set(metadata.get("val_cases") or []))}
+    return seen if any(seen.values()) else {}
 
 
 # --- predict ----------------------------------------------------------------------------------
@@ -299,6 +319,7 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
                              "for a NIfTI: the output NIfTI file (float32 probabilities, the input's geometry)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")
+    _threads_argument(parser)
 
 
 def _write_png(probabilities: np.ndarray, path: Path) -> None:
@@ -512,7 +533,8 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "train": Command("train a 2D U-Net or attention U-Net on a registered dataset", _train_arguments, run_train,
                      check_train, lambda args: _train_interrupted(args)),
-    "evaluate": Command("evaluate a checkpoint on a dataset split; prints metrics as JSON", _evaluate_arguments, run_evaluate),
+    "evaluate": Command("evaluate a checkpoint on a dataset split; prints metrics as JSON", _evaluate_arguments, run_evaluate,
+                        _check_rules),
     "predict": Command("probability maps for a folder of 2D images or a NIfTI volume", _predict_arguments, run_predict,
                        check_predict),
     "segment": Command("infection and lung masks of a CT scan on its own grid, with volumes in mL",
@@ -559,6 +581,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command.check is not None:
             command.check(args)
+        if getattr(args, "threads", None) is not None:
+            torch.set_num_threads(args.threads)
         return command.run(args)
     except InvalidInputError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -84,14 +84,21 @@ def test_evaluate_prints_the_validation_metrics_as_json(trained: tuple[Path, Pat
     root, out = trained
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-root", str(root), "--device", "cpu"]) == 0
-    printed = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
     recorded = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["validation"]
     assert printed["summary"]["dice"] == recorded["dice"]
+    # the validation cases chose the epoch: said on stderr and in the JSON
+    assert printed["seen_in_training"] == {"trained_on": 0, "selected_on": 2}
+    assert "of the 2 cases, 0 trained this network and 2 chose its epoch" in captured.err
     assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-root", str(root), "--split", "train",
-                 "--per-case", "--device", "cpu"]) == 0
+                 "--per-case", "--device", "cpu", "--threads", "1"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["summary"]["dice"]["n"] == len(SIZES)
     assert len(printed["per_case"]) == len(SIZES)
+    assert printed["seen_in_training"] == {"trained_on": len(SIZES) - 2, "selected_on": 2}
+    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-root", str(root), "--threads", "0"]) == 2
+    assert "--threads must be a positive integer, got 0" in capsys.readouterr().err
 
 
 def test_select_threshold_stores_the_validation_choice_for_evaluate(trained: tuple[Path, Path], tmp_path: Path,
