@@ -233,7 +233,7 @@ def run_train(args: argparse.Namespace) -> int:
     what = f"{args.model} + {args.semi}" if args.semi else args.model
     chose = "the epoch and the threshold" if recipe.select_threshold else "the epoch"
     print(f"{what}: validation Dice {dice_summary['mean']:.4f} ± {dice_summary['sd']:.4f} over {dice_summary['n']} "
-          f"case(s) at threshold {evaluation['threshold']:g} (they also chose {chose}), best epoch {kept.best_epoch} "
+          f"case(s) at threshold {evaluation['threshold']:g} (optimistic: these cases also chose {chose}), best epoch {kept.best_epoch} "
           f"of {len(history)}; wrote {out}")
     return 0
 
