@@ -344,16 +344,16 @@ def rewritten_since(record: Path) -> list[str]:
 def report_stale_records() -> None:
     """List committed reference records whose code changed since they were made, or which show
     records rewritten since (not a failure)."""
-    from covidlib.records import read_reference, regenerate_command, stale_records
+    from covidlib.records import read_reference, stale_records
 
     stale = stale_records(RECORDS)
     for reference in stale:
         print(f"[test] stale record {reference.path.relative_to(ROOT)}: changed since: {', '.join(reference.stale[:5])}; "
-              f"regenerate with {regenerate_command(reference.path.stem, reference.dataset)}")
+              f"regenerate with {reference.command}")
     outdated = {path: names for path in sorted(RECORDS.glob("*/[!_]*.json")) if (names := rewritten_since(path))}
     for path, names in outdated.items():
         print(f"[test] stale record {path.relative_to(ROOT)}: shows records rewritten since: {', '.join(names)}; "
-              f"regenerate with {regenerate_command(path.stem, read_reference(path).dataset)}")
+              f"regenerate with {read_reference(path).command}")
     if stale or outdated:
         print(f"[test] {len(stale) + len(outdated)} stale reference record(s)")
 

@@ -41,13 +41,14 @@ def describe_machine(runtime: dict[str, Any], *, threads: bool = True) -> str:
     return text
 
 
-def regenerate_command(name: str, dataset: str = REFERENCE_DATASET) -> str:
+def regenerate_command(name: str, dataset: str = REFERENCE_DATASET, threads: int | None = None) -> str:
     """The command that writes the reference record ``name`` on ``dataset``: a chapter's
-    (``"NN_name"``) comes from ``ci/book --reference``, any other from its resumable benchmark,
-    ``benchmarks/<name>.py``."""
+    (``"NN_name"``) comes from ``ci/book --reference`` (each chapter sets its own threads), any
+    other from its resumable benchmark, ``benchmarks/<name>.py``, with the ``threads`` the record
+    ran on: float32 sums, and so the numbers, depend on how many threads share them."""
     if name[:2].isdigit():
         return f"ci/book --reference --dataset {dataset} --data-root DIR --chapters {name[:2]}"
-    return f".venv/bin/python benchmarks/{name}.py --data-root DIR"
+    return f".venv/bin/python benchmarks/{name}.py --data-root DIR" + (f" --threads {threads}" if threads else "")
 
 
 def reference_dir(dataset: str = REFERENCE_DATASET, records_dir: str | Path | None = None) -> Path:
@@ -86,12 +87,17 @@ class ReferenceRecord:
                 f"commit `{str(self.record.get('commit', 'unknown'))[:12]}`, written {self.record.get('created', '?')}"
                 f"{minutes}.")
 
+    @property
+    def command(self) -> str:
+        """The command that regenerates this record (:func:`regenerate_command`)."""
+        return regenerate_command(self.path.stem, self.dataset, self.record.get("runtime", {}).get("threads"))
+
     def notice(self) -> str:
         """The record's source line, and a MyST warning box when it is stale that names the
         command regenerating it (:func:`regenerate_command`)."""
         text = self.source_line()
         if self.stale:
-            command = regenerate_command(self.path.stem, self.dataset)
+            command = self.command
             text += ("\n\n:::{warning}\nThis record is **stale**: the code that produced it has changed since "
                      f"({', '.join(f'`{name}`' for name in self.stale[:6])}"
                      f"{' and more' if len(self.stale) > 6 else ''}). Regenerate it with `{command}`.\n:::")

@@ -81,12 +81,20 @@ def test_a_stale_benchmark_record_names_its_benchmark_not_ci_book(tmp_path):
     assert "Regenerate it with `.venv/bin/python benchmarks/ablation.py --data-root DIR`." in loaded.notice()
     assert "ci/book" not in loaded.notice()
     assert "by a run of 0.1 min wall / 0.1 min CPU" in loaded.source_line()
+    # it ran on 3 threads: the command asks for them again
+    (folder / "ablation.json").write_text(json.dumps({**record, "runtime": {"threads": 3}}))
+    assert "`.venv/bin/python benchmarks/ablation.py --data-root DIR --threads 3`" in \
+        records.load_reference("ablation", records_dir=tmp_path).notice()
 
 
 def test_regenerate_command():
     assert records.regenerate_command("07_pseudo_labels", "mosmed") == \
         "ci/book --reference --dataset mosmed --data-root DIR --chapters 07"
     assert records.regenerate_command("learning_curve") == ".venv/bin/python benchmarks/learning_curve.py --data-root DIR"
+    # a benchmark runs again on the threads its record ran on; a chapter sets its own
+    assert records.regenerate_command("phantom_to_real", threads=2) == \
+        ".venv/bin/python benchmarks/phantom_to_real.py --data-root DIR --threads 2"
+    assert records.regenerate_command("04_unet_and_attention", threads=2).endswith("--chapters 04")
 
 
 def test_missing_and_broken_records(tmp_path):
