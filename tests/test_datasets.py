@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import http.server
-import io
 import os
-import threading
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +17,6 @@ from covidlib.datasets import (
     list_datasets,
     lungs_by_side,
 )
-from covidlib.download import RemoteFile, fetch
 from covidlib.errors import InvalidInputError
 from covidlib.io import Volume, write_volume
 
@@ -331,40 +325,6 @@ def test_covid19_ct_seg_checksums_are_pinned() -> None:
         assert remote.url.startswith("https://zenodo.org/records/3757476/files/")
         assert remote.sha256 is not None and len(remote.sha256) == 64
     assert datasets.MSD_LUNG_FILE.md5 is not None and len(datasets.MSD_LUNG_FILE.md5) == 32
-
-
-def test_fetch_downloads_unpacks_once(tmp_path: Path) -> None:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        zf.writestr("Infection_Mask/x.txt", b"hello")
-    payload = buffer.getvalue()
-    hits = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def do_GET(self) -> None:  # noqa: N802
-            hits.append(self.path)
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        remote = RemoteFile(f"http://127.0.0.1:{httpd.server_address[1]}/m.zip", "m.zip",
-                            sha256=hashlib.sha256(payload).hexdigest())
-        files = fetch(remote, tmp_path, progress=False)
-        assert files == [tmp_path / "Infection_Mask" / "x.txt"] and files[0].read_bytes() == b"hello"
-        assert not (tmp_path / "m.zip").exists()  # archive removed after unpacking
-        assert fetch(remote, tmp_path, progress=False) == files and len(hits) == 1  # no second download
-        with pytest.raises(InvalidInputError, match="no checksum"):
-            fetch(RemoteFile(remote.url, "n.zip"), tmp_path, progress=False)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 # ---------------------------------------------------------------------------------------------

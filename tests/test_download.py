@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from covidlib.download import DownloadError, download, extract_archive, file_digest
+from covidlib.download import DownloadError, RemoteFile, download, extract_archive, fetch, file_digest
 from covidlib.errors import InvalidInputError
 
 
@@ -195,3 +195,37 @@ def test_not_an_archive(tmp_path: Path) -> None:
     path.write_bytes(b"not an archive")
     with pytest.raises(InvalidInputError, match="plain.zip"):
         extract_archive(path, tmp_path / "out")
+
+
+def test_fetch_downloads_unpacks_once(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("Infection_Mask/x.txt", b"hello")
+    payload = buffer.getvalue()
+    hits = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        remote = RemoteFile(f"http://127.0.0.1:{httpd.server_address[1]}/m.zip", "m.zip",
+                            sha256=hashlib.sha256(payload).hexdigest())
+        files = fetch(remote, tmp_path, progress=False)
+        assert files == [tmp_path / "Infection_Mask" / "x.txt"] and files[0].read_bytes() == b"hello"
+        assert not (tmp_path / "m.zip").exists()  # archive removed after unpacking
+        assert fetch(remote, tmp_path, progress=False) == files and len(hits) == 1  # no second download
+        with pytest.raises(InvalidInputError, match="no checksum"):
+            fetch(RemoteFile(remote.url, "n.zip"), tmp_path, progress=False)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

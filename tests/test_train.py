@@ -445,21 +445,6 @@ def test_fit_tells_the_dataset_each_epoch_for_fresh_augmentation() -> None:
     assert dataset.epochs == [0, 1, 2]
 
 
-def test_training_figures() -> None:
-    from covidlib.viz import show_attention_maps, show_learning_curves
-
-    history = [{"epoch": 1, "train_loss": 1.0, "val_dice": 0.2}, {"epoch": 2, "train_loss": 0.5, "val_dice": 0.4}]
-    figure = show_learning_curves({"a": history, "b": history})
-    assert len(figure.axes) == 2 and len(figure.axes[1].lines) == 4  # a curve and a best-epoch dot per run
-    images = np.zeros((2, 8, 8))
-    figure = show_attention_maps(images, images, images, {"coarse": np.zeros((2, 4, 4)), "fine": images})
-    assert len(figure.axes) == 2 * 4 + 1  # panels and the colour bar
-    with pytest.raises(InvalidInputError, match="shape"):
-        show_attention_maps(images, images[:1], images, {})
-    with pytest.raises(InvalidInputError, match="at least one"):
-        show_learning_curves({"a": []})
-
-
 class RecordingTrainer(Trainer):
     """Keeps the network's weights after every optimizer step."""
 

@@ -226,3 +226,16 @@ def test_show_curves_one_line_per_curve_from_step_one_or_a_message() -> None:
     assert [text.get_text() for text in empty.texts] == ["no record yet"] and not empty.get_lines()
     with pytest.raises(InvalidInputError, match="'bad'"):
         viz.show_curves({"bad": []})
+
+
+def test_training_figures_one_panel_per_map_and_a_dot_per_best_epoch() -> None:
+    history = [{"epoch": 1, "train_loss": 1.0, "val_dice": 0.2}, {"epoch": 2, "train_loss": 0.5, "val_dice": 0.4}]
+    figure = viz.show_learning_curves({"a": history, "b": history})
+    assert len(figure.axes) == 2 and len(figure.axes[1].lines) == 4  # a curve and a best-epoch dot per run
+    images = np.zeros((2, 8, 8))
+    figure = viz.show_attention_maps(images, images, images, {"coarse": np.zeros((2, 4, 4)), "fine": images})
+    assert len(figure.axes) == 2 * 4 + 1  # panels and the colour bar
+    with pytest.raises(InvalidInputError, match="shape"):
+        viz.show_attention_maps(images, images[:1], images, {})
+    with pytest.raises(InvalidInputError, match="at least one"):
+        viz.show_learning_curves({"a": []})
