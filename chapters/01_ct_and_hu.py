@@ -346,7 +346,7 @@ for name in regions:
 from IPython.display import Markdown, display
 
 from covidlib.records import load_reference, reference_notice
-from covidlib.results import format_change, markdown_table
+from covidlib.results import format_change, interval_side, markdown_table
 
 transfer_record = load_reference("phantom_to_real")
 display(Markdown(reference_notice(transfer_record, "phantom_to_real")))
@@ -370,9 +370,8 @@ if transfer_record is not None:
         for label, key in (("Dice at 0.5", "difference_pretrained_minus_scratch"),
                            ("Inf-Net mean Dice", "infnet_difference_pretrained_minus_scratch")):
             ci = transfer[key]
-            verdict = "above zero" if ci["low"] > 0 else "below zero" if ci["high"] < 0 else "includes zero"
-            lines.append(f"{label}: {format_change(ci['mean_difference'])}, 95 % CI [{format_change(ci['low'])}, {format_change(ci['high'])}] "
-                         f"({verdict})")
+            lines.append(f"{label}: {format_change(ci['mean_difference'])}, "
+                         f"95 % CI [{format_change(ci['low'])}, {format_change(ci['high'])}], which {interval_side(ci)}")
         display(Markdown("Phantom-pretrained minus scratch, paired over the test slices: " + "; ".join(lines) + "."))
 
 # %% [markdown]

@@ -80,7 +80,7 @@ from covidlib.inference import prepare_slices
 from covidlib.models import AttentionGate, AttentionUNet2d, UNet2d
 from covidlib.recipe import Recipe
 from covidlib.records import load_reference, reference_notice
-from covidlib.results import format_change, markdown_table, write_record
+from covidlib.results import format_change, interval_side, markdown_table, write_record
 from covidlib.statistics import paired_bootstrap_ci, summarise_runs
 from covidlib.train import TrainConfig, Trainer, evaluate, resolve_amp
 from covidlib.viz import show_attention_maps, show_grouped_values, show_learning_curves
@@ -592,11 +592,11 @@ if shown is not None:
 
     def reading(comparison: dict, higher: str, lower: str) -> str:
         """What a paired 95 % interval says: which arm scored higher, or that it cannot tell."""
-        if comparison["low"] > 0:
-            return f"its interval lies above 0: {higher} scored higher on these folds"
-        if comparison["high"] < 0:
-            return f"its interval lies below 0: {higher} scored lower than {lower} on these folds"
-        return f"its interval contains 0: the data cannot tell {higher} from {lower} at this size"
+        side = interval_side(comparison)
+        meaning = {"lies above 0": f"{higher} scored higher on these folds",
+                   "lies below 0": f"{higher} scored lower than {lower} on these folds",
+                   "includes 0": f"the data cannot tell {higher} from {lower} at this size"}[side]
+        return f"its interval {side}: {meaning}"
 
     display(Markdown(
         f"In {shown_label}, the attention U-Net differs from the U-Net by {format_change(attention['mean_difference'])} "

@@ -79,7 +79,7 @@ from covidlib.mean_teacher import (A_PRIME_PRECONDITION, ARMS, CONTROLS, arm_row
 from covidlib.recipe import describe_recipe
 from covidlib.records import load_reference, reference_notice
 from covidlib.restoration import RestorationSettings, pretrained_weights
-from covidlib.results import format_interval, markdown_table, write_record
+from covidlib.results import format_interval, interval_side, markdown_table, write_record
 from covidlib.viz import show_grouped_values
 
 #: Short display names of the arms for figure tick labels (the tables use covidlib's ARM_LABELS).
@@ -272,17 +272,18 @@ if reference is not None:
                                                                   "units"))))
     answer = ref["summary"]["dice"]["paired"]["mean_teacher"]
     pseudo_answer = ref["summary"]["dice"]["paired"]["pseudo_labels"]
+    side = interval_side(answer)
+    meaning = {"lies above 0": "the unlabelled data helped",
+               "lies below 0": "the unlabelled data cost Dice",
+               "includes 0": "at this budget the unlabelled data's effect is not distinguishable from none"}[side]
     display(Markdown(
         f"**The answer.** On COVID-SemiSeg ({ref['units']} (fold, seed) runs), pseudo-labels and the mean teacher "
         f"change test Dice at 0.5 by **{answer['percent']:+.1f} %** of the control's "
         f"(95 % CI {answer['percent_low']:+.1f} % to {answer['percent_high']:+.1f} %); pseudo-labels alone by "
         f"{pseudo_answer['percent']:+.1f} % ({pseudo_answer['percent_low']:+.1f} % to "
         f"{pseudo_answer['percent_high']:+.1f} %). "
-        + ("The mean teacher's interval lies above zero: the unlabelled data helped." if answer["low"] > 0 else
-           "The mean teacher's interval lies below zero: the unlabelled data cost Dice." if answer["high"] < 0 else
-           "The mean teacher's interval includes zero: at this budget the unlabelled data's effect is not "
-           "distinguishable from none.")
-        + f" A′ reached validation Dice {ref['a_prime_val_dice_mean']:.3f} on average; the report's precondition "
+        f"The mean teacher's interval {side}: {meaning}. "
+        f"A′ reached validation Dice {ref['a_prime_val_dice_mean']:.3f} on average; the report's precondition "
         f"(> {A_PRIME_PRECONDITION}) held in {ref['a_prime_precondition_met']} of {ref['units']} runs. The "
         f"pseudo-label threshold chosen on the validation slices averaged {ref['threshold_mean']:.2f}, accepting "
         f"{ref['accepted_share_mean']:.0%} of the unlabelled patches."))

@@ -61,7 +61,8 @@ from covidlib.mean_teacher import CONTROLS, arm_rows, paired_rows
 from covidlib.published import PUBLISHED, REPORT_BEST, REPORT_TABLE_5_1
 from covidlib.recipe import Recipe, describe_recipe
 from covidlib.records import REFERENCE_DATASET, describe_machine, load_reference, reference_dir, reference_notice
-from covidlib.results import format_change, format_interval, markdown_table, read_build_timings, read_records, write_record
+from covidlib.results import (format_change, format_interval, interval_side, markdown_table, read_build_timings,
+                              read_records, write_record)
 from covidlib.statistics import summarise_runs
 
 seed_everything(seed)
@@ -254,11 +255,10 @@ if ablation is not None:
                          + "; ".join(f"“{name}”" for name in missing) + "."))
 
     def verdict(change: dict) -> str:
-        if change["low"] > 0:
-            return "higher, its interval above 0"
-        if change["high"] < 0:
-            return "lower, its interval below 0"
-        return "not distinguishable, its interval contains 0"
+        """How an alternative scored against the row it changes, and the interval that says so."""
+        side = interval_side(change)
+        compared = {"lies above 0": "higher", "lies below 0": "lower", "includes 0": "not distinguishable"}[side]
+        return f"{compared}, its interval {side}"
 
     by_name = {row["name"]: row for row in ablation.numbers["rows"]}
     notes = []
@@ -337,6 +337,8 @@ if reference_08 is not None:
 
 # %% tags=["hide-input"]
 findings = []
+outcome = {"lies above 0": "an improvement", "lies below 0": "a loss",
+           "includes 0": "no difference distinguishable from noise"}
 if reference_05 is not None:
     scratch = reference_05.numbers["table"].get("unet", {}).get("scratch", {})
     if {"10-40", "40-10"} <= set(scratch):
@@ -377,11 +379,11 @@ if ablation is not None and ablation.numbers["rows"]:
 if len(curve_rows) > 1 and "tta_dice_change_vs_all" in curve_rows[-2]:
     below = curve_rows[-2]
     change = below["tta_dice_change_vs_all"]
-    steeper = change["high"] < 0
+    side = interval_side(change)
     findings.append(f"with {below['n']} instead of {curve.numbers['all_slices']} labelled training slices the recipe "
                     f"changed test Dice by {format_interval(change)}"
-                    + ("; the curve still climbs, so more labels would help" if steeper else
-                       "; the interval holds no change, so these runs cannot show that more labels would help"))
+                    + ("; the curve still climbs, so more labels would help" if side == "lies below 0" else
+                       f"; its interval {side}, so these runs cannot show that more labels would help"))
     doubling = curve.numbers.get("per_doubling")
     if doubling:
         findings.append(f"over the whole curve each doubling of the labelled slices added "
@@ -390,24 +392,21 @@ if len(curve_rows) > 1 and "tta_dice_change_vs_all" in curve_rows[-2]:
 if reference_08 is not None:
     paired = reference_08.numbers["summary"]["dice"]["paired"]
     for arm, interval in paired.items():
-        verdict = ("an improvement" if interval["low"] > 0 else "a loss" if interval["high"] < 0 else
-                   "no difference distinguishable from noise")
         findings.append(f"{arm.replace('_', ' ')} against its control: {interval['percent']:+.1f} % of the control's "
                         f"Dice (95 % CI {interval['percent_low']:+.1f} to {interval['percent_high']:+.1f} %), "
-                        f"{verdict}, where the report anticipated a gain")
+                        f"{outcome[interval_side(interval)]}, where the report anticipated a gain")
 semi_recipe = references["semi_recipe"]
 if semi_recipe is not None:
     findings.append(f"the semi-supervised benchmark's A′ is {describe_recipe(semi_recipe.record['parameters']['recipe'])}")
     for row in semi_recipe.numbers["rows"]:
         change = row.get("tta_dice_change_vs_control")
         if change is not None:
-            verdict = ("an improvement" if change["low"] > 0 else "a loss" if change["high"] < 0 else
-                       "no difference distinguishable from noise")
             done, planned = len(row["units"]), semi_recipe.numbers["units_planned"]
             findings.append("there" + (f" (over {done} of {planned} planned (seed, fold) runs)" if done < planned else "")
                             + f", {row['label']} changed Dice at 0.5 by "
                             f"{format_change(change['mean_difference'])} against {change['against']} (95 % CI "
-                            f"{format_change(change['low'])} to {format_change(change['high'])}), {verdict}")
+                            f"{format_change(change['low'])} to {format_change(change['high'])}), "
+                            f"{outcome[interval_side(change)]}")
 display(Markdown(("On real scans: " + "; ".join(findings) + ".") if findings else
                  "No reference record is committed yet, so there is nothing to compare with the report."))
 

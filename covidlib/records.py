@@ -114,20 +114,24 @@ def reference_notice(reference: ReferenceRecord | None, chapter: str, dataset: s
             f"`{regenerate_command(chapter, dataset)}` writes it.\n:::")
 
 
-def check_record(record: dict[str, Any], path: Path) -> None:
-    """Raise a clear error when ``record`` read from ``path`` is not a chapter record."""
+def read_record(path: str | Path) -> dict[str, Any]:
+    """The chapter record (:func:`covidlib.results.write_record`) in ``path``, live or committed;
+    an error naming the file when it is not valid JSON or not a chapter record. It lives here, not
+    beside ``write_record``, so that reading records needs neither numpy nor the readers of images."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(record, dict) or "chapter" not in record or "numbers" not in record:
         raise InvalidInputError(f"{path}: not a chapter record (no 'chapter'/'numbers' keys)")
+    return record
 
 
 def read_reference(path: str | Path) -> ReferenceRecord:
     """A committed record with its staleness (from its code fingerprint)."""
     path = Path(path)
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InvalidInputError(f"{path}: not a valid JSON record ({exc})") from exc
-    check_record(record, path)
+    record = read_record(path)
     code = record.get("fingerprint", {}).get("code")
     stale = changed_sources(code) if code else ["(no code fingerprint)"]
     return ReferenceRecord(record, path, stale)

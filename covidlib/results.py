@@ -14,13 +14,14 @@ import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from covidlib.errors import InvalidInputError
 from covidlib.fingerprint import PACKAGE_PARENT, code_fingerprint, data_fingerprint, loaded_covidlib_modules
 from covidlib.io import atomic_write_text
+from covidlib.records import read_record
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
@@ -90,16 +91,9 @@ def write_record(output_dir: str | Path, chapter: str, *, parameters: dict[str, 
 
 def read_records(results_dir: str | Path) -> dict[str, dict[str, Any]]:
     """All chapter records in ``results_dir``, keyed by chapter name."""
-    records = {}
-    for path in sorted(Path(results_dir).glob("[!_]*.json")):  # "_name.json" files are build metadata
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise InvalidInputError(f"{path}: not a valid JSON result record ({exc})") from exc
-        if "chapter" not in record or "numbers" not in record:
-            raise InvalidInputError(f"{path}: not a chapter record (no 'chapter'/'numbers' keys)")
-        records[record["chapter"]] = record
-    return records
+    paths = sorted(Path(results_dir).glob("[!_]*.json"))  # "_name.json" files are build metadata
+    records = (read_record(path) for path in paths)
+    return {record["chapter"]: record for record in records}
 
 
 def read_build_timings(results_dir: str | Path) -> dict[str, Any] | None:
@@ -147,6 +141,23 @@ def format_interval(interval: Mapping[str, Any], digits: int = 3) -> str:
     ``mean_difference``, ``low``, ``high``) as ``+0.021 [+0.013, +0.031]``."""
     return (f"{format_change(interval['mean_difference'], digits)} "
             f"[{format_change(interval['low'], digits)}, {format_change(interval['high'], digits)}]")
+
+
+#: Where a confidence interval lies against zero, worded to end a sentence about the interval.
+IntervalSide = Literal["lies above 0", "lies below 0", "includes 0"]
+
+
+def interval_side(interval: Mapping[str, Any]) -> IntervalSide:
+    """Where the confidence interval of a paired difference (``low`` and ``high``, as in
+    :func:`format_interval`) lies against zero: ``"lies above 0"``, ``"lies below 0"`` or
+    ``"includes 0"``, so that "its interval lies above 0" reads as a sentence. A bound of exactly 0
+    is inside the interval; one just off zero is not, and :func:`format_change` shows it as
+    ``-0.0002``, never ``-0.000``, so the printed interval agrees with the words."""
+    if interval["low"] > 0:
+        return "lies above 0"
+    if interval["high"] < 0:
+        return "lies below 0"
+    return "includes 0"
 
 
 def flatten_numbers(numbers: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -106,11 +108,21 @@ def test_missing_and_broken_records(tmp_path):
     folder = records.reference_dir("covid-semiseg", tmp_path)
     folder.mkdir(parents=True)
     (folder / "02_bad.json").write_text("{not json")
-    with pytest.raises(InvalidInputError, match="02_bad.json"):
+    with pytest.raises(InvalidInputError, match="02_bad.json: not valid JSON"):
         records.load_reference("02_bad", records_dir=tmp_path)
     (folder / "03_other.json").write_text(json.dumps({"chapter": "03"}))
-    with pytest.raises(InvalidInputError, match="not a chapter record"):
+    with pytest.raises(InvalidInputError, match="03_other.json: not a chapter record"):
         records.load_reference("03_other", records_dir=tmp_path)
+    (folder / "03_other.json").write_text(json.dumps(["chapter", "numbers"]))
+    with pytest.raises(InvalidInputError, match="03_other.json: not a chapter record"):
+        records.load_reference("03_other", records_dir=tmp_path)
+
+
+def test_records_imports_neither_torch_nor_numpy():
+    # ci/chapters.py and the chapters' display cells read records without the training stack
+    code = "import sys, covidlib.records; print(sorted({'torch', 'numpy'} & set(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
 
 
 def test_a_record_without_fingerprint_counts_as_stale(tmp_path):

@@ -9,7 +9,8 @@ import pytest
 import covidlib.results
 
 from covidlib.errors import InvalidInputError
-from covidlib.results import atomic_write_text, format_change, format_interval, read_build_timings, read_records, write_record
+from covidlib.results import (atomic_write_text, format_change, format_interval, interval_side, read_build_timings,
+                              read_records, write_record)
 
 
 def test_record_round_trip_converts_numpy_and_non_finite(tmp_path):
@@ -64,7 +65,13 @@ def test_read_records_skips_build_metadata_and_rejects_foreign_json(tmp_path):
     assert read_records(tmp_path) == {}
     assert read_build_timings(tmp_path)["seconds"] == {"01": 3.0}
     (tmp_path / "stray.json").write_text("{\"x\": 1}")
-    with pytest.raises(InvalidInputError, match="stray.json"):
+    with pytest.raises(InvalidInputError, match="stray.json: not a chapter record"):
+        read_records(tmp_path)
+    (tmp_path / "stray.json").write_text("[\"chapter\", \"numbers\"]")  # the keys' names, but no record
+    with pytest.raises(InvalidInputError, match="stray.json: not a chapter record"):
+        read_records(tmp_path)
+    (tmp_path / "stray.json").write_text("{not json")
+    with pytest.raises(InvalidInputError, match="stray.json: not valid JSON"):
         read_records(tmp_path)
 
 
@@ -117,3 +124,22 @@ def test_format_interval_by_hand() -> None:
     interval = {"mean_difference": 0.0251, "low": -0.0003, "high": 0.0499, "n": 15}
     assert format_interval(interval) == "+0.025 [-0.0003, +0.050]"
     assert format_interval(interval, digits=2) == "+0.03 [-0.0003, +0.05]"
+
+
+@pytest.mark.parametrize(("low", "high", "side"), [
+    (0.013, 0.031, "lies above 0"), (-0.031, -0.013, "lies below 0"), (-0.013, 0.031, "includes 0"),
+    (0.0, 0.031, "includes 0"), (-0.031, 0.0, "includes 0"), (-0.0, 0.0, "includes 0"),  # a bound on 0 is inside
+    (0.0002, 0.031, "lies above 0"), (-0.031, -0.0002, "lies below 0"), (-0.0002, 0.031, "includes 0"),
+])
+def test_interval_side_by_hand(low: float, high: float, side: str) -> None:
+    assert interval_side({"mean_difference": (low + high) / 2, "low": low, "high": high, "n": 5}) == side
+
+
+def test_interval_side_agrees_with_the_printed_interval() -> None:
+    # every number would read -0.000 at 3 digits; with the digits shown the words agree with them
+    interval = {"mean_difference": -0.0003, "low": -0.0004, "high": -0.0002, "n": 15}
+    assert format_interval(interval) == "-0.0003 [-0.0004, -0.0002]"
+    assert interval_side(interval) == "lies below 0"
+    touching = {"mean_difference": 0.01, "low": -0.0, "high": 0.02, "n": 15}
+    assert format_interval(touching) == "+0.010 [0.000, +0.020]"
+    assert interval_side(touching) == "includes 0"
