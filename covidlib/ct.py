@@ -107,9 +107,9 @@ def check_hu(array: np.ndarray, source: str = "<array>") -> None:
     """Raise :class:`InvalidInputError` when ``array`` does not look like a CT in Hounsfield units.
 
     A chest CT holds air (about -1000 HU) and, outside the field of view, maybe padding.
-    Rejected: non-finite voxels, 8-bit pictures (all values in 0..255, e.g. PNG/JPEG slices),
-    already normalised images (all values in [-1, 1] or z-scored), and stored values without
-    the rescale intercept (nothing below 0, e.g. 0..4095).
+    Rejected: non-finite voxels, constant images (all padding, say), 8-bit pictures (all values
+    in 0..255, e.g. PNG/JPEG slices), already normalised images (all values in [-1, 1] or
+    z-scored), and stored values without the rescale intercept (nothing below 0, e.g. 0..4095).
 
     Introduced in chapter 01.
     """
@@ -119,6 +119,8 @@ def check_hu(array: np.ndarray, source: str = "<array>") -> None:
     if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
         raise InvalidInputError(f"{source}: image holds NaN or infinite values")
     lo, hi = float(values.min()), float(values.max())
+    if lo == hi:
+        raise InvalidInputError(f"{source}: every voxel is {lo:g}: a constant image holds no anatomy, not a CT in HU")
     if lo >= 0 and hi <= 255:
         raise InvalidInputError(f"{source}: values lie in [{lo:g}, {hi:g}]: this looks like an 8-bit picture, not a CT in HU")
     if lo >= -10 and hi <= 10:

@@ -36,7 +36,7 @@ from covidlib.datasets import Dataset as CaseDataset
 from covidlib.errors import InvalidInputError
 from covidlib.metrics import best_threshold, dice, infnet_metrics, iou, sensitivity, specificity, summarise
 from covidlib.models import MODELS, get_model
-from covidlib.preprocess import normalise_image, preprocess_case
+from covidlib.preprocess import has_contrast, normalise_image, preprocess_case
 from covidlib.train import load_checkpoint, predict_proba
 
 #: The two ways to turn a case into network input (see the module docstring).
@@ -61,6 +61,28 @@ def normalise_slices(grey: np.ndarray, source: str) -> np.ndarray:
     """Z-score each slice of ``grey`` (z, H, W) by its own mean and standard deviation
     (:func:`covidlib.preprocess.normalise_image`); ``source`` names the input in errors."""
     return np.stack([normalise_image(plane, f"{source} slice {z}") for z, plane in enumerate(np.asarray(grey))])
+
+
+def normalise_ct_slices(grey: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """Z-score each slice of a CT volume's grey levels (z, H, W) as :func:`normalise_slices`
+    does, except that constant slices become 0 instead of being refused.
+
+    A scan may hold whole slices outside the field of view (padding, e.g. -1024 or -3024 HU)
+    or beyond the lung window; they carry no anatomy, so they must not fail the scan. Returns the
+    normalised float32 stack and a bool (z,) array, True where a slice was constant, so callers
+    can call those slices free of infection. A volume whose every slice is constant is refused,
+    naming ``source``.
+    """
+    planes = np.asarray(grey, dtype=np.float32)
+    constant = np.array([not has_contrast(plane) for plane in planes], dtype=bool)
+    if constant.all():
+        raise InvalidInputError(f"{source}: every slice is constant (no contrast in the lung window); "
+                                "cannot normalise; is this a CT in HU?")
+    # 0 is the z-score of a slice at its own mean: the network gets a defined, featureless input.
+    out = np.zeros(planes.shape, np.float32)
+    for z in np.flatnonzero(~constant):
+        out[z] = normalise_image(planes[z], f"{source} slice {z}")
+    return out, constant
 
 
 def window_steps(intensity: str) -> list[str]:

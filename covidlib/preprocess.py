@@ -309,27 +309,50 @@ LUNGMASK_FALLBACK_WARNING = ("lungmask weights not found (no modelpath, none in 
                              "classical threshold/watershed lung mask instead")
 
 
+class LungmaskFallbackWarning(UserWarning):
+    """``"auto"`` lung masking fell back to the classical method because no lungmask weights were found.
+
+    A category of its own so a command line can catch it and print one plain line, while library
+    callers and notebooks see an ordinary ``UserWarning``.
+
+    Introduced in chapter 02.
+    """
+
+
+def resolve_lung_method(method: str, modelpath: str | Path | None = None) -> str:
+    """The lung-mask method that will run: ``"auto"`` becomes ``"lungmask"`` when its weights are
+    available (``modelpath`` or the torch hub cache), else ``"classical"`` with a
+    :class:`LungmaskFallbackWarning`; explicit methods pass through.
+
+    The warning is attributed to the caller of the function that calls this one (``lung_mask``,
+    ``preprocess_case``, ``segment_volume``), i.e. to the user's code.
+
+    Introduced in chapter 02.
+    """
+    if method not in LUNG_METHODS:
+        raise InvalidInputError(f"lung method {method!r} is not known; choose one of {LUNG_METHODS}")
+    if method != "auto":
+        return method
+    if lungmask_weights(modelpath) is not None:
+        return "lungmask"
+    warnings.warn(LUNGMASK_FALLBACK_WARNING, LungmaskFallbackWarning, stacklevel=3)
+    return "classical"
+
+
 def lung_mask(volume: Volume, method: str = "auto", modelpath: str | Path | None = None, *,
               device: str = "auto") -> np.ndarray:
     """Lung mask of a CT volume; uint8 (z, y, x): 0 outside, 1 right lung, 2 left lung.
 
     ``method``: ``"lungmask"`` (:func:`lungmask_lung_mask`), ``"classical"``
     (:func:`classical_lung_mask`) or ``"auto"``: lungmask when weights are available
-    (``modelpath`` or the torch hub cache), otherwise classical, with a warning saying so.
+    (``modelpath`` or the torch hub cache), otherwise classical, with a
+    :class:`LungmaskFallbackWarning` saying so (:func:`resolve_lung_method`).
     Bad input (2D, 8-bit, normalised, not HU) raises :class:`InvalidInputError` naming the file.
 
     Introduced in chapter 02.
     """
-    if method not in LUNG_METHODS:
-        raise InvalidInputError(f"method={method!r}: choose one of {LUNG_METHODS}")
     check_ct_volume(volume)
-    if method == "auto":
-        if lungmask_weights(modelpath) is not None:
-            method = "lungmask"
-        else:
-            warnings.warn(LUNGMASK_FALLBACK_WARNING, stacklevel=2)
-            method = "classical"
-    if method == "lungmask":
+    if resolve_lung_method(method, modelpath) == "lungmask":
         return lungmask_lung_mask(volume, modelpath, device=device)
     return classical_lung_mask(volume)
 
@@ -450,11 +473,17 @@ def normalise_image(image: np.ndarray, source: str = "<image>") -> np.ndarray:
     Introduced in chapter 02.
     """
     image = np.asarray(image, dtype=np.float32)
+    if not has_contrast(image):
+        raise InvalidInputError(f"{source}: the image is constant (or not finite); cannot normalise")
+    return ((image - image.mean()) / image.std()).astype(np.float32)
+
+
+def has_contrast(image: np.ndarray) -> bool:
+    """Whether ``image`` has finite values that vary enough to be z-scored (:func:`normalise_image`)."""
+    image = np.asarray(image, dtype=np.float32)
     std, mean = float(image.std()), float(image.mean())
     # relative: resizing a constant image in float32 leaves rounding noise, not contrast
-    if not np.isfinite(std) or std <= 1e-6 * max(1.0, abs(mean)):
-        raise InvalidInputError(f"{source}: the image is constant (or not finite); cannot normalise")
-    return ((image - mean) / std).astype(np.float32)
+    return bool(np.isfinite(std) and std > 1e-6 * max(1.0, abs(mean)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -564,9 +593,7 @@ def preprocess_case(case: Case, *, lung_method: str = "auto", spacing_mm: float 
     # "auto" is resolved before the cache lookup, and the key holds the method that will run: a
     # classical mask cached while no lungmask weights existed must miss once they appear.
     # Explicit methods keep the key they always had; "auto" shares the key of its resolution.
-    used = lung_method
-    if lung_method == "auto":
-        used = "lungmask" if lungmask_weights(modelpath) is not None else "classical"
+    used = lung_method if lung_method == "given" else resolve_lung_method(lung_method, modelpath)
     parameters = {"lung_method": used, "spacing_mm": spacing_mm, "margin_mm": margin_mm,
                   "equalise": equalise, "modelpath": str(modelpath) if modelpath else None}
     key = PreprocessCache.key(case, parameters) if cache is not None else ""
@@ -578,8 +605,6 @@ def preprocess_case(case: Case, *, lung_method: str = "auto", spacing_mm: float 
             raise InvalidInputError(f"{where}: lung_method='given' but case {case.case_id!r} has no lung mask")
         lungs = np.asarray(case.lung_mask, np.uint8)
     else:
-        if lung_method == "auto" and used == "classical":
-            warnings.warn(LUNGMASK_FALLBACK_WARNING, stacklevel=2)
         lungs = lung_mask(volume, used, modelpath, device=device)
     if not lungs.any():
         raise InvalidInputError(f"{where}: the lung mask of case {case.case_id!r} is empty (method {used!r})")

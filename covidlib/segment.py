@@ -37,6 +37,8 @@ The input must be prepared as it was in training, and the book has two ways:
 * **window** (``python -m covidlib train``, whose checkpoints record ``image_size``): whole
   slices through the lung window to grey levels, z-scored per slice and resized to
   ``image_size`` squared; probabilities are resized back (bilinear) to each slice's own size.
+  A constant slice (padding outside the field of view) is called free of infection rather than
+  failing the scan (:func:`covidlib.inference.normalise_ct_slices`).
 
 Introduced in chapter 04.
 """
@@ -61,10 +63,10 @@ from tqdm.auto import tqdm
 from covidlib.config import get_device
 from covidlib.datasets import Case
 from covidlib.errors import InvalidInputError
-from covidlib.inference import Architecture, decision_threshold, grey_levels, load_model, normalise_slices, resize_stack
+from covidlib.inference import Architecture, decision_threshold, grey_levels, load_model, normalise_ct_slices, resize_stack
 from covidlib.io import WRITE_SUFFIXES, Volume, atomic_path, read_volume, write_volume
 from covidlib.models import MODELS
-from covidlib.preprocess import LUNG_METHODS, check_ct_volume, crop_to_mask, lung_mask, lungmask_weights, preprocess_case
+from covidlib.preprocess import LUNG_METHODS, check_ct_volume, crop_to_mask, lung_mask, preprocess_case, resolve_lung_method
 from covidlib.train import AMP_CHOICES, predict_proba, resolve_amp
 
 #: Lung labels of lungmask's convention and the names the summary uses for them.
@@ -182,9 +184,12 @@ def _lung_crop_probability(volume: Volume, lungs: np.ndarray, model: nn.Module, 
 def _window_probability(volume: Volume, model: nn.Module, image_size: int,
                         predict: dict[str, Any]) -> tuple[np.ndarray, tuple[int, ...]]:
     """Probability on the scan's grid through ``python -m covidlib train``'s input preparation."""
-    grey = grey_levels(volume.array, "hu")
-    image = resize_stack(normalise_slices(grey, volume.source or "<volume>"), (image_size, image_size), "bilinear")
+    normalised, constant = normalise_ct_slices(grey_levels(volume.array, "hu"), volume.source or "<volume>")
+    image = resize_stack(normalised, (image_size, image_size), "bilinear")
     probability = resize_stack(predict_volume(model, image, **predict), volume.shape[1:], "bilinear")
+    # A constant slice (padding outside the field of view) shows no anatomy, so no infection;
+    # a window-trained network never saw such input, so its output there is not evidence.
+    probability[constant] = 0.0
     return np.clip(probability, 0.0, 1.0).astype(np.float32), image.shape
 
 
@@ -219,10 +224,8 @@ def segment_volume(volume: Volume, model: nn.Module, *, device: str | torch.devi
     resolve_amp(amp, get_device(device))  # a bad device or amp fails here, before the lung mask
     check_ct_volume(volume)
     start = time.perf_counter()
-    used = lung_method
-    if lung_method == "auto":
-        used = "lungmask" if lungmask_weights(lungmask_modelpath) is not None else "classical"
-    lungs = lung_mask(volume, lung_method, lungmask_modelpath, device=str(device))
+    used = resolve_lung_method(lung_method, lungmask_modelpath)
+    lungs = lung_mask(volume, used, lungmask_modelpath, device=str(device))
     if not lungs.any():
         raise InvalidInputError(f"{volume.source or '<volume>'}: no lungs found (lung mask by {used!r} is empty); "
                                 "is this a chest CT?")

@@ -67,6 +67,9 @@ def test_check_hu_accepts_ct_and_rejects_pictures() -> None:
         check_hu(np.where(ct > 0, np.nan, ct), "nan")
     with pytest.raises(InvalidInputError, match="below -500"):
         check_hu(np.concatenate([np.full(990, 40.0), np.full(10, -1000.0)]), "few-air")
+    for padding in (-1024.0, -3024.0):  # a volume that is all padding is not a CT
+        with pytest.raises(InvalidInputError, match=rf"blank\.nii: every voxel is {padding:g}: a constant image"):
+            check_hu(np.full((4, 8, 8), padding, np.float32), "blank.nii")
 
 
 def test_thick_slabs_average_consecutive_slices_by_hand() -> None:

@@ -20,6 +20,7 @@ from covidlib.inference import (
     decision_threshold,
     grey_levels,
     load_model,
+    normalise_ct_slices,
     normalise_slices,
     predict_stack,
     prepare_slices,
@@ -50,6 +51,17 @@ def test_normalisation_helpers() -> None:
         normalise_slices(np.full((2, 3, 4), 7.0), "flat.png")
     with pytest.raises(InvalidInputError, match="intensity"):
         grey_levels(np.zeros(3), "raw")
+
+
+def test_constant_ct_slices_become_zero_and_are_flagged() -> None:
+    stack = np.stack([np.arange(12, dtype=np.float32).reshape(3, 4), np.full((3, 4), 38.4, np.float32),
+                      np.arange(12, dtype=np.float32).reshape(3, 4) ** 2, np.zeros((3, 4), np.float32)])
+    normalised, constant = normalise_ct_slices(stack, "scan.nii.gz")
+    np.testing.assert_array_equal(constant, [False, True, False, True])
+    np.testing.assert_array_equal(normalised[[1, 3]], 0.0)
+    np.testing.assert_allclose(normalised[[0, 2]], normalise_slices(stack[[0, 2]], "scan.nii.gz"))
+    with pytest.raises(InvalidInputError, match=r"blank\.nii\.gz: every slice is constant"):
+        normalise_ct_slices(np.full((3, 3, 4), 38.4), "blank.nii.gz")
 
 
 def test_resize_stack_halves_to_block_means_and_keeps_mask_labels() -> None:

@@ -17,6 +17,7 @@ from covidlib.errors import InvalidInputError
 from covidlib.io import Volume
 from covidlib.phantom import make_phantom
 from covidlib.preprocess import (
+    LungmaskFallbackWarning,
     PreprocessCache,
     classical_lung_mask,
     crop_to_mask,
@@ -27,6 +28,7 @@ from covidlib.preprocess import (
     normalise_in_lungs,
     preprocess_case,
     resample_in_plane,
+    resolve_lung_method,
 )
 
 
@@ -212,6 +214,27 @@ def test_auto_uses_weights_when_present_else_classical(small_lungmask: Path, sma
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty_hub"))
     with pytest.raises(InvalidInputError, match="no lungmask weights"):
         lung_mask(case.image, "lungmask")
+
+
+def test_resolve_lung_method(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty_hub"))
+    with pytest.warns(LungmaskFallbackWarning, match="lungmask weights not found.*classical"):
+        assert resolve_lung_method("auto") == "classical"
+    assert issubclass(LungmaskFallbackWarning, UserWarning)  # library callers see an ordinary warning
+    weights = tmp_path / "r231.pth"
+    weights.write_bytes(b"state")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_lung_method("auto", weights) == "lungmask"
+        assert resolve_lung_method("classical") == "classical"
+        assert resolve_lung_method("lungmask") == "lungmask"  # its weights are looked for when it runs
+    with pytest.raises(InvalidInputError, match=r"lung method 'otsu' is not known; choose one of \('auto', 'lungmask', 'classical'\)"):
+        resolve_lung_method("otsu")
+    # The fallback is reported at the caller's line, not inside covidlib.
+    volume = make_phantom(1, (3, 64, 64), spacing=(8.0, 4.0, 4.0)).image
+    with pytest.warns(LungmaskFallbackWarning) as caught:
+        lung_mask(volume, "auto")
+    assert [Path(w.filename).name for w in caught] == [Path(__file__).name]
 
 
 @pytest.mark.slow

@@ -181,6 +181,32 @@ def test_window_input_of_the_command_line_checkpoints(scan, lungs, phantom):
         segment_volume(scan, constant_network(True), window_size=32, preprocess={"margin_mm": 5.0})
 
 
+@pytest.mark.parametrize("padding", [-1024.0, -3024.0])
+@pytest.mark.parametrize("window_size", [None, 32])
+def test_constant_padding_slices_are_free_of_infection(scan, padding, window_size):
+    """Slices wholly outside the field of view are constant; they must not fail the scan."""
+    padded = scan.array.copy()
+    padded[[0, -1]] = padding
+    volume = Volume(padded, SPACING, ORIGIN, DIRECTION, "padded.nii.gz")
+    result = segment_volume(volume, constant_network(True), lung_method="classical", window_size=window_size,
+                            progress=False)
+    assert not result.probability.array[[0, -1]].any() and not result.infection.array[[0, -1]].any()
+    np.testing.assert_array_equal(result.infection.array, (result.lung_mask.array > 0).astype(np.uint8))
+    assert result.summary["infected_percent"] == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("array, message", [
+    (np.full(SHAPE, -1024.0, np.float32), r"blank\.nii\.gz: every voxel is -1024: a constant image"),
+    (np.full(SHAPE, -3024.0, np.float32), r"blank\.nii\.gz: every voxel is -3024: a constant image"),
+    (np.linspace(0, 255, math.prod(SHAPE), dtype=np.float32).reshape(SHAPE), r"blank\.nii\.gz: .*8-bit picture"),
+])
+@pytest.mark.parametrize("window_size", [None, 32])
+def test_constant_or_non_hu_volumes_are_refused_naming_the_file(array, message, window_size):
+    with pytest.raises(InvalidInputError, match=message):
+        segment_volume(Volume(array, SPACING, source="blank.nii.gz"), constant_network(True),
+                       lung_method="classical", window_size=window_size, progress=False)
+
+
 @pytest.mark.parametrize("option, message", [
     ({"threshold": 1.5}, "threshold must lie in"),
     ({"batch_size": 0}, "batch_size must be a positive integer"),

@@ -300,7 +300,8 @@ def test_genesis_proxy_pretraining_lowers_restoration_loss() -> None:
     with pytest.raises(InvalidInputError, match="volume 1: image holds NaN"):
         pretrain_genesis_proxy(UNet3d(base_width=2), [volume, broken], progress=False)
     with pytest.raises(InvalidInputError, match="volume 0: .*8-bit"):
-        pretrain_genesis_proxy(UNet3d(base_width=2), [np.full((16, 32, 32), 200.0, np.float32)], progress=False)
+        pretrain_genesis_proxy(UNet3d(base_width=2), [np.linspace(0, 255, 16 * 32 * 32, dtype=np.float32).reshape(16, 32, 32)],
+                               progress=False)
 
 
 def toy_source_cases(count: int) -> list[SimpleNamespace]:
