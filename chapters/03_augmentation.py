@@ -71,7 +71,7 @@ from IPython.display import Markdown, display
 from covidlib import viz
 from covidlib.augment import (Dihedral, ElasticDeformation, GammaCorrection, GaussianNoise, RandomDihedral,
                               RandomElasticDeformation, RandomRotation, Rotation, default_augmentation, mixup,
-                              plot_augmentations, plot_mixup, sample_mixup)
+                              sample_mixup)
 from covidlib.config import choose, format_summary, runtime_summary, seed_everything
 from covidlib.data import SliceDataset, fit_slice, kfold_volumes, report_split, seeded_loader
 from covidlib.datasets import get_dataset
@@ -153,9 +153,9 @@ assert np.array_equal(rotated, replayed)
 # A 3° turn is hard to see by eye ({numref}`fig-03-rotation`), so the figure also shows how far the outline moved.
 
 # %% mystnb={"figure": {"caption": "The example slice (z-score, grey scale [-3, 3]) turned by -3\u00b0 and +3\u00b0, the ends of the report's range, with the infection outlined in red. The change is hard to see; the outline moves by a few pixels, most where it lies far from the slice centre.", "name": "fig-03-rotation"}}
-fig = plot_augmentations(image, mask, [Rotation(-rotation_degrees), Rotation(rotation_degrees)],
-                         ncols=3, suptitle="Rotation (report Fig. 3.9), grey scale [-3, 3] z-score, red: infection")
-plt.show()
+fig = viz.show_augmentations(image, mask, [Rotation(-rotation_degrees), Rotation(rotation_degrees)],
+                             ncols=3, suptitle="Rotation (report Fig. 3.9), grey scale [-3, 3] z-score, red: infection")
+display(fig)
 moved = {angle: int((Rotation(angle)(image, mask)[1] != mask).sum()) for angle in (-rotation_degrees, rotation_degrees)}
 print("mask pixels that change label:", moved)
 
@@ -223,9 +223,9 @@ display(Markdown(
 
 # %% mystnb={"figure": {"caption": "The example slice under the 7 other symmetries of the square (quarter turns, each mirrored or not), with the infection outlined in red: what `RandomDihedral` draws from for COVID-SemiSeg, whose slices come in several of these orientations.", "name": "fig-03-dihedral"}}
 symmetries = [Dihedral(quarter_turns=k % 4, flip=k >= 4) for k in range(1, 8)]
-fig = plot_augmentations(image, mask, symmetries, ncols=4,
-                         suptitle="Turns and mirrors (RandomDihedral), grey scale [-3, 3] z-score, red: infection")
-plt.show()
+fig = viz.show_augmentations(image, mask, symmetries, ncols=4,
+                             suptitle="Turns and mirrors (RandomDihedral), grey scale [-3, 3] z-score, red: infection")
+display(fig)
 for symmetry in symmetries:
     turned_image, turned_mask = symmetry(image, mask)
     assert int(turned_mask.sum()) == int(mask.sum())  # exact: no pixel of infection gained or lost
@@ -253,9 +253,9 @@ print("800 draws of RandomDihedral, count of each symmetry (turns 0-3, then mirr
 elastic = RandomElasticDeformation(max_displacement=elastic_max_displacement).sample(np.random.default_rng(seed + 1))
 field = elastic.dense_field(*image.shape).numpy()
 strong = ElasticDeformation(elastic.control_displacements * 3)
-fig = plot_augmentations(image, mask, [elastic, strong], titles=[elastic.label(), "same field x3 (to see it)"],
-                         ncols=3, suptitle="Elastic deformation (report Fig. 3.10), grey scale [-3, 3] z-score")
-plt.show()
+fig = viz.show_augmentations(image, mask, [elastic, strong], titles=[elastic.label(), "same field x3 (to see it)"],
+                             ncols=3, suptitle="Elastic deformation (report Fig. 3.10), grey scale [-3, 3] z-score")
+fig
 
 # %% mystnb={"figure": {"caption": "The dense displacement field d of the elastic deformation above: its length per pixel (colour) and direction (arrows, every 16th pixel); each output pixel reads from p + d.", "name": "fig-03-elastic-field"}}
 fig, ax = plt.subplots(figsize=(4, 4))
@@ -289,9 +289,9 @@ print(f"field: max |d| = {np.hypot(*field).max():.2f} px, mean |d| = {np.hypot(*
 # %% mystnb={"figure": {"caption": "The example slice (grey scale [-3, 3] z-score) with the weakest and strongest gamma the transform draws (0.74 and 1.35) and with Gaussian noise of standard deviation 0.1. The infection outline stays put; gamma also lightens or darkens the background outside the lungs.", "name": "fig-03-gamma-noise"}}
 gamma_low, gamma_high = GammaCorrection(float(np.exp(-0.3))), GammaCorrection(float(np.exp(0.3)))
 noise = GaussianNoise(std=0.1, noise_seed=seed)
-fig = plot_augmentations(image, mask, [gamma_low, gamma_high, noise], ncols=4,
-                         suptitle="Random gamma and Gaussian noise (report Fig. 3.11), grey scale [-3, 3] z-score")
-plt.show()
+fig = viz.show_augmentations(image, mask, [gamma_low, gamma_high, noise], ncols=4,
+                             suptitle="Random gamma and Gaussian noise (report Fig. 3.11), grey scale [-3, 3] z-score")
+display(fig)
 measured_noise = float((noise(image)[0] - image).std())
 print(f"noise: asked std 0.1, measured {measured_noise:.4f}")
 
@@ -309,12 +309,12 @@ draw_rng = np.random.default_rng(seed + 2)
 draws = [augmentation.sample(draw_rng) for _ in range(n_draws)]
 for i, chain in enumerate(draws):
     print(i, chain.label())
-fig = plot_augmentations(image, mask, draws, titles=[f"{i}: {c.label()}" for i, c in enumerate(draws)],
-                         ncols=3, include_original=False, panel_size=3.0,
-                         suptitle=f"{n_draws} random draws (p={augmentation_p}), grey scale [-3, 3] z-score")
+fig = viz.show_augmentations(image, mask, draws, titles=[f"{i}: {c.label()}" for i, c in enumerate(draws)],
+                             ncols=3, include_original=False, panel_size=3.0,
+                             suptitle=f"{n_draws} random draws (p={augmentation_p}), grey scale [-3, 3] z-score")
 for ax in fig.axes:
     ax.title.set_fontsize(7)
-plt.show()
+fig
 
 # %% [markdown]
 # ## 7. Mixup: soft labels
@@ -339,8 +339,8 @@ mixed_images, soft_targets = mix(batch_images, batch_masks)
 print("mixup:", json.dumps(mix.describe()))
 paired_with_other = np.flatnonzero(mix.permutation != np.arange(len(mix.permutation)))
 item = int(paired_with_other[0]) if len(paired_with_other) else 0  # show a slice mixed with another one
-fig = plot_mixup(batch_images, batch_masks, mixed_images, soft_targets, mix, item=item)
-plt.show()
+fig = viz.show_mixup(batch_images, batch_masks, mixed_images, soft_targets, mix, item=item)
+display(fig)
 label_sums = soft_targets.sum(axis=1)
 print(f"soft labels: values [{', '.join(f'{v:.4f}' for v in np.unique(np.round(soft_targets[:, 1], 4)))}], "
       f"class sums in [{label_sums.min():.6f}, {label_sums.max():.6f}]")

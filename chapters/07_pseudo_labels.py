@@ -64,6 +64,7 @@ import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 import numpy as np
 import torch
 
@@ -77,14 +78,14 @@ from covidlib.mean_teacher import A_PRIME_PRECONDITION, SIMILARITY_BINS
 from covidlib.metrics import dice
 from covidlib.models import UNet2d
 from covidlib.pseudo import (PseudoLabelConfig, assign, build_dictionary, calibrate_on_labelled, compare_rules,
-                             cosine_topk, crop_patches, encode_patches, pseudo_label, pseudo_label_examples,
-                             report_rules, similarity_histogram)
+                             cosine_topk, crop_patches, encode_patches, pseudo_label, report_rules)
 from covidlib.records import load_reference, reference_notice
 from covidlib.restoration import RestorationSettings, pretrained_weights
 from covidlib.results import markdown_table, write_record
 from covidlib.train import TrainConfig
 from covidlib.transfer import SliceTraining, fit_volumes
-from covidlib.viz import show_binned_histograms, show_threshold_calibration
+from covidlib.viz import (show_binned_histograms, show_pseudo_label_examples, show_similarity_histogram,
+                          show_threshold_calibration)
 
 seed_everything(seed)
 # One thread: these networks are small, and on a shared 2-core CPU a second torch thread
@@ -286,12 +287,13 @@ features = encode_patches(trainer.model, patches, device=trainer.device)
 plain_scores, plain_indices = cosine_topk(features, dictionary.features, 2)
 print(f"{len(labels.locations)} unlabelled patches; plain cosine best score: median {np.median(plain_scores[:, 0]):.4f}, "
       f"5th percentile {np.percentile(plain_scores[:, 0], 5):.4f}")
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
-similarity_histogram(plain_scores, pseudo_config, ax=axes[0])
+fig = Figure(figsize=(11, 3.5), layout="constrained")
+axes = fig.subplots(1, 2)
+show_similarity_histogram(plain_scores, pseudo_config, ax=axes[0])
 axes[0].set_title("Plain cosine (the report)")
-similarity_histogram(labels.scores, pseudo_config, ax=axes[1])
+show_similarity_histogram(labels.scores, pseudo_config, ax=axes[1])
 axes[1].set_title(f"{'Centred' if center_features else 'Plain'} cosine (used below)")
-plt.show()
+fig
 
 # %% [markdown]
 # Both rules on the same scores:
@@ -316,8 +318,8 @@ accepted = labels.assignment.accepted
 soft = labels.accepted_masks(dictionary)
 if accepted.any():
     order = np.argsort(-labels.assignment.weights[accepted])[:8]
-    pseudo_label_examples(patches[accepted][order], soft[order], labels.assignment.weights[accepted][order])
-    plt.show()
+    display(show_pseudo_label_examples(patches[accepted][order], soft[order],
+                                       labels.assignment.weights[accepted][order]))
 
 # %%
 pseudo_dice = {}

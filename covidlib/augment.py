@@ -3,7 +3,8 @@
 The design follows TorchIO: a *random* transform (``RandomRotation``, ...) only draws its
 parameters from a seeded :class:`numpy.random.Generator` and returns a *deterministic*
 transform (``Rotation(angle_deg=1.7)``) that does the work. Every augmentation can therefore be
-printed, logged (:meth:`Transform.describe`), replayed and shown in a figure.
+printed, logged (:meth:`Transform.describe`), replayed and shown in a figure
+(:func:`covidlib.viz.show_augmentations`).
 
 The choice of transforms follows the report (section 3.3), each one matched to something that
 really varies between CT scans: a rotation in [-3, 3] degrees (how the patient lies on the
@@ -62,8 +63,6 @@ __all__ = [
     "RandomDihedral",
     "as_generator",
     "default_augmentation",
-    "plot_augmentations",
-    "plot_mixup",
 ]
 
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
@@ -691,71 +690,3 @@ def mixup(images: Array, targets: Array, alpha: float, rng: np.random.Generator 
     transform = sample_mixup(int(images.shape[0]), alpha, rng)
     mixed_images, soft_targets = transform(images, targets, num_classes=num_classes)
     return mixed_images, soft_targets, transform.lam
-
-
-# --- figures ----------------------------------------------------------------------------
-
-def plot_augmentations(image: np.ndarray, mask: np.ndarray | None, transforms: Sequence[Transform], *,
-                       titles: Sequence[str] | None = None, ncols: int = 4, value_range: tuple[float, float] = (-3.0, 3.0),
-                       suptitle: str = "", include_original: bool = True, panel_size: float = 2.6) -> Any:
-    """Figure: ``image`` (H, W) under each transform, the mask outline in red on every panel.
-
-    Titles default to each transform's :meth:`Transform.label`. ``value_range`` is the grey
-    scale (z-score units after preprocessing: lung window equivalent about [-3, 3]). Returns
-    the matplotlib figure.
-
-    Introduced in chapter 03.
-    """
-    import matplotlib.pyplot as plt
-
-    panels = [("original", image, mask)] if include_original else []
-    for i, transform in enumerate(transforms):
-        out_image, out_mask = transform(image, mask)
-        panels.append((titles[i] if titles is not None else transform.label(), out_image, out_mask))
-    ncols = min(ncols, len(panels))
-    nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size * ncols, panel_size * nrows + 0.4), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, (title, panel, panel_mask) in zip(axes.ravel(), panels):
-        ax.imshow(panel, cmap="gray", vmin=value_range[0], vmax=value_range[1], interpolation="nearest")
-        if panel_mask is not None and np.any(panel_mask):
-            ax.contour(np.asarray(panel_mask, dtype=float), levels=[0.5], colors="red", linewidths=0.8)
-        ax.set_title(title, fontsize=9)
-    fig.suptitle(suptitle or f"grey scale [{value_range[0]:g}, {value_range[1]:g}] (z-score); red: infection outline",
-                 fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def plot_mixup(images: np.ndarray, targets: np.ndarray, mixed_images: np.ndarray, soft_targets: np.ndarray,
-               transform: Mixup, *, item: int = 0, value_range: tuple[float, float] = (-3.0, 3.0)) -> Any:
-    """Figure: the two slices mixup combined into batch item ``item``, the mix, and its soft label.
-
-    ``images`` (B, 1, H, W), ``targets`` (B, H, W) class indices, ``mixed_images`` and
-    ``soft_targets`` (B, 2, H, W) from :class:`Mixup`. The soft label panel shows the
-    infection probability (class 1) on a 0-1 colour scale.
-
-    Introduced in chapter 03.
-    """
-    import matplotlib.pyplot as plt
-
-    partner = int(transform.permutation[item])
-    lam = transform.lam
-    fig, axes = plt.subplots(1, 4, figsize=(11, 3.2))
-    for ax, (title, panel, outline) in zip(axes[:3], [
-            (f"slice {item} (weight λ={lam:.2f})", images[item, 0], targets[item]),
-            (f"slice {partner} (weight 1-λ={1 - lam:.2f})", images[partner, 0], targets[partner]),
-            ("mixed image", mixed_images[item, 0], None)]):
-        ax.imshow(panel, cmap="gray", vmin=value_range[0], vmax=value_range[1])
-        if outline is not None and np.any(outline):
-            ax.contour(np.asarray(outline, dtype=float), levels=[0.5], colors="red", linewidths=0.8)
-        ax.set_title(title, fontsize=9)
-    shown = axes[3].imshow(soft_targets[item, 1], cmap="viridis", vmin=0.0, vmax=1.0)
-    axes[3].set_title("soft label: P(infection)", fontsize=9)
-    fig.colorbar(shown, ax=axes[3], fraction=0.046)
-    for ax in axes:
-        ax.axis("off")
-    fig.suptitle("mixup (Zhang et al. 2018): images and labels mixed with the same λ", fontsize=10)
-    fig.tight_layout()
-    return fig

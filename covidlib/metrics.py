@@ -31,7 +31,7 @@ Introduced in chapter 04.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -455,6 +455,21 @@ def threshold_curves(prediction: ArrayLike, target: ArrayLike,
     }
 
 
+def _infnet_summary(curves: Mapping[str, np.ndarray], s_value: float, mae_value: float) -> dict[str, float]:
+    """The numbers Inf-Net reports from one set of ``threshold_curves`` (one image's, or the mean
+    over a dataset's images): each curve's mean and, for Dice and E-measure, max over thresholds."""
+    return {
+        "mean_dice": float(curves["dice"].mean()),
+        "max_dice": float(curves["dice"].max()),
+        "mean_sensitivity": float(curves["sensitivity"].mean()),
+        "mean_specificity": float(curves["specificity"].mean()),
+        "mean_e_measure": float(curves["e_measure"].mean()),
+        "max_e_measure": float(curves["e_measure"].max()),
+        "s_measure": s_value,
+        "mae": mae_value,
+    }
+
+
 def infnet_metrics(probability: ArrayLike, target: ArrayLike) -> dict[str, float]:
     """Inf-Net's evaluation of one image: its probability map ``(y, x)`` (any finite values; min-max
     rescaled first by ``rescale_min_max``) against a binary target of the same shape.
@@ -470,17 +485,7 @@ def infnet_metrics(probability: ArrayLike, target: ArrayLike) -> dict[str, float
     2020. Introduced in chapter 04.
     """
     rescaled = rescale_min_max(probability)
-    curves = threshold_curves(rescaled, target)
-    return {
-        "mean_dice": float(curves["dice"].mean()),
-        "max_dice": float(curves["dice"].max()),
-        "mean_sensitivity": float(curves["sensitivity"].mean()),
-        "mean_specificity": float(curves["specificity"].mean()),
-        "mean_e_measure": float(curves["e_measure"].mean()),
-        "max_e_measure": float(curves["e_measure"].max()),
-        "s_measure": s_measure(rescaled, target),
-        "mae": mae(rescaled, target),
-    }
+    return _infnet_summary(threshold_curves(rescaled, target), s_measure(rescaled, target), mae(rescaled, target))
 
 
 def infnet_dataset_metrics(probabilities: Iterable[ArrayLike],
@@ -504,14 +509,5 @@ def infnet_dataset_metrics(probabilities: Iterable[ArrayLike],
         s_values.append(s_measure(rescaled, target))
         mae_values.append(mae(rescaled, target))
     mean_curves = {key: np.mean(value, axis=0) for key, value in curves.items()}
-    return {
-        "mean_dice": float(mean_curves["dice"].mean()),
-        "max_dice": float(mean_curves["dice"].max()),
-        "mean_sensitivity": float(mean_curves["sensitivity"].mean()),
-        "mean_specificity": float(mean_curves["specificity"].mean()),
-        "mean_e_measure": float(mean_curves["e_measure"].mean()),
-        "max_e_measure": float(mean_curves["e_measure"].max()),
-        "s_measure": float(np.mean(s_values)),
-        "mae": float(np.mean(mae_values)),
-        "n": len(probability_list),
-    }
+    return {**_infnet_summary(mean_curves, float(np.mean(s_values)), float(np.mean(mae_values))),
+            "n": len(probability_list)}

@@ -27,11 +27,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
@@ -604,53 +602,3 @@ def calibrate_on_labelled(encoder_model: nn.Module, dictionary: PatchDictionary,
     values = patch_dice(rule_masks(dictionary.masks, labels.scores, labels.indices, "top2"), truth)
     calibration = calibrate_threshold(labels.scores, values, thresholds=thresholds, quality_bar=quality_bar)
     return calibration, labels, truth
-
-
-# --- figures ----------------------------------------------------------------------------------
-
-def similarity_histogram(scores: np.ndarray, config: PseudoLabelConfig | None = None, *, bins: int = 60,
-                         ax: plt.Axes | None = None) -> Figure:
-    """Histogram of each unlabelled patch's best cosine similarity (report Fig. 5.7), with the
-    acceptance thresholds of ``config`` marked."""
-    config = config or PseudoLabelConfig()
-    scores = np.asarray(scores, dtype=np.float32)
-    best = scores[:, 0] if scores.ndim == 2 else scores
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-    else:
-        fig = ax.figure
-    ax.hist(best, bins=bins, color="0.45")
-    low, high = config.band
-    ax.axvspan(low, high, color="tab:orange", alpha=0.2, label=f"top1_band [{low:.2f}, {high:.2f}]")
-    ax.axvline(config.top2_threshold, color="tab:blue", linestyle="--", label=f"top2 threshold {config.top2_threshold:.2f}")
-    ax.set_xlabel("best cosine similarity to the labelled dictionary")
-    ax.set_ylabel("unlabelled patches")
-    ax.set_title(f"Similarity of {len(best)} unlabelled patches (encoder + GAP)")
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def pseudo_label_examples(patches: np.ndarray, masks: np.ndarray, weights: np.ndarray, *, n: int = 8,
-                          title: str = "Unlabelled patches and their pseudo masks") -> Figure:
-    """Patches (N, P, P) over their soft masks (N, P, P), weight in each title (report Fig. 5.8).
-
-    Top row: the patch (grey, its own min-max window); bottom row: the patch with the soft
-    mask as a red overlay (alpha = mask probability).
-    """
-    count = min(n, len(patches))
-    if count == 0:
-        raise InvalidInputError("no patches to show (no patch was accepted?)")
-    fig, axes = plt.subplots(2, count, figsize=(1.6 * count, 3.6), squeeze=False)
-    for column in range(count):
-        for row in range(2):
-            axes[row, column].imshow(patches[column], cmap="gray")
-            axes[row, column].axis("off")
-        overlay = np.zeros((*masks[column].shape, 4), dtype=np.float32)
-        overlay[..., 0] = 1.0
-        overlay[..., 3] = 0.6 * np.clip(masks[column], 0.0, 1.0)
-        axes[1, column].imshow(overlay)
-        axes[0, column].set_title(f"w={float(weights[column]):.3f}", fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig

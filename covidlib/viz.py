@@ -1,4 +1,5 @@
-"""Figures: windowed slices, montages, mask overlays, three anatomical views, HU histograms, a slice viewer.
+"""Figures: windowed slices, montages, mask overlays, three anatomical views, HU histograms, a slice viewer,
+and the chapters' figures of training, augmentation, pseudo-labels and stored records.
 
 Every function returns a :class:`matplotlib.figure.Figure` built without pyplot (nothing to
 close, nothing shown twice: a figure displays when it is a notebook cell's value). Titles name
@@ -6,16 +7,20 @@ the display window. Axial slices are drawn as radiologists read them: the patien
 (smaller x, with the identity direction) on the image's left, anterior at the top; coronal and
 sagittal views put superior at the top.
 
-Sections: helpers, slices and montages, overlays, views, intensity plots, interactive viewer.
+Sections: notebook display, helpers, slices and montages, overlays, views, intensity plots,
+interactive viewer, then the figures of particular chapters (dataset spacing, training,
+augmentations and pseudo-labels, the book's own run, phantom beside real, stored records).
 Introduced in chapter 01.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import matplotlib
+from matplotlib.axes import Axes
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -23,6 +28,10 @@ from matplotlib.patches import Patch
 from covidlib.ct import Window, resolve_window, window_hu, window_label
 from covidlib.errors import InvalidInputError
 from covidlib.io import Volume
+
+if TYPE_CHECKING:  # annotations only: both modules pull in torch
+    from covidlib.augment import Mixup, Transform
+    from covidlib.pseudo import PseudoLabelConfig
 
 #: Mask colours readable on grey CT and in print (Okabe-Ito, colour-blind safe).
 MASK_COLOURS = ("#D55E00", "#0072B2", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "#F0E442")
@@ -510,6 +519,126 @@ def show_attention_maps(images: np.ndarray, masks: np.ndarray, probabilities: np
         ax.set_yticks([])
     fig.colorbar(shown, ax=axes[:, 1:], fraction=0.02, label="probability / attention coefficient")
     fig.suptitle(title or f"Attention maps (grey scale [{lo:g}, {hi:g}] z-score)")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentations and pseudo-labels (chapters 03 and 07)
+
+
+def show_augmentations(image: np.ndarray, mask: np.ndarray | None, transforms: Sequence[Transform], *,
+                       titles: Sequence[str] | None = None, ncols: int = 4, value_range: tuple[float, float] = (-3.0, 3.0),
+                       suptitle: str = "", include_original: bool = True, panel_size: float = 2.6) -> Figure:
+    """``image`` (H, W) under each transform, the mask outline in red on every panel.
+
+    Titles default to each transform's :meth:`covidlib.augment.Transform.label`. ``value_range``
+    is the grey scale (z-score units after preprocessing: lung window equivalent about [-3, 3]).
+    Introduced in chapter 03.
+    """
+    panels = [("original", image, mask)] if include_original else []
+    for i, transform in enumerate(transforms):
+        out_image, out_mask = transform(image, mask)
+        panels.append((titles[i] if titles is not None else transform.label(), out_image, out_mask))
+    ncols = min(ncols, len(panels))
+    nrows = int(np.ceil(len(panels) / ncols))
+    fig = Figure(figsize=(panel_size * ncols, panel_size * nrows + 0.4), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (title, panel, panel_mask) in zip(axes.ravel(), panels):
+        ax.imshow(panel, cmap="gray", vmin=value_range[0], vmax=value_range[1], interpolation="nearest")
+        if panel_mask is not None and np.any(panel_mask):
+            ax.contour(np.asarray(panel_mask, dtype=float), levels=[0.5], colors="red", linewidths=0.8)
+        ax.set_title(title, fontsize=9)
+    fig.suptitle(suptitle or f"grey scale [{value_range[0]:g}, {value_range[1]:g}] (z-score); red: infection outline",
+                 fontsize=10)
+    return fig
+
+
+def show_mixup(images: np.ndarray, targets: np.ndarray, mixed_images: np.ndarray, soft_targets: np.ndarray,
+               transform: Mixup, *, item: int = 0, value_range: tuple[float, float] = (-3.0, 3.0)) -> Figure:
+    """The two slices mixup combined into batch item ``item``, the mix, and its soft label.
+
+    ``images`` (B, 1, H, W), ``targets`` (B, H, W) class indices, ``mixed_images`` and
+    ``soft_targets`` (B, 2, H, W) from :class:`covidlib.augment.Mixup`. The soft label panel shows
+    the infection probability (class 1) on a 0-1 colour scale.
+    Introduced in chapter 03.
+    """
+    partner = int(transform.permutation[item])
+    lam = transform.lam
+    fig = Figure(figsize=(11, 3.2), layout="constrained")
+    axes = fig.subplots(1, 4)
+    for ax, (title, panel, outline) in zip(axes[:3], [
+            (f"slice {item} (weight λ={lam:.2f})", images[item, 0], targets[item]),
+            (f"slice {partner} (weight 1-λ={1 - lam:.2f})", images[partner, 0], targets[partner]),
+            ("mixed image", mixed_images[item, 0], None)]):
+        ax.imshow(panel, cmap="gray", vmin=value_range[0], vmax=value_range[1])
+        if outline is not None and np.any(outline):
+            ax.contour(np.asarray(outline, dtype=float), levels=[0.5], colors="red", linewidths=0.8)
+        ax.set_title(title, fontsize=9)
+    shown = axes[3].imshow(soft_targets[item, 1], cmap="viridis", vmin=0.0, vmax=1.0)
+    axes[3].set_title("soft label: P(infection)", fontsize=9)
+    fig.colorbar(shown, ax=axes[3], fraction=0.046)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle("mixup (Zhang et al. 2018): images and labels mixed with the same λ", fontsize=10)
+    return fig
+
+
+def show_similarity_histogram(scores: np.ndarray, config: PseudoLabelConfig | None = None, *, bins: int = 60,
+                              ax: Axes | None = None) -> Figure:
+    """Histogram of each unlabelled patch's best cosine similarity (report Fig. 5.7), with the
+    acceptance thresholds of ``config`` (default :class:`covidlib.pseudo.PseudoLabelConfig`) marked.
+
+    Drawn on ``ax`` when given (its figure is returned, its layout left to its owner).
+    Introduced in chapter 07.
+    """
+    if config is None:
+        # Imported here: covidlib.pseudo pulls in torch, which no other figure needs.
+        from covidlib.pseudo import PseudoLabelConfig
+
+        config = PseudoLabelConfig()
+    scores = np.asarray(scores, dtype=np.float32)
+    best = scores[:, 0] if scores.ndim == 2 else scores
+    if ax is None:
+        fig = Figure(figsize=(6, 3.5), layout="constrained")
+        ax = fig.subplots()
+    else:
+        fig = ax.figure
+    ax.hist(best, bins=bins, color="0.45")
+    low, high = config.band
+    ax.axvspan(low, high, color="tab:orange", alpha=0.2, label=f"top1_band [{low:.2f}, {high:.2f}]")
+    ax.axvline(config.top2_threshold, color="tab:blue", linestyle="--", label=f"top2 threshold {config.top2_threshold:.2f}")
+    ax.set_xlabel("best cosine similarity to the labelled dictionary")
+    ax.set_ylabel("unlabelled patches")
+    ax.set_title(f"Similarity of {len(best)} unlabelled patches (encoder + GAP)")
+    ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
+def show_pseudo_label_examples(patches: np.ndarray, masks: np.ndarray, weights: np.ndarray, *, n: int = 8,
+                               title: str = "Unlabelled patches and their pseudo masks") -> Figure:
+    """Patches (N, P, P) over their soft masks (N, P, P), weight in each title (report Fig. 5.8).
+
+    Top row: the patch (grey, its own min-max window); bottom row: the patch with the soft
+    mask as a red overlay (alpha = mask probability).
+    Introduced in chapter 07.
+    """
+    count = min(n, len(patches))
+    if count == 0:
+        raise InvalidInputError("no patches to show (no patch was accepted?)")
+    fig = Figure(figsize=(1.6 * count, 3.6), layout="constrained")
+    axes = fig.subplots(2, count, squeeze=False)
+    for column in range(count):
+        for row in range(2):
+            axes[row, column].imshow(patches[column], cmap="gray")
+            axes[row, column].axis("off")
+        overlay = np.zeros((*masks[column].shape, 4), dtype=np.float32)
+        overlay[..., 0] = 1.0
+        overlay[..., 3] = 0.6 * np.clip(masks[column], 0.0, 1.0)
+        axes[1, column].imshow(overlay)
+        axes[0, column].set_title(f"w={float(weights[column]):.3f}", fontsize=8)
+    fig.suptitle(title)
     return fig
 
 

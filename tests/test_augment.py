@@ -25,8 +25,6 @@ from covidlib.augment import (
     as_generator,
     default_augmentation,
     mixup,
-    plot_augmentations,
-    plot_mixup,
     sample_mixup,
 )
 from covidlib.errors import InvalidInputError
@@ -310,26 +308,10 @@ def test_bad_input_raises_clear_errors(slice_and_mask):
         GammaCorrection(-1.0)
 
 
-def test_labels_and_figures(slice_and_mask):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    image, mask = slice_and_mask
+def test_labels():
     assert Rotation(1.74).label() == "rotate +1.7°"
     assert GammaCorrection(0.9).label() == "gamma 0.90"
     assert Chain((Rotation(-2.0), GaussianNoise(0.05, 1))).label() == "rotate -2.0°, noise σ 0.050"
-    fig = plot_augmentations(image, mask, [Rotation(2.0), GammaCorrection(1.2)], ncols=3)
-    assert [ax.get_title() for ax in fig.axes[:3]] == ["original", "rotate +2.0°", "gamma 1.20"]
-    plt.close(fig)
-    images = np.stack([image, image + 1])[:, None]
-    targets = np.stack([mask, 1 - mask])
-    transform = Mixup(0.25, np.array([1, 0]))
-    mixed, soft = transform(images, targets)
-    fig = plot_mixup(images, targets, mixed, soft, transform)
-    assert "λ=0.25" in fig.axes[0].get_title()
-    plt.close(fig)
 
 
 # --- the dihedral group (real slices come in several orientations) -----------------------------

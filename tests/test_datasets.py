@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import SEMISEG_LABELLED_MASKS, SEMISEG_TEST_MASKS, save_png, write_semiseg
 from PIL import Image
 
 from covidlib import datasets
@@ -64,45 +65,27 @@ def test_default_root_comes_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: 
 # COVID-SemiSeg
 
 
-def _save_jpg(path: Path, pixels: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels.astype(np.uint8), mode="L").save(path, quality=95)
-
-
-def _save_png(path: Path, labels: np.ndarray, palette: bool = False) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = Image.fromarray(labels.astype(np.uint8), mode="L")
-    if palette:
-        img = img.convert("P")
-        img.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * (256 * 3 - 9))
-    img.save(path)
-
-
 def _build_semiseg(root: Path) -> dict[str, np.ndarray]:
     """Inf-Net layout with 3 labelled (names 0, 2, 10: natural order), 2 unlabelled, 2 test slices."""
     rng = np.random.default_rng(0)
-    truth: dict[str, np.ndarray] = {}
-    train = root / "TrainingSet" / "LungInfection-Train"
+    labelled: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    multiclass: dict[str, np.ndarray] = {}
     for name in ("0", "10", "2"):
         shape = (20 + int(name), 24)
-        _save_jpg(train / "Doctor-label" / "Imgs" / f"{name}.jpg", rng.integers(0, 256, shape))
+        image = rng.integers(0, 256, shape)
         gt = np.zeros(shape, np.uint8)
         gt[3:7, 4:9] = 255
-        _save_png(train / "Doctor-label" / "GT" / f"{name}.png", gt)
         classes = np.zeros(shape, np.uint8)
         classes[3:7, 4:6], classes[3:7, 6:9] = 1, 2
-        _save_png(root / "TrainingSet" / "MultiClassInfection-Train" / "GT" / f"{name}.png", classes, palette=True)
-        truth[f"train/{name}"] = gt
-    for name in ("Data-1_coronacases_org_001_12", "Data-1_radiopaedia_org_covid-19-pneumonia-4_85506_1-dcm_3"):
-        _save_jpg(train / "Pseudo-label" / "Imgs" / f"{name}.jpg", rng.integers(0, 256, (16, 16)))
-    test = root / "TestingSet" / "LungInfection-Test"
-    for name in ("a", "b"):
-        _save_jpg(test / "Imgs" / f"{name}.jpg", np.full((12, 14), 100))
-        gt = np.zeros((12, 14), np.uint8)
-        gt[0, 0] = 255
-        _save_png(test / "GT" / f"{name}.png", gt)
-        truth[f"test/{name}"] = gt
-    return truth
+        labelled[name], multiclass[name] = (image, gt), classes
+    unlabelled = {name: rng.integers(0, 256, (16, 16))
+                  for name in ("Data-1_coronacases_org_001_12", "Data-1_radiopaedia_org_covid-19-pneumonia-4_85506_1-dcm_3")}
+    test_gt = np.zeros((12, 14), np.uint8)
+    test_gt[0, 0] = 255
+    test = {name: (np.full((12, 14), 100), test_gt) for name in ("a", "b")}
+    write_semiseg(root, labelled, unlabelled=unlabelled, test=test, multiclass=multiclass)
+    return {**{f"train/{name}": gt for name, (_, gt) in labelled.items()},
+            **{f"test/{name}": gt for name, (_, gt) in test.items()}}
 
 
 def test_semiseg_layout_splits_and_masks(tmp_path: Path) -> None:
@@ -136,20 +119,20 @@ def test_semiseg_multiclass(tmp_path: Path) -> None:
 
 def test_semiseg_bad_masks_name_the_file(tmp_path: Path) -> None:
     _build_semiseg(tmp_path)
-    gt_dir = tmp_path / "TrainingSet" / "LungInfection-Train" / "Doctor-label" / "GT"
+    gt_dir = tmp_path / SEMISEG_LABELLED_MASKS
     (gt_dir / "0.png").unlink()
     ds = get_dataset("covid-semiseg", tmp_path)
     with pytest.raises(InvalidInputError, match=r"GT/0\.png.*missing"):
         ds.load("train/0")
-    _save_png(gt_dir / "2.png", np.zeros((5, 5)))
+    save_png(gt_dir / "2.png", np.zeros((5, 5)))
     with pytest.raises(InvalidInputError, match=r"GT/2\.png.*shape"):
         ds.load("train/2")
     bad = np.zeros((30, 24), np.uint8)
     bad[0, 0] = 7
-    _save_png(gt_dir / "10.png", bad)
+    save_png(gt_dir / "10.png", bad)
     with pytest.raises(InvalidInputError, match=r"GT/10\.png.*unexpected mask values \[7\]"):
         ds.load("train/10")
-    test_gt = tmp_path / "TestingSet" / "LungInfection-Test" / "GT" / "a.png"
+    test_gt = tmp_path / SEMISEG_TEST_MASKS / "a.png"
     test_gt.write_bytes(test_gt.read_bytes()[:40])  # truncated inside its image data
     with pytest.raises(InvalidInputError, match=r"GT/a\.png: cannot read the ground-truth mask"):
         ds.load("test/a")

@@ -11,8 +11,7 @@ from covidlib.coarse import Box
 from covidlib.errors import InvalidInputError
 from covidlib.models import UNet2d
 from covidlib.pseudo import (PseudoLabelConfig, PseudoPatchDataset, assign, build_dictionary, cosine_topk, crop_patches,
-                             encode_patches, pseudo_label, pseudo_label_examples, sample_patch_locations,
-                             similarity_histogram, soft_masks, spread_counts)
+                             encode_patches, pseudo_label, sample_patch_locations, soft_masks, spread_counts)
 
 
 # --- sampling ---
@@ -181,16 +180,6 @@ def test_pipeline_streams_like_a_direct_computation():
     expected_mask = dictionary.masks[labels.assignment.labels[0, 0]].astype(np.float32)
     np.testing.assert_allclose(item["mask"][1].numpy(), expected_mask)
     np.testing.assert_allclose(labels.accepted_masks(dictionary)[0], expected_mask)
-
-
-def test_figures_have_titles():
-    scores = np.random.default_rng(0).uniform(0.8, 1.0, size=(50, 2))
-    fig = similarity_histogram(scores)
-    assert "Similarity" in fig.axes[0].get_title()
-    fig2 = pseudo_label_examples(np.zeros((3, 8, 8)), np.ones((3, 8, 8)) * 0.5, np.array([0.9, 0.91, 0.92]), n=2)
-    assert len(fig2.axes) == 4
-    import matplotlib.pyplot as plt
-    plt.close("all")
 
 
 def test_config_validation():

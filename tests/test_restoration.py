@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from fakes import write_semiseg
 
 import covidlib.restoration as restoration
 from covidlib.errors import InvalidInputError
@@ -197,13 +198,9 @@ def test_pretrained_weights_fit_the_segmentation_network_and_are_cached(tmp_path
 
 
 def test_unlabelled_slices_of_a_2d_dataset_are_centred_z_scored_squares(tmp_path) -> None:
-    from PIL import Image
-
-    folder = tmp_path / "TrainingSet/LungInfection-Train/Pseudo-label/Imgs"
-    folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    for index, shape in enumerate([(40, 80), (64, 32)]):
-        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(folder / f"Data-1_case_{index}.jpg")
+    write_semiseg(tmp_path, {}, unlabelled={f"Data-1_case_{index}": rng.integers(0, 256, shape, dtype=np.uint8)
+                                            for index, shape in enumerate([(40, 80), (64, 32)])})
     slices = restoration.unlabelled_slices("covid-semiseg", tmp_path, 5, 16)
     assert slices.shape == (2, 16, 16) and slices.dtype == np.float32
     # the longer side fills the square, the shorter one is padded with 0 (the z-scored mean) on both sides

@@ -239,3 +239,52 @@ def test_training_figures_one_panel_per_map_and_a_dot_per_best_epoch() -> None:
         viz.show_attention_maps(images, images[:1], images, {})
     with pytest.raises(InvalidInputError, match="at least one"):
         viz.show_learning_curves({"a": []})
+
+
+def test_augmentation_figures_title_each_transform_and_the_mixup_weights() -> None:
+    from covidlib.augment import GammaCorrection, Mixup, Rotation
+
+    rng = np.random.default_rng(0)
+    image = rng.standard_normal((24, 30)).astype(np.float32)
+    mask = np.zeros((24, 30), dtype=np.int64)
+    mask[6:15, 8:20] = 1
+    fig = viz.show_augmentations(image, mask, [Rotation(2.0), GammaCorrection(1.2)], ncols=3)
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["original", "rotate +2.0°", "gamma 1.20"]
+    images = np.stack([image, image + 1])[:, None]
+    targets = np.stack([mask, 1 - mask])
+    transform = Mixup(0.25, np.array([1, 0]))
+    mixed, soft = transform(images, targets)
+    fig = viz.show_mixup(images, targets, mixed, soft, transform)
+    assert "λ=0.25" in fig.axes[0].get_title()
+
+
+def test_pseudo_label_figures_have_titles_and_draw_on_a_given_axis() -> None:
+    from covidlib.pseudo import PseudoLabelConfig
+
+    scores = np.random.default_rng(0).uniform(0.8, 1.0, size=(50, 2))
+    fig = viz.show_similarity_histogram(scores)
+    assert "Similarity" in fig.axes[0].get_title()
+    shared = Figure()
+    left, right = shared.subplots(1, 2)
+    assert viz.show_similarity_histogram(scores, PseudoLabelConfig(top2_threshold=0.95), ax=right) is shared
+    assert "top2 threshold 0.95" in [text.get_text() for text in right.get_legend().get_texts()]
+    assert not left.has_data()
+    fig = viz.show_pseudo_label_examples(np.zeros((3, 8, 8)), np.ones((3, 8, 8)) * 0.5, np.array([0.9, 0.91, 0.92]), n=2)
+    assert len(fig.axes) == 4
+    with pytest.raises(InvalidInputError, match="no patches"):
+        viz.show_pseudo_label_examples(np.zeros((0, 8, 8)), np.zeros((0, 8, 8)), np.zeros(0))
+
+
+def test_figure_modules_do_not_import_pyplot() -> None:
+    """pyplot keeps every figure it makes and picks a backend on import; the library's figures
+    are plain Figures (shown as a cell's value), so importing the modules that draw them leaves it out."""
+    import subprocess
+    import sys
+
+    modules = ["covidlib.viz", "covidlib.pseudo", "covidlib.augment", "covidlib.activations"]
+    script = ("import importlib, sys\n"
+              f"for name in {modules!r}: importlib.import_module(name)\n"
+              "print('matplotlib.pyplot' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "False"
