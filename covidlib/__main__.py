@@ -12,7 +12,9 @@ Each command is one :class:`Command` in :data:`COMMANDS`; adding one is a line t
 The command line works in image pixels: every slice is prepared the "window" way of
 :mod:`covidlib.inference` (8-bit grey levels, z-scored per slice, resized to the network's
 square input), and predictions are resized back to each input's size. This module only parses
-arguments and calls the library.
+arguments and calls the library. It imports torch and the library's torch modules inside the
+commands, not at the top, so that ``--help`` and a bad command answer at once; :func:`main` gives
+arguments only to the subcommand it runs, since ``segment``'s and ``semi``'s live in torch modules.
 
 Introduced in chapter 04.
 """
@@ -24,32 +26,18 @@ import dataclasses
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-
-from covidlib import mean_teacher, segment
-from covidlib.config import get_device, seed_everything
-from covidlib.ct import check_hu
-from covidlib.crossval import train_supervised
-from covidlib.data import kfold_volumes, split_volumes
-from covidlib.datasets import get_dataset, read_8bit
 from covidlib.errors import InvalidInputError
-from covidlib.fingerprint import content_key
-from covidlib.inference import (choose_threshold, decision_threshold, evaluate_cases, grey_levels, load_model, normalise_slices,
-                                predict_stack, prepare_slices)
-from covidlib.io import Volume, atomic_path, atomic_write_text, read_volume, write_volume
-from covidlib.losses import LOSSES
-from covidlib.mean_teacher import (QUICK_UNLABELLED, SEMI_FULL, SEMI_METHODS, SEMI_QUICK, semi_supervised_settings,
-                                   train_semi_supervised)
-from covidlib.models import MODELS
 from covidlib.recipe import Recipe
-from covidlib.results import to_json
-from covidlib.train import AMP_CHOICES, add_checkpoint_metadata
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -72,6 +60,11 @@ TRAIN_TIMES = (
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    from covidlib.losses import LOSSES
+    from covidlib.mean_teacher import QUICK_UNLABELLED, SEMI_FULL, SEMI_METHODS, SEMI_QUICK
+    from covidlib.models import MODELS
+    from covidlib.train import AMP_CHOICES
+
     parser.epilog = TRAIN_TIMES
     parser.add_argument("--dataset", default="covid-semiseg", help="registered dataset name (default: covid-semiseg)")
     parser.add_argument("--data-root", help="the dataset's folder (default: $COVIDLIB_DATA/<dataset>)")
@@ -139,6 +132,8 @@ def _setting(args: argparse.Namespace, name: str) -> Any:
 
 
 def _train_and_val_ids(dataset: Any, args: argparse.Namespace) -> tuple[str, list[str], list[str]]:
+    from covidlib.data import kfold_volumes, split_volumes
+
     split = args.split or dataset.default_split
     ids = dataset.case_ids(split)
     if len(ids) < 2:
@@ -163,6 +158,18 @@ def _train_and_val_ids(dataset: Any, args: argparse.Namespace) -> tuple[str, lis
 
 def run_train(args: argparse.Namespace) -> int:
     """Train one network and write OUT/{last,best}.pt, history.json and metrics.json."""
+    import torch
+
+    from covidlib.config import seed_everything
+    from covidlib.crossval import train_supervised
+    from covidlib.datasets import get_dataset
+    from covidlib.fingerprint import content_key
+    from covidlib.inference import prepare_slices
+    from covidlib.io import atomic_write_text
+    from covidlib.mean_teacher import (QUICK_UNLABELLED, SEMI_FULL, SEMI_QUICK, semi_supervised_settings,
+                                       train_semi_supervised)
+    from covidlib.results import to_json
+
     seed_everything(args.seed)
     started = time.perf_counter()
     cpu_started = time.process_time()
@@ -242,6 +249,9 @@ def _validate(model: torch.nn.Module, dataset: Any, val_ids: list[str], recipe: 
               checkpoint: Path) -> dict[str, Any]:
     """``evaluate_cases`` of ``model`` on the validation cases, plus its ``threshold``: 0.5, or with
     ``recipe.select_threshold`` the one best on these cases, then also stored in ``checkpoint``."""
+    from covidlib.inference import choose_threshold, evaluate_cases
+    from covidlib.train import add_checkpoint_metadata
+
     threshold = 0.5
     if recipe.select_threshold:
         threshold = choose_threshold(model, dataset, val_ids, recipe.image_size, device, tta=recipe.tta)
@@ -268,6 +278,11 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Print the checkpoint's metrics on a split (or its validation cases) as JSON."""
+    from covidlib.config import get_device
+    from covidlib.datasets import get_dataset
+    from covidlib.inference import decision_threshold, evaluate_cases, load_model
+    from covidlib.results import to_json
+
     model, metadata = load_model(args.checkpoint)
     image_size = _image_size(metadata, args.checkpoint)
     name = args.dataset or metadata.get("dataset")
@@ -323,7 +338,10 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _write_png(probabilities: np.ndarray, path: Path) -> None:
+    import numpy as np
     from PIL import Image
+
+    from covidlib.io import atomic_path
 
     with atomic_path(path, suffix=".png") as tmp:
         Image.fromarray(np.round(probabilities * 255.0).astype(np.uint8), mode="L").save(tmp, format="PNG")
@@ -377,6 +395,15 @@ def run_predict(args: argparse.Namespace) -> int:
 
     Every path and every input is checked before any output is written: an output never replaces
     an input, two inputs never share an output, and one bad image leaves no partial output."""
+    import numpy as np
+
+    from covidlib.config import get_device
+    from covidlib.ct import check_hu
+    from covidlib.datasets import read_8bit
+    from covidlib.inference import (decision_threshold, grey_levels, load_model, normalise_ct_slices, normalise_slices,
+                                    predict_stack)
+    from covidlib.io import Volume, read_volume, write_volume
+
     source, target = Path(args.input), Path(args.output)
     if source.is_dir():
         pairs = _predict_folder(source, target)
@@ -408,12 +435,57 @@ def run_predict(args: argparse.Namespace) -> int:
             _write_png(predict_stack(model, image, image_size, device, args.batch_size, tta=tta)[0], output)
         print(f"wrote {len(pairs)} probability map(s) to {target}; {segments_at}")
         return 0
-    image = normalise_slices(grey_levels(volume.array, "hu"), str(source))
+    image, constant = normalise_ct_slices(grey_levels(volume.array, "hu"), str(source))
     probabilities = predict_stack(model, image, image_size, device, args.batch_size, tta=tta).astype(np.float32)
+    probabilities[constant] = 0.0  # padding outside the field of view: no anatomy, so no infection (as segment)
     write_volume(Volume(array=probabilities, spacing=volume.spacing, origin=volume.origin,
                         direction=volume.direction, source=None), target)
     print(f"wrote a probability volume {probabilities.shape} to {target}; {segments_at}")
     return 0
+
+
+# --- segment and semi: their arguments and work live in the library -------------------------
+
+#: What ``segment`` says, in place of a Python warning, when ``--lung-method auto`` finds no lungmask weights.
+LUNGMASK_FALLBACK_NOTE = "note: lungmask weights not found; using the classical lung mask"
+
+
+def _segment_arguments(parser: argparse.ArgumentParser) -> None:
+    from covidlib import segment
+
+    segment.add_arguments(parser)
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    """:func:`covidlib.segment.run`, with ``--lung-method auto`` resolved first: a fallback to the
+    classical mask is then said in one plain line before the work, not as a Python warning."""
+    from covidlib import segment
+    from covidlib.preprocess import LungmaskFallbackWarning, resolve_lung_method
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LungmaskFallbackWarning)
+        args.lung_method = resolve_lung_method(args.lung_method, args.lungmask_weights)
+    if any(issubclass(warning.category, LungmaskFallbackWarning) for warning in caught):
+        print(LUNGMASK_FALLBACK_NOTE, file=sys.stderr)
+    return segment.run(args)
+
+
+def _semi_arguments(parser: argparse.ArgumentParser) -> None:
+    from covidlib import mean_teacher
+
+    mean_teacher.add_arguments(parser)
+
+
+def run_semi(args: argparse.Namespace) -> int:
+    """:func:`covidlib.mean_teacher.run` once ``--folds`` and ``--inner-val`` are checked against
+    the number of labelled cases (listing them reads no image)."""
+    from covidlib import mean_teacher
+    from covidlib.datasets import get_dataset
+
+    dataset = get_dataset(args.dataset, args.data_root)
+    split = dataset.default_split
+    _check_semi_folds(args, split, len(dataset.case_ids(split)))
+    return mean_teacher.run(args)
 
 
 # --- checks before any work -------------------------------------------------------------------
@@ -422,7 +494,7 @@ def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and value >= 1
 
 
-#: Flags of train, semi and predict checked before any work: dest -> (test, what it must be).
+#: Flags of every command checked before any work: dest -> (test, what it must be).
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "threads": (_positive_int, "a positive integer"),
     "epochs": (_positive_int, "a positive integer"),
@@ -445,6 +517,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "mixup_alpha": (lambda v: math.isfinite(v) and v >= 0, "a non-negative number (0: no mixup)"),
     "empty_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "val_fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "threshold": (lambda v: 0 < v < 1, "in (0, 1)"),
 }
 
 
@@ -455,14 +528,33 @@ def _check_rules(args: argparse.Namespace) -> None:
             raise InvalidInputError(f"--{dest.replace('_', '-')} must be {what}, got {value}")
 
 
-def _check_output_folder(flag: str, path: Path) -> None:
-    """Refuse an output folder that is an existing file or lies under one."""
+def _blocking_file(path: Path) -> Path | None:
+    """``path`` or the nearest of its folders that exists, when that is a file: nothing can be written there."""
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    if existing.exists() and not existing.is_dir():
-        where = "exists and is not a folder" if existing == path else f"lies under {existing}, which is not a folder"
+    return existing if existing.exists() and not existing.is_dir() else None
+
+
+def _check_output_folder(flag: str, path: Path) -> None:
+    """Refuse an output folder that is an existing file or lies under one."""
+    blocking = _blocking_file(path)
+    if blocking is not None:
+        where = "exists and is not a folder" if blocking == path else f"lies under {blocking}, which is not a folder"
         raise InvalidInputError(f"{flag} {path}: {where}; give an output folder")
+
+
+def _check_output_file(flag: str, path: Path) -> None:
+    """Refuse an output file that lies under an existing file (it would fail after all the work)."""
+    blocking = _blocking_file(path.parent)
+    if blocking is not None:
+        raise InvalidInputError(f"{flag} {path}: lies under {blocking}, which is not a folder")
+
+
+def _check_input_file(flag: str, path: Path) -> None:
+    """Refuse an input file that is missing or a folder, naming its flag."""
+    if not path.is_file():
+        raise InvalidInputError(f"{flag} {path} {'is a folder' if path.is_dir() else 'does not exist'}; give a file")
 
 
 def _check_depth(image_size: int, depth: int) -> None:
@@ -501,8 +593,13 @@ def check_train(args: argparse.Namespace) -> None:
 
 
 def check_semi(args: argparse.Namespace) -> None:
-    """``semi``'s flags before any data is read."""
+    """``semi``'s flags before any data is read (:func:`run_semi` checks those that depend on the
+    number of labelled cases)."""
+    from covidlib.mean_teacher import SEMI_FULL, SEMI_QUICK
+
     _check_rules(args)
+    if args.fold >= args.folds:
+        raise InvalidInputError(f"--fold must be in [0, {args.folds - 1}] for --folds {args.folds}, got {args.fold}")
     image_size = args.image_size if args.image_size is not None else (SEMI_QUICK if args.quick else SEMI_FULL)["image_size"]
     if image_size < 16:
         raise InvalidInputError(f"--image-size must be an integer of at least 16, got {image_size}")
@@ -510,9 +607,58 @@ def check_semi(args: argparse.Namespace) -> None:
     _check_output_folder("--out", Path(args.out))
 
 
+def _check_semi_folds(args: argparse.Namespace, split: str, n_cases: int) -> None:
+    """``semi``'s ``--folds`` and ``--inner-val`` against the ``n_cases`` labelled cases of ``split``:
+    every fold must leave, besides its test cases, at least one case to select the epoch and one to
+    train (:func:`covidlib.crossval.nested_folds`)."""
+    cases = f"split {split!r} of dataset {args.dataset!r} has {n_cases} labelled case(s)"
+    if n_cases < 3:
+        raise InvalidInputError(f"{cases}; semi needs at least 3: to test, to select the epoch and to train")
+
+    def non_test(folds: int) -> int:  # the cases the largest test fold leaves (fold sizes differ by at most one)
+        return n_cases - math.ceil(n_cases / folds)
+
+    fewest = min(k for k in range(2, n_cases + 1) if non_test(k) >= 2)
+    if not fewest <= args.folds <= n_cases:
+        raise InvalidInputError(f"--folds {args.folds}: {cases}; --folds must be in [{fewest}, {n_cases}] so that "
+                                "every fold leaves a case to select the epoch and one to train")
+    if args.inner_val is not None and args.inner_val >= non_test(args.folds):
+        raise InvalidInputError(f"--inner-val {args.inner_val}: with --folds {args.folds} of the {n_cases} labelled "
+                                f"cases, a fold leaves {non_test(args.folds)} non-test cases and none would train; "
+                                f"--inner-val must be at most {non_test(args.folds) - 1}")
+
+
 def check_predict(args: argparse.Namespace) -> None:
-    """``predict``'s numbers (its paths are checked by :func:`run_predict` before any work)."""
+    """``predict``'s numbers and checkpoint (its other paths are checked by :func:`run_predict` before any work)."""
     _check_rules(args)
+    _check_input_file("--checkpoint", Path(args.checkpoint))
+
+
+def check_evaluate(args: argparse.Namespace) -> None:
+    """``evaluate``'s flags before the checkpoint or any data is read."""
+    _check_rules(args)
+    _check_input_file("--checkpoint", Path(args.checkpoint))
+
+
+def check_segment(args: argparse.Namespace) -> None:
+    """``segment``'s flags and paths before the checkpoint or the scan is read."""
+    from covidlib.preprocess import lungmask_weights
+    from covidlib.segment import check_output_paths, default_lung_mask_path
+
+    _check_rules(args)
+    if not Path(args.scan).exists():
+        raise InvalidInputError(f"scan {args.scan}: no such file or folder; give a CT file or a DICOM series folder")
+    _check_input_file("--checkpoint", Path(args.checkpoint))
+    if args.lungmask_weights is not None:
+        _check_input_file("--lungmask-weights", Path(args.lungmask_weights))
+    elif args.lung_method == "lungmask" and lungmask_weights() is None:
+        raise InvalidInputError("--lung-method lungmask: no lungmask weights in the torch hub cache; give "
+                                "--lungmask-weights, or use --lung-method auto or classical")
+    lung_mask = Path(args.lung_mask) if args.lung_mask else default_lung_mask_path(args.output)
+    check_output_paths(args.scan, args.output, lung_mask, args.summary)
+    for flag, path in (("-o/--output", args.output), ("--lung-mask", lung_mask), ("--summary", args.summary)):
+        if path is not None:
+            _check_output_file(flag, Path(path))
 
 
 # --- the command table ------------------------------------------------------------------------
@@ -534,13 +680,13 @@ COMMANDS: dict[str, Command] = {
     "train": Command("train a 2D U-Net or attention U-Net on a registered dataset", _train_arguments, run_train,
                      check_train, lambda args: _train_interrupted(args)),
     "evaluate": Command("evaluate a checkpoint on a dataset split; prints metrics as JSON", _evaluate_arguments, run_evaluate,
-                        _check_rules),
+                        check_evaluate),
     "predict": Command("probability maps for a folder of 2D images or a NIfTI volume", _predict_arguments, run_predict,
                        check_predict),
     "segment": Command("infection and lung masks of a CT scan on its own grid, with volumes in mL",
-                       segment.add_arguments, segment.run),
+                       _segment_arguments, run_segment, check_segment),
     "semi": Command("one fold of supervised A' vs + pseudo-labels vs + mean teacher, using the unlabelled split",
-                    mean_teacher.add_arguments, mean_teacher.run, check_semi,
+                    _semi_arguments, run_semi, check_semi,
                     lambda args: "interrupted; semi has no --resume: run the same command again to start over"),
 }
 
@@ -555,8 +701,9 @@ def _train_interrupted(args: argparse.Namespace) -> str:
     return f"interrupted; the same command with --resume continues from {last}{again}"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with one subparser for each entry of :data:`COMMANDS`."""
+def build_parser(with_arguments: Container[str] = COMMANDS) -> argparse.ArgumentParser:
+    """The argument parser with one subparser for each entry of :data:`COMMANDS`; only those named
+    in ``with_arguments`` get their arguments (building the others would import torch for nothing)."""
     parser = argparse.ArgumentParser(
         prog="python -m covidlib",
         description="COVID-19 lung-infection segmentation in chest CT: train, evaluate and apply 2D U-Nets.",
@@ -565,7 +712,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():
         sub = subparsers.add_parser(name, help=command.help, description=command.help)
-        command.add_arguments(sub)
+        if name in with_arguments:
+            command.add_arguments(sub)
     return parser
 
 
@@ -576,12 +724,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     is reported on stderr as one line and gives exit code 2. Ctrl-C during ``train`` or ``semi``
     prints one line (how to continue) and gives exit code 130.
     """
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # the command is the first argument (the top level has no option but --help): only its subparser is built
+    args = build_parser(argv[:1]).parse_args(argv)
     command = COMMANDS[args.command]
     try:
         if command.check is not None:
             command.check(args)
         if getattr(args, "threads", None) is not None:
+            import torch
+
             torch.set_num_threads(args.threads)
         return command.run(args)
     except InvalidInputError as exc:

@@ -130,7 +130,7 @@ def train_supervised(prepared: PreparedSlices, train_ids: Sequence[str], val_ids
                           recipe.batch_size, shuffle=True, seed=seed)
     val = seeded_loader(slice_dataset(prepared, val_ids, recipe, training=False, seed=seed),
                         recipe.batch_size, shuffle=False, seed=seed)
-    trainer.fit(train, val, resume=resume)
+    trainer.fit(train, val, resume=resume, progress_label="supervised epochs")
     return trainer
 
 

@@ -365,6 +365,11 @@ def arm_setup(arm: str, config: MeanTeacherConfig) -> tuple[bool, MeanTeacherCon
     return setups[arm]
 
 
+#: What each arm's progress bar says, so that the stages of one run can be told apart.
+ARM_PROGRESS = {"control": "control epochs", "pseudo_labels": "pseudo-label epochs",
+                "control_ema": "EMA control epochs", "mean_teacher": "pseudo-label + mean-teacher epochs",
+                "consistency": "mean-teacher epochs"}
+
 def continue_arm(model: nn.Module, arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], train_ids: Sequence[str],
                  val_ids: Sequence[str], settings: SemiSupervisedSettings, arm: str,
                  patches: Dataset | None, *, seed: int, out_dir: str | Path | None = None,
@@ -374,6 +379,7 @@ def continue_arm(model: nn.Module, arrays: Mapping[str, tuple[np.ndarray, np.nda
     pseudo-labelled batches from ``patches`` (:class:`~covidlib.pseudo.PseudoPatchDataset`, or
     whole slices, :class:`~covidlib.self_training.PseudoSliceDataset`), the epoch best on
     ``val_ids`` kept; with ``out_dir`` it checkpoints there like :class:`~covidlib.train.Trainer`.
+    Its progress bar says which arm it trains (:data:`ARM_PROGRESS`).
     Introduced in chapter 08."""
     uses_patches, config = arm_setup(arm, settings.mean_teacher)
     semi = dataclasses.replace(settings.semi, patience=settings.semi.epochs)
@@ -381,7 +387,8 @@ def continue_arm(model: nn.Module, arrays: Mapping[str, tuple[np.ndarray, np.nda
                           out_dir=None if out_dir is None else str(out_dir), metadata=metadata)
     trainer.fit(slice_loader(arrays, train_ids, settings.supervised, training=True, seed=seed,
                              dihedral=settings.dihedral),
-                slice_loader(arrays, val_ids, settings.supervised, training=False, seed=seed))
+                slice_loader(arrays, val_ids, settings.supervised, training=False, seed=seed),
+                progress_label=ARM_PROGRESS[arm])
     return trainer
 
 

@@ -357,8 +357,12 @@ class Trainer:
         self.optimizer_steps += 1
         return float(loss.detach())
 
-    def fit(self, train_loader: Iterable[Any], val_loader: Iterable[Any], *, resume: bool = False) -> list[dict[str, float]]:
+    def fit(self, train_loader: Iterable[Any], val_loader: Iterable[Any], *, resume: bool = False,
+            progress_label: str = "epochs") -> list[dict[str, float]]:
         """Train until ``config.epochs`` or early stopping; returns :attr:`history`.
+
+        ``progress_label`` names the progress bar, so that the stages of one run (supervised, then
+        semi-supervised) can be told apart.
 
         ``resume=True`` continues from ``out_dir/last.pt`` when it exists and carries the same
         ``metadata["fingerprint"]`` as this Trainer (a fresh start otherwise: a checkpoint of
@@ -374,7 +378,7 @@ class Trainer:
         else:
             self._start_fresh()
         config = self.config
-        bar = tqdm(total=config.epochs, initial=self.epoch, desc="epochs", disable=not config.progress)
+        bar = tqdm(total=config.epochs, initial=self.epoch, desc=progress_label, disable=not config.progress)
         while self.epoch < config.epochs and not self.stopped_early:
             start = time.perf_counter()
             set_loader_epoch(train_loader, self.epoch)

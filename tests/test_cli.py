@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from fakes import write_semiseg
 from PIL import Image
 
-from covidlib.__main__ import COMMANDS, main
+from covidlib.__main__ import COMMANDS, LUNGMASK_FALLBACK_NOTE, main
 from covidlib.data import kfold_volumes
 from covidlib.datasets import get_dataset
 from covidlib.inference import load_model, predict_stack, prepare_case
 from covidlib.metrics import best_threshold, dice
-from covidlib.io import read_volume
-from covidlib.train import load_checkpoint, predict_proba
+from covidlib.io import read_volume, write_volume
+from covidlib.models import get_model
+from covidlib.phantom import make_phantom
+from covidlib.train import load_checkpoint, predict_proba, save_checkpoint
 
 SIZES = [(40, 48), (36, 44), (44, 40), (40, 40), (38, 46), (42, 42)]
 
@@ -25,18 +30,13 @@ SIZES = [(40, 48), (36, 44), (44, 40), (40, 40), (38, 46), (42, 42)]
 def make_semiseg(root: Path) -> Path:
     """A tiny COVID-SemiSeg layout: 6 grey JPG slices of varied size with PNG masks {0, 255}."""
     rng = np.random.default_rng(0)
-    images = root / "TrainingSet/LungInfection-Train/Doctor-label/Imgs"
-    masks = root / "TrainingSet/LungInfection-Train/Doctor-label/GT"
-    images.mkdir(parents=True)
-    masks.mkdir(parents=True)
+    labelled = {}
     for index, (height, width) in enumerate(SIZES):
         mask = np.zeros((height, width), dtype=np.uint8)
         y, x = rng.integers(4, 20, size=2)
         mask[y:y + 12, x:x + 10] = 255
-        image = np.clip(60 + 0.6 * mask + rng.normal(0, 10, (height, width)), 0, 255).astype(np.uint8)
-        Image.fromarray(image).save(images / f"{index}.jpg", quality=95)
-        Image.fromarray(mask).save(masks / f"{index}.png")
-    return root
+        labelled[str(index)] = (np.clip(60 + 0.6 * mask + rng.normal(0, 10, (height, width)), 0, 255), mask)
+    return write_semiseg(root, labelled)
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,20 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "--data-root" in capsys.readouterr().out
+
+
+def _imported_by(argv: list[str]) -> set[str]:
+    """The modules ``python -m covidlib ARGV`` imports (``-X importtime`` lists each on stderr)."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "covidlib", *argv], capture_output=True,
+                          text=True, timeout=120)
+    return {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["evaluate", "--help"], ["predict", "--help"], ["no-such-command"]])
+def test_help_and_a_bad_command_do_not_import_torch(argv: list[str]) -> None:
+    imported = _imported_by(argv)
+    assert "argparse" in imported  # the listing works
+    assert "torch" not in imported and "numpy" not in imported
 
 
 def test_train_writes_checkpoints_history_and_metrics(trained: tuple[Path, Path]) -> None:
@@ -199,6 +213,22 @@ def test_predict_nifti_keeps_the_inputs_geometry(trained: tuple[Path, Path], tmp
     assert 0.0 <= result.array.min() and result.array.max() <= 1.0
 
 
+def test_predict_nifti_calls_padding_slices_free_of_infection(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    _, out = trained
+    hu = np.full((3, 40, 48), -3024.0, dtype=np.float32)  # slices 0 and 2: padding outside the field of view
+    hu[1] = -850.0
+    hu[1, 15:25, 10:22] = -500.0
+    sitk.WriteImage(sitk.GetImageFromArray(hu), str(tmp_path / "padded.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(hu[1:2]), str(tmp_path / "middle.nii.gz"))
+    for name in ("padded", "middle"):
+        assert main(["predict", "--checkpoint", str(out / "best.pt"), "--input", str(tmp_path / f"{name}.nii.gz"),
+                     "--output", str(tmp_path / f"{name}_prob.nii.gz"), "--device", "cpu"]) == 0
+    padded, middle = (read_volume(tmp_path / f"{name}_prob.nii.gz").array for name in ("padded", "middle"))
+    assert not padded[[0, 2]].any()
+    np.testing.assert_allclose(padded[1], middle[0], atol=1e-6)  # the scan's own slice is predicted as alone
+    assert middle[0].max() > 0
+
+
 def test_training_resumes_through_the_command_line(tmp_path: Path) -> None:
     root = make_semiseg(tmp_path / "data")
     common = ["train", "--data-root", str(root), "--quick", "--device", "cpu", "--amp", "off", "--no-progress"]
@@ -254,6 +284,11 @@ def test_bad_input_gives_exit_code_2_and_a_message(argv: list[str], message: str
     (["semi", "--inner-val", "0"], "--inner-val must be at least 1, got 0"),
     (["semi", "--threads", "0"], "--threads must be a positive integer, got 0"),
     (["semi", "--depth", "6"], "--depth 6 is too deep for --image-size 64"),
+    # semi's limits that depend on the number of labelled cases: checked once the dataset lists them
+    (["semi", "--folds", "7"], "--folds 7: split 'train' of dataset 'covid-semiseg' has 6 labelled case(s); "
+                               "--folds must be in [2, 6]"),
+    (["semi", "--folds", "3", "--inner-val", "4"], "--inner-val 4: with --folds 3 of the 6 labelled cases, a fold "
+                                                   "leaves 4 non-test cases and none would train; --inner-val must be at most 3"),
     # flags that would otherwise be ignored
     (["train", "--fold", "3"], "--fold 3 needs --folds"),
     (["train", "--folds", "3", "--val-fraction", "0.5"], "--val-fraction and --folds exclude each other"),
@@ -284,22 +319,80 @@ def test_bad_flags_fail_before_any_work_naming_the_flag(argv: list[str], message
 
 def test_ctrl_c_during_train_says_how_to_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    import covidlib.__main__ as cli
-
     def interrupted(*args, out_dir, **kwargs):
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / "last.pt").write_bytes(b"an epoch's checkpoint")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "train_supervised", interrupted)
+    monkeypatch.setattr("covidlib.crossval.train_supervised", interrupted)
     root = make_semiseg(tmp_path / "data")
     common = ["train", "--data-root", str(root), "--quick", "--device", "cpu", "--no-progress"]
     assert main([*common, "--out", str(tmp_path / "run")]) == 130
     error = capsys.readouterr().err
     assert f"--resume continues from {tmp_path / 'run' / 'last.pt'}" in error and "Traceback" not in error
-    monkeypatch.setattr(cli, "train_supervised", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr("covidlib.crossval.train_supervised", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     assert main([*common, "--out", str(tmp_path / "fresh")]) == 130
     assert "no " in capsys.readouterr().err  # nothing written yet: nothing to resume
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["evaluate", "--checkpoint", "{tmp}/best.pt", "--threads", "0"], "--threads must be a positive integer, got 0"),
+    (["evaluate", "--checkpoint", "{tmp}/missing.pt"], "--checkpoint {tmp}/missing.pt does not exist"),
+    (["evaluate", "--checkpoint", "{tmp}"], "--checkpoint {tmp} is a folder"),
+    (["predict", "--checkpoint", "{tmp}/missing.pt", "--input", "{tmp}", "--output", "{tmp}/o"],
+     "--checkpoint {tmp}/missing.pt does not exist"),
+    (["segment", "{tmp}/scan.nii.gz", "-o", "{tmp}/o/mask.nii.gz", "--checkpoint", "{tmp}/best.pt", "--batch-size", "0"],
+     "--batch-size must be a positive integer, got 0"),
+    (["segment", "{tmp}/scan.nii.gz", "-o", "{tmp}/o/mask.nii.gz", "--checkpoint", "{tmp}/best.pt", "--threshold", "1"],
+     "--threshold must be in (0, 1), got 1.0"),
+    (["segment", "{tmp}/scan.nii.gz", "-o", "{tmp}/o/mask.nii.gz", "--checkpoint", "{tmp}/best.pt", "--threshold", "0"],
+     "--threshold must be in (0, 1), got 0.0"),
+    (["segment", "{tmp}/scan.nii.gz", "-o", "{tmp}/o/mask.nii.gz", "--checkpoint", "{tmp}/best.pt", "--model", "unet",
+      "--depth", "0"], "--depth must be a positive integer, got 0"),
+    (["segment", "{tmp}/missing.nii.gz", "-o", "{tmp}/o/mask.nii.gz", "--checkpoint", "{tmp}/best.pt"],
+     "scan {tmp}/missing.nii.gz: no such file or folder"),
+    (["segment", "{tmp}/scan.nii.gz", "-o", "{tmp}/o/mask.nii.gz", "--checkpoint", "{tmp}/missing.pt"],
+     "--checkpoint {tmp}/missing.pt does not exist"),
+    (["segment", "{tmp}/scan.nii.gz", "-o", "{tmp}/o/mask.nii.gz", "--checkpoint", "{tmp}/best.pt",
+      "--lungmask-weights", "{tmp}/missing.pth"], "--lungmask-weights {tmp}/missing.pth does not exist"),
+    (["segment", "{tmp}/scan.nii.gz", "-o", "{tmp}/o/mask.nii.gz", "--checkpoint", "{tmp}/best.pt",
+      "--lung-method", "lungmask"], "--lung-method lungmask: no lungmask weights"),
+    (["segment", "{tmp}/scan.nii.gz", "-o", "{tmp}/afile.txt/mask.nii.gz", "--checkpoint", "{tmp}/best.pt"],
+     "-o/--output {tmp}/afile.txt/mask.nii.gz: lies under {tmp}/afile.txt, which is not a folder"),
+    (["segment", "{tmp}/scan.nii.gz", "-o", "{tmp}/o/mask.nii.gz", "--checkpoint", "{tmp}/best.pt",
+      "--summary", "{tmp}/afile.txt/summary.json"], "--summary {tmp}/afile.txt/summary.json: lies under {tmp}/afile.txt"),
+    (["segment", "{tmp}/scan.nii.gz", "-o", "{tmp}/o/mask.png", "--checkpoint", "{tmp}/best.pt"],
+     "-o/--output {tmp}/o/mask.png: an image output must end with"),
+])
+def test_evaluate_and_segment_flags_fail_before_any_work_naming_the_flag(
+        argv: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty_hub"))  # no lungmask weights cached
+    # neither is read: a check that opened them would fail on their content, not name the flag
+    (tmp_path / "scan.nii.gz").write_bytes(b"not a scan")
+    (tmp_path / "best.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "afile.txt").write_text("not a folder\n", encoding="utf-8")
+    code = main([a.format(tmp=tmp_path) for a in argv])
+    error = capsys.readouterr().err
+    assert code == 2, error
+    assert error.startswith("error:") and message.format(tmp=tmp_path) in error and "Traceback" not in error
+    assert not (tmp_path / "o").exists()
+
+
+def test_segment_says_the_lungmask_fallback_in_one_plain_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty_hub"))  # no lungmask weights cached
+    scan = tmp_path / "chest.nii.gz"
+    write_volume(make_phantom(1, (3, 96, 96), spacing=(8.0, 3.0, 3.0)).image, scan)
+    options = {"in_channels": 1, "num_classes": 2, "base_width": 2, "depth": 2}
+    checkpoint = save_checkpoint({"model": get_model("unet", **options).state_dict(), "epoch": 1, "val_dice": 0.0,
+                                  "config": {}, "metadata": {"model": "unet", "model_options": options, "image_size": 32}},
+                                 tmp_path / "best.pt")
+    assert main(["segment", str(scan), "-o", str(tmp_path / "mask.nii.gz"), "--checkpoint", str(checkpoint),
+                 "--device", "cpu", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [LUNGMASK_FALLBACK_NOTE]  # no Python warning line
+    assert "lung mask from classical" in captured.out
 
 
 def _checkpoint_args(out: Path) -> list[str]:

@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_datasets import REAL_SEMISEG, _save_jpg, _save_png
+from fakes import write_semiseg
+from test_datasets import REAL_SEMISEG
 
 from covidlib import mean_teacher
+from covidlib import train as train_module
 from covidlib.__main__ import main
 from covidlib.data import fit_slice, kfold_volumes
 from covidlib.datasets import get_dataset
@@ -45,14 +47,9 @@ def _disc_slice(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 def make_semiseg(root: Path) -> Path:
     """COVID-SemiSeg layout: N_LABELLED labelled slices (JPG + PNG mask) and N_UNLABELLED unlabelled ones."""
     rng = np.random.default_rng(7)
-    train = root / "TrainingSet" / "LungInfection-Train"
-    for index in range(N_LABELLED):
-        image, mask = _disc_slice(rng)
-        _save_jpg(train / "Doctor-label" / "Imgs" / f"{index}.jpg", image)
-        _save_png(train / "Doctor-label" / "GT" / f"{index}.png", mask)
-    for index in range(N_UNLABELLED):
-        _save_jpg(train / "Pseudo-label" / "Imgs" / f"{UNLABELLED_NAME.format(index)}.jpg", _disc_slice(rng)[0])
-    return root
+    labelled = {str(index): _disc_slice(rng) for index in range(N_LABELLED)}
+    unlabelled = {UNLABELLED_NAME.format(index): _disc_slice(rng)[0] for index in range(N_UNLABELLED)}
+    return write_semiseg(root, labelled, unlabelled=unlabelled)
 
 
 TINY = ["--folds", "3", "--fold", "1", "--image-size", str(SIDE), "--base-width", "4", "--depth", "2",
@@ -182,6 +179,32 @@ def test_bad_input_names_the_dataset_or_argument(tmp_path: Path, capsys: pytest.
         prepare_slices(get_dataset("covid-semiseg", root), 32, n_unlabelled=None)
 
 
+@pytest.mark.parametrize(("labelled", "flags", "message"), [
+    (N_LABELLED, ["--folds", "13"], "--folds 13: split 'train' of dataset 'covid-semiseg' has 12 labelled case(s); "
+                                    "--folds must be in [2, 12]"),
+    # 3 of 12 cases tested leave 9: 8 may select the epoch, the 9th trains
+    (N_LABELLED, ["--folds", "4", "--inner-val", "9"], "--inner-val 9: with --folds 4 of the 12 labelled cases, a fold "
+                                                       "leaves 9 non-test cases and none would train; --inner-val must be at most 8"),
+    # 2 folds of 3 cases: the larger test fold leaves 1 case, which cannot both train and select
+    (3, ["--folds", "2"], "--folds 2: split 'train' of dataset 'covid-semiseg' has 3 labelled case(s); --folds must be in [3, 3]"),
+    (3, ["--folds", "3", "--inner-val", "2"], "--inner-val must be at most 1"),
+    (2, ["--folds", "2"], "has 2 labelled case(s); semi needs at least 3"),
+])
+def test_folds_and_inner_val_too_large_for_the_labelled_cases_fail_before_training(
+        labelled: int, flags: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    root = make_semiseg(tmp_path / "data")
+    labels = root / "TrainingSet" / "LungInfection-Train" / "Doctor-label"
+    for index in range(labelled, N_LABELLED):
+        (labels / "Imgs" / f"{index}.jpg").unlink()
+        (labels / "GT" / f"{index}.png").unlink()
+    monkeypatch.setattr(mean_teacher, "run", lambda args: pytest.fail("the library's semi ran"))
+    assert main(["semi", "--data-root", str(root), "--out", str(tmp_path / "run"), "--fold", "0", *flags]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error:") and message in error
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.realdata
 @pytest.mark.skipif(not REAL_SEMISEG.is_dir(), reason="real COVID-SemiSeg data not present")
@@ -264,11 +287,13 @@ def test_train_resume_without_semi_never_continues_the_semi_supervised_network(
         assert torch.equal(resumed.state_dict()[name], value), name
 
 
-@pytest.mark.parametrize(("method", "pseudo_weight", "consistency_weight", "validate"),
-                         [("pseudo-labels", 1.0, 0.0, "student"), ("mean-teacher", 0.0, 1.0, "teacher"),
-                          ("both", 1.0, 1.0, "teacher")])
+@pytest.mark.parametrize(("method", "pseudo_weight", "consistency_weight", "validate", "label"),
+                         [("pseudo-labels", 1.0, 0.0, "student", "pseudo-label epochs"),
+                          ("mean-teacher", 0.0, 1.0, "teacher", "mean-teacher epochs"),
+                          ("both", 1.0, 1.0, "teacher", "pseudo-label + mean-teacher epochs")])
 def test_each_semi_method_trains_the_arm_it_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str,
-                                                  pseudo_weight: float, consistency_weight: float, validate: str) -> None:
+                                                  pseudo_weight: float, consistency_weight: float, validate: str,
+                                                  label: str) -> None:
     trained = []
     real_init = mean_teacher.MeanTeacher.__init__
 
@@ -276,7 +301,15 @@ def test_each_semi_method_trains_the_arm_it_names(tmp_path: Path, monkeypatch: p
         trained.append((settings, kwargs.get("pseudo_patches")))
         real_init(self, model, config, settings, **kwargs)
 
+    bars = []
+    real_tqdm = train_module.tqdm
+
+    def named(*args, **kwargs):
+        bars.append(kwargs.get("desc"))
+        return real_tqdm(*args, **kwargs)
+
     monkeypatch.setattr(mean_teacher.MeanTeacher, "__init__", spy)
+    monkeypatch.setattr(train_module, "tqdm", named)
     root = make_semiseg(tmp_path / "data")
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(["train", "--data-root", str(root), "--out", str(tmp_path / "run"), "--semi", method,
@@ -285,6 +318,7 @@ def test_each_semi_method_trains_the_arm_it_names(tmp_path: Path, monkeypatch: p
     assert patches is not None and len(patches) > 0
     assert (settings.pseudo_weight, settings.consistency_weight, settings.validate) == (
         pseudo_weight, consistency_weight, validate)
+    assert bars == ["supervised epochs", label]  # the two stages' progress bars are told apart
 
 
 def test_train_semi_without_unlabelled_images_fails_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
