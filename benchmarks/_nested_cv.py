@@ -86,7 +86,9 @@ def mean_scores(per_case: dict[str, dict[str, float]], metrics: tuple[str, ...] 
 
 
 #: The runtime settings that change a training's last bits: a unit computed otherwise is another number.
-NUMERICS = ("threads", "cpu_bf16")
+#: The processor counts too: the same bfloat16 run gave another Dice on an AVX512-BF16 EPYC than on an
+#: AMX Xeon (0.665 against 0.629 on the ablation's first unit), their oneDNN kernels rounding differently.
+NUMERICS = ("threads", "cpu_bf16", "device_name")
 
 
 def other_numerics(record: dict[str, Any], runtime: dict[str, Any]) -> list[str]:
@@ -96,14 +98,14 @@ def other_numerics(record: dict[str, Any], runtime: dict[str, Any]) -> list[str]
 
 def comparable_record(record: Path, parameters: dict[str, Any], runtime: dict[str, Any]) -> ReferenceRecord | None:
     """The earlier ``record`` when it ran with ``parameters`` (its seeds and the data's folder aside),
-    the numerics of ``runtime`` (threads, bfloat16) and the same data; ``None``, after saying why, otherwise."""
+    the numerics of ``runtime`` (threads, bfloat16, processor) and the same data; ``None``, after saying why, otherwise."""
     if not record.exists():
         return None
     earlier = read_reference(record)
     same = all(earlier.record["parameters"].get(name) == value for name, value in parameters.items()
                if name not in ("seeds", "data_root"))
     reason = ("its parameters differ" if not same else
-              "it ran at other threads or precision" if other_numerics(earlier.record, runtime) else
+              "it ran at other threads, precision or processor" if other_numerics(earlier.record, runtime) else
               "the data changed" if earlier.record["fingerprint"]["data"] != data_fingerprint(parameters["data_root"])
               else None)
     if reason:

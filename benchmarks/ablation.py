@@ -17,8 +17,9 @@ record is where the next machine continues; a training in progress resumes from 
 asked for: one of its units is retrained and, when the numbers reproduce to the last bit, the run's
 units stand (a new option, off by default, costs a unit a run); otherwise they are computed afresh,
 and until then the row is left out. A row shows the seeds whose folds are all there (rows may differ: a change is measured
-on the (seed, fold) runs both rows have). A record made at other numerics (threads, bfloat16) is
-never continued or overwritten: its rows would mix last bits. Processes given different ``--rows``
+on the (seed, fold) runs both rows have). A record made at other numerics (threads, bfloat16, processor) is
+never continued or overwritten: its rows would mix last bits (one processor's
+bfloat16 does not reproduce another's). Processes given different ``--rows``
 may share the record and the cache, each keeping the units the other wrote (on this 2-core CPU one
 process at 2 threads finishes sooner than two side by side).
 
@@ -83,6 +84,7 @@ STEPS: list[Step] = [
     Step("+ 600 epochs (× 0.8 every 150)", {"epochs": 600, "step_size": 150, "patience": 600},
          base="+ 300 epochs, no early stop"),
     Step("+ threshold chosen on the inner split", {"select_threshold": True}, base="+ 600 epochs (× 0.8 every 150)"),
+    Step("+ 160 px input at 600 epochs", {"image_size": 160}, base="+ 600 epochs (× 0.8 every 150)"),
 ]
 
 
@@ -219,7 +221,7 @@ def stored_runs(record: Path, parameters: dict, runtime: dict) -> dict[str, dict
     """``{run key: run}`` of the earlier ``record`` when it holds: same parameters and data
     (:func:`_nested_cv.comparable_record`); runs of changed training code are among them, for
     :func:`recheck`. A record made at other numerics
-    (threads, bfloat16) is refused: its rows cannot take units computed here, and rewriting it would drop them."""
+    (threads, bfloat16, processor) is refused: its rows cannot take units computed here, and rewriting it would drop them."""
     if record.exists():
         earlier = read_reference(record).record
         if differ := other_numerics(earlier, runtime):

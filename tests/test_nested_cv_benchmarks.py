@@ -81,7 +81,7 @@ def test_mean_scores_average_each_metric_over_the_test_slices(nested_cv):
     assert nested_cv.mean_scores(per_case) == pytest.approx({"tta_dice": 0.65, "tta_infnet_mean_dice": 0.3})
 
 
-NUMERICS = {"threads": 2, "cpu_bf16": True}
+NUMERICS = {"threads": 2, "cpu_bf16": True, "device_name": "Intel(R) Xeon(R) Processor"}
 
 
 def _write_record(folder, parameters: dict, units: list[dict]):
@@ -108,6 +108,8 @@ def test_stored_units_resume_only_what_the_same_settings_and_data_produced(neste
     # another processor's bfloat16 or another thread count gives other last bits: computed again
     assert nested_cv.stored_units(record, {**parameters, "data_root": str(moved)}, {**NUMERICS, "cpu_bf16": False}) == {}
     assert nested_cv.stored_units(record, {**parameters, "data_root": str(moved)}, {**NUMERICS, "threads": 1}) == {}
+    assert nested_cv.stored_units(record, {**parameters, "data_root": str(moved)},
+                                  {**NUMERICS, "device_name": "AMD EPYC"}) == {}
     (moved / "b.png").write_bytes(b"y")
     assert nested_cv.stored_units(record, {**parameters, "data_root": str(moved)}, NUMERICS) == {}
 
