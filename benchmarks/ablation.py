@@ -80,11 +80,10 @@ STEPS: list[Step] = [
     Step("+ 300 epochs, no early stop", {"epochs": 300, "step_size": 75, "patience": 300}),
     Step("+ faster decay (× 0.75 every 30 epochs)", {"step_size": 30, "gamma": 0.75},
          base="+ 300 epochs, no early stop"),
-    Step("+ 160 px input", {"image_size": 160}, base="+ 300 epochs, no early stop"),
     Step("+ 600 epochs (× 0.8 every 150)", {"epochs": 600, "step_size": 150, "patience": 600},
          base="+ 300 epochs, no early stop"),
     Step("+ threshold chosen on the inner split", {"select_threshold": True}, base="+ 600 epochs (× 0.8 every 150)"),
-    Step("+ 160 px input at 600 epochs", {"image_size": 160}, base="+ 600 epochs (× 0.8 every 150)"),
+    Step("+ 160 px input", {"image_size": 160}, base="+ 600 epochs (× 0.8 every 150)"),
 ]
 
 
