@@ -83,6 +83,7 @@ STEPS: list[Step] = [
          base="+ 300 epochs, no early stop"),
     Step("+ threshold chosen on the inner split", {"select_threshold": True}, base="+ 600 epochs (× 0.8 every 150)"),
     Step("+ 160 px input", {"image_size": 160}, base="+ 600 epochs (× 0.8 every 150)"),
+    Step("+ moving average of the weights (decay 0.99)", {"ema_decay": 0.99}, base="+ 160 px input"),
 ]
 
 
