@@ -84,6 +84,7 @@ STEPS: list[Step] = [
     Step("+ threshold chosen on the inner split", {"select_threshold": True}, base="+ 600 epochs (× 0.8 every 150)"),
     Step("+ 160 px input", {"image_size": 160}, base="+ 600 epochs (× 0.8 every 150)"),
     Step("+ moving average of the weights (decay 0.99)", {"ema_decay": 0.99}, base="+ 160 px input"),
+    Step("+ threshold chosen on the inner split (at 160 px)", {"select_threshold": True}, base="+ 160 px input"),
 ]
 
 
