@@ -11,15 +11,16 @@ for such a row). The record goes to
 ``records/reference-covid-semiseg/ablation.json`` (committed; chapter 09 shows it).
 
 Resumable across machines: the record keeps every (seed, fold) run of each row's training recipe
-(``numbers.runs``, with the code that trained it) and is rewritten after each, so a committed partial
-record is where the next machine continues; a training in progress resumes from its last epoch in
-``--runs``. A run trained by code that has changed since is rechecked first, whichever rows are
-asked for: one of its units is retrained and, when the numbers reproduce to the last bit, the run's
-units stand (a new option, off by default, costs a unit a run); otherwise they are computed afresh,
-and until then the row is left out. A row shows the seeds whose folds are all there (rows may differ: a change is measured
-on the (seed, fold) runs both rows have). A record made at other numerics (threads, bfloat16, processor)
-is never continued or overwritten: its rows would mix last bits (one processor's bfloat16 does not
-reproduce another's). Processes given different ``--rows`` may share the record and the cache, each keeping the units the other wrote (on this 2-core CPU one
+(``numbers.runs``, with the code that trained it) and is rewritten after each, so a committed
+partial record is where the next machine continues; a training in progress resumes from its last
+epoch in ``--runs``. A run trained by code that has changed since is rechecked first, whichever rows
+are asked for: one of its units is retrained and, when the numbers reproduce to the last bit, the
+run's units stand (a new option, off by default, costs a unit a run); otherwise they are computed
+afresh, and until then the row is left out. A row shows the seeds whose folds are all there (rows
+may differ: a change is measured on the (seed, fold) runs both rows have). A record made at other
+numerics (threads, bfloat16, processor) is never continued or overwritten: its rows would mix last
+bits (one processor's bfloat16 does not reproduce another's). Processes given different ``--rows``
+may share the record and the cache, each keeping the units the other wrote (on this 2-core CPU one
 process at 2 threads finishes sooner than two side by side).
 
     .venv/bin/python benchmarks/ablation.py --seeds 0,1,2
