@@ -52,13 +52,12 @@ FULL = {name: getattr(Recipe(), name) for name in QUICK}
 #: What ``train --help`` says of its cost, measured alone on COVID-SemiSeg.
 TRAIN_TIMES = (
     "Cost at the defaults on COVID-SemiSeg, measured alone on a 2-core Intel Xeon with AMX (bfloat16, torch's "
-    "default 2 threads): train took 4.0 min wall and 7.3 CPU-minutes (all 300 epochs; the best epoch was 297), "
-    "using 1.3 GB of memory, and --semi both added 0.5 min wall (pseudo-labelling the 1,600 unlabelled slices and "
-    "8 epochs). A CPU without native bfloat16 trains in float32, about 3 times slower: on a 2-core AMD EPYC "
-    "(AVX2, float32) train --semi both took 13.7 min wall and 26.3 CPU-minutes (1.4 GB), of which the supervised "
-    "300 epochs took 12.3 min (best epoch 232). On a 2-core AMD EPYC with AVX512-BF16 (bfloat16) train --semi both "
-    "took 4.6 min wall and 8.6 CPU-minutes (1.4 GB), of which the supervised 300 epochs took 4.0 min. "
-    "Not yet timed on a GPU.")
+    "default 2 threads): train --semi both took 17.8 min wall and 33.6 CPU-minutes, using 2.0 GB of memory; its "
+    "supervised stage, which is all that train without --semi does, took 16.7 min (all 600 epochs at 160 px; the "
+    "best epoch was 519), and pseudo-labelling the 1,600 unlabelled slices plus 8 semi-supervised epochs took "
+    "1.0 min. At the earlier defaults (300 epochs at 128 px) the supervised stage took 4.0 min on an AMX Xeon, 4.0 "
+    "min on a 2-core AMD EPYC with AVX512-BF16 (bfloat16) and 12.3 min on a 2-core AMD EPYC without native "
+    "bfloat16 (AVX2, float32). Not yet timed on a GPU.")
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:

@@ -32,14 +32,14 @@ class Recipe:
     """
 
     model: str = "unet"
-    image_size: int = 128
+    image_size: int = 160
     base_width: int = 16
     depth: int = 4
-    epochs: int = 300
+    epochs: int = 600
     lr: float = 1e-3
-    step_size: int = 75
+    step_size: int = 150
     gamma: float = 0.8
-    patience: int = 300
+    patience: int = 600
     batch_size: int = 8
     loss: str = "ce+dice"
     amp: str = "auto"

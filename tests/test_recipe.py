@@ -17,7 +17,7 @@ def test_the_defaults_are_named_as_such():
 
 def test_each_field_that_differs_is_named_with_the_default_it_differs_from():
     fields = {**asdict(Recipe()), "epochs": 7, "image_size": 96}
-    assert describe_recipe(fields) == "`train`'s defaults except image size 96 (now 128), epochs 7 (now 300)"
+    assert describe_recipe(fields) == "`train`'s defaults except image size 96 (now 160), epochs 7 (now 600)"
 
 
 def test_a_field_that_is_not_a_recipe_field_is_an_error():
