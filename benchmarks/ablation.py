@@ -19,14 +19,17 @@ run's units stand (a new option, off by default, costs a unit a run); otherwise 
 afresh, and until then the row is left out. A row shows the seeds whose folds are all there (rows
 may differ: a change is measured on the (seed, fold) runs both rows have). A record made at other
 numerics (threads, bfloat16, processor) is never continued or overwritten: its rows would mix last
-bits (one processor's bfloat16 does not reproduce another's). Processes given different ``--rows``
-may share the record and the cache, each keeping the units the other wrote (on this 2-core CPU one
-process at 2 threads finishes sooner than two side by side).
+bits (one processor's bfloat16 does not reproduce another's). ``--summarise-only`` trains nothing
+and may run anywhere: it rewrites the rows from the stored runs (after a change to ``STEPS``, or to
+code the runs do not depend on, such as a new default in ``covidlib.recipe``). Processes given
+different ``--rows`` may share the record and the cache, each keeping the units the other wrote (on
+this 2-core CPU one process at 2 threads finishes sooner than two side by side).
 
     .venv/bin/python benchmarks/ablation.py --seeds 0,1,2
     .venv/bin/python benchmarks/ablation.py --seeds 0 --rows 5,6     # only these rows
     .venv/bin/python benchmarks/ablation.py --seeds 1,2 --rows 4     # more seeds for one row
     .venv/bin/python benchmarks/ablation.py --quick --out /tmp/ablation   # the whole path in minutes
+    .venv/bin/python benchmarks/ablation.py --summarise-only    # rows rewritten from the stored runs
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import numpy as np
 from _nested_cv import begin, comparable_record, integers, mean_scores, nested_cv_parser, other_numerics, quick_recipe
 from covidlib.crossval import run_key, run_nested_cv, scored_metric
 from covidlib.datasets import get_dataset
-from covidlib.fingerprint import changed_sources
+from covidlib.fingerprint import changed_sources, data_fingerprint
 from covidlib.inference import prepare_slices
 from covidlib.recipe import Recipe
 from covidlib.records import read_reference
@@ -109,6 +112,9 @@ def main() -> None:
     parser.add_argument("--rows", type=integers,
                         help="compute only these rows, in this order (e.g. 4,2); the record keeps every "
                              "row computed before, and those another process adds")
+    parser.add_argument("--summarise-only", action="store_true",
+                        help="train nothing: rewrite the record's rows from its stored runs (after a change to "
+                             "STEPS or to code its runs do not depend on), on any processor")
     args = parser.parse_args()
     runtime = begin(args)
     if runtime is None:
@@ -119,6 +125,9 @@ def main() -> None:
         raise SystemExit("no row is Recipe(), the defaults of 'train': update STEPS or Recipe")
     keys = [run_key(training_recipe(recipe), dataset.name, args.folds) for recipe in recipes]
     parameters = {"data_root": args.data_root, "folds": args.folds, "quick": args.quick}
+    if args.summarise_only:
+        summarise_only(args, parameters, runtime, keys, recipes)
+        return
     runs = stored_runs(Path(args.out) / "ablation.json", parameters, runtime)
     prepared_by_size: dict[int, object] = {}
 
@@ -238,6 +247,31 @@ def stored_runs(record: Path, parameters: dict, runtime: dict) -> dict[str, dict
             print(f"{record}: the runs {key} were trained by code changed since ({', '.join(changed)}): "
                   "one unit is retrained to check them", flush=True)
     return runs
+
+
+def summarise_only(args: argparse.Namespace, parameters: dict, runtime: dict, keys: list[str],
+                   recipes: list[Recipe]) -> None:
+    """Rewrite the record's rows from its stored runs, training nothing, on any processor: no number
+    of a row depends on the machine that summarises, so the record keeps the numerics of the one that
+    trained its runs (``runtime``: only this invocation's start, for its timing). Refused when the
+    parameters or the data differ, or when a run of ``keys`` was trained by code changed since (a
+    recheck trains one of its units: a machine like the record's must run it)."""
+    record = Path(args.out) / "ablation.json"
+    if not record.exists():
+        raise SystemExit(f"{record}: no record to summarise")
+    earlier = read_reference(record).record
+    differ = [name for name, value in parameters.items()
+              if name != "data_root" and earlier["parameters"].get(name) != value]
+    if differ or earlier["fingerprint"]["data"] != data_fingerprint(args.data_root):
+        raise SystemExit(f"{record} was computed with other " + (", ".join(differ) if differ else "data")
+                         + ": its runs cannot be summarised for these")
+    runs = earlier["numbers"]["runs"]
+    if stale := [key for key in keys if key in runs and changed_sources(runs[key]["code"])]:
+        raise SystemExit(f"{record}: the runs {', '.join(stale)} were trained by code changed since; rechecking them "
+                         f"trains a unit each: run without --summarise-only on a machine like "
+                         f"{earlier['runtime'].get('device_name', '?')}")
+    started = {name: runtime[name] for name in ("started_unix", "started_cpu_seconds") if name in runtime}
+    write_rows(args, {**earlier["runtime"], **started}, runs, keys, recipes)
 
 
 #: What ``--quick`` makes of a change of these fields: every size 80 px, every longer schedule 3 epochs.

@@ -234,3 +234,44 @@ def test_a_threshold_row_shows_only_units_holding_its_score_and_a_recomputed_uni
     rows = {row["name"]: row for row in _write(ablation, tmp_path, runs, keys)["numbers"]["rows"]}
     change = rows[ablation.STEPS[threshold_row].name]["dice_change_vs_previous"]
     assert change["previous"] == ablation.STEPS[base].name and np.isclose(change["mean_difference"], 0.02)
+
+
+def test_summarising_only_rewrites_the_rows_on_any_processor_and_keeps_the_numerics_that_trained_them(
+        ablation, tmp_path, monkeypatch):
+    from covidlib.fingerprint import code_fingerprint
+
+    trained_on = {"threads": 2, "cpu_bf16": True, "device_name": "AMD EPYC", "started_unix": 1.0}
+    here = {"threads": 2, "cpu_bf16": True, "device_name": "Intel(R) Xeon(R) Processor", "started_unix": 2.0}
+    runs, keys = _runs(ablation, lambda index, seed, fold: 0.5 + 0.01 * index, {0: {(0, 0), (0, 1)}, 1: {(0, 0), (0, 1)}})
+    for run in runs.values():
+        run["code"] = code_fingerprint(["covidlib.recipe"])
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.png").write_bytes(b"x")
+    args = argparse.Namespace(out=str(tmp_path), data_root=str(data), folds=2, quick=True)
+    recipes = ablation.build_recipes(ablation.REPORT, quick=True)
+    ablation.write_rows(args, trained_on, runs, keys, recipes)
+    parameters = {"data_root": str(data), "folds": 2, "quick": True}
+    renamed = [dataclasses.replace(ablation.STEPS[0], name="the report, renamed"), *ablation.STEPS[1:]]
+    monkeypatch.setattr(ablation, "STEPS", renamed)
+    ablation.summarise_only(args, parameters, here, keys, recipes)
+    record = json.loads((tmp_path / "ablation.json").read_text())
+    first, second = record["numbers"]["rows"]
+    assert first["name"] == "the report, renamed" and second["dice_change_vs_previous"]["previous"] == first["name"]
+    assert np.isclose(second["dice_change_vs_previous"]["mean_difference"], 0.01)
+    assert record["runtime"] == {**trained_on, "started_unix": 2.0}
+    assert record["numbers"]["runs"] == json.loads(json.dumps(runs))
+    written = (tmp_path / "ablation.json").read_text()
+    with pytest.raises(SystemExit, match="other folds"):
+        ablation.summarise_only(args, {**parameters, "folds": 5}, here, keys, recipes)
+    (data / "b.png").write_bytes(b"y")  # the data fingerprint is of names and sizes
+    with pytest.raises(SystemExit, match="other data"):
+        ablation.summarise_only(args, parameters, here, keys, recipes)
+    (data / "b.png").unlink()
+    stale = json.loads(written)
+    stale["numbers"]["runs"]["run1"]["code"] = {"covidlib/recipe.py": "0" * 16}
+    (tmp_path / "ablation.json").write_text(json.dumps(stale))
+    with pytest.raises(SystemExit, match="runs run1 were trained by code changed since.*AMD EPYC"):
+        ablation.summarise_only(args, parameters, here, keys, recipes)
+    with pytest.raises(SystemExit, match="no record"):
+        ablation.summarise_only(argparse.Namespace(**{**vars(args), "out": str(data)}), parameters, here, keys, recipes)
