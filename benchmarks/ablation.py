@@ -55,7 +55,7 @@ from covidlib.statistics import paired_bootstrap_ci
 
 #: The report's recipe (section 5.1: Adam 2e-4, StepLR 0.8 every 25 epochs, early stop after 30
 #: epochs without a better validation Dice, rotation, elastic, gamma and noise), at this CPU's
-#: image size, width and 80 epochs; one row of the steps below is ``Recipe()``, the command line's defaults.
+#: image size, width and 80 epochs; the path of the steps below ends at ``Recipe()``, the command line's defaults.
 REPORT = Recipe(lr=2e-4, dihedral=False, tta=False, image_size=160, epochs=80, step_size=25, patience=30)
 
 
@@ -83,10 +83,9 @@ STEPS: list[Step] = [
     Step("+ 300 epochs, no early stop", {"epochs": 300, "step_size": 75, "patience": 300}),
     Step("+ faster decay (× 0.75 every 30 epochs)", {"step_size": 30, "gamma": 0.75},
          base="+ 300 epochs, no early stop"),
-    Step("+ 600 epochs (× 0.8 every 150)", {"epochs": 600, "step_size": 150, "patience": 600},
-         base="+ 300 epochs, no early stop"),
+    Step("+ 600 epochs (× 0.8 every 150)", {"epochs": 600, "step_size": 150, "patience": 600}),
     Step("+ threshold chosen on the inner split", {"select_threshold": True}, base="+ 600 epochs (× 0.8 every 150)"),
-    Step("+ 160 px input", {"image_size": 160}, base="+ 600 epochs (× 0.8 every 150)"),
+    Step("+ 160 px input", {"image_size": 160}),
     Step("+ moving average of the weights (decay 0.99)", {"ema_decay": 0.99}, base="+ 160 px input"),
     Step("+ threshold chosen on the inner split (at 160 px)", {"select_threshold": True}, base="+ 160 px input"),
 ]
@@ -121,8 +120,8 @@ def main() -> None:
         return
     dataset = get_dataset("covid-semiseg", args.data_root)
     recipes = build_recipes(quick_recipe(REPORT) if args.quick else REPORT, quick=args.quick)
-    if not args.quick and Recipe() not in recipes:
-        raise SystemExit("no row is Recipe(), the defaults of 'train': update STEPS or Recipe")
+    if not args.quick and path_recipes(recipes)[-1] != Recipe():
+        raise SystemExit("the path of STEPS does not end at Recipe(), the defaults of 'train': update STEPS or Recipe")
     keys = [run_key(training_recipe(recipe), dataset.name, args.folds) for recipe in recipes]
     parameters = {"data_root": args.data_root, "folds": args.folds, "quick": args.quick}
     if args.summarise_only:
@@ -291,6 +290,11 @@ def build_recipes(start: Recipe, quick: bool) -> list[Recipe]:
         if step.base is None:
             path_end = recipe
     return recipes
+
+
+def path_recipes(recipes: list[Recipe]) -> list[Recipe]:
+    """The recipes of the path rows of ``STEPS`` (``recipes``: one a row), alternatives left out."""
+    return [recipe for step, recipe in zip(STEPS, recipes) if step.base is None]
 
 
 def row_index(name: str) -> int:

@@ -210,12 +210,12 @@ if cv_04:
 # ## The path past the published results
 #
 # `benchmarks/ablation.py` starts from the report's recipe and adds one change at a time. Each row
-# is nested-CV'd over the seeds its record names and set beside the row it changes: the row above,
-# or, for an alternative tried at some point of the path, the row named in the last column. The
-# change comes with its 95 % bootstrap interval over (fold, seed) runs. One row is
-# `python -m covidlib train`'s defaults, marked as such. The record is committed like the chapters'
-# (`records/reference-covid-semiseg/ablation.json`) and is rewritten as rows complete, so it may
-# hold only some of them.
+# is nested-CV'd over the seeds its record names and set beside the row it changes, which its change
+# column names: the path row above it, or, for an alternative tried at some point of the path, the
+# row it was tried on. The change comes with its 95 % bootstrap interval over (fold, seed) runs. The
+# path ends at `python -m covidlib train`'s defaults, marked as such. The record is committed like
+# the chapters' (`records/reference-covid-semiseg/ablation.json`) and is rewritten as rows complete,
+# so it may hold only some of them.
 #
 # The path is chosen by the same outer folds that score it, so a row kept because it scored best at
 # seed 0 is somewhat optimistic at seed 0. A seed also draws the folds
