@@ -243,6 +243,12 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"{what}: validation Dice {dice_summary['mean']:.4f} ± {dice_summary['sd']:.4f} over {dice_summary['n']} "
           f"case(s) at threshold {evaluation['threshold']:g} (optimistic: these cases also chose {chose}), best epoch {kept.best_epoch} "
           f"of {len(history)}; wrote {out}")
+    if args.semi:
+        before = result["semi_supervised"]["supervised_validation"]["dice"]["mean"]
+        print(f"A′, the supervised network it continued ({out / 'supervised' / 'best.pt'}): validation Dice "
+              f"{before:.4f} on the same cases" + (
+                  "; the continuation scored lower there, so A′ may be the better model to keep"
+                  if dice_summary["mean"] < before else ""))
     return 0
 
 

@@ -229,19 +229,20 @@ TRAIN_TINY = ["--image-size", str(SIDE), "--base-width", "4", "--depth", "2", "-
 
 
 @pytest.fixture(scope="module")
-def final_semi(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(data root, output folder) of one tiny ``train --semi both`` run on every labelled slice."""
+def final_semi(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """(data root, output folder, what it printed) of one tiny ``train --semi both`` run on every labelled slice."""
     root = make_semiseg(tmp_path_factory.mktemp("semiseg-final"))
     out = tmp_path_factory.mktemp("final")
-    with contextlib.redirect_stdout(io.StringIO()):
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
         assert main(["train", "--data-root", str(root), "--out", str(out), "--semi", "both", "--unlabelled", "4",
                      "--select-threshold", *TRAIN_TINY]) == 0
-    return root, out
+    return root, out, printed.getvalue()
 
 
 def test_train_semi_keeps_the_supervised_model_and_writes_a_loadable_final_one(
-        final_semi: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    root, out = final_semi
+        final_semi: tuple[Path, Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+    root, out, printed = final_semi
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     ids = get_dataset("covid-semiseg", root).case_ids("train")
     model, metadata = load_model(out / "best.pt")
@@ -259,6 +260,10 @@ def test_train_semi_keeps_the_supervised_model_and_writes_a_loadable_final_one(
     semi = metrics["semi_supervised"]
     assert semi["method"] == "both" and semi["pseudo"]["unlabelled_images"] == 4
     assert metrics["epochs_run"] == 2 and 1 <= metrics["best_epoch"] <= 2
+    # the user is told how A' scored on the same validation slices, and when it scored higher
+    before = semi["supervised_validation"]["dice"]["mean"]
+    assert f"validation Dice {before:.4f} on the same cases" in printed
+    assert ("A′ may be the better model" in printed) == (metrics["validation"]["dice"]["mean"] < before)
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-root", str(root), "--device", "cpu",
                  "--per-case"]) == 0
@@ -274,8 +279,8 @@ def supervised_flags(flags: list[str]) -> list[str]:
 
 
 def test_train_resume_without_semi_never_continues_the_semi_supervised_network(
-        final_semi: tuple[Path, Path], tmp_path: Path) -> None:
-    root, semi_out = final_semi
+        final_semi: tuple[Path, Path, str], tmp_path: Path) -> None:
+    root, semi_out, _ = final_semi
     out = tmp_path / "run"
     shutil.copytree(semi_out, out)
     with contextlib.redirect_stdout(io.StringIO()):
