@@ -21,7 +21,7 @@ from covidlib.config import runtime_summary
 from covidlib.fingerprint import data_fingerprint
 from covidlib.recipe import Recipe
 from covidlib.records import ReferenceRecord, read_reference, reference_dir
-from covidlib.results import write_record
+from covidlib.results import to_json, write_record
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "covid-semiseg"
@@ -115,17 +115,48 @@ def comparable_record(record: Path, parameters: dict[str, Any], runtime: dict[st
 
 
 def stored_units(record: Path, parameters: dict[str, Any], runtime: dict[str, Any],
-                 key: tuple[str, ...] = ("seed", "fold")) -> dict[tuple, dict]:
+                 key: tuple[str, ...] = ("seed", "fold"),
+                 recheck: Callable[[tuple], dict] | None = None) -> dict[tuple, dict]:
     """The units (``numbers.units``) of an earlier ``record`` that still hold, keyed by their ``key``
-    fields: none when the record is not :func:`comparable_record` or its code changed.
+    fields: none when the record is not :func:`comparable_record`. When its code changed since, with
+    ``recheck`` (a unit's key -> that unit computed now) they are :func:`rechecked_units`, else none.
     A committed partial record is thus where the next machine continues."""
     earlier = comparable_record(record, parameters, runtime)
     if earlier is None:
         return {}
+    units = {tuple(unit[name] for name in key): unit for unit in earlier.numbers.get("units", [])}
+    if earlier.stale and units and recheck is not None:
+        return rechecked_units(units, recheck, earlier.stale)
     if earlier.stale:
         print(f"{record}: not resuming from it, its code changed ({', '.join(earlier.stale)})", flush=True)
         return {}
-    return {tuple(unit[name] for name in key): unit for unit in earlier.numbers.get("units", [])}
+    return units
+
+
+#: The fields of a unit that time it: a unit computed again agrees with the stored one in all the others.
+TIMING_FIELDS = ("seconds", "wall_seconds", "cpu_seconds")
+
+
+def rechecked_units(units: dict[tuple, dict], recheck: Callable[[tuple], dict], changed: list[str]) -> dict[tuple, dict]:
+    """``units`` computed by code that has changed since (``changed``: its files), all kept when the
+    current code reproduces the first of them exactly (``recheck(key)``: every value but the
+    :data:`TIMING_FIELDS`, to the last bit); otherwise only that unit, computed afresh. Computing is
+    deterministic on one kind of CPU, so a change that leaves the numbers alone (a refactoring, a new
+    option off by default) costs one unit instead of all of them."""
+    first = min(units)
+    print(f"the stored units were computed by code changed since ({', '.join(changed)}): "
+          f"computing unit {first} again to check them", flush=True)
+    again = recheck(first)
+    if untimed(again) == untimed(units[first]):
+        print(f"the current code reproduces unit {first} exactly: keeping all {len(units)} units", flush=True)
+        return {**units, first: again}
+    print(f"the current code does not reproduce unit {first}: every unit is computed afresh", flush=True)
+    return {first: again}
+
+
+def untimed(unit: dict[str, Any]) -> str:
+    """``unit`` as JSON (as a record stores it) without its :data:`TIMING_FIELDS`: what must reproduce."""
+    return to_json({name: value for name, value in unit.items() if name not in TIMING_FIELDS})
 
 
 def write_units_record(out: str, name: str, *, parameters: dict[str, Any], runtime: dict[str, Any],

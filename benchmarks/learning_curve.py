@@ -16,7 +16,8 @@ shows it).
 
 Resumable across sessions: the record is rewritten after each (seed, fold) with every unit complete
 so far (``numbers.units``: each (seed, fold, n)'s mean scores and its training's length), so a
-committed partial record is where the next run continues (:func:`_nested_cv.stored_units`); a
+committed partial record is where the next run continues (:func:`_nested_cv.stored_units`; units of
+code changed since are kept when the first of them, computed again, reproduces exactly); a
 training in progress resumes from its last epoch in ``--runs``.
 
     .venv/bin/python benchmarks/learning_curve.py --seeds 0
@@ -133,7 +134,17 @@ def main() -> None:
     parameters = {"data_root": args.data_root, "seeds": args.seeds, "folds": args.folds, "sizes": args.sizes,
                   "recipe": dataclasses.asdict(recipe), "quick": args.quick}
     record = Path(args.out) / "learning_curve.json"
-    units = stored_units(record, parameters, runtime, key=("seed", "fold", "n"))
+
+    def compute_unit(unit: tuple[int, int, int]) -> dict:
+        seed, index, n = unit
+        fold = nested_folds(sorted(prepared.labelled), args.folds, seed)[index]
+        if n < len(fold.train):
+            return run_unit(dataset, prepared, recipe, fold, seed, n, folder)
+        [everything] = run_nested_cv(dataset, prepared, recipe, args.supervised_runs, folds=args.folds,
+                                     seeds=[seed], fold_indices=[index], progress=False)
+        return all_slices_unit(everything)
+
+    units = stored_units(record, parameters, runtime, key=("seed", "fold", "n"), recheck=compute_unit)
     folds = [(seed, fold) for seed in args.seeds for fold in nested_folds(sorted(prepared.labelled), args.folds, seed)]
     planned = [(seed, fold.index, n) for seed, fold in folds for n in [*args.sizes, len(fold.train)]]
     print(f"{sum(unit in units for unit in planned)} of {len(planned)} units stored in {record}", flush=True)
@@ -144,12 +155,7 @@ def main() -> None:
         if not missing:
             continue
         for n in missing:
-            if n < len(fold.train):
-                units[seed, fold.index, n] = run_unit(dataset, prepared, recipe, fold, seed, n, folder)
-            else:
-                [everything] = run_nested_cv(dataset, prepared, recipe, args.supervised_runs, folds=args.folds,
-                                             seeds=[seed], fold_indices=[fold.index], progress=False)
-                units[seed, fold.index, n] = all_slices_unit(everything)
+            units[seed, fold.index, n] = compute_unit((seed, fold.index, n))
         summary = write_units_record(args.out, "learning_curve", parameters=parameters, runtime=runtime,
                                      units=units, planned=planned, summarise=summarise)
         for row in summary["rows"]:

@@ -23,8 +23,9 @@ mean Dice; each semi-supervised arm's paired difference to its control (and to A
 
 Resumable across sessions: the record is rewritten after each (seed, fold) with every unit complete
 so far (``numbers.units``: each arm's mean scores, the threshold, the seconds), so a committed
-partial record is where the next run continues (:func:`_nested_cv.stored_units`: same code, data,
-parameters, threads and precision); only A''s checkpoints live in the ablation's cache. The record's ``timing`` is the last invocation's; ``numbers.seconds`` sums the units'.
+partial record is where the next run continues (:func:`_nested_cv.stored_units`: same data,
+parameters, threads, precision and processor; units of code changed since are kept when the first
+of them, computed again, reproduces exactly); only A''s checkpoints live in the ablation's cache. The record's ``timing`` is the last invocation's; ``numbers.seconds`` sums the units'.
 
     .venv/bin/python benchmarks/semi_recipe.py --seeds 0
     .venv/bin/python benchmarks/semi_recipe.py --quick --out /tmp/semi   # the whole path in minutes
@@ -149,16 +150,21 @@ def main() -> None:
                   "semi_epochs": args.semi_epochs, "semi_lr": args.semi_lr, "noise_std": args.noise_std,
                   "folds": args.folds, "unlabelled_slices": len(prepared.unlabelled_ids), "quick": args.quick}
     record = Path(args.out) / "semi_recipe.json"
-    units = stored_units(record, parameters, runtime)
+
+    def compute_unit(unit: tuple[int, int]) -> dict:
+        seed, fold = unit
+        [a_prime_result] = run_nested_cv(dataset, prepared, recipe, args.supervised_runs, folds=args.folds,
+                                         seeds=[seed], fold_indices=[fold])
+        return run_fold(args, dataset, prepared, recipe, a_prime_result,
+                        supervised_folder / f"seed{seed}_fold{fold}" / "best.pt")
+
+    units = stored_units(record, parameters, runtime, recheck=compute_unit)
     plan = [(seed, fold) for seed in args.seeds for fold in range(args.folds)]
     print(f"{sum(unit in units for unit in plan)} of {len(plan)} units stored in {record}", flush=True)
     for seed, fold in plan:
         if (seed, fold) in units:
             continue
-        [a_prime_result] = run_nested_cv(dataset, prepared, recipe, args.supervised_runs, folds=args.folds,
-                                         seeds=[seed], fold_indices=[fold])
-        units[seed, fold] = run_fold(args, dataset, prepared, recipe, a_prime_result,
-                                     supervised_folder / f"seed{seed}_fold{fold}" / "best.pt")
+        units[seed, fold] = compute_unit((seed, fold))
         summary = write_units_record(args.out, "semi_recipe", parameters=parameters, runtime=runtime, units=units,
                                      planned=plan, summarise=summarise)
         for row in summary["rows"]:

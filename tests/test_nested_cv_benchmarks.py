@@ -114,6 +114,38 @@ def test_stored_units_resume_only_what_the_same_settings_and_data_produced(neste
     assert nested_cv.stored_units(record, {**parameters, "data_root": str(moved)}, NUMERICS) == {}
 
 
+def test_units_of_changed_code_are_kept_only_when_the_first_is_reproduced_exactly(nested_cv, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.png").write_bytes(b"x")
+    parameters = {"data_root": str(data), "seeds": [0], "quick": False}
+
+    def unit(seed: int, fold: int, seconds: float, shift: float = 0.0) -> dict:
+        return {"seed": seed, "fold": fold, "scores": {"tta_dice": 0.6 + fold / 10 + shift}, "best_epoch": {"control": 3},
+                "seconds": {"control": seconds}}
+
+    record = _write_record(tmp_path, parameters, [unit(0, 1, 5.0), unit(0, 0, 5.0)])
+    stored = json.loads(record.read_text(encoding="utf-8"))
+    stored["fingerprint"]["code"]["covidlib/recipe.py"] = "0" * 16  # computed by code that has changed since
+    record.write_text(json.dumps(stored), encoding="utf-8")
+    asked = []
+
+    def again(key: tuple, shift: float = 0.0) -> dict:
+        asked.append(key)
+        return unit(*key, seconds=9.0, shift=shift)
+
+    kept = nested_cv.stored_units(record, parameters, NUMERICS, recheck=again)
+    # only the first unit is computed again; its new timing is kept, the other unit stands as stored
+    assert asked == [(0, 0)] and sorted(kept) == [(0, 0), (0, 1)]
+    assert kept[0, 0]["seconds"] == {"control": 9.0} and kept[0, 1]["seconds"] == {"control": 5.0}
+    assert "reproduces unit (0, 0) exactly: keeping all 2 units" in capsys.readouterr().out
+    # one bit off in one score: every unit is computed afresh, starting from the one just computed
+    fresh = nested_cv.stored_units(record, parameters, NUMERICS, recheck=lambda key: again(key, shift=1e-12))
+    assert list(fresh) == [(0, 0)] and fresh[0, 0]["scores"]["tta_dice"] == 0.6 + 1e-12
+    assert "does not reproduce unit (0, 0)" in capsys.readouterr().out
+    assert nested_cv.stored_units(record, parameters, NUMERICS) == {}
+
+
 def _run(script: str, *options: str) -> str:
     done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--quick", "--data-root", str(REAL_SEMISEG),
                            *options], capture_output=True, encoding="utf-8", timeout=900,
