@@ -55,9 +55,11 @@ TRAIN_TIMES = (
     "default 2 threads): train --semi both took 17.8 min wall and 33.6 CPU-minutes, using 2.0 GB of memory; its "
     "supervised stage, which is all that train without --semi does, took 16.7 min (all 600 epochs at 160 px; the "
     "best epoch was 519), and pseudo-labelling the 1,600 unlabelled slices plus 8 semi-supervised epochs took "
-    "1.0 min. At the earlier defaults (300 epochs at 128 px) the supervised stage took 4.0 min on an AMX Xeon, 4.0 "
-    "min on a 2-core AMD EPYC with AVX512-BF16 (bfloat16) and 12.3 min on a 2-core AMD EPYC without native "
-    "bfloat16 (AVX2, float32). Not yet timed on a GPU.")
+    "1.0 min. On a 2-core AMD EPYC without native bfloat16 (Zen 3, AVX2, float32) the same command took 43.0 "
+    "min wall, 82.9 CPU-minutes and 1.9 GB: 41.2 min supervised (best epoch 414), 1.7 min semi-supervised. "
+    "There the earlier defaults (--image-size 128 --epochs 300 --step-size 75 --patience 300, the row "
+    "'+ 300 epochs, no early stop' of chapter 09's ablation) took 12.3 min; on an AMX Xeon and on an AMD EPYC with AVX512-BF16 they "
+    "took 4.0 min. Not yet timed on a GPU.")
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
