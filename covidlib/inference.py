@@ -92,10 +92,23 @@ def window_steps(intensity: str) -> list[str]:
 
 
 def prepare_case(case: Case) -> tuple[np.ndarray, np.ndarray | None]:
-    """A dataset case, windowed: (normalised image (z, H, W) float32, lesion mask (z, H, W) uint8 or None)."""
-    intensity = case.meta.get("intensity", "hu")
-    image = normalise_slices(grey_levels(case.image.array, intensity), f"case {case.case_id!r}")
+    """A dataset case, windowed: (normalised image (z, H, W) float32, lesion mask (z, H, W) uint8 or None).
+
+    A CT in HU may hold constant slices (padding outside the field of view): they become 0, as
+    :func:`normalise_ct_slices` makes them; a constant 8-bit slice is refused (a broken image).
+    """
+    image, _ = window_case(case)
     return image, None if case.lesion_mask is None else np.asarray(case.lesion_mask, dtype=np.uint8)
+
+
+def window_case(case: Case) -> tuple[np.ndarray, np.ndarray]:
+    """A dataset case's normalised image (z, H, W) float32 and a bool (z,) array, True on the
+    constant slices of a CT in HU (always False for 8-bit slices, whose constant ones are refused)."""
+    intensity = case.meta.get("intensity", "hu")
+    grey, source = grey_levels(case.image.array, intensity), f"case {case.case_id!r}"
+    if intensity == "hu":
+        return normalise_ct_slices(grey, source)
+    return normalise_slices(grey, source), np.zeros(len(grey), dtype=bool)
 
 
 def resize_stack(stack: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
@@ -147,10 +160,14 @@ def predict_cases(model: nn.Module, dataset: CaseDataset, case_ids: Sequence[str
                   device: str | torch.device = "auto", *, tta: bool = False) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """``(case_id, probabilities, mask)`` for each of the labelled ``case_ids`` in turn (one case in
     memory at a time), both (z, H, W) at the case's own resolution (windowed input; ``tta``:
-    :func:`predict_stack`'s)."""
+    :func:`predict_stack`'s). The constant slices of a CT in HU get probability 0, as in ``predict``
+    and ``segment``: padding carries no anatomy, so no infection."""
     for case_id in case_ids:
-        image, mask = prepare_case(_labelled(dataset.load(case_id)))
-        yield case_id, predict_stack(model, image, image_size, device, tta=tta), mask
+        case = _labelled(dataset.load(case_id))
+        image, constant = window_case(case)
+        probabilities = predict_stack(model, image, image_size, device, tta=tta)
+        probabilities[constant] = 0.0
+        yield case_id, probabilities, np.asarray(case.lesion_mask, dtype=np.uint8)
 
 
 def choose_threshold(model: nn.Module, dataset: CaseDataset, case_ids: Sequence[str], image_size: int,

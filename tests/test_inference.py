@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from test_semi_cli import N_LABELLED, UNLABELLED_NAME, make_semiseg
 from torch import nn
 
 from covidlib.augment import DIHEDRAL_GROUP
-from covidlib.datasets import get_dataset
+from covidlib.datasets import Case, get_dataset
 from covidlib.errors import InvalidInputError
 from covidlib.inference import (
     Architecture,
@@ -22,7 +23,9 @@ from covidlib.inference import (
     load_model,
     normalise_ct_slices,
     normalise_slices,
+    predict_cases,
     predict_stack,
+    prepare_case,
     prepare_slices,
     resize_stack,
 )
@@ -62,6 +65,38 @@ def test_constant_ct_slices_become_zero_and_are_flagged() -> None:
     np.testing.assert_allclose(normalised[[0, 2]], normalise_slices(stack[[0, 2]], "scan.nii.gz"))
     with pytest.raises(InvalidInputError, match=r"blank\.nii\.gz: every slice is constant"):
         normalise_ct_slices(np.full((3, 3, 4), 38.4), "blank.nii.gz")
+
+
+class PaddedPhantom:
+    """The phantom dataset with slice 0 of every case replaced by padding at -3024 HU (a CT's
+    outside of the field of view), its lesion mask there emptied."""
+
+    def __init__(self) -> None:
+        self.phantom = get_dataset("phantom", **PHANTOM)
+
+    def load(self, case_id: str) -> Case:
+        case = self.phantom.load(case_id)
+        image, lesion = case.image.array.copy(), case.lesion_mask.copy()
+        image[0], lesion[0] = -3024.0, 0
+        return dataclasses.replace(case, image=dataclasses.replace(case.image, array=image), lesion_mask=lesion)
+
+
+def test_a_ct_cases_padding_slices_become_zero_and_are_predicted_free_of_infection() -> None:
+    padded = PaddedPhantom()
+    image, mask = prepare_case(padded.load("phantom_001"))
+    np.testing.assert_array_equal(image[0], 0.0)
+    whole, _ = prepare_case(padded.phantom.load("phantom_001"))
+    np.testing.assert_array_equal(image[1:], whole[1:])
+    assert mask[0].sum() == 0 and mask[1:].sum() > 0
+    # sigmoid of the input: 0.5 on a zero slice, were it not set to 0 as padding
+    [(case_id, probabilities, _)] = predict_cases(SigmoidOfInput(), padded, ["phantom_001"], 64, "cpu")
+    assert case_id == "phantom_001"
+    np.testing.assert_array_equal(probabilities[0], 0.0)
+    np.testing.assert_allclose(probabilities[1:], 1.0 / (1.0 + np.exp(-whole[1:])), rtol=1e-5)
+    with pytest.raises(InvalidInputError, match=r"case 'flat': every slice is constant"):
+        case = padded.load("phantom_001")
+        prepare_case(dataclasses.replace(case, case_id="flat", image=dataclasses.replace(
+            case.image, array=np.full_like(case.image.array, -3024.0))))
 
 
 def test_resize_stack_halves_to_block_means_and_keeps_mask_labels() -> None:
