@@ -14,7 +14,7 @@ does the Dice a doubling of the slices adds (each unit's slope of Dice on log2 n
 The record goes to ``records/reference-covid-semiseg/learning_curve.json`` (committed; chapter 09
 shows it).
 
-Resumable across sessions: the record is rewritten after each (seed, fold) with every unit complete
+Resumable across sessions: the record is rewritten after each (seed, fold, n) with every unit complete
 so far (``numbers.units``: each (seed, fold, n)'s mean scores and its training's length), so a
 committed partial record is where the next run continues (:func:`_nested_cv.stored_units`; units of
 code changed since are kept when the first of them, computed again, reproduces exactly); a
@@ -156,13 +156,13 @@ def main() -> None:
             continue
         for n in missing:
             units[seed, fold.index, n] = compute_unit((seed, fold.index, n))
-        summary = write_units_record(args.out, "learning_curve", parameters=parameters, runtime=runtime,
-                                     units=units, planned=planned, summarise=summarise)
-        for row in summary["rows"]:
-            change = row.get("tta_dice_change_vs_all")
-            print(f"n={row['n']:>3}  TTA Dice {row['tta_dice_mean']:.3f}"
-                  + (f", vs all {change['mean_difference']:+.3f} [{change['low']:+.3f}, {change['high']:+.3f}]"
-                     if change else ""), flush=True)
+            summary = write_units_record(args.out, "learning_curve", parameters=parameters, runtime=runtime,
+                                         units=units, planned=planned, summarise=summarise)
+            for row in summary["rows"]:
+                change = row.get("tta_dice_change_vs_all")
+                print(f"n={row['n']:>3}  TTA Dice {row['tta_dice_mean']:.3f}"
+                      + (f", vs all {change['mean_difference']:+.3f} [{change['low']:+.3f}, {change['high']:+.3f}]"
+                         if change else ""), flush=True)
     if all(unit in units for unit in planned):
         print(f"every unit is stored: {record} holds all {len(planned)}", flush=True)
 
