@@ -380,8 +380,11 @@ if len(curve_rows) > 1 and "tta_dice_change_vs_all" in curve_rows[-2]:
     below = curve_rows[-2]
     change = below["tta_dice_change_vs_all"]
     side = interval_side(change)
+    curve_recipe = curve.record["parameters"]["recipe"]
     findings.append(f"with {below['n']} instead of {curve.numbers['all_slices']} labelled training slices the recipe "
-                    f"changed test Dice by {format_interval(change)}"
+                    + ("" if Recipe(**curve_recipe) == Recipe() else
+                       f"of the learning-curve record ({describe_recipe(curve_recipe)}) ")
+                    + f"changed test Dice by {format_interval(change)}"
                     + ("; the curve still climbs, so more labels would help" if side == "lies below 0" else
                        f"; its interval {side}, so these runs cannot show that more labels would help"))
     doubling = curve.numbers.get("per_doubling")
@@ -395,6 +398,9 @@ if reference_08 is not None:
         findings.append(f"{arm.replace('_', ' ')} against its control: {interval['percent']:+.1f} % of the control's "
                         f"Dice (95 % CI {interval['percent_low']:+.1f} to {interval['percent_high']:+.1f} %), "
                         f"{outcome[interval_side(interval)]}, where the report anticipated a gain")
+#: Fewer (fold, seed) runs than one seed's five folds: a bootstrap interval over them has too few
+#: distinct resamples to be read as evidence either way.
+FEWEST_RUNS_TO_READ = 5
 semi_recipe = references["semi_recipe"]
 if semi_recipe is not None:
     findings.append(f"the semi-supervised benchmark's A′ is {describe_recipe(semi_recipe.record['parameters']['recipe'])}")
@@ -406,7 +412,8 @@ if semi_recipe is not None:
                             + f", {row['label']} changed Dice at 0.5 by "
                             f"{format_change(change['mean_difference'])} against {change['against']} (95 % CI "
                             f"{format_change(change['low'])} to {format_change(change['high'])}), "
-                            f"{outcome[interval_side(change)]}")
+                            + (outcome[interval_side(change)] if done >= FEWEST_RUNS_TO_READ else
+                               f"too few runs for the interval to mean anything yet (fewer than {FEWEST_RUNS_TO_READ})"))
 display(Markdown(("On real scans: " + "; ".join(findings) + ".") if findings else
                  "No reference record is committed yet, so there is nothing to compare with the report."))
 
