@@ -344,11 +344,12 @@ def rewritten_since(record: Path) -> list[str]:
 def report_stale_records() -> None:
     """List committed reference records whose code changed since they were made, or which show
     records rewritten since (not a failure)."""
-    from covidlib.records import read_reference, stale_records
+    from covidlib.records import describe_machine, read_reference, stale_records
 
     stale = stale_records(RECORDS)
     for reference in stale:
-        print(f"[test] stale record {reference.path.relative_to(ROOT)}: changed since: {', '.join(reference.stale[:5])}; "
+        print(f"[test] stale record {reference.path.relative_to(ROOT)} (made on "
+              f"{describe_machine(reference.record.get('runtime', {}))}): changed since: {', '.join(reference.stale[:5])}; "
               f"regenerate with {reference.command}")
     outdated = {path: names for path in sorted(RECORDS.glob("*/[!_]*.json")) if (names := rewritten_since(path))}
     for path, names in outdated.items():

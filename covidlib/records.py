@@ -94,13 +94,18 @@ class ReferenceRecord:
 
     def notice(self) -> str:
         """The record's source line, and a MyST warning box when it is stale that names the
-        command regenerating it (:func:`regenerate_command`)."""
+        command regenerating it (:func:`regenerate_command`) and, for a benchmark's record, the
+        machine whose numerics its stored units need."""
         text = self.source_line()
         if self.stale:
             command = self.command
+            # a benchmark keeps its stored units only at the numerics that computed them (benchmarks/_nested_cv.py)
+            where = "" if self.path.stem[:2].isdigit() or not self.record.get("runtime") else (
+                f" Its stored units can be kept only on a machine like the one that made it "
+                f"({describe_machine(self.record['runtime'])}): elsewhere the last bits of every number differ.")
             text += ("\n\n:::{warning}\nThis record is **stale**: the code that produced it has changed since "
                      f"({', '.join(f'`{name}`' for name in self.stale[:6])}"
-                     f"{' and more' if len(self.stale) > 6 else ''}). Regenerate it with `{command}`.\n:::")
+                     f"{' and more' if len(self.stale) > 6 else ''}). Regenerate it with `{command}`.{where}\n:::")
         return text
 
 

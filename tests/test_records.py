@@ -83,10 +83,13 @@ def test_a_stale_benchmark_record_names_its_benchmark_not_ci_book(tmp_path):
     assert "Regenerate it with `.venv/bin/python benchmarks/ablation.py --data-root DIR`." in loaded.notice()
     assert "ci/book" not in loaded.notice()
     assert "by a run of 0.1 min wall / 0.1 min CPU" in loaded.source_line()
-    # it ran on 3 threads: the command asks for them again
-    (folder / "ablation.json").write_text(json.dumps({**record, "runtime": {"threads": 3}}))
-    assert "`.venv/bin/python benchmarks/ablation.py --data-root DIR --threads 3`" in \
-        records.load_reference("ablation", records_dir=tmp_path).notice()
+    assert "machine like" not in loaded.notice()  # a runtime that names no machine
+    # it ran on 3 threads of a Zen 3 EPYC in float32: the command asks for the threads, the notice for the machine
+    (folder / "ablation.json").write_text(json.dumps(
+        {**record, "runtime": {"threads": 3, "device_name": "AMD EPYC", "cpu_bf16": False}}))
+    notice = records.load_reference("ablation", records_dir=tmp_path).notice()
+    assert "`.venv/bin/python benchmarks/ablation.py --data-root DIR --threads 3`" in notice
+    assert "kept only on a machine like the one that made it (AMD EPYC, float32, 3 threads)" in notice
 
 
 def test_regenerate_command():
