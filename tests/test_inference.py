@@ -93,10 +93,11 @@ def test_a_ct_cases_padding_slices_become_zero_and_are_predicted_free_of_infecti
     assert case_id == "phantom_001"
     np.testing.assert_array_equal(probabilities[0], 0.0)
     np.testing.assert_allclose(probabilities[1:], 1.0 / (1.0 + np.exp(-whole[1:])), rtol=1e-5)
+    case = padded.load("phantom_001")
+    blank = dataclasses.replace(case, case_id="flat", image=dataclasses.replace(
+        case.image, array=np.full_like(case.image.array, -3024.0)))
     with pytest.raises(InvalidInputError, match=r"case 'flat': every slice is constant"):
-        case = padded.load("phantom_001")
-        prepare_case(dataclasses.replace(case, case_id="flat", image=dataclasses.replace(
-            case.image, array=np.full_like(case.image.array, -3024.0))))
+        prepare_case(blank)
 
 
 def test_resize_stack_halves_to_block_means_and_keeps_mask_labels() -> None:
