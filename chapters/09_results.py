@@ -58,7 +58,7 @@ from IPython.display import Markdown, display
 from covidlib import viz
 from covidlib.config import choose, format_summary, runtime_summary, seed_everything
 from covidlib.mean_teacher import CONTROLS, arm_rows, paired_rows
-from covidlib.published import PUBLISHED, REPORT_BEST, REPORT_TABLE_5_1
+from covidlib.published import PUBLISHED, REPORT_BEST, REPORT_TABLE_5_1, published
 from covidlib.recipe import Recipe, describe_recipe
 from covidlib.records import REFERENCE_DATASET, describe_machine, load_reference, reference_dir, reference_notice
 from covidlib.results import (format_change, format_interval, interval_side, markdown_table, read_build_timings,
@@ -223,7 +223,8 @@ if cv_04:
 # the choice, and an alternative becomes `train`'s default only once they confirm it. (The 128 px
 # input was chosen on an earlier record, made on another processor in float32.) The record's planned
 # rows that it does not hold yet are listed under the table; the sentences under it are generated
-# from the rows it holds.
+# from the rows it holds. {numref}`Fig. {number} <fig-09-ablation>` draws every run of each row
+# and each change with its interval.
 
 # %% tags=["hide-input"]
 ablation = references["ablation"]
@@ -276,6 +277,19 @@ if ablation is not None:
                      "`train --select-threshold`) instead of at 0.5.")
     if notes:
         display(Markdown(" ".join(notes)))
+
+# %% mystnb={"figure": {"caption": "Reference record (COVID-SemiSeg): the ablation read top to bottom. Left: test Dice at 0.5 of each outer (fold, seed) run (dots) and the row's mean (bar). Middle: the same runs by Inf-Net's mean Dice, with the published Inf-Net and Semi-Inf-Net results dotted (measured on a separate 48-slice test split, so a guide, not a paired comparison). Right: each row's change in Dice at 0.5 from the row it changes, with its 95 % bootstrap interval. Alternatives tried beside the path are grey and in italics; train's defaults are in bold. Without a record the panel says so.", "name": "fig-09-ablation"}}
+viz.show_path([viz.PathRow(row["name"], {"Dice at 0.5": [unit[-1] for unit in row["dice_by_unit"]],
+                                         "Inf-Net mean Dice": [unit[-1] for unit in row["infnet_mean_dice_by_unit"]]},
+                           change=(change["mean_difference"], change["low"], change["high"])
+                           if (change := row.get("dice_change_vs_previous")) else None,
+                           alternative=bool(row.get("base")), marked=Recipe(**row["recipe"]) == Recipe())
+               for row in ablation.numbers["rows"]] if ablation is not None else None,
+              metrics=["Dice at 0.5", "Inf-Net mean Dice"], change_label="change in Dice at 0.5 [95 % CI]",
+              reference_lines={"Inf-Net mean Dice": {method: published(method).value
+                                                     for method in ("Inf-Net", "Semi-Inf-Net")}},
+              title="The path past the published results (COVID-SemiSeg, nested CV)",
+              empty_message="no reference record of benchmarks/ablation.py yet")
 
 # %% [markdown]
 # ## How many labelled slices does the recipe need?

@@ -16,6 +16,7 @@ Introduced in chapter 01.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -815,6 +816,84 @@ def show_grouped_values(groups: Mapping[str, Sequence[float]] | None, *, ylabel:
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title, fontsize=10)
+    return fig
+
+
+@dataclass(frozen=True)
+class PathRow:
+    """One row of a stepwise comparison such as chapter 09's ablation.
+
+    ``scores``: ``{metric: one value per run}`` (e.g. per (fold, seed)); ``change``: the paired
+    difference from the row it changes as ``(mean, low, high)`` of its 95 % CI, ``None`` for the
+    first row; ``alternative``: tried beside the path, not a step of it; ``marked``: the row to
+    point out (e.g. today's defaults).
+    """
+
+    name: str
+    scores: Mapping[str, Sequence[float]]
+    change: tuple[float, float, float] | None = None
+    alternative: bool = False
+    marked: bool = False
+
+
+def show_path(rows: Sequence[PathRow] | None, *, metrics: Sequence[str], change_label: str = "change [95 % CI]",
+              reference_lines: Mapping[str, Mapping[str, float]] | None = None, title: str | None = None,
+              empty_message: str = "nothing to draw") -> Figure:
+    """A stepwise comparison read top to bottom: per metric a panel with one point per run and the
+    mean as a black bar, then a panel of each row's change from the row it changes with its 95 %
+    CI (a forest plot), zero dashed. Alternatives are drawn in grey and italic; the marked row's
+    name is bold. ``reference_lines``: ``{metric: {label: value}}`` dotted lines with a legend,
+    e.g. published results measured the same way. With no rows, one panel says ``empty_message``.
+    Introduced in chapter 09.
+    """
+    if not rows:
+        return _message_figure(empty_message, title)
+    metrics, references = list(metrics), dict(reference_lines or {})
+    unknown = sorted(set(references) - set(metrics))
+    if not metrics or unknown:
+        raise InvalidInputError(f"show_path needs at least one metric and reference lines only for those; got "
+                                f"metrics {metrics}, reference lines for {unknown}")
+    for row in rows:
+        for metric in metrics:
+            values = np.asarray(row.scores.get(metric, []), dtype=float)
+            if values.ndim != 1 or len(values) == 0 or not np.all(np.isfinite(values)):
+                raise InvalidInputError(f"show_path: row {row.name!r} needs a non-empty list of finite {metric!r} scores")
+        if row.change is not None and not (np.all(np.isfinite(row.change)) and row.change[1] <= row.change[0] <= row.change[2]):
+            raise InvalidInputError(f"show_path: row {row.name!r}: change {row.change} is not (mean, low, high) "
+                                    "with low <= mean <= high")
+    positions = np.arange(len(rows))[::-1]  # the first row on top
+    fig = Figure(figsize=(3.4 * (len(metrics) + 1) + 2.5, 0.32 * len(rows) + 1.4), layout="constrained")
+    axes = fig.subplots(1, len(metrics) + 1, sharey=True)
+    for ax, metric in zip(axes, metrics):
+        for y, row in zip(positions, rows):
+            values = np.asarray(row.scores[metric], dtype=float)
+            spread = np.linspace(-0.18, 0.18, len(values)) if len(values) > 1 else np.zeros(1)
+            ax.scatter(values, y + spread, s=9, alpha=0.6, color="0.6" if row.alternative else MASK_COLOURS[1])
+            ax.vlines(values.mean(), y - 0.3, y + 0.3, color="black", linewidth=2)
+        for index, (label, value) in enumerate(references.get(metric, {}).items()):
+            ax.axvline(value, color=MASK_COLOURS[(index + 2) % len(MASK_COLOURS)], linestyle=":", linewidth=1.5,
+                       label=f"{label} {value:.3f}")
+        if metric in references:
+            ax.legend(fontsize=7, loc="best")
+        ax.set_xlabel(metric)
+        ax.grid(axis="x", alpha=0.3)
+    changes = axes[-1]
+    changes.axvline(0.0, color="0.3", linestyle="--", linewidth=1)
+    for y, row in zip(positions, rows):
+        if row.change is not None:
+            mean, low, high = row.change
+            changes.errorbar(mean, y, xerr=[[mean - low], [high - mean]], fmt="o", markersize=4, capsize=3,
+                             color="0.6" if row.alternative else MASK_COLOURS[0])
+    changes.set_xlabel(change_label)
+    changes.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(positions, [row.name for row in rows], fontsize=8)
+    for label, row in zip(axes[0].get_yticklabels(), rows):
+        label.set_fontweight("bold" if row.marked else "normal")
+        label.set_fontstyle("italic" if row.alternative else "normal")
+        label.set_color("0.4" if row.alternative else "black")
+    axes[0].set_ylim(-0.7, len(rows) - 0.3)
+    if title:
+        fig.suptitle(title)
     return fig
 
 

@@ -288,3 +288,37 @@ def test_figure_modules_do_not_import_pyplot() -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "False"
+
+
+def test_show_path_draws_runs_means_and_changes_top_down_with_the_rows_styled() -> None:
+    rows = [viz.PathRow("start", {"dice": [0.6, 0.7]}),
+            viz.PathRow("+ change", {"dice": [0.7, 0.9]}, change=(0.15, 0.05, 0.25), marked=True),
+            viz.PathRow("alternative", {"dice": [0.5, 0.6]}, change=(-0.05, -0.2, 0.1), alternative=True)]
+    fig = viz.show_path(rows, metrics=["dice"], reference_lines={"dice": {"published": 0.739}})
+    scores, changes = fig.axes
+    assert [t.get_text() for t in scores.get_yticklabels()] == ["start", "+ change", "alternative"]
+    top_down = list(scores.get_yticks())
+    assert top_down == [2, 1, 0]  # the first row on top
+    means = [c for c in scores.collections if isinstance(c, matplotlib.collections.LineCollection)]
+    segments = [segment for c in means for segment in c.get_segments()]
+    np.testing.assert_allclose([segment[0] for segment in segments], [[0.65, 1.7], [0.8, 0.7], [0.55, -0.3]])
+    styles = [(t.get_fontweight(), t.get_fontstyle()) for t in scores.get_yticklabels()]
+    assert styles == [("normal", "normal"), ("bold", "normal"), ("normal", "italic")]
+    assert [line.get_xdata()[0] for line in scores.get_lines()] == [0.739]
+    # one error bar per row with a change: at its mean, spanning its interval; the first row has none
+    bars = [c for c in changes.containers]
+    assert len(bars) == 2
+    (mean_line, _, (span,)) = bars[0].lines
+    assert mean_line.get_xdata()[0] == pytest.approx(0.15) and mean_line.get_ydata()[0] == 1
+    np.testing.assert_allclose(span.get_segments()[0][:, 0], [0.05, 0.25])
+
+
+def test_show_path_refuses_what_it_cannot_draw_and_says_when_there_is_nothing() -> None:
+    (empty,) = viz.show_path(None, metrics=["dice"], empty_message="no record yet").axes
+    assert [text.get_text() for text in empty.texts] == ["no record yet"]
+    with pytest.raises(InvalidInputError, match="'a'.*'dice'"):
+        viz.show_path([viz.PathRow("a", {"dice": [float("nan")]})], metrics=["dice"])
+    with pytest.raises(InvalidInputError, match="'b'.*low <= mean <= high"):
+        viz.show_path([viz.PathRow("b", {"dice": [0.5]}, change=(0.3, 0.1, 0.2))], metrics=["dice"])
+    with pytest.raises(InvalidInputError, match="reference lines"):
+        viz.show_path([viz.PathRow("c", {"dice": [0.5]})], metrics=["dice"], reference_lines={"other": {"x": 1.0}})
