@@ -323,7 +323,7 @@ if curve_rows:
                          f"(95 % CI {format_change(doubling['low'])} to {format_change(doubling['high'])}): the mean over {doubling['n']} "
                          "(fold, seed) runs of each run's least-squares slope of Dice on log2 of the number of slices."))
 
-# %% mystnb={"figure": {"caption": "Reference record (COVID-SemiSeg): test Dice at 0.5 with test-time augmentation of train's recipe against the number of labelled training slices, one point per (fold, seed), the black bar the mean. Without a record the panel says so.", "name": "fig-09-learning-curve"}}
+# %% mystnb={"figure": {"caption": "Reference record (COVID-SemiSeg): test Dice at 0.5 with test-time augmentation of the recipe the record names (above) against the number of labelled training slices, one point per (fold, seed), the black bar the mean. Without a record the panel says so.", "name": "fig-09-learning-curve"}}
 viz.show_grouped_values({f"{row['n']} slices": row["tta_dice_by_unit"] for row in curve_rows} or None,
                         ylabel="Dice at 0.5", title="Dice against the number of labelled slices (COVID-SemiSeg)",
                         empty_message="no reference record of benchmarks/learning_curve.py yet")
