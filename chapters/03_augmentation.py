@@ -70,7 +70,7 @@ from IPython.display import Markdown, display
 
 from covidlib import viz
 from covidlib.augment import (Dihedral, ElasticDeformation, GammaCorrection, GaussianNoise, RandomDihedral,
-                              RandomElasticDeformation, RandomRotation, Rotation, default_augmentation, mixup,
+                              RandomElasticDeformation, RandomRotation, Rotation, Zoom, default_augmentation, mixup,
                               sample_mixup)
 from covidlib.config import choose, format_summary, runtime_summary, seed_everything
 from covidlib.data import SliceDataset, fit_slice, kfold_volumes, report_split, seeded_loader
@@ -235,6 +235,25 @@ dihedral_rng = np.random.default_rng(seed + 5)
 dihedral_counts = np.bincount([4 * d.flip + d.quarter_turns for d in (RandomDihedral().sample(dihedral_rng) for _ in range(800))],
                               minlength=8)
 print("800 draws of RandomDihedral, count of each symmetry (turns 0-3, then mirrored):", dihedral_counts.tolist())
+
+# %% [markdown]
+# ### Zoom: a change of scale (not the report's)
+#
+# Every COVID-SemiSeg slice is cropped tightly to the chest and then resized to the network's
+# input, so how large the lungs and the lesions appear depends on the patient and on the crop.
+# `Zoom(factor)` scales the slice about its centre and keeps its size (enlarging pushes the border
+# out, shrinking brings in background); `RandomZoom(max_factor)` draws the factor log-uniformly in
+# [1 / max_factor, max_factor], so enlarging and shrinking are equally likely, as nnU-Net does with
+# its scale augmentation. The report does not zoom, and `train` does not by default:
+# `train --zoom 1.25` adds it, and chapter 09's ablation measures what it is worth.
+
+# %% mystnb={"figure": {"caption": "The example slice (z-score, grey scale [-3, 3]) shrunk to 0.8 and enlarged to 1.25 of its size about its centre, the ends of the range `train --zoom 1.25` draws from, with the infection outlined in red.", "name": "fig-03-zoom"}}
+zooms = [Zoom(1 / 1.25), Zoom(1.25)]
+display(viz.show_augmentations(image, mask, zooms, ncols=3, suptitle="Zoom about the centre, red: infection"))
+for zoom in zooms:
+    _, zoomed_mask = zoom(image, mask)
+    print(f"{zoom.label()}: infection area {zoomed_mask.sum() / mask.sum():.2f} x the original "
+          f"(a pure scaling gives {zoom.factor ** 2:.2f} x while the lesion stays inside the slice)")
 
 # %% [markdown]
 # ## 4. Elastic deformation: breathing

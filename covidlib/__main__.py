@@ -99,6 +99,9 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
                         "AVX512-BF16/AMX; else float32), bf16, fp16 or off")
     parser.add_argument("--no-augment", action="store_true", help="switch off rotation/elastic/gamma/noise augmentation")
     parser.add_argument("--no-dihedral", action="store_true", help="no random 90-degree turns and mirrors in the augmentation")
+    parser.add_argument("--zoom", type=float, default=Recipe.zoom,
+                        help="also scale each training slice of the supervised stage by a random factor in "
+                             f"[1/ZOOM, ZOOM], e.g. 1.25 (default {Recipe.zoom:g}: no zoom)")
     parser.add_argument("--no-tta", action="store_true",
                         help="predict without test-time augmentation (default: average the 8 turns and mirrors; "
                              "stored in the checkpoint, so evaluate and predict do the same)")
@@ -188,7 +191,7 @@ def run_train(args: argparse.Namespace) -> int:
                     gamma=args.gamma, patience=args.patience, batch_size=_setting(args, "batch_size"), loss=args.loss,
                     amp=args.amp, augment=not args.no_augment, dihedral=not args.no_dihedral, tta=not args.no_tta,
                     empty_fraction=args.empty_fraction, mixup_alpha=args.mixup_alpha, ema_decay=args.ema_decay,
-                    select_threshold=args.select_threshold, max_steps_per_epoch=_setting(args, "max_steps_per_epoch"))
+                    select_threshold=args.select_threshold, zoom=args.zoom, max_steps_per_epoch=_setting(args, "max_steps_per_epoch"))
     n_unlabelled = 0
     if args.semi:
         n_unlabelled = args.unlabelled
@@ -527,6 +530,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "mixup_alpha": (lambda v: math.isfinite(v) and v >= 0, "a non-negative number (0: no mixup)"),
     "empty_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "zoom": (lambda v: math.isfinite(v) and v >= 1, "a number of at least 1 (1: no zoom)"),
     "val_fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
     "threshold": (lambda v: 0 < v < 1, "in (0, 1)"),
 }

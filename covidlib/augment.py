@@ -10,8 +10,10 @@ The choice of transforms follows the report (section 3.3), each one matched to s
 really varies between CT scans: a rotation in [-3, 3] degrees (how the patient lies on the
 table), a small smooth elastic deformation (breathing and posture), random gamma and Gaussian
 noise (scanner and protocol differences); and mixup (Zhang et al. 2018), which mixes two
-slices and their labels into a soft label. Flips and large rotations are left out on purpose:
-patients lie face up, so a flipped or upside-down chest never occurs.
+slices and their labels into a soft label. The report leaves flips and large rotations out
+because patients lie face up; COVID-SemiSeg, though, stores its slices turned by 90 degrees with
+the spine on either side, so for such data :class:`RandomDihedral` adds the 8 turns and mirrors
+of the square. :class:`RandomZoom` (not the report's) scales the slice about its centre.
 
 Array conventions. Images are ``numpy`` arrays or ``torch`` tensors whose last two axes are
 the slice ``(H, W)`` in pixels: ``(H, W)``, ``(C, H, W)`` or ``(B, C, H, W)``. All leading axes
@@ -48,6 +50,8 @@ __all__ = [
     "Chain",
     "Rotation",
     "RandomRotation",
+    "Zoom",
+    "RandomZoom",
     "ElasticDeformation",
     "RandomElasticDeformation",
     "GammaCorrection",
@@ -275,6 +279,64 @@ class RandomRotation(RandomTransform):
     def sample(self, rng: np.random.Generator | int) -> Rotation:
         angle = as_generator(rng).uniform(-self.degrees, self.degrees)
         return Rotation(angle_deg=float(angle), fill=self.fill)
+
+
+@dataclass(frozen=True)
+class Zoom(Transform):
+    """Scale the slice by ``factor`` about its centre ((H - 1) / 2, (W - 1) / 2), keeping its size:
+    above 1 enlarges (the border leaves the slice), below 1 shrinks (``fill`` comes in at the
+    border). Output pixel p reads the input at ``centre + (p - centre) / factor``. Image
+    bilinear, label mask nearest, as :class:`Rotation`.
+    """
+
+    factor: float
+    fill: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.factor) and self.factor > 0):
+            raise InvalidInputError(f"Zoom: factor must be a positive number, got {self.factor!r}")
+
+    def source_positions(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """Where each output pixel reads from: source rows and columns (H, W) in pixels."""
+        rows, cols = _pixel_grid(height, width)
+        centre_y, centre_x = (height - 1) / 2.0, (width - 1) / 2.0
+        return centre_y + (rows - centre_y) / self.factor, centre_x + (cols - centre_x) / self.factor
+
+    def apply(self, image: Array, mask: Array | None) -> tuple[Array, Array | None]:
+        if self.factor == 1:
+            return image, mask
+        source_y, source_x = self.source_positions(*image.shape[-2:])
+        image = _warp(image, source_y, source_x, soft=True, fill=self.fill)
+        if mask is not None:
+            mask = _warp(mask, source_y, source_x, soft=_is_soft(mask), fill=0.0)
+        return image, mask
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "Zoom", "factor": float(self.factor), "fill": float(self.fill)}
+
+    def label(self) -> str:
+        return f"zoom x{self.factor:.2f}"
+
+
+@dataclass(frozen=True)
+class RandomZoom(RandomTransform):
+    """Zoom by ``exp(u)``, u uniform in [-log(max_factor), log(max_factor)]: enlarging and shrinking
+    equally likely, at most by ``max_factor`` (nnU-Net draws a scale in [0.7, 1.4]; Isensee et al.,
+    Nature Methods 18, 2021). A tightly cropped slice resized to the network's input varies in
+    scale with the patient and the crop; this varies it further."""
+
+    max_factor: float = 1.25
+    p: float = 1.0
+    fill: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._check_p()
+        if not (math.isfinite(self.max_factor) and self.max_factor >= 1):
+            raise InvalidInputError(f"RandomZoom: max_factor must be a number of at least 1, got {self.max_factor!r}")
+
+    def sample(self, rng: np.random.Generator | int) -> Zoom:
+        reach = math.log(self.max_factor)
+        return Zoom(factor=math.exp(as_generator(rng).uniform(-reach, reach)), fill=self.fill)
 
 
 @dataclass(frozen=True)
@@ -580,15 +642,19 @@ class Compose(RandomTransform):
 
 def default_augmentation(*, p: float = 0.5, degrees: float = 3.0, max_displacement: float = 4.0,
                          log_gamma: tuple[float, float] = (-0.3, 0.3),
-                         noise_std: tuple[float, float] = (0.0, 0.1), dihedral: bool = False) -> Compose:
+                         noise_std: tuple[float, float] = (0.0, 0.1), dihedral: bool = False,
+                         zoom: float = 1.0) -> Compose:
     """The report's augmentation (section 3.3): rotation, elastic, gamma, noise, each with probability ``p``.
 
     ``dihedral=True`` first turns and mirrors each slice at random (:class:`RandomDihedral`),
-    for data such as COVID-SemiSeg whose slices come in several orientations.
+    for data such as COVID-SemiSeg whose slices come in several orientations. ``zoom`` above 1
+    then scales it by a factor in [1 / zoom, zoom] with probability ``p`` (:class:`RandomZoom`);
+    at 1 nothing is drawn for it, so the other draws stay as they were without it.
     Mixup is batch-level and lives in :func:`mixup`, applied by the training loop.
     """
     return Compose((
         *((RandomDihedral(),) if dihedral else ()),
+        *((RandomZoom(max_factor=zoom, p=p),) if zoom != 1 else ()),
         RandomRotation(degrees=degrees, p=p),
         RandomElasticDeformation(max_displacement=max_displacement, p=p),
         RandomGamma(log_gamma=log_gamma, p=p),

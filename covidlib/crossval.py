@@ -87,7 +87,8 @@ def train_config(recipe: Recipe, seed: int, device: str, progress: bool) -> Trai
 def slice_dataset(prepared: PreparedSlices, ids: Sequence[str], recipe: Recipe, *, training: bool,
                   seed: int) -> SliceDataset:
     """The slices of ``ids`` from ``prepared`` (already at ``recipe.image_size``), augmented when training."""
-    transform = default_augmentation(dihedral=recipe.dihedral) if training and recipe.augment else None
+    transform = (default_augmentation(dihedral=recipe.dihedral, zoom=recipe.zoom) if training and recipe.augment
+                 else None)
     return SliceDataset([prepared.labelled[i] for i in ids], case_ids=list(ids), transform=transform, seed=seed,
                         empty_fraction=recipe.empty_fraction if training else 1.0)
 

@@ -26,9 +26,10 @@ class Recipe:
     ``mixup_alpha``: mixup's Beta(alpha, alpha), 0 for none; ``ema_decay``: validate and keep a
     moving average of the weights (:mod:`covidlib.averaging`), 0 for none; ``select_threshold``:
     segment at the probability threshold best on the validation slices
-    (:func:`covidlib.inference.choose_threshold`), not at 0.5. ``model``, ``base_width`` and
-    ``depth`` choose the network (:func:`covidlib.models.get_model`); the rest are
-    :class:`covidlib.train.TrainConfig`'s.
+    (:func:`covidlib.inference.choose_threshold`), not at 0.5; ``zoom``: above 1, scale each
+    training slice by a random factor in [1 / zoom, zoom] (:class:`covidlib.augment.RandomZoom`).
+    ``model``, ``base_width`` and ``depth`` choose the network (:func:`covidlib.models.get_model`);
+    the rest are :class:`covidlib.train.TrainConfig`'s.
     """
 
     model: str = "unet"
@@ -51,12 +52,13 @@ class Recipe:
     max_steps_per_epoch: int | None = None
     ema_decay: float = 0.0
     select_threshold: bool = False
+    zoom: float = 1.0
 
 
 #: Fields added after runs were stored, each with the value that leaves training as it was before
 #: the field existed: :func:`key_fields` omits them at that value, so the stored runs of the recipes
 #: that do not use a feature keep their key.
-LATER_FIELDS: dict[str, Any] = {"ema_decay": 0.0, "select_threshold": False}
+LATER_FIELDS: dict[str, Any] = {"ema_decay": 0.0, "select_threshold": False, "zoom": 1.0}
 
 
 def key_fields(recipe: Recipe) -> dict[str, Any]:

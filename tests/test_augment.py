@@ -389,3 +389,64 @@ def test_each_dihedral_inverse_undoes_it():
     for transform in DIHEDRAL_GROUP:
         turned, _ = transform(image)
         assert np.array_equal(transform.inverse()(turned)[0], image)
+
+
+# --- zoom -------------------------------------------------------------------------------
+
+def test_zoom_of_a_ramp_is_the_ramp_scaled_about_the_centre():
+    # bilinear interpolation is exact on a linear ramp: output x reads centre + (x - centre) / factor
+    from covidlib.augment import Zoom
+
+    columns = np.tile(np.arange(21, dtype=np.float64), (17, 1))
+    centre = 10.0
+    enlarged, _ = Zoom(2.0)(columns)
+    np.testing.assert_allclose(enlarged, centre + (columns - centre) / 2, atol=1e-12)
+    shrunk, _ = Zoom(0.5, fill=-7.0)(columns)
+    rows = np.arange(17)[:, None]  # centre row 8: rows 4 to 12 read from inside the slice
+    inside = (np.abs(columns - centre) * 2 <= centre) & (np.abs(rows - 8) * 2 <= 8)
+    np.testing.assert_allclose(shrunk[inside], (centre + (columns - centre) * 2)[inside], atol=1e-12)
+    assert np.all(shrunk[~inside] == -7.0)
+    image, mask = np.ones((5, 5), np.float32), np.ones((5, 5), np.int64)
+    assert Zoom(1.0)(image, mask) == (image, mask)  # factor 1: the same objects, no resampling
+
+
+def test_zoom_scales_a_centred_square_mask_and_keeps_it_binary():
+    from covidlib.augment import Zoom
+
+    mask = np.zeros((41, 41), np.int64)
+    mask[16:25, 16:25] = 1  # 9 x 9 about the centre pixel 20
+    _, enlarged = Zoom(3.0)(mask.astype(np.float32), mask)
+    _, shrunk = Zoom(1 / 3)(mask.astype(np.float32), mask)
+    assert enlarged.dtype == np.int64 and set(np.unique(enlarged)) == {0, 1}
+    rows = np.flatnonzero(enlarged.any(axis=1))
+    assert rows.min() == 20 - 13 and rows.max() == 20 + 13  # |p - 20| / 3 <= 4.5 rounds inside: 27 rows
+    assert int(shrunk.sum()) == 3 * 3
+    torch_mask = torch.from_numpy(mask)
+    np.testing.assert_array_equal(Zoom(3.0)(torch_mask.float(), torch_mask)[1].numpy(), enlarged)
+
+
+def test_random_zoom_draws_log_symmetric_factors_within_its_range():
+    from covidlib.augment import RandomZoom, Zoom
+
+    rng = np.random.default_rng(0)
+    factors = np.array([RandomZoom(max_factor=1.25).sample(rng).factor for _ in range(4000)])
+    assert factors.min() >= 1 / 1.25 and factors.max() <= 1.25
+    assert abs(np.mean(np.log(factors))) < 0.01 and abs(np.mean(factors > 1) - 0.5) < 0.03
+    assert RandomZoom(max_factor=1.0).sample(1) == Zoom(1.0)
+    with pytest.raises(InvalidInputError, match="max_factor"):
+        RandomZoom(max_factor=0.8)
+    with pytest.raises(InvalidInputError, match="factor"):
+        Zoom(0.0)
+    assert json.loads(json.dumps(Zoom(1.5).describe())) == {"name": "Zoom", "factor": 1.5, "fill": 0.0}
+    assert Zoom(1.5).label() == "zoom x1.50"
+
+
+def test_default_augmentation_draws_a_zoom_only_when_asked_after_the_turns():
+    from covidlib.augment import RandomDihedral, RandomZoom
+
+    report = (RandomRotation(degrees=3.0, p=0.5), RandomElasticDeformation(max_displacement=4.0, p=0.5),
+              RandomGamma(p=0.5), RandomNoise(p=0.5))
+    # zoom 1 is the augmentation as it was before zoom existed: the same transforms, so the same draws
+    assert default_augmentation(dihedral=True) == Compose((RandomDihedral(), *report))
+    assert default_augmentation(dihedral=True, zoom=1.25) == Compose((RandomDihedral(), RandomZoom(1.25, p=0.5), *report))
+    assert default_augmentation(zoom=1.25).transforms[0] == RandomZoom(1.25, p=0.5)

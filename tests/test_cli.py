@@ -272,6 +272,7 @@ def test_bad_input_gives_exit_code_2_and_a_message(argv: list[str], message: str
     (["train", "--step-size", "0"], "--step-size must be a positive integer"),
     (["train", "--gamma", "0"], "--gamma must be in (0, 1]"),
     (["train", "--ema-decay", "1.5"], "--ema-decay must be in [0, 1)"),
+    (["train", "--zoom", "0.8"], "--zoom must be a number of at least 1 (1: no zoom), got 0.8"),
     (["train", "--max-steps-per-epoch", "0"], "--max-steps-per-epoch must be a positive integer"),
     (["train", "--threads", "0"], "--threads must be a positive integer, got 0"),
     (["train", "--folds", "0"], "--folds must be an integer of at least 2"),

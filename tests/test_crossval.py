@@ -179,3 +179,15 @@ def test_score_cases_at_one_half_is_the_dice_at_one_half_and_follows_the_recipes
         assert "tta_dice" not in without[case]
     assert crossval.scored_metric(TINY) == "tta_dice"
     assert crossval.scored_metric(dataclasses.replace(plain, select_threshold=True)) == "dice_at_val_threshold"
+
+
+def test_a_training_slice_dataset_zooms_only_when_its_recipe_asks(phantom):
+    from covidlib.augment import RandomZoom, default_augmentation
+
+    _, prepared = phantom
+    ids = sorted(prepared.labelled)[:2]
+    plain = crossval.slice_dataset(prepared, ids, TINY, training=True, seed=0)
+    zoomed = crossval.slice_dataset(prepared, ids, dataclasses.replace(TINY, zoom=1.3), training=True, seed=0)
+    assert plain.transform == default_augmentation(dihedral=TINY.dihedral)
+    assert RandomZoom(1.3, p=0.5) in zoomed.transform.transforms
+    assert crossval.slice_dataset(prepared, ids, dataclasses.replace(TINY, zoom=1.3), training=False, seed=0).transform is None
