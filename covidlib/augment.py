@@ -225,6 +225,16 @@ def _is_soft(mask: np.ndarray | torch.Tensor) -> bool:
     return mask.dtype.is_floating_point if isinstance(mask, torch.Tensor) else np.issubdtype(mask.dtype, np.floating)
 
 
+def _warp_pair(image: Array, mask: Array | None, source_y: np.ndarray, source_x: np.ndarray,
+               fill: float) -> tuple[Array, Array | None]:
+    """``image`` and ``mask`` resampled at the same source positions (H, W): the image bilinearly
+    (``fill`` outside), the mask nearest for labels and linearly for soft masks (0 outside)."""
+    image = _warp(image, source_y, source_x, soft=True, fill=fill)
+    if mask is not None:
+        mask = _warp(mask, source_y, source_x, soft=_is_soft(mask), fill=0.0)
+    return image, mask
+
+
 @dataclass(frozen=True)
 class Rotation(Transform):
     """Rotate the slice by ``angle_deg`` degrees about its centre, counter-clockwise as displayed.
@@ -250,11 +260,7 @@ class Rotation(Transform):
     def apply(self, image: Array, mask: Array | None) -> tuple[Array, Array | None]:
         if self.angle_deg == 0:
             return image, mask
-        source_y, source_x = self.source_positions(*image.shape[-2:])
-        image = _warp(image, source_y, source_x, soft=True, fill=self.fill)
-        if mask is not None:
-            mask = _warp(mask, source_y, source_x, soft=_is_soft(mask), fill=0.0)
-        return image, mask
+        return _warp_pair(image, mask, *self.source_positions(*image.shape[-2:]), fill=self.fill)
 
     def describe(self) -> dict[str, Any]:
         return {"name": "Rotation", "angle_deg": float(self.angle_deg), "fill": float(self.fill)}
@@ -305,11 +311,7 @@ class Zoom(Transform):
     def apply(self, image: Array, mask: Array | None) -> tuple[Array, Array | None]:
         if self.factor == 1:
             return image, mask
-        source_y, source_x = self.source_positions(*image.shape[-2:])
-        image = _warp(image, source_y, source_x, soft=True, fill=self.fill)
-        if mask is not None:
-            mask = _warp(mask, source_y, source_x, soft=_is_soft(mask), fill=0.0)
-        return image, mask
+        return _warp_pair(image, mask, *self.source_positions(*image.shape[-2:]), fill=self.fill)
 
     def describe(self) -> dict[str, Any]:
         return {"name": "Zoom", "factor": float(self.factor), "fill": float(self.fill)}
@@ -447,11 +449,7 @@ class ElasticDeformation(Transform):
         height, width = image.shape[-2:]
         rows, cols = _pixel_grid(height, width)
         displacement = self.dense_field(height, width)
-        source_y, source_x = rows + displacement[0].numpy(), cols + displacement[1].numpy()
-        image = _warp(image, source_y, source_x, soft=True, fill=self.fill)
-        if mask is not None:
-            mask = _warp(mask, source_y, source_x, soft=_is_soft(mask), fill=0.0)
-        return image, mask
+        return _warp_pair(image, mask, rows + displacement[0].numpy(), cols + displacement[1].numpy(), fill=self.fill)
 
     def describe(self) -> dict[str, Any]:
         return {"name": "ElasticDeformation", "control_displacements": np.round(self.control_displacements, 4).tolist(),
