@@ -165,6 +165,11 @@ class StepRunner:
         self.times.setdefault(threads, []).append(time.perf_counter() - start)
 
 
+def speed_ratio(other: StepRunner | None, threads: int, seconds: float) -> str:
+    """A table cell: how many times ``other``'s median step time is ``seconds`` (blank without ``other``)."""
+    return f"{statistics.median(other.times[threads]) / seconds:>7.2f}" if other is not None else f"{'':>7}"
+
+
 def profile_step(runner: StepRunner, threads: int, rows: int) -> str:
     """``torch.profiler`` table of one training step (after a warm-up), by self CPU time."""
     from torch.profiler import ProfilerActivity, profile
@@ -253,9 +258,6 @@ def main() -> None:
               f"{'img/s':>7} {'GFLOPS':>7} {'% peak':>6} {'x MONAI':>7} {'x eager':>7} {'1st step s':>10}")
     print(header)
     print("-" * len(header))
-    def speed_ratio(other: StepRunner | None, threads: int, seconds: float) -> str:
-        return f"{statistics.median(other.times[threads]) / seconds:>7.2f}" if other is not None else f"{'':>7}"
-
     for (key, width, precision, compiled), runner in runners.items():
         for threads in args.threads:
             seconds = statistics.median(runner.times[threads])
