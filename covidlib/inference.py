@@ -36,7 +36,7 @@ from covidlib.datasets import Dataset as CaseDataset
 from covidlib.errors import InvalidInputError
 from covidlib.metrics import best_threshold, dice, infnet_metrics, iou, sensitivity, specificity, summarise
 from covidlib.models import MODELS, get_model
-from covidlib.preprocess import has_contrast, normalise_image, preprocess_case
+from covidlib.preprocess import has_contrast, normalise_image, preprocess_case, zscore
 from covidlib.train import load_checkpoint, predict_proba
 
 #: The two ways to turn a case into network input (see the module docstring).
@@ -81,7 +81,7 @@ def normalise_ct_slices(grey: np.ndarray, source: str) -> tuple[np.ndarray, np.n
     # 0 is the z-score of a slice at its own mean: the network gets a defined, featureless input.
     out = np.zeros(planes.shape, np.float32)
     for z in np.flatnonzero(~constant):
-        out[z] = normalise_image(planes[z], f"{source} slice {z}")
+        out[z] = zscore(planes[z])
     return out, constant
 
 

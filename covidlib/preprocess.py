@@ -475,6 +475,13 @@ def normalise_image(image: np.ndarray, source: str = "<image>") -> np.ndarray:
     image = np.asarray(image, dtype=np.float32)
     if not has_contrast(image):
         raise InvalidInputError(f"{source}: the image is constant (or not finite); cannot normalise")
+    return zscore(image)
+
+
+def zscore(image: np.ndarray) -> np.ndarray:
+    """``image`` less its mean, over its standard deviation, float32, unchecked: for callers that have
+    tested :func:`has_contrast` already (:func:`normalise_image` checks, then calls this)."""
+    image = np.asarray(image, dtype=np.float32)
     return ((image - image.mean()) / image.std()).astype(np.float32)
 
 

@@ -29,6 +29,7 @@ from covidlib.preprocess import (
     preprocess_case,
     resample_in_plane,
     resolve_lung_method,
+    zscore,
 )
 
 
@@ -320,6 +321,10 @@ def test_normalise_image() -> None:
     assert abs(float(out.mean())) < 1e-5 and abs(float(out.std()) - 1) < 1e-5
     with pytest.raises(InvalidInputError, match="constant"):
         normalise_image(np.full((4, 4), 7.0), "slice.jpg")
+    # by hand: [1, 3, 5, 7] has mean 4 and (population) sd sqrt(5)
+    np.testing.assert_allclose(zscore(np.array([[1.0, 3.0], [5.0, 7.0]])), np.array([[-3, -1], [1, 3]]) / np.sqrt(5),
+                               rtol=1e-6)
+    assert zscore(pixels).dtype == np.float32 and np.array_equal(zscore(pixels), out)  # the checked path, bit for bit
 
 
 DECILES = np.linspace(0.1, 0.9, 9)
