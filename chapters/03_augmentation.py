@@ -69,9 +69,9 @@ import torch
 from IPython.display import Markdown, display
 
 from covidlib import viz
-from covidlib.augment import (Dihedral, ElasticDeformation, GammaCorrection, GaussianNoise, RandomDihedral,
-                              RandomElasticDeformation, RandomRotation, Rotation, Zoom, default_augmentation, mixup,
-                              sample_mixup)
+from covidlib.augment import (Crop, Dihedral, ElasticDeformation, GammaCorrection, GaussianNoise, RandomDihedral,
+                              RandomCrop, RandomElasticDeformation, RandomRotation, Rotation, Zoom, default_augmentation,
+                              mixup, sample_mixup)
 from covidlib.config import choose, format_summary, runtime_summary, seed_everything
 from covidlib.data import SliceDataset, fit_slice, kfold_volumes, report_split, seeded_loader
 from covidlib.datasets import get_dataset
@@ -254,6 +254,29 @@ for zoom in zooms:
     _, zoomed_mask = zoom(image, mask)
     print(f"{zoom.label()}: infection area {zoomed_mask.sum() / mask.sum():.2f} x the original "
           f"(a pure scaling gives {zoom.factor ** 2:.2f} x while the lesion stays inside the slice)")
+
+# %% [markdown]
+# ### Windows: training on part of a slice (not the report's)
+#
+# A U-Net is fully convolutional: it can train on square windows cut out of a slice and still
+# predict a whole slice. That buys resolution at a fixed cost. A step on 160 px windows of 256 px
+# slices costs what a step on whole 160 px slices costs, yet each lesion is drawn with 1.6 times as
+# many pixels. This is how nnU-Net trains (Isensee et al. 2021). `Crop(size, top, left)` cuts the
+# window, with `top` and `left` in [0, 1] running from one border to the other. `RandomCrop(size)`
+# draws both uniformly, so every position is equally likely, and it crops on every draw, because
+# the items of a batch must share one size. `train --image-size 256 --crop-size 160` trains this way
+# and predicts on whole 256 px slices. Chapter 09's ablation measures what it is worth. A window
+# holds only part of the infection, and the cell under the figure counts how much.
+
+# %% mystnb={"figure": {"caption": "Three windows of 5/8 of the example slice's side (z-score, grey scale [-3, 3]), at its top-left corner, its centre and its bottom-right corner, each drawn at the size of the panel, with the infection outlined in red.", "name": "fig-03-crop"}}
+window = round(image.shape[-1] * 160 / 256)
+windows = [Crop(window, 0.0, 0.0), Crop(window), Crop(window, 1.0, 1.0)]
+display(viz.show_augmentations(image, mask, windows, ncols=4, suptitle=f"{window} px windows, red: infection"))
+crop_rng = np.random.default_rng(seed + 6)
+kept = [RandomCrop(window).sample(crop_rng)(image, mask)[1].sum() / mask.sum() for _ in range(400)]
+print(f"{window} px windows of a {image.shape[-1]} px slice ({(window / image.shape[-1]) ** 2:.0%} of its area): "
+      f"over 400 random windows, the share of the slice's infection inside one is {np.mean(kept):.2f} on average "
+      f"(least {np.min(kept):.2f}, most {np.max(kept):.2f})")
 
 # %% [markdown]
 # ## 4. Elastic deformation: breathing

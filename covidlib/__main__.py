@@ -102,6 +102,10 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--zoom", type=float, default=Recipe.zoom,
                         help="also scale each training slice of the supervised stage by a random factor in "
                              f"[1/ZOOM, ZOOM], e.g. 1.25 (default {Recipe.zoom:g}: no zoom)")
+    parser.add_argument("--crop-size", type=int,
+                        help="train the supervised stage on a random CROP_SIZE square window of each --image-size "
+                             "slice, and validate and predict on whole slices: e.g. --image-size 256 --crop-size 160 "
+                             "sees finer detail at the cost per step of 160 px (default: whole slices)")
     parser.add_argument("--no-tta", action="store_true",
                         help="predict without test-time augmentation (default: average the 8 turns and mirrors; "
                              "stored in the checkpoint, so evaluate and predict do the same)")
@@ -191,7 +195,7 @@ def run_train(args: argparse.Namespace) -> int:
                     gamma=args.gamma, patience=args.patience, batch_size=_setting(args, "batch_size"), loss=args.loss,
                     amp=args.amp, augment=not args.no_augment, dihedral=not args.no_dihedral, tta=not args.no_tta,
                     empty_fraction=args.empty_fraction, mixup_alpha=args.mixup_alpha, ema_decay=args.ema_decay,
-                    select_threshold=args.select_threshold, zoom=args.zoom, max_steps_per_epoch=_setting(args, "max_steps_per_epoch"))
+                    select_threshold=args.select_threshold, zoom=args.zoom, crop_size=args.crop_size, max_steps_per_epoch=_setting(args, "max_steps_per_epoch"))
     n_unlabelled = 0
     if args.semi:
         n_unlabelled = args.unlabelled
@@ -531,6 +535,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "mixup_alpha": (lambda v: math.isfinite(v) and v >= 0, "a non-negative number (0: no mixup)"),
     "empty_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "zoom": (lambda v: math.isfinite(v) and v >= 1, "a number of at least 1 (1: no zoom)"),
+    "crop_size": (_positive_int, "a positive integer"),
     "val_fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
     "threshold": (lambda v: 0 < v < 1, "in (0, 1)"),
 }
@@ -572,15 +577,16 @@ def _check_input_file(flag: str, path: Path) -> None:
         raise InvalidInputError(f"{flag} {path} {'is a folder' if path.is_dir() else 'does not exist'}; give a file")
 
 
-def _check_depth(image_size: int, depth: int) -> None:
-    """The network halves its input ``depth`` times; its bottleneck must keep at least 2 x 2 pixels
-    (a 1 x 1 bottleneck of a batch of one cannot be batch-normalised in training)."""
+def _check_depth(image_size: int, depth: int, flag: str = "--image-size") -> None:
+    """The network halves its input (of size ``image_size``, given by ``flag``) ``depth`` times; its
+    bottleneck must keep at least 2 x 2 pixels (a 1 x 1 bottleneck of a batch of one cannot be
+    batch-normalised in training)."""
     if image_size // 2**depth < 2:
         deepest = max(1, int(math.log2(image_size // 2))) if image_size >= 4 else 0
-        hint = f"at most {deepest}" if deepest else "use --image-size 4 or more"
-        raise InvalidInputError(f"--depth {depth} is too deep for --image-size {image_size}: {depth} poolings leave "
+        hint = f"at most {deepest}" if deepest else f"use {flag} 4 or more"
+        raise InvalidInputError(f"--depth {depth} is too deep for {flag} {image_size}: {depth} poolings leave "
                                 f"{image_size // 2**depth} pixel(s) at the bottleneck, the network needs at least 2 "
-                                f"(--depth {hint} for this size, or a larger --image-size)")
+                                f"(--depth {hint} for this size, or a larger {flag})")
 
 
 def check_train(args: argparse.Namespace) -> None:
@@ -604,6 +610,11 @@ def check_train(args: argparse.Namespace) -> None:
     if args.unlabelled_split is None:
         args.unlabelled_split = "unlabelled"
     _check_depth(_setting(args, "image_size"), args.depth)
+    if args.crop_size is not None:
+        if args.crop_size > _setting(args, "image_size"):
+            raise InvalidInputError(f"--crop-size {args.crop_size} is larger than --image-size "
+                                    f"{_setting(args, 'image_size')}: the window must fit in the slice")
+        _check_depth(args.crop_size, args.depth, "--crop-size")
     _check_output_folder("--out", Path(args.out))
 
 

@@ -13,7 +13,9 @@ noise (scanner and protocol differences); and mixup (Zhang et al. 2018), which m
 slices and their labels into a soft label. The report leaves flips and large rotations out
 because patients lie face up; COVID-SemiSeg, though, stores its slices turned by 90 degrees with
 the spine on either side, so for such data :class:`RandomDihedral` adds the 8 turns and mirrors
-of the square. :class:`RandomZoom` (not the report's) scales the slice about its centre.
+of the square. :class:`RandomZoom` (not the report's) scales the slice about its centre, and
+:class:`RandomCrop` (not the report's either) cuts a random square window out of it, so that a
+fully convolutional network can train on windows of larger slices and predict whole ones.
 
 Array conventions. Images are ``numpy`` arrays or ``torch`` tensors whose last two axes are
 the slice ``(H, W)`` in pixels: ``(H, W)``, ``(C, H, W)`` or ``(B, C, H, W)``. All leading axes
@@ -52,6 +54,8 @@ __all__ = [
     "RandomRotation",
     "Zoom",
     "RandomZoom",
+    "Crop",
+    "RandomCrop",
     "ElasticDeformation",
     "RandomElasticDeformation",
     "GammaCorrection",
@@ -339,6 +343,68 @@ class RandomZoom(RandomTransform):
     def sample(self, rng: np.random.Generator | int) -> Zoom:
         reach = math.log(self.max_factor)
         return Zoom(factor=math.exp(as_generator(rng).uniform(-reach, reach)), fill=self.fill)
+
+
+@dataclass(frozen=True)
+class Crop(Transform):
+    """Cut a ``size`` x ``size`` window out of the slice. ``top`` and ``left`` in [0, 1] place it
+    from one border (0) to the other (1) whatever the slice's size: on an (H, W) slice the window
+    starts at row ``min(floor(top * (H - size + 1)), H - size)``, and likewise for columns, so a
+    uniform ``top`` gives every position the same chance. A slice smaller than the window is refused.
+    """
+
+    size: int
+    top: float = 0.5
+    left: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.size, (int, np.integer)) and not isinstance(self.size, bool) and self.size >= 1):
+            raise InvalidInputError(f"Crop: size must be a positive integer, got {self.size!r}")
+        for name in ("top", "left"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+                raise InvalidInputError(f"Crop: {name} must be a number in [0, 1], got {value!r}")
+
+    def corner(self, height: int, width: int) -> tuple[int, int]:
+        """The window's first row and column on a ``height`` x ``width`` slice."""
+        if height < self.size or width < self.size:
+            raise InvalidInputError(f"Crop: a {self.size} x {self.size} window does not fit a {height} x {width} slice")
+        return (min(int(self.top * (height - self.size + 1)), height - self.size),
+                min(int(self.left * (width - self.size + 1)), width - self.size))
+
+    def apply(self, image: Array, mask: Array | None) -> tuple[Array, Array | None]:
+        row, col = self.corner(*image.shape[-2:])
+        window = (..., slice(row, row + self.size), slice(col, col + self.size))
+        # a copy, not a view: the caller's slice (e.g. a dataset's stored image) must never change
+        return _copy(image[window]), None if mask is None else _copy(mask[window])
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "Crop", "size": int(self.size), "top": float(self.top), "left": float(self.left)}
+
+    def label(self) -> str:
+        return f"crop {self.size} px at ({self.top:.2f}, {self.left:.2f})"
+
+
+@dataclass(frozen=True)
+class RandomCrop(RandomTransform):
+    """A ``size`` x ``size`` window at a uniformly random position (:class:`Crop`), on every call:
+    ``p`` is fixed at 1, since the items of a batch must share one size. Training on windows of
+    larger slices and predicting whole slices is nnU-Net's patch-based training (Isensee et al.,
+    Nature Methods 18, 2021): the network sees finer detail at the cost of a window's pixels."""
+
+    size: int
+    p: float = field(default=1.0, init=False)
+
+    def __post_init__(self) -> None:
+        Crop(self.size)  # the same checks of size
+
+    def sample(self, rng: np.random.Generator | int) -> Crop:
+        rng = as_generator(rng)
+        return Crop(self.size, top=float(rng.random()), left=float(rng.random()))
+
+
+def _copy(array: Array) -> Array:
+    return array.clone() if isinstance(array, torch.Tensor) else array.copy()
 
 
 @dataclass(frozen=True)
@@ -641,16 +707,19 @@ class Compose(RandomTransform):
 def default_augmentation(*, p: float = 0.5, degrees: float = 3.0, max_displacement: float = 4.0,
                          log_gamma: tuple[float, float] = (-0.3, 0.3),
                          noise_std: tuple[float, float] = (0.0, 0.1), dihedral: bool = False,
-                         zoom: float = 1.0) -> Compose:
+                         zoom: float = 1.0, crop: int | None = None) -> Compose:
     """The report's augmentation (section 3.3): rotation, elastic, gamma, noise, each with probability ``p``.
 
-    ``dihedral=True`` first turns and mirrors each slice at random (:class:`RandomDihedral`),
-    for data such as COVID-SemiSeg whose slices come in several orientations. ``zoom`` above 1
-    then scales it by a factor in [1 / zoom, zoom] with probability ``p`` (:class:`RandomZoom`);
-    at 1 nothing is drawn for it, so the other draws stay as they were without it.
+    ``crop`` first cuts a random ``crop`` x ``crop`` window out of each slice (:class:`RandomCrop`),
+    so the rest works on the window. ``dihedral=True`` then turns and mirrors it at random
+    (:class:`RandomDihedral`), for data such as COVID-SemiSeg whose slices come in several
+    orientations. ``zoom`` above 1 then scales it by a factor in [1 / zoom, zoom] with probability
+    ``p`` (:class:`RandomZoom`). At ``crop=None`` and ``zoom=1`` nothing is drawn for them, so the
+    other draws stay as they were without them.
     Mixup is batch-level and lives in :func:`mixup`, applied by the training loop.
     """
     return Compose((
+        *((RandomCrop(crop),) if crop is not None else ()),
         *((RandomDihedral(),) if dihedral else ()),
         *((RandomZoom(max_factor=zoom, p=p),) if zoom != 1 else ()),
         RandomRotation(degrees=degrees, p=p),

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from covidlib.augment import default_augmentation
+from covidlib.augment import RandomCrop, RandomTransform, default_augmentation
 from covidlib.data import SliceDataset, kfold_volumes, seeded_loader, split_volumes
 from covidlib.datasets import Dataset as CaseDataset
 from covidlib.errors import InvalidInputError
@@ -84,11 +84,19 @@ def train_config(recipe: Recipe, seed: int, device: str, progress: bool) -> Trai
                        ema_decay=recipe.ema_decay)
 
 
+def training_transform(recipe: Recipe) -> RandomTransform | None:
+    """What each training slice of ``recipe`` goes through: its window (``recipe.crop_size``), then
+    the augmentation (``recipe.augment``); ``None`` when neither."""
+    if recipe.augment:
+        return default_augmentation(dihedral=recipe.dihedral, zoom=recipe.zoom, crop=recipe.crop_size)
+    return None if recipe.crop_size is None else RandomCrop(recipe.crop_size)
+
+
 def slice_dataset(prepared: PreparedSlices, ids: Sequence[str], recipe: Recipe, *, training: bool,
                   seed: int) -> SliceDataset:
-    """The slices of ``ids`` from ``prepared`` (already at ``recipe.image_size``), augmented when training."""
-    transform = (default_augmentation(dihedral=recipe.dihedral, zoom=recipe.zoom) if training and recipe.augment
-                 else None)
+    """The slices of ``ids`` from ``prepared`` (already at ``recipe.image_size``); for training through
+    :func:`training_transform`, whole otherwise."""
+    transform = training_transform(recipe) if training else None
     return SliceDataset([prepared.labelled[i] for i in ids], case_ids=list(ids), transform=transform, seed=seed,
                         empty_fraction=recipe.empty_fraction if training else 1.0)
 

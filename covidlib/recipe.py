@@ -27,7 +27,10 @@ class Recipe:
     moving average of the weights (:mod:`covidlib.averaging`), 0 for none; ``select_threshold``:
     segment at the probability threshold best on the validation slices
     (:func:`covidlib.inference.choose_threshold`), not at 0.5; ``zoom``: above 1, scale each
-    training slice by a random factor in [1 / zoom, zoom] (:class:`covidlib.augment.RandomZoom`).
+    training slice by a random factor in [1 / zoom, zoom] (:class:`covidlib.augment.RandomZoom`);
+    ``crop_size``: train on a random ``crop_size`` square window of each ``image_size`` slice
+    (:class:`covidlib.augment.RandomCrop`) and validate and predict on whole slices, ``None`` for
+    whole slices throughout (a step then costs what one at ``crop_size`` does).
     ``model``, ``base_width`` and ``depth`` choose the network (:func:`covidlib.models.get_model`);
     the rest are :class:`covidlib.train.TrainConfig`'s.
     """
@@ -53,12 +56,13 @@ class Recipe:
     ema_decay: float = 0.0
     select_threshold: bool = False
     zoom: float = 1.0
+    crop_size: int | None = None
 
 
 #: Fields added after runs were stored, each with the value that leaves training as it was before
 #: the field existed: :func:`key_fields` omits them at that value, so the stored runs of the recipes
 #: that do not use a feature keep their key.
-LATER_FIELDS: dict[str, Any] = {"ema_decay": 0.0, "select_threshold": False, "zoom": 1.0}
+LATER_FIELDS: dict[str, Any] = {"ema_decay": 0.0, "select_threshold": False, "zoom": 1.0, "crop_size": None}
 
 
 def key_fields(recipe: Recipe) -> dict[str, Any]:

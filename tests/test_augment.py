@@ -441,8 +441,54 @@ def test_random_zoom_draws_log_symmetric_factors_within_its_range():
     assert Zoom(1.5).label() == "zoom x1.50"
 
 
+# --- crop -------------------------------------------------------------------------------
+
+def test_crop_cuts_the_window_its_fractions_place_and_copies_it():
+    from covidlib.augment import Crop
+
+    image = np.arange(6 * 8, dtype=np.float32).reshape(6, 8)
+    mask = (image % 3 == 0).astype(np.uint8)
+    # 6 x 8 slice, 4 x 4 window: rows start in 0..2, columns in 0..4; floor(f * (positions)) capped at the last
+    cases = {(0.0, 0.0): (0, 0), (1.0, 1.0): (2, 4), (0.5, 0.5): (1, 2), (0.34, 0.79): (1, 3), (0.99, 0.2): (2, 1)}
+    for (top, left), (row, col) in cases.items():
+        assert Crop(4, top, left).corner(6, 8) == (row, col)
+        cropped, cropped_mask = Crop(4, top, left)(image, mask)
+        np.testing.assert_array_equal(cropped, image[row:row + 4, col:col + 4])
+        np.testing.assert_array_equal(cropped_mask, mask[row:row + 4, col:col + 4])
+    cropped, _ = Crop(4, 0.0, 0.0)(image)
+    cropped[:] = -1  # the window is a copy: the slice it came from is untouched
+    assert image[0, 0] == 0
+    batch = torch.from_numpy(np.stack([image, image + 100]))[:, None]  # (B, C, H, W): one window for all
+    out, _ = Crop(4, 1.0, 0.0)(batch)
+    assert out.shape == (2, 1, 4, 4) and torch.equal(out[1, 0] - 100, torch.from_numpy(image[2:6, 0:4]))
+    assert Crop(6, 0.7, 0.3)(image)[0].shape == (6, 6)  # a window as tall as the slice has one row position
+    with pytest.raises(InvalidInputError, match="a 7 x 7 window does not fit a 6 x 8 slice"):
+        Crop(7)(image)
+    for bad in ({"size": 0}, {"size": 4, "top": 1.5}, {"size": 4, "left": -0.1}, {"size": 2.5}):
+        with pytest.raises(InvalidInputError):
+            Crop(**bad)
+    assert json.loads(json.dumps(Crop(4, 0.25, 0.5).describe())) == {"name": "Crop", "size": 4, "top": 0.25, "left": 0.5}
+    assert Crop(4, 0.25, 0.5).label() == "crop 4 px at (0.25, 0.50)"
+
+
+def test_random_crop_always_crops_and_reaches_every_position_evenly():
+    from covidlib.augment import RandomCrop
+
+    crop = RandomCrop(4)
+    assert crop.p == 1.0
+    rng = np.random.default_rng(0)
+    corners = np.array([crop.draw(rng).corner(6, 8) for _ in range(6000)])
+    rows = np.bincount(corners[:, 0], minlength=3) / len(corners)
+    cols = np.bincount(corners[:, 1], minlength=5) / len(corners)
+    np.testing.assert_allclose(rows, 1 / 3, atol=0.03)  # 3 row positions, equally likely
+    np.testing.assert_allclose(cols, 1 / 5, atol=0.03)  # 5 column positions, equally likely
+    assert RandomCrop(4).sample(5) == RandomCrop(4).sample(5)
+    with pytest.raises(InvalidInputError, match="size must be a positive integer"):
+        RandomCrop(0)
+
+
 def test_default_augmentation_draws_a_zoom_only_when_asked_after_the_turns():
-    from covidlib.augment import RandomDihedral, RandomZoom
+    from covidlib.augment import RandomCrop, RandomDihedral, RandomZoom
 
     report = (RandomRotation(degrees=3.0, p=0.5), RandomElasticDeformation(max_displacement=4.0, p=0.5),
               RandomGamma(p=0.5), RandomNoise(p=0.5))
@@ -450,3 +496,5 @@ def test_default_augmentation_draws_a_zoom_only_when_asked_after_the_turns():
     assert default_augmentation(dihedral=True) == Compose((RandomDihedral(), *report))
     assert default_augmentation(dihedral=True, zoom=1.25) == Compose((RandomDihedral(), RandomZoom(1.25, p=0.5), *report))
     assert default_augmentation(zoom=1.25).transforms[0] == RandomZoom(1.25, p=0.5)
+    # a crop comes first, so that the turns, zoom and deformation work on the window
+    assert default_augmentation(dihedral=True, crop=64) == Compose((RandomCrop(64), RandomDihedral(), *report))

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from covidlib import crossval
 from covidlib.crossval import nested_folds, run_nested_cv
@@ -191,3 +192,27 @@ def test_a_training_slice_dataset_zooms_only_when_its_recipe_asks(phantom):
     assert plain.transform == default_augmentation(dihedral=TINY.dihedral)
     assert RandomZoom(1.3, p=0.5) in zoomed.transform.transforms
     assert crossval.slice_dataset(prepared, ids, dataclasses.replace(TINY, zoom=1.3), training=False, seed=0).transform is None
+
+
+def test_a_cropping_recipe_trains_on_windows_and_validates_on_whole_slices(phantom):
+    from covidlib.augment import RandomCrop
+
+    _, prepared = phantom
+    ids = sorted(prepared.labelled)[:2]
+    cropping = dataclasses.replace(TINY, crop_size=16)
+    training = crossval.slice_dataset(prepared, ids, cropping, training=True, seed=0)
+    assert training.transform.transforms[0] == RandomCrop(16)  # first: the other transforms work on the window
+    assert {tuple(training[i]["image"].shape) for i in range(len(training))} == {(1, 16, 16)}
+    assert tuple(training[0]["mask"].shape) == (16, 16)
+    whole = crossval.slice_dataset(prepared, ids, cropping, training=False, seed=0)
+    assert whole.transform is None and tuple(whole[0]["image"].shape) == (1, TINY.image_size, TINY.image_size)
+    # without augmentation the window is all a training slice goes through
+    bare = crossval.slice_dataset(prepared, ids, dataclasses.replace(cropping, augment=False), training=True, seed=0)
+    assert bare.transform == RandomCrop(16)
+    assert crossval.slice_dataset(prepared, ids, dataclasses.replace(TINY, augment=False), training=True,
+                                  seed=0).transform is None
+    # a window of the whole slice is the slice: cropping to the input size changes no pixel
+    window = crossval.slice_dataset(prepared, ids, dataclasses.replace(TINY, augment=False, crop_size=TINY.image_size),
+                                    training=True, seed=0)
+    plain = crossval.slice_dataset(prepared, ids, dataclasses.replace(TINY, augment=False), training=True, seed=0)
+    assert all(torch.equal(window[i]["image"], plain[i]["image"]) for i in range(len(plain)))
