@@ -13,10 +13,9 @@ The command line works in image pixels: every slice is prepared the "window" way
 :mod:`covidlib.inference` (8-bit grey levels, z-scored per slice, resized to the network's
 square input), and predictions are resized back to each input's size. This module only parses
 arguments and calls the library. It imports torch and the library's torch modules inside the
-commands, not at the top, so that ``python -m covidlib --help`` and a bad command answer at once
-(0.1 s here); :func:`main` builds only the parser of the subcommand it runs, since the choices of
-``train``, ``segment`` and ``semi`` (networks, losses, methods) live in torch modules: their
-``--help`` takes the import of torch (3-4 s on a 2-core CPU).
+commands, not at the top, and reads the choices it offers (networks, losses, methods) from the
+torch-free :mod:`covidlib.options`, so that ``--help``, of every command, and a bad command answer
+at once (0.1 s here, where importing torch takes 3-4 s on a 2-core CPU).
 
 Introduced in chapter 04.
 """
@@ -29,12 +28,14 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from covidlib.errors import InvalidInputError
+from covidlib.options import (AMP_CHOICES, LOSS_NAMES, LUNG_METHODS, MODEL_NAMES, PSEUDO_LABEL_RULES, QUICK_UNLABELLED,
+                              SEMI_FULL, SEMI_METHOD_NAMES, SEMI_QUICK)
 from covidlib.recipe import Recipe
 
 if TYPE_CHECKING:
@@ -65,16 +66,11 @@ TRAIN_TIMES = (
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
-    from covidlib.losses import LOSSES
-    from covidlib.mean_teacher import QUICK_UNLABELLED, SEMI_FULL, SEMI_METHODS, SEMI_QUICK
-    from covidlib.models import MODELS
-    from covidlib.train import AMP_CHOICES
-
     parser.epilog = TRAIN_TIMES
     parser.add_argument("--dataset", default="covid-semiseg", help="registered dataset name (default: covid-semiseg)")
     parser.add_argument("--data-root", help="the dataset's folder (default: $COVIDLIB_DATA/<dataset>)")
     parser.add_argument("--split", help="the dataset split to train on (default: 'train', else the dataset's first)")
-    parser.add_argument("--model", choices=sorted(MODELS), default="unet", help="network (default: unet)")
+    parser.add_argument("--model", choices=sorted(MODEL_NAMES), default="unet", help="network (default: unet)")
     parser.add_argument("--out", required=True, help="output folder: last.pt, best.pt, history.json, metrics.json")
     parser.add_argument("--epochs", type=int, help=f"maximum epochs (default {FULL['epochs']}, quick {QUICK['epochs']})")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few short epochs of a small network on small images")
@@ -88,7 +84,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-width", type=int, help=f"channels of the first level (default {FULL['base_width']}; the paper: 64)")
     parser.add_argument("--depth", type=int, default=4, help="number of poolings (default 4)")
     parser.add_argument("--batch-size", type=int, help=f"default {FULL['batch_size']}")
-    parser.add_argument("--loss", choices=sorted(LOSSES), default="ce+dice", help="training loss (default ce+dice)")
+    parser.add_argument("--loss", choices=sorted(LOSS_NAMES), default="ce+dice", help="training loss (default ce+dice)")
     parser.add_argument("--lr", type=float, default=Recipe.lr, help=f"Adam learning rate (default {Recipe.lr:g}; the report: 2e-4)")
     parser.add_argument("--step-size", type=int, default=Recipe.step_size, help=f"StepLR period in epochs (default {Recipe.step_size})")
     parser.add_argument("--gamma", type=float, default=Recipe.gamma, help=f"StepLR factor (default {Recipe.gamma})")
@@ -126,7 +122,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
         "With --semi the supervised model (A', kept in OUT/supervised/) is continued on the labelled slices plus "
         "pseudo-labelled patches of the unlabelled images, the threshold and the epoch chosen on the validation "
         "cases; OUT/best.pt is the semi-supervised network.")
-    semi.add_argument("--semi", choices=sorted(SEMI_METHODS),
+    semi.add_argument("--semi", choices=sorted(SEMI_METHOD_NAMES),
                       help="pseudo-labels (their weighted loss), mean-teacher (an EMA teacher's consistency on the "
                            "unlabelled patches) or both (the book's mean-teacher arm)")
     semi.add_argument("--unlabelled-split", help="the dataset split of unlabelled images (default: unlabelled)")
@@ -178,8 +174,7 @@ def run_train(args: argparse.Namespace) -> int:
     from covidlib.fingerprint import content_key
     from covidlib.inference import prepare_slices
     from covidlib.io import atomic_write_text
-    from covidlib.mean_teacher import (QUICK_UNLABELLED, SEMI_FULL, SEMI_QUICK, semi_supervised_settings,
-                                       train_semi_supervised)
+    from covidlib.mean_teacher import semi_supervised_settings, train_semi_supervised
     from covidlib.results import to_json
 
     seed_everything(args.seed)
@@ -462,16 +457,32 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- segment and semi: their arguments and work live in the library -------------------------
+# --- segment and semi: their work lives in the library ----------------------------------------
 
 #: What ``segment`` says, in place of a Python warning, when ``--lung-method auto`` finds no lungmask weights.
 LUNGMASK_FALLBACK_NOTE = "note: lungmask weights not found; using the classical lung mask"
 
 
 def _segment_arguments(parser: argparse.ArgumentParser) -> None:
-    from covidlib import segment
-
-    segment.add_arguments(parser)
+    parser.add_argument("scan", help="CT scan in HU: NIfTI/NRRD/MetaImage file or a DICOM series folder")
+    parser.add_argument("-o", "--output", required=True, help="infection mask to write (.nii.gz, .nii, .nrrd, .mha)")
+    parser.add_argument("--checkpoint", required=True, help="trained network: best.pt/last.pt of covidlib's Trainer")
+    parser.add_argument("--lung-mask", help="lung mask to write (right 1, left 2); default: <output>_lungs beside the output")
+    parser.add_argument("--summary", help="also write the volume summary as JSON here")
+    parser.add_argument("--lung-method", choices=LUNG_METHODS, default="auto",
+                        help="lungmask when its weights are present, else classical (default: auto)")
+    parser.add_argument("--lungmask-weights", help="lungmask weights file (default: R231 from the torch hub cache)")
+    parser.add_argument("--series-id", help="DICOM series to read when the folder holds several")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
+    parser.add_argument("--amp", choices=AMP_CHOICES, default="auto", help="autocast dtype (auto: bf16/fp16 on a GPU; bf16 on a CPU with native "
+                        "bf16 kernels, AVX512-BF16/AMX; else float32)")
+    parser.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")
+    parser.add_argument("--threshold", type=float, help="infection when the probability exceeds this (default: the "
+                        "checkpoint's, chosen on its validation cases by train --select-threshold, else 0.5)")
+    parser.add_argument("--model", choices=sorted(MODEL_NAMES), help="architecture, for checkpoints that do not record it")
+    parser.add_argument("--base-width", type=int, help="with --model: channels of the first level")
+    parser.add_argument("--depth", type=int, help="with --model: number of poolings")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run_segment(args: argparse.Namespace) -> int:
@@ -489,9 +500,38 @@ def run_segment(args: argparse.Namespace) -> int:
 
 
 def _semi_arguments(parser: argparse.ArgumentParser) -> None:
-    from covidlib import mean_teacher
-
-    mean_teacher.add_arguments(parser)
+    parser.add_argument("--dataset", default="covid-semiseg", help="registered dataset with an 'unlabelled' split "
+                                                                   "(default: covid-semiseg)")
+    parser.add_argument("--data-root", help="the dataset's folder (default: $COVIDLIB_DATA/<dataset>)")
+    parser.add_argument("--out", required=True, help="output folder: best.pt (the mean teacher) and metrics.json")
+    parser.add_argument("--folds", type=int, default=5, help="k of the k-fold split of the labelled cases (default 5)")
+    parser.add_argument("--fold", type=int, default=0, help="which fold (0..k-1) is held out to test (default 0)")
+    parser.add_argument("--inner-val", type=int, help="non-test cases that select the best epoch (default: a fifth)")
+    parser.add_argument("--unlabelled", type=int,
+                        help=f"unlabelled images to pseudo-label, spread evenly (default all; quick at most {QUICK_UNLABELLED})")
+    parser.add_argument("--rule", choices=[rule.replace("_", "-") for rule in PSEUDO_LABEL_RULES], default="top2",
+                        help="pseudo-label rule: top2 (both best scores above a threshold chosen on the inner validation "
+                             "slices) or top1-band (best in [0.87, 0.96])")
+    parser.add_argument("--no-calibrate", action="store_true",
+                        help="top2 with the report's fixed threshold 0.90 instead of the calibrated one")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: small images, a small network, few short epochs")
+    parser.add_argument("--model", choices=sorted(MODEL_NAMES), default="unet", help="network (default: unet)")
+    parser.add_argument("--image-size", type=int, help=f"square network input in pixels (default {SEMI_FULL['image_size']})")
+    parser.add_argument("--base-width", type=int, help=f"channels of the first level (default {SEMI_FULL['base_width']})")
+    parser.add_argument("--depth", type=int, default=4, help="number of poolings (default 4)")
+    parser.add_argument("--epochs", type=int, help=f"epochs of the supervised A' (default {SEMI_FULL['epochs']})")
+    parser.add_argument("--semi-epochs", type=int, help=f"epochs of each semi-supervised arm (default {SEMI_FULL['semi_epochs']})")
+    parser.add_argument("--batch-size", type=int, help=f"slices (and pseudo-labelled patches) a step (default {SEMI_FULL['batch_size']})")
+    parser.add_argument("--max-steps-per-epoch", type=int, help="cap the batches of an epoch")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of A' (default 1e-3; the arms use half)")
+    parser.add_argument("--patience", type=int, default=20, help="stop after this many epochs without a better validation Dice")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
+    parser.add_argument("--amp", choices=AMP_CHOICES, default="auto",
+                        help="mixed precision: auto (bf16/fp16 on a GPU; bf16 on a CPU with native bf16 kernels, "
+                        "AVX512-BF16/AMX; else float32), bf16, fp16 or off")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the folds, initialisation, batches and sampling")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run_semi(args: argparse.Namespace) -> int:
@@ -621,8 +661,6 @@ def check_train(args: argparse.Namespace) -> None:
 def check_semi(args: argparse.Namespace) -> None:
     """``semi``'s flags before any data is read (:func:`run_semi` checks those that depend on the
     number of labelled cases)."""
-    from covidlib.mean_teacher import SEMI_FULL, SEMI_QUICK
-
     _check_rules(args)
     if args.fold >= args.folds:
         raise InvalidInputError(f"--fold must be in [0, {args.folds - 1}] for --folds {args.folds}, got {args.fold}")
@@ -636,22 +674,21 @@ def check_semi(args: argparse.Namespace) -> None:
 def _check_semi_folds(args: argparse.Namespace, split: str, n_cases: int) -> None:
     """``semi``'s ``--folds`` and ``--inner-val`` against the ``n_cases`` labelled cases of ``split``:
     every fold must leave, besides its test cases, at least one case to select the epoch and one to
-    train (:func:`covidlib.crossval.nested_folds`)."""
+    train (the limits :func:`covidlib.crossval.nested_folds` enforces, named by flag)."""
+    from covidlib.crossval import allowed_folds, largest_inner_val
+
     cases = f"split {split!r} of dataset {args.dataset!r} has {n_cases} labelled case(s)"
-    if n_cases < 3:
+    folds = allowed_folds(n_cases)
+    if not folds:
         raise InvalidInputError(f"{cases}; semi needs at least 3: to test, to select the epoch and to train")
-
-    def non_test(folds: int) -> int:  # the cases the largest test fold leaves (fold sizes differ by at most one)
-        return n_cases - math.ceil(n_cases / folds)
-
-    fewest = min(k for k in range(2, n_cases + 1) if non_test(k) >= 2)
-    if not fewest <= args.folds <= n_cases:
-        raise InvalidInputError(f"--folds {args.folds}: {cases}; --folds must be in [{fewest}, {n_cases}] so that "
+    if args.folds not in folds:
+        raise InvalidInputError(f"--folds {args.folds}: {cases}; --folds must be in [{folds[0]}, {folds[-1]}] so that "
                                 "every fold leaves a case to select the epoch and one to train")
-    if args.inner_val is not None and args.inner_val >= non_test(args.folds):
+    largest = largest_inner_val(n_cases, args.folds)
+    if args.inner_val is not None and args.inner_val > largest:
         raise InvalidInputError(f"--inner-val {args.inner_val}: with --folds {args.folds} of the {n_cases} labelled "
-                                f"cases, a fold leaves {non_test(args.folds)} non-test cases and none would train; "
-                                f"--inner-val must be at most {non_test(args.folds) - 1}")
+                                f"cases, a fold leaves {largest + 1} non-test cases and none would train; "
+                                f"--inner-val must be at most {largest}")
 
 
 def check_predict(args: argparse.Namespace) -> None:
@@ -727,9 +764,8 @@ def _train_interrupted(args: argparse.Namespace) -> str:
     return f"interrupted; the same command with --resume continues from {last}{again}"
 
 
-def build_parser(with_arguments: Container[str] = COMMANDS) -> argparse.ArgumentParser:
-    """The argument parser with one subparser for each entry of :data:`COMMANDS`; only those named
-    in ``with_arguments`` get their arguments (building the others would import torch for nothing)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with one subparser for each entry of :data:`COMMANDS`."""
     parser = argparse.ArgumentParser(
         prog="python -m covidlib",
         description="COVID-19 lung-infection segmentation in chest CT: train, evaluate and apply 2D U-Nets.",
@@ -737,9 +773,7 @@ def build_parser(with_arguments: Container[str] = COMMANDS) -> argparse.Argument
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():
-        sub = subparsers.add_parser(name, help=command.help, description=command.help)
-        if name in with_arguments:
-            command.add_arguments(sub)
+        command.add_arguments(subparsers.add_parser(name, help=command.help, description=command.help))
     return parser
 
 
@@ -751,8 +785,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prints one line (how to continue) and gives exit code 130.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    # the command is the first argument (the top level has no option but --help): only its subparser is built
-    args = build_parser(argv[:1]).parse_args(argv)
+    args = build_parser().parse_args(argv)
     command = COMMANDS[args.command]
     try:
         if command.check is not None:

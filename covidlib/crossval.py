@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -53,17 +54,38 @@ class Fold:
     test: list[str]
 
 
+def largest_inner_val(n_cases: int, folds: int) -> int:
+    """The largest inner-validation count (``n_val`` of :func:`nested_folds`) of ``n_cases`` cases
+    in ``folds`` outer folds: the non-test cases a largest test fold leaves (fold sizes differ by at
+    most one, :func:`covidlib.data.kfold_volumes`), less one to train. Below 1 when such a fold
+    leaves no case either to select the epoch or to train."""
+    return n_cases - math.ceil(n_cases / folds) - 1
+
+
+def allowed_folds(n_cases: int) -> range:
+    """The fold counts :func:`nested_folds` accepts for ``n_cases`` cases: from the fewest whose
+    every fold leaves, besides its test cases, a case to select the epoch and one to train
+    (:func:`largest_inner_val` at least 1), up to ``n_cases`` folds; empty below 3 cases."""
+    counts = [folds for folds in range(2, n_cases + 1) if largest_inner_val(n_cases, folds) >= 1]
+    return range(counts[0], n_cases + 1) if counts else range(0)
+
+
 def nested_folds(case_ids: Sequence[str], folds: int, seed: int, n_val: int | None = None) -> list[Fold]:
     """The ``folds`` outer folds of ``case_ids``; of each fold's non-test cases, ``n_val``
     (default a fifth, at least 1) select the epoch and the others train.
 
     Test folds are :func:`covidlib.data.kfold_volumes` with ``seed``; fold ``k``'s validation
-    draw uses ``seed + k``. Every case is tested exactly once.
+    draw uses ``seed + k``. Every case is tested exactly once. ``folds`` must lie in
+    :func:`allowed_folds` and ``n_val`` in [1, :func:`largest_inner_val`].
     """
+    splits = kfold_volumes(case_ids, folds, seed)  # first: it refuses a `folds` outside [2, n]
+    largest = largest_inner_val(len(case_ids), folds)
     result = []
-    for index, (train_val, test) in enumerate(kfold_volumes(case_ids, folds, seed)):
+    for index, (train_val, test) in enumerate(splits):
         count = max(1, len(train_val) // 5) if n_val is None else n_val
-        if not 1 <= count < len(train_val):
+        # kfold_volumes puts its larger test folds first, so a count beyond `largest` fails at
+        # fold 0, whose own bound len(train_val) - 1 is `largest`
+        if not 1 <= count <= largest:
             raise InvalidInputError(f"the validation count must be in [1, {len(train_val) - 1}] for the "
                                     f"{len(train_val)} non-test cases of fold {index}, got {count!r}")
         train, val = split_volumes(train_val, count, seed + index)

@@ -174,6 +174,8 @@ def hausdorff_dt_loss(logits: Tensor, target: Tensor, alpha: float = 2.0) -> Ten
     return ((predicted - probabilities) ** 2 * weights).mean()
 
 
+#: The losses by name; the command line lists them from :data:`covidlib.options.LOSS_NAMES`, which a test
+#: keeps equal to these keys (so that ``--help`` needs no torch).
 LOSSES: dict[str, LossFunction] = {
     "ce": cross_entropy,
     "wce": weighted_cross_entropy,

@@ -25,7 +25,7 @@ without the unlabelled data (the same optimizer steps, input noise and epoch sel
 that a difference measures the unlabelled data and not extra training. :func:`run_semi_cv`
 repeats it over the outer folds of a nested cross-validation and several seeds, and
 :func:`compare_arms` gives mean ± sd and paired bootstrap intervals. The command line runs one
-fold as ``python -m covidlib semi`` (:func:`add_arguments`, :func:`run`).
+fold as ``python -m covidlib semi`` (:func:`run`).
 
 Introduced in chapter 08.
 """
@@ -61,13 +61,13 @@ from covidlib.errors import InvalidInputError
 from covidlib.fingerprint import changed_sources, code_fingerprint, content_key, imported_modules
 from covidlib.inference import case_metrics, predict_stack, prepare_slices
 from covidlib.io import atomic_write_text
-from covidlib.models import MODELS, get_model
-from covidlib.pseudo import (RULES, PseudoLabelConfig, PseudoPatchDataset, build_dictionary, calibrate_on_labelled,
+from covidlib.models import get_model
+from covidlib.options import QUICK_UNLABELLED, SEMI_FULL, SEMI_QUICK
+from covidlib.pseudo import (PseudoLabelConfig, PseudoPatchDataset, build_dictionary, calibrate_on_labelled,
                              compare_rules, pseudo_label, report_rules)
 from covidlib.results import format_interval, to_json
 from covidlib.statistics import paired_bootstrap_ci, summarise_runs
-from covidlib.train import (AMP_CHOICES, Trainer, TrainConfig, resolve_amp, save_checkpoint, split_batch,
-                            validate_batch)
+from covidlib.train import Trainer, TrainConfig, resolve_amp, save_checkpoint, split_batch, validate_batch
 from covidlib.transfer import SliceTraining, fit_volumes, slice_loader
 
 VALIDATE_CHOICES = ("teacher", "student")
@@ -470,7 +470,8 @@ def semi_supervised_fold(arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], tr
     return results
 
 
-#: The methods of ``python -m covidlib train --semi`` and the arm (:func:`arm_setup`) each trains.
+#: The methods of ``python -m covidlib train --semi`` and the arm (:func:`arm_setup`) each trains; the
+#: command line lists them from :data:`covidlib.options.SEMI_METHOD_NAMES`, which a test keeps equal to these keys.
 SEMI_METHODS = {"pseudo-labels": "pseudo_labels", "mean-teacher": "consistency", "both": "mean_teacher"}
 
 
@@ -684,51 +685,6 @@ def paired_rows(summary: Mapping[str, Any]) -> list[tuple[str, str, str, str, st
 
 
 # --- the command line: python -m covidlib semi ------------------------------------------------
-
-#: Sizes of ``semi`` without and with ``--quick``; explicit flags win. Full = the reported CV run.
-SEMI_FULL = {"image_size": 128, "base_width": 16, "epochs": 25, "semi_epochs": 8, "batch_size": 8,
-             "max_steps_per_epoch": None}
-SEMI_QUICK = {"image_size": 64, "base_width": 8, "epochs": 6, "semi_epochs": 3, "batch_size": 4,
-              "max_steps_per_epoch": 4}
-#: With ``--quick`` and no ``--unlabelled``: at most this many unlabelled images (else all of them).
-QUICK_UNLABELLED = 64
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``semi`` subcommand's arguments (see :func:`run`)."""
-    parser.add_argument("--dataset", default="covid-semiseg", help="registered dataset with an 'unlabelled' split "
-                                                                   "(default: covid-semiseg)")
-    parser.add_argument("--data-root", help="the dataset's folder (default: $COVIDLIB_DATA/<dataset>)")
-    parser.add_argument("--out", required=True, help="output folder: best.pt (the mean teacher) and metrics.json")
-    parser.add_argument("--folds", type=int, default=5, help="k of the k-fold split of the labelled cases (default 5)")
-    parser.add_argument("--fold", type=int, default=0, help="which fold (0..k-1) is held out to test (default 0)")
-    parser.add_argument("--inner-val", type=int, help="non-test cases that select the best epoch (default: a fifth)")
-    parser.add_argument("--unlabelled", type=int,
-                        help=f"unlabelled images to pseudo-label, spread evenly (default all; quick at most {QUICK_UNLABELLED})")
-    parser.add_argument("--rule", choices=[rule.replace("_", "-") for rule in RULES], default="top2",
-                        help="pseudo-label rule: top2 (both best scores above a threshold chosen on the inner validation "
-                             "slices) or top1-band (best in [0.87, 0.96])")
-    parser.add_argument("--no-calibrate", action="store_true",
-                        help="top2 with the report's fixed threshold 0.90 instead of the calibrated one")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: small images, a small network, few short epochs")
-    parser.add_argument("--model", choices=sorted(MODELS), default="unet", help="network (default: unet)")
-    parser.add_argument("--image-size", type=int, help=f"square network input in pixels (default {SEMI_FULL['image_size']})")
-    parser.add_argument("--base-width", type=int, help=f"channels of the first level (default {SEMI_FULL['base_width']})")
-    parser.add_argument("--depth", type=int, default=4, help="number of poolings (default 4)")
-    parser.add_argument("--epochs", type=int, help=f"epochs of the supervised A' (default {SEMI_FULL['epochs']})")
-    parser.add_argument("--semi-epochs", type=int, help=f"epochs of each semi-supervised arm (default {SEMI_FULL['semi_epochs']})")
-    parser.add_argument("--batch-size", type=int, help=f"slices (and pseudo-labelled patches) a step (default {SEMI_FULL['batch_size']})")
-    parser.add_argument("--max-steps-per-epoch", type=int, help="cap the batches of an epoch")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of A' (default 1e-3; the arms use half)")
-    parser.add_argument("--patience", type=int, default=20, help="stop after this many epochs without a better validation Dice")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
-    parser.add_argument("--amp", choices=AMP_CHOICES, default="auto",
-                        help="mixed precision: auto (bf16/fp16 on a GPU; bf16 on a CPU with native bf16 kernels, "
-                        "AVX512-BF16/AMX; else float32), bf16, fp16 or off")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the folds, initialisation, batches and sampling")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
 
 def _size(args: argparse.Namespace, name: str) -> Any:
     value = getattr(args, name)

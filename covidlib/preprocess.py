@@ -39,11 +39,11 @@ from covidlib.data import fit_slice
 from covidlib.datasets import Case, lungs_by_side
 from covidlib.errors import InvalidInputError
 from covidlib.io import Volume, atomic_path
+from covidlib.options import LUNG_METHODS
 
 
 #: lungmask's R231 weights as torch hub names them (``lungmask.mask.MODEL_URLS["R231"]``).
 LUNGMASK_R231_FILE = "unet_r231-d5d2fc3d.pth"
-LUNG_METHODS = ("auto", "lungmask", "classical")
 #: Voxels below this HU inside the body are air-filled: lungs, airways (lung ~ -850, soft tissue ~ 40).
 LUNG_THRESHOLD_HU = -350.0
 #: Smallest lung core (air deeper than the erosion depth) accepted as a lung, in mL; the trachea

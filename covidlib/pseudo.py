@@ -37,9 +37,8 @@ from tqdm.auto import tqdm
 from covidlib.coarse import Box, mask_bounding_box
 from covidlib.config import get_device
 from covidlib.errors import InvalidInputError
+from covidlib.options import PSEUDO_LABEL_RULES
 from covidlib.train import autocast_context
-
-RULES = ("top2", "top1_band")
 
 #: Columns of a patch-location array: source image index, slice z, top row y, left column x.
 LOCATION_COLUMNS = ("source", "z", "y", "x")
@@ -81,8 +80,8 @@ class PseudoLabelConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise InvalidInputError(f"PseudoLabelConfig.{name} must be a non-negative integer, got {value!r}")
-        if self.rule not in RULES:
-            raise InvalidInputError(f"PseudoLabelConfig.rule must be one of {RULES}, got {self.rule!r}")
+        if self.rule not in PSEUDO_LABEL_RULES:
+            raise InvalidInputError(f"PseudoLabelConfig.rule must be one of {PSEUDO_LABEL_RULES}, got {self.rule!r}")
         low, high = self.band
         if not -1.0 <= low <= high <= 1.0:
             raise InvalidInputError(f"PseudoLabelConfig.band must satisfy -1 <= low <= high <= 1, got {self.band!r}")
@@ -288,8 +287,8 @@ def assign(scores: np.ndarray, indices: np.ndarray, rule: str = "top2", *, thres
     indices = np.asarray(indices, dtype=np.int64)
     if scores.ndim != 2 or scores.shape != indices.shape or scores.shape[1] < 1:
         raise InvalidInputError(f"scores and indices must be (N, k) of equal shape, got {scores.shape} and {indices.shape}")
-    if rule not in RULES:
-        raise InvalidInputError(f"rule must be one of {RULES}, got {rule!r}")
+    if rule not in PSEUDO_LABEL_RULES:
+        raise InvalidInputError(f"rule must be one of {PSEUDO_LABEL_RULES}, got {rule!r}")
     n = scores.shape[0]
     labels = np.zeros((n, 2), dtype=np.int64)
     coefficients = np.zeros((n, 2), dtype=np.float32)

@@ -65,9 +65,9 @@ from covidlib.datasets import Case
 from covidlib.errors import InvalidInputError
 from covidlib.inference import Architecture, decision_threshold, grey_levels, load_model, normalise_ct_slices, resize_stack
 from covidlib.io import WRITE_SUFFIXES, Volume, atomic_path, read_volume, write_volume
-from covidlib.models import MODELS
-from covidlib.preprocess import LUNG_METHODS, check_ct_volume, crop_to_mask, lung_mask, preprocess_case, resolve_lung_method
-from covidlib.train import AMP_CHOICES, predict_proba, resolve_amp
+from covidlib.options import LUNG_METHODS
+from covidlib.preprocess import check_ct_volume, crop_to_mask, lung_mask, preprocess_case, resolve_lung_method
+from covidlib.train import predict_proba, resolve_amp
 
 #: Lung labels of lungmask's convention and the names the summary uses for them.
 LUNG_SIDES = {1: "right", 2: "left"}
@@ -325,29 +325,6 @@ def format_volume_summary(summary: Mapping[str, Any]) -> str:
 
 # --------------------------------------------------------------------------------------------
 # Command line
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``segment`` subcommand's arguments (see :func:`run`)."""
-    parser.add_argument("scan", help="CT scan in HU: NIfTI/NRRD/MetaImage file or a DICOM series folder")
-    parser.add_argument("-o", "--output", required=True, help="infection mask to write (.nii.gz, .nii, .nrrd, .mha)")
-    parser.add_argument("--checkpoint", required=True, help="trained network: best.pt/last.pt of covidlib's Trainer")
-    parser.add_argument("--lung-mask", help="lung mask to write (right 1, left 2); default: <output>_lungs beside the output")
-    parser.add_argument("--summary", help="also write the volume summary as JSON here")
-    parser.add_argument("--lung-method", choices=LUNG_METHODS, default="auto",
-                        help="lungmask when its weights are present, else classical (default: auto)")
-    parser.add_argument("--lungmask-weights", help="lungmask weights file (default: R231 from the torch hub cache)")
-    parser.add_argument("--series-id", help="DICOM series to read when the folder holds several")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
-    parser.add_argument("--amp", choices=AMP_CHOICES, default="auto", help="autocast dtype (auto: bf16/fp16 on a GPU; bf16 on a CPU with native "
-                        "bf16 kernels, AVX512-BF16/AMX; else float32)")
-    parser.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")
-    parser.add_argument("--threshold", type=float, help="infection when the probability exceeds this (default: the "
-                        "checkpoint's, chosen on its validation cases by train --select-threshold, else 0.5)")
-    parser.add_argument("--model", choices=sorted(MODELS), help="architecture, for checkpoints that do not record it")
-    parser.add_argument("--base-width", type=int, help="with --model: channels of the first level")
-    parser.add_argument("--depth", type=int, help="with --model: number of poolings")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _architecture_option(args: argparse.Namespace) -> Architecture | None:

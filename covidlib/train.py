@@ -44,8 +44,8 @@ from covidlib.io import atomic_path
 from covidlib.losses import get_loss
 from covidlib.augment import mixup
 from covidlib.metrics import as_binary_mask, dice, iou, segmentation_metrics, sensitivity, specificity, summarise
+from covidlib.options import AMP_CHOICES
 
-AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
 

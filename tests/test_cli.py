@@ -70,11 +70,32 @@ def _imported_by(argv: list[str]) -> set[str]:
     return {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["evaluate", "--help"], ["predict", "--help"], ["no-such-command"]])
+@pytest.mark.parametrize("argv", [["--help"], ["no-such-command"], *([name, "--help"] for name in COMMANDS)])
 def test_help_and_a_bad_command_do_not_import_torch(argv: list[str]) -> None:
     imported = _imported_by(argv)
     assert "argparse" in imported  # the listing works
     assert "torch" not in imported and "numpy" not in imported
+
+
+BUILD_EVERY_PARSER = """
+import argparse, json, sys
+from covidlib.__main__ import build_parser
+commands = next(action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction))
+print(json.dumps({"options": {name: sorted(sub._option_string_actions) for name, sub in commands.choices.items()},
+                  "torch": "torch" in sys.modules}))
+"""
+
+
+def test_building_the_parser_of_every_command_imports_no_torch() -> None:
+    """Their choices (networks, losses, methods) come from covidlib.options, not the torch modules."""
+    done = subprocess.run([sys.executable, "-c", BUILD_EVERY_PARSER], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    built = json.loads(done.stdout)
+    assert sorted(built["options"]) == sorted(COMMANDS)
+    assert {"--model", "--loss", "--semi", "--amp"} <= set(built["options"]["train"])  # its arguments were added
+    assert {"--lung-method", "--model"} <= set(built["options"]["segment"])
+    assert {"--rule", "--model"} <= set(built["options"]["semi"])
+    assert not built["torch"]
 
 
 def test_train_writes_checkpoints_history_and_metrics(trained: tuple[Path, Path]) -> None:

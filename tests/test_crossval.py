@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from covidlib import crossval
-from covidlib.crossval import nested_folds, run_nested_cv
+from covidlib.crossval import allowed_folds, largest_inner_val, nested_folds, run_nested_cv
 from covidlib.datasets import get_dataset
 from covidlib.errors import InvalidInputError
 from covidlib.inference import prepare_case, predict_stack, prepare_slices
@@ -34,6 +34,49 @@ def test_nested_folds_test_each_case_once_and_never_select_on_it():
     assert nested_folds(ids, 5, seed=4) != folds
     with pytest.raises(InvalidInputError, match="validation count"):
         nested_folds(ids[:4], 2, seed=0, n_val=2)
+
+
+@pytest.mark.parametrize(("n_cases", "folds"), [(0, range(0)), (1, range(0)), (2, range(0)), (3, range(3, 4)),
+                                                (4, range(2, 5)), (5, range(2, 6)), (50, range(2, 51))])
+def test_allowed_folds_by_hand(n_cases: int, folds: range) -> None:
+    # 3 cases in 2 folds: the test fold of 2 leaves 1 case, which cannot both select and train
+    assert allowed_folds(n_cases) == folds
+
+
+@pytest.mark.parametrize(("n_cases", "folds", "largest"), [
+    (3, 3, 1),  # test 1 of 3, select 1, train 1
+    (5, 2, 1), (5, 3, 2), (5, 5, 3),  # largest test folds of 3, 2 and 1 case(s)
+    (50, 2, 24), (50, 3, 32), (50, 5, 39), (50, 50, 48),  # largest test folds of 25, 17, 10 and 1
+])
+def test_largest_inner_val_by_hand(n_cases: int, folds: int, largest: int) -> None:
+    assert largest_inner_val(n_cases, folds) == largest
+
+
+@pytest.mark.parametrize("n_cases", [3, 5, 50])
+def test_nested_folds_accept_the_limits_and_refuse_one_beyond(n_cases: int) -> None:
+    ids = [f"c{i}" for i in range(n_cases)]
+    folds = allowed_folds(n_cases)
+    for k in (folds[0], folds[-1]):
+        largest = largest_inner_val(n_cases, k)
+        for n_val in (None, 1, largest):
+            assert len(nested_folds(ids, k, seed=0, n_val=n_val)) == k
+        with pytest.raises(InvalidInputError, match=rf"must be in \[1, {largest}\] .* got {largest + 1}$"):
+            nested_folds(ids, k, seed=0, n_val=largest + 1)
+    for k in (folds[0] - 1, folds[-1] + 1):
+        with pytest.raises(InvalidInputError):
+            nested_folds(ids, k, seed=0)
+
+
+def test_the_limits_are_those_of_the_folds_nested_folds_draws() -> None:
+    for n_cases in range(1, 20):
+        ids = [f"c{i}" for i in range(n_cases)]
+        for k in range(2, n_cases + 1):
+            if k in allowed_folds(n_cases):
+                fewest = min(len(fold.train) + len(fold.val) for fold in nested_folds(ids, k, seed=1))
+                assert largest_inner_val(n_cases, k) == fewest - 1
+            else:
+                with pytest.raises(InvalidInputError, match="validation count"):
+                    nested_folds(ids, k, seed=1)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ from covidlib.models.attention import AttentionGate, AttentionUNet2d
 from covidlib.models.unet2d import DoubleConv, UNet2d, UpBlock
 from covidlib.models.unet3d import GenesisUNet2d, UNet3d, load_genesis_checkpoint  # noqa: F401  (chapter 05)
 
+#: The 2D networks by name; the command line lists them from :data:`covidlib.options.MODEL_NAMES`, which a
+#: test keeps equal to these keys (so that ``--help`` needs no torch).
 MODELS: dict[str, type[nn.Module]] = {"unet": UNet2d, "attention-unet": AttentionUNet2d}
 
 
