@@ -260,8 +260,8 @@ for zoom in zooms:
 #
 # A U-Net is fully convolutional: it can train on square windows cut out of a slice and still
 # predict a whole slice. That buys resolution at a fixed cost. A step on 160 px windows of 256 px
-# slices costs what a step on whole 160 px slices costs, yet each lesion is drawn with 1.6 times as
-# many pixels. This is how nnU-Net trains (Isensee et al. 2021). `Crop(size, top, left)` cuts the
+# slices costs what a step on whole 160 px slices costs, yet each lesion is drawn 1.6 times as wide and
+# as tall (2.56 times the pixels). This is how nnU-Net trains (Isensee et al. 2021). `Crop(size, top, left)` cuts the
 # window, with `top` and `left` in [0, 1] running from one border to the other. `RandomCrop(size)`
 # draws both uniformly, so every position is equally likely, and it crops on every draw, because
 # the items of a batch must share one size. `train --image-size 256 --crop-size 160` trains this way
