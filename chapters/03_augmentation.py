@@ -266,7 +266,11 @@ for zoom in zooms:
 # draws both uniformly, so every position is equally likely, and it crops on every draw, because
 # the items of a batch must share one size. `train --image-size 256 --crop-size 160` trains this way
 # and predicts on whole 256 px slices. Chapter 09's ablation measures what it is worth. A window
-# holds only part of the infection, and the cell under the figure counts how much.
+# holds only part of the infection, and the cell under the figure counts how much. nnU-Net does not
+# leave that to chance: it places a third of its patches around foreground. `RandomCrop(size,
+# foreground=p)` does the same with probability `p`: it draws an infected pixel at random and
+# then a window among those that hold it (`train --crop-foreground 0.33`). The same cell counts
+# what such windows hold.
 
 # %% mystnb={"figure": {"caption": "Three windows of 5/8 of the example slice's side (z-score, grey scale [-3, 3]), at its top-left corner, its centre and its bottom-right corner, each drawn at the size of the panel, with the infection outlined in red.", "name": "fig-03-crop"}}
 window = round(image.shape[-1] * 160 / 256)
@@ -277,6 +281,10 @@ kept = [RandomCrop(window).sample(crop_rng)(image, mask)[1].sum() / mask.sum() f
 print(f"{window} px windows of a {image.shape[-1]} px slice ({(window / image.shape[-1]) ** 2:.0%} of its area): "
       f"over 400 random windows, the share of the slice's infection inside one is {np.mean(kept):.2f} on average "
       f"(least {np.min(kept):.2f}, most {np.max(kept):.2f})")
+kept_around = [RandomCrop(window, foreground=1.0).sample(crop_rng)(image, mask)[1].sum() / mask.sum()
+               for _ in range(400)]
+print(f"over 400 windows around an infected pixel drawn at random: {np.mean(kept_around):.2f} on average "
+      f"(least {np.min(kept_around):.2f}, most {np.max(kept_around):.2f})")
 
 # %% [markdown]
 # ## 4. Elastic deformation: breathing

@@ -103,6 +103,10 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
                              "slice, and validate and predict on whole slices: e.g. --image-size 256 --crop-size 160 "
                              "sees finer detail at the cost per training step of 160 px; validating whole 256 px "
                              "slices each epoch made an epoch about 40 %% longer on a 2-core Zen 3 (default: whole slices)")
+    parser.add_argument("--crop-foreground", type=float, default=Recipe.crop_foreground,
+                        help="with --crop-size: the probability that a window holds infection, placed around an "
+                             "infected pixel drawn at random (nnU-Net draws a third of its patches so: 0.33; "
+                             f"default {Recipe.crop_foreground:g}: every position equally likely)")
     parser.add_argument("--no-tta", action="store_true",
                         help="predict without test-time augmentation (default: average the 8 turns and mirrors; "
                              "stored in the checkpoint, so evaluate and predict do the same)")
@@ -191,7 +195,8 @@ def run_train(args: argparse.Namespace) -> int:
                     gamma=args.gamma, patience=args.patience, batch_size=_setting(args, "batch_size"), loss=args.loss,
                     amp=args.amp, augment=not args.no_augment, dihedral=not args.no_dihedral, tta=not args.no_tta,
                     empty_fraction=args.empty_fraction, mixup_alpha=args.mixup_alpha, ema_decay=args.ema_decay,
-                    select_threshold=args.select_threshold, zoom=args.zoom, crop_size=args.crop_size, max_steps_per_epoch=_setting(args, "max_steps_per_epoch"))
+                    select_threshold=args.select_threshold, zoom=args.zoom, crop_size=args.crop_size,
+                    crop_foreground=args.crop_foreground, max_steps_per_epoch=_setting(args, "max_steps_per_epoch"))
     n_unlabelled = 0
     if args.semi:
         n_unlabelled = args.unlabelled
@@ -577,6 +582,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "empty_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "zoom": (lambda v: math.isfinite(v) and v >= 1, "a number of at least 1 (1: no zoom)"),
     "crop_size": (_positive_int, "a positive integer"),
+    "crop_foreground": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "val_fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
     "threshold": (lambda v: 0 < v < 1, "in (0, 1)"),
 }
@@ -656,6 +662,8 @@ def check_train(args: argparse.Namespace) -> None:
             raise InvalidInputError(f"--crop-size {args.crop_size} is larger than --image-size "
                                     f"{_setting(args, 'image_size')}: the window must fit in the slice")
         _check_depth(args.crop_size, args.depth, "--crop-size")
+    elif args.crop_foreground != Recipe.crop_foreground:
+        raise InvalidInputError("--crop-foreground acts only with --crop-size")
     _check_output_folder("--out", Path(args.out))
 
 

@@ -345,44 +345,73 @@ class RandomZoom(RandomTransform):
         return Zoom(factor=math.exp(as_generator(rng).uniform(-reach, reach)), fill=self.fill)
 
 
+def _foreground_pixels(mask: np.ndarray | torch.Tensor) -> np.ndarray:
+    """(n, 2) rows and columns, in row-major order, of the pixels where any leading slice of ``mask``
+    (..., H, W) is foreground: a label other than 0, or above 0.5 in a soft mask."""
+    array = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    foreground = array > 0.5 if _is_soft(array) else array != 0
+    return np.argwhere(foreground.reshape(-1, *foreground.shape[-2:]).any(axis=0))
+
+
+def _place(fraction: float, first: int, last: int) -> int:
+    """The position ``fraction`` in [0, 1] picks among ``first`` ... ``last``, each equally likely
+    for a uniform ``fraction``."""
+    return first + min(int(fraction * (last - first + 1)), last - first)
+
+
 @dataclass(frozen=True)
 class Crop(Transform):
     """Cut a ``size`` x ``size`` window out of the slice. ``top`` and ``left`` in [0, 1] place it
     from one border (0) to the other (1) whatever the slice's size: on an (H, W) slice the window
     starts at row ``min(floor(top * (H - size + 1)), H - size)``, and likewise for columns, so a
     uniform ``top`` gives every position the same chance. A slice smaller than the window is refused.
+
+    ``around`` in [0, 1] keeps the window on the foreground: of the mask's ``n`` foreground pixels
+    (row-major), the window holds number ``min(floor(around * n), n - 1)``, and ``top`` and ``left``
+    place it among the windows that hold that pixel. Without a mask or foreground it places the
+    window as without ``around``.
     """
 
     size: int
     top: float = 0.5
     left: float = 0.5
+    around: float | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.size, (int, np.integer)) and not isinstance(self.size, bool) and self.size >= 1):
             raise InvalidInputError(f"Crop: size must be a positive integer, got {self.size!r}")
-        for name in ("top", "left"):
+        for name in ("top", "left", "around"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+            if name == "around" and value is None:
+                continue
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0):
                 raise InvalidInputError(f"Crop: {name} must be a number in [0, 1], got {value!r}")
 
-    def corner(self, height: int, width: int) -> tuple[int, int]:
-        """The window's first row and column on a ``height`` x ``width`` slice."""
+    def corner(self, height: int, width: int, mask: np.ndarray | torch.Tensor | None = None) -> tuple[int, int]:
+        """The window's first row and column on a ``height`` x ``width`` slice whose mask is ``mask``."""
         if height < self.size or width < self.size:
             raise InvalidInputError(f"Crop: a {self.size} x {self.size} window does not fit a {height} x {width} slice")
-        return (min(int(self.top * (height - self.size + 1)), height - self.size),
-                min(int(self.left * (width - self.size + 1)), width - self.size))
+        rows, cols = (0, height - self.size), (0, width - self.size)
+        pixels = _foreground_pixels(mask) if self.around is not None and mask is not None else ()
+        if len(pixels):
+            row, col = pixels[min(int(self.around * len(pixels)), len(pixels) - 1)]
+            rows = (max(0, int(row) - self.size + 1), min(height - self.size, int(row)))
+            cols = (max(0, int(col) - self.size + 1), min(width - self.size, int(col)))
+        return _place(self.top, *rows), _place(self.left, *cols)
 
     def apply(self, image: Array, mask: Array | None) -> tuple[Array, Array | None]:
-        row, col = self.corner(*image.shape[-2:])
+        row, col = self.corner(*image.shape[-2:], mask)
         window = (..., slice(row, row + self.size), slice(col, col + self.size))
         # a copy, not a view: the caller's slice (e.g. a dataset's stored image) must never change
         return _copy(image[window]), None if mask is None else _copy(mask[window])
 
     def describe(self) -> dict[str, Any]:
-        return {"name": "Crop", "size": int(self.size), "top": float(self.top), "left": float(self.left)}
+        around = {} if self.around is None else {"around": float(self.around)}
+        return {"name": "Crop", "size": int(self.size), "top": float(self.top), "left": float(self.left), **around}
 
     def label(self) -> str:
-        return f"crop {self.size} px at ({self.top:.2f}, {self.left:.2f})"
+        around = "" if self.around is None else f" around foreground {self.around:.2f}"
+        return f"crop {self.size} px at ({self.top:.2f}, {self.left:.2f}){around}"
 
 
 @dataclass(frozen=True)
@@ -390,17 +419,27 @@ class RandomCrop(RandomTransform):
     """A ``size`` x ``size`` window at a uniformly random position (:class:`Crop`), on every call:
     ``p`` is fixed at 1, since the items of a batch must share one size. Training on windows of
     larger slices and predicting whole slices is nnU-Net's patch-based training (Isensee et al.,
-    Nature Methods 18, 2021): the network sees finer detail at the cost of a window's pixels."""
+    Nature Methods 18, 2021): the network sees finer detail at the cost of a window's pixels.
+
+    With probability ``foreground`` the window holds a foreground pixel drawn uniformly (``around``),
+    as nnU-Net draws a third of its patches around foreground; at 0 no draw is spent on it, so the
+    windows are those drawn before the option existed.
+    """
 
     size: int
+    foreground: float = 0.0
     p: float = field(default=1.0, init=False)
 
     def __post_init__(self) -> None:
         Crop(self.size)  # the same checks of size
+        if not (isinstance(self.foreground, (int, float)) and not isinstance(self.foreground, bool)
+                and 0.0 <= self.foreground <= 1.0):
+            raise InvalidInputError(f"RandomCrop: foreground must be a probability in [0, 1], got {self.foreground!r}")
 
     def sample(self, rng: np.random.Generator | int) -> Crop:
         rng = as_generator(rng)
-        return Crop(self.size, top=float(rng.random()), left=float(rng.random()))
+        around = float(rng.random()) if self.foreground > 0 and rng.random() < self.foreground else None
+        return Crop(self.size, top=float(rng.random()), left=float(rng.random()), around=around)
 
 
 def _copy(array: Array) -> Array:
@@ -707,11 +746,12 @@ class Compose(RandomTransform):
 def default_augmentation(*, p: float = 0.5, degrees: float = 3.0, max_displacement: float = 4.0,
                          log_gamma: tuple[float, float] = (-0.3, 0.3),
                          noise_std: tuple[float, float] = (0.0, 0.1), dihedral: bool = False,
-                         zoom: float = 1.0, crop: int | None = None) -> Compose:
+                         zoom: float = 1.0, crop: int | None = None, crop_foreground: float = 0.0) -> Compose:
     """The report's augmentation (section 3.3): rotation, elastic, gamma, noise, each with probability ``p``.
 
     ``crop`` first cuts a random ``crop`` x ``crop`` window out of each slice (:class:`RandomCrop`),
-    so the rest works on the window. ``dihedral=True`` then turns and mirrors it at random
+    so the rest works on the window, with probability ``crop_foreground`` one that holds infection.
+    ``dihedral=True`` then turns and mirrors it at random
     (:class:`RandomDihedral`), for data such as COVID-SemiSeg whose slices come in several
     orientations. ``zoom`` above 1 then scales it by a factor in [1 / zoom, zoom] with probability
     ``p`` (:class:`RandomZoom`). At ``crop=None`` and ``zoom=1`` nothing is drawn for them, so the
@@ -719,7 +759,7 @@ def default_augmentation(*, p: float = 0.5, degrees: float = 3.0, max_displaceme
     Mixup is batch-level and lives in :func:`mixup`, applied by the training loop.
     """
     return Compose((
-        *((RandomCrop(crop),) if crop is not None else ()),
+        *((RandomCrop(crop, foreground=crop_foreground),) if crop is not None else ()),
         *((RandomDihedral(),) if dihedral else ()),
         *((RandomZoom(max_factor=zoom, p=p),) if zoom != 1 else ()),
         RandomRotation(degrees=degrees, p=p),

@@ -79,13 +79,10 @@ def nested_folds(case_ids: Sequence[str], folds: int, seed: int, n_val: int | No
     :func:`allowed_folds` and ``n_val`` in [1, :func:`largest_inner_val`].
     """
     splits = kfold_volumes(case_ids, folds, seed)  # first: it refuses a `folds` outside [2, n]
-    largest = largest_inner_val(len(case_ids), folds)
     result = []
     for index, (train_val, test) in enumerate(splits):
         count = max(1, len(train_val) // 5) if n_val is None else n_val
-        # kfold_volumes puts its larger test folds first, so a count beyond `largest` fails at
-        # fold 0, whose own bound len(train_val) - 1 is `largest`
-        if not 1 <= count <= largest:
+        if not 1 <= count < len(train_val):
             raise InvalidInputError(f"the validation count must be in [1, {len(train_val) - 1}] for the "
                                     f"{len(train_val)} non-test cases of fold {index}, got {count!r}")
         train, val = split_volumes(train_val, count, seed + index)
@@ -107,11 +104,13 @@ def train_config(recipe: Recipe, seed: int, device: str, progress: bool) -> Trai
 
 
 def training_transform(recipe: Recipe) -> RandomTransform | None:
-    """What each training slice of ``recipe`` goes through: its window (``recipe.crop_size``), then
-    the augmentation (``recipe.augment``); ``None`` when neither."""
+    """What each training slice of ``recipe`` goes through: its window (``recipe.crop_size``, one that
+    holds infection with probability ``recipe.crop_foreground``), then the augmentation
+    (``recipe.augment``); ``None`` when neither."""
     if recipe.augment:
-        return default_augmentation(dihedral=recipe.dihedral, zoom=recipe.zoom, crop=recipe.crop_size)
-    return None if recipe.crop_size is None else RandomCrop(recipe.crop_size)
+        return default_augmentation(dihedral=recipe.dihedral, zoom=recipe.zoom, crop=recipe.crop_size,
+                                    crop_foreground=recipe.crop_foreground)
+    return None if recipe.crop_size is None else RandomCrop(recipe.crop_size, foreground=recipe.crop_foreground)
 
 
 def slice_dataset(prepared: PreparedSlices, ids: Sequence[str], recipe: Recipe, *, training: bool,

@@ -30,7 +30,8 @@ class Recipe:
     training slice by a random factor in [1 / zoom, zoom] (:class:`covidlib.augment.RandomZoom`);
     ``crop_size``: train on a random ``crop_size`` square window of each ``image_size`` slice
     (:class:`covidlib.augment.RandomCrop`) and validate and predict on whole slices, ``None`` for
-    whole slices throughout (a step then costs what one at ``crop_size`` does).
+    whole slices throughout (a step then costs what one at ``crop_size`` does); ``crop_foreground``:
+    the probability that a window holds infection (:class:`covidlib.augment.RandomCrop`'s ``foreground``).
     ``model``, ``base_width`` and ``depth`` choose the network (:func:`covidlib.models.get_model`);
     the rest are :class:`covidlib.train.TrainConfig`'s.
     """
@@ -57,12 +58,14 @@ class Recipe:
     select_threshold: bool = False
     zoom: float = 1.0
     crop_size: int | None = None
+    crop_foreground: float = 0.0
 
 
 #: Fields added after runs were stored, each with the value that leaves training as it was before
 #: the field existed: :func:`key_fields` omits them at that value, so the stored runs of the recipes
 #: that do not use a feature keep their key.
-LATER_FIELDS: dict[str, Any] = {"ema_decay": 0.0, "select_threshold": False, "zoom": 1.0, "crop_size": None}
+LATER_FIELDS: dict[str, Any] = {"ema_decay": 0.0, "select_threshold": False, "zoom": 1.0, "crop_size": None,
+                                 "crop_foreground": 0.0}
 
 
 def key_fields(recipe: Recipe) -> dict[str, Any]:

@@ -487,6 +487,57 @@ def test_random_crop_always_crops_and_reaches_every_position_evenly():
         RandomCrop(0)
 
 
+def test_a_crop_around_foreground_holds_the_pixel_its_fraction_picks():
+    from covidlib.augment import Crop
+
+    image = np.arange(8 * 10, dtype=np.float32).reshape(8, 10)
+    mask = np.zeros((8, 10), dtype=np.uint8)
+    mask[1, 8] = mask[6, 2] = 1  # row-major: pixel 0 is (1, 8), pixel 1 is (6, 2)
+    # around < 0.5 picks (1, 8). 4 x 4 windows holding it start in rows 0..1 and columns 5..6
+    # (column 8 - 3 = 5 up to the last column start 10 - 4 = 6); top/left place it among them
+    cases = {(0.2, 0.0, 0.0): (0, 5), (0.2, 1.0, 1.0): (1, 6), (0.49, 0.6, 0.4): (1, 5),
+             # around >= 0.5 picks (6, 2): rows 3..4 (6 - 3 up to 8 - 4), columns 0..2
+             (0.5, 0.0, 0.0): (3, 0), (1.0, 1.0, 1.0): (4, 2), (0.7, 0.5, 0.5): (4, 1)}
+    for (around, top, left), (row, col) in cases.items():
+        crop = Crop(4, top, left, around=around)
+        assert crop.corner(8, 10, mask) == (row, col)
+        cropped, cropped_mask = crop(image, mask)
+        np.testing.assert_array_equal(cropped, image[row:row + 4, col:col + 4])
+        assert cropped_mask.sum() >= 1
+    # no mask, or no foreground: placed as a plain crop
+    assert Crop(4, 0.3, 0.8, around=0.2).corner(8, 10) == Crop(4, 0.3, 0.8).corner(8, 10) == (1, 5)
+    assert Crop(4, 0.3, 0.8, around=0.2).corner(8, 10, np.zeros_like(mask)) == (1, 5)
+    # every leading slice counts, a soft mask counts above 0.5, and torch masks work as numpy ones
+    stacked = np.stack([np.zeros_like(mask), mask])[:, None]  # (B, C, H, W)
+    assert Crop(4, 0.0, 0.0, around=0.0).corner(8, 10, stacked) == (0, 5)
+    soft = np.where(mask == 1, 0.6, 0.4).astype(np.float32)
+    assert Crop(4, 0.0, 0.0, around=0.9).corner(8, 10, soft) == (3, 0)
+    assert Crop(4, 0.0, 0.0, around=0.9).corner(8, 10, torch.from_numpy(mask)) == (3, 0)
+    for bad in (-0.1, 1.5, True):
+        with pytest.raises(InvalidInputError, match="around must be a number in"):
+            Crop(4, around=bad)
+    assert Crop(4, 0.25, 0.5, around=0.75).describe() == {"name": "Crop", "size": 4, "top": 0.25, "left": 0.5,
+                                                           "around": 0.75}
+    assert Crop(4, 0.25, 0.5, around=0.75).label() == "crop 4 px at (0.25, 0.50) around foreground 0.75"
+
+
+def test_random_crop_holds_foreground_as_often_as_asked_and_keeps_its_old_draws_at_zero():
+    from covidlib.augment import Crop, RandomCrop
+
+    mask = np.zeros((16, 16), dtype=np.uint8)
+    mask[0, 0] = 1  # one pixel in a corner: a uniform 4 x 4 window holds it with probability 1 / 13 ** 2
+    rng = np.random.default_rng(1)
+    for foreground, expected in ((0.0, 1 / 169), (1 / 3, 1 / 3 + 2 / 3 / 169), (1.0, 1.0)):
+        crop = RandomCrop(4, foreground=foreground)
+        held = np.mean([crop.sample(rng)(mask.astype(np.float32), mask)[1].sum() == 1 for _ in range(3000)])
+        assert abs(held - expected) < 0.03, (foreground, held)
+    # at 0 the draws are the two of a plain uniform window, as before the option existed
+    uniform = np.random.default_rng(7)
+    assert RandomCrop(4).sample(7) == Crop(4, top=uniform.random(), left=uniform.random())
+    with pytest.raises(InvalidInputError, match="foreground must be a probability in"):
+        RandomCrop(4, foreground=1.2)
+
+
 def test_default_augmentation_draws_a_zoom_only_when_asked_after_the_turns():
     from covidlib.augment import RandomCrop, RandomDihedral, RandomZoom
 
@@ -498,3 +549,4 @@ def test_default_augmentation_draws_a_zoom_only_when_asked_after_the_turns():
     assert default_augmentation(zoom=1.25).transforms[0] == RandomZoom(1.25, p=0.5)
     # a crop comes first, so that the turns, zoom and deformation work on the window
     assert default_augmentation(dihedral=True, crop=64) == Compose((RandomCrop(64), RandomDihedral(), *report))
+    assert default_augmentation(crop=64, crop_foreground=0.33).transforms[0] == RandomCrop(64, foreground=0.33)

@@ -252,6 +252,12 @@ def test_a_cropping_recipe_trains_on_windows_and_validates_on_whole_slices(phant
     # without augmentation the window is all a training slice goes through
     bare = crossval.slice_dataset(prepared, ids, dataclasses.replace(cropping, augment=False), training=True, seed=0)
     assert bare.transform == RandomCrop(16)
+    # windows that hold infection half of the time, with or without the augmentation
+    centred = dataclasses.replace(cropping, crop_foreground=0.5)
+    assert crossval.slice_dataset(prepared, ids, centred, training=True, seed=0).transform.transforms[0] == \
+        RandomCrop(16, foreground=0.5)
+    assert crossval.slice_dataset(prepared, ids, dataclasses.replace(centred, augment=False), training=True,
+                                  seed=0).transform == RandomCrop(16, foreground=0.5)
     assert crossval.slice_dataset(prepared, ids, dataclasses.replace(TINY, augment=False), training=True,
                                   seed=0).transform is None
     # a window of the whole slice is the slice: cropping to the input size changes no pixel
