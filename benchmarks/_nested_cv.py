@@ -18,7 +18,9 @@ import numpy as np
 import torch
 
 from covidlib.config import runtime_summary
+from covidlib.errors import InvalidInputError
 from covidlib.fingerprint import data_fingerprint
+from covidlib.io import check_output_folder
 from covidlib.recipe import Recipe
 from covidlib.records import ReferenceRecord, read_reference, reference_dir
 from covidlib.results import to_json, write_record
@@ -66,7 +68,14 @@ def nested_cv_parser(doc: str | None, *, runs: str | None = None, seeds: str = "
 
 def begin(args: argparse.Namespace) -> dict[str, Any] | None:
     """The runtime summary a record stores (processor and bfloat16 included), after applying ``--threads``;
-    ``None``, after saying so, when COVID-SemiSeg is not at ``--data-root`` (nothing to do then)."""
+    ``None``, after saying so, when COVID-SemiSeg is not at ``--data-root`` (nothing to do then). An
+    output folder (``--runs``, ``--out``) that is a file, or lies under one, is refused first."""
+    for flag in ("runs", "out"):
+        if hasattr(args, flag):
+            try:
+                check_output_folder(f"--{flag}", Path(getattr(args, flag)))
+            except InvalidInputError as error:
+                raise SystemExit(f"error: {error}") from None
     if not (Path(args.data_root) / "TrainingSet").is_dir():
         print(f"no COVID-SemiSeg at {args.data_root}: nothing to do")
         return None

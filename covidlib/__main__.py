@@ -595,29 +595,6 @@ def _check_rules(args: argparse.Namespace) -> None:
             raise InvalidInputError(f"--{dest.replace('_', '-')} must be {what}, got {value}")
 
 
-def _blocking_file(path: Path) -> Path | None:
-    """``path`` or the nearest of its folders that exists, when that is a file: nothing can be written there."""
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    return existing if existing.exists() and not existing.is_dir() else None
-
-
-def _check_output_folder(flag: str, path: Path) -> None:
-    """Refuse an output folder that is an existing file or lies under one."""
-    blocking = _blocking_file(path)
-    if blocking is not None:
-        where = "exists and is not a folder" if blocking == path else f"lies under {blocking}, which is not a folder"
-        raise InvalidInputError(f"{flag} {path}: {where}; give an output folder")
-
-
-def _check_output_file(flag: str, path: Path) -> None:
-    """Refuse an output file that lies under an existing file (it would fail after all the work)."""
-    blocking = _blocking_file(path.parent)
-    if blocking is not None:
-        raise InvalidInputError(f"{flag} {path}: lies under {blocking}, which is not a folder")
-
-
 def _check_input_file(flag: str, path: Path) -> None:
     """Refuse an input file that is missing or a folder, naming its flag."""
     if not path.is_file():
@@ -638,6 +615,8 @@ def _check_depth(image_size: int, depth: int, flag: str = "--image-size") -> Non
 
 def check_train(args: argparse.Namespace) -> None:
     """``train``'s flags, alone and together, before any data is read."""
+    from covidlib.io import check_output_folder
+
     _check_rules(args)
     if args.folds is None:
         if args.fold is not None:
@@ -664,12 +643,14 @@ def check_train(args: argparse.Namespace) -> None:
         _check_depth(args.crop_size, args.depth, "--crop-size")
     elif args.crop_foreground != Recipe.crop_foreground:
         raise InvalidInputError("--crop-foreground acts only with --crop-size")
-    _check_output_folder("--out", Path(args.out))
+    check_output_folder("--out", Path(args.out))
 
 
 def check_semi(args: argparse.Namespace) -> None:
     """``semi``'s flags before any data is read (:func:`run_semi` checks those that depend on the
     number of labelled cases)."""
+    from covidlib.io import check_output_folder
+
     _check_rules(args)
     if args.fold >= args.folds:
         raise InvalidInputError(f"--fold must be in [0, {args.folds - 1}] for --folds {args.folds}, got {args.fold}")
@@ -677,7 +658,7 @@ def check_semi(args: argparse.Namespace) -> None:
     if image_size < 16:
         raise InvalidInputError(f"--image-size must be an integer of at least 16, got {image_size}")
     _check_depth(image_size, args.depth)
-    _check_output_folder("--out", Path(args.out))
+    check_output_folder("--out", Path(args.out))
 
 
 def _check_semi_folds(args: argparse.Namespace, split: str, n_cases: int) -> None:
@@ -715,6 +696,7 @@ def check_evaluate(args: argparse.Namespace) -> None:
 def check_segment(args: argparse.Namespace) -> None:
     """``segment``'s flags and paths before the checkpoint or the scan is read."""
     from covidlib.preprocess import lungmask_weights
+    from covidlib.io import check_output_file
     from covidlib.segment import check_output_paths, default_lung_mask_path
 
     _check_rules(args)
@@ -730,7 +712,7 @@ def check_segment(args: argparse.Namespace) -> None:
     check_output_paths(args.scan, args.output, lung_mask, args.summary)
     for flag, path in (("-o/--output", args.output), ("--lung-mask", lung_mask), ("--summary", args.summary)):
         if path is not None:
-            _check_output_file(flag, Path(path))
+            check_output_file(flag, Path(path))
 
 
 # --- the command table ------------------------------------------------------------------------

@@ -315,3 +315,27 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` through a temporary file and a rename: never a partial file."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _blocking_file(path: Path) -> Path | None:
+    """``path`` or the nearest of its folders that exists, when that is a file: nothing can be written there."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return existing if existing.exists() and not existing.is_dir() else None
+
+
+def check_output_folder(flag: str, path: Path) -> None:
+    """Refuse an output folder that is an existing file or lies under one, naming the option ``flag``
+    that gave it: checked before the work, not when the first file is written."""
+    blocking = _blocking_file(path)
+    if blocking is not None:
+        where = "exists and is not a folder" if blocking == path else f"lies under {blocking}, which is not a folder"
+        raise InvalidInputError(f"{flag} {path}: {where}; give an output folder")
+
+
+def check_output_file(flag: str, path: Path) -> None:
+    """Refuse an output file that lies under an existing file (it would fail after all the work)."""
+    blocking = _blocking_file(path.parent)
+    if blocking is not None:
+        raise InvalidInputError(f"{flag} {path}: lies under {blocking}, which is not a folder")

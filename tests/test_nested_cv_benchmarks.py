@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -55,6 +56,20 @@ def test_begin_without_the_data_says_so_and_leaves_threads_alone(nested_cv, tmp_
     assert nested_cv.begin(args) is None
     assert f"no COVID-SemiSeg at {tmp_path}: nothing to do" in capsys.readouterr().out
     assert torch.get_num_threads() == threads
+
+
+@pytest.mark.parametrize("flag", ["--runs", "--out"])
+def test_begin_refuses_an_output_folder_that_is_a_file_before_any_work(nested_cv, tmp_path, flag):
+    (tmp_path / "TrainingSet").mkdir()
+    blocking = tmp_path / "record.json"
+    blocking.write_text("{}")
+    parser = nested_cv.nested_cv_parser(None, runs="x", record="x.json")
+    for path, where in ((blocking, "exists and is not a folder"),
+                        (blocking / "sub", f"lies under {blocking}, which is not a folder")):
+        args = parser.parse_args(["--data-root", str(tmp_path), flag, str(path)])
+        with pytest.raises(SystemExit, match=f"error: {flag} {re.escape(str(path))}: {re.escape(where)}"):
+            nested_cv.begin(args)
+    assert blocking.read_text() == "{}"
 
 
 @pytest.mark.parametrize("bf16", [True, False])
