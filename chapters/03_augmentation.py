@@ -90,6 +90,7 @@ n_cases = choose(setting, quick=3, reference=8, full=8)  # phantom volumes
 n_slices = choose(setting, quick=8, reference=50, full=50)  # labelled slices of a 2D dataset (COVID-SemiSeg has 50)
 n_draws = choose(setting, quick=8, reference=16, full=16)
 n_repeats = choose(setting, quick=5, reference=30, full=30)  # timing: best of this many runs
+n_windows = choose(setting, quick=10, reference=40, full=40)  # random windows drawn per slice, each way
 slice_size = 256  # network input (H, W) after padding/cropping the 1 mm slices
 reference = load_reference("03_augmentation")
 
@@ -266,25 +267,37 @@ for zoom in zooms:
 # draws both uniformly, so every position is equally likely, and it crops on every draw, because
 # the items of a batch must share one size. `train --image-size 256 --crop-size 160` trains this way
 # and predicts on whole 256 px slices. Chapter 09's ablation measures what it is worth. A window
-# holds only part of the infection, and the cell under the figure counts how much. nnU-Net does not
-# leave that to chance: it places a third of its patches around foreground. `RandomCrop(size,
-# foreground=p)` does the same with probability `p`: it draws an infected pixel at random and
-# then a window among those that hold it (`train --crop-foreground 0.33`). The same cell counts
-# what such windows hold.
+# holds only part of the infection, and some windows hold none. nnU-Net does not leave that to
+# chance: it places a third of its patches around foreground. `RandomCrop(size, foreground=p)` does
+# the same with probability `p`: it draws an infected pixel at random and then a window among
+# those that hold it (`train --crop-foreground 0.33`). The table under the figure draws windows
+# of every labelled slice with infection, each way, and counts what they hold.
 
 # %% mystnb={"figure": {"caption": "Three windows of 5/8 of the example slice's side (z-score, grey scale [-3, 3]), at its top-left corner, its centre and its bottom-right corner, each drawn at the size of the panel, with the infection outlined in red.", "name": "fig-03-crop"}}
 window = round(image.shape[-1] * 160 / 256)
 windows = [Crop(window, 0.0, 0.0), Crop(window), Crop(window, 1.0, 1.0)]
 display(viz.show_augmentations(image, mask, windows, ncols=4, suptitle=f"{window} px windows, red: infection"))
+
+# %% tags=["hide-input"]
+infected = [fit_slice(volume[k], labels[k], (slice_size, slice_size)) for volume, labels in prepared.labelled.values()
+            for k in range(len(labels)) if labels[k].any()]
+samplers = {"uniform": RandomCrop(window), "third_around_infection": RandomCrop(window, foreground=0.33),
+            "all_around_infection": RandomCrop(window, foreground=1.0)}
+sampler_labels = {"uniform": "uniform (`--crop-size`)",
+                  "third_around_infection": "a third around infection (`--crop-foreground 0.33`)",
+                  "all_around_infection": "all around infection (`--crop-foreground 1`)"}
 crop_rng = np.random.default_rng(seed + 6)
-kept = [RandomCrop(window).sample(crop_rng)(image, mask)[1].sum() / mask.sum() for _ in range(400)]
-print(f"{window} px windows of a {image.shape[-1]} px slice ({(window / image.shape[-1]) ** 2:.0%} of its area): "
-      f"over 400 random windows, the share of the slice's infection inside one is {np.mean(kept):.2f} on average "
-      f"(least {np.min(kept):.2f}, most {np.max(kept):.2f})")
-kept_around = [RandomCrop(window, foreground=1.0).sample(crop_rng)(image, mask)[1].sum() / mask.sum()
-               for _ in range(400)]
-print(f"over 400 windows around an infected pixel drawn at random: {np.mean(kept_around):.2f} on average "
-      f"(least {np.min(kept_around):.2f}, most {np.max(kept_around):.2f})")
+window_sampling = {}
+for name, sampler in samplers.items():
+    shares = np.array([sampler.sample(crop_rng)(slice_image, slice_mask)[1].sum() / slice_mask.sum()
+                       for slice_image, slice_mask in infected for _ in range(n_windows)])
+    window_sampling[name] = {"no_infection": round(float(np.mean(shares == 0)), 4),
+                             "mean_share": round(float(shares.mean()), 4)}
+print(f"{window} px windows of {slice_size} px slices ({(window / slice_size) ** 2:.0%} of the area), "
+      f"{n_windows} each way on each of the {len(infected)} slices with infection:")
+display(Markdown(markdown_table([(sampler_labels[name], f"{row['no_infection']:.1%}", f"{row['mean_share']:.2f}")
+                                 for name, row in window_sampling.items()],
+                                header=("windows", "hold no infection", "share of the slice's infection, mean"))))
 
 # %% [markdown]
 # ## 4. Elastic deformation: breathing
@@ -602,6 +615,7 @@ numbers = {
     "preparation": prepared.steps,
     "orientation_calibration": orientation,
     "dihedral_draw_counts": dihedral_counts.tolist(),
+    "window_sampling": window_sampling,
     **this_run,
 }
 record_path = write_record(output_dir, "03_augmentation",
