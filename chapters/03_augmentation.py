@@ -273,10 +273,11 @@ for zoom in zooms:
 # those that hold it (`train --crop-foreground 0.33`). The table under the figure draws windows
 # of every labelled slice with infection, each way, and counts what they hold.
 
-# %% mystnb={"figure": {"caption": "Three windows of 5/8 of the example slice's side (z-score, grey scale [-3, 3]), at its top-left corner, its centre and its bottom-right corner, each drawn at the size of the panel, with the infection outlined in red.", "name": "fig-03-crop"}}
+# %% mystnb={"figure": {"caption": "Four windows of 5/8 of the example slice's side (z-score, grey scale [-3, 3]): at its top-left corner, its centre and its bottom-right corner, and one that holds the infected pixel halfway through the slice's list of them (`Crop(size, around=0.5)`), each drawn at the size of the panel, with the infection outlined in red.", "name": "fig-03-crop"}}
 window = round(image.shape[-1] * 160 / 256)
-windows = [Crop(window, 0.0, 0.0), Crop(window), Crop(window, 1.0, 1.0)]
-display(viz.show_augmentations(image, mask, windows, ncols=4, suptitle=f"{window} px windows, red: infection"))
+windows = [Crop(window, 0.0, 0.0), Crop(window), Crop(window, 1.0, 1.0), Crop(window, around=0.5)]
+display(viz.show_augmentations(image, mask, windows, ncols=5, suptitle=f"{window} px windows, red: infection",
+                               titles=["top-left", "centre", "bottom-right", "around infection"]))
 
 # %% tags=["hide-input"]
 infected = [fit_slice(volume[k], labels[k], (slice_size, slice_size)) for volume, labels in prepared.labelled.values()
