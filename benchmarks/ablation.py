@@ -102,8 +102,8 @@ STEPS: list[Step] = [
     # finer detail at the cost a step of 160 px (nnU-Net's patch-based training): train on random 160 px
     # windows of 256 px slices, validate and predict on whole 256 px slices
     Step("+ 256 px slices, random 160 px windows", {"image_size": 256, "crop_size": 160}, base="+ 160 px input"),
-    # a uniform 160 px window of a real 256 px slice holds on average 0.28 of its infection (chapter 03);
-    # nnU-Net draws a third of its patches around foreground
+    # a uniform window holds only part of a slice's infection, and some hold none (chapter 03's table
+    # counts both); nnU-Net draws a third of its patches around foreground
     Step("+ a third of the windows around infection", {"crop_foreground": 0.33},
          base="+ 256 px slices, random 160 px windows"),
 ]
