@@ -362,8 +362,10 @@ def report_stale_records() -> None:
 def command_test(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     print("[test] pytest tests/", flush=True)
-    # every test: pyproject deselects the `slow` ones only for quick local runs
-    run_pytest(["tests", "-m", "", *args.pytest_args], "unit tests")
+    # every test: pyproject deselects the `slow` ones only for quick local runs. One pytest-xdist
+    # worker a core (each test runs at one torch thread, conftest.py), work-stealing because one test
+    # trains for minutes while most take milliseconds; `ci/test -- -n 0` runs them in one process.
+    run_pytest(["tests", "-m", "", "-n", "auto", "--dist", "worksteal", *args.pytest_args], "unit tests")
     print("[test] chapter pairs", flush=True)
     problems = check_pairs()
     if problems:
