@@ -320,7 +320,9 @@ def execute_and_check(names: list[str], dataset: str, data_root: Path | None, ex
     execute_chapters(names, setting="quick", device="auto", dataset=dataset, seed=0,
                      data_root=str(data_root) if data_root else None, executed=executed)
     print(f"[test] nbval --nbval-lax: re-running the chapters executed on {dataset}", flush=True)
+    # a worker a core, each keeping a notebook's cells together in its one kernel
     run_pytest(["--nbval-lax", "-p", "no:cacheprovider", "-o", "addopts=", "--rootdir", str(executed),
+                "-n", "auto", "--dist", "loadfile",
                 *[str(executed / f"{n}.ipynb") for n in names]], f"nbval on the chapters executed on {dataset}")
 
 
