@@ -525,4 +525,4 @@ def test_trained_unet_segments_a_held_out_phantom(tmp_path):
     score = dice(result.infection.array, held_out.lesion_mask)
     print(f"held-out phantom Dice {score:.3f} (best validation Dice {trainer.best_metric:.3f} at epoch "
           f"{trainer.best_epoch}); segment took {seconds:.1f} s")
-    assert score > 0.45  # measured 0.706 (best validation Dice 0.718 at epoch 31); 3.2 min on a 2-core Zen EPYC, at 1 mm 16
+    assert score > 0.45  # measured 0.706 (best validation Dice 0.718 at epoch 31); 3.2 min on a 2-core Zen EPYC (16 min at 1 mm)
