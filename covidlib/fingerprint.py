@@ -4,11 +4,19 @@ A cached training, a grid cell or a committed reference record carries the hashe
 source files behind it; when one of those files changes, :func:`changed_sources` names it and
 the result is recomputed (caches) or shown as stale (committed records), never silently reused.
 
+A Python file is hashed by what runs (:func:`source_hash`): its syntax tree without comments,
+layout, docstrings and other bare strings, function annotations and the annotations of local
+variables. An edit that cannot change a number (a docstring, a comment, a type hint, a
+reformatted line) leaves its hash, and so every result behind it, as it was; any other edit
+changes it. Fingerprints written before this (the plain hash of a file's bytes, without the
+``ast:`` prefix) are still checked byte for byte.
+
 Introduced in chapter 05 (caches) and chapter 09 (reference records).
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import sys
@@ -22,6 +30,8 @@ from covidlib.errors import InvalidInputError
 #: The repository (or site-packages) folder that holds the ``covidlib`` package.
 PACKAGE_PARENT = Path(__file__).resolve().parent.parent
 HASH_CHARS = 16
+#: Marks a :func:`source_hash` of a Python file's syntax tree (a bare hash is of its bytes).
+TREE_PREFIX = "ast:"
 
 
 def file_hash(path: str | Path) -> str:
@@ -31,6 +41,79 @@ def file_hash(path: str | Path) -> str:
         return hashlib.sha256(path.read_bytes()).hexdigest()[:HASH_CHARS]
     except OSError as exc:
         raise InvalidInputError(f"{path}: cannot read the file to fingerprint it ({exc.strerror or exc})") from exc
+
+
+class _WhatRuns(ast.NodeTransformer):
+    """Drops from a syntax tree what cannot change what the code computes: bare strings
+    (docstrings among them), function annotations, and the annotations of local variables,
+    which Python never evaluates (PEP 526). Class and module annotations stay: a dataclass
+    makes its fields from them."""
+
+    def __init__(self) -> None:
+        self.function_depth = 0
+
+    def visit_Expr(self, node: ast.Expr) -> ast.AST | None:
+        if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            return None
+        return self.generic_visit(node)
+
+    def _visit_function(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> ast.AST:
+        arguments = node.args
+        for argument in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs,
+                         arguments.vararg, arguments.kwarg]:
+            if argument is not None:
+                argument.annotation = None
+        node.returns = None
+        self.function_depth += 1
+        self.generic_visit(node)
+        self.function_depth -= 1
+        return node
+
+    visit_FunctionDef = _visit_function
+    visit_AsyncFunctionDef = _visit_function
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> ast.AST:
+        depth, self.function_depth = self.function_depth, 0  # a class body's annotations are evaluated
+        self.generic_visit(node)
+        self.function_depth = depth
+        return node
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> ast.AST:
+        self.generic_visit(node)
+        if not self.function_depth:
+            return node
+        if node.value is not None:
+            return ast.Assign(targets=[node.target], value=node.value)
+        node.annotation = ast.Constant(value=None)  # a bare `x: T` still makes x local
+        return node
+
+
+def _canonical(node: Any) -> Any:
+    """A syntax tree as plain lists, without positions and without empty or ``None`` fields, so
+    the same code gives the same text whichever Python version parsed it."""
+    if isinstance(node, ast.AST):
+        fields = [[name, _canonical(value)] for name, value in ast.iter_fields(node)
+                  if value is not None and value != []]
+        return [type(node).__name__, fields]
+    if isinstance(node, list):
+        return [_canonical(item) for item in node]
+    return [type(node).__name__, repr(node)]
+
+
+def source_hash(path: str | Path) -> str:
+    """``ast:`` and 16 hex characters of the sha256 of what runs in a Python file (see the module
+    docstring); :func:`file_hash` of any other file, or of Python that does not parse."""
+    path = Path(path)
+    if path.suffix == ".py":
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            return file_hash(path)
+        except OSError as exc:
+            raise InvalidInputError(f"{path}: cannot read the file to fingerprint it ({exc.strerror or exc})") from exc
+        text = json.dumps(_canonical(_WhatRuns().visit(tree)), separators=(",", ":"))
+        return TREE_PREFIX + hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]
+    return file_hash(path)
 
 
 def _relative(path: Path) -> str:
@@ -58,7 +141,7 @@ def code_fingerprint(modules: Iterable[str | ModuleType] = (), files: Iterable[s
     fingerprint written on one machine checks on another.
     """
     paths = [_module_file(module) for module in modules] + [Path(file) for file in files]
-    return {_relative(path): file_hash(path) for path in sorted(set(paths), key=_relative)}
+    return {_relative(path): source_hash(path) for path in sorted(set(paths), key=_relative)}
 
 
 #: Modules that only draw or display results: a change to them leaves every number as it was.
@@ -78,7 +161,8 @@ def changed_sources(fingerprint: Mapping[str, str]) -> list[str]:
     changed = []
     for relative, expected in fingerprint.items():
         path = Path(relative) if Path(relative).is_absolute() else PACKAGE_PARENT / relative
-        if not path.exists() or file_hash(path) != expected:
+        current = source_hash if expected.startswith(TREE_PREFIX) else file_hash
+        if not path.exists() or current(path) != expected:
             changed.append(relative)
     return changed
 

@@ -168,16 +168,16 @@ def test_stale_cells_are_recomputed_when_a_setting_the_weights_or_the_code_chang
 
     # A code edit (a module the cells import, here the losses) makes every record stale.
     calls.clear()
-    real_hash = fingerprint.file_hash
-    monkeypatch.setattr(fingerprint, "file_hash",
-                        lambda path: "edited" if Path(path).name == "losses.py" else real_hash(path))
+    real_hash = fingerprint.source_hash
+    monkeypatch.setattr(fingerprint, "source_hash",
+                        lambda path: "ast:edited" if Path(path).name == "losses.py" else real_hash(path))
     edited_code = run_grid(cases, edited, results, pretrained=pretrained, progress=False)
     assert calls == [scratch, all_]
     assert all("covidlib/losses.py" in r["inputs"]["code"] for r in edited_code)
     # ...but an edit to a module they do not import changes nothing.
     calls.clear()
-    monkeypatch.setattr(fingerprint, "file_hash",
-                        lambda path: "edited" if Path(path).name in ("losses.py", "svcca.py") else real_hash(path))
+    monkeypatch.setattr(fingerprint, "source_hash",
+                        lambda path: "ast:edited" if Path(path).name in ("losses.py", "svcca.py") else real_hash(path))
     run_grid(cases, edited, results, pretrained=pretrained, progress=False)
     assert calls == []
 

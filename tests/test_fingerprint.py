@@ -91,3 +91,101 @@ def test_imported_modules_follow_imports_transitively():
     assert fingerprint.imported_modules(["covidlib.errors"]) == ["covidlib", "covidlib.errors"]
     with pytest.raises(InvalidInputError, match="not a covidlib module"):
         fingerprint.imported_modules(["numpy"])
+
+
+RUNS = '''"""A module."""
+from dataclasses import dataclass
+
+
+@dataclass
+class Settings:
+    """Fields."""
+    size: int = 160
+
+
+def scale(values: list[float], factor: float = 2.0) -> list[float]:
+    """Each value times ``factor``."""
+    out: list[float] = []
+    for value in values:
+        out.append(value * factor)
+    return out
+'''
+
+# The same code: other docstrings, comments, layout, function and local annotations.
+SAME = '''"""Another docstring."""
+from dataclasses import dataclass
+
+
+@dataclass
+class Settings:
+    size: int = 160  # pixels
+    """The slice size."""
+
+
+def scale(values, factor=2.0):
+    # no docstring now
+    out = []
+    for value in values: out.append(
+        value * factor)
+    return out
+'''
+
+
+def _hash_of(tmp_path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return fingerprint.source_hash(path)
+
+
+def test_source_hash_ignores_what_cannot_change_a_number(tmp_path):
+    first = _hash_of(tmp_path, "a.py", RUNS)
+    assert first.startswith("ast:") and len(first) == len("ast:") + 16
+    assert _hash_of(tmp_path, "b.py", SAME) == first
+
+
+@pytest.mark.parametrize("edit", [
+    ("value * factor", "value * factor + 0"),        # arithmetic
+    ("factor: float = 2.0", "factor: float = 3.0"),  # a default
+    ("size: int = 160", "size = 160"),                # no longer a dataclass field
+    ("size: int = 160", "size: float = 160"),        # class annotations are kept
+    ("return out", "return out[:1]"),
+])
+def test_source_hash_sees_every_edit_that_runs(tmp_path, edit):
+    old, new = edit
+    assert old in RUNS
+    assert _hash_of(tmp_path, "b.py", RUNS.replace(old, new)) != _hash_of(tmp_path, "a.py", RUNS)
+
+
+def test_a_bare_local_annotation_still_counts_because_it_makes_the_name_local(tmp_path):
+    with_annotation = "def f():\n    x: int\n    return 1\n"
+    without = "def f():\n    return 1\n"
+    assert _hash_of(tmp_path, "a.py", with_annotation) != _hash_of(tmp_path, "b.py", without)
+    assert _hash_of(tmp_path, "c.py", with_annotation.replace("int", "float")) == _hash_of(tmp_path, "a.py", with_annotation)
+
+
+def test_files_that_are_not_parsed_python_are_hashed_by_their_bytes(tmp_path):
+    assert _hash_of(tmp_path, "a.txt", "x = 1\n") == hashlib.sha256(b"x = 1\n").hexdigest()[:16]
+    assert _hash_of(tmp_path, "b.py", "x = = 1\n") == hashlib.sha256(b"x = = 1\n").hexdigest()[:16]
+
+
+def test_the_canonical_tree_has_no_positions_and_no_empty_fields():
+    import ast
+
+    # written out by hand: Module's empty type_ignores and Assign's type_comment None are left out,
+    # so a Python version that adds an empty field hashes the same code the same way
+    assert fingerprint._canonical(ast.parse("x = 1")) == [
+        "Module", [["body", [["Assign", [
+            ["targets", [["Name", [["id", ["str", "'x'"]], ["ctx", ["Store", []]]]]]],
+            ["value", ["Constant", [["value", ["int", "1"]]]]]]]]]]]
+
+
+def test_a_comment_leaves_a_tree_fingerprint_fresh_but_not_a_bytes_fingerprint(tmp_path):
+    path = tmp_path / "module.py"
+    path.write_text("VALUE = 1\n")
+    tree_print = fingerprint.code_fingerprint(files=[path])
+    bytes_print = {key: fingerprint.file_hash(path) for key in tree_print}  # as records made before tree hashes
+    path.write_text("VALUE = 1  # a comment\n")
+    assert fingerprint.changed_sources(tree_print) == []
+    assert fingerprint.changed_sources(bytes_print) == [path.resolve().as_posix()]
+    path.write_text("VALUE = 2\n")
+    assert fingerprint.changed_sources(tree_print) == [path.resolve().as_posix()]

@@ -392,9 +392,9 @@ def test_genesis_proxy_cache_is_keyed_by_settings_data_and_code(tmp_path, monkey
     assert len(steps_run) == 2 and len(other) == 2
     proxy(steps=2)
     assert len(steps_run) == 2
-    real_hash = fingerprint.file_hash
-    monkeypatch.setattr(fingerprint, "file_hash",
-                        lambda path: "edited" if Path(path).name == "unet3d.py" else real_hash(path))
+    real_hash = fingerprint.source_hash
+    monkeypatch.setattr(fingerprint, "source_hash",
+                        lambda path: "ast:edited" if Path(path).name == "unet3d.py" else real_hash(path))
     proxy(steps=2)  # the code that trains it changed: trained again
     assert len(steps_run) == 4
 
