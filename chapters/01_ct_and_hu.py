@@ -61,8 +61,7 @@ from scipy import ndimage
 
 from covidlib import viz
 from covidlib.config import choose, format_summary, runtime_summary, seed_everything
-from covidlib.ct import (WINDOWS, check_hu, hu_summary, make_thick_slices, rescale_to_hu, resolve_window,
-                         window_hu)
+from covidlib.ct import check_hu, hu_summary, make_thick_slices, rescale_to_hu, resolve_window, window_hu
 from covidlib.phantom import LESION_TISSUES, TISSUES, make_phantom
 
 seed_everything(seed)

@@ -56,7 +56,6 @@ lungmask_modelpath = None  # a lungmask R231 weights file; None: the torch hub c
 threshold_hu = -350.0
 
 # %%
-import warnings
 from pathlib import Path
 
 import numpy as np

@@ -57,10 +57,10 @@ from IPython.display import Markdown, display
 
 from covidlib import viz
 from covidlib.config import choose, format_summary, runtime_summary, seed_everything
-from covidlib.mean_teacher import CONTROLS, arm_rows, paired_rows
+from covidlib.mean_teacher import arm_rows, paired_rows
 from covidlib.published import PUBLISHED, REPORT_BEST, REPORT_TABLE_5_1, published
 from covidlib.recipe import Recipe, describe_recipe
-from covidlib.records import REFERENCE_DATASET, describe_machine, load_reference, reference_dir, reference_notice
+from covidlib.records import describe_machine, load_reference, reference_notice
 from covidlib.results import (format_change, format_interval, interval_side, markdown_table, read_build_timings,
                               read_records, write_record)
 from covidlib.statistics import summarise_runs
