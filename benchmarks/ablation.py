@@ -158,7 +158,7 @@ def main() -> None:
 
     for index, key in enumerate(keys):
         if runs.get(key, new_run())["units"] and (changed := changed_sources(runs[key]["code"])):
-            runs[key] = recheck(runs[key], changed, lambda seed, fold: train_unit(index, seed, fold))
+            runs[key] = recheck(runs[key], changed, lambda seed, fold, row=index: train_unit(row, seed, fold))
             write_rows(args, runtime, runs, keys, recipes)
     for index in range(len(STEPS)) if args.rows is None else args.rows:
         run = runs.setdefault(keys[index], new_run())

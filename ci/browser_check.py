@@ -31,7 +31,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 WIDGET_WAIT_S = 20.0
 
-PAGE_PROBE = """
+PAGE_PROBE = r"""
 const main = document.querySelector('main') || document.body;
 // External images (the Colab badge) cannot load offline; only the book's own are checked.
 const images = Array.from(main.querySelectorAll('img')).filter(i => i.src.startsWith(location.origin)).map(i => ({

@@ -335,4 +335,4 @@ def test_default_split_is_train_when_present_else_the_first(tmp_path: Path) -> N
     assert Splits(n=1).default_split == "train"
     Splits.splits = ()
     with pytest.raises(InvalidInputError, match="no splits"):
-        Splits(n=1).default_split
+        _ = Splits(n=1).default_split

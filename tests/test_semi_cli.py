@@ -22,7 +22,7 @@ from covidlib.data import fit_slice, kfold_volumes
 from covidlib.datasets import get_dataset
 from covidlib.errors import InvalidInputError
 from covidlib.inference import load_model, prepare_slices
-from covidlib.mean_teacher import ARMS, CONTROLS, semi_supervised_settings
+from covidlib.mean_teacher import ARMS, semi_supervised_settings
 from covidlib.metrics import THRESHOLD_GRID
 from covidlib.preprocess import normalise_image
 

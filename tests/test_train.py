@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 import random
 import warnings
 from fractions import Fraction
@@ -372,7 +373,7 @@ def test_predict_proba_is_the_softmax_foreground_and_batch_independent() -> None
 
 def test_checkpoints_are_written_atomically(tmp_path: Path) -> None:
     path = save_checkpoint({"value": torch.tensor([1.0])}, tmp_path / "c.pt")
-    with pytest.raises(Exception):
+    with pytest.raises((pickle.PicklingError, AttributeError)):  # AttributeError on some Python versions
         save_checkpoint({"value": lambda: None}, path)  # cannot be pickled
     assert torch.equal(load_checkpoint(path)["value"], torch.tensor([1.0]))
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
