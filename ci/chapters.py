@@ -315,6 +315,15 @@ def run_pytest(arguments: list[str], what: str) -> None:
         fail(f"{what}: pytest exited with {result.returncode}")
 
 
+def run_static_checks() -> None:
+    """ruff (pyflakes, syntax, escapes, bugbear) over the repository and mypy over covidlib, with the
+    settings in pyproject.toml."""
+    for what, command in (("ruff", ["ruff", "check", "."]), ("mypy", ["mypy", "covidlib"])):
+        print(f"[test] {what}", flush=True)
+        if subprocess.run([sys.executable, "-m", *command], cwd=ROOT).returncode != 0:
+            fail(f"{what} found problems (listed above)")
+
+
 def execute_and_check(names: list[str], dataset: str, data_root: Path | None, executed: Path) -> None:
     """Execute the chapters in quick mode on ``dataset`` and re-run them under nbval."""
     execute_chapters(names, setting="quick", device="auto", dataset=dataset, seed=0,
@@ -363,6 +372,7 @@ def report_stale_records() -> None:
 
 def command_test(args: argparse.Namespace) -> None:
     start = time.perf_counter()
+    run_static_checks()
     print("[test] pytest tests/", flush=True)
     # every test: pyproject deselects the `slow` ones only for quick local runs. One pytest-xdist
     # worker a core (each test runs at one torch thread, conftest.py), work-stealing because one test

@@ -137,11 +137,13 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
                                                       f"quick {SEMI_QUICK['semi_epochs']})")
 
 
-def _setting(args: argparse.Namespace, name: str) -> Any:
+def _setting(args: argparse.Namespace, name: str, semi: bool = False) -> Any:
+    """``args.<name>``, else its ``--quick`` or full default (``semi``: the semi-supervised stage's)."""
     value = getattr(args, name)
     if value is not None:
         return value
-    return (QUICK if args.quick else FULL)[name]
+    quick, full = (SEMI_QUICK, SEMI_FULL) if semi else (QUICK, FULL)
+    return (quick if args.quick else full)[name]
 
 
 def _train_and_val_ids(dataset: Any, args: argparse.Namespace) -> tuple[str, list[str], list[str]]:
@@ -214,13 +216,13 @@ def run_train(args: argparse.Namespace) -> int:
                                progress=not args.no_progress)
     evaluation = _validate(trainer.model, dataset, val_ids, recipe, trainer.device,
                            out / "supervised" / "best.pt" if args.semi else out / "best.pt")
-    history, kept, result = trainer.history, trainer, {}
+    history, kept = trainer.history, trainer
+    result: dict[str, Any] = {}
     supervised_seconds = {"wall": time.perf_counter() - started, "cpu": time.process_time() - cpu_started}
     if args.semi:
         settings = semi_supervised_settings(
             recipe.image_size, len(train_ids), network=recipe.model, base_width=recipe.base_width, depth=recipe.depth,
-            semi_epochs=(SEMI_QUICK if args.quick else SEMI_FULL)["semi_epochs"] if args.semi_epochs is None
-            else args.semi_epochs, lr=recipe.lr,
+            semi_epochs=_setting(args, "semi_epochs", semi=True), lr=recipe.lr,
             batch_size=recipe.batch_size, amp=args.amp, device=args.device, seed=args.seed,
             max_steps_per_epoch=recipe.max_steps_per_epoch, progress=not args.no_progress,
             empty_fraction=recipe.empty_fraction, augment=recipe.augment)
@@ -654,7 +656,7 @@ def check_semi(args: argparse.Namespace) -> None:
     _check_rules(args)
     if args.fold >= args.folds:
         raise InvalidInputError(f"--fold must be in [0, {args.folds - 1}] for --folds {args.folds}, got {args.fold}")
-    image_size = args.image_size if args.image_size is not None else (SEMI_QUICK if args.quick else SEMI_FULL)["image_size"]
+    image_size = _setting(args, "image_size", semi=True)
     if image_size < 16:
         raise InvalidInputError(f"--image-size must be an integer of at least 16, got {image_size}")
     _check_depth(image_size, args.depth)

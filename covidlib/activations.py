@@ -53,7 +53,7 @@ def layer_names(model: nn.Module) -> list[str]:
         if not hasattr(model, attribute):
             raise InvalidInputError(f"{type(model).__name__} has no '{attribute}' attribute; pass layer names "
                                     "explicitly (see model.named_modules())")
-    modules = [*model.encoder, *model.decoder, model.head]
+    modules = [*model.encoder, *model.decoder, model.head]  # type: ignore[misc]  # nn.Module.__getattr__ is typed Tensor | Module; encoder/decoder are ModuleLists
     return [qualified[id(module)] for module in modules]
 
 

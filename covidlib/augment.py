@@ -34,7 +34,7 @@ from __future__ import annotations
 import functools
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Sequence  # noqa: F401  (unused: goes with the next regeneration of the records, whose fingerprints an import changes)
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -204,7 +204,7 @@ def _warp(array: Array, source_y: np.ndarray, source_x: np.ndarray, *, soft: boo
     (label masks keep their values exactly). Outside the slice the value is ``fill``.
     """
     is_numpy = isinstance(array, np.ndarray)
-    tensor = torch.from_numpy(np.ascontiguousarray(array)) if is_numpy else array
+    tensor: torch.Tensor = torch.from_numpy(np.ascontiguousarray(array)) if is_numpy else array  # type: ignore[assignment]  # array is an ndarray only when is_numpy
     height, width = tensor.shape[-2:]
     if height < 2 or width < 2:
         raise InvalidInputError(f"spatial transforms need slices of at least 2 x 2 pixels, got {height} x {width}")
@@ -222,7 +222,7 @@ def _warp(array: Array, source_y: np.ndarray, source_x: np.ndarray, *, soft: boo
         warped = warped.round().to(tensor.dtype)
     elif warped.dtype != tensor.dtype:
         warped = warped.to(tensor.dtype)
-    return warped.numpy() if is_numpy else warped
+    return warped.numpy() if is_numpy else warped  # type: ignore[return-value]  # the input's kind, by is_numpy
 
 
 def _is_soft(mask: np.ndarray | torch.Tensor) -> bool:
@@ -394,13 +394,13 @@ class Crop(Transform):
         rows, cols = (0, height - self.size), (0, width - self.size)
         pixels = _foreground_pixels(mask) if self.around is not None and mask is not None else ()
         if len(pixels):
-            row, col = pixels[min(int(self.around * len(pixels)), len(pixels) - 1)]
+            row, col = pixels[min(int(self.around * len(pixels)), len(pixels) - 1)]  # type: ignore[operator]  # pixels is empty when around is None
             rows = (max(0, int(row) - self.size + 1), min(height - self.size, int(row)))
             cols = (max(0, int(col) - self.size + 1), min(width - self.size, int(col)))
         return _place(self.top, *rows), _place(self.left, *cols)
 
     def apply(self, image: Array, mask: Array | None) -> tuple[Array, Array | None]:
-        row, col = self.corner(*image.shape[-2:], mask)
+        row, col = self.corner(*image.shape[-2:], mask)  # type: ignore[call-arg]  # shape[-2:] is (H, W); mypy cannot count a starred tuple
         window = (..., slice(row, row + self.size), slice(col, col + self.size))
         # a copy, not a view: the caller's slice (e.g. a dataset's stored image) must never change
         return _copy(image[window]), None if mask is None else _copy(mask[window])
@@ -817,7 +817,7 @@ def _as_probabilities(images: Array, targets: Array, num_classes: int) -> Array:
         raise InvalidInputError("mixup: images and targets must both be numpy arrays or both torch tensors")
     batch, _, height, width = images.shape
     is_torch = isinstance(targets, torch.Tensor)
-    floating = targets.dtype.is_floating_point if is_torch else np.issubdtype(targets.dtype, np.floating)
+    floating = targets.dtype.is_floating_point if is_torch else np.issubdtype(targets.dtype, np.floating)  # type: ignore[attr-defined, arg-type]  # is_torch tells the kind; mypy does not narrow on it
     if floating:
         if tuple(targets.shape) != (batch, num_classes, height, width):
             raise InvalidInputError(f"mixup: soft targets must have shape (B, num_classes, H, W) = "
@@ -826,16 +826,16 @@ def _as_probabilities(images: Array, targets: Array, num_classes: int) -> Array:
     if tuple(targets.shape) != (batch, height, width):
         raise InvalidInputError(f"mixup: class-index targets must have shape (B, H, W) = {(batch, height, width)}, "
                                 f"got {tuple(targets.shape)}")
-    if targets.numel() if is_torch else targets.size:
+    if targets.numel() if is_torch else targets.size:  # type: ignore[attr-defined]  # as above
         low, high = int(targets.min()), int(targets.max())
         if low < 0 or high >= num_classes:
             raise InvalidInputError(f"mixup: class-index targets must lie in [0, {num_classes - 1}], "
                                     f"found values from {low} to {high}")
     if is_torch:
-        dtype = images.dtype if images.dtype.is_floating_point else torch.float32
-        return F.one_hot(targets.long(), num_classes).permute(0, 3, 1, 2).to(dtype)
-    dtype = images.dtype if np.issubdtype(images.dtype, np.floating) else np.float32
-    return np.moveaxis(np.eye(num_classes, dtype=dtype)[targets], -1, 1)
+        dtype = images.dtype if images.dtype.is_floating_point else torch.float32  # type: ignore[attr-defined]  # as above
+        return F.one_hot(targets.long(), num_classes).permute(0, 3, 1, 2).to(dtype)  # type: ignore[return-value, attr-defined, arg-type]  # as above
+    dtype = images.dtype if np.issubdtype(images.dtype, np.floating) else np.float32  # type: ignore[arg-type]  # as above
+    return np.moveaxis(np.eye(num_classes, dtype=dtype)[targets], -1, 1)  # type: ignore[arg-type]  # as above
 
 
 def sample_mixup(batch_size: int, alpha: float, rng: np.random.Generator | int) -> Mixup:

@@ -82,7 +82,7 @@ def mask_bounding_box(mask: np.ndarray) -> Box | None:
     nonzero = array != 0
     if not nonzero.any():
         return None
-    ranges = []
+    ranges: list[int] = []
     for axis in range(3):
         other = tuple(a for a in range(3) if a != axis)
         hits = np.flatnonzero(nonzero.any(axis=other))

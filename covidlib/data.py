@@ -188,7 +188,7 @@ class SliceDataset(Dataset):
                 raise InvalidInputError(f"case id {name!r} occurs twice; case ids must be unique")
             self._images[name], self._masks[name] = image, lesion
             has_lesion = lesion.reshape(lesion.shape[0], -1).any(axis=1)
-            for z, flag in enumerate(has_lesion):
+            for z, flag in enumerate(has_lesion):  # type: ignore[arg-type]  # any(axis=1) of a 2D array is an array, not a scalar
                 (lesion_slices if flag else empty_slices).append(SliceRef(name, z, bool(flag)))
 
         keep_empty = int(math.floor(self.empty_fraction * len(empty_slices) + 0.5))

@@ -296,7 +296,7 @@ class PhantomDataset(Dataset):
 
         self.split_of(case_id)
         index = int(case_id.rsplit("_", 1)[1])
-        phantom = make_phantom(self.seed + index, self.shape, disease=self.disease, **self.phantom_options)
+        phantom = make_phantom(self.seed + index, self.shape, disease=self.disease, **self.phantom_options)  # type: ignore[arg-type]  # self.shape is tuple() of the (z, y, x) given to __init__
         if self.view == "semiseg":
             per_slice = phantom.lesion_mask.reshape(phantom.lesion_mask.shape[0], -1).sum(axis=1)
             z = int(np.argmax(per_slice)) if per_slice.any() else phantom.lesion_mask.shape[0] // 2
@@ -546,7 +546,7 @@ class CovidSemiSegDataset(Dataset):
                 gt_path = self.root / self._multiclass_gt / f"{stem}.png"
                 lesion = _read_png_labels(gt_path, pixels.shape, image_path, allowed=(0, 1, 2))
             else:
-                gt_path = self.root / self._folders[split][1] / f"{stem}.png"
+                gt_path = self.root / self._folders[split][1] / f"{stem}.png"  # type: ignore[operator]  # not None: checked on the if above
                 lesion = (_read_png_labels(gt_path, pixels.shape, image_path, allowed=(0, 255)) > 0).astype(np.uint8)
             lesion = lesion[None]
         image = Volume(array=pixels.astype(np.float32)[None], spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),

@@ -69,7 +69,7 @@ def wrap_model(model: nn.Module, device: torch.device) -> DistributedDataParalle
         raise InvalidInputError("wrap_model needs an initialised process group; call init_from_env() first")
     model = model.to(device)
     wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    wrapped.num_classes = getattr(model, "num_classes", 2)
+    wrapped.num_classes = getattr(model, "num_classes", 2)  # type: ignore[arg-type]  # nn.Module.__setattr__ is typed for Tensor | Module values; an int attribute is fine
     return wrapped
 
 
@@ -118,7 +118,7 @@ def distributed_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed
     """
     if not dist.is_initialized():
         raise InvalidInputError("distributed_loader needs an initialised process group; call init_from_env() first")
-    sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    sampler: DistributedSampler[int] = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
     generator = torch.Generator().manual_seed(seed)
     return EpochLoader(DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
                                   generator=generator))

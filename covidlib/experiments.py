@@ -301,9 +301,9 @@ def load_records(results_dir: str | Path, config: GridConfig | None = None) -> l
             if Cell(**record["cell"]).key not in wanted:
                 continue
             made_with = record.get("inputs", {}).get("settings")
-            if made_with != config.fingerprint():
+            if made_with != config.fingerprint():  # type: ignore[union-attr]  # wanted is set only with a config
                 raise InvalidInputError(f"{path} is stale: made with other grid settings (fingerprint "
-                                        f"{made_with} != {config.fingerprint()}); run the grid again to recompute it")
+                                        f"{made_with} != {config.fingerprint()}); run the grid again to recompute it")  # type: ignore[union-attr]  # as above
         records.append(record)
     return records
 
@@ -317,8 +317,8 @@ def _init_worker(arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], devices: A
     _WORKER["device"] = devices.get() if devices is not None else "cpu"
 
 
-def _run_in_worker(cell: Cell, config: GridConfig, results_dir: str, pretrained: Mapping[str, str],
-                   genesis: str | None) -> dict[str, Any]:
+def _run_in_worker(cell: Cell, config: GridConfig, results_dir: str, pretrained: Mapping[str, str | Path],
+                   genesis: str | Path | None) -> dict[str, Any]:
     return run_cell(cell, _WORKER["arrays"], config, results_dir, pretrained=pretrained, genesis=genesis,
                     device=_WORKER["device"])
 

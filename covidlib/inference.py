@@ -295,7 +295,7 @@ def prepare_slices(dataset: CaseDataset, image_size: int | None = None, *, metho
         image, mask = prepare(_labelled(dataset.load(case_id)))
         labelled[case_id] = (image.astype(np.float32, copy=False), mask)
     unlabelled = [prepare(dataset.load(case_id))[0].astype(np.float32, copy=False) for case_id in unlabelled_ids]
-    return PreparedSlices(labelled, unlabelled, unlabelled_ids, split, steps)
+    return PreparedSlices(labelled, unlabelled, unlabelled_ids, split, steps)  # type: ignore[arg-type]  # the masks are not None: _labelled refuses a case without one
 
 
 # --- checkpoints ------------------------------------------------------------------------------

@@ -80,14 +80,14 @@ class Volume:
         if len(direction) != 9 or not all(np.isfinite(direction)):
             raise InvalidInputError(f"{where}: direction must be 9 finite floats (row-major 3x3), got {self.direction}")
         self.array = array
-        self.spacing = spacing  # type: ignore[assignment]
-        self.origin = origin  # type: ignore[assignment]
+        self.spacing = spacing
+        self.origin = origin
         self.direction = direction
 
     @property
     def shape(self) -> tuple[int, int, int]:
         """The array shape ``(z, y, x)``."""
-        return tuple(self.array.shape)  # type: ignore[return-value]
+        return tuple(self.array.shape)
 
     def with_array(self, array: np.ndarray) -> Volume:
         """A new volume with the same geometry and source around ``array`` (same shape)."""
@@ -114,8 +114,8 @@ class Volume:
             raise InvalidInputError(f"{where}: unsupported dimensionality {image.GetDimension()}D (size {image.GetSize()}); expected a 3D volume")
         return cls(
             array=sitk.GetArrayFromImage(image),
-            spacing=tuple(reversed(image.GetSpacing())),  # type: ignore[arg-type]
-            origin=tuple(image.GetOrigin()),  # type: ignore[arg-type]
+            spacing=tuple(reversed(image.GetSpacing())),
+            origin=tuple(image.GetOrigin()),
             direction=tuple(image.GetDirection()),
             source=None if source is None else str(source),
         )

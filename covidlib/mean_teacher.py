@@ -170,7 +170,7 @@ class MeanTeacher(Trainer):
         super().__init__(model, config, out_dir=out_dir, metadata=metadata)
         self.mean_teacher = mean_teacher or MeanTeacherConfig()
         self.pseudo_patches = pseudo_patches
-        if pseudo_patches is not None and len(pseudo_patches) == 0:
+        if pseudo_patches is not None and len(pseudo_patches) == 0:  # type: ignore[arg-type]  # a map-style Dataset with __len__ (torch's base class does not declare it)
             self.pseudo_patches = None
         self.teacher = copy.deepcopy(self.model)
         for parameter in self.teacher.parameters():
@@ -187,8 +187,8 @@ class MeanTeacher(Trainer):
 
     def _pseudo_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         assert self.pseudo_patches is not None
-        size = min(self.mean_teacher.pseudo_batch_size, len(self.pseudo_patches))
-        chosen = self.rng.choice(len(self.pseudo_patches), size=size, replace=False)
+        size = min(self.mean_teacher.pseudo_batch_size, len(self.pseudo_patches))  # type: ignore[arg-type]  # as above
+        chosen = self.rng.choice(len(self.pseudo_patches), size=size, replace=False)  # type: ignore[arg-type]  # as above
         items = [self.pseudo_patches[int(i)] for i in chosen]
         images = torch.stack([item["image"] for item in items]).to(self.device)
         masks = torch.stack([item["mask"] for item in items]).to(self.device)
@@ -338,7 +338,7 @@ def pseudo_label_patches(model: nn.Module, arrays: Mapping[str, tuple[np.ndarray
     info = {
         "threshold": pseudo_config.top2_threshold if pseudo_config.rule == "top2" else None,
         "calibration": calibration.as_dict() if calibration is not None else None,
-        "rules": (compare_rules(report_rules(calibration.chosen), dictionary, calibration_labels, truth, labels)
+        "rules": (compare_rules(report_rules(calibration.chosen), dictionary, calibration_labels, truth, labels)  # type: ignore[arg-type]  # set together with calibration (the if below)
                   if calibration is not None else []),
         "histogram": {"edges": SIMILARITY_BINS.tolist(), "centred": _histogram(labels.scores),
                       "plain": _histogram(labels.plain_scores)},
@@ -633,7 +633,7 @@ def compare_arms(results: Sequence[Mapping[str, Any]], *, metrics: Sequence[str]
         for arm, control in CONTROLS.items():
             if table[arm].size < 2:
                 continue
-            interval = paired_bootstrap_ci(table[control], table[arm], seed=seed).as_dict()
+            interval: dict[str, Any] = paired_bootstrap_ci(table[control], table[arm], seed=seed).as_dict()
             base = arms[control]["mean"]
             interval.update({"control": control, "percent": 100 * interval["mean_difference"] / base if base else None,
                              "percent_low": 100 * interval["low"] / base if base else None,

@@ -73,7 +73,7 @@ def _pair(pred: ArrayLike, target: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _check_spacing(spacing: Sequence[float] | float, ndim: int) -> tuple[float, ...]:
-    values = (float(spacing),) * ndim if np.isscalar(spacing) else tuple(float(s) for s in spacing)  # type: ignore[arg-type]
+    values = (float(spacing),) * ndim if np.isscalar(spacing) else tuple(float(s) for s in spacing)  # type: ignore[arg-type, union-attr]  # np.isscalar picks the branch
     if len(values) != ndim:
         raise InvalidInputError(f"spacing must have one value per mask axis ({ndim}), got {len(values)}: {values}")
     if not all(math.isfinite(s) and s > 0 for s in values):
@@ -365,7 +365,7 @@ def s_measure(prediction: ArrayLike, target: ArrayLike, alpha: float = 0.5) -> f
     return float(max(score, 0.0))
 
 
-def _enhanced_alignment(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+def _enhanced_alignment(pred: np.ndarray, target: np.ndarray | float) -> np.ndarray:
     """``((2 a b / (a^2 + b^2 + eps)) + 1)^2 / 4`` for the mean-removed maps a (prediction) and b (target)."""
     return ((2.0 * pred * target / (pred * pred + target * target + _EPS)) + 1.0) ** 2 / 4.0
 
@@ -398,7 +398,7 @@ def e_measure(prediction: ArrayLike, target: ArrayLike) -> float:
 def _count_at_least(sorted_values: np.ndarray, thresholds: np.ndarray, strict: bool) -> np.ndarray:
     """How many of ``sorted_values`` are ``>= t`` (or ``> t`` when strict) for each threshold."""
     side = "right" if strict else "left"
-    return sorted_values.size - np.searchsorted(sorted_values, thresholds, side=side)
+    return sorted_values.size - np.searchsorted(sorted_values, thresholds, side=side)  # type: ignore[call-overload]  # side is 'left' or 'right'; the stubs want a Literal
 
 
 def threshold_curves(prediction: ArrayLike, target: ArrayLike,

@@ -680,7 +680,7 @@ def _check_spacing(spacing: tuple[float, float, float]) -> tuple[float, float, f
         raise InvalidInputError(f"spacing must be three positive mm values (z, y, x), got {spacing!r}") from exc
     if len(values) != 3 or not all(np.isfinite(values)) or min(values) <= 0:
         raise InvalidInputError(f"spacing must be three positive mm values (z, y, x), got {spacing!r}")
-    return values  # type: ignore[return-value]
+    return values
 
 
 def make_phantom(seed: int = 0, shape: tuple[int, int, int] = (64, 128, 128), *, disease: str = "covid",

@@ -387,7 +387,7 @@ def crop_to_mask(volume: Volume, mask: np.ndarray, margin_mm: float = 10.0) -> t
     start_xyz = np.array([box[2].start, box[1].start, box[0].start], float)
     direction = np.asarray(volume.direction, float).reshape(3, 3)
     origin = np.asarray(volume.origin, float) + direction @ (start_xyz * np.asarray(volume.spacing[::-1], float))
-    cropped = Volume(volume.array[box], volume.spacing, tuple(origin), volume.direction, volume.source)  # type: ignore[arg-type]
+    cropped = Volume(volume.array[box], volume.spacing, tuple(origin), volume.direction, volume.source)
     return cropped, box  # type: ignore[return-value]
 
 
@@ -631,7 +631,7 @@ def preprocess_case(case: Case, *, lung_method: str = "auto", spacing_mm: float 
              *(["histogram equalisation inside the lungs"] if equalise else []), "z-score inside the lungs, 0 outside"]
     meta = {"steps": steps, "lung_method": used, "source": volume.source, "original_shape": list(volume.shape),
             "original_spacing": list(volume.spacing), "crop_box": [[s.start, s.stop] for s in box],
-            "lesion_inside_lungs": (float(np.count_nonzero((lesion > 0) & (lungs > 0)) / lesion_voxels)
+            "lesion_inside_lungs": (float(np.count_nonzero((lesion > 0) & (lungs > 0)) / lesion_voxels)  # type: ignore[operator]  # lesion_voxels > 0 only when lesion is not None
                                     if lesion_voxels else None)}
     result = PreprocessedCase(case.case_id, image, lungs_r, lesion_r, resampled.spacing, meta)
     if cache is not None:

@@ -100,7 +100,7 @@ def _as_volume(image: np.ndarray, name: str) -> np.ndarray:
     return array
 
 
-def spread_counts(total: int, eligible: Sequence[bool], rng: np.random.Generator) -> np.ndarray:
+def spread_counts(total: int, eligible: Sequence[bool] | np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """``total`` patches shared as evenly as possible among the eligible images (counts per image).
 
     The remainder goes to randomly chosen eligible images; ineligible ones get 0.
@@ -119,7 +119,7 @@ def spread_counts(total: int, eligible: Sequence[bool], rng: np.random.Generator
     return counts
 
 
-def sample_patch_locations(shapes: Sequence[Sequence[int]], boxes: Sequence[Box | None], counts: Sequence[int], *,
+def sample_patch_locations(shapes: Sequence[Sequence[int]], boxes: Sequence[Box | None], counts: Sequence[int] | np.ndarray, *,
                            patch_size: int, max_margin: int, rng: np.random.Generator) -> np.ndarray:
     """Random patch positions inside randomly enlarged boxes; (N, 4) int64 ``(source, z, y, x)``.
 
@@ -168,7 +168,7 @@ def crop_patches(arrays: Sequence[np.ndarray], locations: np.ndarray, patch_size
     locations = np.asarray(locations, dtype=np.int64)
     if locations.ndim != 2 or locations.shape[1] != 4:
         raise InvalidInputError(f"locations must be (N, 4) (source, z, y, x), got shape {locations.shape}")
-    out = np.empty((len(locations), patch_size, patch_size), dtype=dtype)
+    out: np.ndarray = np.empty((len(locations), patch_size, patch_size), dtype=dtype)
     volumes: dict[int, np.ndarray] = {}
     for row, (source, z, y, x) in enumerate(locations):
         if source not in volumes:
@@ -211,7 +211,7 @@ def encode_patches(encoder_model: nn.Module, patches: np.ndarray | torch.Tensor,
     try:
         for start in range(0, len(tensor), batch_size):
             with autocast_context(resolved, amp):
-                bottleneck = encoder_model.encode(tensor[start:start + batch_size].to(resolved))[-1]
+                bottleneck = encoder_model.encode(tensor[start:start + batch_size].to(resolved))[-1]  # type: ignore[operator]  # nn.Module.__getattr__ is typed Tensor | Module; encode is a method of the U-Net
             features.append(bottleneck.float().mean(dim=(2, 3)).cpu())
     finally:
         encoder_model.train(was_training)

@@ -33,7 +33,8 @@ def describe_machine(runtime: dict[str, Any], *, threads: bool = True) -> str:
     e.g. ``"Intel Xeon, bf16, 2 threads"``."""
     processor = runtime.get("cpu") or runtime.get("device_name") or "?"
     processor = re.sub(r"\s+", " ", re.sub(r"\((R|TM)\)| Processor| CPU", "", processor)).strip()
-    precision = {True: ", bf16", False: ", float32"}.get(runtime.get("cpu_bf16"), "")
+    precisions: dict[Any, str] = {True: ", bf16", False: ", float32"}  # cpu_bf16 may be missing (None)
+    precision = precisions.get(runtime.get("cpu_bf16"), "")
     text = f"{processor}{precision}"
     if threads and runtime.get("threads") is not None:
         count = runtime["threads"]

@@ -349,7 +349,7 @@ def pretrained_weights(slices: np.ndarray, settings: RestorationSettings, cache_
                          "settings": dataclasses.asdict(settings)}, path)
     target = restoration_model(settings, num_classes=num_classes)
     # every layer but the output layer: its shape (one grey level vs classes) differs
-    head = {f"head.{name}" for name, _ in target.head.named_parameters()}
+    head = {f"head.{name}" for name, _ in target.head.named_parameters()}  # type: ignore[union-attr]  # nn.Module.__getattr__ is typed Tensor | Module
     target.load_state_dict({name: value for name, value in state.items() if name not in head}, strict=False)
     info = {"losses": losses, "fingerprint": key, "path": str(path), "cached": cached}
     return {name: value.detach().clone() for name, value in target.state_dict().items()}, info

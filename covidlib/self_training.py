@@ -78,7 +78,7 @@ class PseudoSliceDataset(Dataset):
         image = self.images[index][None]
         if self.transform is not None:
             image, warped = self.transform(image, foreground[None], rng=np.random.default_rng([self.seed, self.draws]))
-            foreground = np.clip(warped[0], 0.0, 1.0)
+            foreground = np.clip(warped[0], 0.0, 1.0)  # type: ignore[index]  # a mask in gives a mask out
         self.draws += 1
         mask = np.stack([1.0 - foreground, foreground]).astype(np.float32)
         return {"image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),

@@ -212,7 +212,7 @@ def flatten_conv(acts: ArrayT, mode: str = "positions", max_positions: int | Non
     if acts.ndim != 4:
         raise InvalidInputError(f"acts: expected (N, C, H, W) or (N, F) activations, got shape {tuple(acts.shape)}")
     is_numpy = isinstance(acts, np.ndarray)
-    tensor = torch.from_numpy(acts) if is_numpy else acts
+    tensor: torch.Tensor = torch.from_numpy(acts) if is_numpy else acts  # type: ignore[assignment]  # acts is an ndarray only when is_numpy
     if mode == "pool":
         flat = tensor.mean(dim=(2, 3))
     else:
@@ -224,4 +224,4 @@ def flatten_conv(acts: ArrayT, mode: str = "positions", max_positions: int | Non
                 generator = torch.Generator().manual_seed(seed)
                 rows = torch.randperm(flat.shape[0], generator=generator)[:max_positions].sort().values
                 flat = flat[rows.to(flat.device)]
-    return flat.numpy() if is_numpy else flat
+    return flat.numpy() if is_numpy else flat  # type: ignore[return-value]  # the input's kind, by is_numpy

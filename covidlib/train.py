@@ -203,7 +203,7 @@ def capture_rng_state(loader_generator: torch.Generator | None = None) -> dict[s
     np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     state: dict[str, Any] = {
         "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
-        "numpy": {"kind": np_kind, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+        "numpy": {"kind": np_kind, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),  # type: ignore[attr-defined]  # the global RandomState (MT19937) gives the legacy tuple, never a dict
                   "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -238,7 +238,7 @@ def set_loader_epoch(loader: Iterable[Any], epoch: int) -> None:
         return
     for owner in (getattr(loader, "sampler", None), getattr(loader, "dataset", None)):
         if hasattr(owner, "set_epoch"):
-            owner.set_epoch(epoch)
+            owner.set_epoch(epoch)  # type: ignore[union-attr]  # hasattr is False for None
 
 
 def save_checkpoint(payload: Mapping[str, Any], path: str | Path) -> Path:

@@ -59,7 +59,7 @@ def model_parts(model: nn.Module) -> dict[str, list[nn.Module]]:
         if not hasattr(model, attribute):
             raise InvalidInputError(f"{type(model).__name__} has no '{attribute}' attribute; transfer needs a U-Net "
                                     "with encoder (ModuleList, bottleneck last), decoder (ModuleList) and head")
-    encoder = list(model.encoder)
+    encoder = list(model.encoder)  # type: ignore[arg-type]  # nn.Module.__getattr__ is typed Tensor | Module; encoder is a ModuleList
     if len(encoder) < 2:
         raise InvalidInputError(f"{type(model).__name__}.encoder needs at least 2 blocks (one plus the bottleneck)")
     above = encoder[:-1]
@@ -68,8 +68,8 @@ def model_parts(model: nn.Module) -> dict[str, list[nn.Module]]:
         "encoder_first_half": above[:split],
         "encoder_second_half": above[split:],
         "bottleneck": [encoder[-1]],
-        "decoder": list(model.decoder),
-        "head": [model.head],
+        "decoder": list(model.decoder),  # type: ignore[arg-type]  # as above; decoder is a ModuleList
+        "head": [model.head],  # type: ignore[list-item]  # as above; head is a Module
     }
 
 
@@ -139,7 +139,7 @@ def _reset_modules(modules: Iterable[nn.Module], seed: int) -> None:
         for module in modules:
             for submodule in module.modules():
                 if hasattr(submodule, "reset_parameters"):
-                    submodule.reset_parameters()
+                    submodule.reset_parameters()  # type: ignore[operator]  # hasattr found the module's reset_parameters method
 
 
 def trainable_summary(model: nn.Module) -> list[dict[str, object]]:
@@ -271,7 +271,7 @@ def prepare_finetune(model: nn.Module, recipe: str, *, pretrained: nn.Module | M
     if recipe == "decoder":
         freeze(model, "encoder_first_half")
         return reinitialise(model, "head", seed)
-    _reset_modules([model.decoder[-1], model.head], seed)
+    _reset_modules([model.decoder[-1], model.head], seed)  # type: ignore[index, list-item]  # nn.Module.__getattr__ is typed Tensor | Module
     return model
 
 
@@ -407,7 +407,7 @@ def genesis_corruption(cube: Tensor, generator: torch.Generator, *, block: int =
             extent = [int(torch.randint(max(s // 8, 1), max(s // 3, 2), (1,), generator=generator)) for s in size]
             start = [int(torch.randint(0, s - e + 1, (1,), generator=generator)) for s, e in zip(size, extent)]
             region = tuple(slice(a, a + e) for a, e in zip(start, extent))
-            corrupted[(b, slice(None), *region)] = torch.rand((channels, *extent), generator=generator)
+            corrupted[(b, slice(None), *region)] = torch.rand((channels, *extent), generator=generator)  # type: ignore[index]  # (int, slice, *slices): mypy joins the items to object
     return corrupted
 
 
@@ -450,7 +450,7 @@ def pretrain_genesis_proxy(unet3d: UNet3d, volumes_hu: Sequence[np.ndarray], *, 
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(unet3d.parameters(), lr=lr)
     unet3d.train()
-    losses = []
+    losses: list[float] = []
     for _ in tqdm(range(steps), desc="genesis proxy", disable=not progress):
         cubes = []
         for _ in range(batch_size):

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import matplotlib
 from matplotlib.axes import Axes
 from matplotlib.colors import ListedColormap
-from matplotlib.figure import Figure
+from matplotlib.figure import Figure, SubFigure
 from matplotlib.patches import Patch
 
 from covidlib.ct import Window, resolve_window, window_hu, window_label
@@ -40,6 +40,8 @@ MASK_COLOURS = ("#D55E00", "#0072B2", "#009E73", "#E69F00", "#CC79A7", "#56B4E9"
 PANEL_INCHES = 3.2
 
 Masks = np.ndarray | Sequence[np.ndarray] | Mapping[str, np.ndarray] | None
+#: Numbers to plot: a list or tuple of floats, or a NumPy array.
+Values = Sequence[float] | np.ndarray
 
 # ---------------------------------------------------------------------------------------------
 # Notebook display
@@ -69,7 +71,7 @@ _register_notebook_display()
 
 def _array_and_spacing(image: Volume | np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:
     if isinstance(image, Volume):
-        return image.array, image.spacing  # type: ignore[return-value]
+        return image.array, image.spacing
     array = np.asarray(image)
     if array.ndim == 2:
         array = array[None]
@@ -321,13 +323,14 @@ def show_hu_histograms(image: Volume | np.ndarray, labels: np.ndarray, names: Ma
     ax = fig.subplots()
     # one distinct colour per tissue: the mask colours while they last, else matplotlib's ten;
     # beyond ten the line style changes too, so no two tissues are drawn alike
-    palette = MASK_COLOURS if len(names) <= len(MASK_COLOURS) else tuple(matplotlib.colormaps["tab10"].colors)
+    palette = MASK_COLOURS if len(names) <= len(MASK_COLOURS) else tuple(matplotlib.colormaps["tab10"].colors)  # type: ignore[attr-defined]  # tab10 is a ListedColormap
     styles = ("-", "--", ":", "-.")
     drawn = 0
     for name, label in names.items():
         values = array[labels == label]
         if values.size:
-            ax.hist(values, bins=bins, histtype="step", linewidth=1.5, color=palette[drawn % len(palette)],
+            ax.hist(values, bins=bins, histtype="step",  # type: ignore[arg-type]  # matplotlib takes an array of bin edges
+                    linewidth=1.5, color=palette[drawn % len(palette)],
                     linestyle=styles[drawn // len(palette) % len(styles)], label=f"{name} ({values.mean():.0f})")
             drawn += 1
     if window is not None:
@@ -391,7 +394,7 @@ def slice_viewer(volume: Volume | np.ndarray, masks: Masks = None, *, window: Wi
 # Dataset spacing and intensity normalisation (chapter 02)
 
 
-def show_spacings(spacings: Mapping[str, Sequence[Sequence[float]]], *, title: str | None = None) -> Figure:
+def show_spacings(spacings: Mapping[str, Sequence[Sequence[float]] | np.ndarray], *, title: str | None = None) -> Figure:
     """Slice thickness against in-plane pixel size, one marker style per group (like report Fig. 3.7).
 
     ``spacings`` maps a group name (dataset) to ``(z, y, x)`` spacings in mm, one per scan.
@@ -518,6 +521,7 @@ def show_attention_maps(images: np.ndarray, masks: np.ndarray, probabilities: np
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
+    assert shown is not None  # rows >= 1: fig.subplots refuses 0 rows
     fig.colorbar(shown, ax=axes[:, 1:], fraction=0.02, label="probability / attention coefficient")
     fig.suptitle(title or f"Attention maps (grey scale [{lo:g}, {hi:g}] z-score)")
     return fig
@@ -587,11 +591,11 @@ def show_mixup(images: np.ndarray, targets: np.ndarray, mixed_images: np.ndarray
 
 
 def show_similarity_histogram(scores: np.ndarray, config: PseudoLabelConfig | None = None, *, bins: int = 60,
-                              ax: Axes | None = None) -> Figure:
+                              ax: Axes | None = None) -> Figure | SubFigure:
     """Histogram of each unlabelled patch's best cosine similarity (report Fig. 5.7), with the
     acceptance thresholds of ``config`` (default :class:`covidlib.pseudo.PseudoLabelConfig`) marked.
 
-    Drawn on ``ax`` when given (its figure is returned, its layout left to its owner).
+    Drawn on ``ax`` when given (its figure, or subfigure, is returned, its layout left to its owner).
     Introduced in chapter 07.
     """
     if config is None:
@@ -744,8 +748,8 @@ def _message_figure(message: str, title: str | None) -> Figure:
     return fig
 
 
-def show_binned_histograms(panels: Mapping[str, tuple[Sequence[float], Mapping[str, Sequence[float]]]] | None, *,
-                           scatter: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
+def show_binned_histograms(panels: Mapping[str, tuple[Values, Mapping[str, Values]]] | None, *,
+                           scatter: Mapping[str, tuple[Values, Values]] | None = None,
                            scatter_labels: tuple[str, str] = ("x", "y"), title: str | None = None,
                            empty_message: str = "nothing to draw") -> Figure:
     """Histograms stored as bin edges and counts (one panel each), and optionally a scatter panel.
@@ -793,7 +797,7 @@ def show_binned_histograms(panels: Mapping[str, tuple[Sequence[float], Mapping[s
     return fig
 
 
-def show_grouped_values(groups: Mapping[str, Sequence[float]] | None, *, ylabel: str = "value",
+def show_grouped_values(groups: Mapping[str, Values] | None, *, ylabel: str = "value",
                         title: str | None = None, empty_message: str = "nothing to draw") -> Figure:
     """One column of points per group (spread sideways so they do not hide each other) with the
     group's mean as a black bar: e.g. the infection share of the slices of each fold.
@@ -897,7 +901,7 @@ def show_path(rows: Sequence[PathRow] | None, *, metrics: Sequence[str], change_
     return fig
 
 
-def show_curves(curves: Mapping[str, Sequence[float]] | None, *, xlabel: str = "step", ylabel: str = "value",
+def show_curves(curves: Mapping[str, Values] | None, *, xlabel: str = "step", ylabel: str = "value",
                 title: str | None = None, log_y: bool = False, empty_message: str = "nothing to draw") -> Figure:
     """One line per named curve against its index (e.g. the restoration loss of each pretraining,
     step by step). With no curves, one panel says ``empty_message``.
@@ -923,7 +927,7 @@ def show_curves(curves: Mapping[str, Sequence[float]] | None, *, xlabel: str = "
     return fig
 
 
-def show_threshold_calibration(calibration: Mapping[str, Sequence[float]] | None, *, title: str | None = None,
+def show_threshold_calibration(calibration: Mapping[str, Any] | None, *, title: str | None = None,
                                empty_message: str = "nothing to draw") -> Figure:
     """The pseudo-label threshold chosen on labelled patches treated as unlabelled: the share of
     patches accepted (left axis) and the mean Dice of the accepted patches' pseudo masks (right

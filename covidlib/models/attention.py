@@ -97,5 +97,5 @@ class AttentionUNet2d(UNet2d):
         cropped = []
         for level, attention in zip(reversed(range(self.depth)), maps):
             scale = 2**level
-            cropped.append(attention[..., : -(-height // scale), : -(-width // scale)])
+            cropped.append(attention[..., : -(-height // scale), : -(-width // scale)])  # type: ignore[index]  # nn.Module.__getattr__ is typed Tensor | Module; last_attention is a Tensor after a forward pass
         return cropped
