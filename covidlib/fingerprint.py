@@ -8,8 +8,10 @@ A Python file is hashed by what runs (:func:`source_hash`): its syntax tree with
 layout, docstrings and other bare strings, function annotations and the annotations of local
 variables. An edit that cannot change a number (a docstring, a comment, a type hint, a
 reformatted line) leaves its hash, and so every result behind it, as it was; any other edit
-changes it. Fingerprints written before this (the plain hash of a file's bytes, without the
-``ast:`` prefix) are still checked byte for byte.
+changes it. Modules that compute no reported number (:data:`BOOKKEEPING_MODULES`: the figures,
+the records, the command line and this module) are left out of fingerprints altogether.
+Fingerprints written before this (the plain hash of a file's bytes, without the ``ast:`` prefix)
+are still checked byte for byte.
 
 Introduced in chapter 05 (caches) and chapter 09 (reference records).
 """
@@ -51,6 +53,11 @@ class _WhatRuns(ast.NodeTransformer):
 
     def __init__(self) -> None:
         self.function_depth = 0
+
+    def visit_JoinedStr(self, node: ast.JoinedStr) -> ast.AST:
+        # Python 3.12.1 ends a nested format spec (f"{k:<{width}}") with an empty string part, 3.11 and 3.13 not
+        node.values = [part for part in node.values if not (isinstance(part, ast.Constant) and part.value == "")]
+        return self.generic_visit(node)
 
     def visit_Expr(self, node: ast.Expr) -> ast.AST | None:
         if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
@@ -134,32 +141,39 @@ def _module_file(module: str | ModuleType) -> Path:
     return Path(file)
 
 
+#: Modules that compute no number a result reports: they draw or display results, or fingerprint
+#: them (this module). A change to them leaves every number as it was, so fingerprints leave them out.
+BOOKKEEPING_MODULES = frozenset({"covidlib.__main__", "covidlib.viz", "covidlib.records", "covidlib.fingerprint"})
+_BOOKKEEPING_PATHS = frozenset(name.replace(".", "/") + ".py" for name in BOOKKEEPING_MODULES)
+
+
 def code_fingerprint(modules: Iterable[str | ModuleType] = (), files: Iterable[str | Path] = ()) -> dict[str, str]:
-    """``{path: hash}`` of the source of ``modules`` and of extra ``files`` (e.g. a chapter).
+    """``{path: hash}`` of the source of ``modules`` (:data:`BOOKKEEPING_MODULES` left out) and of
+    extra ``files`` (e.g. a chapter).
 
     Paths are relative to the folder holding ``covidlib`` (the repository in a checkout), so a
     fingerprint written on one machine checks on another.
     """
-    paths = [_module_file(module) for module in modules] + [Path(file) for file in files]
+    names = [module if isinstance(module, str) else module.__name__ for module in modules]
+    paths = [_module_file(name) for name in names if name not in BOOKKEEPING_MODULES] + [Path(file) for file in files]
     return {_relative(path): source_hash(path) for path in sorted(set(paths), key=_relative)}
-
-
-#: Modules that only draw or display results: a change to them leaves every number as it was.
-DISPLAY_ONLY = frozenset({"covidlib.__main__", "covidlib.viz", "covidlib.records"})
 
 
 def loaded_covidlib_modules() -> list[str]:
     """Names of the ``covidlib`` modules imported in this process that compute what a chapter
-    reports (the display-only modules of :data:`DISPLAY_ONLY` left out)."""
+    reports (:data:`BOOKKEEPING_MODULES` left out)."""
     return sorted(name for name, module in sys.modules.items()
                   if (name == "covidlib" or name.startswith("covidlib.")) and getattr(module, "__file__", None)
-                  and name not in DISPLAY_ONLY)
+                  and name not in BOOKKEEPING_MODULES)
 
 
 def changed_sources(fingerprint: Mapping[str, str]) -> list[str]:
-    """The paths of a :func:`code_fingerprint` whose file now differs or is gone."""
+    """The paths of a :func:`code_fingerprint` whose file now differs or is gone (those of
+    :data:`BOOKKEEPING_MODULES`, which fingerprints made before they were left out may hold, aside)."""
     changed = []
     for relative, expected in fingerprint.items():
+        if relative in _BOOKKEEPING_PATHS:
+            continue
         path = Path(relative) if Path(relative).is_absolute() else PACKAGE_PARENT / relative
         current = source_hash if expected.startswith(TREE_PREFIX) else file_hash
         if not path.exists() or current(path) != expected:

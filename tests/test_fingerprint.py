@@ -189,3 +189,29 @@ def test_a_comment_leaves_a_tree_fingerprint_fresh_but_not_a_bytes_fingerprint(t
     assert fingerprint.changed_sources(bytes_print) == [path.resolve().as_posix()]
     path.write_text("VALUE = 2\n")
     assert fingerprint.changed_sources(tree_print) == [path.resolve().as_posix()]
+
+
+def test_an_empty_string_part_of_an_f_string_does_not_count():
+    import ast
+
+    # Python 3.12.1 parses f"{k:<{width}}" with an empty string part closing the format spec; 3.11 and 3.13 do not
+    tree = ast.parse('f"{k:<{width}}"')
+    spec = tree.body[0].value.values[0].format_spec
+    with_empty = ast.parse('f"{k:<{width}}"')
+    with_empty.body[0].value.values[0].format_spec.values.append(ast.Constant(value=""))
+    assert len(with_empty.body[0].value.values[0].format_spec.values) == len(spec.values) + 1
+
+    def canonical(node):
+        return fingerprint._canonical(fingerprint._WhatRuns().visit(node))
+
+    assert canonical(with_empty) == canonical(tree)
+    assert canonical(ast.parse('f"{k:<{width}}x"')) != canonical(tree)
+
+
+def test_bookkeeping_modules_are_left_out_of_fingerprints():
+    prints = fingerprint.code_fingerprint(["covidlib.metrics", "covidlib.fingerprint", "covidlib.viz"])
+    assert set(prints) == {"covidlib/metrics.py"}
+    assert "covidlib.fingerprint" not in fingerprint.loaded_covidlib_modules()
+    # an older fingerprint that holds one is not stale because of it
+    assert fingerprint.changed_sources({**prints, "covidlib/fingerprint.py": "0" * 16}) == []
+    assert fingerprint.changed_sources({**prints, "covidlib/metrics.py": "0" * 16}) == ["covidlib/metrics.py"]
