@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 
@@ -215,3 +216,49 @@ def test_bookkeeping_modules_are_left_out_of_fingerprints():
     # an older fingerprint that holds one is not stale because of it
     assert fingerprint.changed_sources({**prints, "covidlib/fingerprint.py": "0" * 16}) == []
     assert fingerprint.changed_sources({**prints, "covidlib/metrics.py": "0" * 16}) == ["covidlib/metrics.py"]
+
+
+OTHER_PYTHONS = ["3.10", "3.12", "3.13"]  # requires-python >= 3.10; CI runs 3.11
+
+
+def _python(version: str) -> str | None:
+    """An interpreter of ``version`` that runs: pyenv's install, else one on the PATH."""
+    import glob
+    import shutil
+    import subprocess
+
+    candidates = sorted(glob.glob(str(Path.home() / ".pyenv" / "versions" / f"{version}.*" / "bin" / f"python{version}")))
+    candidates.append(shutil.which(f"python{version}") or "")
+    for candidate in filter(None, candidates):
+        check = subprocess.run([candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                               capture_output=True, text=True, check=False)
+        if check.returncode == 0 and check.stdout.strip() == version:
+            return candidate
+    return None
+
+
+@pytest.mark.parametrize("version", OTHER_PYTHONS)
+def test_every_source_hashes_alike_under_another_python(tmp_path, version):
+    import json
+    import shutil
+    import subprocess
+
+    executable = _python(version)
+    if executable is None:
+        pytest.skip(f"no Python {version} here")
+    # fingerprint.py needs only errors.py: copied into a bare package, it runs without numpy or torch
+    package = tmp_path / "covidlib"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    for name in ("errors.py", "fingerprint.py"):
+        shutil.copy(fingerprint.PACKAGE_PARENT / "covidlib" / name, package / name)
+    sources = sorted(str(path) for folder in ("covidlib", "chapters", "benchmarks", "tests")
+                     for path in (fingerprint.PACKAGE_PARENT / folder).rglob("*.py"))
+    script = ("import json, sys\nfrom covidlib.fingerprint import source_hash\n"
+              "print(json.dumps({path: source_hash(path) for path in json.load(sys.stdin)}))")
+    result = subprocess.run([executable, "-c", script], input=json.dumps(sources), capture_output=True, text=True,
+                            cwd=tmp_path, env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}, check=False)
+    assert result.returncode == 0, result.stderr
+    theirs = json.loads(result.stdout)
+    assert len(theirs) == len(sources) > 100
+    assert [path for path in sources if theirs[path] != fingerprint.source_hash(path)] == []
