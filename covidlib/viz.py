@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import matplotlib
@@ -30,7 +30,9 @@ from covidlib.ct import Window, resolve_window, window_hu, window_label
 from covidlib.errors import InvalidInputError
 from covidlib.io import Volume
 
-if TYPE_CHECKING:  # annotations only: both modules pull in torch
+if TYPE_CHECKING:  # annotations only: these modules pull in torch or a widget toolkit
+    import ipywidgets
+
     from covidlib.augment import Mixup, Transform
     from covidlib.pseudo import PseudoLabelConfig
 
@@ -115,8 +117,8 @@ def _busiest_slice(masks: dict[str, np.ndarray], axis: int, length: int) -> int:
     return length // 2
 
 
-def _draw(ax, image2d: np.ndarray, window: Window, masks2d: dict[str, np.ndarray] | None = None,
-          alpha: float = 0.35, aspect: float = 1.0, origin: str = "upper") -> None:
+def _draw(ax: Axes, image2d: np.ndarray, window: Window, masks2d: dict[str, np.ndarray] | None = None,
+          alpha: float = 0.35, aspect: float = 1.0, origin: Literal["upper", "lower"] = "upper") -> None:
     ax.imshow(window_hu(image2d, window), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest",
               aspect=aspect, origin=origin)
     # The first mask is drawn last, on top: list the small structure (lesion) before the large one (lung).
@@ -274,9 +276,9 @@ def show_views(volume: Volume, index: tuple[int, int, int] | None = None, *, win
     if index is None:
         index = tuple(_busiest_slice(named, a, array.shape[a]) for a in range(3)) if named else tuple(s // 2 for s in array.shape)
     z, y, x = (int(i) for i in index)
-    superior_up = "lower" if volume.direction[8] >= 0 else "upper"
+    superior_up: Literal["upper", "lower"] = "lower" if volume.direction[8] >= 0 else "upper"
     fig, axes = _grid_figure(3, 3, f"{title or 'Three views'} ({window_label(window)})", bool(named))
-    panels = [
+    panels: list[tuple[str, str, np.ndarray, dict[str, np.ndarray], float, Literal["upper", "lower"]]] = [
         ("axial", f"z = {z}", array[z], {k: m[z] for k, m in named.items()}, sy / sx, "upper"),
         ("coronal", f"y = {y}", array[:, y], {k: m[:, y] for k, m in named.items()}, sz / sx, superior_up),
         ("sagittal", f"x = {x}", array[:, :, x], {k: m[:, :, x] for k, m in named.items()}, sz / sy, superior_up),
@@ -350,7 +352,8 @@ def show_hu_histograms(image: Volume | np.ndarray, labels: np.ndarray, names: Ma
 
 
 def slice_viewer(volume: Volume | np.ndarray, masks: Masks = None, *, window: Window = "lung",
-                 alpha: float = 0.35, title: str | None = None, max_slices: int = 32, dpi: int = 80):
+                 alpha: float = 0.35, title: str | None = None, max_slices: int = 32,
+                 dpi: int = 80) -> ipywidgets.VBox:
     """An ipywidgets viewer: a z slider over axial slices with optional mask overlays.
 
     Every shown slice is rendered once to a PNG and the slider is linked to a ``Stack`` of
