@@ -355,13 +355,19 @@ def rewritten_since(record: Path) -> list[str]:
 def report_stale_records() -> None:
     """List committed reference records whose code changed since they were made, or which show
     records rewritten since (not a failure)."""
+    from covidlib.config import cpu_supports_bf16, processor_name
     from covidlib.records import describe_machine, read_reference, stale_records
 
+    here = {"device_name": processor_name(), "cpu_bf16": cpu_supports_bf16()}
     stale = stale_records(RECORDS)
     for reference in stale:
-        print(f"[test] stale record {reference.path.relative_to(ROOT)} (made on "
-              f"{describe_machine(reference.record.get('runtime', {}))}): changed since: {', '.join(reference.stale[:5])}; "
-              f"regenerate with {reference.command}")
+        runtime = reference.record.get("runtime", {})
+        made_on = describe_machine(runtime)
+        if {"units", "runs"} & set(reference.numbers):  # a resumable benchmark keeps units only at their numerics
+            made_on += ("; its units resume on this machine" if all(runtime.get(k) == v for k, v in here.items())
+                        else f"; its units resume only there, not on this {describe_machine(here)}")
+        print(f"[test] stale record {reference.path.relative_to(ROOT)} (made on {made_on}): "
+              f"changed since: {', '.join(reference.stale[:5])}; regenerate with {reference.command}")
     outdated = {path: names for path in sorted(RECORDS.glob("*/[!_]*.json")) if (names := rewritten_since(path))}
     for path, names in outdated.items():
         print(f"[test] stale record {path.relative_to(ROOT)}: shows records rewritten since: {', '.join(names)}; "

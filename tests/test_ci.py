@@ -184,6 +184,21 @@ def test_stale_records_are_listed_with_the_command_that_regenerates_each(tmp_pat
     assert any("semi_recipe.json" in line and line.endswith(
         "regenerate with .venv/bin/python benchmarks/semi_recipe.py --data-root DIR") for line in lines)
     assert lines[-1] == "[test] 3 stale reference record(s)"
+    # a resumable benchmark's line (its record keeps units) says whether they can resume here: the same
+    # processor and precision
+    import covidlib.config
+
+    for bf16, expected in ((False, "; its units resume on this machine)"),
+                           (True, "; its units resume only there, not on this AMD EPYC, bf16)")):
+        (folder / "semi_recipe.json").write_text(json.dumps(
+            {**semi_recipe, "created": "now", "numbers": {"units": []},
+             "runtime": {"device_name": "AMD EPYC", "cpu_bf16": False, "threads": 2}}))
+        monkeypatch.setattr(covidlib.config, "processor_name", lambda: "AMD EPYC")
+        monkeypatch.setattr(covidlib.config, "cpu_supports_bf16", lambda bf16=bf16: bf16)
+        ci_chapters.report_stale_records()
+        semi_line, = [line for line in capsys.readouterr().out.splitlines() if "semi_recipe.json (made on" in line]
+        assert "(made on AMD EPYC, float32, 2 threads" + expected in semi_line
+        assert "its units" not in "".join(line for line in lines if "04_unet.json" in line)
 
 
 def test_hide_bookkeeping_removes_only_the_injected_parameters_and_nbval_cells(tmp_path: Path) -> None:
