@@ -30,7 +30,7 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "covid-semiseg"
 #: The scores every nested-CV record keeps per unit: Dice at 0.5 and Inf-Net's mean Dice, both with TTA.
 METRICS = ("tta_dice", "tta_infnet_mean_dice")
 #: What ``--quick`` changes: tiny networks and 2 epochs of 2 steps, enough to check the whole path.
-QUICK = {"image_size": 64, "base_width": 4, "depth": 2, "epochs": 2, "max_steps_per_epoch": 2}
+QUICK: dict[str, Any] = {"image_size": 64, "base_width": 4, "depth": 2, "epochs": 2, "max_steps_per_epoch": 2}
 
 
 def integers(text: str) -> list[int]:

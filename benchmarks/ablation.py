@@ -36,9 +36,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +48,7 @@ from _nested_cv import begin, comparable_record, integers, mean_scores, nested_c
 from covidlib.crossval import run_key, run_nested_cv, scored_metric
 from covidlib.datasets import get_dataset
 from covidlib.fingerprint import changed_sources, data_fingerprint
-from covidlib.inference import prepare_slices
+from covidlib.inference import PreparedSlices, prepare_slices
 from covidlib.recipe import Recipe
 from covidlib.records import read_reference
 from covidlib.results import write_record
@@ -146,7 +148,7 @@ def main() -> None:
         summarise_only(args, parameters, runtime, keys, recipes)
         return
     runs = stored_runs(Path(args.out) / "ablation.json", parameters, runtime)
-    prepared_by_size: dict[int, object] = {}
+    prepared_by_size: dict[int, PreparedSlices] = {}
 
     def train_unit(index: int, seed: int, fold: int) -> dict:
         recipe = training_recipe(recipes[index])
@@ -158,7 +160,7 @@ def main() -> None:
 
     for index, key in enumerate(keys):
         if runs.get(key, new_run())["units"] and (changed := changed_sources(runs[key]["code"])):
-            runs[key] = recheck(runs[key], changed, lambda seed, fold, row=index: train_unit(row, seed, fold))
+            runs[key] = recheck(runs[key], changed, functools.partial(train_unit, index))
             write_rows(args, runtime, runs, keys, recipes)
     for index in range(len(STEPS)) if args.rows is None else args.rows:
         run = runs.setdefault(keys[index], new_run())
@@ -331,7 +333,10 @@ def write_rows(args: argparse.Namespace, runtime: dict, runs: dict[str, dict], k
     """Write the record: the runs, and a row for each step whose run (``runs[keys[index]]``) has a seed
     with all its folds, over such seeds; a path row's change is measured against the nearest such path
     row above it, an alternative's against its base, on the (seed, fold) units both rows have."""
-    rows, path_end, complete = [], None, {}
+    rows: list[dict[str, Any]] = []
+    path_end: str | None = None
+    # each complete row's Dice by (seed, fold) unit, by row name; looked up with None before the first path row
+    complete: dict[str | None, dict[tuple[int, int], float]] = {}
     for index, step in enumerate(STEPS):
         run = runs.get(keys[index], new_run())
         names = row_scores(recipes[index])
@@ -342,17 +347,17 @@ def write_rows(args: argparse.Namespace, runtime: dict, runs: dict[str, dict], k
         scores = {metric: {(unit["seed"], unit["fold"]): unit["scores"][name] for unit in units}
                   for metric, name in names.items()}
         timed = [entry for entry in run["seconds"] if {tuple(unit) for unit in entry["units"]} <= set(scores["dice"])]
-        row = {"name": step.name, "recipe": dataclasses.asdict(recipes[index]), "run": keys[index],
-               "scored_with_tta": recipes[index].tta, "base": step.base,
-               "seeds": sorted({unit["seed"] for unit in units}),
-               "dice_by_unit": [[seed, fold, value] for (seed, fold), value in scores["dice"].items()],
-               "infnet_mean_dice_by_unit": [[s, f, v] for (s, f), v in scores["infnet_mean_dice"].items()],
-               "dice_mean": float(np.mean(list(scores["dice"].values()))),
-               "dice_sd_over_units": float(np.std(list(scores["dice"].values()), ddof=1)),
-               "infnet_mean_dice_mean": float(np.mean(list(scores["infnet_mean_dice"].values()))),
-               "epochs_run": [unit["epochs_run"] for unit in units], "best_epoch": [unit["best_epoch"] for unit in units],
-               "train_wall_seconds": float(sum(entry["wall_seconds"] for entry in timed)),
-               "train_cpu_seconds": float(sum(entry["cpu_seconds"] for entry in timed))}
+        row: dict[str, Any] = {"name": step.name, "recipe": dataclasses.asdict(recipes[index]), "run": keys[index],
+                               "scored_with_tta": recipes[index].tta, "base": step.base,
+                               "seeds": sorted({unit["seed"] for unit in units}),
+                               "dice_by_unit": [[seed, fold, value] for (seed, fold), value in scores["dice"].items()],
+                               "infnet_mean_dice_by_unit": [[s, f, v] for (s, f), v in scores["infnet_mean_dice"].items()],
+                               "dice_mean": float(np.mean(list(scores["dice"].values()))),
+                               "dice_sd_over_units": float(np.std(list(scores["dice"].values()), ddof=1)),
+                               "infnet_mean_dice_mean": float(np.mean(list(scores["infnet_mean_dice"].values()))),
+                               "epochs_run": [unit["epochs_run"] for unit in units], "best_epoch": [unit["best_epoch"] for unit in units],
+                               "train_wall_seconds": float(sum(entry["wall_seconds"] for entry in timed)),
+                               "train_cpu_seconds": float(sum(entry["cpu_seconds"] for entry in timed))}
         against = step.base or path_end
         shared = sorted(set(scores["dice"]) & set(complete.get(against, {})))
         if shared:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import scipy.ndimage as ndi
@@ -23,7 +25,7 @@ from covidlib.augment import RandomElasticDeformation, Rotation, default_augment
 from covidlib.data import SliceDataset
 
 
-def best_ms(function, repeats: int) -> float:
+def best_ms(function: Callable[[], Any], repeats: int) -> float:
     """Best (minimum) wall time of ``function()`` in ms over ``repeats`` runs, after one warm-up.
 
     The minimum, not the median: this machine is shared, and the minimum is the least disturbed

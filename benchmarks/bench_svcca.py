@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Callable
 
 PARSER = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 PARSER.add_argument("--datapoints", type=int, default=50_000)
@@ -59,7 +60,7 @@ def make_layers(n: int, p: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return layers[0], layers[1]
 
 
-def timed(function) -> tuple[float, float, float]:
+def timed(function: Callable[[], float]) -> tuple[float, float, float]:
     """(wall seconds, process CPU seconds, value): CPU time is robust to other users' load."""
     start_wall, start_cpu = time.perf_counter(), time.process_time()
     value = function()

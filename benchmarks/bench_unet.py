@@ -143,7 +143,7 @@ class StepRunner:
 
     def __post_init__(self) -> None:
         if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch documents Module.to(memory_format=...) (its docstring), its overloads omit it
         self.model.train()
         self.forward = torch.compile(self.model) if self.compiled else self.model
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=2e-4)

@@ -29,7 +29,9 @@ import argparse
 import datetime as _dt
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -86,7 +88,7 @@ def two_lungs(lungs: np.ndarray) -> list[np.ndarray]:
     return [lungs & (coords < middle), lungs & (coords >= middle)]
 
 
-def measure(grey: np.ndarray, lesion: np.ndarray) -> dict[str, object]:
+def measure(grey: np.ndarray, lesion: np.ndarray) -> dict[str, Any]:
     """All per-slice numbers of one slice (H, W) uint8 with its lesion mask (H, W) bool."""
     lungs = lung_region(grey, lesion)
     regions = grey_regions(grey, lungs, lesion)
@@ -113,7 +115,7 @@ def measure(grey: np.ndarray, lesion: np.ndarray) -> dict[str, object]:
     ridge = bright & (distance == ndimage.maximum_filter(distance, size=3))
     calibre_px = 2 * distance[ridge] - 1 if ridge.any() else np.array([])
 
-    result: dict[str, object] = {
+    result: dict[str, Any] = {
         "shape": grey.shape, "lung_share": float(lungs.mean()), "body_share": float((grey >= LUNG_THRESHOLD).mean()),
         "vertical": vertical, "mediastinum_offset": mediastinum_offset,
         "lung_grey": lung_level, "body_peak_grey": body_peak,
@@ -151,7 +153,14 @@ def measure(grey: np.ndarray, lesion: np.ndarray) -> dict[str, object]:
     return result
 
 
-def calibrate(data_root: Path) -> dict[str, object]:
+def labelled(mask: np.ndarray | None) -> np.ndarray:
+    """The lesion mask of a training slice: COVID-SemiSeg's doctors labelled every one (``None`` marks an unlabelled case)."""
+    if mask is None:
+        raise ValueError("a COVID-SemiSeg training slice without its lesion mask")
+    return mask
+
+
+def calibrate(data_root: Path) -> dict[str, Any]:
     from covidlib.datasets import get_dataset
 
     dataset = get_dataset("covid-semiseg", data_root)
@@ -160,9 +169,9 @@ def calibrate(data_root: Path) -> dict[str, object]:
     for case_id in ids:
         case = dataset.load(case_id)
         grey = np.clip(np.rint(case.image.array[0]), 0, 255).astype(np.uint8)
-        rows.append(measure(grey, case.lesion_mask[0] > 0))
+        rows.append(measure(grey, labelled(case.lesion_mask)[0] > 0))
     # Ground glass vs consolidation: the same slices' multi-class masks (1 GGO, 2 consolidation).
-    classes = [get_dataset("covid-semiseg", data_root, multiclass=True).load(case_id).lesion_mask for case_id in ids]
+    classes = [labelled(get_dataset("covid-semiseg", data_root, multiclass=True).load(case_id).lesion_mask) for case_id in ids]
     consolidation = sum(int((c == 2).sum()) for c in classes) / max(1, sum(int((c > 0).sum()) for c in classes))
     grey = {name: np.concatenate([r["grey"][name] for r in rows]) for name in ("lung", "body", "lesion")}
     lesioned = [r for r in rows if "n_lesions" in r]
@@ -220,7 +229,7 @@ def calibrate(data_root: Path) -> dict[str, object]:
     }
 
 
-def compare_phantom(n: int, tables: dict[str, object]) -> list[tuple[str, float, float]]:
+def compare_phantom(n: int, tables: Mapping[str, Any]) -> list[tuple[str, float, float]]:
     """(statistic, real, phantom) for ``n`` phantom views measured exactly as the real slices were."""
     from covidlib.phantom import make_phantom, semiseg_view
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -28,9 +30,11 @@ def main() -> None:
     parser.add_argument("--fold-indices", type=integers,
                         help="only these outer folds, e.g. 3,4 (processes given disjoint folds of one recipe "
                              "can share --runs side by side)")
+    # each option's argparse type, by the type of its Recipe default (int where that is None)
+    kinds: dict[type, Callable[[str], Any]] = {bool: lambda text: text.lower() in ("1", "true", "yes"), int: int,
+                                               float: float, str: str}
     for field in dataclasses.fields(Recipe):
-        kind = {bool: lambda text: text.lower() in ("1", "true", "yes"), int: int, float: float, str: str}.get(
-            type(field.default), int)
+        kind = kinds.get(type(field.default), int)
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=None)
     args = parser.parse_args()
     if begin(args) is None:

@@ -35,10 +35,10 @@ import numpy as np
 
 from _nested_cv import METRICS, begin, integers, mean_scores, nested_cv_parser, quick_recipe, stored_units, write_units_record
 from covidlib.crossval import Fold, nested_folds, run_nested_cv, score_cases, train_supervised
-from covidlib.datasets import get_dataset
+from covidlib.datasets import Dataset, get_dataset
 from covidlib.errors import InvalidInputError
 from covidlib.fingerprint import settings_key
-from covidlib.inference import prepare_slices
+from covidlib.inference import PreparedSlices, prepare_slices
 from covidlib.recipe import Recipe
 from covidlib.statistics import paired_bootstrap_ci
 
@@ -59,7 +59,7 @@ def scaled_recipe(recipe: Recipe, n: int, full: int) -> Recipe:
                                step_size=round(recipe.step_size * factor), patience=round(recipe.patience * factor))
 
 
-def run_unit(dataset, prepared, recipe: Recipe, fold: Fold, seed: int, n: int, folder: Path) -> dict:
+def run_unit(dataset: Dataset, prepared: PreparedSlices, recipe: Recipe, fold: Fold, seed: int, n: int, folder: Path) -> dict:
     """One (seed, fold, n): train on ``n`` of the fold's training slices, score its test fold."""
     subset = training_subset(fold.train, n, seed, fold.index)
     scaled = scaled_recipe(recipe, n, len(fold.train))

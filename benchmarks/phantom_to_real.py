@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def publish(args: argparse.Namespace, record: dict[str, Any], runtime: dict[str, Any]) -> int:
     """Write the reference record (its timing covers this call; each part keeps its own seconds)."""
-    numbers = {key: record[key] for key in ("real_slices", "phantom_only", "transfer") if key in record}
+    numbers: dict[str, Any] = {key: record[key] for key in ("real_slices", "phantom_only", "transfer") if key in record}
     numbers["calibration"] = load_calibration()["provenance"]
     path = write_record(args.out, "phantom_to_real", parameters={**record["settings"], "data_root": str(args.data_root)},
                         numbers=numbers, runtime=runtime)

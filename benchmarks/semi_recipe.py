@@ -43,8 +43,8 @@ import numpy as np
 from _nested_cv import METRICS, begin, mean_scores, nested_cv_parser, quick_recipe, stored_units, write_units_record
 from covidlib.augment import default_augmentation
 from covidlib.crossval import run_key, run_nested_cv, score_cases
-from covidlib.datasets import get_dataset
-from covidlib.inference import load_model, prepare_slices
+from covidlib.datasets import Dataset, get_dataset
+from covidlib.inference import PreparedSlices, load_model, prepare_slices
 from covidlib.mean_teacher import ARM_LABELS, continue_arm, pseudo_label_patches, semi_supervised_settings
 from covidlib.recipe import Recipe
 from covidlib.self_training import PseudoSliceDataset, pseudo_label_slices
@@ -63,7 +63,7 @@ LABELS = {**ARM_LABELS, "pseudo_slices": "+ whole-slice pseudo-labels (A′'s TT
           "consistency_slices": "+ mean teacher on the whole unlabelled slices (consistency only)"}
 
 
-def run_fold(args: argparse.Namespace, dataset, prepared, recipe: Recipe, a_prime_result: dict,
+def run_fold(args: argparse.Namespace, dataset: Dataset, prepared: PreparedSlices, recipe: Recipe, a_prime_result: dict,
              checkpoint: Path) -> dict:
     """The continuations of :data:`ARMS` from one (seed, fold)'s A', scored on its outer test fold."""
     seed, train_ids, val_ids, test_ids = (a_prime_result[k] for k in ("seed", "train", "val", "test"))

@@ -25,7 +25,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # selenium is imported where it is used: without it, main says so
+    from selenium.webdriver.chrome.webdriver import WebDriver as ChromeDriver
+    from selenium.webdriver.remote.webdriver import WebDriver
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -76,7 +82,7 @@ def ensure_browser() -> bool:
 
 
 @contextlib.contextmanager
-def serve(folder: Path):
+def serve(folder: Path) -> Iterator[str]:
     """Serve ``folder`` over HTTP on 127.0.0.1 (a free port) for the duration of the block."""
     handler = functools.partial(QuietHandler, directory=str(folder))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -93,7 +99,7 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def make_driver(user_data_dir: str):
+def make_driver(user_data_dir: str) -> ChromeDriver:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -122,7 +128,7 @@ return Array.from(document.querySelectorAll('.widget-image')).filter(i => i.offs
 """
 
 
-def slider_changes_image(driver) -> bool:
+def slider_changes_image(driver: WebDriver) -> bool:
     """Press the right arrow on the first slider handle: the visible widget image must change.
 
     This proves the viewer works with no kernel behind it (the slider and the image stack are
@@ -141,7 +147,7 @@ def slider_changes_image(driver) -> bool:
     return bool(before) and driver.execute_script(VISIBLE_WIDGET_IMAGES) != before
 
 
-def check_page(driver, url: str, relative: str, screenshots: Path) -> list[str]:
+def check_page(driver: WebDriver, url: str, relative: str, screenshots: Path) -> list[str]:
     driver.get(url)
     is_chapter = "/chapters/" in relative
 

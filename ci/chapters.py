@@ -316,9 +316,9 @@ def run_pytest(arguments: list[str], what: str) -> None:
 
 
 def run_static_checks() -> None:
-    """ruff (pyflakes, syntax, escapes, bugbear) over the repository and mypy over covidlib, with the
-    settings in pyproject.toml."""
-    for what, command in (("ruff", ["ruff", "check", "."]), ("mypy", ["mypy", "covidlib"])):
+    """ruff (pyflakes, syntax, escapes, bugbear) over the repository and mypy over the library, the
+    benchmarks and these scripts, with the settings (and mypy's files) in pyproject.toml."""
+    for what, command in (("ruff", ["ruff", "check", "."]), ("mypy", ["mypy"])):
         print(f"[test] {what}", flush=True)
         if subprocess.run([sys.executable, "-m", *command], cwd=ROOT).returncode != 0:
             fail(f"{what} found problems (listed above)")
