@@ -37,6 +37,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.morphology import convex_hull_image
 
+from covidlib.errors import InvalidInputError
 from covidlib.phantom import GREY_BINS, LUNG_GREY_THRESHOLD, grey_histogram, grey_regions
 from covidlib.results import atomic_write_text, git_commit
 
@@ -153,10 +154,10 @@ def measure(grey: np.ndarray, lesion: np.ndarray) -> dict[str, Any]:
     return result
 
 
-def labelled(mask: np.ndarray | None) -> np.ndarray:
+def labelled(case_id: str, mask: np.ndarray | None) -> np.ndarray:
     """The lesion mask of a training slice: COVID-SemiSeg's doctors labelled every one (``None`` marks an unlabelled case)."""
     if mask is None:
-        raise ValueError("a COVID-SemiSeg training slice without its lesion mask")
+        raise InvalidInputError(f"{case_id}: a COVID-SemiSeg training slice without its lesion mask")
     return mask
 
 
@@ -169,9 +170,9 @@ def calibrate(data_root: Path) -> dict[str, Any]:
     for case_id in ids:
         case = dataset.load(case_id)
         grey = np.clip(np.rint(case.image.array[0]), 0, 255).astype(np.uint8)
-        rows.append(measure(grey, labelled(case.lesion_mask)[0] > 0))
+        rows.append(measure(grey, labelled(case_id, case.lesion_mask)[0] > 0))
     # Ground glass vs consolidation: the same slices' multi-class masks (1 GGO, 2 consolidation).
-    classes = [labelled(get_dataset("covid-semiseg", data_root, multiclass=True).load(case_id).lesion_mask) for case_id in ids]
+    classes = [labelled(case_id, get_dataset("covid-semiseg", data_root, multiclass=True).load(case_id).lesion_mask) for case_id in ids]
     consolidation = sum(int((c == 2).sum()) for c in classes) / max(1, sum(int((c > 0).sum()) for c in classes))
     grey = {name: np.concatenate([r["grey"][name] for r in rows]) for name in ("lung", "body", "lesion")}
     lesioned = [r for r in rows if "n_lesions" in r]
