@@ -22,7 +22,7 @@ from covidlib.errors import InvalidInputError
 from covidlib.fingerprint import data_fingerprint
 from covidlib.io import check_output_folder
 from covidlib.recipe import Recipe
-from covidlib.records import ReferenceRecord, read_reference, reference_dir
+from covidlib.records import ReferenceRecord, other_numerics, read_reference, reference_dir
 from covidlib.results import to_json, write_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,17 +94,6 @@ def mean_scores(per_case: dict[str, dict[str, float]], metrics: tuple[str, ...] 
     return {metric: float(np.mean([row[metric] for row in per_case.values()])) for metric in metrics}
 
 
-#: The runtime settings that change a training's last bits: a unit computed otherwise is another number.
-#: The processor counts too: the same bfloat16 run gave another Dice on an AVX512-BF16 EPYC than on an
-#: AMX Xeon (0.665 against 0.629 on the ablation's first unit), their oneDNN kernels rounding differently.
-NUMERICS = ("threads", "cpu_bf16", "device_name")
-
-
-def other_numerics(record: dict[str, Any], runtime: dict[str, Any]) -> list[str]:
-    """The :data:`NUMERICS` settings in which ``record`` ran otherwise than ``runtime`` describes."""
-    return [name for name in NUMERICS if record["runtime"].get(name) != runtime.get(name)]
-
-
 def comparable_record(record: Path, parameters: dict[str, Any], runtime: dict[str, Any]) -> ReferenceRecord | None:
     """The earlier ``record`` when it ran with ``parameters`` (its seeds and the data's folder aside),
     the numerics of ``runtime`` (threads, bfloat16, processor) and the same data; ``None``, after saying why, otherwise."""
@@ -114,7 +103,7 @@ def comparable_record(record: Path, parameters: dict[str, Any], runtime: dict[st
     same = all(earlier.record["parameters"].get(name) == value for name, value in parameters.items()
                if name not in ("seeds", "data_root"))
     reason = ("its parameters differ" if not same else
-              "it ran at other threads, precision or processor" if other_numerics(earlier.record, runtime) else
+              "it ran at other threads, precision or processor" if other_numerics(earlier.record["runtime"], runtime) else
               "the data changed" if earlier.record["fingerprint"]["data"] != data_fingerprint(parameters["data_root"])
               else None)
     if reason:

@@ -44,13 +44,13 @@ from typing import Any
 
 import numpy as np
 
-from _nested_cv import begin, comparable_record, integers, mean_scores, nested_cv_parser, other_numerics, quick_recipe
+from _nested_cv import begin, comparable_record, integers, mean_scores, nested_cv_parser, quick_recipe
 from covidlib.crossval import run_key, run_nested_cv, scored_metric
 from covidlib.datasets import get_dataset
 from covidlib.fingerprint import changed_sources, data_fingerprint
 from covidlib.inference import PreparedSlices, prepare_slices
 from covidlib.recipe import Recipe
-from covidlib.records import read_reference
+from covidlib.records import other_numerics, read_reference
 from covidlib.results import write_record
 from covidlib.statistics import paired_bootstrap_ci
 
@@ -253,7 +253,7 @@ def stored_runs(record: Path, parameters: dict, runtime: dict) -> dict[str, dict
     (threads, bfloat16, processor) is refused: its rows cannot take units computed here, and rewriting it would drop them."""
     if record.exists():
         earlier = read_reference(record).record
-        if differ := other_numerics(earlier, runtime):
+        if differ := other_numerics(earlier["runtime"], runtime):
             ran = earlier["runtime"]
             raise SystemExit(f"{record} was computed with " + ", ".join(f"{name}={ran.get(name)}" for name in differ)
                              + "; this process has " + ", ".join(f"{name}={runtime.get(name)}" for name in differ)

@@ -26,6 +26,17 @@ from covidlib.fingerprint import PACKAGE_PARENT, changed_sources
 RECORDS_DIR = PACKAGE_PARENT / "records"
 REFERENCE_DATASET = "covid-semiseg"
 
+#: The runtime settings that change a training's last bits: a unit computed otherwise is another number.
+#: The processor counts too: the same bfloat16 run gave another Dice on an AVX512-BF16 EPYC than on an
+#: AMX Xeon (0.665 against 0.629 on the ablation's first unit), their oneDNN kernels rounding differently.
+NUMERICS = ("threads", "cpu_bf16", "device_name")
+
+
+def other_numerics(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The :data:`NUMERICS` in which the runtime summary ``stored`` (a record's ``runtime``) differs
+    from ``now``: empty when units computed under one can resume under the other."""
+    return [name for name in NUMERICS if stored.get(name) != now.get(name)]
+
 
 def describe_machine(runtime: dict[str, Any], *, threads: bool = True) -> str:
     """Where a record ran, named the same way everywhere in the book: the processor (its model name

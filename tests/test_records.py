@@ -152,3 +152,12 @@ def test_describe_machine_names_processor_precision_and_threads_by_hand():
     assert records.describe_machine({"device_name": "x86_64"}) == "x86_64"  # an older record: the device only
     assert records.describe_machine(xeon, threads=False) == "Intel Xeon @ 2.10GHz, bf16"
     assert records.describe_machine({}) == "?"
+
+
+def test_other_numerics_names_each_setting_that_changes_the_last_bits():
+    zen5 = {"threads": 2, "cpu_bf16": True, "device_name": "AMD EPYC", "python": "3.11.7", "seed": 0}
+    assert records.other_numerics(zen5, {**zen5, "python": "3.12.1", "seed": 3}) == []  # neither changes a kernel
+    assert records.other_numerics(zen5, {**zen5, "cpu_bf16": False}) == ["cpu_bf16"]  # a Zen 3: same name, float32
+    assert records.other_numerics(zen5, {"threads": 1, "cpu_bf16": True, "device_name": "Intel Xeon"}) == [
+        "threads", "device_name"]
+    assert records.other_numerics({}, zen5) == ["threads", "cpu_bf16", "device_name"]  # an older record knows none
