@@ -36,7 +36,8 @@
 #
 # **Run time** quick: ~1.5-2 min CPU (tiny networks, small phantom cohort, 2 folds); reference
 # (COVID-SemiSeg's 50 labelled slices, two pretraining sources, U-Net and attention U-Net of width
-# 16 on 128-pixel slices, 2 folds): about an hour on a quiet 2-core CPU, resumable; full: the report's settings —
+# 16 on 128-pixel slices, 2 folds): 76 min on a quiet 2-core first-generation AMD EPYC in float32
+# (its U-Net half alone took 30 min there, 14 min on a Zen 3 EPYC and 7 min on a bfloat16 Xeon), resumable; full: the report's settings —
 # 80 trainings of a 31M-parameter U-Net, a job for GPUs: on a CPU it would take far longer than
 # anyone waits (the section "Full mode: size and cost" estimates the CPU-hours on the machine that runs it).
 
