@@ -361,13 +361,17 @@ if reference_05 is not None:
                         f"(test Dice {many:.3f} against {few:.3f})" if many > few else
                         f"Unlike the report, 10 labelled volumes did as well as 40 from scratch "
                         f"(test Dice {few:.3f} against {many:.3f})")
-    gains = [(row, split, phases["test"]["mean"] - scratch[split]["test"]["mean"])
-             for row, splits in reference_05.numbers["table"].get("unet", {}).items() if row != "scratch"
-             for split, phases in splits.items() if split in scratch]
+    # each network's pretrained starts against that network trained from scratch on the same split
+    gains = [(NETWORK_NAMES.get(network, network), row, split,
+              phases["test"]["mean"] - network_table["scratch"][split]["test"]["mean"])
+             for network, network_table in reference_05.numbers["table"].items()
+             for row, splits in network_table.items() if row != "scratch"
+             for split, phases in splits.items() if split in network_table.get("scratch", {})]
     if gains:
-        best = max(gains, key=lambda g: g[2])
-        findings.append(f"the best pretrained start ({best[0]}, {best[1]}) changed test Dice by {format_change(best[2])} "
-                        f"against training from scratch, where the report expected transfer to help")
+        best = max(gains, key=lambda g: g[3])
+        findings.append(f"the best pretrained start ({best[0]}, {best[1]}, {best[2]}) changed test Dice by "
+                        f"{format_change(best[3])} against the same network trained from scratch, where the report "
+                        f"expected transfer to help")
 if cv_04:
     arms = cv_04["arms"]
     infnet = {name: float(np.mean(arm["infnet_mean_dice"])) for name, arm in arms.items()}
