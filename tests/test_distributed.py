@@ -43,7 +43,7 @@ def config() -> TrainConfig:
 def _rank_main(rank: int, port: int, out_dir: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    device = init_from_env()
+    device = init_from_env(backend="gloo")  # CPU processes even where CUDA is present
     model = wrap_model(tiny_network(seed=100 + rank), device)  # different inits: DDP broadcasts rank 0's
     loader = distributed_loader(toy_data(), PER_RANK_BATCH, shuffle=True, seed=SEED)
     trainer = Trainer(model, config(), out_dir=out_dir if is_main_process() else None)

@@ -81,7 +81,7 @@ class Oracle(nn.Module):
         return hashlib.sha1(np.ascontiguousarray(image, np.float32).tobytes()).hexdigest()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        foreground = torch.stack([self.truth[self._key(item.float().numpy())] for item in x[:, 0]])
+        foreground = torch.stack([self.truth[self._key(item.float().cpu().numpy())] for item in x[:, 0]]).to(x.device)
         return torch.stack([torch.zeros_like(foreground), 20.0 * foreground - 10.0], dim=1)
 
 
