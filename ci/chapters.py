@@ -3,11 +3,15 @@
     python ci/chapters.py book [--reference | --full] [--device D] [--dataset NAME] [--data-root PATH] [--chapters 01,02]
     python ci/chapters.py test [--no-chapters] [-- PYTEST_ARGS...]
     python ci/chapters.py check-pairs
+    python ci/chapters.py script [--reference | --full] [--device D] [...] --chapters 05
 
-Papermill is the only executor: each chapter's Jupytext source (chapters/NN_name.py) is
+Papermill is the book's only executor: each chapter's Jupytext source (chapters/NN_name.py) is
 executed with parameters into book/chapters/NN_name.ipynb, its JSON record goes to
 results/<setting>-<dataset>/ (the reference setting: records/reference-<dataset>/, committed),
-and Jupyter Book 1 renders the executed notebooks (execute_notebooks: off).
+and Jupyter Book 1 renders the executed notebooks (execute_notebooks: off). `script` runs
+chapters as plain Python scripts instead (figures are not shown, Markdown prints as text), for
+a machine that has covidlib and CUDA but no Jupyter kernel, such as a GPU check (ci/gpu_check);
+its records go to results/script-<setting>-<dataset>/, never to records/.
 
 Three settings, one code path: quick (phantom or real data, minutes: CI), reference (real data
 sized for a 2-core CPU; its records are committed and shown in the book) and full (the report's
@@ -26,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTER_SOURCES = ROOT / "chapters"
@@ -41,7 +46,7 @@ HTML = ROOT / "book" / "_build" / "html"
 BOOK_PARAMETERS = ("dataset", "data_root", "setting", "device", "seed", "output_dir")
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     print(f"\n[FAILED] {message}", file=sys.stderr)
     raise SystemExit(1)
 
@@ -279,14 +284,60 @@ def install_book_js() -> bool:
     return True
 
 
-def command_book(args: argparse.Namespace) -> None:
+def chapter_script(name: str, parameters: dict[str, object]) -> str:
+    """Chapter ``name``'s Jupytext source with ``parameters`` assigned right after its parameters
+    cell, where papermill injects them: a plain Python script of the chapter."""
+    lines = (CHAPTER_SOURCES / f"{name}.py").read_text(encoding="utf-8").splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("# %%") and '"parameters"' in line), None)
+    if start is None:
+        fail(f"chapters/{name}.py has no cell tagged parameters")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("# %%")), len(lines))
+    lines[end:end] = [f"{key} = {value!r}" for key, value in parameters.items()]
+    return "\n".join(lines) + "\n"
+
+
+def run_script(name: str, parameters: dict[str, object]) -> float:
+    """Run chapter ``name`` as a script in a fresh interpreter (in chapters/, as papermill does);
+    return its wall time in seconds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / f"{name}.py"
+        script.write_text(chapter_script(name, parameters), encoding="utf-8")
+        start = time.perf_counter()
+        environment = {**os.environ, "MPLBACKEND": "Agg",
+                       "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        result = subprocess.run([sys.executable, str(script)], cwd=CHAPTER_SOURCES, env=environment)
+    if result.returncode != 0:
+        fail(f"chapter {name} (run as a script) exited with status {result.returncode}")
+    return time.perf_counter() - start
+
+
+def chosen_chapters(chapters: str) -> list[str]:
+    """The _toc.yml chapters whose names start with one of the comma-separated ``chapters`` (all when empty)."""
     names = toc_chapters()
-    if args.chapters:
-        wanted = [c.strip() for c in args.chapters.split(",") if c.strip()]
+    if chapters:
+        wanted = [c.strip() for c in chapters.split(",") if c.strip()]
         unknown = [w for w in wanted if not any(n.startswith(w) for n in names)]
         if unknown:
-            fail(f"--chapters {args.chapters}: no chapter in _toc.yml starts with {', '.join(unknown)}; chapters: {', '.join(names)}")
+            fail(f"--chapters {chapters}: no chapter in _toc.yml starts with {', '.join(unknown)}; chapters: {', '.join(names)}")
         names = [n for n in names if any(n.startswith(w) for w in wanted)]
+    return names
+
+
+def command_script(args: argparse.Namespace) -> None:
+    setting = "full" if args.full else "reference" if args.reference else "quick"
+    dataset = args.dataset or "phantom"
+    results_dir = RESULTS / f"script-{setting}-{dataset}"
+    parameters: dict[str, object] = dict(dataset=dataset, setting=setting, device=args.device, seed=args.seed,
+                                         output_dir=str(results_dir))
+    if args.data_root:
+        parameters["data_root"] = str(Path(args.data_root).resolve())
+    for name in chosen_chapters(args.chapters):
+        print(f"[script] {name} with {parameters}", flush=True)
+        print(f"[script] {name} done in {run_script(name, parameters):.1f} s", flush=True)
+
+
+def command_book(args: argparse.Namespace) -> None:
+    names = chosen_chapters(args.chapters)
     start = time.perf_counter()
     setting = "full" if args.full else "reference" if args.reference else "quick"
     if setting == "reference" and not args.data_root:
@@ -412,18 +463,21 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     book = sub.add_parser("book", help="execute the chapters and build the HTML book")
-    setting = book.add_mutually_exclusive_group()
-    setting.add_argument("--reference", action="store_true",
-                         help="real data sized for a 2-core CPU; records to records/reference-<dataset>/ (committed); "
-                              "resumes: chapters with an up-to-date record are kept")
-    setting.add_argument("--full", action="store_true", help="the report's settings (hours on a GPU)")
+    script = sub.add_parser("script", help="run chapters as plain Python scripts (no Jupyter kernel), "
+                                           "records to results/script-<setting>-<dataset>/")
+    for command in (book, script):
+        setting = command.add_mutually_exclusive_group()
+        setting.add_argument("--reference", action="store_true",
+                             help="real data sized for a 2-core CPU (book: records to records/reference-<dataset>/, "
+                                  "committed; resumes: chapters with an up-to-date record are kept)")
+        setting.add_argument("--full", action="store_true", help="the report's settings (hours on a GPU)")
+        command.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        command.add_argument("--dataset", default=None,
+                             help="dataset name from covidlib.datasets (default: phantom; book --reference: covid-semiseg)")
+        command.add_argument("--data-root", default=None, help="folder holding the dataset (else $COVIDLIB_DATA)")
+        command.add_argument("--chapters", default="", help="comma-separated chapter numbers, e.g. 01,04")
+        command.add_argument("--seed", type=int, default=0)
     book.add_argument("--force", action="store_true", help="with --reference: run every chapter again")
-    book.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    book.add_argument("--dataset", default=None,
-                      help="dataset name from covidlib.datasets (default: phantom; covid-semiseg with --reference)")
-    book.add_argument("--data-root", default=None, help="folder holding the dataset (else $COVIDLIB_DATA)")
-    book.add_argument("--chapters", default="", help="comma-separated chapter numbers, e.g. 01,04")
-    book.add_argument("--seed", type=int, default=0)
     test = sub.add_parser("test", help="pytest, chapter pair checks, chapters under nbval")
     test.add_argument("--no-chapters", action="store_true", help="skip executing the chapters")
     test.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
@@ -431,6 +485,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "book":
         command_book(args)
+    elif args.command == "script":
+        command_script(args)
     elif args.command == "test":
         command_test(args)
     else:

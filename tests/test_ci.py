@@ -216,3 +216,16 @@ def test_hide_bookkeeping_removes_only_the_injected_parameters_and_nbval_cells(t
     ci_chapters.hide_bookkeeping(path)  # a second pass changes nothing more
     tags = [cell.metadata.get("tags", []) for cell in nbformat.read(path, as_version=4).cells]
     assert tags == [["parameters"], ["injected-parameters", "remove-cell"], [], [], ["remove-cell"]]
+
+
+def test_a_chapter_runs_as_a_script_with_parameters_after_its_parameters_cell(chapters, capfd):
+    script = ci_chapters.chapter_script("01_demo", {"quick": False, "output_dir": "/tmp/out"})
+    lines = script.splitlines()
+    assert lines.index("quick = False") > lines.index("output_dir = \"results\"")  # after the defaults
+    assert lines.index("output_dir = '/tmp/out'") < lines.index("print(quick)")
+    ci_chapters.run_script("01_demo", {"quick": False})
+    assert capfd.readouterr().out.strip() == "False"
+    (chapters / "02_broken.py").write_text(SOURCE.replace("print(quick)", "raise ValueError('no')"))
+    with pytest.raises(SystemExit):
+        ci_chapters.run_script("02_broken", {})
+    assert "chapter 02_broken (run as a script) exited with status 1" in capfd.readouterr().err
