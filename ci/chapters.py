@@ -284,6 +284,12 @@ def install_book_js() -> bool:
     return True
 
 
+# Outside a kernel IPython's display() prints an object's repr; a script prints Markdown's text.
+SCRIPT_PROLOGUE = """import IPython.display
+IPython.display.display = lambda *shown, **_: print(*(getattr(item, "data", item) for item in shown))
+"""
+
+
 def chapter_script(name: str, parameters: dict[str, object]) -> str:
     """Chapter ``name``'s Jupytext source with ``parameters`` assigned right after its parameters
     cell, where papermill injects them: a plain Python script of the chapter."""
@@ -293,7 +299,7 @@ def chapter_script(name: str, parameters: dict[str, object]) -> str:
         fail(f"chapters/{name}.py has no cell tagged parameters")
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("# %%")), len(lines))
     lines[end:end] = [f"{key} = {value!r}" for key, value in parameters.items()]
-    return "\n".join(lines) + "\n"
+    return SCRIPT_PROLOGUE + "\n".join(lines) + "\n"
 
 
 def run_script(name: str, parameters: dict[str, object]) -> float:

@@ -225,6 +225,10 @@ def test_a_chapter_runs_as_a_script_with_parameters_after_its_parameters_cell(ch
     assert lines.index("output_dir = '/tmp/out'") < lines.index("print(quick)")
     ci_chapters.run_script("01_demo", {"quick": False})
     assert capfd.readouterr().out.strip() == "False"
+    (chapters / "01_demo.py").write_text(SOURCE.replace(
+        "print(quick)", "from IPython.display import Markdown, display\ndisplay(Markdown(f'**{quick}**'))"))
+    ci_chapters.run_script("01_demo", {"quick": False})
+    assert capfd.readouterr().out.strip() == "**False**"  # Markdown's text, not its repr
     (chapters / "02_broken.py").write_text(SOURCE.replace("print(quick)", "raise ValueError('no')"))
     with pytest.raises(SystemExit):
         ci_chapters.run_script("02_broken", {})
