@@ -36,8 +36,10 @@
 #
 # **Run time** quick: ~1.5-2 min CPU (tiny networks, small phantom cohort, 2 folds); reference
 # (COVID-SemiSeg's 50 labelled slices, two pretraining sources, U-Net and attention U-Net of width
-# 16 on 128-pixel slices, 2 folds): 76 min on a quiet 2-core first-generation AMD EPYC in float32
-# (its U-Net half alone took 30 min there, 14 min on a Zen 3 EPYC and 7 min on a bfloat16 Xeon), resumable; full: the report's settings —
+# 16 on 128-pixel slices, 5 folds, 100 trainings): resumable, about 2.9 hours on a 2-core
+# first-generation AMD EPYC in float32, measured in two runs there: 76 min for the pretraining and
+# folds 0-1, then 95 min for folds 2-4 (the U-Net cells of folds 0-1 alone took 14 min on a Zen 3
+# EPYC and 7 min on a bfloat16 Xeon); full: the report's settings —
 # 80 trainings of a 31M-parameter U-Net, a job for GPUs: on a CPU it would take far longer than
 # anyone waits (the section "Full mode: size and cost" estimates the CPU-hours on the machine that runs it).
 
