@@ -177,6 +177,16 @@ def hide_bookkeeping(path: Path) -> None:
         nbformat.write(notebook, path)
 
 
+def chapter_parameters(*, setting: str, device: str, dataset: str, seed: int, data_root: str | None,
+                       output_dir: Path) -> dict[str, object]:
+    """The parameters every chapter takes (BOOK_PARAMETERS); ``data_root`` only when given."""
+    parameters: dict[str, object] = dict(dataset=dataset, setting=setting, device=device, seed=seed,
+                                         output_dir=str(output_dir))
+    if data_root:
+        parameters["data_root"] = str(Path(data_root).resolve())
+    return parameters
+
+
 def execute_chapters(names: list[str], *, setting: str, device: str, dataset: str, seed: int,
                      data_root: str | None, executed: Path = EXECUTED, resume: bool = False) -> Path:
     """Execute ``names`` in order; with ``resume``, skip chapters whose record is there and fresh."""
@@ -185,10 +195,8 @@ def execute_chapters(names: list[str], *, setting: str, device: str, dataset: st
 
     results_dir = results_dir_for(setting, dataset)
     results_dir.mkdir(parents=True, exist_ok=True)
-    parameters: dict[str, object] = dict(dataset=dataset, setting=setting, device=device, seed=seed,
-                                         output_dir=str(results_dir))
-    if data_root:
-        parameters["data_root"] = str(Path(data_root).resolve())
+    parameters = chapter_parameters(setting=setting, device=device, dataset=dataset, seed=seed,
+                                    data_root=data_root, output_dir=results_dir)
     print(f"[book] executing {len(names)} chapter(s) with {parameters}", flush=True)
     timings_path = results_dir / "_timings.json"
     timings: dict[str, float] = {}
@@ -333,10 +341,8 @@ def command_script(args: argparse.Namespace) -> None:
     setting = "full" if args.full else "reference" if args.reference else "quick"
     dataset = args.dataset or "phantom"
     results_dir = RESULTS / f"script-{setting}-{dataset}"
-    parameters: dict[str, object] = dict(dataset=dataset, setting=setting, device=args.device, seed=args.seed,
-                                         output_dir=str(results_dir))
-    if args.data_root:
-        parameters["data_root"] = str(Path(args.data_root).resolve())
+    parameters = chapter_parameters(setting=setting, device=args.device, dataset=dataset, seed=args.seed,
+                                    data_root=args.data_root, output_dir=results_dir)
     for name in chosen_chapters(args.chapters):
         print(f"[script] {name} with {parameters}", flush=True)
         print(f"[script] {name} done in {run_script(name, parameters):.1f} s", flush=True)
