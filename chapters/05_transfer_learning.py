@@ -75,7 +75,8 @@ from IPython.display import Markdown, display
 
 from covidlib.config import choose, format_summary, runtime_summary, seed_everything
 from covidlib.datasets import get_dataset
-from covidlib.experiments import GridConfig, render_table, row_name, run_grid, summarise, weights_name
+from covidlib.experiments import (NETWORK_TITLES, NETWORKS, GridConfig, render_table, row_name, run_grid, summarise,
+                                  weights_name)
 from covidlib.models import UNet2d, get_model
 from covidlib.models.unet3d import GenesisUNet2d, UNet3d, load_genesis_checkpoint
 from covidlib.preprocess import SLICE_EXTENT_MM, preprocess_case, preprocess_cohort
@@ -405,14 +406,13 @@ reference = load_reference("05_transfer_learning")
 display(Markdown(reference_notice(reference, "05_transfer_learning")))
 if reference is not None:
     display(Markdown("**Table 5.1, reference record** (mean ± sd over folds):\n\n" + reference.numbers["table_markdown"]))
-    network_names = {"unet": "U-Net", "attention-unet": "attention U-Net"}
     ref_rows = reference.numbers["rows"]
     findings = []
     for network, ref_table in reference.numbers["table"].items():
         small = {row: ref_table[row]["10-40"]["test"]["mean"] for row in ref_rows}
         best = max((row for row in ref_rows if row != "scratch"), key=small.__getitem__)
         findings.append(
-            f"the {network_names.get(network, network)} trained from scratch scores a test Dice of "
+            f"the {NETWORK_TITLES[network]} trained from scratch scores a test Dice of "
             f"{small['scratch']:.3f} on the small split (10-40) and "
             f"{ref_table['scratch']['40-10']['test']['mean']:.3f} on the large one (40-10), and its best pretrained "
             f"start on the small split, `{best}`, scores {small[best]:.3f} ({small[best] - small['scratch']:+.3f} "
@@ -422,11 +422,11 @@ if reference is not None:
         "In the record, " + "; ".join(findings) + f". With {folds_run} folds and "
         f"{len(reference.numbers['test_cases'])} test slices, a difference smaller than the fold-to-fold sd is not a finding."))
     in_record = list(reference.numbers["table"])
-    absent = [name for name in network_names if name not in in_record]  # the report's Table 5.1 has both
+    absent = [name for name in NETWORKS if name not in in_record]  # the report's Table 5.1 has both
     display(Markdown(
-        "The record fills the rows of " + " and ".join(network_names.get(n, n) for n in in_record)
+        "The record fills the rows of " + " and ".join(NETWORK_TITLES[n] for n in in_record)
         + f" ({', '.join(f'`{row}`' for row in ref_rows)}; both splits)"
-        + (f"; the report's {' and '.join(network_names.get(n, n) for n in absent)} rows are not in it"
+        + (f"; the report's {' and '.join(NETWORK_TITLES[n] for n in absent)} rows are not in it"
            if absent else "") + "."))
 
 # %% mystnb={"figure": {"caption": "Restoration loss of the reference record's self-supervised pretraining on the 1,600 unlabelled COVID-SemiSeg slices, step by step (every saved step; log scale). Without a committed record the panel says how to make one.", "name": "fig-05-reference-restoration"}}

@@ -57,6 +57,7 @@ from IPython.display import Markdown, display
 
 from covidlib import viz
 from covidlib.config import choose, format_summary, runtime_summary, seed_everything
+from covidlib.experiments import NETWORK_TITLES
 from covidlib.mean_teacher import arm_rows, paired_rows
 from covidlib.published import PUBLISHED, REPORT_BEST, REPORT_TABLE_5_1, published
 from covidlib.recipe import Recipe, describe_recipe
@@ -150,7 +151,6 @@ print(f"reference records: {sum(r is not None for r in references.values())} of 
 # so the comparison is of trends, not of values.
 
 # %% tags=["hide-input"]
-NETWORK_NAMES = {"unet": "U-Net", "attention-unet": "attention U-Net"}
 reference_05 = references["05_transfer_learning"]
 display(Markdown(reference_notice(reference_05, "05_transfer_learning")))
 if reference_05 is not None:
@@ -164,7 +164,7 @@ if reference_05 is not None:
                 quoted = REPORT_TABLE_5_1.get(network, {}).get(recipe, {}).get(split, {})
                 ours = [cell(phases[p]["mean"], phases[p]["sd"]) for p in ("train", "val", "test")]
                 infnet = phases.get("test_infnet")
-                rows.append((NETWORK_NAMES.get(network, network), recipe + (f" ({titles.get(source, source)})" if source else ""), split,
+                rows.append((NETWORK_TITLES[network], recipe + (f" ({titles.get(source, source)})" if source else ""), split,
                              *(cell(quoted.get(p)) for p in ("train", "val", "test")), *ours,
                              cell(infnet["mean"], infnet["sd"]) if infnet else "—"))
     display(Markdown(markdown_table(rows, ("network", "initialisation", "split", "report: train", "report: val",
@@ -178,7 +178,7 @@ if reference_05 is not None:
         f"The record fills {len(report_rows & ours)} of the report's {len(report_rows)} (network, initialisation) rows"
         + (" (each from every pretraining source it ran)" if any("/" in r for recipes in table.values() for r in recipes) else "")
         + (": it has no row for " + "; ".join(
-            f"the {NETWORK_NAMES.get(network, network)} ({', '.join(r for n, r in not_run if n == network)})"
+            f"the {NETWORK_TITLES[network]} ({', '.join(r for n, r in not_run if n == network)})"
             for network in dict.fromkeys(n for n, _ in not_run))
            + ", whose cells stay empty here." if not_run else ", every one of them.")))
 
@@ -362,7 +362,7 @@ if reference_05 is not None:
                         f"Unlike the report, 10 labelled volumes did as well as 40 from scratch "
                         f"(test Dice {few:.3f} against {many:.3f})")
     # each network's pretrained starts against that network trained from scratch on the same split
-    gains = [(NETWORK_NAMES.get(network, network), row, split,
+    gains = [(NETWORK_TITLES[network], row, split,
               phases["test"]["mean"] - network_table["scratch"][split]["test"]["mean"])
              for network, network_table in reference_05.numbers["table"].items()
              for row, splits in network_table.items() if row != "scratch"
