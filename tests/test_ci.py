@@ -2,6 +2,8 @@
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import jupytext
@@ -233,3 +235,17 @@ def test_a_chapter_runs_as_a_script_with_parameters_after_its_parameters_cell(ch
     with pytest.raises(SystemExit):
         ci_chapters.run_script("02_broken", {})
     assert "chapter 02_broken (run as a script) exited with status 1" in capfd.readouterr().err
+
+
+def test_gpu_check_names_every_missing_package_before_touching_the_gpu(tmp_path: Path) -> None:
+    """A Python without site-packages (-S) lacks the check's dependencies: ci/gpu_check stops at once
+    and names them, instead of failing tests minutes into a lent GPU's time."""
+    bare_python = tmp_path / "python"
+    bare_python.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
+    bare_python.chmod(0o755)
+    result = subprocess.run([str(ROOT / "ci" / "gpu_check")], env={"PATH": "/usr/bin:/bin", "PYTHON": str(bare_python),
+                            "LOGS": str(tmp_path / "logs")}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "lacks" in result.stderr and "lungmask" in result.stderr and "pytest-xdist" in result.stderr
+    assert "no CUDA device" not in result.stderr + result.stdout  # stopped before asking torch
+    assert not (tmp_path / "logs" / "pytest.log").exists()
