@@ -25,7 +25,7 @@ bf16 is only timed by default where oneDNN has native bf16 kernels
 (``covidlib.config.cpu_supports_bf16``): elsewhere bf16 is emulated and 10-400x slower than
 fp32 (name it with ``--precisions fp32,bf16`` to time it anyway).
 
-MONAI is a benchmark-only dependency (``pip install monai==1.6.1 --no-deps``)::
+MONAI is a benchmark-only dependency (``.venv/bin/pip install -c ci/constraints.txt -e '.[bench]'``: monai 1.6.1)::
 
     .venv/bin/python benchmarks/bench_unet.py                               # the whole matrix
     .venv/bin/python benchmarks/bench_unet.py --widths 16 --threads 2 --rounds 3  # a quick check

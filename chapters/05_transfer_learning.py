@@ -56,7 +56,7 @@ setting = "quick"  # "quick" (minutes, CI), "reference" (real data, a 2-core CPU
 device = "auto"
 seed = 0
 output_dir = "results"
-data_root = ""  # folder of a real dataset (empty: $COVIDLIB_DATA or the cache folder)
+data_root = ""  # folder of a real dataset (empty: $COVIDLIB_DATA/<dataset>, else ~/.cache/covidlib/<dataset>)
 # chapter knobs
 source = "phantom"  # pretraining domain of 3D cohorts: "phantom" (nodule + effusion phantoms), "msd-lung" or "nsclc"
 genesis_checkpoint = ""  # path to the published Genesis_Chest_CT.pt, or empty for the Genesis-style proxy

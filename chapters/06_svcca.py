@@ -52,7 +52,7 @@ setting = "quick"  # "quick" (minutes, CI), "reference" (real data, a 2-core CPU
 device = "auto"
 seed = 0
 output_dir = "results"
-data_root = ""  # folder of a real dataset (empty: $COVIDLIB_DATA or the cache folder)
+data_root = ""  # folder of a real dataset (empty: $COVIDLIB_DATA/<dataset>, else ~/.cache/covidlib/<dataset>)
 # chapter knobs
 variance = 0.99  # fraction of each layer's variance SVD keeps (the report: 99%)
 many_volumes = 40  # training volumes of the "many" condition (the report's 40-10 split)

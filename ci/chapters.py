@@ -486,7 +486,7 @@ def main(argv: list[str] | None = None) -> None:
         command.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         command.add_argument("--dataset", default=None,
                              help="dataset name from covidlib.datasets (default: phantom; book --reference: covid-semiseg)")
-        command.add_argument("--data-root", default=None, help="folder holding the dataset (else $COVIDLIB_DATA)")
+        command.add_argument("--data-root", default=None, help="folder holding the dataset (else $COVIDLIB_DATA/<dataset>)")
         command.add_argument("--chapters", default="", help="comma-separated chapter numbers, e.g. 01,04")
         command.add_argument("--seed", type=int, default=0)
     book.add_argument("--force", action="store_true", help="with --reference: run every chapter again")

@@ -11,7 +11,8 @@ process would take on the whole batch. Only rank 0 should write checkpoints
 (:func:`is_main_process`).
 
 Li et al., "PyTorch Distributed: Experiences on Accelerating Data Parallel Training",
-VLDB 2020. Introduced in chapter 05.
+VLDB 2020. No chapter needs it (one process trains each of their networks);
+``tests/test_distributed.py`` runs two processes and checks them against one.
 """
 
 from __future__ import annotations

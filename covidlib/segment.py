@@ -7,7 +7,8 @@ by slice on that grid, and its infection probability is brought back onto the sc
 * the probability map lives on the 1 mm crop grid, whose origin and direction are those of the
   cropped scan (:func:`covidlib.preprocess.crop_to_mask`); SimpleITK resamples it **linearly**
   onto the cropped scan's voxels (z needs no interpolation: it was never resampled), and a voxel
-  is infected when the interpolated probability exceeds the threshold (0.5). Interpolating
+  is infected when the interpolated probability exceeds the threshold (the checkpoint's, 0.5 unless
+  training chose one; ``--threshold`` overrides it). Interpolating
   probabilities and thresholding afterwards gives smooth borders; interpolating thresholded
   labels with nearest neighbour would give 1 mm staircases on a 0.7 mm grid;
 * the crop is pasted into a full-size mask and restricted to the lung mask.

@@ -299,6 +299,7 @@ def test_bad_input_gives_exit_code_2_and_a_message(argv: list[str], message: str
     (["train", "--crop-size", "8", "--depth", "3"], "--depth 3 is too deep for --crop-size 8"),
     (["train", "--crop-size", "32", "--crop-foreground", "1.5"], "--crop-foreground must be in [0, 1], got 1.5"),
     (["train", "--crop-foreground", "0.33"], "--crop-foreground acts only with --crop-size"),
+    (["train", "--zoom", "1.25", "--no-augment"], "--zoom 1.25 is part of the augmentation that --no-augment switches off"),
     (["train", "--max-steps-per-epoch", "0"], "--max-steps-per-epoch must be a positive integer"),
     (["train", "--threads", "0"], "--threads must be a positive integer, got 0"),
     (["train", "--folds", "0"], "--folds must be an integer of at least 2"),
