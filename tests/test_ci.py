@@ -249,3 +249,113 @@ def test_gpu_check_names_every_missing_package_before_touching_the_gpu(tmp_path:
     assert "lacks" in result.stderr and "lungmask" in result.stderr and "pytest-xdist" in result.stderr
     assert "no CUDA device" not in result.stderr + result.stdout  # stopped before asking torch
     assert not (tmp_path / "logs" / "pytest.log").exists()
+
+
+# --- choosing and resuming chapters ------------------------------------------------------------
+
+BOOK_ORDER = ["01_demo", "05_transfer", "02_unet", "09_results"]  # the toc's order is not the names' order
+
+
+@pytest.fixture
+def book(chapters, monkeypatch):
+    """A toc of four chapters whose order differs from their numbers', each with a source."""
+    toc = "format: jb-book\nroot: book/intro\nchapters:\n" + "".join(f"  - file: book/chapters/{n}\n" for n in BOOK_ORDER)
+    (chapters / "_toc.yml").write_text(toc)
+    for name in BOOK_ORDER[1:]:
+        (chapters / f"{name}.py").write_text(SOURCE)
+    monkeypatch.setattr(ci_chapters, "RECORDS", chapters / "records")
+    monkeypatch.setattr(ci_chapters, "RESULTS", chapters / "results")
+    return chapters
+
+
+def test_chosen_chapters_match_prefixes_in_toc_order(book):
+    assert ci_chapters.chosen_chapters("") == BOOK_ORDER
+    assert ci_chapters.chosen_chapters("0") == BOOK_ORDER
+    # asked for 02 before 05, listed by the toc the other way round; blanks and repeats ignored
+    assert ci_chapters.chosen_chapters(" 02, 05 ,,02") == ["05_transfer", "02_unet"]
+    assert ci_chapters.chosen_chapters("09_results") == ["09_results"]
+
+
+def test_an_unknown_chapter_prefix_stops_naming_it(book, capsys):
+    with pytest.raises(SystemExit) as stop:
+        ci_chapters.chosen_chapters("02,7,10")
+    assert stop.value.code == 1
+    message = capsys.readouterr().err
+    assert "--chapters 02,7,10: no chapter in _toc.yml starts with 7, 10;" in message
+    assert message.rstrip().endswith("chapters: " + ", ".join(BOOK_ORDER))
+
+
+class FakeChapters:
+    """Stands for papermill: "executing" a chapter writes its record (fingerprinting its source,
+    and for 09_results the time its shown benchmark record was written) and takes ``seconds``."""
+
+    def __init__(self, folder: Path, seconds: dict[str, float]) -> None:
+        self.folder, self.seconds, self.ran, self.runs = folder, seconds, [], 0
+
+    def __call__(self, name: str, parameters: dict, executed: Path) -> float:
+        from covidlib.fingerprint import code_fingerprint
+
+        self.ran.append(name)
+        self.runs += 1
+        out = Path(parameters["output_dir"])
+        numbers = {}
+        if name == "09_results":
+            shown = out / "semi_recipe.json"
+            numbers["records_shown"] = {"semi_recipe": json.loads(shown.read_text())["created"] if shown.exists() else None}
+        record = {"chapter": name, "numbers": numbers, "created": f"run {self.runs}",
+                  "fingerprint": {"code": code_fingerprint(files=[self.folder / f"{name}.py"])}}
+        (out / f"{name}.json").write_text(json.dumps(record))
+        return self.seconds[name]
+
+
+def run_book(names, *, resume=True, seed=0):
+    return ci_chapters.execute_chapters(names, setting="reference", device="cpu", dataset="toy", seed=seed,
+                                        data_root=None, executed=Path("unused"), resume=resume)
+
+
+def test_reference_run_resumes_only_chapters_whose_records_are_out_of_date(book, monkeypatch):
+    """--reference keeps a chapter whose record matches its code and the records it shows; it reruns
+    one whose code changed or whose shown record was rewritten, and --force reruns every one."""
+    fake = FakeChapters(book, dict.fromkeys(BOOK_ORDER, 1.0))
+    monkeypatch.setattr(ci_chapters, "execute_chapter", fake)
+    results = book / "records" / "reference-toy"
+    results.mkdir(parents=True)
+    (results / "semi_recipe.json").write_text(json.dumps({"chapter": "semi_recipe", "numbers": {}, "created": "then"}))
+    assert run_book(BOOK_ORDER) == results
+    assert fake.ran == BOOK_ORDER  # no records yet: every chapter runs, in the order given
+
+    fake.ran.clear()
+    run_book(BOOK_ORDER)
+    assert fake.ran == []  # every record fresh
+
+    (book / "05_transfer.py").write_text(SOURCE.replace("print(quick)", "print(not quick)"))  # code changed
+    (results / "semi_recipe.json").write_text(json.dumps({"chapter": "semi_recipe", "numbers": {}, "created": "now"}))
+    run_book(BOOK_ORDER)
+    assert fake.ran == ["05_transfer", "09_results"]
+    assert json.loads((results / "09_results.json").read_text())["numbers"]["records_shown"] == {"semi_recipe": "now"}
+
+    fake.ran.clear()
+    run_book(BOOK_ORDER)
+    assert fake.ran == []  # the reruns brought both records up to date
+    run_book(BOOK_ORDER[2:], resume=False)  # --force
+    assert fake.ran == BOOK_ORDER[2:]
+
+
+def test_timings_keep_toc_order_and_other_chapters_times_across_partial_runs(book, monkeypatch):
+    """_timings.json lists chapters in book order whatever order they ran in, keeps the times of
+    chapters a partial run (--chapters) skipped, and drops them when the parameters changed."""
+    fake = FakeChapters(book, {"01_demo": 1.04, "05_transfer": 2.0, "02_unet": 3.26, "09_results": 4.0})
+    monkeypatch.setattr(ci_chapters, "execute_chapter", fake)
+    timings_path = book / "records" / "reference-toy" / "_timings.json"
+    run_book(["09_results", "01_demo"], resume=False)
+    timings = json.loads(timings_path.read_text())
+    assert list(timings["seconds"].items()) == [("01_demo", 1.0), ("09_results", 4.0)]
+    assert timings["parameters"] == ci_chapters.chapter_parameters(
+        setting="reference", device="cpu", dataset="toy", seed=0, data_root=None, output_dir=timings_path.parent)
+
+    run_book(["02_unet"], resume=False)
+    seconds = json.loads(timings_path.read_text())["seconds"]
+    assert list(seconds.items()) == [("01_demo", 1.0), ("02_unet", 3.3), ("09_results", 4.0)]
+
+    run_book(["05_transfer"], resume=False, seed=1)  # other parameters: the earlier times do not apply
+    assert json.loads(timings_path.read_text())["seconds"] == {"05_transfer": 2.0}

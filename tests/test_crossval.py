@@ -78,6 +78,24 @@ def test_the_limits_are_those_of_the_folds_nested_folds_draws() -> None:
                     nested_folds(ids, k, seed=1)
 
 
+def test_fold_means_by_hand_group_by_seed_and_skip_nan_cases() -> None:
+    """Each fold's mean over its test cases, a NaN case left out (not the whole fold NaN), listed per
+    seed in the results' order even when the seeds interleave; ``metric`` picks the column."""
+    nan = float("nan")
+    results = [
+        {"seed": 0, "fold": 0, "per_case": {"a": {"dice": 0.5, "iou": 0.25}, "b": {"dice": 0.75, "iou": 0.5}}},
+        {"seed": 1, "fold": 0, "per_case": {"b": {"dice": 0.25, "iou": 0.0}, "c": {"dice": 0.5, "iou": 1.0}}},
+        {"seed": 0, "fold": 1, "per_case": {"c": {"dice": 1.0, "iou": 1.0}, "d": {"dice": nan, "iou": 0.5}}},
+        {"seed": 1, "fold": 1, "per_case": {"a": {"dice": 1.0, "iou": 0.5}, "d": {"dice": 0.0, "iou": 0.0}}},
+    ]
+    means = crossval.fold_means(results)
+    # seed 0: (0.5 + 0.75) / 2, then 1.0 alone (d is NaN); seed 1: (0.25 + 0.5) / 2, (1 + 0) / 2
+    assert means == {0: [pytest.approx(0.625), pytest.approx(1.0)], 1: [pytest.approx(0.375), pytest.approx(0.5)]}
+    assert list(means) == [0, 1]
+    assert crossval.fold_means(results, "iou") == {0: [pytest.approx(0.375), pytest.approx(0.75)],
+                                                   1: [pytest.approx(0.5), pytest.approx(0.25)]}
+
+
 @pytest.fixture(scope="module")
 def phantom():
     dataset = get_dataset("phantom", n=6, seed=0, shape=(2, 32, 32))

@@ -29,6 +29,7 @@ from covidlib.inference import (
     prepare_slices,
     resize_stack,
 )
+from covidlib.metrics import infnet_metrics
 from covidlib.models import get_model
 from covidlib.preprocess import preprocess_case
 from covidlib.train import save_checkpoint
@@ -133,6 +134,32 @@ def test_case_metrics_by_hand() -> None:
     assert metrics["infnet_max_dice"] == pytest.approx(1.0)
     perfect = case_metrics(np.stack([target, target]).astype(np.float32), np.stack([target, target]))
     assert perfect["dice"] == 1.0 and perfect["infnet_s_measure"] == pytest.approx(1.0)
+
+
+def test_case_metrics_threshold_over_the_case_inf_net_per_slice_by_hand() -> None:
+    """Two slices that score differently: Dice, IoU, sensitivity and specificity at 0.5 pool the
+    case's pixels, the Inf-Net numbers are each slice's, averaged; both differ from the other way."""
+    probabilities = np.array([[[0.8125, 0.25, 0.25, 0.25]],
+                              [[0.75, 0.5, 0.25, 0.25]]], np.float32)
+    target = np.array([[[1, 0, 0, 0]],
+                       [[0, 1, 1, 0]]], np.uint8)
+    metrics = case_metrics(probabilities, target)
+    # > 0.5 keeps pixel 0 of each slice: slice 0 TP 1; slice 1 FP 1, FN 2 (0.5 is not > 0.5); TN 4.
+    # Pooled Dice 2 / (2 + 1 + 2) = 0.4; the mean of the slices' Dice (1 and 0) would be 0.5.
+    assert metrics["dice"] == pytest.approx(0.4) and metrics["iou"] == pytest.approx(1 / 4)
+    assert metrics["sensitivity"] == pytest.approx(1 / 3) and metrics["specificity"] == pytest.approx(4 / 5)
+    # Inf-Net rescales each slice on its own, then thresholds at k / 255 with map >= t.
+    # Slice 0 -> (1, 0, 0, 0): Dice 1 at the 255 thresholds t > 0, 2 / 5 at t = 0.
+    # Slice 1 -> (1, 1/2, 0, 0): Dice 0 at the 128 t > 1/2, 2 / 4 at the 127 in (0, 1/2], 4 / 6 at t = 0.
+    mean_0, mean_1 = (255 * 1.0 + 2 / 5) / 256, (127 * 0.5 + 4 / 6) / 256
+    assert metrics["infnet_mean_dice"] == pytest.approx((mean_0 + mean_1) / 2)
+    # Mean of each slice's best (1 and 2/3); the best of the slices' mean curve would be 3/4.
+    assert metrics["infnet_max_dice"] == pytest.approx((1.0 + 2 / 3) / 2)
+    # The case as one image, rescaled jointly to (1, 0, 0, 0, 8/9, 4/9, 0, 0): Dice 2/4 at the 29
+    # t > 8/9, 2/5 at the 113 in (4/9, 8/9], 4/6 at the 113 in (0, 4/9], 6/11 at t = 0; not the above.
+    one_image = (29 * 2 / 4 + 113 * 2 / 5 + 113 * 4 / 6 + 6 / 11) / 256
+    assert infnet_metrics(probabilities.reshape(1, 8), target.reshape(1, 8))["mean_dice"] == pytest.approx(one_image)
+    assert metrics["infnet_mean_dice"] - one_image > 0.09
 
 
 def test_window_preparation_of_a_phantom_by_a_second_route() -> None:

@@ -66,9 +66,11 @@ class _RecordingMeanTeacher(MeanTeacher):
         super().__init__(*args, **kwargs)
         self.students: list[dict[str, torch.Tensor]] = []
         self.teachers: list[dict[str, torch.Tensor]] = []
+        self.terms: list[dict[str, float]] = []
 
     def after_step(self) -> None:
         self.students.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+        self.terms.append(dict(self.last_terms))
         super().after_step()
         self.teachers.append({k: v.detach().clone() for k, v in self.teacher.state_dict().items()})
 
@@ -137,15 +139,37 @@ def test_interrupted_mean_teacher_resumes_bit_for_bit(tmp_path, interrupt_after_
 
 
 def test_mean_teacher_without_consistency_is_plain_training_on_labels_and_pseudo_labels():
-    torch.manual_seed(0)
-    model = UNet2d(base_width=2, depth=2)
-    config = TrainConfig(epochs=1, amp="off", progress=False, device="cpu")
-    trainer = MeanTeacher(model, config, MeanTeacherConfig(consistency_weight=0.0, validate="student"),
-                          pseudo_patches=_Patches(4, 16, [1.0] * 4))
+    """With consistency weight 0 the teacher never reaches the student's loss: students trained beside
+    a scrambled teacher, or beside one averaged with another decay (and validated), match the plain
+    run bit for bit after every step, and every step reports a ramp of 0 and no consistency term.
+    The ramp-up length is 0, so an ignored weight would act at full strength from step 0."""
+    config = TrainConfig(epochs=2, patience=5, amp="off", progress=False, device="cpu")
     train, val = _loaders()
-    trainer.fit(train, val)
-    assert "consistency" not in trainer.last_terms and "pseudo" in trainer.last_terms
-    assert trainer.validation_model() is trainer.model
+
+    def run(alpha: float, validate: str, scramble: bool) -> _RecordingMeanTeacher:
+        torch.manual_seed(0)
+        trainer = _RecordingMeanTeacher(UNet2d(base_width=2, depth=2), config,
+                                        MeanTeacherConfig(alpha=alpha, consistency_weight=0.0, rampup_steps=0,
+                                                          validate=validate, pseudo_batch_size=2),
+                                        pseudo_patches=_Patches(4, 16, [1.0, 0.9, 0.8, 0.95]))
+        if scramble:
+            generator = torch.Generator().manual_seed(5)
+            with torch.no_grad():
+                for parameter in trainer.teacher.parameters():
+                    parameter.copy_(3.0 * torch.randn(parameter.shape, generator=generator))
+        trainer.fit(train, val)
+        return trainer
+
+    plain = run(0.99, "student", scramble=False)
+    assert plain.global_step == 4 and plain.validation_model() is plain.model
+    assert [sorted(terms) for terms in plain.terms] == [["pseudo", "ramp", "supervised"]] * 4
+    assert [terms["ramp"] for terms in plain.terms] == [0.0] * 4
+    for other in (run(0.99, "student", scramble=True), run(0.5, "teacher", scramble=False)):
+        assert len(other.students) == 4 and all(terms["ramp"] == 0.0 for terms in other.terms)
+        for step, (ours, theirs) in enumerate(zip(plain.students, other.students)):
+            for name, value in ours.items():
+                assert torch.equal(value, theirs[name]), (step, name)
+    assert not torch.equal(plain.students[0]["head.weight"], plain.students[-1]["head.weight"])  # it did train
 
 
 def test_pseudo_loss_is_the_similarity_weighted_mean_of_per_patch_losses():
@@ -224,6 +248,63 @@ def test_every_arm_and_its_control_take_the_same_optimizer_steps():
         assert result["steps"][arm] == result["steps"][control]
     assert set(result["dice"]) == set(ARMS) == set(result["infnet_mean_dice"])
     assert result["threshold"] == -1.0 and result["a_prime"]["precondition"] == 0.75
+
+
+@pytest.mark.parametrize("calibrate", [True, False])
+def test_pseudo_label_patches_apply_the_calibrated_threshold_or_else_the_reports_0_90(monkeypatch, calibrate):
+    """The threshold reported is the one the unlabelled patches were accepted with: the calibrated
+    choice (which maximises the calibration's own gain, ties to the higher threshold) when
+    ``calibrate``, else the report's fixed 0.90, although the calibration is still run and reported.
+    The network predicts lesion everywhere, so every slice gets a box; with quality bar 0.1 the
+    calibration chooses 0.43, which accepts more patches than 0.90 does."""
+    from covidlib import mean_teacher
+    from covidlib.mean_teacher import pseudo_label_patches, semi_supervised_settings
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for case in range(6):
+        lesion = np.zeros((1, 32, 32), np.uint8)
+        y, x = rng.integers(4, 20, size=2)
+        lesion[0, y:y + 8, x:x + 8] = 1
+        arrays[f"c{case}"] = ((rng.normal(0, 0.3, lesion.shape) + 2.0 * lesion).astype(np.float32), lesion)
+    unlabelled = [arrays[f"c{case}"][0][0] + np.float32(0.1) for case in range(3)]
+    torch.manual_seed(0)
+    model = UNet2d(base_width=2, depth=2)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([-5.0, 5.0]))  # lesion everywhere: one box per slice
+    settings = semi_supervised_settings(32, 4, base_width=2, depth=2, device="cpu", amp="off", patch_size=8,
+                                        labelled_patches=10, patches_per_unlabelled=6, quality_bar=0.1,
+                                        calibrate=calibrate)
+    assert settings.pseudo.rule == "top2" and settings.pseudo.top2_threshold == 0.90
+    applied = []
+    real_pseudo_label = mean_teacher.pseudo_label
+
+    def spy(model, dictionary, images, boxes, config, rng, **kwargs):
+        labels = real_pseudo_label(model, dictionary, images, boxes, config, rng, **kwargs)
+        applied.append((config, labels))
+        return labels
+
+    monkeypatch.setattr(mean_teacher, "pseudo_label", spy)  # only the unlabelled images' call goes through here
+    patches, info = pseudo_label_patches(model, arrays, ["c0", "c1", "c2", "c3"], ["c4", "c5"], unlabelled, settings,
+                                         rng=np.random.default_rng(0), device="cpu")
+    ((config, labels),) = applied
+    calibration = info["calibration"]
+    gain = np.asarray(calibration["gain"])
+    chosen = calibration["chosen"]
+    assert chosen == calibration["thresholds"][np.flatnonzero(gain >= gain.max() - 1e-12)[-1]]
+    assert chosen == pytest.approx(0.43)
+    expected = chosen if calibrate else 0.90
+    assert info["threshold"] == config.top2_threshold == expected
+    weakest = labels.scores.min(axis=1)
+    accepted = int((weakest > expected).sum())
+    assert accepted != int((weakest > (0.90 if calibrate else chosen)).sum())  # the two thresholds disagree here
+    assert len(patches) == info["pseudo"]["accepted"] == accepted
+    np.testing.assert_array_equal(labels.assignment.accepted, weakest > expected)
+    # the rules reported are graded on the same unlabelled patches: the one applied has the share training got
+    rows = {row["rule"]: row["unlabelled_share"] for row in info["rules"]}
+    used = "top-2 > 0.43, centred (calibrated)" if calibrate else "top-2 > 0.90, centred"
+    assert rows[used] == pytest.approx(accepted / len(labels.locations))
 
 
 def test_compare_arms_pairs_each_arm_with_its_control():

@@ -8,9 +8,9 @@ from scipy import ndimage
 
 from covidlib.ct import PADDING_VALUES, make_thick_slices
 from covidlib.errors import InvalidInputError
-from covidlib.phantom import (DISEASES, IN_PLANE_MM_AT_512, LESION_TISSUES, SLICE_THICKNESSES_MM, TISSUE_HU, TISSUES,
-                              PhantomCase, draw_from_quantiles, load_calibration, make_cohort, make_phantom,
-                              reconstruction_noise, semiseg_view)
+from covidlib.phantom import (DISEASES, GREY_BINS, IN_PLANE_MM_AT_512, LESION_TISSUES, SLICE_THICKNESSES_MM, TISSUE_HU,
+                              TISSUES, PhantomCase, draw_from_quantiles, grey_histogram, grey_regions, load_calibration,
+                              make_cohort, make_phantom, reconstruction_noise, semiseg_view)
 
 SHAPE = (24, 80, 80)
 CLEAN = dict(spacing=(5.0, 4.5, 4.5), noise_hu=0.0, offset_hu=0.0)  # 5 mm / 4.5 mm: one sub-slice, no averaging
@@ -196,6 +196,42 @@ def test_draw_from_quantiles_inverts_the_table() -> None:
     # Linear between the quantiles: P(x <= 3) = 0.25 + 0.25 * (3 - 2) / (4 - 2) = 0.375.
     assert abs((draws <= 3.0).mean() - 0.375) < 0.005
     assert abs(np.median(draws) - 4.0) < 0.02
+
+
+def test_grey_regions_erode_two_pixels_and_split_body_at_the_grey_threshold() -> None:
+    """Hand-drawn rectangles: eroding a rectangle twice by the cross takes 2 pixels off each side;
+    body is the non-lung pixels at LUNG_GREY_THRESHOLD (90) or brighter, lungs never, however bright."""
+    grey = np.full((9, 15), 89, np.uint8)  # just darker than the threshold: not body
+    lungs = np.zeros((9, 15), bool)
+    lungs[1:8, 1:8] = True
+    grey[1:8, 1:8] = 120  # bright lungs are still not body
+    lesion = np.zeros((9, 15), bool)
+    lesion[1:8, 7] = True  # the lungs' last column
+    grey[1:8, 7] = 200
+    grey[1:8, 9:14] = 90  # exactly the threshold: body
+    regions = grey_regions(grey, lungs, lesion)
+    assert set(regions) == {"lung", "body", "lesion"}
+    # lungs minus lesion: rows 1..7, columns 1..6 -> rows 3..5, columns 3..4
+    expected_lung = np.zeros((9, 15), bool)
+    expected_lung[3:6, 3:5] = True
+    # body: rows 1..7, columns 9..13 -> rows 3..5, column 11
+    expected_body = np.zeros((9, 15), bool)
+    expected_body[3:6, 11] = True
+    np.testing.assert_array_equal(regions["lung"], expected_lung)
+    np.testing.assert_array_equal(regions["body"], expected_body)
+    np.testing.assert_array_equal(regions["lesion"], lesion)
+    nothing = grey_regions(np.zeros((9, 15), np.uint8), np.zeros((9, 15), bool), np.zeros((9, 15), bool))
+    assert not any(mask.any() for mask in nothing.values())
+
+
+def test_grey_histogram_shares_in_8_level_bins() -> None:
+    """32 bins of 8 grey levels over 0..256, 255 in the last; shares, and zeros (not NaN) when empty."""
+    shares = grey_histogram(np.array([[0, 7, 8], [100, 250, 255]], np.uint8))
+    expected = np.zeros(GREY_BINS)
+    expected[[0, 1, 12, 31]] = [2 / 6, 1 / 6, 1 / 6, 2 / 6]  # 0 and 7 | 8 | 100 // 8 = 12 | 250, 255
+    assert GREY_BINS == 32
+    np.testing.assert_allclose(shares, expected)
+    np.testing.assert_array_equal(grey_histogram(np.array([], np.uint8)), np.zeros(32))
 
 
 def test_reconstruction_noise_has_the_asked_sd_and_a_ramp_shaped_spectrum() -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from scipy import ndimage
 
 from covidlib.datasets import Case
 from covidlib.errors import InvalidInputError
@@ -483,13 +484,64 @@ def test_auto_cache_key_follows_the_method_that_runs(small_lungmask: Path, small
     assert (cache.hits, cache.misses) == (2, 2)
 
 
+def _linear_on_output_grid(array: np.ndarray, old_yx: tuple[float, float], new_mm: float,
+                           size_yx: tuple[int, int], default: float) -> np.ndarray:
+    """Each slice linearly interpolated (scipy) where resample_in_plane's output pixels fall:
+    output pixel i (first voxels coincide) sits at input index i * new_mm / old_mm. As ITK, a point
+    within half a voxel beyond the last centre takes that voxel's value, one further gets ``default``."""
+    ny, nx = array.shape[1:]
+    ys = np.arange(size_yx[0]) * new_mm / old_yx[0]
+    xs = np.arange(size_yx[1]) * new_mm / old_yx[1]
+    # no sample may fall on the ambiguous edge N - 0.5 itself
+    assert np.abs(ys - (ny - 0.5)).min() > 1e-6 and np.abs(xs - (nx - 0.5)).min() > 1e-6
+    coords = np.meshgrid(np.clip(ys, 0, ny - 1), np.clip(xs, 0, nx - 1), indexing="ij")
+    out = np.stack([ndimage.map_coordinates(plane.astype(np.float64), coords, order=1, mode="nearest")
+                    for plane in array])
+    out[:, ~((ys[:, None] < ny - 0.5) & (xs[None, :] < nx - 0.5))] = default
+    return out
+
+
 def test_resampled_geometry_matches_sitk() -> None:
-    # Independent check of the physical frame after crop + resample: the same physical point.
+    """The crop + resample frame and values, against hand geometry and a scipy interpolation:
+    SimpleITK on out's own grid alone would accept a wrong grid."""
     phantom = make_phantom(4, (12, 112, 112), spacing=(8.0, 2.8, 2.8))
     cropped, box = crop_to_mask(phantom.image, phantom.lung_mask, 5.0)
     out = resample_in_plane(cropped, 1.0)
     reference = sitk.Resample(cropped.to_sitk(), out.to_sitk(), sitk.Transform(), sitk.sitkLinear, float(cropped.array.min()))
     np.testing.assert_allclose(out.array, sitk.GetArrayFromImage(reference), atol=1e-3)
+    # By hand: z untouched, 1 mm in-plane, the old extent n * 2.8 mm in 1 mm pixels, the first voxel
+    # where the box starts in the phantom (identity direction: origin + start * spacing, x y z).
+    nz, ny, nx = cropped.shape
+    assert out.spacing == (8.0, 1.0, 1.0)
+    assert out.shape == (nz, round(ny * 2.8), round(nx * 2.8))
+    start_xyz = np.array([box[2].start, box[1].start, box[0].start]) * np.array([2.8, 2.8, 8.0])
+    np.testing.assert_allclose(out.origin, np.asarray(phantom.image.origin) + start_xyz, atol=1e-9)
+    assert out.direction == phantom.image.direction
+    expected = _linear_on_output_grid(cropped.array, (2.8, 2.8), 1.0, out.shape[1:], float(cropped.array.min()))
+    assert (expected == cropped.array.min()).any()  # the last row and column lie beyond the old grid
+    np.testing.assert_allclose(out.array, expected, atol=1e-3)
+
+
+def test_resample_in_plane_hand_sized_grid_clamps_then_pads() -> None:
+    """A grid small enough to count by hand: sizes rounded from the extent, the last pixels within
+    half a voxel of the edge clamped to it, those beyond it the image minimum."""
+    array = np.random.default_rng(0).uniform(-900.0, 100.0, (2, 5, 3)).astype(np.float32)
+    flip = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+    volume = Volume(array, (5.0, 1.5, 2.0), (10.0, -20.0, 30.0), flip)
+    out = resample_in_plane(volume, 0.9)
+    # y: 5 x 1.5 = 7.5 mm -> round(8.33) = 8 pixels; x: 3 x 2 = 6 mm -> round(6.67) = 7 pixels
+    assert out.shape == (2, 8, 7) and out.spacing == (5.0, 0.9, 0.9)
+    assert out.origin == (10.0, -20.0, 30.0) and out.direction == flip
+    # x index of output pixel i is 0.45 i: 2.25 (i = 5) is clamped to voxel 2, 2.7 (i = 6) is outside;
+    # y index 0.6 i reaches 4.2, clamped to voxel 4
+    np.testing.assert_allclose(out.array[:, :, 6], array.min(), atol=0)
+    np.testing.assert_allclose(out.array[:, 0, 5], array[:, 0, 2], atol=1e-4)
+    np.testing.assert_allclose(out.array[:, 7, 0], array[:, 4, 0], atol=1e-4)
+    # pixel (1, 1) at index (0.6, 0.45): bilinear weights 0.4 / 0.6 in y, 0.55 / 0.45 in x
+    np.testing.assert_allclose(out.array[:, 1, 1], 0.4 * (0.55 * array[:, 0, 0] + 0.45 * array[:, 0, 1])
+                               + 0.6 * (0.55 * array[:, 1, 0] + 0.45 * array[:, 1, 1]), atol=1e-3)
+    np.testing.assert_allclose(out.array, _linear_on_output_grid(array, (1.5, 2.0), 0.9, (8, 7), float(array.min())),
+                               atol=1e-3)
 
 
 def test_preprocess_cohort_is_preprocess_case_over_the_dataset_with_prefixed_ids():

@@ -1,6 +1,7 @@
 """Pseudo-labels: sampling stays in the image, cosine top-k against a brute-force loop, both
 assignment rules on hand-built similarities, the feature encoder and the pipeline end to end."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -255,3 +256,50 @@ def test_patch_dice_by_hand():
     truth[0, :1, :] = 1  # 4 pixels
     truth[1, 0, 0] = 1  # nothing predicted
     np.testing.assert_allclose(patch_dice(predicted, truth), [2 * 2 / 8, 0.0, 1.0])  # both empty: 1
+
+
+def test_compare_rules_grades_each_rule_on_its_own_scores_by_hand():
+    """Shares and accepted-mask Dice of the report's four rules on hand-built matches, where the
+    centred and the plain (uncentred) matches accept different patches with different masks, so a
+    rule that read the other kind of score would give other numbers in every row."""
+    from covidlib.pseudo import PatchDictionary, PseudoLabels, RuleSpec, compare_rules, report_rules
+
+    ones, zeros, top = np.ones((2, 2)), np.zeros((2, 2)), np.array([[1, 1], [0, 0]])
+    dictionary = PatchDictionary(images=np.zeros((6, 2, 2), np.float32),
+                                 masks=np.stack([ones, ones, zeros, top, top, zeros]).astype(np.uint8),
+                                 features=np.zeros((6, 1), np.float32), locations=np.zeros((6, 4), np.int64),
+                                 center=np.zeros(1, np.float32))
+    truth = np.stack([top] * 4).astype(np.uint8)  # against it a mask of ones has Dice 2/3, zeros 0, top 1
+
+    def labels(scores, indices, plain_scores, plain_indices):
+        scores, plain_scores = np.array(scores, np.float32), np.array(plain_scores, np.float32)
+        return PseudoLabels(locations=np.zeros((len(scores), 4), np.int64), scores=scores, indices=np.array(indices),
+                            assignment=assign(scores, np.array(indices)), plain_scores=plain_scores,
+                            plain_indices=np.array(plain_indices))
+
+    # centred: masks ones, top, ones (top-1 and top-2 alike), zeros|top; plain: zeros, ones, top, zeros
+    calibration = labels([[0.95, 0.93], [0.92, 0.91], [0.955, 0.60], [0.50, 0.40]], [[0, 1], [3, 4], [0, 1], [2, 3]],
+                         [[0.99, 0.98], [0.99, 0.97], [0.98, 0.95], [0.93, 0.91]], [[2, 5], [0, 1], [3, 4], [2, 5]])
+    unlabelled = labels([[0.95, 0.94], [0.50, 0.40], [0.20, 0.10], [0.91, 0.30]], [[0, 1]] * 4,
+                        [[0.99, 0.99], [0.92, 0.91], [0.95, 0.80], [0.94, 0.935]], [[0, 1]] * 4)
+    rows = compare_rules(report_rules(0.55), dictionary, calibration, truth, unlabelled)
+    expected = [  # (rule, calibration share, Dice of the accepted masks, unlabelled share)
+        ("report top-2 > 0.90, plain cosine", 4 / 4, (0 + 2 / 3 + 1 + 0) / 4, 3 / 4),
+        ("report top-1 in [0.87, 0.96], plain cosine", 1 / 4, 0.0, 3 / 4),  # calibration: the 4th only, mask zeros
+        ("top-2 > 0.90, centred", 2 / 4, (2 / 3 + 1) / 2, 1 / 4),
+        ("top-2 > 0.55, centred (calibrated)", 3 / 4, (2 / 3 + 1 + 2 / 3) / 3, 1 / 4),
+    ]
+    assert [row["rule"] for row in rows] == [rule for rule, *_ in expected]
+    for row, (_, share, dice, unlabelled_share) in zip(rows, expected):
+        assert row["calibration_share"] == pytest.approx(share), row["rule"]
+        assert row["calibration_dice"] == pytest.approx(dice), row["rule"]
+        assert row["unlabelled_share"] == pytest.approx(unlabelled_share), row["rule"]
+    # centred top-1 in the band accepts 0.95, 0.92 and 0.955 (masks ones, top, ones); nothing passes 0.99;
+    # without unlabelled patches their share is nan
+    (band, strict) = compare_rules([RuleSpec("band", "top1_band", True), RuleSpec("strict", "top2", True, 0.99)],
+                                   dictionary, calibration, truth)
+    assert (band["calibration_share"], band["calibration_dice"]) == (pytest.approx(3 / 4), pytest.approx(7 / 9))
+    assert strict["calibration_share"] == 0.0 and math.isnan(strict["calibration_dice"])
+    assert math.isnan(band["unlabelled_share"])
+    with pytest.raises(InvalidInputError, match="plain-cosine"):
+        compare_rules(report_rules(0.55), dictionary, dataclasses.replace(calibration, plain_scores=None), truth)

@@ -58,19 +58,29 @@ TINY = ["--folds", "3", "--fold", "1", "--image-size", str(SIDE), "--base-width"
 
 
 @pytest.fixture(scope="module")
-def semi_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
-    """(data root, output folder, printed summary) of one tiny ``semi`` run shared by the tests below."""
+def semi_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict, dict[str, torch.nn.Module]]:
+    """(data root, output folder, printed summary, every arm's network) of one tiny ``semi`` run shared
+    by the tests below; the networks are caught on their way out of the fold (only one is saved)."""
     root = make_semiseg(tmp_path_factory.mktemp("semiseg"))
     out = tmp_path_factory.mktemp("semi")
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    models: dict[str, torch.nn.Module] = {}
+    real_fold = mean_teacher.semi_supervised_fold
+
+    def keep_models(*args, **kwargs):
+        result = real_fold(*args, **kwargs)
+        models.update(result["models"])
+        return result
+
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setattr(mean_teacher, "semi_supervised_fold", keep_models)
         code = main(["semi", "--data-root", str(root), "--out", str(out), "--unlabelled", "3", *TINY])
-    assert code == 0
-    return root, out, json.loads(printed.getvalue().strip().splitlines()[-1])
+    assert code == 0 and set(models) == set(ARMS)
+    return root, out, json.loads(printed.getvalue().strip().splitlines()[-1]), models
 
 
-def test_semi_writes_three_arms_and_pseudo_label_counts(semi_run: tuple[Path, Path, dict]) -> None:
-    root, out, printed = semi_run
+def test_semi_writes_three_arms_and_pseudo_label_counts(semi_run: tuple[Path, Path, dict, dict]) -> None:
+    root, out, printed, _ = semi_run
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     ids = get_dataset("covid-semiseg", root).case_ids("train")
     test_ids = kfold_volumes(ids, 3, 0)[1][1]  # fold 1 of 3, computed here independently
@@ -95,9 +105,51 @@ def test_semi_writes_three_arms_and_pseudo_label_counts(semi_run: tuple[Path, Pa
     assert settings["pseudo"]["patch_size"] == 8 and settings["pseudo"]["rule"] == "top2"
 
 
-def test_semi_checkpoint_is_loaded_by_evaluate_and_predict(semi_run: tuple[Path, Path, dict], tmp_path: Path,
+def test_semi_applies_the_calibrated_threshold(semi_run: tuple[Path, Path, dict, dict]) -> None:
+    """The threshold reported, printed and stored with the checkpoint is the calibration's choice (the
+    grid value of largest gain, ties to the higher), not the report's 0.90 that the run started from;
+    the calibrated rule's share of the unlabelled patches is the share the arms trained on."""
+    _, out, printed, _ = semi_run
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    calibration = metrics["calibration"]
+    assert calibration is not None and metrics["settings"]["calibrate"] is True
+    gain = np.asarray(calibration["gain"])
+    chosen = calibration["thresholds"][np.flatnonzero(gain >= gain.max() - 1e-12)[-1]]
+    assert metrics["threshold"] == calibration["chosen"] == chosen == printed["threshold"]
+    assert metrics["settings"]["pseudo"]["top2_threshold"] == 0.90 != chosen  # the calibration moved it
+    assert load_model(out / "best.pt")[1]["semi_supervised"]["threshold"] == chosen
+    calibrated_rule = metrics["rules"][-1]
+    assert calibrated_rule["rule"] == f"top-2 > {chosen:.2f}, centred (calibrated)"
+    pseudo = metrics["pseudo"]
+    assert calibrated_rule["unlabelled_share"] == pytest.approx(pseudo["accepted"] / pseudo["patches"])
+
+
+def test_semi_no_calibrate_keeps_the_reports_0_90(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--no-calibrate`` hands the fold the report's fixed top-2 threshold 0.90 with calibration off
+    (what the fold does with them: test_mean_teacher's pseudo_label_patches test); stopped there,
+    before any training."""
+
+    class Stop(Exception):
+        pass
+
+    handed = []
+
+    def stop(arrays, train, val, test, unlabelled, settings, **kwargs):
+        handed.append(settings)
+        raise Stop
+
+    monkeypatch.setattr(mean_teacher, "semi_supervised_fold", stop)
+    root = make_semiseg(tmp_path / "data")
+    for flags, calibrate in (([], True), (["--no-calibrate"], False)):
+        with pytest.raises(Stop):
+            main(["semi", "--data-root", str(root), "--out", str(tmp_path / "run"), "--unlabelled", "3", *TINY, *flags])
+        assert handed[-1].calibrate is calibrate
+        assert handed[-1].pseudo.rule == "top2" and handed[-1].pseudo.top2_threshold == 0.90
+
+
+def test_semi_checkpoint_is_loaded_by_evaluate_and_predict(semi_run: tuple[Path, Path, dict, dict], tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    root, out, _ = semi_run
+    root, out, _, _ = semi_run
     model, metadata = load_model(out / "best.pt")
     assert set(metadata) >= TRAIN_METADATA_KEYS
     assert metadata["model"] == "unet" and metadata["image_size"] == SIDE
@@ -116,6 +168,30 @@ def test_semi_checkpoint_is_loaded_by_evaluate_and_predict(semi_run: tuple[Path,
     assert main(["predict", "--checkpoint", str(out / "best.pt"), "--input", str(unlabelled),
                  "--output", str(tmp_path / "maps"), "--device", "cpu"]) == 0
     assert len(list((tmp_path / "maps").glob("*.png"))) == N_UNLABELLED
+
+
+def test_every_arms_dice_is_reproduced_by_evaluate(semi_run: tuple[Path, Path, dict, dict], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Each arm's network from the same run, saved in best.pt's place, is scored by ``evaluate``'s own
+    pipeline (read, z-score, predict, threshold) as metrics.json says, case by case; the saved
+    best.pt is the mean-teacher arm's network."""
+    root, out, _, models = semi_run
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    saved = train_module.load_checkpoint(out / "best.pt")
+    for name, value in models["mean_teacher"].state_dict().items():
+        assert torch.equal(saved["model"][name], value.cpu()), name
+    assert len({tuple(metrics["per_case"][arm].values()) for arm in ARMS}) > 1  # the arms do score differently
+    for arm in ARMS:
+        path = tmp_path / f"{arm}.pt"
+        state = {k: v.detach().cpu() for k, v in models[arm].state_dict().items()}
+        train_module.save_checkpoint({**saved, "model": state}, path)
+        capsys.readouterr()
+        assert main(["evaluate", "--checkpoint", str(path), "--data-root", str(root), "--device", "cpu",
+                     "--per-case"]) == 0
+        evaluation = json.loads(capsys.readouterr().out)
+        assert sorted(evaluation["per_case"]) == sorted(metrics["per_case"][arm])
+        for case, dice in metrics["per_case"][arm].items():
+            assert evaluation["per_case"][case]["dice"] == pytest.approx(dice, abs=1e-6), (arm, case)
 
 
 def test_load_matches_per_image_zscore_and_resize(tmp_path: Path) -> None:

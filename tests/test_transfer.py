@@ -14,7 +14,7 @@ from torch import nn
 import covidlib.transfer as transfer
 from covidlib import fingerprint
 from covidlib.errors import InvalidInputError
-from covidlib.models import AttentionUNet2d, UNet2d
+from covidlib.models import AttentionUNet2d, UNet2d, UpBlock
 from covidlib.models.unet3d import ConvUnit, GenesisUNet2d, UNet3d, load_genesis_checkpoint
 from covidlib.train import TrainConfig, load_checkpoint
 from covidlib.transfer import (
@@ -217,30 +217,91 @@ def test_flatten_whole_genesis_network_by_name() -> None:
 
 # --- recipes ---------------------------------------------------------------------------------
 
+def trained_unet(seed: int) -> UNet2d:
+    """A small U-Net after one training step: weights and BatchNorm statistics no longer their defaults."""
+    model = small_unet(seed)
+    one_adam_step(model)
+    return model
+
+
+def entries(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if k.startswith(prefixes)}
+
+
+def assert_same_state(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert list(got) == list(expected)
+    for name, value in expected.items():
+        assert torch.equal(got[name], value), name
+
+
 def test_recipe_decoder_freezes_first_half_and_resets_head() -> None:
-    pretrained = small_unet(seed=1)
-    model = prepare_finetune(small_unet(seed=2), "decoder", pretrained=pretrained, seed=0)
-    parts = parameter_parts(model)
-    source = pretrained.state_dict()
-    for name, parameter in model.named_parameters():
-        assert parameter.requires_grad == (parts[name] != "encoder_first_half"), name
-        if parts[name] == "head" and parameter.ndim > 1:
-            assert not torch.equal(parameter, source[name])
-        elif parts[name] != "head":
-            assert torch.equal(parameter, source[name]), name
+    """The head is re-drawn from ``seed`` alone: two models that start different end with the same
+    head, the one a fresh 1x1 convolution draws from that seed; every other layer is the pretrained one."""
+    pretrained = trained_unet(seed=1)
+    source = snapshot(pretrained)
+    first, second = small_unet(seed=2), small_unet(seed=3)
+    rng_before = torch.get_rng_state()
+    prepare_finetune(first, "decoder", pretrained=pretrained, seed=7)
+    prepare_finetune(second, "decoder", pretrained=source, seed=7)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the re-draw leaves the global random state alone
+    torch.manual_seed(7)
+    fresh_head = nn.Conv2d(2, 2, kernel_size=1)  # draws weight then bias, as head.reset_parameters() does
+    parts = parameter_parts(first)
+    for model in (first, second):
+        for name, parameter in model.named_parameters():
+            assert parameter.requires_grad == (parts[name] != "encoder_first_half"), name
+        state = snapshot(model)
+        assert_same_state(entries(state, ("head.",)), {f"head.{k}": v for k, v in fresh_head.state_dict().items()})
+        assert not torch.equal(state["head.weight"], source["head.weight"])
+        body = {k: v for k, v in state.items() if not k.startswith("head.")}
+        assert_same_state(body, {k: v for k, v in source.items() if not k.startswith("head.")})
+    other_seed = prepare_finetune(small_unet(seed=2), "decoder", pretrained=source, seed=8)
+    assert not torch.equal(other_seed.head.weight, first.head.weight)
 
 
 def test_recipe_all_trains_everything_and_resets_last_block() -> None:
-    pretrained = small_unet(seed=1)
-    model = prepare_finetune(small_unet(seed=2), "all", pretrained=pretrained.state_dict(), seed=0)
-    assert all(p.requires_grad for p in model.parameters())
-    last = {n for n, _ in model.named_parameters() if n.startswith("decoder.3.") or n.startswith("head.")}
-    for name, parameter in model.named_parameters():
-        if name in last:
-            if parameter.ndim > 1:
-                assert not torch.equal(parameter, pretrained.state_dict()[name]), name
-        else:
-            assert torch.equal(parameter, pretrained.state_dict()[name]), name
+    """The last decoder block and the head are re-drawn from ``seed`` alone (their BatchNorm statistics
+    back to their defaults), exactly as freshly built ones; the rest keeps the pretrained weights."""
+    pretrained = trained_unet(seed=1)
+    source = snapshot(pretrained)
+    reset = ("decoder.3.", "head.")
+    assert any(not torch.equal(v, source[k]) for k, v in entries(small_unet(seed=1).state_dict(), reset).items()
+               if "running" in k)  # the step moved the statistics the reset must restore
+    first = prepare_finetune(small_unet(seed=2), "all", pretrained=source, seed=7)
+    second = prepare_finetune(small_unet(seed=3), "all", pretrained=pretrained, seed=7)
+    torch.manual_seed(7)
+    fresh_block, fresh_head = UpBlock(4, 2, 2), nn.Conv2d(2, 2, kernel_size=1)  # built in reset order
+    expected = {**{f"decoder.3.{k}": v for k, v in fresh_block.state_dict().items()},
+                **{f"head.{k}": v for k, v in fresh_head.state_dict().items()}}
+    for model in (first, second):
+        assert all(p.requires_grad for p in model.parameters())
+        state = snapshot(model)
+        assert_same_state(entries(state, reset), expected)
+        assert not torch.equal(state["decoder.3.conv.0.weight"], source["decoder.3.conv.0.weight"])
+        assert_same_state({k: v for k, v in state.items() if not k.startswith(reset)},
+                          {k: v for k, v in source.items() if not k.startswith(reset)})
+
+
+def test_recipe_genesis_flattens_the_body_and_resets_the_output_layer() -> None:
+    """Everything but the restoration output layer comes from the 3D network, whatever the 2D model
+    held before; the output layer is re-drawn from ``seed`` alone."""
+    torch.manual_seed(0)
+    net3d = UNet3d(base_width=2)
+    models = []
+    for init in (2, 3):
+        torch.manual_seed(init)
+        models.append(prepare_finetune(GenesisUNet2d(base_width=2), "genesis", pretrained=net3d, seed=7))
+    torch.manual_seed(4)
+    flattened = snapshot(flatten_3d_to_2d(net3d, GenesisUNet2d(base_width=2), "sum", exclude=("out_tr",)))
+    torch.manual_seed(7)
+    fresh_head = nn.Conv2d(4, 2, kernel_size=1)
+    for model in models:
+        assert all(p.requires_grad for p in model.parameters())
+        state = snapshot(model)
+        assert_same_state(entries(state, ("out_tr.",)),
+                          {f"out_tr.final_conv.{k}": v for k, v in fresh_head.state_dict().items()})
+        assert_same_state({k: v for k, v in state.items() if not k.startswith("out_tr.")},
+                          {k: v for k, v in flattened.items() if not k.startswith("out_tr.")})
 
 
 def test_recipe_genesis_and_scratch_and_errors() -> None:
