@@ -118,8 +118,8 @@ for tissue, mu in mu_per_cm.items():
 # network will happily learn. `covidlib.ct.rescale_to_hu` does both.
 
 # %%
-stored = np.array([0, 24, 1064, 2024, 1000], dtype=np.int16)  # the last one is the padding value
-hu = rescale_to_hu(stored, slope=1.0, intercept=-1024.0, padding_value=1000)
+stored = np.array([0, 24, 1064, 2024, -2000], dtype=np.int16)  # the last one is the padding value (-3024 HU)
+hu = rescale_to_hu(stored, slope=1.0, intercept=-1024.0, padding_value=-2000)
 print("stored:", stored.tolist(), "->  HU:", hu.tolist())
 assert hu.tolist() == [-1024.0, -1000.0, 40.0, 1000.0, -1000.0]
 
@@ -176,15 +176,15 @@ for name in ("lung", "mediastinal", "bone"):
     assert np.allclose(my_window(image.array, lo, hi), window_hu(image.array, name), atol=1e-6)
     print(f"{name:>12}: [{lo:g}, {hi:g}] HU  (width {hi - lo:g}, level {(lo + hi) / 2:g})")
 
-# %% mystnb={"figure": {"caption": "The phantom slice with the most infection, under the lung, mediastinal and bone windows. Only the lung window [-1250, 250] HU shows the ground-glass lesion; the mediastinal window turns both lungs black and the bone window squeezes them into a few dark greys.", "name": "fig-01-windows"}}
+# %% mystnb={"figure": {"caption": "The phantom slice with the most infection, under the lung, mediastinal and bone windows. Only the lung window [-1250, 250] HU shows the ground-glass lesion; the mediastinal and bone windows both turn the lungs black.", "name": "fig-01-windows"}}
 lesion_slice = int(np.argmax(case.lesion_mask.sum(axis=(1, 2))))
 viz.show_windows(image, ("lung", "mediastinal", "bone"), index=lesion_slice, title="One slice, three windows")
 
 # %% [markdown]
 # In the mediastinal window of {numref}`fig-01-windows` the lungs are flat black: parenchyma and ground glass are both
-# below -160 HU. The bone window shows the ribs and spine but squeezes the lungs into a few
-# dark greys. Counting grey levels (of 256) between mean ground glass and mean parenchyma makes
-# this concrete:
+# below -160 HU. The bone window ([-450, 1050] HU) shows the ribs and spine, and its lower
+# edge lies above both as well, so the lungs are black there too. Counting grey levels (of 256)
+# between mean ground glass and mean parenchyma makes this concrete:
 
 # %%
 ggo_hu, lung_hu = summary["ggo"]["mean"], summary["lung"]["mean"]
@@ -337,9 +337,11 @@ for name in regions:
 # Matching histograms is not the point; a phantom earns its place if what a network learns on it
 # carries over to real scans. `benchmarks/phantom_to_real.py` tests that in two parts. It trains a
 # U-Net on phantom slices in the real-like view alone, picks its epoch on other phantom slices, and
-# scores it once on COVID-SemiSeg's 50 labelled slices. Then, in nested cross-validation on those
-# slices, it fine-tunes that network and a network trained from scratch with the same splits, seeds
-# and schedule, and compares them slice by slice. The numbers below are read from the committed record.
+# scores it once on COVID-SemiSeg's 50 labelled slices by {term}`Dice` (at probability 0.5) and by
+# the {term}`Inf-Net mean Dice` that published results on this dataset use. Then, in
+# {term}`nested cross-validation <Nested cross-validation>` on those slices (an inner split picks
+# the epoch, the outer fold only scores), it fine-tunes that network and a network trained from
+# scratch with the same splits, seeds and schedule, and compares them slice by slice. The numbers below are read from the committed record.
 
 # %% tags=["hide-input"]
 from IPython.display import Markdown, display
@@ -358,10 +360,10 @@ if transfer_record is not None:
              "—", f"all {at_half['n']} labelled slices")]
     transfer = transfer_record.numbers.get("transfer", {}).get("summary")
     if transfer:
-        rows += [(f"fine-tuned {name}, nested CV", f"{transfer[key]:.3f}", f"{transfer['infnet_mean_dice'][arm]:.3f}",
+        rows += [(f"{name}, nested CV", f"{transfer[key]:.3f}", f"{transfer['infnet_mean_dice'][arm]:.3f}",
                   f"{transfer['n']} outer-fold test slices")
-                 for name, key, arm in (("from scratch", "scratch_mean_dice", "scratch"),
-                                        ("from the phantom network", "pretrained_mean_dice", "phantom_pretrained"))]
+                 for name, key, arm in (("trained from scratch", "scratch_mean_dice", "scratch"),
+                                        ("fine-tuned from the phantom network", "pretrained_mean_dice", "phantom_pretrained"))]
     display(Markdown(markdown_table(rows, ("network", "Dice at 0.5 (mean ± sd over slices)", "Inf-Net mean Dice",
                                            "scored on"))))
     if transfer:

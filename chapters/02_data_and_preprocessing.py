@@ -189,8 +189,9 @@ print(f"bare threshold: Dice {dice(naive, exact):.3f} with the exact lungs")
 #    disk (this recovers lesions at the pleura) and **fill holes**;
 # 4. name the sides from physical coordinates: right lung 1, left lung 2, as lungmask does.
 #
-# The library's `classical_lung_mask` does exactly that; a little by hand first, to see steps 1
-# and 2 working.
+# The library's `classical_lung_mask` does exactly that. First, by hand, step 1 and the naive
+# alternative to step 2, keeping the two largest connected air regions inside the body, to see
+# why step 2 needs seeds and a watershed.
 
 # %%
 from scipy import ndimage
@@ -202,7 +203,7 @@ air_inside = naive & body
 components, count = ndimage.label(air_inside)
 sizes = np.sort(np.bincount(components.ravel())[1:])[::-1]
 two_largest = np.isin(components, np.argsort(np.bincount(components.ravel())[1:])[::-1][:2] + 1)
-print(f"air inside the body: {count} connected regions, largest {sizes[:3].tolist()} voxels")
+print(f"air inside the body: {count} connected regions, the three largest {sizes[:3].tolist()} voxels")
 print(f"two largest regions: Dice {dice(two_largest, exact):.3f}")
 # Often the lungs and the trachea form one connected region (the bronchi join them), or the two
 # lungs touch in front of the heart: 'largest components' alone cannot separate them.
@@ -304,7 +305,7 @@ for case, out in list(zip(cases, prepared))[:4]:
     print(f"{case.case_id}: {case.image.shape} at {tuple(round(s, 2) for s in case.image.spacing)} mm "
           f"-> {out.image.shape} at {tuple(round(s, 2) for s in out.spacing)} mm")
 
-# %% mystnb={"figure": {"caption": "Histograms of the lung voxels of six phantom scans, in HU (left) and after the z-score inside the lungs (right). The offsets between scans disappear, while each histogram keeps its shape, since a z-score is a straight line.", "name": "fig-02-normalisation"}}
+# %% mystnb={"figure": {"caption": "Histograms of the lung voxels of six phantom scans, in HU (left) and after the z-score inside the lungs (right). Each histogram keeps its shape, since a z-score is a straight line; every scan now has mean 0 and sd 1, which puts a scan with much lesion (a wider spread) with its parenchyma peak further left.", "name": "fig-02-normalisation"}}
 before = {c.case_id: c.image.array[masks[c.case_id] > 0] for c in cases[:6]}
 after = {p.case_id: p.image[p.lung_mask > 0] for p in prepared[:6]}
 viz.show_normalisation(before, after, before_label="HU (lung voxels)", after_label="z-score (lung voxels)",
@@ -320,12 +321,13 @@ numbers.update(lung_mean_hu=lung_means, zscore_sd=z_sds, spacing_after=[list(p.s
 assert all(abs(m) < 1e-3 for m in z_means) and all(abs(s - 1) < 1e-3 for s in z_sds)
 
 # %% [markdown]
-# The offsets between scans (calibration drift, different noise, denser dependent lung) move the
-# whole HU histogram; after the z-score the lung histograms sit on top of each other
-# ({numref}`fig-02-normalisation`). The shape
-# of each histogram is untouched: a z-score is a straight line. Histogram equalisation
-# (`equalise_histogram`, listed among the report's steps without details) would also change
-# shapes; it is available as an option (`preprocess_case(..., equalise=True)`) but not used by
+# Offsets between scans (calibration drift, different noise, denser dependent lung) move the
+# whole HU histogram, and the z-score removes them: every scan's lung voxels get mean 0 and sd 1
+# ({numref}`fig-02-normalisation`). It does not line the histograms up exactly: lesions widen a
+# scan's spread, so a scan with much of them has its parenchyma peak further left after the
+# z-score. The shape of each histogram is untouched: a z-score is a straight line. Histogram
+# equalisation (`equalise_histogram`, listed among the report's steps without details) would
+# change shapes; it is available as an option (`preprocess_case(..., equalise=True)`) but not used by
 # default, because it also rescales lesion contrast differently in every scan.
 
 # %% [markdown]
@@ -455,7 +457,9 @@ else:
 # ### On real scans (reference record)
 #
 # The table puts this run's measurements (only when it ran on COVID-SemiSeg) beside those of the
-# committed reference record, which measured every labelled and unlabelled slice.
+# committed reference record, which measured every labelled and unlabelled slice. A copy without
+# Inf-Net's 48 test slices (the one the reference run read) counts 0 test slices: every real-data
+# score in this book comes from cross-validation on the 50 labelled slices.
 
 # %% tags=["hide-input"]
 display(Markdown(reference_notice(reference, "02_data_and_preprocessing")))

@@ -144,7 +144,9 @@ replayed, _ = Rotation(logged["angle_deg"], fill=logged["fill"])(image, mask)
 assert np.array_equal(rotated, replayed)
 
 # %% [markdown]
-# ## 3. Rotation: how the patient lies
+# ## 3. Geometry: rotation, turns and mirrors, zoom, windows
+#
+# ### Rotation: how the patient lies
 #
 # Patients lie face up on the CT table, but never in exactly the same pose, so the chest turns a
 # few degrees in the axial plane from one scan to the next. The report rotates by an angle drawn
@@ -215,8 +217,8 @@ assert scratch_error < 1e-9 and float32_error < 1e-3
 orientation = load_calibration()["orientation"]
 display(Markdown(
     f"In {orientation['lungs_above_and_below_share']:.0%} of COVID-SemiSeg's labelled slices the two lungs lie "
-    f"above and below each other (the slice is turned a quarter), and in those the mediastinum is on the image's "
-    f"left in {orientation['mediastinum_left_share']:.0%} and on its right in "
+    f"above and below each other (the slice is turned a quarter), and in those the heart (the front of the chest) is on "
+    f"the image's left in {orientation['mediastinum_left_share']:.0%} and on its right in "
     f"{1 - orientation['mediastinum_left_share']:.0%}. On these slices orientation says nothing about the "
     "patient, so a network should not learn it: `default_augmentation(dihedral=True)` first applies one of the "
     "8 symmetries of the square (`RandomDihedral`: 4 quarter turns, each mirrored or not), drawn uniformly. "
@@ -273,7 +275,7 @@ for zoom in zooms:
 # those that hold it (`train --crop-foreground 0.33`). The table under the figure draws windows
 # of every labelled slice with infection, each way, and counts what they hold.
 
-# %% mystnb={"figure": {"caption": "Four windows of 5/8 of the example slice's side (z-score, grey scale [-3, 3]): at its top-left corner, its centre and its bottom-right corner, and one that holds the infected pixel halfway through the slice's list of them (`Crop(size, around=0.5)`), each drawn at the size of the panel, with the infection outlined in red.", "name": "fig-03-crop"}}
+# %% mystnb={"figure": {"caption": "The example slice (first panel) and four windows of 5/8 of its side (z-score, grey scale [-3, 3]): at its top-left corner, its centre and its bottom-right corner, and one that holds the infected pixel halfway through the slice's list of them (`Crop(size, around=0.5)`), each drawn at the size of the panel, with the infection outlined in red.", "name": "fig-03-crop"}}
 window = round(image.shape[-1] * 160 / 256)
 windows = [Crop(window, 0.0, 0.0), Crop(window), Crop(window, 1.0, 1.0), Crop(window, around=0.5)]
 display(viz.show_augmentations(image, mask, windows, ncols=5, suptitle=f"{window} px windows, red: infection",

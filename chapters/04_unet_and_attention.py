@@ -37,7 +37,8 @@
 # {doc}`03 <03_augmentation>` (augmentation, slices and splits).
 #
 # **Run time** quick: ~1.5 min CPU (small networks, few epochs); reference (COVID-SemiSeg,
-# nested 5-fold cross-validation of small networks): about 12 min on a quiet 2-core CPU; full: the
+# nested 5-fold cross-validation of small networks): about 15 min at one thread on a 2-core
+# first-generation AMD EPYC in float32; full: the
 # report's settings, hours on a GPU.
 
 # %% tags=["remove-cell"]
@@ -226,7 +227,7 @@ assert rows[-1]["ours_out"] == 256
 # The paper's output is 388 pixels for a 572 input, exactly as its Figure 1 says; the padded
 # network returns the input's size. Channels run 64, 128, 256, 512 and 1024 at the bottleneck.
 # With batch normalisation and no convolution biases the network has about 31 million
-# parameters; the book's quick mode uses the same layout with width 8 and three levels.
+# parameters; the book's quick mode uses the same layout with width 8 and depth 3 (three poolings).
 #
 # ## 2. The attention gate
 #
@@ -387,7 +388,8 @@ networks = {"U-Net": (unet_trainer, unet_test), "attention U-Net": (attention_tr
 for name, (trainer, test) in networks.items():
     n_params = sum(p.numel() for p in trainer.model.parameters())
     print(f"{name:<16} {n_params:>9,} parameters, best epoch {trainer.best_epoch:>3}, validation Dice "
-          f"{trainer.best_metric:.3f}, test Dice {test['summary']['dice']['mean']:.3f} ± {test['summary']['dice']['sd']:.3f}")
+          f"{trainer.best_metric:.3f}, test Dice {test['summary']['dice']['mean']:.3f} ± {test['summary']['dice']['sd']:.3f} "
+          f"(sd over {len(test_ids)} test volumes)")
 show_learning_curves({name: trainer.history for name, (trainer, _) in networks.items()},
                      title=f"U-Net vs attention U-Net ({network_loss})")
 

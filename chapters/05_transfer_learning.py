@@ -34,13 +34,13 @@
 # {doc}`04 <04_unet_and_attention>` (U-Net, attention
 # U-Net, the Trainer).
 #
-# **Run time** quick: ~1.5-2 min CPU (tiny networks, small phantom cohort, 2 folds); reference
+# **Run time** quick: about 3 min CPU (tiny networks, small phantom cohort, 2 folds); reference
 # (COVID-SemiSeg's 50 labelled slices, two pretraining sources, U-Net and attention U-Net of width
 # 16 on 128-pixel slices, 5 folds, 100 trainings): resumable, about 2.9 hours on a 2-core
 # first-generation AMD EPYC in float32, measured in two runs there: 76 min for the pretraining and
 # folds 0-1, then 95 min for folds 2-4 (the U-Net cells of folds 0-1 alone took 14 min on a Zen 3
 # EPYC and 7 min on a bfloat16 Xeon); full: the report's settings —
-# 80 trainings of a 31M-parameter U-Net, a job for GPUs: on a CPU it would take far longer than
+# 80 trainings of a 31M-parameter U-Net on a 3D cohort (100 on COVID-SemiSeg), a job for GPUs: on a CPU it would take far longer than
 # anyone waits (the section "Full mode: size and cost" estimates the CPU-hours on the machine that runs it).
 
 # %% tags=["remove-cell"]
@@ -462,8 +462,8 @@ plt.show()
 #
 # The report's filled cells (Table 5.1) are the U-Net from scratch — test Dice **0.8012** on
 # 40-10 and **0.6893** on 10-40 — and validation numbers for some fine-tuned rows (one of them
-# a 0 that reads as a failed run); its attention U-Net rows and all fine-tuned test cells are
-# empty. The COVID-19-CT-Seg benchmark {cite}`ma2021benchmark` reports lesion DSC of **0.609 (2D
+# a 0 that reads as a failed run); its attention U-Net rows have only training Dice, and no
+# fine-tuned row has a test Dice. The COVID-19-CT-Seg benchmark {cite}`ma2021benchmark` reports lesion DSC of **0.609 (2D
 # nnU-Net)** and **0.673 (3D nnU-Net)** when training on 4 cases, and **0.512 / 0.623** when the
 # network is pretrained on MSD lung tumours and fine-tuned on the 4 COVID cases.
 #
@@ -496,9 +496,11 @@ plt.show()
 # %% [markdown]
 # ## Full mode: size and cost
 #
-# The full grid is 2 networks x 4 recipes x 2 splits x 5 folds = 80 trainings of up to 500
-# epochs, plus two pretrainings. The cell below times one training step of the full-size
-# U-Net on this machine (CPU time, one 64x64 slice, scaled to 256x256) and extrapolates: a
+# On a 3D cohort (the phantom, COVID-19-CT-Seg) the full grid is 2 networks x 4 recipes x 2
+# splits x 5 folds = 80 trainings of up to 500 epochs, plus two pretrainings; on COVID-SemiSeg's
+# 2D slices the two fine-tuning recipes run once per pretraining source (5 rows: 100 trainings,
+# on far fewer slices). The cell below times one training step of the full-size U-Net on this
+# machine (CPU time, one 64x64 slice, scaled to 256x256) and extrapolates for a 3D cohort: a
 # planning number, not a result, and not checked by nbval. Start the full run with one command, and run it again with the same `grid_dir`
 # to resume after an interruption:
 #

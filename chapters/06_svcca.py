@@ -325,9 +325,9 @@ plot_layer_curves({"all layers (Fig. 5.2)": steps_only(scratch_similarity, layer
                   title=f"Training from scratch: each layer vs the converged model ({dataset})")
 
 # %% [markdown]
-# The curves peak at exactly 1 at the converged model's own step — the Trainer keeps the epoch
-# with the best validation Dice, which need not be the last — and snapshots after it drift away
-# again. The report's three observations can be checked against the figure and the table below
+# A curve reaches exactly 1 only where a snapshot falls on the converged model's own step (the
+# Trainer keeps the epoch with the best validation Dice, which need not be the last, and
+# snapshots are taken every few steps), and snapshots after it drift away again. The report's three observations can be checked against the figure and the table below
 # (the first step at which each layer is at least 0.8 similar to its converged self):
 #
 # - *the encoder converged faster than the decoder* — and, in classifiers, Raghu et al. saw
@@ -486,11 +486,12 @@ plot_layer_bars(similarities, title="SVCCA similarity of each layer before and a
                 ylabel="SVCCA(start, converged)")
 
 # %% [markdown]
-# So, does a network fine-tuned on few volumes move less? Two things must be kept apart. With
-# the same number of optimizer steps, the weights travel about as far either way — Adam's step
-# size does not depend on how many distinct slices the batches came from. Whether the
-# *representations* change less is the real question, and it has to clear the spread between
-# repeats. The cell below counts, layer by layer, whether the repeats of the two conditions
+# So, does a network fine-tuned on few volumes move less? Two things must be kept apart: how far
+# the weights travel, and whether the *representations* change. Adam's step size does not depend
+# on how many distinct slices the batches came from, so with the same number of optimizer steps
+# one might expect the weights to travel about as far either way; the distances above say whether
+# they did in this run. The representations are the real question, and a difference has to clear
+# the spread between repeats. The cell below counts, layer by layer, whether the repeats of the two conditions
 # overlap at all — a crude test, but one that two or three repeats can support.
 
 # %%
@@ -552,10 +553,20 @@ from covidlib.results import markdown_table
 
 reference = load_reference("06_svcca")
 display(Markdown(reference_notice(reference, "06_svcca")))
+
+
+def run_title(key: str) -> str:
+    """A run of the record (``scratch``, ``scratch_seed2``, ``many_0``, ``few_1``) in words."""
+    if key.startswith("scratch"):
+        return "from scratch" + (" (second seed)" if key == "scratch_seed2" else "")
+    condition, repeat = key.rsplit("_", 1)
+    return f"fine-tuned on {condition} volumes (repeat {int(repeat) + 1})"
+
+
 if reference is not None:
     ref = reference.numbers
-    display(Markdown(f"Reference record, {ref['pretraining']}; best validation Dice "
-                     + ", ".join(f"{name} {value:.3f}" for name, value in ref["best_val_dice"].items()) + "."))
+    display(Markdown(f"Reference record, {ref['pretraining']}; best validation Dice: "
+                     + "; ".join(f"{run_title(name)} {value:.3f}" for name, value in ref["best_val_dice"].items()) + "."))
     display(Markdown(markdown_table(
         [(layer, f"{ref['similarity_scratch'][layer]['0']:.2f}", f"{ref['similarity_finetune']['many'][layer]['0']:.2f}",
           f"{ref['between_seeds'][layer]:.2f}", f"{ref['chance_between_seeds'][layer]:.2f}") for layer in ref["layers"]],

@@ -99,8 +99,10 @@ print(format_summary(runtime))
 #
 # The report crops 68 × 68 patches from slices of about 512 pixels, 120 for the labelled
 # dictionary and 32 per unlabelled volume, with boxes enlarged by up to 10 (labelled) and 15
-# (unlabelled) pixels. Quick mode keeps those counts' proportions on tiny phantom slices, so the
-# patch and margins shrink with the slice size.
+# (unlabelled) pixels. The other settings keep the report's counts; quick mode takes fewer
+# (40 dictionary patches, 8 per unlabelled image). On real slices the patch is the report's
+# 68 px scaled to the slice size; on the phantom it is a fixed 16 px (32 in full mode), large
+# enough to hold a lesion of its small slices. The margins scale with the slice size.
 
 # %%
 is_phantom = dataset == "phantom"
@@ -310,10 +312,11 @@ for name in ("top2", "top1_band"):
 # ## Step 5 — the pseudo masks, and how good they are
 #
 # Accepted patches get the similarity-weighted mix of their neighbours' masks (Figure 5.8 of
-# the report). On the phantom the hidden truth grades them: the {term}`Dice` between the pseudo mask
-# (probability > 0.5) and the true mask of the same patch, for accepted and rejected patches.
+# the report). On the phantom the hidden truth grades them: the {term}`Dice` between the mask of the
+# patch's nearest dictionary entry and the true mask of the same patch, for accepted and rejected
+# patches (pairs where both masks are empty are left out).
 
-# %% mystnb={"figure": {"caption": "Only when some patch is accepted: the accepted unlabelled patches with the largest similarity weight w, each shown alone (top) and with its soft pseudo mask in red, opacity following the mask's probability (bottom), as in the report's Fig. 5.8.", "name": "fig-07-pseudo-examples"}}
+# %% mystnb={"figure": {"caption": "The accepted unlabelled patches with the largest similarity weight w, each shown alone (top) and with its soft pseudo mask in red, opacity following the mask's probability (bottom), as in the report's Fig. 5.8 (shown only when some patch is accepted).", "name": "fig-07-pseudo-examples"}}
 accepted = labels.assignment.accepted
 soft = labels.accepted_masks(dictionary)
 if accepted.any():
@@ -346,7 +349,7 @@ if hidden_masks is not None:
 # patches, of (Dice − 0.5). {numref}`fig-07-calibration` shows the accepted share and the
 # accepted pseudo masks' Dice against the threshold.
 
-# %% mystnb={"figure": {"caption": "Choosing the top-2 threshold on the validation slices treated as unlabelled (this run): share of their patches accepted (blue, left axis) and mean Dice of the accepted patches' pseudo masks against their true masks (orange, right axis) as the threshold rises; the dashed line is the chosen threshold, the dotted line the quality bar.", "name": "fig-07-calibration"}}
+# %% mystnb={"figure": {"caption": "Choosing the top-2 threshold on the validation slices treated as unlabelled (this run): share of their patches accepted (orange, left axis) and mean Dice of the accepted patches' pseudo masks against their true masks (blue, right axis) as the threshold rises; the dashed line is the chosen threshold, the dotted line the quality bar.", "name": "fig-07-calibration"}}
 val_boxes = predict_boxes_2d(trainer.model, [labelled[c][0] for c in val_ids], device=trainer.device)
 calibration = calibration_labels = truth_patches = None
 if any(b is not None for b in val_boxes):

@@ -77,7 +77,7 @@ from covidlib.inference import prepare_slices
 from covidlib.mean_teacher import (A_PRIME_PRECONDITION, ARMS, CONTROLS, arm_rows, compare_arms, ema_update,
                                    paired_rows, run_semi_cv, sigmoid_rampup)
 from covidlib.recipe import describe_recipe
-from covidlib.records import load_reference, reference_notice
+from covidlib.records import FEWEST_RUNS_TO_READ, load_reference, reference_notice
 from covidlib.restoration import RestorationSettings, pretrained_weights
 from covidlib.results import format_interval, interval_side, markdown_table, write_record
 from covidlib.viz import show_grouped_values
@@ -237,7 +237,7 @@ a_prime_dice = [row["a_prime"]["val_dice"] for row in results]
 display(Markdown(markdown_table(arm_rows(summary), ("arm (this run)", "Dice at 0.5", "sd over seeds",
                                                     "Inf-Net mean Dice"))))
 display(Markdown(markdown_table(paired_rows(summary), ("arm − its control (this run)", "metric",
-                                                       "difference [95 % CI]", "in % of the control", "units"))))
+                                                       "difference [95 % CI]", "in % of the control", "(fold, seed) runs"))))
 display(Markdown(f"A′ validation Dice: {np.mean(a_prime_dice):.3f} on average; the report's precondition "
                  f"(> {A_PRIME_PRECONDITION}) holds in {sum(d > A_PRIME_PRECONDITION for d in a_prime_dice)} of "
                  f"{len(a_prime_dice)} (fold, seed) runs."))
@@ -269,7 +269,7 @@ if reference is not None:
                                                                "sd over seeds", "Inf-Net mean Dice"))))
     display(Markdown(markdown_table(paired_rows(ref["summary"]), ("arm − its control (reference record)", "metric",
                                                                   "difference [95 % CI]", "in % of the control",
-                                                                  "units"))))
+                                                                  "(fold, seed) runs"))))
     answer = ref["summary"]["dice"]["paired"]["mean_teacher"]
     pseudo_answer = ref["summary"]["dice"]["paired"]["pseudo_labels"]
     side = interval_side(answer)
@@ -339,6 +339,7 @@ if semi_recipe is not None:
     units = len(by_arm["supervised"]["units"])
     planned = semi_recipe.numbers["units_planned"]
     a_prime_val = semi_recipe.numbers.get("a_prime_val_dice", [])
+    none_accepted = sum(n == 0 for n in semi_recipe.numbers["accepted_patches"])
     best = max(semi_rows, key=lambda row: row["tta_dice_mean"])
     display(Markdown(
         f"**At the record's recipe** ({describe_recipe(semi_recipe.record['parameters']['recipe'])}; "
@@ -346,8 +347,11 @@ if semi_recipe is not None:
         + "; the top-2 threshold chosen on the validation slices "
         f"averaged {np.mean(semi_recipe.numbers['thresholds']):.2f} and accepted "
         f"{np.mean(semi_recipe.numbers['accepted_patches']) / np.mean(semi_recipe.numbers['patches']):.0%} of the "
-        f"patches; in {sum(n == 0 for n in semi_recipe.numbers['accepted_patches'])} of {units} runs it accepted none, "
-        "and both patch pseudo-label arms then train exactly as their controls). " + ("; ".join(verdicts) + "." if verdicts else "A paired interval needs at least two runs.")
+        "patches" + (f"; in {none_accepted} of {units} runs it accepted none, and both patch pseudo-label arms "
+                     "then train exactly as their controls there" if none_accepted else "") + "). "
+        + ("; ".join(verdicts) + "." if verdicts else "A paired interval needs at least two runs.")
+        + (f" With fewer than {FEWEST_RUNS_TO_READ} runs these intervals cannot be read as evidence either way yet."
+           if 2 <= units < FEWEST_RUNS_TO_READ else "")
         + f" The best arm is “{best['label']}” at {best['tta_dice_mean']:.3f}; A′ itself scored "
         f"{by_arm['supervised']['tta_dice_mean']:.3f} and its labels-only continuation {control_mean:.3f}. A′ is "
         f"trained from scratch here (the report fine-tunes a pretrained A; chapter 05 weighs pretrained starts); its "

@@ -61,10 +61,10 @@ from covidlib.experiments import NETWORK_TITLES
 from covidlib.mean_teacher import arm_rows, paired_rows
 from covidlib.published import PUBLISHED, REPORT_BEST, REPORT_TABLE_5_1, published
 from covidlib.recipe import Recipe, describe_recipe
-from covidlib.records import describe_machine, load_reference, reference_notice
+from covidlib.records import FEWEST_RUNS_TO_READ, describe_machine, load_reference, reference_notice
 from covidlib.results import (format_change, format_interval, interval_side, markdown_table, read_build_timings,
                               read_records, write_record)
-from covidlib.statistics import summarise_runs
+from covidlib.statistics import paired_bootstrap_ci, summarise_runs
 
 seed_everything(seed)
 runtime = runtime_summary(setting=setting, device=device, seed=seed, dataset=dataset)
@@ -174,13 +174,15 @@ if reference_05 is not None:
     ours = {(network, row_name.partition("/")[0]) for network, recipes in table.items() for row_name in recipes}
     not_run = [(network, recipe) for network, recipes in REPORT_TABLE_5_1.items() for recipe in recipes
                if (network, recipe) not in ours]
+    filled = (f"{len(report_rows & ours)} of the report's {len(report_rows)}" if not_run
+              else f"all {len(report_rows)} of the report's")
     display(Markdown(
-        f"The record fills {len(report_rows & ours)} of the report's {len(report_rows)} (network, initialisation) rows"
+        f"The record fills {filled} (network, initialisation) rows"
         + (" (each from every pretraining source it ran)" if any("/" in r for recipes in table.values() for r in recipes) else "")
         + (": it has no row for " + "; ".join(
             f"the {NETWORK_TITLES[network]} ({', '.join(r for n, r in not_run if n == network)})"
             for network in dict.fromkeys(n for n, _ in not_run))
-           + ", whose cells stay empty here." if not_run else ", every one of them.")))
+           + ", whose cells stay empty here." if not_run else ".")))
 
 # %% [markdown]
 # ## Networks and losses
@@ -361,17 +363,20 @@ if reference_05 is not None:
                         f"(test Dice {many:.3f} against {few:.3f})" if many > few else
                         f"Unlike the report, 10 labelled volumes did as well as 40 from scratch "
                         f"(test Dice {few:.3f} against {many:.3f})")
-    # each network's pretrained starts against that network trained from scratch on the same split
-    gains = [(NETWORK_TITLES[network], row, split,
-              phases["test"]["mean"] - network_table["scratch"][split]["test"]["mean"])
-             for network, network_table in reference_05.numbers["table"].items()
-             for row, splits in network_table.items() if row != "scratch"
-             for split, phases in splits.items() if split in network_table.get("scratch", {})]
-    if gains:
-        best = max(gains, key=lambda g: g[3])
-        findings.append(f"the best pretrained start ({best[0]}, {best[1]}, {best[2]}) changed test Dice by "
-                        f"{format_change(best[3])} against the same network trained from scratch, where the report "
-                        f"expected transfer to help")
+    # each network's pretrained starts against that network trained from scratch, fold by fold on the same split
+    starts = [(network, row, split, paired_bootstrap_ci(network_table["scratch"][split]["test"]["folds"],
+                                                        phases["test"]["folds"], seed=seed))
+              for network, network_table in reference_05.numbers["table"].items()
+              for row, splits in network_table.items() if row != "scratch"
+              for split, phases in splits.items() if split in network_table.get("scratch", {})]
+    if starts:
+        network, row, split, best = max(starts, key=lambda start: start[3].mean_difference)
+        above = sum(interval_side(start[3].as_dict()) == "lies above 0" for start in starts)
+        findings.append(
+            f"{sum(start[3].mean_difference > 0 for start in starts)} of the {len(starts)} pretrained starts scored above "
+            f"the same network trained from scratch and {above} of them with a paired 95 % interval above 0, where the "
+            f"report expected transfer to help; the best ({NETWORK_TITLES[network]}, {row}, {split}) changed test Dice "
+            f"by {format_interval(best.as_dict())} over {best.n} folds (the best of {len(starts)}, so optimistic)")
 if cv_04:
     arms = cv_04["arms"]
     infnet = {name: float(np.mean(arm["infnet_mean_dice"])) for name, arm in arms.items()}
@@ -416,19 +421,17 @@ if reference_08 is not None:
         findings.append(f"{arm.replace('_', ' ')} against its control: {interval['percent']:+.1f} % of the control's "
                         f"Dice (95 % CI {interval['percent_low']:+.1f} to {interval['percent_high']:+.1f} %), "
                         f"{outcome[interval_side(interval)]}, where the report anticipated a gain")
-#: Fewer (fold, seed) runs than one seed's five folds: a bootstrap interval over them has too few
-#: distinct resamples to be read as evidence either way.
-FEWEST_RUNS_TO_READ = 5
 semi_recipe = references["semi_recipe"]
 if semi_recipe is not None:
     findings.append(f"the semi-supervised benchmark's A′ is {describe_recipe(semi_recipe.record['parameters']['recipe'])}")
+    labels = {row["arm"]: row["label"] for row in semi_recipe.numbers["rows"]}
     for row in semi_recipe.numbers["rows"]:
         change = row.get("tta_dice_change_vs_control")
         if change is not None:
             done, planned = len(row["units"]), semi_recipe.numbers["units_planned"]
-            findings.append("there" + (f" (over {done} of {planned} planned (seed, fold) runs)" if done < planned else "")
+            findings.append("there" + (f" (over {done} of {planned} planned (fold, seed) runs)" if done < planned else "")
                             + f", {row['label']} changed Dice at 0.5 by "
-                            f"{format_change(change['mean_difference'])} against {change['against']} (95 % CI "
+                            f"{format_change(change['mean_difference'])} against “{labels[change['against']]}” (95 % CI "
                             f"{format_change(change['low'])} to {format_change(change['high'])}), "
                             + (outcome[interval_side(change)] if done >= FEWEST_RUNS_TO_READ else
                                f"too few runs for the interval to mean anything yet (fewer than {FEWEST_RUNS_TO_READ})"))

@@ -30,6 +30,9 @@ REFERENCE_DATASET = "covid-semiseg"
 #: The processor counts too: the same bfloat16 run gave another Dice on an AVX512-BF16 EPYC than on an
 #: AMX Xeon (0.665 against 0.629 on the ablation's first unit), their oneDNN kernels rounding differently.
 NUMERICS = ("threads", "cpu_bf16", "device_name")
+#: Fewer (fold, seed) runs than one seed's five folds: a bootstrap interval over them has too few
+#: distinct resamples to be read as evidence either way, so the book says so instead of a verdict.
+FEWEST_RUNS_TO_READ = 5
 
 
 def other_numerics(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
