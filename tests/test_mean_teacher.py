@@ -200,6 +200,19 @@ def test_mean_teacher_config_rejects_bad_values():
         MeanTeacherConfig(alpha=-0.1)
 
 
+def square_lesion_cases(n: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``n`` seeded 32 x 32 one-slice cases ``c0``, ``c1``, ...: noise with one bright 8 x 8 lesion
+    each, as ``{case: (image, lesion mask)}``."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for case in range(n):
+        lesion = np.zeros((1, 32, 32), np.uint8)
+        y, x = rng.integers(4, 20, size=2)
+        lesion[0, y:y + 8, x:x + 8] = 1
+        arrays[f"c{case}"] = ((rng.normal(0, 0.3, lesion.shape) + 2.0 * lesion).astype(np.float32), lesion)
+    return arrays
+
+
 def test_every_arm_and_its_control_take_the_same_optimizer_steps():
     """Counted independently with a global optimizer hook: the four continuations of A' each take
     semi_epochs x batches-per-epoch steps, although the arms see pseudo-labelled patches and early
@@ -208,13 +221,7 @@ def test_every_arm_and_its_control_take_the_same_optimizer_steps():
 
     from covidlib.mean_teacher import ARMS, CONTROLS, semi_supervised_fold, semi_supervised_settings
 
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for case in range(7):
-        lesion = np.zeros((1, 32, 32), np.uint8)
-        y, x = rng.integers(4, 20, size=2)
-        lesion[0, y:y + 8, x:x + 8] = 1
-        arrays[f"c{case}"] = ((rng.normal(0, 0.3, lesion.shape) + 2.0 * lesion).astype(np.float32), lesion)
+    arrays = square_lesion_cases(7)
     unlabelled = [arrays[f"c{case}"][0] + np.float32(0.1) for case in range(3)]
     train, val, test = ["c0", "c1", "c2", "c3", "c4"], ["c5"], ["c6"]
     settings = semi_supervised_settings(32, len(train), base_width=2, depth=2, supervised_epochs=2, semi_epochs=3,
@@ -260,13 +267,7 @@ def test_pseudo_label_patches_apply_the_calibrated_threshold_or_else_the_reports
     from covidlib import mean_teacher
     from covidlib.mean_teacher import pseudo_label_patches, semi_supervised_settings
 
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for case in range(6):
-        lesion = np.zeros((1, 32, 32), np.uint8)
-        y, x = rng.integers(4, 20, size=2)
-        lesion[0, y:y + 8, x:x + 8] = 1
-        arrays[f"c{case}"] = ((rng.normal(0, 0.3, lesion.shape) + 2.0 * lesion).astype(np.float32), lesion)
+    arrays = square_lesion_cases(6)
     unlabelled = [arrays[f"c{case}"][0][0] + np.float32(0.1) for case in range(3)]
     torch.manual_seed(0)
     model = UNet2d(base_width=2, depth=2)
