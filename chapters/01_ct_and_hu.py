@@ -155,7 +155,7 @@ for name, row in summary.items():
 # single threshold cannot separate infection from vessels, which is one reason the book trains
 # networks rather than thresholding.
 
-# %% mystnb={"figure": {"caption": "HU of each tissue of the phantom (log counts), with the lung window [-1250, 250] HU shaded. Ground glass lies between parenchyma and soft tissue; consolidation overlaps soft tissue and vessels, so no single threshold separates infection.", "name": "fig-01-hu-histograms"}}
+# %% mystnb={"figure": {"caption": "HU of each tissue of the phantom (log counts), with the lung window [-1250, 250] HU shaded. Ground glass lies between parenchyma and soft tissue; consolidation overlaps soft tissue and vessels, so no single threshold separates infection.", "name": "fig-01-hu-histograms"}, "image": {"alt": "HU of each tissue of the phantom (log counts), with the lung window [-1250, 250] HU shaded"}}
 viz.show_hu_histograms(image, case.tissue_labels, tissues, title="HU by tissue in the phantom (noise 20 HU)")
 
 # %% [markdown]
@@ -176,7 +176,7 @@ for name in ("lung", "mediastinal", "bone"):
     assert np.allclose(my_window(image.array, lo, hi), window_hu(image.array, name), atol=1e-6)
     print(f"{name:>12}: [{lo:g}, {hi:g}] HU  (width {hi - lo:g}, level {(lo + hi) / 2:g})")
 
-# %% mystnb={"figure": {"caption": "The phantom slice with the most infection, under the lung, mediastinal and bone windows. Only the lung window [-1250, 250] HU shows the ground-glass lesion; the mediastinal and bone windows both turn the lungs black.", "name": "fig-01-windows"}}
+# %% mystnb={"figure": {"caption": "The phantom slice with the most infection, under the lung, mediastinal and bone windows. Only the lung window [-1250, 250] HU shows the ground-glass lesion; the mediastinal and bone windows both turn the lungs black.", "name": "fig-01-windows"}, "image": {"alt": "The phantom slice with the most infection, under the lung, mediastinal and bone windows"}}
 lesion_slice = int(np.argmax(case.lesion_mask.sum(axis=(1, 2))))
 viz.show_windows(image, ("lung", "mediastinal", "bone"), index=lesion_slice, title="One slice, three windows")
 
@@ -204,7 +204,7 @@ for name, levels in grey_levels.items():
 # `covidlib.ct.make_thick_slices` makes one. A small lesion then shares its slab with
 # parenchyma: it looks fainter and its edges blur. This is the *partial-volume effect*.
 
-# %% mystnb={"figure": {"caption": "A thin slice (1 mm by default) beside the thick slab (8 mm) that contains it, and that slab with its infection mask, all in the lung window. The slab is less noisy, but vessels and the edges of small lesions blur into the parenchyma.", "name": "fig-01-thin-thick"}}
+# %% mystnb={"figure": {"caption": "A thin slice (1 mm by default) beside the thick slab (8 mm) that contains it, and that slab with its infection mask, all in the lung window. The slab is less noisy, but vessels and the edges of small lesions blur into the parenchyma.", "name": "fig-01-thin-thick"}, "image": {"alt": "A thin slice (1 mm by default) beside the thick slab (8 mm) that contains it, and that slab with its infection mask, all in the lung window"}}
 thick = make_thick_slices(image, thick_mm)
 thick_lesion = make_thick_slices(image.with_array(case.lesion_mask), thick_mm).array  # majority of the thin voxels
 thick_labels = make_thick_slices(image.with_array(case.tissue_labels), thick_mm).array
@@ -266,11 +266,11 @@ print(f"noise (sd in air): thin {noise_thin:.1f} HU, thick {noise_thick:.1f} HU,
 # stretched by the ratio of slice spacing to pixel spacing; `show_views` does this from the
 # volume's spacing ({numref}`fig-01-views` and, for the thick slices, {numref}`fig-01-views-thick`).
 
-# %% mystnb={"figure": {"caption": "Axial, coronal and sagittal slices of the thin-slice phantom in the lung window, to scale, with the infection and the right (label 1) and left (label 2) lung masks. The right lung is drawn on the image's left, as radiologists read an axial slice.", "name": "fig-01-views"}}
+# %% mystnb={"figure": {"caption": "Axial, coronal and sagittal slices of the thin-slice phantom in the lung window, to scale, with the infection and the right (label 1) and left (label 2) lung masks. The right lung is drawn on the image's left, as radiologists read an axial slice.", "name": "fig-01-views"}, "image": {"alt": "Axial, coronal and sagittal slices of the thin-slice phantom in the lung window, to scale, with the infection and the right (label 1) and left (label 2) lung masks"}}
 viz.show_views(image, masks={"infection": case.lesion_mask, "right lung": case.lung_mask == 1,
                              "left lung": case.lung_mask == 2}, title="Thin-slice phantom")
 
-# %% mystnb={"figure": {"caption": "The same three views of the thick-slice volume with its infection mask. Each voxel is now a whole slab tall (8 mm by default), so the coronal and sagittal views turn coarse along z.", "name": "fig-01-views-thick"}}
+# %% mystnb={"figure": {"caption": "The same three views of the thick-slice volume with its infection mask. Each voxel is now a whole slab tall (8 mm by default), so the coronal and sagittal views turn coarse along z.", "name": "fig-01-views-thick"}, "image": {"alt": "The same three views of the thick-slice volume with its infection mask"}}
 viz.show_views(thick, masks={"infection": thick_lesion}, title=f"The same patient at {thick_mm:g} mm")
 
 # %% [markdown]
@@ -285,7 +285,7 @@ viz.show_views(thick, masks={"infection": thick_lesion}, title=f"The same patien
 # %%
 viz.slice_viewer(image, {"infection": case.lesion_mask}, window="lung", title="Phantom")
 
-# %% mystnb={"figure": {"caption": "Twelve evenly spaced axial slices of the thin-slice phantom in the lung window, infection overlaid: the printed stand-in for the slice viewer above.", "name": "fig-01-montage"}}
+# %% mystnb={"figure": {"caption": "Twelve evenly spaced axial slices of the thin-slice phantom in the lung window, infection overlaid: the printed stand-in for the slice viewer above.", "name": "fig-01-montage"}, "image": {"alt": "Twelve evenly spaced axial slices of the thin-slice phantom in the lung window, infection overlaid: the printed stand-in for the slice viewer above"}}
 viz.show_montage(image, n=12, masks={"infection": case.lesion_mask}, title="Phantom, 12 evenly spaced slices")
 
 # %% [markdown]
@@ -302,7 +302,7 @@ viz.show_montage(image, n=12, masks={"infection": case.lesion_mask}, title="Phan
 # histograms of lung parenchyma, body and lesions; with `dataset = "covid-semiseg"` and
 # `data_root` set, real slices are drawn under the phantom's.
 
-# %% mystnb={"figure": {"caption": "Phantom slices in the real-like view (8-bit window, tight crop, quarter turns drawn from the calibration tables), infection outlined, beside grey-level histograms of lung parenchyma, body and lesions: the phantom views (solid) against the 50 labelled COVID-SemiSeg slices (dashed, from the calibration tables). With real data configured, real slices appear in a second row.", "name": "fig-01-phantom-real"}}
+# %% mystnb={"figure": {"caption": "Phantom slices in the real-like view (8-bit window, tight crop, quarter turns drawn from the calibration tables), infection outlined, beside grey-level histograms of lung parenchyma, body and lesions: the phantom views (solid) against the 50 labelled COVID-SemiSeg slices (dashed, from the calibration tables). With real data configured, real slices appear in a second row.", "name": "fig-01-phantom-real"}, "image": {"alt": "Phantom slices in the real-like view (8-bit window, tight crop, quarter turns drawn from the calibration tables), infection outlined, beside grey-level histograms of lung parenchyma, body and lesions: the phantom views (solid) against the 50 labelled COVID-SemiSeg slices (dashed, from the calibration tables)"}}
 from covidlib.phantom import grey_histogram, grey_regions, load_calibration, semiseg_view
 
 calibration = load_calibration()

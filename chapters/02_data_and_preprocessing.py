@@ -132,7 +132,7 @@ for case in cases[:3]:
 # cohort draws both at random like a multi-centre collection ({numref}`fig-02-spacings`). (In quick mode the matrix is
 # 128 x 128, so its pixels are four times larger than a real scan's; full mode uses 512.)
 
-# %% mystnb={"figure": {"caption": "Slice thickness against in-plane pixel size, one marker per scan of the phantom cohort (and of a real dataset when one is chosen). Slices run from about 1 mm to 8 mm thick, so a voxel of one scan can hold several times the tissue of another's.", "name": "fig-02-spacings"}}
+# %% mystnb={"figure": {"caption": "Slice thickness against in-plane pixel size, one marker per scan of the phantom cohort (and of a real dataset when one is chosen). Slices run from about 1 mm to 8 mm thick, so a voxel of one scan can hold several times the tissue of another's.", "name": "fig-02-spacings"}, "image": {"alt": "Slice thickness against in-plane pixel size, one marker per scan of the phantom cohort (and of a real dataset when one is chosen)"}}
 spacings = {"phantom cohort": [case.image.spacing for case in cases]}
 real = None
 if dataset not in ("phantom", "covid-semiseg"):
@@ -213,12 +213,12 @@ print(f"library classical mask: Dice {dice(classical > 0, exact):.3f} "
       f"(right {dice(classical == 1, example.lung_mask == 1):.3f}, left {dice(classical == 2, example.lung_mask == 2):.3f})")
 assert dice(classical > 0, exact) > max(dice(naive, exact), dice(two_largest, exact))
 
-# %% mystnb={"figure": {"caption": "Axial, coronal and sagittal views of one phantom scan in the lung window, before lung extraction, with the classical lung mask (threshold, watershed split, closing and hole filling) and the lesions overlaid.", "name": "fig-02-before-extraction"}}
+# %% mystnb={"figure": {"caption": "Axial, coronal and sagittal views of one phantom scan in the lung window, before lung extraction, with the classical lung mask (threshold, watershed split, closing and hole filling) and the lesions overlaid.", "name": "fig-02-before-extraction"}, "image": {"alt": "Axial, coronal and sagittal views of one phantom scan in the lung window, before lung extraction, with the classical lung mask (threshold, watershed split, closing and hole filling) and the lesions overlaid"}}
 background = np.where(classical > 0, hu, -1024.0).astype(np.float32)
 viz.show_views(example.image, masks={"lesion": example.lesion_mask, "classical lung mask": classical > 0},
                title=f"{example.case_id} before lung extraction (report Fig. 3.6)")
 
-# %% mystnb={"figure": {"caption": "The same scan after lung extraction: every voxel outside the classical lung mask is set to air (-1024 HU), lung window. Only the lungs and their lesions are left for the intensity statistics.", "name": "fig-02-after-extraction"}}
+# %% mystnb={"figure": {"caption": "The same scan after lung extraction: every voxel outside the classical lung mask is set to air (-1024 HU), lung window. Only the lungs and their lesions are left for the intensity statistics.", "name": "fig-02-after-extraction"}, "image": {"alt": "The same scan after lung extraction: every voxel outside the classical lung mask is set to air (-1024 HU), lung window"}}
 viz.show_views(example.image.with_array(background), masks={"lesion": example.lesion_mask},
                title=f"{example.case_id} after: outside the lungs set to air")
 
@@ -263,7 +263,7 @@ print(f"mean Dice {np.mean(dice_right + dice_left):.3f}, lowest {min(dice_right 
 # mask, and so does a volume whose axes are mixed up. The library checks the input is a 3D CT in
 # HU first and hands lungmask a SimpleITK image with its direction, so lungmask can reorient it.
 
-# %% mystnb={"figure": {"caption": "Only when lungmask weights are available: the learned lungmask model's lungs against the classical mask on the same scan, lung window.", "name": "fig-02-lungmask"}}
+# %% mystnb={"figure": {"caption": "Only when lungmask weights are available: the learned lungmask model's lungs against the classical mask on the same scan, lung window.", "name": "fig-02-lungmask"}, "image": {"alt": "Only when lungmask weights are available: the learned lungmask model's lungs against the classical mask on the same scan, lung window"}}
 weights = lungmask_weights(lungmask_modelpath)
 if weights is None:
     print("No lungmask weights here (none given, none in the torch hub cache, and this build is offline), "
@@ -305,7 +305,7 @@ for case, out in list(zip(cases, prepared))[:4]:
     print(f"{case.case_id}: {case.image.shape} at {tuple(round(s, 2) for s in case.image.spacing)} mm "
           f"-> {out.image.shape} at {tuple(round(s, 2) for s in out.spacing)} mm")
 
-# %% mystnb={"figure": {"caption": "Histograms of the lung voxels of six phantom scans, in HU (left) and after the z-score inside the lungs (right). Each histogram keeps its shape, since a z-score is a straight line; every scan now has mean 0 and sd 1, which puts a scan with much lesion (a wider spread) with its parenchyma peak further left.", "name": "fig-02-normalisation"}}
+# %% mystnb={"figure": {"caption": "Histograms of the lung voxels of six phantom scans, in HU (left) and after the z-score inside the lungs (right). Each histogram keeps its shape, since a z-score is a straight line; every scan now has mean 0 and sd 1, which puts a scan with much lesion (a wider spread) with its parenchyma peak further left.", "name": "fig-02-normalisation"}, "image": {"alt": "Histograms of the lung voxels of six phantom scans, in HU (left) and after the z-score inside the lungs (right)"}}
 before = {c.case_id: c.image.array[masks[c.case_id] > 0] for c in cases[:6]}
 after = {p.case_id: p.image[p.lung_mask > 0] for p in prepared[:6]}
 viz.show_normalisation(before, after, before_label="HU (lung voxels)", after_label="z-score (lung voxels)",
@@ -374,12 +374,12 @@ for case, out in zip(eight_bit, after_2d):
     print(f"{case.case_id}: {case.image.shape[1:]} grey levels {case.image.array.min():.0f}-{case.image.array.max():.0f} "
           f"-> {out.image.shape[1:]}, z-score mean {out.image.mean():+.3f}, sd {out.image.std():.3f}")
 
-# %% mystnb={"figure": {"caption": "8-bit slices of this run before their 2D preparation, grey levels as stored (0-255), infection outlined where the slice is labelled: with the phantom, its scan in the lung window; with COVID-SemiSeg, the labelled slices with the most, the median and the least infection and two unlabelled slices.", "name": "fig-02-slices-before"}}
+# %% mystnb={"figure": {"caption": "8-bit slices of this run before their 2D preparation, grey levels as stored (0-255), infection outlined where the slice is labelled: with the phantom, its scan in the lung window; with COVID-SemiSeg, the labelled slices with the most, the median and the least infection and two unlabelled slices.", "name": "fig-02-slices-before"}, "image": {"alt": "8-bit slices of this run before their 2D preparation, grey levels as stored (0-255), infection outlined where the slice is labelled: with the phantom, its scan in the lung window; with COVID-SemiSeg, the labelled slices with the most, the median and the least infection and two unlabelled slices"}}
 viz.show_panels({case.case_id: case.image.array[0] for case in eight_bit}, window=(0.0, 255.0), unit="8-bit grey levels",
                 masks={case.case_id: {"infection": case.lesion_mask[0]} for case in eight_bit if case.lesion_mask is not None},
                 title="Before: the slices as stored")
 
-# %% mystnb={"figure": {"caption": "The same slices after the 2D equivalents of the report's preprocessing: resized so that the longer side spans 300 one-millimetre pixels, and z-scored over the whole image (grey scale -3 to 3).", "name": "fig-02-slices-after"}}
+# %% mystnb={"figure": {"caption": "The same slices after the 2D equivalents of the report's preprocessing: resized so that the longer side spans 300 one-millimetre pixels, and z-scored over the whole image (grey scale -3 to 3).", "name": "fig-02-slices-after"}, "image": {"alt": "The same slices after the 2D equivalents of the report's preprocessing: resized so that the longer side spans 300 one-millimetre pixels, and z-scored over the whole image (grey scale -3 to 3)"}}
 viz.show_panels({out.case_id: out.image[0] for out in after_2d}, window=(-3.0, 3.0), unit="z-score",
                 masks={out.case_id: {"infection": out.lesion_mask[0]} for out in after_2d if out.lesion_mask is not None},
                 title="After: resized to 1 mm pixels (300 mm assumed), z-scored per image")
@@ -491,7 +491,7 @@ if live_rows or record_rows:
                                     header=("COVID-SemiSeg", "this run", "reference record"))))
 shown, shown_from = (recorded, "reference record") if recorded is not None else (facts, "this run")
 
-# %% mystnb={"figure": {"caption": "Grey levels of COVID-SemiSeg: labelled slices and the unlabelled ones by the archive their volume came from, as stored (left) and after the per-image z-score (middle), and each slice's mean against its standard deviation (right). Drawn from the reference record (from this run when there is no record; the title says which).", "name": "fig-02-semiseg-grey"}}
+# %% mystnb={"figure": {"caption": "Grey levels of COVID-SemiSeg: labelled slices and the unlabelled ones by the archive their volume came from, as stored (left) and after the per-image z-score (middle), and each slice's mean against its standard deviation (right). Drawn from the reference record (from this run when there is no record; the title says which).", "name": "fig-02-semiseg-grey"}, "image": {"alt": "Grey levels of COVID-SemiSeg: labelled slices and the unlabelled ones by the archive their volume came from, as stored (left) and after the per-image z-score (middle), and each slice's mean against its standard deviation (right)"}}
 viz.show_binned_histograms(
     None if shown is None else {"8-bit grey level": (shown["grey_edges"], shown["grey_counts"]),
                                 "per-image z-score": (shown["z_edges"], shown["z_counts"])},
@@ -500,7 +500,7 @@ viz.show_binned_histograms(
     title=f"COVID-SemiSeg: labelled against unlabelled slices ({shown_from})",
     empty_message="No reference record yet and this run used the phantom: nothing measured on COVID-SemiSeg.")
 
-# %% mystnb={"figure": {"caption": "Share of the pixels of each labelled COVID-SemiSeg slice that the doctors marked as infection. Drawn from the reference record (from this run when there is no record; the title says which).", "name": "fig-02-semiseg-infection"}}
+# %% mystnb={"figure": {"caption": "Share of the pixels of each labelled COVID-SemiSeg slice that the doctors marked as infection. Drawn from the reference record (from this run when there is no record; the title says which).", "name": "fig-02-semiseg-infection"}, "image": {"alt": "Share of the pixels of each labelled COVID-SemiSeg slice that the doctors marked as infection"}}
 viz.show_binned_histograms(
     None if shown is None else {"infection share of a labelled slice": (shown["infection_edges"], {"labelled": shown["infection_counts"]})},
     title=f"COVID-SemiSeg: how much of a labelled slice is infected ({shown_from})",

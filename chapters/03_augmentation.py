@@ -155,7 +155,7 @@ assert np.array_equal(rotated, replayed)
 #
 # A 3° turn is hard to see by eye ({numref}`fig-03-rotation`), so the figure also shows how far the outline moved.
 
-# %% mystnb={"figure": {"caption": "The example slice (z-score, grey scale [-3, 3]) turned by -3\u00b0 and +3\u00b0, the ends of the report's range, with the infection outlined in red. The change is hard to see; the outline moves by a few pixels, most where it lies far from the slice centre.", "name": "fig-03-rotation"}}
+# %% mystnb={"figure": {"caption": "The example slice (z-score, grey scale [-3, 3]) turned by -3\u00b0 and +3\u00b0, the ends of the report's range, with the infection outlined in red. The change is hard to see; the outline moves by a few pixels, most where it lies far from the slice centre.", "name": "fig-03-rotation"}, "image": {"alt": "The example slice (z-score, grey scale [-3, 3]) turned by -3\u00b0 and +3\u00b0, the ends of the report's range, with the infection outlined in red"}}
 fig = viz.show_augmentations(image, mask, [Rotation(-rotation_degrees), Rotation(rotation_degrees)],
                              ncols=3, suptitle="Rotation (report Fig. 3.9), grey scale [-3, 3] z-score, red: infection")
 display(fig)
@@ -224,7 +224,7 @@ display(Markdown(
     "8 symmetries of the square (`RandomDihedral`: 4 quarter turns, each mirrored or not), drawn uniformly. "
     "They are exact (no interpolation), so the infection keeps every pixel."))
 
-# %% mystnb={"figure": {"caption": "The example slice under the 7 other symmetries of the square (quarter turns, each mirrored or not), with the infection outlined in red: what `RandomDihedral` draws from for COVID-SemiSeg, whose slices come in several of these orientations.", "name": "fig-03-dihedral"}}
+# %% mystnb={"figure": {"caption": "The example slice under the 7 other symmetries of the square (quarter turns, each mirrored or not), with the infection outlined in red: what `RandomDihedral` draws from for COVID-SemiSeg, whose slices come in several of these orientations.", "name": "fig-03-dihedral"}, "image": {"alt": "The example slice under the 7 other symmetries of the square (quarter turns, each mirrored or not), with the infection outlined in red: what RandomDihedral draws from for COVID-SemiSeg, whose slices come in several of these orientations"}}
 symmetries = [Dihedral(quarter_turns=k % 4, flip=k >= 4) for k in range(1, 8)]
 fig = viz.show_augmentations(image, mask, symmetries, ncols=4,
                              suptitle="Turns and mirrors (RandomDihedral), grey scale [-3, 3] z-score, red: infection")
@@ -250,7 +250,7 @@ print("800 draws of RandomDihedral, count of each symmetry (turns 0-3, then mirr
 # its scale augmentation. The report does not zoom, and `train` does not by default:
 # `train --zoom 1.25` adds it, and chapter 09's ablation measures what it is worth.
 
-# %% mystnb={"figure": {"caption": "The example slice (z-score, grey scale [-3, 3]) shrunk to 0.8 and enlarged to 1.25 of its size about its centre, the ends of the range `train --zoom 1.25` draws from, with the infection outlined in red.", "name": "fig-03-zoom"}}
+# %% mystnb={"figure": {"caption": "The example slice (z-score, grey scale [-3, 3]) shrunk to 0.8 and enlarged to 1.25 of its size about its centre, the ends of the range `train --zoom 1.25` draws from, with the infection outlined in red.", "name": "fig-03-zoom"}, "image": {"alt": "The example slice (z-score, grey scale [-3, 3]) shrunk to 0.8 and enlarged to 1.25 of its size about its centre, the ends of the range train --zoom 1.25 draws from, with the infection outlined in red"}}
 zooms = [Zoom(1 / 1.25), Zoom(1.25)]
 display(viz.show_augmentations(image, mask, zooms, ncols=3, suptitle="Zoom about the centre, red: infection"))
 for zoom in zooms:
@@ -275,7 +275,7 @@ for zoom in zooms:
 # those that hold it (`train --crop-foreground 0.33`). The table under the figure draws windows
 # of every labelled slice with infection, each way, and counts what they hold.
 
-# %% mystnb={"figure": {"caption": "The example slice (first panel) and four windows of 5/8 of its side (z-score, grey scale [-3, 3]): at its top-left corner, its centre and its bottom-right corner, and one that holds the infected pixel halfway through the slice's list of them (`Crop(size, around=0.5)`), each drawn at the size of the panel, with the infection outlined in red.", "name": "fig-03-crop"}}
+# %% mystnb={"figure": {"caption": "The example slice (first panel) and four windows of 5/8 of its side (z-score, grey scale [-3, 3]): at its top-left corner, its centre and its bottom-right corner, and one that holds the infected pixel halfway through the slice's list of them (`Crop(size, around=0.5)`), each drawn at the size of the panel, with the infection outlined in red.", "name": "fig-03-crop"}, "image": {"alt": "The example slice (first panel) and four windows of 5/8 of its side (z-score, grey scale [-3, 3]): at its top-left corner, its centre and its bottom-right corner, and one that holds the infected pixel halfway through the slice's list of them (Crop(size, around=0.5)), each drawn at the size of the panel, with the infection outlined in red"}}
 window = round(image.shape[-1] * 160 / 256)
 windows = [Crop(window, 0.0, 0.0), Crop(window), Crop(window, 1.0, 1.0), Crop(window, around=0.5)]
 display(viz.show_augmentations(image, mask, windows, ncols=5, suptitle=f"{window} px windows, red: infection",
@@ -315,7 +315,7 @@ display(Markdown(markdown_table([(sampler_labels[name], f"{row['no_infection']:.
 # sized change, not a rubber sheet. (Bicubic interpolation can overshoot between control points,
 # so the dense field may exceed the control-point maximum by a pixel or so, as printed below.)
 
-# %% mystnb={"figure": {"caption": "Elastic deformation (the report's Fig. 3.10): the slice and its outline under one sampled field, and under the same field tripled so that its shape is visible. Grey scale [-3, 3] z-score.", "name": "fig-03-elastic"}}
+# %% mystnb={"figure": {"caption": "Elastic deformation (the report's Fig. 3.10): the slice and its outline under one sampled field, and under the same field tripled so that its shape is visible. Grey scale [-3, 3] z-score.", "name": "fig-03-elastic"}, "image": {"alt": "Elastic deformation (the report's Fig. 3.10): the slice and its outline under one sampled field, and under the same field tripled so that its shape is visible"}}
 elastic = RandomElasticDeformation(max_displacement=elastic_max_displacement).sample(np.random.default_rng(seed + 1))
 field = elastic.dense_field(*image.shape).numpy()
 strong = ElasticDeformation(elastic.control_displacements * 3)
@@ -323,7 +323,7 @@ fig = viz.show_augmentations(image, mask, [elastic, strong], titles=[elastic.lab
                              ncols=3, suptitle="Elastic deformation (report Fig. 3.10), grey scale [-3, 3] z-score")
 fig
 
-# %% mystnb={"figure": {"caption": "The dense displacement field d of the elastic deformation above: its length per pixel (colour) and direction (arrows, every 16th pixel); each output pixel reads from p + d.", "name": "fig-03-elastic-field"}}
+# %% mystnb={"figure": {"caption": "The dense displacement field d of the elastic deformation above: its length per pixel (colour) and direction (arrows, every 16th pixel); each output pixel reads from p + d.", "name": "fig-03-elastic-field"}, "image": {"alt": "The dense displacement field d of the elastic deformation above: its length per pixel (colour) and direction (arrows, every 16th pixel); each output pixel reads from p + d"}}
 fig, ax = plt.subplots(figsize=(4, 4))
 step = 16
 shown = ax.imshow(np.hypot(*field), cmap="magma")
@@ -352,7 +352,7 @@ print(f"field: max |d| = {np.hypot(*field).max():.2f} px, mean |d| = {np.hypot(*
 # background per slice, so this is mild; `GammaCorrection` takes an explicit `intensity_range`
 # for images with a known fixed range such as [0, 1].
 
-# %% mystnb={"figure": {"caption": "The example slice (grey scale [-3, 3] z-score) with the weakest and strongest gamma the transform draws (0.74 and 1.35) and with Gaussian noise of standard deviation 0.1. The infection outline stays put; gamma also lightens or darkens the background outside the lungs.", "name": "fig-03-gamma-noise"}}
+# %% mystnb={"figure": {"caption": "The example slice (grey scale [-3, 3] z-score) with the weakest and strongest gamma the transform draws (0.74 and 1.35) and with Gaussian noise of standard deviation 0.1. The infection outline stays put; gamma also lightens or darkens the background outside the lungs.", "name": "fig-03-gamma-noise"}, "image": {"alt": "The example slice (grey scale [-3, 3] z-score) with the weakest and strongest gamma the transform draws (0.74 and 1.35) and with Gaussian noise of standard deviation 0.1"}}
 gamma_low, gamma_high = GammaCorrection(float(np.exp(-0.3))), GammaCorrection(float(np.exp(0.3)))
 noise = GaussianNoise(std=0.1, noise_seed=seed)
 fig = viz.show_augmentations(image, mask, [gamma_low, gamma_high, noise], ncols=4,
@@ -368,7 +368,7 @@ print(f"noise: asked std 0.1, measured {measured_noise:.4f}")
 # `augmentation_p`. Every draw below ({numref}`fig-03-random-draws`) is printed as JSON-ready parameters: any panel can be
 # rebuilt exactly from its line.
 
-# %% mystnb={"figure": {"caption": "Random draws of the chained augmentation (rotation, elastic deformation, gamma and noise, each applied with probability `augmentation_p`) on the example slice; each panel's title lists what was applied, with its parameters.", "name": "fig-03-random-draws"}}
+# %% mystnb={"figure": {"caption": "Random draws of the chained augmentation (rotation, elastic deformation, gamma and noise, each applied with probability `augmentation_p`) on the example slice; each panel's title lists what was applied, with its parameters.", "name": "fig-03-random-draws"}, "image": {"alt": "Random draws of the chained augmentation (rotation, elastic deformation, gamma and noise, each applied with probability augmentation_p) on the example slice; each panel's title lists what was applied, with its parameters"}}
 augmentation = default_augmentation(p=augmentation_p, degrees=rotation_degrees,
                                     max_displacement=elastic_max_displacement)
 draw_rng = np.random.default_rng(seed + 2)
@@ -394,7 +394,7 @@ fig
 # for its best fully supervised model (section 5.2.2); {cite:t}`panfilov2019mixup` found it helps on
 # small knee MRI sets but can underfit without removing weight decay.
 
-# %% mystnb={"figure": {"caption": "Mixup of two training slices: each with its infection outlined, their blend with weights \u03bb and 1 \u2212 \u03bb, and the soft label, the infection probability mixed from the two masks with the same weights.", "name": "fig-03-mixup"}}
+# %% mystnb={"figure": {"caption": "Mixup of two training slices: each with its infection outlined, their blend with weights \u03bb and 1 \u2212 \u03bb, and the soft label, the infection probability mixed from the two masks with the same weights.", "name": "fig-03-mixup"}, "image": {"alt": "Mixup of two training slices: each with its infection outlined, their blend with weights \u03bb and 1 \u2212 \u03bb, and the soft label, the infection probability mixed from the two masks with the same weights"}}
 
 cases = [prepared.labelled[case_id] for case_id in case_ids]
 slices = SliceDataset(cases, case_ids=case_ids, empty_fraction=0.0, output_size=slice_size, seed=seed)
@@ -576,11 +576,11 @@ display(Markdown(markdown_table([(name, live_rows.get(name, "—"), record_rows.
                                 header=("measured", f"this run ({dataset})", "reference record"))))
 shown, shown_from = (recorded, "reference record") if recorded is not None else (this_run, f"this run, {dataset}")
 
-# %% mystnb={"figure": {"caption": "Share of the infection pixels whose label changes at their position under one random draw of each transform, one point per slice with infection, black bar the mean. Small rotations and elastic deformations move only the infection's edge; a turn or mirror moves most of it (exactly, without losing a pixel; none when the identity is drawn). Drawn from the reference record (from this run when there is no record; the title says which).", "name": "fig-03-label-moved"}}
+# %% mystnb={"figure": {"caption": "Share of the infection pixels whose label changes at their position under one random draw of each transform, one point per slice with infection, black bar the mean. Small rotations and elastic deformations move only the infection's edge; a turn or mirror moves most of it (exactly, without losing a pixel; none when the identity is drawn). Drawn from the reference record (from this run when there is no record; the title says which).", "name": "fig-03-label-moved"}, "image": {"alt": "Share of the infection pixels whose label changes at their position under one random draw of each transform, one point per slice with infection, black bar the mean"}}
 viz.show_grouped_values(shown["label_moved"], ylabel="share of infection pixels moved",
                         title=f"How far each transform moves the infection ({shown_from})")
 
-# %% mystnb={"figure": {"caption": "Infection share of each case in the five validation folds of a 5-fold split (one point per slice or volume, black bar the fold's mean). Drawn from the reference record, every labelled COVID-SemiSeg slice (from this run when there is no record; a panel says so when a run had fewer than five cases).", "name": "fig-03-fold-infection"}}
+# %% mystnb={"figure": {"caption": "Infection share of each case in the five validation folds of a 5-fold split (one point per slice or volume, black bar the fold's mean). Drawn from the reference record, every labelled COVID-SemiSeg slice (from this run when there is no record; a panel says so when a run had fewer than five cases).", "name": "fig-03-fold-infection"}, "image": {"alt": "Infection share of each case in the five validation folds of a 5-fold split (one point per slice or volume, black bar the fold's mean)"}}
 viz.show_grouped_values(shown["fold_infection_share"], ylabel="infection share of a case",
                         title=f"Infection burden per validation fold ({shown_from})",
                         empty_message=f"{shown['cases_prepared']} cases in {shown_from}: too few for 5 folds.")

@@ -365,7 +365,7 @@ for loss in losses:
           f"test Dice {test['summary']['dice']['mean']:.3f} (volumes: "
           + ", ".join(f"{row['dice']:.3f}" for row in test["per_case"].values()) + ")")
 
-# %% mystnb={"figure": {"caption": "The same small U-Net trained with cross entropy, soft Dice, their sum and the Hausdorff loss: training loss relative to its first epoch (left) and validation Dice per epoch (right), a dot at each run's best epoch, the model kept. On this little data the order of the runs is noise; how each curve rises is the point.", "name": "fig-04-losses"}}
+# %% mystnb={"figure": {"caption": "The same small U-Net trained with cross entropy, soft Dice, their sum and the Hausdorff loss: training loss relative to its first epoch (left) and validation Dice per epoch (right), a dot at each run's best epoch, the model kept. On this little data the order of the runs is noise; how each curve rises is the point.", "name": "fig-04-losses"}, "image": {"alt": "The same small U-Net trained with cross entropy, soft Dice, their sum and the Hausdorff loss: training loss relative to its first epoch (left) and validation Dice per epoch (right), a dot at each run's best epoch, the model kept"}}
 show_learning_curves({loss: runs[loss][0].history for loss in losses},
                      title=f"U-Net (width {base_width}, depth {depth}) with four losses")
 
@@ -381,7 +381,7 @@ show_learning_curves({loss: runs[loss][0].history for loss in losses},
 # gate's intermediate layer are half the skip's, as in the paper's code). Both train with
 # `network_loss` ({numref}`fig-04-networks`).
 
-# %% mystnb={"figure": {"caption": "Learning curves of the U-Net and the attention U-Net trained with the same loss (`network_loss`, CE + Dice by default): training loss relative to epoch 1 (left) and validation Dice, with the kept epoch dotted (right).", "name": "fig-04-networks"}}
+# %% mystnb={"figure": {"caption": "Learning curves of the U-Net and the attention U-Net trained with the same loss (`network_loss`, CE + Dice by default): training loss relative to epoch 1 (left) and validation Dice, with the kept epoch dotted (right).", "name": "fig-04-networks"}, "image": {"alt": "Learning curves of the U-Net and the attention U-Net trained with the same loss (network_loss, CE + Dice by default): training loss relative to epoch 1 (left) and validation Dice, with the kept epoch dotted (right)"}}
 unet_trainer, unet_test = runs[network_loss] if network_loss in runs else train(UNet2d, network_loss)
 attention_trainer, attention_test = train(AttentionUNet2d, network_loss)
 networks = {"U-Net": (unet_trainer, unet_test), "attention U-Net": (attention_trainer, attention_test)}
@@ -401,7 +401,7 @@ show_learning_curves({name: trainer.history for name, (trainer, _) in networks.i
 # with the true infection outlined, the predicted probability, and the gates of the finest and
 # the next coarser level.
 
-# %% mystnb={"figure": {"caption": "The three test slices with the most infection, one per row: the z-scored image (grey scale [-3, 3]) with the true infection outlined, the attention U-Net's predicted infection probability, and the coefficients \u03b1 of its two finest attention gates (upsampled by nearest neighbour, so the coarser gate keeps its blocky grid). After a short quick-mode training the gate maps are still rough.", "name": "fig-04-attention"}}
+# %% mystnb={"figure": {"caption": "The three test slices with the most infection, one per row: the z-scored image (grey scale [-3, 3]) with the true infection outlined, the attention U-Net's predicted infection probability, and the coefficients \u03b1 of its two finest attention gates (upsampled by nearest neighbour, so the coarser gate keeps its blocky grid). After a short quick-mode training the gate maps are still rough.", "name": "fig-04-attention"}, "image": {"alt": "The three test slices with the most infection, one per row: the z-scored image (grey scale [-3, 3]) with the true infection outlined, the attention U-Net's predicted infection probability, and the coefficients \u03b1 of its two finest attention gates (upsampled by nearest neighbour, so the coarser gate keeps its blocky grid)"}}
 lesion_counts = [int(test_slices[i]["mask"].sum()) for i in range(len(test_slices))]
 chosen = list(np.argsort(lesion_counts)[::-1][:3])
 images = torch.stack([test_slices[int(i)]["image"] for i in chosen])
@@ -565,7 +565,7 @@ if recorded is not None:
     show_cv_tables(recorded, "Reference record")
 shown, shown_label = (cv_numbers, "this run") if cv_numbers is not None else (recorded, "the reference record")
 
-# %% mystnb={"figure": {"caption": "Dice at 0.5 of each outer test fold (dots) and its mean over folds (bar) for every arm of the nested cross-validation on COVID-SemiSeg: the two networks and the four losses, then float32 and bfloat16 training on the seeds and folds of the precision comparison. From this run when it cross-validated, else from the committed reference record.", "name": "fig-04-cv-folds"}}
+# %% mystnb={"figure": {"caption": "Dice at 0.5 of each outer test fold (dots) and its mean over folds (bar) for every arm of the nested cross-validation on COVID-SemiSeg: the two networks and the four losses, then float32 and bfloat16 training on the seeds and folds of the precision comparison. From this run when it cross-validated, else from the committed reference record.", "name": "fig-04-cv-folds"}, "image": {"alt": "Dice at 0.5 of each outer test fold (dots) and its mean over folds (bar) for every arm of the nested cross-validation on COVID-SemiSeg: the two networks and the four losses, then float32 and bfloat16 training on the seeds and folds of the precision comparison"}}
 fold_groups = None
 if shown is not None:
     fold_groups = {name: arm["dice"] for name, arm in shown["arms"].items()}
@@ -574,7 +574,7 @@ show_grouped_values(fold_groups, ylabel="Dice at 0.5 per outer fold",
                     title=f"Nested CV on COVID-SemiSeg ({shown_label})",
                     empty_message="No cross-validation here: quick mode trains none, and no reference record is committed yet.")
 
-# %% mystnb={"figure": {"caption": "Mean learning curves of the cross-validated arms on COVID-SemiSeg: training loss relative to its first epoch and inner-validation Dice per epoch, averaged over the folds still training at that epoch (early stopping ends folds at different epochs), the dot at the best mean. From this run when it cross-validated, else from the committed reference record.", "name": "fig-04-cv-curves"}}
+# %% mystnb={"figure": {"caption": "Mean learning curves of the cross-validated arms on COVID-SemiSeg: training loss relative to its first epoch and inner-validation Dice per epoch, averaged over the folds still training at that epoch (early stopping ends folds at different epochs), the dot at the best mean. From this run when it cross-validated, else from the committed reference record.", "name": "fig-04-cv-curves"}, "image": {"alt": "Mean learning curves of the cross-validated arms on COVID-SemiSeg: training loss relative to its first epoch and inner-validation Dice per epoch, averaged over the folds still training at that epoch (early stopping ends folds at different epochs), the dot at the best mean"}}
 curves_figure = show_grouped_values(
     None, title="Learning curves, mean over folds",
     empty_message="No cross-validation here: quick mode trains none, and no reference record is committed yet.")

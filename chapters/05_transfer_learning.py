@@ -238,7 +238,7 @@ display(Markdown(", ".join(f"`{name}` pretraining: best validation Dice {value:.
 # network gets (corrupted), what it gives back, the original it was asked for, and the error;
 # then the loss step by step ({numref}`fig-05-restoration-loss`).
 
-# %% mystnb={"figure": {"caption": "Models Genesis-style restoration on a 2D slice: an unlabelled COVID-SemiSeg slice (grey levels scaled to [0, 1]), a corruption drawn as in training, what the pretrained U-Net restores from it, and the absolute error. On a 3D phantom cohort the chapter has no 2D restoration source and the panel says so.", "name": "fig-05-restoration"}}
+# %% mystnb={"figure": {"caption": "Models Genesis-style restoration on a 2D slice: an unlabelled COVID-SemiSeg slice (grey levels scaled to [0, 1]), a corruption drawn as in training, what the pretrained U-Net restores from it, and the absolute error. On a 3D phantom cohort the chapter has no 2D restoration source and the panel says so.", "name": "fig-05-restoration"}, "image": {"alt": "Models Genesis-style restoration on a 2D slice: an unlabelled COVID-SemiSeg slice (grey levels scaled to [0, 1]), a corruption drawn as in training, what the pretrained U-Net restores from it, and the absolute error"}}
 from covidlib.viz import show_curves, show_panels
 
 if slices_2d:
@@ -260,7 +260,7 @@ else:
                          empty_message="This run's cohort is 3D: the 2D restoration source runs on 2D slices (dataset='covid-semiseg').")
 figure
 
-# %% mystnb={"figure": {"caption": "Restoration loss (mean squared error between the restored and the original slice, log scale) at every optimizer step of this run's pretraining, one curve per network; an empty panel when the run has no 2D restoration source.", "name": "fig-05-restoration-loss"}}
+# %% mystnb={"figure": {"caption": "Restoration loss (mean squared error between the restored and the original slice, log scale) at every optimizer step of this run's pretraining, one curve per network; an empty panel when the run has no 2D restoration source.", "name": "fig-05-restoration-loss"}, "image": {"alt": "Restoration loss (mean squared error between the restored and the original slice, log scale) at every optimizer step of this run's pretraining, one curve per network; an empty panel when the run has no 2D restoration source"}}
 show_curves({network: losses for network, losses in restoration_losses.items()}, xlabel="optimizer step",
             ylabel="restoration loss (MSE)", title="Restoration pretraining, this run", log_y=True,
             empty_message="No restoration pretraining in this run (3D cohort).")
@@ -329,7 +329,7 @@ print(f"max |3D - 2D| on the first layer: {float((out3d - out2d).abs().max()):.1
 # In {numref}`fig-05-recipes` each bar is one convolution of the network, its height the number of weights (log scale),
 # its colour what the recipe does to it before fine-tuning on COVID.
 
-# %% mystnb={"figure": {"caption": "Each convolution of the U-Net (top two panels) and of the Models Genesis twin (bottom), from the first encoder block to the head, as one bar: its height is the number of weights (log scale), its colour what the recipe does to it before fine-tuning. Fine-tuning the decoder freezes the first half of the encoder and redraws the head; fine-tuning everything redraws the last decoder block and the head; the Models Genesis start keeps every flattened layer and redraws only the head.", "name": "fig-05-recipes"}}
+# %% mystnb={"figure": {"caption": "Each convolution of the U-Net (top two panels) and of the Models Genesis twin (bottom), from the first encoder block to the head, as one bar: its height is the number of weights (log scale), its colour what the recipe does to it before fine-tuning. Fine-tuning the decoder freezes the first half of the encoder and redraws the head; fine-tuning everything redraws the last decoder block and the head; the Models Genesis start keeps every flattened layer and redraws only the head.", "name": "fig-05-recipes"}, "image": {"alt": "Each convolution of the U-Net (top two panels) and of the Models Genesis twin (bottom), from the first encoder block to the head, as one bar: its height is the number of weights (log scale), its colour what the recipe does to it before fine-tuning"}}
 pretrained_state = torch.load(pretrained_paths[weights_name("unet", sources[0] if sources else "")], weights_only=True)
 torch.manual_seed(seed)
 recipes_shown = {
@@ -429,7 +429,7 @@ if reference is not None:
         + (f"; the report's {' and '.join(NETWORK_TITLES[n] for n in absent)} rows are not in it"
            if absent else "") + "."))
 
-# %% mystnb={"figure": {"caption": "Restoration loss of the reference record's self-supervised pretraining on the 1,600 unlabelled COVID-SemiSeg slices, step by step (every saved step; log scale). Without a committed record the panel says how to make one.", "name": "fig-05-reference-restoration"}}
+# %% mystnb={"figure": {"caption": "Restoration loss of the reference record's self-supervised pretraining on the 1,600 unlabelled COVID-SemiSeg slices, step by step (every saved step; log scale). Without a committed record the panel says how to make one.", "name": "fig-05-reference-restoration"}, "image": {"alt": "Restoration loss of the reference record's self-supervised pretraining on the 1,600 unlabelled COVID-SemiSeg slices, step by step (every saved step; log scale)"}}
 show_curves(None if reference is None else reference.numbers.get("restoration_losses"), xlabel="optimizer step",
             ylabel="restoration loss (MSE)", title="Restoration pretraining, reference record", log_y=True,
             empty_message="No reference record yet: run ci/book --reference --dataset covid-semiseg --data-root DIR --chapters 05")
@@ -440,7 +440,7 @@ show_curves(None if reference is None else reference.numbers.get("restoration_lo
 # Validation Dice per epoch on the small-sample split ("10-40": train on one fold) for the
 # first fold ({numref}`fig-05-learning-curves`). A good initialisation shows up as a higher start and a faster climb.
 
-# %% mystnb={"figure": {"caption": "Validation Dice (3D, per volume; per slice on COVID-SemiSeg) after each epoch for every initialisation (scratch, decoder, all, genesis; on 2D slices decoder and all from each source), one panel per network (U-Net, then attention U-Net when the run has it), small-sample split 10-40, fold 0. In quick mode these are runs of a few steps each: they show the mechanics, not which start is better.", "name": "fig-05-learning-curves"}}
+# %% mystnb={"figure": {"caption": "Validation Dice (3D, per volume; per slice on COVID-SemiSeg) after each epoch for every initialisation (scratch, decoder, all, genesis; on 2D slices decoder and all from each source), one panel per network (U-Net, then attention U-Net when the run has it), small-sample split 10-40, fold 0. In quick mode these are runs of a few steps each: they show the mechanics, not which start is better.", "name": "fig-05-learning-curves"}, "image": {"alt": "Validation Dice (3D, per volume; per slice on COVID-SemiSeg) after each epoch for every initialisation (scratch, decoder, all, genesis; on 2D slices decoder and all from each source), one panel per network (U-Net, then attention U-Net when the run has it), small-sample split 10-40, fold 0"}}
 fig, axes = plt.subplots(1, len(config.networks), figsize=(5.5 * len(config.networks), 3.8), sharey=True, squeeze=False)
 axes = axes[0]
 for ax, network in zip(axes, config.networks):

@@ -196,7 +196,7 @@ print(f"a layer vs an invertible linear map of itself (plain CCA): {cca(layer_a,
 # layers against that curve: at 20 dimensions and 200 datapoints the "similarity" of pure noise
 # is already about 0.3. A layer's score means something only well above its chance level.
 
-# %% mystnb={"figure": {"caption": "Mean canonical correlation between two independent 20-dimensional Gaussian layers against the number of datapoints: simulations (dots, mean of 3) and the Wachter limit (line). With few datapoints per dimension, pure noise scores far above 0.", "name": "fig-06-chance"}}
+# %% mystnb={"figure": {"caption": "Mean canonical correlation between two independent 20-dimensional Gaussian layers against the number of datapoints: simulations (dots, mean of 3) and the Wachter limit (line). With few datapoints per dimension, pure noise scores far above 0.", "name": "fig-06-chance"}, "image": {"alt": "Mean canonical correlation between two independent 20-dimensional Gaussian layers against the number of datapoints: simulations (dots, mean of 3) and the Wachter limit (line)"}}
 from matplotlib.figure import Figure
 
 dims = 20
@@ -312,7 +312,7 @@ print(f"from scratch: {scratch.step} steps, best validation Dice {scratch.best_m
 # same layer of the converged model. Encoder blocks are solid, decoder blocks and the output
 # head dashed. The right panel leaves the head out, as the report's Fig. 5.3 does.
 
-# %% mystnb={"figure": {"caption": "Training from scratch: the SVCCA similarity of each layer at every snapshot with the same layer of the converged model (encoder solid, decoder and head dashed). Left all layers, right without the output head, as in the report's Figs. 5.2 and 5.3.", "name": "fig-06-scratch"}}
+# %% mystnb={"figure": {"caption": "Training from scratch: the SVCCA similarity of each layer at every snapshot with the same layer of the converged model (encoder solid, decoder and head dashed). Left all layers, right without the output head, as in the report's Figs. 5.2 and 5.3.", "name": "fig-06-scratch"}, "image": {"alt": "Training from scratch: the SVCCA similarity of each layer at every snapshot with the same layer of the converged model (encoder solid, decoder and head dashed)"}}
 from covidlib.activations import plot_layer_bars, plot_layer_curves
 
 
@@ -406,7 +406,7 @@ print(f"{pretraining_summary}; {len(runs)} fine-tuning runs: "
       f"{time.perf_counter() - start:.1f} s")
 print({f"{c} #{r}": round(t.best_metric, 3) for (c, r), t in runs.items()}, "best validation Dice")
 
-# %% mystnb={"figure": {"caption": "The same per-layer similarity curves when the pretrained U-Net is fine-tuned on many volumes (left, the report's Fig. 5.4) and on few (middle), with training from scratch for comparison (right). Layers marked * were re-initialised by the recipe, so their low start is by construction.", "name": "fig-06-finetune"}}
+# %% mystnb={"figure": {"caption": "The same per-layer similarity curves when the pretrained U-Net is fine-tuned on many volumes (left, the report's Fig. 5.4) and on few (middle), with training from scratch for comparison (right). Layers marked * were re-initialised by the recipe, so their low start is by construction.", "name": "fig-06-finetune"}, "image": {"alt": "The same per-layer similarity curves when the pretrained U-Net is fine-tuned on many volumes (left, the report's Fig. 5.4) and on few (middle), with training from scratch for comparison (right)"}}
 finetune_similarity = {condition: layer_similarity(runs[condition, 0]) for condition in ("many", "few")}
 plot_layer_curves({f"fine-tuning on {n_many} volumes (Fig. 5.4)": steps_only(finetune_similarity["many"], layers),
                    f"fine-tuning on {n_few} volumes": steps_only(finetune_similarity["few"], layers),
@@ -459,7 +459,7 @@ display(Markdown(
 #
 # The bars ({numref}`fig-06-weight-distance` and {numref}`fig-06-svcca-start-end`) are means over repeats, the dots the repeats.
 
-# %% mystnb={"figure": {"caption": "Relative weight distance of each layer between the start and the end of fine-tuning, on many and on few volumes; bars are means over repeats, dots the single repeats. The last two layers were re-initialised, so they travel from random weights.", "name": "fig-06-weight-distance"}}
+# %% mystnb={"figure": {"caption": "Relative weight distance of each layer between the start and the end of fine-tuning, on many and on few volumes; bars are means over repeats, dots the single repeats. The last two layers were re-initialised, so they travel from random weights.", "name": "fig-06-weight-distance"}, "image": {"alt": "Relative weight distance of each layer between the start and the end of fine-tuning, on many and on few volumes; bars are means over repeats, dots the single repeats"}}
 def start_vs_end(trainer: SnapshotTrainer) -> tuple[dict[str, float], dict[str, float]]:
     """Per-layer weight distance and SVCCA similarity between step 0 and the converged model."""
     start_model, end_model = new_unet(0), new_unet(0)
@@ -481,7 +481,7 @@ similarities = {label: {layer: [movement[c, r][1][layer] for r in range(n_repeat
 plot_layer_bars(distances, title="How far each layer's weights moved during fine-tuning (last 2: re-initialised)",
                 ylabel="relative weight distance")
 
-# %% mystnb={"figure": {"caption": "SVCCA similarity of each layer's output at the start and at the end of fine-tuning, on many and on few volumes (the report's Fig. 5.5); bars are means over repeats, dots the single repeats. Near 1, the layer still computes much what it computed when fine-tuning began.", "name": "fig-06-svcca-start-end"}}
+# %% mystnb={"figure": {"caption": "SVCCA similarity of each layer's output at the start and at the end of fine-tuning, on many and on few volumes (the report's Fig. 5.5); bars are means over repeats, dots the single repeats. Near 1, the layer still computes much what it computed when fine-tuning began.", "name": "fig-06-svcca-start-end"}, "image": {"alt": "SVCCA similarity of each layer's output at the start and at the end of fine-tuning, on many and on few volumes (the report's Fig. 5.5); bars are means over repeats, dots the single repeats"}}
 plot_layer_bars(similarities, title="SVCCA similarity of each layer before and after fine-tuning (Fig. 5.5)",
                 ylabel="SVCCA(start, converged)")
 
@@ -572,7 +572,7 @@ if reference is not None:
           f"{ref['between_seeds'][layer]:.2f}", f"{ref['chance_between_seeds'][layer]:.2f}") for layer in ref["layers"]],
         header=("layer", "scratch at step 0", "fine-tuned at step 0", "seed A vs seed B", "chance"))))
 
-# %% mystnb={"figure": {"caption": "Reference record (COVID-SemiSeg): the SVCCA similarity of each layer at every snapshot with the same layer of the converged model, trained from scratch (left) and fine-tuned from the restoration-pretrained weights on the many-slice condition (right; * = re-initialised by the recipe). Without a committed record the panel says how to make one.", "name": "fig-06-reference"}}
+# %% mystnb={"figure": {"caption": "Reference record (COVID-SemiSeg): the SVCCA similarity of each layer at every snapshot with the same layer of the converged model, trained from scratch (left) and fine-tuned from the restoration-pretrained weights on the many-slice condition (right; * = re-initialised by the recipe). Without a committed record the panel says how to make one.", "name": "fig-06-reference"}, "image": {"alt": "Reference record (COVID-SemiSeg): the SVCCA similarity of each layer at every snapshot with the same layer of the converged model, trained from scratch (left) and fine-tuned from the restoration-pretrained weights on the many-slice condition (right; * = re-initialised by the recipe)"}}
 from covidlib.viz import show_curves
 
 

@@ -232,7 +232,7 @@ if hidden_masks is not None:
     print(f"infection inside the coarse box: {np.mean(box_recall):.2f} (mean over volumes); "
           f"box volume: {np.mean(box_share):.2f} of the scan")
 
-# %% mystnb={"figure": {"caption": "The middle slice of the predicted box in one unlabelled image (z-scored intensities): the bounding box in orange (from the coarse 3D network on the phantom, from A\u2032 on 2D data) and, on the phantom, the hidden true infection outlined in red. Patches are cropped only inside this box, enlarged by a margin.", "name": "fig-07-coarse-box"}}
+# %% mystnb={"figure": {"caption": "The middle slice of the predicted box in one unlabelled image (z-scored intensities): the bounding box in orange (from the coarse 3D network on the phantom, from A\u2032 on 2D data) and, on the phantom, the hidden true infection outlined in red. Patches are cropped only inside this box, enlarged by a margin.", "name": "fig-07-coarse-box"}, "image": {"alt": "The middle slice of the predicted box in one unlabelled image (z-scored intensities): the bounding box in orange (from the coarse 3D network on the phantom, from A\u2032 on 2D data) and, on the phantom, the hidden true infection outlined in red"}}
 example = with_box[0]
 box = boxes[example]
 z = (box.z0 + box.z1) // 2
@@ -279,7 +279,7 @@ assert np.allclose(by_hand, encode_patches(trainer.model, dictionary.images[:4],
 # plain cosine: the pooled features all come out of a ReLU, share a large common component, and
 # almost every pair scores close to 1.
 
-# %% mystnb={"figure": {"caption": "Best cosine similarity of each unlabelled patch to the labelled dictionary, with plain cosine as in the report (left) and with the features used below (right; centred by default). The orange band is the top-1 rule's [0.87, 0.96] and the dashed line the top-2 threshold 0.90; plain cosine puts almost every patch near 1.", "name": "fig-07-similarity"}}
+# %% mystnb={"figure": {"caption": "Best cosine similarity of each unlabelled patch to the labelled dictionary, with plain cosine as in the report (left) and with the features used below (right; centred by default). The orange band is the top-1 rule's [0.87, 0.96] and the dashed line the top-2 threshold 0.90; plain cosine puts almost every patch near 1.", "name": "fig-07-similarity"}, "image": {"alt": "Best cosine similarity of each unlabelled patch to the labelled dictionary, with plain cosine as in the report (left) and with the features used below (right; centred by default)"}}
 t0 = time.perf_counter()
 labels = pseudo_label(trainer.model, dictionary, unlabelled, boxes, pseudo_config, np.random.default_rng(seed + 1),
                       device=trainer.device, progress=False)
@@ -316,7 +316,7 @@ for name in ("top2", "top1_band"):
 # patch's nearest dictionary entry and the true mask of the same patch, for accepted and rejected
 # patches (pairs where both masks are empty are left out).
 
-# %% mystnb={"figure": {"caption": "The accepted unlabelled patches with the largest similarity weight w, each shown alone (top) and with its soft pseudo mask in red, opacity following the mask's probability (bottom), as in the report's Fig. 5.8 (shown only when some patch is accepted).", "name": "fig-07-pseudo-examples"}}
+# %% mystnb={"figure": {"caption": "The accepted unlabelled patches with the largest similarity weight w, each shown alone (top) and with its soft pseudo mask in red, opacity following the mask's probability (bottom), as in the report's Fig. 5.8 (shown only when some patch is accepted).", "name": "fig-07-pseudo-examples"}, "image": {"alt": "The accepted unlabelled patches with the largest similarity weight w, each shown alone (top) and with its soft pseudo mask in red, opacity following the mask's probability (bottom), as in the report's Fig. 5.8 (shown only when some patch is accepted)"}}
 accepted = labels.assignment.accepted
 soft = labels.accepted_masks(dictionary)
 if accepted.any():
@@ -349,7 +349,7 @@ if hidden_masks is not None:
 # patches, of (Dice − 0.5). {numref}`fig-07-calibration` shows the accepted share and the
 # accepted pseudo masks' Dice against the threshold.
 
-# %% mystnb={"figure": {"caption": "Choosing the top-2 threshold on the validation slices treated as unlabelled (this run): share of their patches accepted (orange, left axis) and mean Dice of the accepted patches' pseudo masks against their true masks (blue, right axis) as the threshold rises; the dashed line is the chosen threshold, the dotted line the quality bar.", "name": "fig-07-calibration"}}
+# %% mystnb={"figure": {"caption": "Choosing the top-2 threshold on the validation slices treated as unlabelled (this run): share of their patches accepted (orange, left axis) and mean Dice of the accepted patches' pseudo masks against their true masks (blue, right axis) as the threshold rises; the dashed line is the chosen threshold, the dotted line the quality bar.", "name": "fig-07-calibration"}, "image": {"alt": "Choosing the top-2 threshold on the validation slices treated as unlabelled (this run): share of their patches accepted (orange, left axis) and mean Dice of the accepted patches' pseudo masks against their true masks (blue, right axis) as the threshold rises; the dashed line is the chosen threshold, the dotted line the quality bar"}}
 val_boxes = predict_boxes_2d(trainer.model, [labelled[c][0] for c in val_ids], device=trainer.device)
 calibration = calibration_labels = truth_patches = None
 if any(b is not None for b in val_boxes):
@@ -409,12 +409,12 @@ if reference is not None:
         ("rule (reference record)", "accepted share (validation)", "pseudo-mask Dice (validation)",
          "accepted share (unlabelled)"))))
 
-# %% mystnb={"figure": {"caption": "Reference record (COVID-SemiSeg): the top-2 threshold chosen on the validation slices treated as unlabelled, as in the figure above: accepted share, mean Dice of the accepted pseudo masks, the chosen threshold and the quality bar. Without a record the panel says so.", "name": "fig-07-reference-calibration"}}
+# %% mystnb={"figure": {"caption": "Reference record (COVID-SemiSeg): the top-2 threshold chosen on the validation slices treated as unlabelled, as in the figure above: accepted share, mean Dice of the accepted pseudo masks, the chosen threshold and the quality bar. Without a record the panel says so.", "name": "fig-07-reference-calibration"}, "image": {"alt": "Reference record (COVID-SemiSeg): the top-2 threshold chosen on the validation slices treated as unlabelled, as in the figure above: accepted share, mean Dice of the accepted pseudo masks, the chosen threshold and the quality bar"}}
 show_threshold_calibration(reference.numbers.get("calibration") if reference is not None else None,
                            title="Threshold on COVID-SemiSeg (reference record)",
                            empty_message="no reference record of chapter 07 yet")
 
-# %% mystnb={"figure": {"caption": "Reference record (COVID-SemiSeg): best cosine similarity of each real unlabelled patch to the labelled dictionary, plain (the report's) and centred, as shares per bin. Without a record the panel says so.", "name": "fig-07-reference-similarity"}}
+# %% mystnb={"figure": {"caption": "Reference record (COVID-SemiSeg): best cosine similarity of each real unlabelled patch to the labelled dictionary, plain (the report's) and centred, as shares per bin. Without a record the panel says so.", "name": "fig-07-reference-similarity"}, "image": {"alt": "Reference record (COVID-SemiSeg): best cosine similarity of each real unlabelled patch to the labelled dictionary, plain (the report's) and centred, as shares per bin"}}
 histograms = None
 if reference is not None:
     histograms = {"best cosine similarity (reference record)": (reference.numbers["histogram"]["edges"], {

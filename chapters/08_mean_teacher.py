@@ -111,7 +111,7 @@ print(format_summary(runtime))
 # while the pseudo-labels and the teacher are still poor, and reaches its full value after T
 # steps. {numref}`fig-08-schedules` shows both.
 
-# %% mystnb={"figure": {"caption": "Left: a student weight that swings like a sine and the teacher, its exponential moving average with the warm-up (\u03b1 = 0.99 by default). While \u03b1_t warms up the teacher is the plain average of the student so far; afterwards it smooths the swings to a small ripple. Right: the sigmoid ramp-up of the consistency weight, at full value after T = 100 steps.", "name": "fig-08-schedules"}}
+# %% mystnb={"figure": {"caption": "Left: a student weight that swings like a sine and the teacher, its exponential moving average with the warm-up (\u03b1 = 0.99 by default). While \u03b1_t warms up the teacher is the plain average of the student so far; afterwards it smooths the swings to a small ripple. Right: the sigmoid ramp-up of the consistency weight, at full value after T = 100 steps.", "name": "fig-08-schedules"}, "image": {"alt": "Left: a student weight that swings like a sine and the teacher, its exponential moving average with the warm-up (\u03b1 = 0.99 by default)"}}
 steps = np.arange(0, 300)
 by_hand_alpha = np.minimum(1 - 1 / (steps + 1), ema_alpha)
 ramp_length = 100
@@ -247,7 +247,7 @@ if sum(row["pseudo"]["accepted"] for row in results) == 0:
         + (" (the quick setting: networks of a few steps, whose features separate little)" if setting == "quick" else "")
         + ", so the pseudo-label arms trained exactly as their controls and their differences are zero by construction."))
 
-# %% mystnb={"figure": {"caption": "This run: the paired difference in test Dice at 0.5 of each semi-supervised arm against its control (same fold, same seed, same number of steps), one point per (fold, seed); the black bar is the mean. Above zero the unlabelled data helped. In quick mode these are tiny networks on two folds: a check that the pipeline runs, not evidence.", "name": "fig-08-arms"}}
+# %% mystnb={"figure": {"caption": "This run: the paired difference in test Dice at 0.5 of each semi-supervised arm against its control (same fold, same seed, same number of steps), one point per (fold, seed); the black bar is the mean. Above zero the unlabelled data helped. In quick mode these are tiny networks on two folds: a check that the pipeline runs, not evidence.", "name": "fig-08-arms"}, "image": {"alt": "This run: the paired difference in test Dice at 0.5 of each semi-supervised arm against its control (same fold, same seed, same number of steps), one point per (fold, seed); the black bar is the mean"}}
 show_grouped_values({difference_name(arm, control): summary["dice"]["paired"][arm]["per_unit"]
                      for arm, control in CONTROLS.items() if arm in summary["dice"]["paired"]},
                     ylabel="Dice difference", title=f"Paired differences ({dataset}, {setting})",
@@ -288,7 +288,7 @@ if reference is not None:
         f"pseudo-label threshold chosen on the validation slices averaged {ref['threshold_mean']:.2f}, accepting "
         f"{ref['accepted_share_mean']:.0%} of the unlabelled patches."))
 
-# %% mystnb={"figure": {"caption": "Reference record (COVID-SemiSeg): the paired difference in test Dice at 0.5 of each semi-supervised arm against its control of the same budget, one point per (fold, seed), the black bar the mean. Without a record the panel says so.", "name": "fig-08-reference-arms"}}
+# %% mystnb={"figure": {"caption": "Reference record (COVID-SemiSeg): the paired difference in test Dice at 0.5 of each semi-supervised arm against its control of the same budget, one point per (fold, seed), the black bar the mean. Without a record the panel says so.", "name": "fig-08-reference-arms"}, "image": {"alt": "Reference record (COVID-SemiSeg): the paired difference in test Dice at 0.5 of each semi-supervised arm against its control of the same budget, one point per (fold, seed), the black bar the mean"}}
 show_grouped_values({difference_name(arm, control): reference.numbers["summary"]["dice"]["paired"][arm]["per_unit"]
                      for arm, control in CONTROLS.items()} if reference is not None else None,
                     ylabel="Dice difference", title="Paired differences (COVID-SemiSeg, reference record)",
@@ -358,7 +358,7 @@ if semi_recipe is not None:
         f"validation Dice averaged {np.mean(a_prime_val):.3f}, and the report's precondition for pseudo-labelling "
         f"(> {A_PRIME_PRECONDITION}) held in {sum(d > A_PRIME_PRECONDITION for d in a_prime_val)} of {units} runs."))
 
-# %% mystnb={"figure": {"caption": "Reference record at the recipe it names (COVID-SemiSeg): the paired difference in test Dice at 0.5 (with test-time augmentation) of each semi-supervised arm against its control, one point per (fold, seed), the black bar the mean. Without a record the panel says so.", "name": "fig-08-recipe-arms"}}
+# %% mystnb={"figure": {"caption": "Reference record at the recipe it names (COVID-SemiSeg): the paired difference in test Dice at 0.5 (with test-time augmentation) of each semi-supervised arm against its control, one point per (fold, seed), the black bar the mean. Without a record the panel says so.", "name": "fig-08-recipe-arms"}, "image": {"alt": "Reference record at the recipe it names (COVID-SemiSeg): the paired difference in test Dice at 0.5 (with test-time augmentation) of each semi-supervised arm against its control, one point per (fold, seed), the black bar the mean"}}
 show_grouped_values({difference_name(arm, control): np.subtract(by_arm[arm]["tta_dice_by_unit"], by_arm[control]["tta_dice_by_unit"])
                      for arm, control in recipe_controls.items()} if semi_recipe is not None else None,
                     ylabel="Dice difference", title="Paired differences at the record's recipe (COVID-SemiSeg)",

@@ -280,7 +280,7 @@ if ablation is not None:
     if notes:
         display(Markdown(" ".join(notes)))
 
-# %% mystnb={"figure": {"caption": "Reference record (COVID-SemiSeg): the ablation read top to bottom. Left: test Dice at 0.5 of each outer (fold, seed) run (dots) and the row's mean (bar). Middle: the same runs by Inf-Net's mean Dice, with the published Inf-Net and Semi-Inf-Net results dotted (measured on a separate 48-slice test split, so a guide, not a paired comparison). Right: each row's change in Dice at 0.5 from the row it changes, with its 95 % bootstrap interval. Alternatives tried beside the path are grey and in italics; train's defaults are in bold. Without a record the panel says so.", "name": "fig-09-ablation"}}
+# %% mystnb={"figure": {"caption": "Reference record (COVID-SemiSeg): the ablation read top to bottom. Left: test Dice at 0.5 of each outer (fold, seed) run (dots) and the row's mean (bar). Middle: the same runs by Inf-Net's mean Dice, with the published Inf-Net and Semi-Inf-Net results dotted (measured on a separate 48-slice test split, so a guide, not a paired comparison). Right: each row's change in Dice at 0.5 from the row it changes, with its 95 % bootstrap interval. Alternatives tried beside the path are grey and in italics; train's defaults are in bold. Without a record the panel says so.", "name": "fig-09-ablation"}, "image": {"alt": "Reference record (COVID-SemiSeg): the ablation read top to bottom"}}
 viz.show_path([viz.PathRow(row["name"], {"Dice at 0.5": [unit[-1] for unit in row["dice_by_unit"]],
                                          "Inf-Net mean Dice": [unit[-1] for unit in row["infnet_mean_dice_by_unit"]]},
                            change=(change["mean_difference"], change["low"], change["high"])
@@ -325,7 +325,7 @@ if curve_rows:
                          f"(95 % CI {format_change(doubling['low'])} to {format_change(doubling['high'])}): the mean over {doubling['n']} "
                          "(fold, seed) runs of each run's least-squares slope of Dice on log2 of the number of slices."))
 
-# %% mystnb={"figure": {"caption": "Reference record (COVID-SemiSeg): test Dice at 0.5 with test-time augmentation of the recipe the record names (above) against the number of labelled training slices, one point per (fold, seed), the black bar the mean. Without a record the panel says so.", "name": "fig-09-learning-curve"}}
+# %% mystnb={"figure": {"caption": "Reference record (COVID-SemiSeg): test Dice at 0.5 with test-time augmentation of the recipe the record names (above) against the number of labelled training slices, one point per (fold, seed), the black bar the mean. Without a record the panel says so.", "name": "fig-09-learning-curve"}, "image": {"alt": "Reference record (COVID-SemiSeg): test Dice at 0.5 with test-time augmentation of the recipe the record names (above) against the number of labelled training slices, one point per (fold, seed), the black bar the mean"}}
 viz.show_grouped_values({f"{row['n']} slices": row["tta_dice_by_unit"] for row in curve_rows} or None,
                         ylabel="Dice at 0.5", title="Dice against the number of labelled slices (COVID-SemiSeg)",
                         empty_message="no reference record of benchmarks/learning_curve.py yet")
@@ -444,7 +444,7 @@ display(Markdown(("On real scans: " + "; ".join(findings) + ".") if findings els
 # `ci/book` times every chapter it executes and writes the times next to the records
 # (`_timings.json`); the reference records also hold each chapter's wall and CPU time (table above).
 
-# %% mystnb={"figure": {"caption": "Wall time of each chapter in the run that produced this page, with the setting's budget per chapter (dashed): two minutes in the quick setting, thirty in the reference setting.", "name": "fig-09-run-times"}}
+# %% mystnb={"figure": {"caption": "Wall time of each chapter in the run that produced this page, with the setting's budget per chapter (dashed): two minutes in the quick setting, thirty in the reference setting.", "name": "fig-09-run-times"}, "image": {"alt": "Wall time of each chapter in the run that produced this page, with the setting's budget per chapter (dashed): two minutes in the quick setting, thirty in the reference setting"}}
 timings = read_build_timings(output_dir) if Path(output_dir).is_dir() else None
 if timings and timings.get("seconds"):
     total = sum(timings["seconds"].values())

@@ -4,7 +4,8 @@
 
 For every page in the table of contents: it loads, it contains no traceback or error output,
 every image in it is present and decoded (non-zero natural size), each chapter page shows at
-least one figure and every figure a chapter's cells output has a caption, no markdown table is
+least one figure and every figure a chapter's cells output has a caption and alt text for a reader
+who cannot see it (not the image's file name), no markdown table is
 shown as text (pipes and dashes) instead of a table, pages that embed widget state render the widgets, and moving a slice
 viewer's slider changes its image (no kernel behind it). A screenshot of each
 page goes to book/_build/screenshots/. Debian's chromium and chromedriver are installed with
@@ -61,6 +62,10 @@ return {
   uncaptioned: Array.from(main.querySelectorAll('.cell_output img'))
     .filter(i => !i.closest('.jupyter-widgets, .lm-Widget'))
     .filter(i => !i.closest('figure') || !i.closest('figure').querySelector('figcaption'))
+    .map(i => i.getAttribute('src')),
+  // A figure's alt text describes it (myst-nb's cell metadata mystnb.image.alt); by default it is the file's path.
+  withoutAlt: Array.from(main.querySelectorAll('figure .cell_output img, .cell_output figure img'))
+    .filter(i => !i.alt || /\.(png|jpe?g|svg)$/i.test(i.alt.trim()))
     .map(i => i.getAttribute('src')),
 };
 """
@@ -180,6 +185,8 @@ def check_page(driver: WebDriver, url: str, relative: str, screenshots: Path) ->
                         f"{probe['pipeTablesAsText'][0]!r}")
     if is_chapter and probe["uncaptioned"]:
         problems.append(f"{len(probe['uncaptioned'])} figure(s) without a caption: {probe['uncaptioned'][:3]}")
+    if is_chapter and probe["withoutAlt"]:
+        problems.append(f"{len(probe['withoutAlt'])} figure(s) without alt text: {probe['withoutAlt'][:3]}")
     if probe["widgetViews"] and not probe["renderedWidgets"]:
         problems.append(f"{probe['widgetViews']} widget(s) embedded but none rendered within {WIDGET_WAIT_S:.0f} s")
     shot = screenshots / (relative.replace("/", "__").removesuffix(".html") + ".png")
