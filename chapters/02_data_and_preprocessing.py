@@ -164,7 +164,8 @@ print(f"slice thickness {thickness.min():.2f}-{thickness.max():.2f} mm, pixel {p
 #
 # **A bare threshold.** Lung parenchyma sits near -850 HU, soft tissue near +40 (the histograms of
 # {numref}`Fig. {number} in chapter 01 <fig-01-hu-histograms>`): everything
-# below about -350 HU should be lung... Let us try it on one scan.
+# below about -350 HU should be lung... Let us try it on one scan, and grade each mask against the
+# phantom's exact lungs by its {term}`Dice` overlap (1 for a perfect match, 0 for none).
 
 # %%
 # The scan with most lesion among those covering at least 15 cm of the chest (so all views show lung).
