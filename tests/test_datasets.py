@@ -17,6 +17,7 @@ from covidlib.datasets import (
     get_dataset,
     list_datasets,
     lungs_by_side,
+    read_label,
 )
 from covidlib.errors import InvalidInputError
 from covidlib.io import Volume, write_volume
@@ -240,6 +241,20 @@ def test_mask_geometry_mismatch_names_the_mask(tmp_path: Path) -> None:
     write_volume(Volume(np.zeros((4, 16, 15), np.uint8), (2.0, 0.7, 0.7)), tmp_path / "masks" / "a.nii.gz")
     with pytest.raises(InvalidInputError, match=r"masks/a\.nii\.gz: mask shape \(4, 16, 15\)"):
         get_dataset("folder", tmp_path).load("a")
+
+
+def test_read_label_returns_the_labels_on_the_image_grid_and_names_a_mismatch(tmp_path: Path) -> None:
+    """A label file is only usable on its image's grid; a mismatch must name the label file."""
+    image = Volume(np.zeros((3, 4, 5), np.float32), (2.0, 0.5, 0.5), origin=(1.0, 2.0, 3.0), source="img.nii.gz")
+    labels = np.zeros((3, 4, 5), np.uint8)
+    labels[1, 1:3, 2:4], labels[2, 0, 0] = 1, 7
+    path = write_volume(Volume(labels, image.spacing, origin=image.origin), tmp_path / "label.nii.gz")
+    read = read_label(path, image)
+    assert read.dtype == np.uint8
+    np.testing.assert_array_equal(read, labels)
+    shifted = write_volume(Volume(labels, image.spacing, origin=(1.0, 2.0, 4.0)), tmp_path / "shifted.nii.gz")
+    with pytest.raises(InvalidInputError, match=r"shifted\.nii\.gz: mask origin .* differs from image img\.nii\.gz"):
+        read_label(shifted, image)
 
 
 def test_orphan_mask_and_empty_folder(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from covidlib.inference import (
     prepare_case,
     prepare_slices,
     resize_stack,
+    spread_evenly,
 )
 from covidlib.metrics import infnet_metrics
 from covidlib.models import get_model
@@ -200,6 +201,19 @@ def test_unlabelled_slices_are_spread_evenly(tmp_path: Path) -> None:
     assert prepare_slices(dataset, 16, n_unlabelled=3).unlabelled_ids == [
         f"unlabelled/{UNLABELLED_NAME.format(i)}" for i in (0, 1, 3)]
     assert len(prepare_slices(dataset, 16, n_unlabelled=None).unlabelled) == 5
+
+
+def test_spread_evenly_picks_by_hand_indices_and_refuses_a_bad_count() -> None:
+    """The chosen ids are recorded and reused, so they must be exactly i * n // count, first included."""
+    ids = [f"s{i}" for i in range(10)]
+    assert spread_evenly(ids, 1) == ["s0"]
+    assert spread_evenly(ids, 5) == ["s0", "s2", "s4", "s6", "s8"]  # fixed stride 2
+    assert spread_evenly(ids, 3) == ["s0", "s3", "s6"]  # 0, 10 // 3, 20 // 3
+    assert spread_evenly(ids, 4) == ["s0", "s2", "s5", "s7"]  # 0, 2.5, 5, 7.5 rounded down
+    assert spread_evenly(ids, 10) == ids
+    for bad in (0, 11, True, 2.0):
+        with pytest.raises(InvalidInputError, match=rf"count must be in \[1, 10\], got {bad!r}"):
+            spread_evenly(ids, bad)
 
 
 def test_bad_arguments_are_named() -> None:

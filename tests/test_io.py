@@ -313,3 +313,19 @@ def test_gzip_helper_sanity(tmp_path: Path) -> None:
     with gzip.open(path) as fh:
         assert int.from_bytes(fh.read(4), "little") == 348
     assert os.path.getsize(path) > 0
+
+
+def test_check_output_folder_and_file_refuse_paths_blocked_by_a_file(tmp_path: Path) -> None:
+    """An output blocked by an existing file must be refused before the work, naming the option."""
+    plain = tmp_path / "plain.txt"
+    plain.write_text("not a folder")
+    io.check_output_folder("--out", tmp_path / "new" / "deeper")  # nothing there yet: fine
+    io.check_output_folder("--out", tmp_path)  # an existing folder: fine
+    io.check_output_file("--record", tmp_path / "new" / "record.json")
+    io.check_output_file("--record", plain)  # the file itself may be replaced
+    with pytest.raises(InvalidInputError, match=r"^--out .*plain\.txt: exists and is not a folder"):
+        io.check_output_folder("--out", plain)
+    with pytest.raises(InvalidInputError, match=r"^--out .*plain\.txt/sub: lies under .*plain\.txt, which is not"):
+        io.check_output_folder("--out", plain / "sub")
+    with pytest.raises(InvalidInputError, match=r"^--record .*plain\.txt/a/r\.json: lies under .*plain\.txt,"):
+        io.check_output_file("--record", plain / "a" / "r.json")

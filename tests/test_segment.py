@@ -32,7 +32,9 @@ from covidlib.models import get_model
 from covidlib.phantom import make_phantom
 from covidlib.preprocess import lung_mask, preprocess_case
 from covidlib.segment import (
+    check_output_paths,
     default_lung_mask_path,
+    predict_volume,
     segment_volume,
     volume_summary,
     write_segmentation,
@@ -281,6 +283,42 @@ def test_default_lung_mask_path():
     assert default_lung_mask_path("out/mask.nii.gz") == Path("out/mask_lungs.nii.gz")
     assert default_lung_mask_path("a.b.nrrd") == Path("a.b_lungs.nrrd")
     assert default_lung_mask_path("/x/MASK.NII") == Path("/x/MASK_lungs.nii")
+
+
+def test_check_output_paths_refuses_bad_suffix_clashes_the_scan_and_folders(tmp_path):
+    """A run must fail before any work when its outputs cannot be written or would overwrite an input."""
+    scan, mask, lungs_file = tmp_path / "scan.nii.gz", tmp_path / "mask.nii.gz", tmp_path / "lungs.nrrd"
+    check_output_paths(scan, mask, lungs_file, tmp_path / "summary.json")  # distinct, writable: accepted
+    with pytest.raises(InvalidInputError, match=r"--lung-mask .*lungs\.png: an image output must end with"):
+        check_output_paths(scan, mask, tmp_path / "lungs.png")
+    with pytest.raises(InvalidInputError, match="output paths must differ"):
+        check_output_paths(scan, mask, tmp_path / "sub" / ".." / "mask.nii.gz")
+    with pytest.raises(InvalidInputError, match="output paths must differ"):
+        check_output_paths(scan, mask, lungs_file, mask)
+    with pytest.raises(InvalidInputError, match=r"scan\.nii\.gz: an output path names the input scan"):
+        check_output_paths(scan, mask, scan)
+    (tmp_path / "summary").mkdir()
+    with pytest.raises(InvalidInputError, match=r"--summary .*summary: is a folder"):
+        check_output_paths(scan, mask, lungs_file, tmp_path / "summary")
+
+
+class LogitIsInput(nn.Module):
+    """Logits (0, x): the probability predict_volume returns is sigmoid(x), known in closed form."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.zeros_like(x), x], dim=1)
+
+
+def test_predict_volume_is_sigmoid_of_each_slice_whatever_the_batch_size():
+    """Slices must come back in order and complete, also when batch_size does not divide the depth."""
+    image = np.linspace(-4.0, 4.0, 5 * 3 * 4, dtype=np.float32).reshape(5, 3, 4)
+    expected = 1.0 / (1.0 + np.exp(-image.astype(np.float64)))
+    for batch_size in (1, 2, 5, 8):
+        out = predict_volume(LogitIsInput(), image, device="cpu", batch_size=batch_size, amp="off", progress=False)
+        assert out.dtype == np.float32 and out.shape == image.shape
+        np.testing.assert_allclose(out, expected, rtol=1e-6)
+    with pytest.raises(InvalidInputError, match="batch_size must be a positive integer, got 0"):
+        predict_volume(LogitIsInput(), image, device="cpu", batch_size=0, progress=False)
 
 
 def test_outputs_are_written_all_or_none(oracle_result, tmp_path, monkeypatch):
