@@ -29,6 +29,8 @@ REFERENCE_DATASET = "covid-semiseg"
 #: The runtime settings that change a training's last bits: a unit computed otherwise is another number.
 #: The processor counts too: the same bfloat16 run gave another Dice on an AVX512-BF16 EPYC than on an
 #: AMX Xeon (0.665 against 0.629 on the ablation's first unit), their oneDNN kernels rounding differently.
+#: Within one name it holds: a fourth-generation EPYC (Zen 4) retrained a unit of the fifth's (Zen 5)
+#: bfloat16 ablation to the last bit, and first- and third-generation EPYCs agree in float32.
 NUMERICS = ("threads", "cpu_bf16", "device_name")
 #: Fewer (fold, seed) runs than one seed's five folds: a bootstrap interval over them has too few
 #: distinct resamples to be read as evidence either way, so the book says so instead of a verdict.
