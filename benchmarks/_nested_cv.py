@@ -22,7 +22,7 @@ from covidlib.errors import InvalidInputError
 from covidlib.fingerprint import data_fingerprint
 from covidlib.io import check_output_folder
 from covidlib.recipe import Recipe
-from covidlib.records import ReferenceRecord, other_numerics, read_reference, reference_dir
+from covidlib.records import ReferenceRecord, other_numerics, processor_family, read_reference, reference_dir
 from covidlib.results import to_json, write_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def nested_cv_parser(doc: str | None, *, runs: str | None = None, seeds: str = "
 
 
 def begin(args: argparse.Namespace) -> dict[str, Any] | None:
-    """The runtime summary a record stores (processor and bfloat16 included), after applying ``--threads``;
+    """The runtime summary a record stores (processor, its family and bfloat16 included), after applying ``--threads``;
     ``None``, after saying so, when COVID-SemiSeg is not at ``--data-root`` (nothing to do then). An
     output folder (``--runs``, ``--out``) that is a file, or lies under one, is refused first."""
     for flag in ("runs", "out"):
@@ -81,7 +81,8 @@ def begin(args: argparse.Namespace) -> dict[str, Any] | None:
         return None
     if args.threads:
         torch.set_num_threads(args.threads)
-    return runtime_summary(setting="quick" if args.quick else "reference", device="auto", seed=0, dataset="covid-semiseg")
+    summary = runtime_summary(setting="quick" if args.quick else "reference", device="auto", seed=0, dataset="covid-semiseg")
+    return {**summary, "cpu_family": processor_family()}
 
 
 def quick_recipe(recipe: Recipe) -> Recipe:

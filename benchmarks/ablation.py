@@ -258,7 +258,9 @@ def stored_runs(record: Path, parameters: dict, runtime: dict) -> dict[str, dict
             raise SystemExit(f"{record} was computed with " + ", ".join(f"{name}={ran.get(name)}" for name in differ)
                              + "; this process has " + ", ".join(f"{name}={runtime.get(name)}" for name in differ)
                              + ". Its rows cannot take units of other numerics: continue on a machine like the one "
-                             f"it names ({ran.get('device_name', '?')}), or pass --out DIR for a separate record.")
+                             f"it names ({ran.get('device_name', '?')}"
+                             + (f", family {ran['cpu_family']}" if "cpu_family" in ran else "")
+                             + "), or pass --out DIR for a separate record.")
     comparable = comparable_record(record, parameters, runtime)
     runs = comparable.numbers.get("runs", {}) if comparable else {}
     for key, run in runs.items():

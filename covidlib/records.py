@@ -29,9 +29,12 @@ REFERENCE_DATASET = "covid-semiseg"
 #: The runtime settings that change a training's last bits: a unit computed otherwise is another number.
 #: The processor counts too: the same bfloat16 run gave another Dice on an AVX512-BF16 EPYC than on an
 #: AMX Xeon (0.665 against 0.629 on the ablation's first unit), their oneDNN kernels rounding differently.
-#: Within one name it holds: a fourth-generation EPYC (Zen 4) retrained a unit of the fifth's (Zen 5)
-#: bfloat16 ablation to the last bit, and first- and third-generation EPYCs agree in float32.
 NUMERICS = ("threads", "cpu_bf16", "device_name")
+#: In bfloat16 one name is not enough: "AMD EPYC" names Zen 4 (family 25) and Zen 5 (family 26), and a
+#: Zen 4 retrained 7 of 8 runs of the Zen 5 ablation to the last bit but not its 600-epoch run at
+#: 160 px (test Dice 0.7579 against 0.7529). In float32 EPYCs of families 23 and 25 agreed on every
+#: number of ``phantom_to_real`` and of the chapter records, so there the family is not compared.
+BF16_NUMERICS = ("cpu_family",)
 #: Fewer (fold, seed) runs than one seed's five folds: a bootstrap interval over them has too few
 #: distinct resamples to be read as evidence either way, so the book says so instead of a verdict.
 FEWEST_RUNS_TO_READ = 5
@@ -39,8 +42,21 @@ FEWEST_RUNS_TO_READ = 5
 
 def other_numerics(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """The :data:`NUMERICS` in which the runtime summary ``stored`` (a record's ``runtime``) differs
-    from ``now``: empty when units computed under one can resume under the other."""
-    return [name for name in NUMERICS if stored.get(name) != now.get(name)]
+    from ``now``, with :data:`BF16_NUMERICS` when both compute in bfloat16: empty when units computed
+    under one can resume under the other."""
+    names = NUMERICS + (BF16_NUMERICS if stored.get("cpu_bf16") and now.get("cpu_bf16") else ())
+    return [name for name in names if stored.get(name) != now.get(name)]
+
+
+def processor_family(cpuinfo_path: str | Path = "/proc/cpuinfo") -> int | None:
+    """The CPU's family number from Linux ``/proc/cpuinfo`` (AMD: 23 Zen and Zen 2, 25 Zen 3 and
+    Zen 4, 26 Zen 5; Intel: 6), or ``None`` where the system does not say."""
+    try:
+        with open(cpuinfo_path, encoding="utf-8") as cpuinfo:
+            families = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("cpu family")]
+    except OSError:
+        return None
+    return int(families[0]) if families and families[0].isdigit() else None
 
 
 def describe_machine(runtime: dict[str, Any], *, threads: bool = True) -> str:

@@ -118,7 +118,7 @@ def test_a_unit_averages_each_score_over_the_test_slices(ablation):
 def test_a_record_resumes_its_runs_shows_only_those_of_unchanged_code_and_refuses_other_numerics(ablation, tmp_path):
     from covidlib.fingerprint import code_fingerprint
 
-    numerics = {"threads": 2, "cpu_bf16": True, "device_name": "Intel(R) Xeon(R) Processor"}
+    numerics = {"threads": 2, "cpu_bf16": True, "device_name": "Intel(R) Xeon(R) Processor", "cpu_family": 6}
     runs, keys = _runs(ablation, lambda index, seed, fold: 0.6, {0: {(0, 0), (0, 1)}, 1: {(0, 0), (0, 1)}})
     runs["run0"]["code"] = code_fingerprint(["covidlib.recipe"])
     runs["run1"]["code"] = {"covidlib/recipe.py": "0" * 16}  # trained by code that has changed since
@@ -142,6 +142,9 @@ def test_a_record_resumes_its_runs_shows_only_those_of_unchanged_code_and_refuse
     # both compute in bfloat16, but their kernels round differently
     with pytest.raises(SystemExit, match="device_name=Intel.*device_name=AMD EPYC.*--out DIR"):
         ablation.stored_runs(record, parameters, {**numerics, "device_name": "AMD EPYC"})
+    # one name, another generation: in bfloat16 the family decides
+    with pytest.raises(SystemExit, match="cpu_family=6.*cpu_family=7.*--out DIR"):
+        ablation.stored_runs(record, parameters, {**numerics, "cpu_family": 7})
     assert record.read_text() == written
 
 

@@ -161,3 +161,23 @@ def test_other_numerics_names_each_setting_that_changes_the_last_bits():
     assert records.other_numerics(zen5, {"threads": 1, "cpu_bf16": True, "device_name": "Intel Xeon"}) == [
         "threads", "device_name"]
     assert records.other_numerics({}, zen5) == ["threads", "cpu_bf16", "device_name"]  # an older record knows none
+
+
+def test_in_bfloat16_the_processor_family_counts_and_in_float32_it_does_not():
+    zen5 = {"threads": 2, "cpu_bf16": True, "device_name": "AMD EPYC", "cpu_family": 26}
+    zen4 = {**zen5, "cpu_family": 25}
+    assert records.other_numerics(zen5, zen4) == ["cpu_family"]
+    assert records.other_numerics({k: v for k, v in zen5.items() if k != "cpu_family"}, zen4) == ["cpu_family"]
+    zen1 = {"threads": 2, "cpu_bf16": False, "device_name": "AMD EPYC", "cpu_family": 23}
+    assert records.other_numerics(zen1, {**zen1, "cpu_family": 25}) == []  # float32 agreed across these
+    assert records.other_numerics(zen5, {**zen1, "cpu_family": 26}) == ["cpu_bf16"]
+
+
+def test_processor_family_reads_the_first_cpu_and_is_none_where_cpuinfo_does_not_say(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n\n"
+                       "processor\t: 1\ncpu family\t: 26\n")
+    assert records.processor_family(cpuinfo) == 25
+    cpuinfo.write_text("processor\t: 0\nCPU implementer\t: 0x41\n")  # an Arm machine has no family line
+    assert records.processor_family(cpuinfo) is None
+    assert records.processor_family(tmp_path / "missing") is None
