@@ -429,11 +429,8 @@ def report_stale_records() -> None:
             # the benchmark is run again with the record's --threads (its regenerate command says so)
             here = {"device_name": processor_name(), "cpu_bf16": cpu_supports_bf16(), "threads": runtime.get("threads"),
                     "cpu_family": processor_family()}
-            differ = other_numerics(runtime, here)
-            family = (f" of family {here['cpu_family']} (the record's: {runtime.get('cpu_family', '?')})"
-                      if "cpu_family" in differ else "")
-            made_on += ("; its units resume on this machine" if not differ
-                        else f"; its units resume only there, not on this {describe_machine(here, threads=False)}{family}")
+            made_on += ("; its units resume on this machine" if not other_numerics(runtime, here)
+                        else f"; its units resume only there, not on this {describe_machine(here, threads=False)}")
         print(f"[test] stale record {reference.path.relative_to(ROOT)} (made on {made_on}): "
               f"changed since: {', '.join(reference.stale[:5])}; regenerate with {reference.command}")
     outdated = {path: names for path in sorted(RECORDS.glob("*/[!_]*.json")) if (names := rewritten_since(path))}

@@ -61,10 +61,12 @@ def processor_family(cpuinfo_path: str | Path = "/proc/cpuinfo") -> int | None:
 
 def describe_machine(runtime: dict[str, Any], *, threads: bool = True) -> str:
     """Where a record ran, named the same way everywhere in the book: the processor (its model name
-    where the record has one, else the device), bfloat16 or float32 where known, and the threads,
-    e.g. ``"Intel Xeon, bf16, 2 threads"``."""
+    where the record has one, else the device; in bfloat16 with its family, :data:`BF16_NUMERICS`),
+    bfloat16 or float32 where known, and the threads, e.g. ``"AMD EPYC (family 26), bf16, 2 threads"``."""
     processor = runtime.get("cpu") or runtime.get("device_name") or "?"
     processor = re.sub(r"\s+", " ", re.sub(r"\((R|TM)\)| Processor| CPU", "", processor)).strip()
+    if runtime.get("cpu_bf16") and runtime.get("cpu_family") is not None:
+        processor += f" (family {runtime['cpu_family']})"
     precisions: dict[Any, str] = {True: ", bf16", False: ", float32"}  # cpu_bf16 may be missing (None)
     precision = precisions.get(runtime.get("cpu_bf16"), "")
     text = f"{processor}{precision}"

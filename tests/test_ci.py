@@ -189,9 +189,11 @@ def test_stale_records_are_listed_with_the_command_that_regenerates_each(tmp_pat
     # a resumable benchmark's line (its record keeps units) says whether they can resume here: the same
     # processor and precision
     import covidlib.config
+    import covidlib.records
 
+    monkeypatch.setattr(covidlib.records, "processor_family", lambda: 25)
     for bf16, expected in ((False, "; its units resume on this machine)"),
-                           (True, "; its units resume only there, not on this AMD EPYC, bf16)")):
+                           (True, "; its units resume only there, not on this AMD EPYC (family 25), bf16)")):
         (folder / "semi_recipe.json").write_text(json.dumps(
             {**semi_recipe, "created": "now", "numbers": {"units": []},
              "runtime": {"device_name": "AMD EPYC", "cpu_bf16": False, "threads": 2}}))
@@ -202,18 +204,14 @@ def test_stale_records_are_listed_with_the_command_that_regenerates_each(tmp_pat
         assert "(made on AMD EPYC, float32, 2 threads" + expected in semi_line
         assert "its units" not in "".join(line for line in lines if "04_unet.json" in line)
     # in bfloat16 one processor name covers generations that round differently: the family decides
-    import covidlib.records
-
-    monkeypatch.setattr(covidlib.records, "processor_family", lambda: 25)
     for family, expected in ((25, "; its units resume on this machine)"),
-                             (26, "; its units resume only there, not on this AMD EPYC, bf16 of family 25 "
-                                  "(the record's: 26))")):
+                             (26, "; its units resume only there, not on this AMD EPYC (family 25), bf16)")):
         (folder / "semi_recipe.json").write_text(json.dumps(
             {**semi_recipe, "created": "now", "numbers": {"units": []},
              "runtime": {"device_name": "AMD EPYC", "cpu_bf16": True, "threads": 2, "cpu_family": family}}))
         ci_chapters.report_stale_records()
         semi_line, = [line for line in capsys.readouterr().out.splitlines() if "semi_recipe.json (made on" in line]
-        assert "(made on AMD EPYC, bf16, 2 threads" + expected in semi_line
+        assert f"(made on AMD EPYC (family {family}), bf16, 2 threads" + expected in semi_line
 
 
 def test_hide_bookkeeping_removes_only_the_injected_parameters_and_nbval_cells(tmp_path: Path) -> None:

@@ -152,6 +152,10 @@ def test_describe_machine_names_processor_precision_and_threads_by_hand():
     assert records.describe_machine({"device_name": "x86_64"}) == "x86_64"  # an older record: the device only
     assert records.describe_machine(xeon, threads=False) == "Intel Xeon @ 2.10GHz, bf16"
     assert records.describe_machine({}) == "?"
+    # in bfloat16 the family tells generations of one name apart; in float32 it is not shown
+    assert records.describe_machine({"device_name": "AMD EPYC", "cpu_bf16": True, "cpu_family": 26, "threads": 2}) == (
+        "AMD EPYC (family 26), bf16, 2 threads")
+    assert records.describe_machine({**amd, "cpu_family": 25}) == "AMD EPYC 7B13, float32, 1 thread"
 
 
 def test_other_numerics_names_each_setting_that_changes_the_last_bits():
