@@ -50,7 +50,7 @@ from covidlib.datasets import get_dataset
 from covidlib.fingerprint import changed_sources, data_fingerprint
 from covidlib.inference import PreparedSlices, prepare_slices
 from covidlib.recipe import Recipe
-from covidlib.records import other_numerics, read_reference
+from covidlib.records import describe_machine, other_numerics, read_reference
 from covidlib.results import write_record
 from covidlib.statistics import paired_bootstrap_ci
 
@@ -258,9 +258,7 @@ def stored_runs(record: Path, parameters: dict, runtime: dict) -> dict[str, dict
             raise SystemExit(f"{record} was computed with " + ", ".join(f"{name}={ran.get(name)}" for name in differ)
                              + "; this process has " + ", ".join(f"{name}={runtime.get(name)}" for name in differ)
                              + ". Its rows cannot take units of other numerics: continue on a machine like the one "
-                             f"it names ({ran.get('device_name', '?')}"
-                             + (f", family {ran['cpu_family']}" if "cpu_family" in ran else "")
-                             + "), or pass --out DIR for a separate record.")
+                             f"it names ({describe_machine(ran)}), or pass --out DIR for a separate record.")
     comparable = comparable_record(record, parameters, runtime)
     runs = comparable.numbers.get("runs", {}) if comparable else {}
     for key, run in runs.items():
