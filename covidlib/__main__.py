@@ -63,7 +63,7 @@ TRAIN_TIMES = (
     "On a 2-core AMD EPYC without native bfloat16 (Zen 3, AVX2, float32) the same command took 43.0 "
     "min wall, 82.9 CPU-minutes and 1.9 GB: 41.2 min supervised (best epoch 414), 1.7 min semi-supervised. "
     "There the earlier defaults (--image-size 128 --epochs 300 --step-size 75 --patience 300, the row "
-    "'+ 300 epochs, no early stop' of chapter 09's ablation) took 12.3 min; on an AMX Xeon and on an AMD EPYC with AVX512-BF16 they "
+    "'+ 300 epochs, no early stop' of chapter 09's ablation) took 12.3 min; on an AMX Xeon and on a Zen 5 AMD EPYC with AVX512-BF16 they "
     "took 4.0 min. On an NVIDIA H200 (bfloat16) train at its defaults ran its 600 epochs in 2.0 min (131 s "
     "for the command).")
 
