@@ -19,7 +19,9 @@ run's units stand (a new option, off by default, costs a unit a run); otherwise 
 afresh, and until then the row is left out. A row shows the seeds whose folds are all there (rows
 may differ: a change is measured on the (seed, fold) runs both rows have). A record made at other
 numerics (threads, bfloat16, processor) is never continued or overwritten: its rows would mix last
-bits (one processor's bfloat16 does not reproduce another's). ``--summarise-only`` trains nothing
+bits (one processor's bfloat16 does not reproduce another's). Another kind of machine keeps a record of
+its own, ``--record ablation-<machine>`` (e.g. ``ablation-zen4.json``, in the same folder): chapter 09 shows
+each, and where two machines trained the same row, how far their units differ. ``--summarise-only`` trains nothing
 and may run anywhere: it rewrites the rows from the stored runs (after a change to ``STEPS``, or to
 code the runs do not depend on, such as a new default in ``covidlib.recipe``). Processes given
 different ``--rows`` may share the record and the cache, each keeping the units the other wrote (on
@@ -30,6 +32,7 @@ this 2-core CPU one process at 2 threads finishes sooner than two side by side).
     .venv/bin/python benchmarks/ablation.py --seeds 1,2 --rows 4     # more seeds for one row
     .venv/bin/python benchmarks/ablation.py --quick --out /tmp/ablation   # the whole path in minutes
     .venv/bin/python benchmarks/ablation.py --summarise-only    # rows rewritten from the stored runs
+    .venv/bin/python benchmarks/ablation.py --seeds 0 --rows 9,17 --record ablation-zen4   # a Zen 4's own record
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -131,6 +135,9 @@ def main() -> None:
     parser.add_argument("--rows", type=integers,
                         help="compute only these rows, in this order (e.g. 4,2); the record keeps every "
                              "row computed before, and those another process adds")
+    parser.add_argument("--record", default="ablation", type=record_name,
+                        help="the record's name in --out: ablation (default), or ablation-<machine> for a kind of "
+                             "machine whose numerics ablation.json cannot take (e.g. ablation-zen4)")
     parser.add_argument("--summarise-only", action="store_true",
                         help="train nothing: rewrite the record's rows from its stored runs (after a change to "
                              "STEPS or to code its runs do not depend on), on any processor")
@@ -147,7 +154,7 @@ def main() -> None:
     if args.summarise_only:
         summarise_only(args, parameters, runtime, keys, recipes)
         return
-    runs = stored_runs(Path(args.out) / "ablation.json", parameters, runtime)
+    runs = stored_runs(record_path(args), parameters, runtime)
     prepared_by_size: dict[int, PreparedSlices] = {}
 
     def train_unit(index: int, seed: int, fold: int) -> dict:
@@ -172,9 +179,22 @@ def main() -> None:
         for seed, fold in todo:
             add_result(run, train_unit(index, seed, fold))
             # another process may have added units to the record since: keep them
-            merge_runs(runs, stored_runs(Path(args.out) / "ablation.json", parameters, runtime))
+            merge_runs(runs, stored_runs(record_path(args), parameters, runtime))
             write_rows(args, runtime, runs, keys, recipes)
     write_rows(args, runtime, runs, keys, recipes)
+
+
+def record_name(text: str) -> str:
+    """``--record``'s value checked: ``ablation``, or ``ablation-<machine>`` (letters, digits, ``_`` and
+    ``-``), so that :func:`covidlib.records.regenerate_command` finds this script from the name; an argparse ``type``."""
+    if not re.fullmatch(r"ablation(-[A-Za-z0-9_-]+)?", text):
+        raise argparse.ArgumentTypeError(f"expected ablation or ablation-<machine> such as ablation-zen4, got {text!r}")
+    return text
+
+
+def record_path(args: argparse.Namespace) -> Path:
+    """The record this invocation continues and rewrites: ``--out``/``--record``.json."""
+    return Path(args.out) / f"{args.record}.json"
 
 
 def training_recipe(recipe: Recipe) -> Recipe:
@@ -258,7 +278,8 @@ def stored_runs(record: Path, parameters: dict, runtime: dict) -> dict[str, dict
             raise SystemExit(f"{record} was computed with " + ", ".join(f"{name}={ran.get(name)}" for name in differ)
                              + "; this process has " + ", ".join(f"{name}={runtime.get(name)}" for name in differ)
                              + ". Its rows cannot take units of other numerics: continue on a machine like the one "
-                             f"it names ({describe_machine(ran)}), or pass --out DIR for a separate record.")
+                             f"it names ({describe_machine(ran)}), or keep this machine's own record with "
+                             "--record ablation-<machine> (e.g. ablation-zen4) or --out DIR.")
     comparable = comparable_record(record, parameters, runtime)
     runs = comparable.numbers.get("runs", {}) if comparable else {}
     for key, run in runs.items():
@@ -275,7 +296,7 @@ def summarise_only(args: argparse.Namespace, parameters: dict, runtime: dict, ke
     trained its runs (``runtime``: only this invocation's start, for its timing). Refused when the
     parameters or the data differ, or when a run of ``keys`` was trained by code changed since (a
     recheck trains one of its units: a machine like the record's must run it)."""
-    record = Path(args.out) / "ablation.json"
+    record = record_path(args)
     if not record.exists():
         raise SystemExit(f"{record}: no record to summarise")
     earlier = read_reference(record).record
@@ -375,10 +396,10 @@ def write_rows(args: argparse.Namespace, runtime: dict, runs: dict[str, dict], k
     kept = {key: {**run, "units": sorted(run["units"], key=lambda unit: (unit["seed"], unit["fold"]))}
             for key, run in runs.items() if key in keys and run["units"]}
     seeds = sorted({seed for row in rows for seed in row["seeds"]})
-    write_record(args.out, "ablation", parameters={"data_root": args.data_root, "seeds": seeds, "folds": args.folds,
+    write_record(args.out, args.record, parameters={"data_root": args.data_root, "seeds": seeds, "folds": args.folds,
                                                    "quick": args.quick},
                  numbers={"rows": rows, "runs": kept, "planned": [step.name for step in STEPS]}, runtime=runtime)
-    print(f"wrote {Path(args.out) / 'ablation.json'} ({len(rows)} of {len(STEPS)} rows complete, "
+    print(f"wrote {record_path(args)} ({len(rows)} of {len(STEPS)} rows complete, "
           f"{sum(len(run['units']) for run in kept.values())} runs)", flush=True)
 
 

@@ -50,6 +50,7 @@ output_dir = "results"
 digits = 3
 
 # %%
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,7 @@ from covidlib.experiments import NETWORK_TITLES
 from covidlib.mean_teacher import arm_rows, paired_rows
 from covidlib.published import PUBLISHED, REPORT_BEST, REPORT_TABLE_5_1, published
 from covidlib.recipe import Recipe, describe_recipe
-from covidlib.records import FEWEST_RUNS_TO_READ, describe_machine, load_reference, reference_notice
+from covidlib.records import FEWEST_RUNS_TO_READ, describe_machine, load_reference, reference_dir, reference_notice
 from covidlib.results import (format_change, format_interval, interval_side, markdown_table, read_build_timings,
                               read_records, write_record)
 from covidlib.statistics import paired_bootstrap_ci, summarise_runs
@@ -75,6 +76,9 @@ this_chapter = "09_results"
 book_chapters = sorted({p.stem for pattern in ("[0-9][0-9]_*.py", "[0-9][0-9]_*.ipynb") for p in Path(".").glob(pattern)}
                        - {this_chapter})
 benchmark_records = ["ablation", "learning_curve", "semi_recipe", "phantom_to_real"]  # by benchmarks/*.py; shown here, in 08 and in 01
+# a kind of machine that cannot continue the ablation keeps its own record (benchmarks/ablation.py --record ablation-<machine>)
+machine_ablations = sorted(path.stem for path in reference_dir().glob("ablation-*.json"))
+benchmark_records += machine_ablations
 references = {name: load_reference(name) for name in [*book_chapters, *benchmark_records]}
 live = read_records(output_dir) if Path(output_dir).is_dir() else {}
 
@@ -107,7 +111,7 @@ def stored_work(reference) -> str:
     the ablation's distinct trainings (wall / CPU, training and scoring), the learning curve's units
     (wall); an em dash where the record stores no such times."""
     numbers = reference.numbers if reference is not None else {}
-    if reference is not None and reference.path.stem == "ablation":
+    if reference is not None and reference.path.stem.partition("-")[0] == "ablation":
         runs = {row["run"]: row for row in numbers.get("rows", []) if "train_cpu_seconds" in row}
         if runs:
             wall = sum(row.get("train_wall_seconds", 0.0) for row in runs.values())
@@ -229,9 +233,12 @@ if cv_04:
 # and each change with its interval.
 
 # %% tags=["hide-input"]
-ablation = references["ablation"]
-display(Markdown(reference_notice(ablation, "ablation")))
-if ablation is not None:
+def show_ablation(ablation, *, list_missing: bool = True) -> None:
+    """The table of an ablation record, the rows it does not hold yet (with ``list_missing``), and what
+    each alternative did."""
+    if not ablation.numbers["rows"]:
+        display(Markdown("No row of this record has all its outer folds yet (the benchmark resumes where it stopped)."))
+        return
     rows = []
     for row in ablation.numbers["rows"]:
         change = row.get("dice_change_vs_previous")
@@ -253,7 +260,7 @@ if ablation is not None:
                                            "CPU min (training and scoring)"))))
     done = {row["name"] for row in ablation.numbers["rows"]}
     missing = [name for name in ablation.numbers.get("planned", []) if name not in done]
-    if missing:
+    if missing and list_missing:
         display(Markdown("Rows not computed yet (the benchmark resumes where it stopped): "
                          + "; ".join(f"“{name}”" for name in missing) + "."))
 
@@ -280,18 +287,84 @@ if ablation is not None:
     if notes:
         display(Markdown(" ".join(notes)))
 
+
+def path_rows(ablation) -> list[viz.PathRow]:
+    """The rows of an ablation record as :func:`covidlib.viz.show_path` draws them."""
+    return [viz.PathRow(row["name"], {"Dice at 0.5": [unit[-1] for unit in row["dice_by_unit"]],
+                                      "Inf-Net mean Dice": [unit[-1] for unit in row["infnet_mean_dice_by_unit"]]},
+                        change=(change["mean_difference"], change["low"], change["high"])
+                        if (change := row.get("dice_change_vs_previous")) else None,
+                        alternative=bool(row.get("base")), marked=Recipe(**row["recipe"]) == Recipe())
+            for row in ablation.numbers["rows"]]
+
+
+path_figure = dict(metrics=["Dice at 0.5", "Inf-Net mean Dice"], change_label="change in Dice at 0.5 [95 % CI]",
+                   reference_lines={"Inf-Net mean Dice": {method: published(method).value
+                                                          for method in ("Inf-Net", "Semi-Inf-Net")}})
+ablation = references["ablation"]
+display(Markdown(reference_notice(ablation, "ablation")))
+if ablation is not None:
+    show_ablation(ablation)
+
 # %% mystnb={"figure": {"caption": "Reference record (COVID-SemiSeg): the ablation read top to bottom. Left: test Dice at 0.5 of each outer (fold, seed) run (dots) and the row's mean (bar). Middle: the same runs by Inf-Net's mean Dice, with the published Inf-Net and Semi-Inf-Net results dotted (measured on a separate 48-slice test split, so a guide, not a paired comparison). Right: each row's change in Dice at 0.5 from the row it changes, with its 95 % bootstrap interval. Alternatives tried beside the path are grey and in italics; train's defaults are in bold. Without a record the panel says so.", "name": "fig-09-ablation"}, "image": {"alt": "Reference record (COVID-SemiSeg): the ablation read top to bottom"}}
-viz.show_path([viz.PathRow(row["name"], {"Dice at 0.5": [unit[-1] for unit in row["dice_by_unit"]],
-                                         "Inf-Net mean Dice": [unit[-1] for unit in row["infnet_mean_dice_by_unit"]]},
-                           change=(change["mean_difference"], change["low"], change["high"])
-                           if (change := row.get("dice_change_vs_previous")) else None,
-                           alternative=bool(row.get("base")), marked=Recipe(**row["recipe"]) == Recipe())
-               for row in ablation.numbers["rows"]] if ablation is not None else None,
-              metrics=["Dice at 0.5", "Inf-Net mean Dice"], change_label="change in Dice at 0.5 [95 % CI]",
-              reference_lines={"Inf-Net mean Dice": {method: published(method).value
-                                                     for method in ("Inf-Net", "Semi-Inf-Net")}},
+viz.show_path(path_rows(ablation) if ablation is not None else None, **path_figure,
               title="The path past the published results (COVID-SemiSeg, nested CV)",
               empty_message="no reference record of benchmarks/ablation.py yet")
+
+# %% [markdown]
+# ### The path on another processor
+#
+# In bfloat16 a unit reproduces to the last bit only on the processor family that trained it
+# ({doc}`/book/reproducing`), so a machine of another kind cannot add units to the record above: its
+# rows would mix two processors' rounding. It keeps a record of its own instead
+# (`benchmarks/ablation.py --record ablation-<machine>`), whose changes are measured against rows it
+# trained itself. Where both records hold a row, the same recipe, seeds and folds trained on two
+# processors show how far last-bit differences alone move a unit's Dice: a change between rows
+# smaller than that is not a finding, whatever its interval says.
+
+# %% tags=["hide-input"]
+def machine_differences(first, second) -> list[tuple[str, ...]]:
+    """The rows two ablation records both hold (same name and recipe): on the (seed, fold) runs both
+    trained, each record's mean Dice, the mean difference and the largest one in absolute value."""
+    theirs = {row["name"]: row for row in second.numbers["rows"]}
+    table = []
+    for row in first.numbers["rows"]:
+        other = theirs.get(row["name"])
+        if other is None or other["recipe"] != row["recipe"]:
+            continue
+        mine, its = ({(seed, fold): dice for seed, fold, dice in r["dice_by_unit"]} for r in (row, other))
+        shared = sorted(set(mine) & set(its))
+        if not shared:
+            continue
+        differences = np.array([its[unit] - mine[unit] for unit in shared])
+        table.append((row["name"], str(len(shared)), cell(float(np.mean([mine[u] for u in shared]))),
+                      cell(float(np.mean([its[u] for u in shared]))), format_change(float(differences.mean())),
+                      f"{np.abs(differences).max():.{digits}f}"))
+    return table
+
+
+for name in machine_ablations:
+    other = references[name]
+    display(Markdown(f"**`{name}`**, on {describe_machine(other.record['runtime'])}: the rows it holds.\n\n{other.notice()}"))
+    show_ablation(other, list_missing=False)
+    if ablation is not None and (shared_rows := machine_differences(ablation, other)):
+        display(Markdown(
+            f"The same rows on two processors, over the (fold, seed) runs both trained: "
+            f"{describe_machine(ablation.record['runtime'])} (`ablation`) and "
+            f"{describe_machine(other.record['runtime'])} (`{name}`)."))
+        display(Markdown(markdown_table(shared_rows, ("recipe", "(fold, seed) runs", "Dice, ablation",
+                                                      f"Dice, {name}", "mean difference", "largest |difference|"))))
+if not machine_ablations:
+    display(Markdown("No other processor has an ablation record yet."))
+
+# %% mystnb={"figure": {"caption": "The ablation record of each other processor, drawn as the one above: each run (dots), each row's mean (bar) and each change with its 95 % bootstrap interval, measured against rows trained on that processor. Without such a record the panel says so.", "name": "fig-09-ablation-machines"}, "image": {"alt": "The ablation record of each other processor, drawn as the one above"}}
+# one figure for every such record: a row is named with its record's machine when there are several
+viz.show_path([dataclasses.replace(row, name=f"{row.name} ({name})" if len(machine_ablations) > 1 else row.name)
+               for name in machine_ablations for row in path_rows(references[name])],
+              **path_figure, empty_message="no row of another processor's ablation record has all its folds yet"
+              if machine_ablations else "no ablation record of another processor yet",
+              title="The path on " + "; ".join(describe_machine(references[name].record["runtime"])
+                                               for name in machine_ablations) if machine_ablations else None)
 
 # %% [markdown]
 # ## How many labelled slices does the recipe need?

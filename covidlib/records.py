@@ -80,10 +80,14 @@ def regenerate_command(name: str, dataset: str = REFERENCE_DATASET, threads: int
     """The command that writes the reference record ``name`` on ``dataset``: a chapter's
     (``"NN_name"``) comes from ``ci/book --reference`` (each chapter sets its own threads), any
     other from its resumable benchmark, ``benchmarks/<name>.py``, with the ``threads`` the record
-    ran on: float32 sums, and so the numbers, depend on how many threads share them."""
+    ran on: float32 sums, and so the numbers, depend on how many threads share them. A benchmark's
+    record of a second kind of machine, ``<benchmark>-<machine>`` (e.g. ``ablation-zen4``), comes from
+    the same script with ``--record <benchmark>-<machine>``."""
     if name[:2].isdigit():
         return f"ci/book --reference --dataset {dataset} --data-root DIR --chapters {name[:2]}"
-    return f".venv/bin/python benchmarks/{name}.py --data-root DIR" + (f" --threads {threads}" if threads else "")
+    benchmark, _, machine = name.partition("-")
+    return (f".venv/bin/python benchmarks/{benchmark}.py --data-root DIR" + (f" --record {name}" if machine else "")
+            + (f" --threads {threads}" if threads else ""))
 
 
 def reference_dir(dataset: str = REFERENCE_DATASET, records_dir: str | Path | None = None) -> Path:

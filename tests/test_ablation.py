@@ -62,7 +62,7 @@ def _runs(ablation, score, present: dict[int, set]) -> tuple[dict, list[str]]:
 
 
 def _write(ablation, tmp_path, runs: dict, keys: list[str]) -> dict:
-    args = argparse.Namespace(out=str(tmp_path), data_root=str(tmp_path), folds=2, quick=True)
+    args = argparse.Namespace(out=str(tmp_path), record="ablation", data_root=str(tmp_path), folds=2, quick=True)
     ablation.write_rows(args, {}, runs, keys, ablation.build_recipes(ablation.REPORT, quick=True))
     return json.loads((tmp_path / "ablation.json").read_text())
 
@@ -125,7 +125,7 @@ def test_a_record_resumes_its_runs_shows_only_those_of_unchanged_code_and_refuse
     data = tmp_path / "data"
     data.mkdir()
     (data / "a.png").write_bytes(b"x")
-    args = argparse.Namespace(out=str(tmp_path), data_root=str(data), folds=2, quick=True)
+    args = argparse.Namespace(out=str(tmp_path), record="ablation", data_root=str(data), folds=2, quick=True)
     ablation.write_rows(args, numerics, runs, keys, ablation.build_recipes(ablation.REPORT, quick=True))
     record = tmp_path / "ablation.json"
     parameters = {"data_root": str(data), "folds": 2, "quick": True}
@@ -137,7 +137,7 @@ def test_a_record_resumes_its_runs_shows_only_those_of_unchanged_code_and_refuse
     assert ablation.stored_runs(record, {**parameters, "folds": 5}, numerics) == {}
     assert ablation.stored_runs(tmp_path / "missing.json", parameters, numerics) == {}
     written = record.read_text()
-    with pytest.raises(SystemExit, match="cpu_bf16=True.*cpu_bf16=False.*--out DIR"):
+    with pytest.raises(SystemExit, match="cpu_bf16=True.*cpu_bf16=False.*--record ablation-<machine>"):
         ablation.stored_runs(record, parameters, {**numerics, "cpu_bf16": False})
     # both compute in bfloat16, but their kernels round differently
     with pytest.raises(SystemExit, match="device_name=Intel.*device_name=AMD EPYC.*--out DIR"):
@@ -146,6 +146,22 @@ def test_a_record_resumes_its_runs_shows_only_those_of_unchanged_code_and_refuse
     with pytest.raises(SystemExit, match="cpu_family=6.*cpu_family=7.*--out DIR"):
         ablation.stored_runs(record, parameters, {**numerics, "cpu_family": 7})
     assert record.read_text() == written
+    # another kind of machine keeps its own record beside it, which this one's numerics do not touch
+    zen4 = {**numerics, "device_name": "AMD EPYC", "cpu_family": 25}
+    own = argparse.Namespace(**{**vars(args), "record": "ablation-zen4"})
+    ablation.write_rows(own, zen4, runs, keys, ablation.build_recipes(ablation.REPORT, quick=True))
+    assert ablation.record_path(own) == tmp_path / "ablation-zen4.json"
+    assert json.loads(ablation.record_path(own).read_text())["chapter"] == "ablation-zen4"
+    assert list(ablation.stored_runs(ablation.record_path(own), parameters, zen4)) == ["run0", "run1"]
+    assert record.read_text() == written
+
+
+def test_a_record_name_is_ablation_or_ablation_and_a_machine(ablation):
+    assert ablation.record_name("ablation") == "ablation"
+    assert ablation.record_name("ablation-zen4") == "ablation-zen4"
+    for bad in ("zen4", "ablation-", "ablation-../x", "ablation zen4", "ablations"):
+        with pytest.raises(argparse.ArgumentTypeError, match="ablation-<machine>"):
+            ablation.record_name(bad)
 
 
 def test_merging_keeps_the_units_another_process_added_and_counts_each_second_once(ablation):
@@ -251,7 +267,7 @@ def test_summarising_only_rewrites_the_rows_on_any_processor_and_keeps_the_numer
     data = tmp_path / "data"
     data.mkdir()
     (data / "a.png").write_bytes(b"x")
-    args = argparse.Namespace(out=str(tmp_path), data_root=str(data), folds=2, quick=True)
+    args = argparse.Namespace(out=str(tmp_path), record="ablation", data_root=str(data), folds=2, quick=True)
     recipes = ablation.build_recipes(ablation.REPORT, quick=True)
     ablation.write_rows(args, trained_on, runs, keys, recipes)
     parameters = {"data_root": str(data), "folds": 2, "quick": True}
