@@ -1,6 +1,7 @@
 """What the nested cross-validation benchmarks share (``ablation``, ``cv_nested``, ``learning_curve``,
 ``semi_recipe``): their common options, the check that COVID-SemiSeg is there, the tiny recipe of
-``--quick``, the runtime summary their records store, and resuming from a committed record.
+``--quick``, the runtime summary their records store, and resuming from a committed record: only on
+the numerics that computed it, so another kind of machine keeps its own (``--record <benchmark>-<machine>``).
 
 The benchmarks run as files (``python benchmarks/ablation.py``), so this folder is first on
 ``sys.path`` and they import this module by its plain name.
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,8 @@ from covidlib.errors import InvalidInputError
 from covidlib.fingerprint import data_fingerprint
 from covidlib.io import check_output_folder
 from covidlib.recipe import Recipe
-from covidlib.records import ReferenceRecord, other_numerics, processor_family, read_reference, reference_dir
+from covidlib.records import (ReferenceRecord, describe_machine, other_numerics, processor_family, read_reference,
+                              reference_dir)
 from covidlib.results import to_json, write_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,8 +50,9 @@ def nested_cv_parser(doc: str | None, *, runs: str | None = None, seeds: str = "
                      quick: str = "tiny networks and 2 epochs: checks the path") -> argparse.ArgumentParser:
     """A parser with the options every nested-CV benchmark takes: ``--data-root``, ``--seeds`` (parsed
     to a list), ``--folds``, ``--threads`` and ``--quick``; with ``runs``, ``--runs`` (its resumable
-    cache, ``results/<runs>``); with ``record``, ``--out`` (the folder of that committed record); with
-    ``supervised_runs`` (what the benchmark reads there), ``--supervised-runs``, the ablation's cache."""
+    cache, ``results/<runs>``); with ``record`` (the benchmark's name), ``--out`` (the folder of its
+    committed record) and ``--record`` (:func:`record_name`); with ``supervised_runs`` (what the
+    benchmark reads there), ``--supervised-runs``, the ablation's cache."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default=str(DEFAULT_DATA), help="COVID-SemiSeg's folder")
     if runs is not None:
@@ -57,13 +62,30 @@ def nested_cv_parser(doc: str | None, *, runs: str | None = None, seeds: str = "
         parser.add_argument("--supervised-runs", default=str(ROOT / "results" / "ablation"),
                             help=f"the ablation's cache of nested-CV runs, where {supervised_runs}")
     if record is not None:
-        parser.add_argument("--out", default=str(reference_dir()), help=f"folder of the record {record}")
+        parser.add_argument("--out", default=str(reference_dir()), help=f"folder of the record {record}.json")
+        parser.add_argument("--record", default=record, type=functools.partial(record_name, benchmark=record),
+                            help=f"the record's name in --out: {record} (default), or {record}-<machine> for a kind "
+                                 f"of machine whose numerics {record}.json cannot take (e.g. {record}-zen4)")
     parser.add_argument("--seeds", type=integers, default=seeds,
                         help=f"comma-separated seeds; each draws its own folds (default {seeds})")
     parser.add_argument("--folds", type=int, default=5, help="outer folds (default 5)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     parser.add_argument("--quick", action="store_true", help=quick)
     return parser
+
+
+def record_name(text: str, benchmark: str) -> str:
+    """``--record``'s value checked: ``benchmark``, or ``benchmark-<machine>`` (letters, digits, ``_`` and
+    ``-``), so that :func:`covidlib.records.regenerate_command` finds the script from the name."""
+    if not re.fullmatch(rf"{re.escape(benchmark)}(-[A-Za-z0-9_-]+)?", text):
+        raise argparse.ArgumentTypeError(f"expected {benchmark} or {benchmark}-<machine> such as {benchmark}-zen4, "
+                                         f"got {text!r}")
+    return text
+
+
+def record_path(args: argparse.Namespace) -> Path:
+    """The record this invocation continues and rewrites: ``--out``/``--record``.json."""
+    return Path(args.out) / f"{args.record}.json"
 
 
 def begin(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -96,15 +118,23 @@ def mean_scores(per_case: dict[str, dict[str, float]], metrics: tuple[str, ...] 
 
 
 def comparable_record(record: Path, parameters: dict[str, Any], runtime: dict[str, Any]) -> ReferenceRecord | None:
-    """The earlier ``record`` when it ran with ``parameters`` (its seeds and the data's folder aside),
-    the numerics of ``runtime`` (threads, bfloat16, processor) and the same data; ``None``, after saying why, otherwise."""
+    """The earlier ``record`` when it ran with ``parameters`` (its seeds and the data's folder aside)
+    and the same data; ``None``, after saying why, otherwise. A record computed at other numerics than
+    ``runtime`` (threads, bfloat16, processor) is refused, before anything is computed: its units cannot
+    take units computed here, and starting afresh would overwrite them."""
     if not record.exists():
         return None
     earlier = read_reference(record)
+    if differ := other_numerics(ran := earlier.record["runtime"], runtime):
+        benchmark = record.stem.partition("-")[0]
+        raise SystemExit(f"{record} was computed with " + ", ".join(f"{name}={ran.get(name)}" for name in differ)
+                         + "; this process has " + ", ".join(f"{name}={runtime.get(name)}" for name in differ)
+                         + ". Its units cannot be continued at other numerics: continue on a machine like the one it "
+                         f"names ({describe_machine(ran)}), or keep this machine's own record with --record "
+                         f"{benchmark}-<machine> (e.g. {benchmark}-zen4) or --out DIR.")
     same = all(earlier.record["parameters"].get(name) == value for name, value in parameters.items()
                if name not in ("seeds", "data_root"))
     reason = ("its parameters differ" if not same else
-              "it ran at other threads, precision or processor" if other_numerics(earlier.record["runtime"], runtime) else
               "the data changed" if earlier.record["fingerprint"]["data"] != data_fingerprint(parameters["data_root"])
               else None)
     if reason:
@@ -158,14 +188,14 @@ def untimed(unit: dict[str, Any]) -> str:
     return to_json({name: value for name, value in unit.items() if name not in TIMING_FIELDS})
 
 
-def write_units_record(out: str, name: str, *, parameters: dict[str, Any], runtime: dict[str, Any],
+def write_units_record(record: Path, *, parameters: dict[str, Any], runtime: dict[str, Any],
                        units: dict[tuple, dict], planned: list[tuple],
                        summarise: Callable[[list[dict]], dict[str, Any]]) -> dict[str, Any]:
-    """Rewrite the record ``out/<name>.json`` with the ``planned`` units done so far (``numbers.units``,
+    """Rewrite ``record`` (``<out>/<name>.json``) with the ``planned`` units done so far (``numbers.units``,
     in plan order, where :func:`stored_units` finds them next time) and their ``summarise``; returns that summary."""
     done = [units[key] for key in planned if key in units]
     summary = summarise(done)
-    path = write_record(out, name, parameters=parameters, runtime=runtime,
+    path = write_record(record.parent, record.stem, parameters=parameters, runtime=runtime,
                         numbers={**summary, "units": done, "units_planned": len(planned)})
     print(f"wrote {path} ({len(done)} of {len(planned)} units)", flush=True)
     return summary

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -48,13 +47,13 @@ from typing import Any
 
 import numpy as np
 
-from _nested_cv import begin, comparable_record, integers, mean_scores, nested_cv_parser, quick_recipe
+from _nested_cv import begin, comparable_record, integers, mean_scores, nested_cv_parser, quick_recipe, record_path
 from covidlib.crossval import run_key, run_nested_cv, scored_metric
 from covidlib.datasets import get_dataset
 from covidlib.fingerprint import changed_sources, data_fingerprint
 from covidlib.inference import PreparedSlices, prepare_slices
 from covidlib.recipe import Recipe
-from covidlib.records import describe_machine, other_numerics, read_reference
+from covidlib.records import read_reference
 from covidlib.results import write_record
 from covidlib.statistics import paired_bootstrap_ci
 
@@ -131,13 +130,10 @@ def has_scores(unit: dict, names: Iterable[str]) -> bool:
 
 
 def main() -> None:
-    parser = nested_cv_parser(__doc__, runs="ablation", record="ablation.json", seeds="0,1,2")
+    parser = nested_cv_parser(__doc__, runs="ablation", record="ablation", seeds="0,1,2")
     parser.add_argument("--rows", type=integers,
                         help="compute only these rows, in this order (e.g. 4,2); the record keeps every "
                              "row computed before, and those another process adds")
-    parser.add_argument("--record", default="ablation", type=record_name,
-                        help="the record's name in --out: ablation (default), or ablation-<machine> for a kind of "
-                             "machine whose numerics ablation.json cannot take (e.g. ablation-zen4)")
     parser.add_argument("--summarise-only", action="store_true",
                         help="train nothing: rewrite the record's rows from its stored runs (after a change to "
                              "STEPS or to code its runs do not depend on), on any processor")
@@ -182,19 +178,6 @@ def main() -> None:
             merge_runs(runs, stored_runs(record_path(args), parameters, runtime))
             write_rows(args, runtime, runs, keys, recipes)
     write_rows(args, runtime, runs, keys, recipes)
-
-
-def record_name(text: str) -> str:
-    """``--record``'s value checked: ``ablation``, or ``ablation-<machine>`` (letters, digits, ``_`` and
-    ``-``), so that :func:`covidlib.records.regenerate_command` finds this script from the name; an argparse ``type``."""
-    if not re.fullmatch(r"ablation(-[A-Za-z0-9_-]+)?", text):
-        raise argparse.ArgumentTypeError(f"expected ablation or ablation-<machine> such as ablation-zen4, got {text!r}")
-    return text
-
-
-def record_path(args: argparse.Namespace) -> Path:
-    """The record this invocation continues and rewrites: ``--out``/``--record``.json."""
-    return Path(args.out) / f"{args.record}.json"
 
 
 def training_recipe(recipe: Recipe) -> Recipe:
@@ -268,18 +251,8 @@ def merge_runs(runs: dict[str, dict], other: dict[str, dict]) -> None:
 
 def stored_runs(record: Path, parameters: dict, runtime: dict) -> dict[str, dict]:
     """``{run key: run}`` of the earlier ``record`` when it holds: same parameters and data
-    (:func:`_nested_cv.comparable_record`); runs of changed training code are among them, for
-    :func:`recheck`. A record made at other numerics
-    (threads, bfloat16, processor) is refused: its rows cannot take units computed here, and rewriting it would drop them."""
-    if record.exists():
-        earlier = read_reference(record).record
-        if differ := other_numerics(earlier["runtime"], runtime):
-            ran = earlier["runtime"]
-            raise SystemExit(f"{record} was computed with " + ", ".join(f"{name}={ran.get(name)}" for name in differ)
-                             + "; this process has " + ", ".join(f"{name}={runtime.get(name)}" for name in differ)
-                             + ". Its rows cannot take units of other numerics: continue on a machine like the one "
-                             f"it names ({describe_machine(ran)}), or keep this machine's own record with "
-                             "--record ablation-<machine> (e.g. ablation-zen4) or --out DIR.")
+    (:func:`_nested_cv.comparable_record`, which refuses a record made at other numerics); runs of
+    changed training code are among them, for :func:`recheck`."""
     comparable = comparable_record(record, parameters, runtime)
     runs = comparable.numbers.get("runs", {}) if comparable else {}
     for key, run in runs.items():

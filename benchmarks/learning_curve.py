@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from _nested_cv import METRICS, begin, integers, mean_scores, nested_cv_parser, quick_recipe, stored_units, write_units_record
+from _nested_cv import (METRICS, begin, integers, mean_scores, nested_cv_parser, quick_recipe, record_path,
+                        stored_units, write_units_record)
 from covidlib.crossval import Fold, nested_folds, run_nested_cv, score_cases, train_supervised
 from covidlib.datasets import Dataset, get_dataset
 from covidlib.errors import InvalidInputError
@@ -120,7 +121,7 @@ def per_doubling(by_unit: dict[int, dict[tuple[int, int], dict]]) -> dict | None
 
 
 def main() -> None:
-    parser = nested_cv_parser(__doc__, runs="learning_curve", record="learning_curve.json",
+    parser = nested_cv_parser(__doc__, runs="learning_curve", record="learning_curve",
                               supervised_runs="the all-slices point is read or trained")
     parser.add_argument("--sizes", type=integers, default="8,16,24", help="training slices per fold, below all of them")
     args = parser.parse_args()
@@ -133,7 +134,7 @@ def main() -> None:
     folder = Path(args.runs) / f"curve-{settings_key([dataclasses.asdict(recipe), args.folds])}"
     parameters = {"data_root": args.data_root, "seeds": args.seeds, "folds": args.folds, "sizes": args.sizes,
                   "recipe": dataclasses.asdict(recipe), "quick": args.quick}
-    record = Path(args.out) / "learning_curve.json"
+    record = record_path(args)
 
     def compute_unit(unit: tuple[int, int, int]) -> dict:
         seed, index, n = unit
@@ -156,7 +157,7 @@ def main() -> None:
             continue
         for n in missing:
             units[seed, fold.index, n] = compute_unit((seed, fold.index, n))
-            summary = write_units_record(args.out, "learning_curve", parameters=parameters, runtime=runtime,
+            summary = write_units_record(record, parameters=parameters, runtime=runtime,
                                          units=units, planned=planned, summarise=summarise)
             for row in summary["rows"]:
                 change = row.get("tta_dice_change_vs_all")

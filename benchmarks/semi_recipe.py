@@ -40,7 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from _nested_cv import METRICS, begin, mean_scores, nested_cv_parser, quick_recipe, stored_units, write_units_record
+from _nested_cv import (METRICS, begin, mean_scores, nested_cv_parser, quick_recipe, record_path, stored_units,
+                        write_units_record)
 from covidlib.augment import default_augmentation
 from covidlib.crossval import run_key, run_nested_cv, score_cases
 from covidlib.datasets import Dataset, get_dataset
@@ -131,7 +132,7 @@ def summarise(results: list[dict]) -> dict:
 
 
 def main() -> None:
-    parser = nested_cv_parser(__doc__, record="semi_recipe.json", supervised_runs="A' is read or trained",
+    parser = nested_cv_parser(__doc__, record="semi_recipe", supervised_runs="A' is read or trained",
                               quick="tiny networks, 2 epochs, 16 unlabelled slices")
     parser.add_argument("--semi-epochs", type=int, default=30)
     parser.add_argument("--semi-lr", type=float, default=5e-4)
@@ -149,7 +150,7 @@ def main() -> None:
     parameters = {"data_root": args.data_root, "seeds": args.seeds, "recipe": dataclasses.asdict(recipe),
                   "semi_epochs": args.semi_epochs, "semi_lr": args.semi_lr, "noise_std": args.noise_std,
                   "folds": args.folds, "unlabelled_slices": len(prepared.unlabelled_ids), "quick": args.quick}
-    record = Path(args.out) / "semi_recipe.json"
+    record = record_path(args)
 
     def compute_unit(unit: tuple[int, int]) -> dict:
         seed, fold = unit
@@ -165,7 +166,7 @@ def main() -> None:
         if (seed, fold) in units:
             continue
         units[seed, fold] = compute_unit((seed, fold))
-        summary = write_units_record(args.out, "semi_recipe", parameters=parameters, runtime=runtime, units=units,
+        summary = write_units_record(record, parameters=parameters, runtime=runtime, units=units,
                                      planned=plan, summarise=summarise)
         for row in summary["rows"]:
             change = row.get("tta_dice_change_vs_control")

@@ -76,9 +76,10 @@ this_chapter = "09_results"
 book_chapters = sorted({p.stem for pattern in ("[0-9][0-9]_*.py", "[0-9][0-9]_*.ipynb") for p in Path(".").glob(pattern)}
                        - {this_chapter})
 benchmark_records = ["ablation", "learning_curve", "semi_recipe", "phantom_to_real"]  # by benchmarks/*.py; shown here, in 08 and in 01
-# a kind of machine that cannot continue the ablation keeps its own record (benchmarks/ablation.py --record ablation-<machine>)
-machine_ablations = sorted(path.stem for path in reference_dir().glob("ablation-*.json"))
-benchmark_records += machine_ablations
+# a kind of machine that cannot continue a benchmark's record keeps its own (--record <benchmark>-<machine>)
+machine_records = sorted(path.stem for path in reference_dir().glob("*-*.json"))
+machine_ablations = [name for name in machine_records if name.partition("-")[0] == "ablation"]
+benchmark_records += machine_records
 references = {name: load_reference(name) for name in [*book_chapters, *benchmark_records]}
 live = read_records(output_dir) if Path(output_dir).is_dir() else {}
 

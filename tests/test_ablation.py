@@ -156,14 +156,6 @@ def test_a_record_resumes_its_runs_shows_only_those_of_unchanged_code_and_refuse
     assert record.read_text() == written
 
 
-def test_a_record_name_is_ablation_or_ablation_and_a_machine(ablation):
-    assert ablation.record_name("ablation") == "ablation"
-    assert ablation.record_name("ablation-zen4") == "ablation-zen4"
-    for bad in ("zen4", "ablation-", "ablation-../x", "ablation zen4", "ablations"):
-        with pytest.raises(argparse.ArgumentTypeError, match="ablation-<machine>"):
-            ablation.record_name(bad)
-
-
 def test_merging_keeps_the_units_another_process_added_and_counts_each_second_once(ablation):
     mine, keys = _runs(ablation, lambda index, seed, fold: 0.6, {0: {(0, 0)}, 1: {(0, 0)}})
     theirs, _ = _runs(ablation, lambda index, seed, fold: 0.7, {0: {(0, 0), (0, 1)}, 2: {(1, 0)}})

@@ -3,6 +3,7 @@ path run as a reader runs it: ``python benchmarks/<name>.py``, on the real data.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -44,10 +45,24 @@ def test_parser_defaults_and_optional_options(nested_cv, tmp_path):
     assert plain.seeds == [0] and plain.folds == 5 and plain.threads is None and not plain.quick
     assert Path(plain.runs) == nested_cv.ROOT / "results" / "cv_nested"
     assert not hasattr(plain, "out") and not hasattr(plain, "supervised_runs")
-    full = nested_cv.nested_cv_parser(None, seeds="0,1,2", record="semi.json",
+    full = nested_cv.nested_cv_parser(None, seeds="0,1,2", record="semi",
                                       supervised_runs="A' is read").parse_args(["--out", str(tmp_path)])
     assert full.seeds == [0, 1, 2] and full.out == str(tmp_path) and not hasattr(full, "runs")
+    assert full.record == "semi" and nested_cv.record_path(full) == tmp_path / "semi.json"
+    own = nested_cv.nested_cv_parser(None, record="semi").parse_args(["--out", str(tmp_path), "--record", "semi-zen4"])
+    assert nested_cv.record_path(own) == tmp_path / "semi-zen4.json"
     assert Path(full.supervised_runs) == nested_cv.ROOT / "results" / "ablation"
+
+
+def test_a_record_name_is_the_benchmark_or_the_benchmark_and_a_machine(nested_cv):
+    assert nested_cv.record_name("ablation", "ablation") == "ablation"
+    assert nested_cv.record_name("semi_recipe-zen4", "semi_recipe") == "semi_recipe-zen4"
+    for bad in ("zen4", "ablation-", "ablation-../x", "ablation zen4", "ablations", "semi_recipe-zen4"):
+        with pytest.raises(argparse.ArgumentTypeError, match="ablation-<machine>"):
+            nested_cv.record_name(bad, "ablation")
+    parser = nested_cv.nested_cv_parser(None, record="ablation")
+    with pytest.raises(SystemExit):  # argparse names the option and the value
+        parser.parse_args(["--record", "../ablation"])
 
 
 def test_begin_without_the_data_says_so_and_leaves_threads_alone(nested_cv, tmp_path, capsys):
@@ -63,7 +78,7 @@ def test_begin_refuses_an_output_folder_that_is_a_file_before_any_work(nested_cv
     (tmp_path / "TrainingSet").mkdir()
     blocking = tmp_path / "record.json"
     blocking.write_text("{}")
-    parser = nested_cv.nested_cv_parser(None, runs="x", record="x.json")
+    parser = nested_cv.nested_cv_parser(None, runs="x", record="x")
     for path, where in ((blocking, "exists and is not a folder"),
                         (blocking / "sub", f"lies under {blocking}, which is not a folder")):
         args = parser.parse_args(["--data-root", str(tmp_path), flag, str(path)])
@@ -120,11 +135,12 @@ def test_stored_units_resume_only_what_the_same_settings_and_data_produced(neste
     by_seed = nested_cv.stored_units(record, {**parameters, "data_root": str(moved)}, NUMERICS, key=("seed",))
     assert list(by_seed) == [(0,)]
     assert nested_cv.stored_units(record, {**parameters, "data_root": str(moved), "semi_epochs": 10}, NUMERICS) == {}
-    # another processor's bfloat16 or another thread count gives other last bits: computed again
-    assert nested_cv.stored_units(record, {**parameters, "data_root": str(moved)}, {**NUMERICS, "cpu_bf16": False}) == {}
-    assert nested_cv.stored_units(record, {**parameters, "data_root": str(moved)}, {**NUMERICS, "threads": 1}) == {}
-    assert nested_cv.stored_units(record, {**parameters, "data_root": str(moved)},
-                                  {**NUMERICS, "device_name": "AMD EPYC"}) == {}
+    # another processor's bfloat16 or another thread count gives other last bits: refused, record untouched
+    written = record.read_text()
+    for other in ({"cpu_bf16": False}, {"threads": 1}, {"device_name": "AMD EPYC"}):
+        with pytest.raises(SystemExit, match=f"{next(iter(other))}=.*--record some_benchmark-<machine>"):
+            nested_cv.stored_units(record, {**parameters, "data_root": str(moved)}, {**NUMERICS, **other})
+    assert record.read_text() == written
     (moved / "b.png").write_bytes(b"y")
     assert nested_cv.stored_units(record, {**parameters, "data_root": str(moved)}, NUMERICS) == {}
 
