@@ -331,7 +331,8 @@ def machine_differences(first, second) -> list[tuple[str, ...]]:
     table = []
     for row in first.numbers["rows"]:
         other = theirs.get(row["name"])
-        if other is None or other["recipe"] != row["recipe"]:
+        # a record written before a field of Recipe existed lacks it: compare as recipes, defaults filled in
+        if other is None or Recipe(**other["recipe"]) != Recipe(**row["recipe"]):
             continue
         mine, its = ({(seed, fold): dice for seed, fold, dice in r["dice_by_unit"]} for r in (row, other))
         shared = sorted(set(mine) & set(its))
@@ -354,7 +355,7 @@ for name in machine_ablations:
             f"{describe_machine(ablation.record['runtime'])} (`ablation`) and "
             f"{describe_machine(other.record['runtime'])} (`{name}`)."))
         display(Markdown(markdown_table(shared_rows, ("recipe", "(fold, seed) runs", "Dice, ablation",
-                                                      f"Dice, {name}", "mean difference", "largest |difference|"))))
+                                                      f"Dice, {name}", "mean difference", "largest absolute difference"))))
 if not machine_ablations:
     display(Markdown("No other processor has an ablation record yet."))
 
