@@ -430,7 +430,8 @@ def report_stale_records() -> None:
             here = {"device_name": processor_name(), "cpu_bf16": cpu_supports_bf16(), "threads": runtime.get("threads"),
                     "cpu_family": processor_family()}
             made_on += ("; its units resume on this machine" if not other_numerics(runtime, here)
-                        else f"; its units resume only there, not on this {describe_machine(here, threads=False)}")
+                        else f"; its units resume only there, not on this {describe_machine(here, threads=False)}, "
+                        f"which keeps its own with --record {reference.path.stem.partition('-')[0]}-<machine>")
         print(f"[test] stale record {reference.path.relative_to(ROOT)} (made on {made_on}): "
               f"changed since: {', '.join(reference.stale[:5])}; regenerate with {reference.command}")
     outdated = {path: names for path in sorted(RECORDS.glob("*/[!_]*.json")) if (names := rewritten_since(path))}
