@@ -25,8 +25,8 @@ from covidlib.errors import InvalidInputError
 from covidlib.fingerprint import data_fingerprint
 from covidlib.io import check_output_folder
 from covidlib.recipe import Recipe
-from covidlib.records import (ReferenceRecord, describe_machine, other_numerics, processor_family, read_reference,
-                              reference_dir)
+from covidlib.records import (ReferenceRecord, benchmark_of, describe_machine, other_numerics, processor_family,
+                              read_reference, reference_dir)
 from covidlib.results import to_json, write_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,7 +126,7 @@ def comparable_record(record: Path, parameters: dict[str, Any], runtime: dict[st
         return None
     earlier = read_reference(record)
     if differ := other_numerics(ran := earlier.record["runtime"], runtime):
-        benchmark = record.stem.partition("-")[0]
+        benchmark = benchmark_of(record.stem)
         raise SystemExit(f"{record} was computed with " + ", ".join(f"{name}={ran.get(name)}" for name in differ)
                          + "; this process has " + ", ".join(f"{name}={runtime.get(name)}" for name in differ)
                          + ". Its units cannot be continued at other numerics: continue on a machine like the one it "

@@ -62,7 +62,8 @@ from covidlib.experiments import NETWORK_TITLES
 from covidlib.mean_teacher import arm_rows, paired_rows
 from covidlib.published import PUBLISHED, REPORT_BEST, REPORT_TABLE_5_1, published
 from covidlib.recipe import Recipe, describe_recipe
-from covidlib.records import FEWEST_RUNS_TO_READ, describe_machine, load_reference, reference_dir, reference_notice
+from covidlib.records import (FEWEST_RUNS_TO_READ, benchmark_of, describe_machine, load_reference, reference_dir,
+                              reference_notice)
 from covidlib.results import (format_change, format_interval, interval_side, markdown_table, read_build_timings,
                               read_records, write_record)
 from covidlib.statistics import paired_bootstrap_ci, summarise_runs
@@ -78,7 +79,7 @@ book_chapters = sorted({p.stem for pattern in ("[0-9][0-9]_*.py", "[0-9][0-9]_*.
 benchmark_records = ["ablation", "learning_curve", "semi_recipe", "phantom_to_real"]  # by benchmarks/*.py; shown here, in 08 and in 01
 # a kind of machine that cannot continue a benchmark's record keeps its own (--record <benchmark>-<machine>)
 machine_records = sorted(path.stem for path in reference_dir().glob("*-*.json"))
-machine_ablations = [name for name in machine_records if name.partition("-")[0] == "ablation"]
+machine_ablations = [name for name in machine_records if benchmark_of(name) == "ablation"]
 benchmark_records += machine_records
 references = {name: load_reference(name) for name in [*book_chapters, *benchmark_records]}
 live = read_records(output_dir) if Path(output_dir).is_dir() else {}
@@ -112,7 +113,7 @@ def stored_work(reference) -> str:
     the ablation's distinct trainings (wall / CPU, training and scoring), the learning curve's units
     (wall); an em dash where the record stores no such times."""
     numbers = reference.numbers if reference is not None else {}
-    if reference is not None and reference.path.stem.partition("-")[0] == "ablation":
+    if reference is not None and benchmark_of(reference.path.stem) == "ablation":
         runs = {row["run"]: row for row in numbers.get("rows", []) if "train_cpu_seconds" in row}
         if runs:
             wall = sum(row.get("train_wall_seconds", 0.0) for row in runs.values())

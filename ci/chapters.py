@@ -419,7 +419,8 @@ def report_stale_records() -> None:
     """List committed reference records whose code changed since they were made, or which show
     records rewritten since (not a failure)."""
     from covidlib.config import cpu_supports_bf16, processor_name
-    from covidlib.records import describe_machine, other_numerics, processor_family, read_reference, stale_records
+    from covidlib.records import (benchmark_of, describe_machine, other_numerics, processor_family, read_reference,
+                                  stale_records)
 
     stale = stale_records(RECORDS)
     for reference in stale:
@@ -431,7 +432,7 @@ def report_stale_records() -> None:
                     "cpu_family": processor_family()}
             made_on += ("; its units resume on this machine" if not other_numerics(runtime, here)
                         else f"; its units resume only there, not on this {describe_machine(here, threads=False)}, "
-                        f"which keeps its own with --record {reference.path.stem.partition('-')[0]}-<machine>")
+                        f"which keeps its own with --record {benchmark_of(reference.path.stem)}-<machine>")
         print(f"[test] stale record {reference.path.relative_to(ROOT)} (made on {made_on}): "
               f"changed since: {', '.join(reference.stale[:5])}; regenerate with {reference.command}")
     outdated = {path: names for path in sorted(RECORDS.glob("*/[!_]*.json")) if (names := rewritten_since(path))}

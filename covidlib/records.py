@@ -76,6 +76,12 @@ def describe_machine(runtime: dict[str, Any], *, threads: bool = True) -> str:
     return text
 
 
+def benchmark_of(name: str) -> str:
+    """The benchmark a record ``name`` belongs to: ``name`` itself, or, for a second kind of machine's
+    record ``<benchmark>-<machine>`` (e.g. ``ablation-zen4``), the part before the first ``-``."""
+    return name.partition("-")[0]
+
+
 def regenerate_command(name: str, dataset: str = REFERENCE_DATASET, threads: int | None = None) -> str:
     """The command that writes the reference record ``name`` on ``dataset``: a chapter's
     (``"NN_name"``) comes from ``ci/book --reference`` (each chapter sets its own threads), any
@@ -85,8 +91,8 @@ def regenerate_command(name: str, dataset: str = REFERENCE_DATASET, threads: int
     the same script with ``--record <benchmark>-<machine>``."""
     if name[:2].isdigit():
         return f"ci/book --reference --dataset {dataset} --data-root DIR --chapters {name[:2]}"
-    benchmark, _, machine = name.partition("-")
-    return (f".venv/bin/python benchmarks/{benchmark}.py --data-root DIR" + (f" --record {name}" if machine else "")
+    benchmark = benchmark_of(name)
+    return (f".venv/bin/python benchmarks/{benchmark}.py --data-root DIR" + (f" --record {name}" if name != benchmark else "")
             + (f" --threads {threads}" if threads else ""))
 
 

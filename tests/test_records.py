@@ -101,6 +101,8 @@ def test_regenerate_command():
         ".venv/bin/python benchmarks/phantom_to_real.py --data-root DIR --threads 2"
     assert records.regenerate_command("04_unet_and_attention", threads=2).endswith("--chapters 04")
     # a second machine's record of a benchmark: the same script, told which record
+    assert [records.benchmark_of(name) for name in ("ablation-zen4", "semi_recipe-zen-4", "learning_curve")] == \
+        ["ablation", "semi_recipe", "learning_curve"]
     assert records.regenerate_command("ablation-zen4", threads=2) == \
         ".venv/bin/python benchmarks/ablation.py --data-root DIR --record ablation-zen4 --threads 2"
 
