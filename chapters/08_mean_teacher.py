@@ -77,7 +77,7 @@ from covidlib.inference import prepare_slices
 from covidlib.mean_teacher import (A_PRIME_PRECONDITION, ARMS, CONTROLS, arm_rows, compare_arms, ema_update,
                                    paired_rows, run_semi_cv, sigmoid_rampup)
 from covidlib.recipe import describe_recipe
-from covidlib.records import FEWEST_RUNS_TO_READ, load_reference, reference_notice
+from covidlib.records import FEWEST_RUNS_TO_READ, describe_machine, load_reference, machine_records, reference_notice
 from covidlib.restoration import RestorationSettings, pretrained_weights
 from covidlib.results import format_interval, interval_side, markdown_table, write_record
 from covidlib.viz import show_grouped_values
@@ -307,19 +307,19 @@ show_grouped_values({difference_name(arm, control): reference.numbers["summary"]
 # slices: pseudo-labels that are A′'s own test-time-augmented probabilities (self-training,
 # {mod}`covidlib.self_training`), and the mean teacher as Tarvainen and Valpola use it, its consistency
 # cost on the unlabelled slices with no pseudo-labels at all (a record that predates this arm lacks
-# its row). Every arm is scored with test-time augmentation.
+# its row). Every arm is scored with test-time augmentation. In bfloat16 a run reproduces to the last
+# bit only on the kind of processor that made it ({doc}`/book/reproducing`), so a processor of another
+# kind keeps a record of its own (`benchmarks/semi_recipe.py --record semi_recipe-<machine>`); each is
+# shown with its machine, and its differences are paired within it.
 
 # %% tags=["hide-input"]
-semi_recipe = load_reference("semi_recipe")
-display(Markdown(reference_notice(semi_recipe, "semi_recipe")))
-
-
 def change_cell(change: dict | None) -> str:
     """``+0.012 [-0.004, +0.027]``, or an em dash where there is no paired difference."""
     return format_interval(change) if change else "—"
 
 
-if semi_recipe is not None:
+def show_semi_recipe(semi_recipe) -> dict[str, str]:
+    """The table of a ``semi_recipe`` record and what its arms did; returns ``{arm: its control}``."""
     semi_rows = semi_recipe.numbers["rows"]
     display(Markdown(markdown_table(
         [(row["label"], f"{row['tta_dice_mean']:.3f} ± {row['tta_dice_sd_over_units']:.3f}",
@@ -327,11 +327,10 @@ if semi_recipe is not None:
           change_cell(row.get("tta_dice_change_vs_supervised"))) for row in semi_rows],
         ("arm (the record's recipe, TTA)", "Dice at 0.5", "Inf-Net mean Dice", "− its control [95 % CI]", "− A′ [95 % CI]"))))
     by_arm = {row["arm"]: row for row in semi_rows}
-    recipe_controls = {row["arm"]: row["tta_dice_change_vs_control"]["against"] for row in semi_rows
-                       if "tta_dice_change_vs_control" in row}
-    control_mean = by_arm["control"]["tta_dice_mean"]
+    controls = {row["arm"]: row["tta_dice_change_vs_control"]["against"] for row in semi_rows
+                if "tta_dice_change_vs_control" in row}
     verdicts = []
-    for arm in recipe_controls:
+    for arm in controls:
         change = by_arm[arm]["tta_dice_change_vs_control"]
         base = by_arm[change["against"]]["tta_dice_mean"]
         verdicts.append(f"{by_arm[arm]['label']}: {100 * change['mean_difference'] / base:+.1f} % of its control "
@@ -353,15 +352,31 @@ if semi_recipe is not None:
         + (f" With fewer than {FEWEST_RUNS_TO_READ} runs these intervals cannot be read as evidence either way yet."
            if 2 <= units < FEWEST_RUNS_TO_READ else "")
         + f" The best arm is “{best['label']}” at {best['tta_dice_mean']:.3f}; A′ itself scored "
-        f"{by_arm['supervised']['tta_dice_mean']:.3f} and its labels-only continuation {control_mean:.3f}. A′ is "
-        f"trained from scratch here (the report fine-tunes a pretrained A; chapter 05 weighs pretrained starts); its "
-        f"validation Dice averaged {np.mean(a_prime_val):.3f}, and the report's precondition for pseudo-labelling "
-        f"(> {A_PRIME_PRECONDITION}) held in {sum(d > A_PRIME_PRECONDITION for d in a_prime_val)} of {units} runs."))
+        f"{by_arm['supervised']['tta_dice_mean']:.3f} and its labels-only continuation "
+        f"{by_arm['control']['tta_dice_mean']:.3f}. A′ is trained from scratch here (the report fine-tunes a pretrained "
+        f"A; chapter 05 weighs pretrained starts); its validation Dice averaged {np.mean(a_prime_val):.3f}, and the "
+        f"report's precondition for pseudo-labelling (> {A_PRIME_PRECONDITION}) held in "
+        f"{sum(d > A_PRIME_PRECONDITION for d in a_prime_val)} of {units} runs."))
+    return controls
 
-# %% mystnb={"figure": {"caption": "Reference record at the recipe it names (COVID-SemiSeg): the paired difference in test Dice at 0.5 (with test-time augmentation) of each semi-supervised arm against its control, one point per (fold, seed), the black bar the mean. Without a record the panel says so.", "name": "fig-08-recipe-arms"}, "image": {"alt": "Reference record at the recipe it names (COVID-SemiSeg): the paired difference in test Dice at 0.5 (with test-time augmentation) of each semi-supervised arm against its control, one point per (fold, seed), the black bar the mean"}}
-show_grouped_values({difference_name(arm, control): np.subtract(by_arm[arm]["tta_dice_by_unit"], by_arm[control]["tta_dice_by_unit"])
-                     for arm, control in recipe_controls.items()} if semi_recipe is not None else None,
-                    ylabel="Dice difference", title="Paired differences at the record's recipe (COVID-SemiSeg)",
+
+# a kind of machine that cannot continue semi_recipe.json keeps its own record (--record semi_recipe-<machine>)
+semi_recipes = {name: load_reference(name) for name in ["semi_recipe", *machine_records("semi_recipe")]}
+recipe_differences = {}
+for name, semi_recipe in semi_recipes.items():
+    if len(semi_recipes) > 1 and semi_recipe is not None:
+        display(Markdown(f"**`{name}`**, on {describe_machine(semi_recipe.record['runtime'])}:"))
+    display(Markdown(reference_notice(semi_recipe, name)))
+    if semi_recipe is None:
+        continue
+    by_arm = {row["arm"]: row for row in semi_recipe.numbers["rows"]}
+    for arm, control in show_semi_recipe(semi_recipe).items():
+        label = difference_name(arm, control) + (f"\n({name})" if len(semi_recipes) > 1 else "")
+        recipe_differences[label] = np.subtract(by_arm[arm]["tta_dice_by_unit"], by_arm[control]["tta_dice_by_unit"])
+
+# %% mystnb={"figure": {"caption": "Reference records at the recipe each names (COVID-SemiSeg): the paired difference in test Dice at 0.5 (with test-time augmentation) of each semi-supervised arm against its control, one point per (fold, seed), the black bar the mean; one group per arm and record where several processors keep one. Without a record the panel says so.", "name": "fig-08-recipe-arms"}, "image": {"alt": "Reference records at the recipe each names (COVID-SemiSeg): the paired difference in test Dice at 0.5 (with test-time augmentation) of each semi-supervised arm against its control, one point per (fold, seed), the black bar the mean"}}
+show_grouped_values(recipe_differences, ylabel="Dice difference",
+                    title="Paired differences at the record's recipe (COVID-SemiSeg)",
                     empty_message="no reference record of benchmarks/semi_recipe.py yet")
 
 # %% tags=["hide-input"]

@@ -62,7 +62,7 @@ from covidlib.experiments import NETWORK_TITLES
 from covidlib.mean_teacher import arm_rows, paired_rows
 from covidlib.published import PUBLISHED, REPORT_BEST, REPORT_TABLE_5_1, published
 from covidlib.recipe import Recipe, describe_recipe
-from covidlib.records import (FEWEST_RUNS_TO_READ, benchmark_of, describe_machine, load_reference, reference_dir,
+from covidlib.records import (FEWEST_RUNS_TO_READ, benchmark_of, describe_machine, load_reference, machine_records,
                               reference_notice)
 from covidlib.results import (format_change, format_interval, interval_side, markdown_table, read_build_timings,
                               read_records, write_record)
@@ -78,9 +78,8 @@ book_chapters = sorted({p.stem for pattern in ("[0-9][0-9]_*.py", "[0-9][0-9]_*.
                        - {this_chapter})
 benchmark_records = ["ablation", "learning_curve", "semi_recipe", "phantom_to_real"]  # by benchmarks/*.py; shown here, in 08 and in 01
 # a kind of machine that cannot continue a benchmark's record keeps its own (--record <benchmark>-<machine>)
-machine_records = sorted(path.stem for path in reference_dir().glob("*-*.json"))
-machine_ablations = [name for name in machine_records if benchmark_of(name) == "ablation"]
-benchmark_records += machine_records
+machine_ablations = machine_records("ablation")
+benchmark_records += machine_records()
 references = {name: load_reference(name) for name in [*book_chapters, *benchmark_records]}
 live = read_records(output_dir) if Path(output_dir).is_dir() else {}
 
@@ -497,9 +496,12 @@ if reference_08 is not None:
         findings.append(f"{arm.replace('_', ' ')} against its control: {interval['percent']:+.1f} % of the control's "
                         f"Dice (95 % CI {interval['percent_low']:+.1f} to {interval['percent_high']:+.1f} %), "
                         f"{outcome[interval_side(interval)]}, where the report anticipated a gain")
-semi_recipe = references["semi_recipe"]
-if semi_recipe is not None:
-    findings.append(f"the semi-supervised benchmark's A′ is {describe_recipe(semi_recipe.record['parameters']['recipe'])}")
+for name in ["semi_recipe", *machine_records("semi_recipe")]:
+    semi_recipe = references[name]
+    if semi_recipe is None:
+        continue
+    findings.append(f"the semi-supervised benchmark's A′ (`{name}`, {describe_machine(semi_recipe.record['runtime'])}) is "
+                    f"{describe_recipe(semi_recipe.record['parameters']['recipe'])}")
     labels = {row["arm"]: row["label"] for row in semi_recipe.numbers["rows"]}
     for row in semi_recipe.numbers["rows"]:
         change = row.get("tta_dice_change_vs_control")

@@ -101,6 +101,14 @@ def reference_dir(dataset: str = REFERENCE_DATASET, records_dir: str | Path | No
     return Path(records_dir or RECORDS_DIR) / f"reference-{dataset}"
 
 
+def machine_records(benchmark: str | None = None, dataset: str = REFERENCE_DATASET,
+                    records_dir: str | Path | None = None) -> list[str]:
+    """The names of the committed records of second kinds of machine, ``<benchmark>-<machine>``
+    (e.g. ``["ablation-zen4"]``), sorted; only ``benchmark``'s when it is given."""
+    names = sorted(path.stem for path in reference_dir(dataset, records_dir).glob("*-*.json"))
+    return [name for name in names if benchmark is None or benchmark_of(name) == benchmark]
+
+
 @dataclass
 class ReferenceRecord:
     """A committed record, where it lives, and the source files changed since it was made."""

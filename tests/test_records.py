@@ -107,6 +107,17 @@ def test_regenerate_command():
         ".venv/bin/python benchmarks/ablation.py --data-root DIR --record ablation-zen4 --threads 2"
 
 
+def test_machine_records(tmp_path):
+    folder = records.reference_dir("covid-semiseg", tmp_path)
+    folder.mkdir(parents=True)
+    for name in ("ablation", "ablation-zen4", "semi_recipe-zen4", "semi_recipe-xeon", "04_unet_and_attention"):
+        (folder / f"{name}.json").write_text("{}")
+    assert records.machine_records(records_dir=tmp_path) == ["ablation-zen4", "semi_recipe-xeon", "semi_recipe-zen4"]
+    assert records.machine_records("semi_recipe", records_dir=tmp_path) == ["semi_recipe-xeon", "semi_recipe-zen4"]
+    assert records.machine_records("learning_curve", records_dir=tmp_path) == []
+    assert records.machine_records(records_dir=tmp_path / "elsewhere") == []
+
+
 def test_missing_and_broken_records(tmp_path):
     assert records.load_reference("01_none", records_dir=tmp_path) is None
     assert "`ci/book --reference --dataset covid-semiseg --data-root DIR --chapters 01` writes it" in \
