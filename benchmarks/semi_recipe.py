@@ -75,6 +75,8 @@ def run_fold(args: argparse.Namespace, dataset: Dataset, prepared: PreparedSlice
                                         batch_size=recipe.batch_size, noise_std=args.noise_std, seed=seed,
                                         max_steps_per_epoch=recipe.max_steps_per_epoch, dihedral=recipe.dihedral)
     started = time.perf_counter()
+    print(f"seed {seed} fold {a_prime_result['fold']}: pseudo-labelling {len(prepared.unlabelled)} unlabelled slices "
+          "with A′ (patches, then whole slices)", flush=True)
     patches, pseudo = pseudo_label_patches(a_prime, prepared.labelled, train_ids, val_ids, prepared.unlabelled,
                                            settings, rng=np.random.default_rng(seed))
     unlabelled = np.stack([image[0] for image in prepared.unlabelled])
