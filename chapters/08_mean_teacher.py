@@ -247,10 +247,10 @@ if sum(row["pseudo"]["accepted"] for row in results) == 0:
         + (" (the quick setting: networks of a few steps, whose features separate little)" if setting == "quick" else "")
         + ", so the pseudo-label arms trained exactly as their controls and their differences are zero by construction."))
 
-# %% mystnb={"figure": {"caption": "This run: the paired difference in test Dice at 0.5 of each semi-supervised arm against its control (same fold, same seed, same number of steps), one point per (fold, seed); the black bar is the mean. Above zero the unlabelled data helped. In quick mode these are tiny networks on two folds: a check that the pipeline runs, not evidence.", "name": "fig-08-arms"}, "image": {"alt": "This run: the paired difference in test Dice at 0.5 of each semi-supervised arm against its control (same fold, same seed, same number of steps), one point per (fold, seed); the black bar is the mean"}}
+# %% mystnb={"figure": {"caption": "This run: the paired difference in test Dice at 0.5 of each semi-supervised arm against its control (same fold, same seed, same number of steps), one point per (fold, seed); the black bar is the mean. Above zero (dashed) the unlabelled data helped. In quick mode these are tiny networks on two folds: a check that the pipeline runs, not evidence.", "name": "fig-08-arms"}, "image": {"alt": "This run: the paired difference in test Dice at 0.5 of each semi-supervised arm against its control (same fold, same seed, same number of steps), one point per (fold, seed); the black bar is the mean"}}
 show_grouped_values({difference_name(arm, control): summary["dice"]["paired"][arm]["per_unit"]
                      for arm, control in CONTROLS.items() if arm in summary["dice"]["paired"]},
-                    ylabel="Dice difference", title=f"Paired differences ({dataset}, {setting})",
+                    ylabel="Dice difference", baseline=0.0, title=f"Paired differences ({dataset}, {setting})",
                     empty_message="fewer than two (fold, seed) runs: no paired difference")
 
 # %% [markdown]
@@ -288,10 +288,10 @@ if reference is not None:
         f"pseudo-label threshold chosen on the validation slices averaged {ref['threshold_mean']:.2f}, accepting "
         f"{ref['accepted_share_mean']:.0%} of the unlabelled patches."))
 
-# %% mystnb={"figure": {"caption": "Reference record (COVID-SemiSeg): the paired difference in test Dice at 0.5 of each semi-supervised arm against its control of the same budget, one point per (fold, seed), the black bar the mean. Without a record the panel says so.", "name": "fig-08-reference-arms"}, "image": {"alt": "Reference record (COVID-SemiSeg): the paired difference in test Dice at 0.5 of each semi-supervised arm against its control of the same budget, one point per (fold, seed), the black bar the mean"}}
+# %% mystnb={"figure": {"caption": "Reference record (COVID-SemiSeg): the paired difference in test Dice at 0.5 of each semi-supervised arm against its control of the same budget, one point per (fold, seed), the black bar the mean, no difference dashed. Without a record the panel says so.", "name": "fig-08-reference-arms"}, "image": {"alt": "Reference record (COVID-SemiSeg): the paired difference in test Dice at 0.5 of each semi-supervised arm against its control of the same budget, one point per (fold, seed), the black bar the mean"}}
 show_grouped_values({difference_name(arm, control): reference.numbers["summary"]["dice"]["paired"][arm]["per_unit"]
                      for arm, control in CONTROLS.items()} if reference is not None else None,
-                    ylabel="Dice difference", title="Paired differences (COVID-SemiSeg, reference record)",
+                    ylabel="Dice difference", baseline=0.0, title="Paired differences (COVID-SemiSeg, reference record)",
                     empty_message="no reference record of chapter 08 yet")
 
 # %% [markdown]
@@ -374,8 +374,8 @@ for name, semi_recipe in semi_recipes.items():
         label = difference_name(arm, control) + (f"\n({name})" if len(semi_recipes) > 1 else "")
         recipe_differences[label] = np.subtract(by_arm[arm]["tta_dice_by_unit"], by_arm[control]["tta_dice_by_unit"])
 
-# %% mystnb={"figure": {"caption": "Reference records at the recipe each names (COVID-SemiSeg): the paired difference in test Dice at 0.5 (with test-time augmentation) of each semi-supervised arm against its control, one point per (fold, seed), the black bar the mean; one group per arm and record where several processors keep one. Without a record the panel says so.", "name": "fig-08-recipe-arms"}, "image": {"alt": "Reference records at the recipe each names (COVID-SemiSeg): the paired difference in test Dice at 0.5 (with test-time augmentation) of each semi-supervised arm against its control, one point per (fold, seed), the black bar the mean"}}
-show_grouped_values(recipe_differences, ylabel="Dice difference",
+# %% mystnb={"figure": {"caption": "Reference records at the recipe each names (COVID-SemiSeg): the paired difference in test Dice at 0.5 (with test-time augmentation) of each semi-supervised arm against its control, one point per (fold, seed), the black bar the mean, no difference dashed; one group per arm and record where several processors keep one. Without a record the panel says so.", "name": "fig-08-recipe-arms"}, "image": {"alt": "Reference records at the recipe each names (COVID-SemiSeg): the paired difference in test Dice at 0.5 (with test-time augmentation) of each semi-supervised arm against its control, one point per (fold, seed), the black bar the mean"}}
+show_grouped_values(recipe_differences, ylabel="Dice difference", baseline=0.0,
                     title="Paired differences at the record's recipe (COVID-SemiSeg)",
                     empty_message="no reference record of benchmarks/semi_recipe.py yet")
 

@@ -801,9 +801,11 @@ def show_binned_histograms(panels: Mapping[str, tuple[Values, Mapping[str, Value
 
 
 def show_grouped_values(groups: Mapping[str, Values] | None, *, ylabel: str = "value",
-                        title: str | None = None, empty_message: str = "nothing to draw") -> Figure:
+                        title: str | None = None, empty_message: str = "nothing to draw",
+                        baseline: float | None = None) -> Figure:
     """One column of points per group (spread sideways so they do not hide each other) with the
-    group's mean as a black bar: e.g. the infection share of the slices of each fold.
+    group's mean as a black bar: e.g. the infection share of the slices of each fold. A
+    ``baseline`` (e.g. 0 under paired differences) is drawn as a dashed line across the groups.
 
     With no groups, one panel says ``empty_message``.
     Introduced in chapter 03.
@@ -819,6 +821,8 @@ def show_grouped_values(groups: Mapping[str, Values] | None, *, ylabel: str = "v
         spread = np.linspace(-0.25, 0.25, len(values)) if len(values) > 1 else np.zeros(1)
         ax.scatter(position + spread, values, s=12, alpha=0.7, color=MASK_COLOURS[position % len(MASK_COLOURS)])
         ax.hlines(values.mean(), position - 0.35, position + 0.35, color="black", linewidth=2)
+    if baseline is not None:
+        ax.axhline(baseline, color="0.5", linestyle="--", linewidth=1, zorder=0)
     ax.set_xticks(range(len(groups)), list(groups), fontsize=8)
     ax.set_ylabel(ylabel)
     if title:

@@ -210,8 +210,15 @@ def test_grouped_values_one_column_per_group_with_its_mean() -> None:
     means = [c for c in ax.collections if isinstance(c, matplotlib.collections.LineCollection)]
     assert [segment[0][1] for c in means for segment in c.get_segments()] == pytest.approx([0.2, 0.5])
     assert [t.get_text() for t in ax.get_xticklabels()] == ["fold 1", "fold 2"] and ax.get_ylabel() == "infection share"
+    assert not ax.lines  # no baseline unless asked for
     with pytest.raises(InvalidInputError, match="'fold 3'"):
         viz.show_grouped_values({"fold 3": [float("nan")]})
+
+
+def test_grouped_values_baseline_is_a_dashed_line_across_the_groups() -> None:
+    fig = viz.show_grouped_values({"a − control": [-0.01, 0.02], "b − control": [0.005]}, baseline=0.0)
+    (line,) = fig.axes[0].lines
+    assert line.get_linestyle() == "--" and list(line.get_ydata()) == [0.0, 0.0]
 
 
 def test_show_curves_one_line_per_curve_from_step_one_or_a_message() -> None:
