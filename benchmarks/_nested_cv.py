@@ -21,8 +21,11 @@ import numpy as np
 import torch
 
 from covidlib.config import runtime_summary
+from covidlib.crossval import run_key, run_nested_cv
+from covidlib.datasets import Dataset
 from covidlib.errors import InvalidInputError
 from covidlib.fingerprint import data_fingerprint
+from covidlib.inference import PreparedSlices
 from covidlib.io import check_output_folder
 from covidlib.recipe import Recipe
 from covidlib.records import (ReferenceRecord, benchmark_of, describe_machine, other_numerics, processor_family,
@@ -199,3 +202,35 @@ def write_units_record(record: Path, *, parameters: dict[str, Any], runtime: dic
                         numbers={**summary, "units": done, "units_planned": len(planned)})
     print(f"wrote {path} ({len(done)} of {len(planned)} units)", flush=True)
     return summary
+
+
+def a_prime_unit(args: argparse.Namespace, dataset: Dataset, prepared: PreparedSlices, recipe: Recipe,
+                 unit: tuple[int, int]) -> tuple[dict[str, Any], Path]:
+    """A' of one (seed, outer fold) of ``recipe``: its nested-CV result, read from (or trained into)
+    the ablation's cache ``--supervised-runs``, and the path of its chosen epoch's checkpoint."""
+    seed, fold = unit
+    [result] = run_nested_cv(dataset, prepared, recipe, args.supervised_runs, folds=args.folds, seeds=[seed],
+                             fold_indices=[fold])
+    folder = Path(args.supervised_runs) / run_key(recipe, dataset.name, args.folds)
+    return result, folder / f"seed{seed}_fold{fold}" / "best.pt"
+
+
+def run_units(record: Path, args: argparse.Namespace, parameters: dict[str, Any], runtime: dict[str, Any],
+              compute_unit: Callable[[tuple[int, int]], dict], summarise: Callable[[list[dict]], dict[str, Any]],
+              report: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """Every (seed, outer fold) of ``--seeds`` and ``--folds``: those :func:`stored_units` finds in
+    ``record`` kept, the others computed in order by ``compute_unit``, the record rewritten after
+    each (:func:`write_units_record`) and its summary handed to ``report``."""
+    units = stored_units(record, parameters, runtime, recheck=compute_unit)
+    plan = [(seed, fold) for seed in args.seeds for fold in range(args.folds)]
+    print(f"{sum(unit in units for unit in plan)} of {len(plan)} units stored in {record}", flush=True)
+    for unit in plan:
+        if unit in units:
+            continue
+        units[unit] = compute_unit(unit)
+        summary = write_units_record(record, parameters=parameters, runtime=runtime, units=units, planned=plan,
+                                     summarise=summarise)
+        if report is not None:
+            report(summary)
+    if all(unit in units for unit in plan):
+        print(f"every unit is stored: {record} holds all {len(plan)}", flush=True)

@@ -40,10 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
-from _nested_cv import (METRICS, begin, mean_scores, nested_cv_parser, quick_recipe, record_path, stored_units,
-                        write_units_record)
+from _nested_cv import METRICS, a_prime_unit, begin, mean_scores, nested_cv_parser, quick_recipe, record_path, run_units
 from covidlib.augment import default_augmentation
-from covidlib.crossval import run_key, run_nested_cv, score_cases
+from covidlib.crossval import score_cases
 from covidlib.datasets import Dataset, get_dataset
 from covidlib.inference import PreparedSlices, load_model, prepare_slices
 from covidlib.mean_teacher import ARM_LABELS, continue_arm, pseudo_label_patches, semi_supervised_settings
@@ -148,35 +147,21 @@ def main() -> None:
         args.semi_epochs = 2
     dataset = get_dataset("covid-semiseg", args.data_root)
     prepared = prepare_slices(dataset, recipe.image_size, n_unlabelled=16 if args.quick else None)
-    supervised_folder = Path(args.supervised_runs) / run_key(recipe, dataset.name, args.folds)
     parameters = {"data_root": args.data_root, "seeds": args.seeds, "recipe": dataclasses.asdict(recipe),
                   "semi_epochs": args.semi_epochs, "semi_lr": args.semi_lr, "noise_std": args.noise_std,
                   "folds": args.folds, "unlabelled_slices": len(prepared.unlabelled_ids), "quick": args.quick}
-    record = record_path(args)
 
     def compute_unit(unit: tuple[int, int]) -> dict:
-        seed, fold = unit
-        [a_prime_result] = run_nested_cv(dataset, prepared, recipe, args.supervised_runs, folds=args.folds,
-                                         seeds=[seed], fold_indices=[fold])
-        return run_fold(args, dataset, prepared, recipe, a_prime_result,
-                        supervised_folder / f"seed{seed}_fold{fold}" / "best.pt")
+        return run_fold(args, dataset, prepared, recipe, *a_prime_unit(args, dataset, prepared, recipe, unit))
 
-    units = stored_units(record, parameters, runtime, recheck=compute_unit)
-    plan = [(seed, fold) for seed in args.seeds for fold in range(args.folds)]
-    print(f"{sum(unit in units for unit in plan)} of {len(plan)} units stored in {record}", flush=True)
-    for seed, fold in plan:
-        if (seed, fold) in units:
-            continue
-        units[seed, fold] = compute_unit((seed, fold))
-        summary = write_units_record(record, parameters=parameters, runtime=runtime, units=units,
-                                     planned=plan, summarise=summarise)
+    def report(summary: dict) -> None:
         for row in summary["rows"]:
             change = row.get("tta_dice_change_vs_control")
             print(f"{row['arm']:<14} TTA Dice {row['tta_dice_mean']:.3f} ± {row['tta_dice_sd_over_units']:.3f}"
                   + (f", vs {change['against']} {change['mean_difference']:+.3f} [{change['low']:+.3f}, "
                      f"{change['high']:+.3f}]" if change else ""), flush=True)
-    if all(unit in units for unit in plan):
-        print(f"every unit is stored: {record} holds all {len(plan)}", flush=True)
+
+    run_units(record_path(args), args, parameters, runtime, compute_unit, summarise, report)
 
 
 if __name__ == "__main__":

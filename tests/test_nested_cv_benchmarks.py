@@ -210,7 +210,7 @@ def test_learning_curve_quick_writes_its_record_and_resumes_from_it(tmp_path):
 @pytest.mark.slow
 @pytest.mark.realdata
 @pytest.mark.skipif(not REAL_SEMISEG.is_dir(), reason="real COVID-SemiSeg data not present")
-def test_semi_recipe_and_ablation_quick_write_their_records(tmp_path):
+def test_semi_recipe_semi_student_and_ablation_quick_write_their_records(tmp_path):
     ablation_options = ["--seeds", "0", "--rows", "0", "--out", str(tmp_path), "--runs", str(tmp_path / "ablation"),
                         "--threads", "1"]
     _run("ablation.py", *ablation_options)
@@ -224,11 +224,20 @@ def test_semi_recipe_and_ablation_quick_write_their_records(tmp_path):
     assert semi["units_planned"] == 5 and len(semi["thresholds"]) == 5 and len(semi["units"]) == 5
     assert [r["arm"] for r in semi["rows"]] == ["supervised", "control", "pseudo_labels", "pseudo_slices", "control_ema",
                                                 "mean_teacher", "consistency_slices"]
+    # the student reads the same A' runs: none is trained again, and each unit trains one student
+    student_options = [*semi_options, "--runs", str(tmp_path / "students"), "--seeds", "0"]
+    student_output = _run("semi_student.py", *student_options)
+    student = json.loads((tmp_path / "semi_student.json").read_text())["numbers"]
+    assert [r["arm"] for r in student["rows"]] == ["supervised", "student"] and len(student["units"]) == 5
+    assert [r["scores"]["supervised"] for r in student["units"]] == [r["scores"]["supervised"] for r in semi["units"]]
+    assert len(list((tmp_path / "students").glob("seed0_fold*/best.pt"))) == 5
+    assert "every unit is stored" in student_output
     # the record alone resumes the run: without A''s checkpoints nothing is trained again
     shutil.rmtree(tmp_path / "ablation")
     written = record_path.read_text()
     assert "5 of 5 units stored" in _run("semi_recipe.py", *semi_options)
     assert record_path.read_text() == written and not (tmp_path / "ablation").exists()
+    assert "5 of 5 units stored" in _run("semi_student.py", *student_options)
     # so does the ablation's: its record keeps every run
     assert "0 of 5 runs to compute" in _run("ablation.py", *ablation_options)
     assert json.loads((tmp_path / "ablation.json").read_text())["numbers"] == ablation
