@@ -48,7 +48,7 @@ from covidlib.statistics import paired_bootstrap_ci
 #: ``train``'s defaults, a row of benchmarks/ablation.py, as in ``semi_recipe``.
 RECIPE = Recipe()
 ARMS = ("supervised", "student")
-LABELS = {"supervised": "A′: labelled slices only (`train`'s defaults)",
+LABELS = {"supervised": "A′: labelled slices only",
           "student": "student from scratch: labelled + A′'s whole-slice pseudo-labels"}
 
 
@@ -108,7 +108,8 @@ def run_fold(args: argparse.Namespace, dataset: Dataset, prepared: PreparedSlice
 
 
 def summarise(results: list[dict]) -> dict:
-    """Each arm's mean ± sd over units, and the student's paired difference to A'."""
+    """Each arm's mean ± sd over units, and the student's paired difference to its control, A'
+    (``tta_dice_change_vs_control``, as ``semi_recipe``'s rows name theirs)."""
     rows = []
     for arm in ARMS:
         scores = {metric: [r["scores"][arm][metric] for r in results] for metric in METRICS}
@@ -119,7 +120,7 @@ def summarise(results: list[dict]) -> dict:
                "best_epoch": [r["best_epoch"][arm] for r in results]}
         if arm != "supervised" and len(results) > 1:
             ci = paired_bootstrap_ci([r["scores"]["supervised"]["tta_dice"] for r in results], scores["tta_dice"])
-            row["tta_dice_change_vs_supervised"] = {**ci.as_dict(), "against": "supervised"}
+            row["tta_dice_change_vs_control"] = {**ci.as_dict(), "against": "supervised"}  # A' is its control
         rows.append(row)
     return {"rows": rows, "a_prime_val_dice": [r["a_prime_val_dice"] for r in results],
             "pseudo_slice_foreground_share": [r["pseudo_slices"]["foreground_share"] for r in results],
@@ -147,7 +148,7 @@ def main() -> None:
 
     def report(summary: dict) -> None:
         for row in summary["rows"]:
-            change = row.get("tta_dice_change_vs_supervised")
+            change = row.get("tta_dice_change_vs_control")
             print(f"{row['arm']:<10} TTA Dice {row['tta_dice_mean']:.3f} ± {row['tta_dice_sd_over_units']:.3f}"
                   + (f", vs A′ {change['mean_difference']:+.3f} [{change['low']:+.3f}, {change['high']:+.3f}]"
                      if change else ""), flush=True)

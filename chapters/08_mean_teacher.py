@@ -85,7 +85,7 @@ from covidlib.viz import show_grouped_values
 #: Short display names of the arms for figure tick labels (the tables use covidlib's ARM_LABELS).
 ARM_SHORT = {"supervised": "A′", "control": "control", "pseudo_labels": "+ pseudo-labels",
              "pseudo_slices": "+ whole-slice\npseudo-labels", "control_ema": "control with\nmean teacher",
-             "mean_teacher": "+ pseudo-labels\n+ mean teacher"}
+             "mean_teacher": "+ pseudo-labels\n+ mean teacher", "student": "student from\nscratch"}
 
 
 def difference_name(arm: str, control: str) -> str:
@@ -374,7 +374,52 @@ for name, semi_recipe in semi_recipes.items():
         label = difference_name(arm, control) + (f"\n({name})" if len(semi_recipes) > 1 else "")
         recipe_differences[label] = np.subtract(by_arm[arm]["tta_dice_by_unit"], by_arm[control]["tta_dice_by_unit"])
 
-# %% mystnb={"figure": {"caption": "Reference records at the recipe each names (COVID-SemiSeg): the paired difference in test Dice at 0.5 (with test-time augmentation) of each semi-supervised arm against its control, one point per (fold, seed), the black bar the mean, no difference dashed; one group per arm and record where several processors keep one. Without a record the panel says so.", "name": "fig-08-recipe-arms"}, "image": {"alt": "Reference records at the recipe each names (COVID-SemiSeg): the paired difference in test Dice at 0.5 (with test-time augmentation) of each semi-supervised arm against its control, one point per (fold, seed), the black bar the mean"}}
+# %% [markdown]
+# Each arm above continues A′, and so does its control: compare A′ with its labels-only
+# continuation to see what the extra epochs at a lower rate with input noise cost or gain by
+# themselves before any unlabelled slice is seen. Self-training as Lee (2013) and Xie et al. (Noisy
+# Student, 2020) practise it does not continue the teacher: it trains a new student from scratch. `benchmarks/semi_student.py` does that with the same recipe, the same code
+# and A′'s own budget (as many optimizer steps, the same validation slices and epoch selection), on
+# the inner split's labelled slices and all 1,600 unlabelled slices with A′'s test-time-augmented
+# prediction at 0.5 as their masks, half the draws labelled. A′ is then its control: only the data
+# differs.
+
+# %% tags=["hide-input"]
+def show_semi_student(semi_student) -> None:
+    """The table of a ``semi_student`` record and its verdict."""
+    rows = {row["arm"]: row for row in semi_student.numbers["rows"]}
+    display(Markdown(markdown_table(
+        [(row["label"], f"{row['tta_dice_mean']:.3f} ± {row['tta_dice_sd_over_units']:.3f}",
+          f"{row['tta_infnet_mean_dice_mean']:.3f}", change_cell(row.get("tta_dice_change_vs_control")),
+          ", ".join(str(epoch) for epoch in row["best_epoch"])) for row in rows.values()],
+        ("arm (the record's recipe, TTA)", "Dice at 0.5", "Inf-Net mean Dice", "− A′ [95 % CI]", "best epoch by run"))))
+    units, planned = len(rows["supervised"]["units"]), semi_student.numbers["units_planned"]
+    change = rows["student"].get("tta_dice_change_vs_control")
+    display(Markdown(
+        f"**{describe_recipe(semi_student.record['parameters']['recipe'])}**, {units} (fold, seed) runs"
+        + (f" of the {planned} planned" if units < planned else "") + f"; A′ labelled "
+        f"{np.mean(semi_student.numbers['pseudo_slice_foreground_share']):.1%} of the unlabelled pixels as infection. "
+        + (f"The student against A′: {format_interval(change)} Dice at 0.5"
+           + (f" (fewer than {FEWEST_RUNS_TO_READ} runs: not yet evidence either way)." if units < FEWEST_RUNS_TO_READ
+              else f"; its interval {interval_side(change)}: {STUDENT_OUTCOME[interval_side(change)]}.")
+           if change else "A paired interval needs at least two runs.")))
+
+
+STUDENT_OUTCOME = {"lies above 0": "the pseudo-labelled slices helped", "lies below 0": "they cost Dice",
+                   "includes 0": "their effect is not distinguishable from none"}
+semi_students = {name: load_reference(name) for name in ["semi_student", *machine_records("semi_student")]}
+for name, semi_student in semi_students.items():
+    if semi_student is not None:
+        display(Markdown(f"**`{name}`**, on {describe_machine(semi_student.record['runtime'])}:"))
+    display(Markdown(reference_notice(semi_student, name)))
+    if semi_student is None:
+        continue
+    show_semi_student(semi_student)
+    by_arm = {row["arm"]: row for row in semi_student.numbers["rows"]}
+    recipe_differences[difference_name("student", "supervised") + f"\n({name})"] = np.subtract(
+        by_arm["student"]["tta_dice_by_unit"], by_arm["supervised"]["tta_dice_by_unit"])
+
+# %% mystnb={"figure": {"caption": "Reference records at the recipe each names (COVID-SemiSeg): the paired difference in test Dice at 0.5 (with test-time augmentation) of each semi-supervised arm against its control (the student's is A\u2032), one point per (fold, seed), the black bar the mean, no difference dashed; one group per arm and record where several processors keep one. Without a record the panel says so.", "name": "fig-08-recipe-arms"}, "image": {"alt": "Reference records at the recipe each names (COVID-SemiSeg): the paired difference in test Dice at 0.5 (with test-time augmentation) of each semi-supervised arm against its control, one point per (fold, seed), the black bar the mean"}}
 show_grouped_values(recipe_differences, ylabel="Dice difference", baseline=0.0,
                     title="Paired differences at the record's recipe (COVID-SemiSeg)",
                     empty_message="no reference record of benchmarks/semi_recipe.py yet")

@@ -65,7 +65,7 @@ def test_summary_holds_means_and_the_students_paired_difference(semi_student):
     np.testing.assert_allclose(supervised["tta_dice_mean"], 0.75)
     np.testing.assert_allclose(student["tta_infnet_mean_dice_mean"], 0.68)
     np.testing.assert_allclose(student["tta_dice_sd_over_units"], np.std([0.74, 0.82], ddof=1))
-    change = student["tta_dice_change_vs_supervised"]
+    change = student["tta_dice_change_vs_control"]
     np.testing.assert_allclose(change["mean_difference"], 0.03)
-    assert change["against"] == "supervised" and "tta_dice_change_vs_supervised" not in supervised
+    assert change["against"] == "supervised" and "tta_dice_change_vs_control" not in supervised
     assert student["best_epoch"] == [20, 20] and summary["seconds"] == {"pseudo_labelling": 2.0, "student": 10.0}
