@@ -215,12 +215,29 @@ def a_prime_unit(args: argparse.Namespace, dataset: Dataset, prepared: PreparedS
     return result, folder / f"seed{seed}_fold{fold}" / "best.pt"
 
 
-def run_units(record: Path, args: argparse.Namespace, parameters: dict[str, Any], runtime: dict[str, Any],
-              compute_unit: Callable[[tuple[int, int]], dict], summarise: Callable[[list[dict]], dict[str, Any]],
-              report: Callable[[dict[str, Any]], None] | None = None) -> None:
-    """Every (seed, outer fold) of ``--seeds`` and ``--folds``: those :func:`stored_units` finds in
-    ``record`` kept, the others computed in order by ``compute_unit``, the record rewritten after
-    each (:func:`write_units_record`) and its summary handed to ``report``."""
+def print_rows(summary: dict[str, Any]) -> None:
+    """Each row of a unit benchmark's summary: its mean TTA Dice ± sd over units and, where it has
+    one, its paired difference to its control (``tta_dice_change_vs_control``)."""
+    for row in summary["rows"]:
+        change = row.get("tta_dice_change_vs_control")
+        print(f"{row['arm']:<18} TTA Dice {row['tta_dice_mean']:.3f} ± {row['tta_dice_sd_over_units']:.3f}"
+              + (f", vs {change['against']} {change['mean_difference']:+.3f} [{change['low']:+.3f}, "
+                 f"{change['high']:+.3f}]" if change else ""), flush=True)
+
+
+def run_units(args: argparse.Namespace, dataset: Dataset, prepared: PreparedSlices, recipe: Recipe,
+              parameters: dict[str, Any], runtime: dict[str, Any],
+              run_fold: Callable[[argparse.Namespace, Dataset, PreparedSlices, Recipe, dict, Path], dict],
+              summarise: Callable[[list[dict]], dict[str, Any]]) -> None:
+    """Every (seed, outer fold) of ``--seeds`` and ``--folds`` on top of A' (:func:`a_prime_unit`):
+    those :func:`stored_units` finds in the record (:func:`record_path`) kept, the others computed in
+    order by ``run_fold(args, dataset, prepared, recipe, a_prime_result, checkpoint)``, the record
+    rewritten after each (:func:`write_units_record`) and its summary printed (:func:`print_rows`)."""
+    record = record_path(args)
+
+    def compute_unit(unit: tuple[int, int]) -> dict:
+        return run_fold(args, dataset, prepared, recipe, *a_prime_unit(args, dataset, prepared, recipe, unit))
+
     units = stored_units(record, parameters, runtime, recheck=compute_unit)
     plan = [(seed, fold) for seed in args.seeds for fold in range(args.folds)]
     print(f"{sum(unit in units for unit in plan)} of {len(plan)} units stored in {record}", flush=True)
@@ -228,9 +245,7 @@ def run_units(record: Path, args: argparse.Namespace, parameters: dict[str, Any]
         if unit in units:
             continue
         units[unit] = compute_unit(unit)
-        summary = write_units_record(record, parameters=parameters, runtime=runtime, units=units, planned=plan,
-                                     summarise=summarise)
-        if report is not None:
-            report(summary)
+        print_rows(write_units_record(record, parameters=parameters, runtime=runtime, units=units, planned=plan,
+                                      summarise=summarise))
     if all(unit in units for unit in plan):
         print(f"every unit is stored: {record} holds all {len(plan)}", flush=True)

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _nested_cv import METRICS, a_prime_unit, begin, mean_scores, nested_cv_parser, quick_recipe, record_path, run_units
+from _nested_cv import METRICS, begin, mean_scores, nested_cv_parser, quick_recipe, run_units
 from covidlib.augment import default_augmentation
 from covidlib.crossval import score_cases
 from covidlib.datasets import Dataset, get_dataset
@@ -151,17 +151,7 @@ def main() -> None:
                   "semi_epochs": args.semi_epochs, "semi_lr": args.semi_lr, "noise_std": args.noise_std,
                   "folds": args.folds, "unlabelled_slices": len(prepared.unlabelled_ids), "quick": args.quick}
 
-    def compute_unit(unit: tuple[int, int]) -> dict:
-        return run_fold(args, dataset, prepared, recipe, *a_prime_unit(args, dataset, prepared, recipe, unit))
-
-    def report(summary: dict) -> None:
-        for row in summary["rows"]:
-            change = row.get("tta_dice_change_vs_control")
-            print(f"{row['arm']:<14} TTA Dice {row['tta_dice_mean']:.3f} ± {row['tta_dice_sd_over_units']:.3f}"
-                  + (f", vs {change['against']} {change['mean_difference']:+.3f} [{change['low']:+.3f}, "
-                     f"{change['high']:+.3f}]" if change else ""), flush=True)
-
-    run_units(record_path(args), args, parameters, runtime, compute_unit, summarise, report)
+    run_units(args, dataset, prepared, recipe, parameters, runtime, run_fold, summarise)
 
 
 if __name__ == "__main__":

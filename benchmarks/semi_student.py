@@ -35,8 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _nested_cv import (METRICS, a_prime_unit, begin, mean_scores, nested_cv_parser, quick_recipe, record_path,
-                        run_units)
+from _nested_cv import (METRICS, begin, mean_scores, nested_cv_parser, quick_recipe, run_units)
 from covidlib.crossval import score_cases, train_supervised
 from covidlib.datasets import Dataset, get_dataset
 from covidlib.errors import InvalidInputError
@@ -143,17 +142,8 @@ def main() -> None:
                   "labelled_share": args.labelled_share, "folds": args.folds,
                   "unlabelled_slices": len(prepared.unlabelled_ids), "quick": args.quick}
 
-    def compute_unit(unit: tuple[int, int]) -> dict:
-        return run_fold(args, dataset, prepared, recipe, *a_prime_unit(args, dataset, prepared, recipe, unit))
+    run_units(args, dataset, prepared, recipe, parameters, runtime, run_fold, summarise)
 
-    def report(summary: dict) -> None:
-        for row in summary["rows"]:
-            change = row.get("tta_dice_change_vs_control")
-            print(f"{row['arm']:<10} TTA Dice {row['tta_dice_mean']:.3f} ± {row['tta_dice_sd_over_units']:.3f}"
-                  + (f", vs A′ {change['mean_difference']:+.3f} [{change['low']:+.3f}, {change['high']:+.3f}]"
-                     if change else ""), flush=True)
-
-    run_units(record_path(args), args, parameters, runtime, compute_unit, summarise, report)
 
 if __name__ == "__main__":
     main()
