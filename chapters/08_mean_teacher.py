@@ -341,8 +341,10 @@ def show_semi_recipe(semi_recipe) -> dict[str, str]:
     none_accepted = sum(n == 0 for n in semi_recipe.numbers["accepted_patches"])
     best = max(semi_rows, key=lambda row: row["tta_dice_mean"])
     display(Markdown(
-        f"**At the record's recipe** ({describe_recipe(semi_recipe.record['parameters']['recipe'])}; "
-        f"{units} (fold, seed) runs" + (f" of the {planned} planned" if units < planned else "")
+        f"**At the record's recipe** ({describe_recipe(semi_recipe.record['parameters']['recipe'])}; each arm "
+        f"continued for {semi_recipe.record['parameters']['semi_epochs']} epochs at learning rate "
+        f"{semi_recipe.record['parameters']['semi_lr']:g} with input noise of sd "
+        f"{semi_recipe.record['parameters']['noise_std']:g}; {units} (fold, seed) runs" + (f" of the {planned} planned" if units < planned else "")
         + "; the top-2 threshold chosen on the validation slices "
         f"averaged {np.mean(semi_recipe.numbers['thresholds']):.2f} and accepted "
         f"{np.mean(semi_recipe.numbers['accepted_patches']) / np.mean(semi_recipe.numbers['patches']):.0%} of the "
