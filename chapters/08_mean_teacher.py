@@ -383,8 +383,8 @@ for name, semi_recipe in semi_recipes.items():
 # Student, 2020) practise it does not continue the teacher: it trains a new student from scratch. `benchmarks/semi_student.py` does that with the same recipe, the same code
 # and A′'s own budget (as many optimizer steps, the same validation slices and epoch selection), on
 # the inner split's labelled slices and all 1,600 unlabelled slices with A′'s test-time-augmented
-# prediction at 0.5 as their masks, half the draws labelled. A′ is then its control: only the data
-# differs.
+# prediction at 0.5 as their masks, the labelled slices repeated so that a set share of the draws is
+# labelled (each record names it). A′ is then its control: only the data differs.
 
 # %% tags=["hide-input"]
 def show_semi_student(semi_student) -> None:
@@ -399,7 +399,8 @@ def show_semi_student(semi_student) -> None:
     change = rows["student"].get("tta_dice_change_vs_control")
     display(Markdown(
         f"**{describe_recipe(semi_student.record['parameters']['recipe'])}**, {units} (fold, seed) runs"
-        + (f" of the {planned} planned" if units < planned else "") + f"; A′ labelled "
+        + (f" of the {planned} planned" if units < planned else "")
+        + f"; {semi_student.record['parameters']['labelled_share']:.0%} of the student's draws labelled; A′ labelled "
         f"{np.mean(semi_student.numbers['pseudo_slice_foreground_share']):.1%} of the unlabelled pixels as infection. "
         + (f"The student against A′: {format_interval(change)} Dice at 0.5"
            + (f" (fewer than {FEWEST_RUNS_TO_READ} runs: not yet evidence either way)." if units < FEWEST_RUNS_TO_READ
