@@ -1,7 +1,9 @@
 """What the nested cross-validation benchmarks share (``ablation``, ``cv_nested``, ``learning_curve``,
-``semi_recipe``): their common options, the check that COVID-SemiSeg is there, the tiny recipe of
-``--quick``, the runtime summary their records store, and resuming from a committed record: only on
-the numerics that computed it, so another kind of machine keeps its own (``--record <benchmark>-<machine>``).
+``semi_recipe``, ``semi_student``): their common options, the check that COVID-SemiSeg is there, the tiny
+recipe of ``--quick``, the runtime summary their records store, and resuming from a committed record:
+only on the numerics that computed it, so another kind of machine keeps its own (``--record
+<benchmark>-<label>``), and only at its parameters and data: a record of others is refused rather than
+replaced, unless ``--restart``.
 
 The benchmarks run as files (``python benchmarks/ablation.py``), so this folder is first on
 ``sys.path`` and they import this module by its plain name.
@@ -67,8 +69,12 @@ def nested_cv_parser(doc: str | None, *, runs: str | None = None, seeds: str = "
     if record is not None:
         parser.add_argument("--out", default=str(reference_dir()), help=f"folder of the record {record}.json")
         parser.add_argument("--record", default=record, type=functools.partial(record_name, benchmark=record),
-                            help=f"the record's name in --out: {record} (default), or {record}-<machine> for a kind "
-                                 f"of machine whose numerics {record}.json cannot take (e.g. {record}-zen4)")
+                            help=f"the record's name in --out: {record} (default), or {record}-<label> for a kind "
+                                 f"of machine whose numerics {record}.json cannot take (e.g. {record}-zen4) or for "
+                                 f"other settings (e.g. {record}-zen4-long)")
+        parser.add_argument("--restart", action="store_true",
+                            help="start the record afresh when it was computed with other parameters or data "
+                                 "(its units are dropped); without it such a record is refused")
     parser.add_argument("--seeds", type=integers, default=seeds,
                         help=f"comma-separated seeds; each draws its own folds (default {seeds})")
     parser.add_argument("--folds", type=int, default=5, help="outer folds (default 5)")
@@ -78,10 +84,11 @@ def nested_cv_parser(doc: str | None, *, runs: str | None = None, seeds: str = "
 
 
 def record_name(text: str, benchmark: str) -> str:
-    """``--record``'s value checked: ``benchmark``, or ``benchmark-<machine>`` (letters, digits, ``_`` and
-    ``-``), so that :func:`covidlib.records.regenerate_command` finds the script from the name."""
+    """``--record``'s value checked: ``benchmark``, or ``benchmark-<label>`` (letters, digits, ``_`` and
+    ``-``: a kind of machine, a setting, or both), so that :func:`covidlib.records.regenerate_command`
+    finds the script from the name."""
     if not re.fullmatch(rf"{re.escape(benchmark)}(-[A-Za-z0-9_-]+)?", text):
-        raise argparse.ArgumentTypeError(f"expected {benchmark} or {benchmark}-<machine> such as {benchmark}-zen4, "
+        raise argparse.ArgumentTypeError(f"expected {benchmark} or {benchmark}-<label> such as {benchmark}-zen4, "
                                          f"got {text!r}")
     return text
 
@@ -120,40 +127,63 @@ def mean_scores(per_case: dict[str, dict[str, float]], metrics: tuple[str, ...] 
     return {metric: float(np.mean([row[metric] for row in per_case.values()])) for metric in metrics}
 
 
-def comparable_record(record: Path, parameters: dict[str, Any], runtime: dict[str, Any]) -> ReferenceRecord | None:
+def comparable_record(record: Path, parameters: dict[str, Any], runtime: dict[str, Any], *,
+                      restart: bool = False) -> ReferenceRecord | None:
     """The earlier ``record`` when it ran with ``parameters`` (its seeds and the data's folder aside)
-    and the same data; ``None``, after saying why, otherwise. A record computed at other numerics than
+    and the same data; ``None`` when there is none. A record computed at other numerics than
     ``runtime`` (threads, bfloat16, processor) is refused, before anything is computed: its units cannot
-    take units computed here, and starting afresh would overwrite them."""
+    take units computed here, and starting afresh would overwrite them. So is one of other parameters or
+    data, unless ``restart`` (then ``None``, after saying why): hours of committed units are never
+    replaced by a mistyped option."""
     if not record.exists():
         return None
     earlier = read_reference(record)
+    benchmark = benchmark_of(record.stem)
     if differ := other_numerics(ran := earlier.record["runtime"], runtime):
-        benchmark = benchmark_of(record.stem)
         raise SystemExit(f"{record} was computed with " + ", ".join(f"{name}={ran.get(name)}" for name in differ)
                          + "; this process has " + ", ".join(f"{name}={runtime.get(name)}" for name in differ)
                          + ". Its units cannot be continued at other numerics: continue on a machine like the one it "
                          f"names ({describe_machine(ran)}), or keep this machine's own record with --record "
                          f"{benchmark}-<machine> (e.g. {benchmark}-zen4) or --out DIR.")
-    same = all(earlier.record["parameters"].get(name) == value for name, value in parameters.items()
-               if name not in ("seeds", "data_root"))
-    reason = ("its parameters differ" if not same else
-              "the data changed" if earlier.record["fingerprint"]["data"] != data_fingerprint(parameters["data_root"])
-              else None)
-    if reason:
-        print(f"{record}: not resuming from it, {reason}", flush=True)
+    changes = parameter_changes(earlier.record["parameters"], parameters)
+    if not changes and earlier.record["fingerprint"]["data"] != data_fingerprint(parameters["data_root"]):
+        changes = ["the data at data_root"]
+    if not changes:
+        return earlier
+    if restart:
+        print(f"{record}: starting it afresh (--restart), it was computed with other " + "; ".join(changes), flush=True)
         return None
-    return earlier
+    raise SystemExit(f"{record} was computed with other " + "; ".join(changes) + ". Continuing it with these would "
+                     "drop its units: run with its parameters to continue it, keep this setting's own record with "
+                     f"--record {benchmark}-<label> (e.g. {benchmark}-zen4-long) or --out DIR, or start it afresh "
+                     "with --restart.")
+
+
+def parameter_changes(earlier: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
+    """``"name: earlier -> now"`` for each parameter of ``now`` that differs from ``earlier`` (the seeds
+    and the data's folder aside: more seeds continue a record, and the data may move); a dict
+    parameter (a recipe) names only its fields that differ."""
+    changes = []
+    for name, value in now.items():
+        if not prefix and name in ("seeds", "data_root"):
+            continue
+        before = earlier.get(name)
+        if isinstance(value, dict) and isinstance(before, dict):
+            changes += parameter_changes(before, value, prefix=f"{prefix}{name}.")
+        elif before != value:
+            changes.append(f"{prefix}{name}: {before!r} -> {value!r}")
+    return changes
 
 
 def stored_units(record: Path, parameters: dict[str, Any], runtime: dict[str, Any],
                  key: tuple[str, ...] = ("seed", "fold"),
-                 recheck: Callable[[tuple], dict] | None = None) -> dict[tuple, dict]:
+                 recheck: Callable[[tuple], dict] | None = None, restart: bool = False) -> dict[tuple, dict]:
     """The units (``numbers.units``) of an earlier ``record`` that still hold, keyed by their ``key``
-    fields: none when the record is not :func:`comparable_record`. When its code changed since, with
-    ``recheck`` (a unit's key -> that unit computed now) they are :func:`rechecked_units`, else none.
+    fields: none when there is none or ``restart`` drops it (:func:`comparable_record`). When its code
+    changed since, with ``recheck`` (a unit's key -> that unit computed now) they are
+    :func:`rechecked_units`, else none.
     A committed partial record is thus where the next machine continues."""
-    earlier = comparable_record(record, parameters, runtime)
+    earlier = comparable_record(record, parameters, runtime, restart=restart)
     if earlier is None:
         return {}
     units = {tuple(unit[name] for name in key): unit for unit in earlier.numbers.get("units", [])}
@@ -238,7 +268,7 @@ def run_units(args: argparse.Namespace, dataset: Dataset, prepared: PreparedSlic
     def compute_unit(unit: tuple[int, int]) -> dict:
         return run_fold(args, dataset, prepared, recipe, *a_prime_unit(args, dataset, prepared, recipe, unit))
 
-    units = stored_units(record, parameters, runtime, recheck=compute_unit)
+    units = stored_units(record, parameters, runtime, recheck=compute_unit, restart=args.restart)
     plan = [(seed, fold) for seed in args.seeds for fold in range(args.folds)]
     print(f"{sum(unit in units for unit in plan)} of {len(plan)} units stored in {record}", flush=True)
     for unit in plan:

@@ -150,7 +150,7 @@ def main() -> None:
     if args.summarise_only:
         summarise_only(args, parameters, runtime, keys, recipes)
         return
-    runs = stored_runs(record_path(args), parameters, runtime)
+    runs = stored_runs(record_path(args), parameters, runtime, restart=args.restart)
     prepared_by_size: dict[int, PreparedSlices] = {}
 
     def train_unit(index: int, seed: int, fold: int) -> dict:
@@ -249,11 +249,11 @@ def merge_runs(runs: dict[str, dict], other: dict[str, dict]) -> None:
                             if not {tuple(unit) for unit in entry["units"]} & have and entry not in mine["seconds"]]
 
 
-def stored_runs(record: Path, parameters: dict, runtime: dict) -> dict[str, dict]:
+def stored_runs(record: Path, parameters: dict, runtime: dict, restart: bool = False) -> dict[str, dict]:
     """``{run key: run}`` of the earlier ``record`` when it holds: same parameters and data
-    (:func:`_nested_cv.comparable_record`, which refuses a record made at other numerics); runs of
-    changed training code are among them, for :func:`recheck`."""
-    comparable = comparable_record(record, parameters, runtime)
+    (:func:`_nested_cv.comparable_record`, which refuses a record made at other numerics, and one of other
+    parameters or data unless ``restart``); runs of changed training code are among them, for :func:`recheck`."""
+    comparable = comparable_record(record, parameters, runtime, restart=restart)
     runs = comparable.numbers.get("runs", {}) if comparable else {}
     for key, run in runs.items():
         if changed := changed_sources(run["code"]):

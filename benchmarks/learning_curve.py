@@ -145,7 +145,8 @@ def main() -> None:
                                      seeds=[seed], fold_indices=[index], progress=False)
         return all_slices_unit(everything)
 
-    units = stored_units(record, parameters, runtime, key=("seed", "fold", "n"), recheck=compute_unit)
+    units = stored_units(record, parameters, runtime, key=("seed", "fold", "n"), recheck=compute_unit,
+                         restart=args.restart)
     folds = [(seed, fold) for seed in args.seeds for fold in nested_folds(sorted(prepared.labelled), args.folds, seed)]
     planned = [(seed, fold.index, n) for seed, fold in folds for n in [*args.sizes, len(fold.train)]]
     print(f"{sum(unit in units for unit in planned)} of {len(planned)} units stored in {record}", flush=True)

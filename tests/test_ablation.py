@@ -134,7 +134,9 @@ def test_a_record_resumes_its_runs_shows_only_those_of_unchanged_code_and_refuse
     stored = ablation.stored_runs(record, parameters, numerics)
     assert list(stored) == ["run0", "run1"] and stored["run0"]["units"] == runs["run0"]["units"]
     assert stored["run1"]["units"] == runs["run1"]["units"]
-    assert ablation.stored_runs(record, {**parameters, "folds": 5}, numerics) == {}
+    with pytest.raises(SystemExit, match=r"other folds: 2 -> 5\..*--restart"):
+        ablation.stored_runs(record, {**parameters, "folds": 5}, numerics)
+    assert ablation.stored_runs(record, {**parameters, "folds": 5}, numerics, restart=True) == {}
     assert ablation.stored_runs(tmp_path / "missing.json", parameters, numerics) == {}
     written = record.read_text()
     with pytest.raises(SystemExit, match="cpu_bf16=True.*cpu_bf16=False.*--record ablation-<machine>"):

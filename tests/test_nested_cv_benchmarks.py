@@ -54,11 +54,12 @@ def test_parser_defaults_and_optional_options(nested_cv, tmp_path):
     assert Path(full.supervised_runs) == nested_cv.ROOT / "results" / "ablation"
 
 
-def test_a_record_name_is_the_benchmark_or_the_benchmark_and_a_machine(nested_cv):
+def test_a_record_name_is_the_benchmark_or_the_benchmark_and_a_label(nested_cv):
     assert nested_cv.record_name("ablation", "ablation") == "ablation"
     assert nested_cv.record_name("semi_recipe-zen4", "semi_recipe") == "semi_recipe-zen4"
+    assert nested_cv.record_name("semi_student-zen4-share80", "semi_student") == "semi_student-zen4-share80"
     for bad in ("zen4", "ablation-", "ablation-../x", "ablation zen4", "ablations", "semi_recipe-zen4"):
-        with pytest.raises(argparse.ArgumentTypeError, match="ablation-<machine>"):
+        with pytest.raises(argparse.ArgumentTypeError, match="ablation-<label>"):
             nested_cv.record_name(bad, "ablation")
     parser = nested_cv.nested_cv_parser(None, record="ablation")
     with pytest.raises(SystemExit):  # argparse names the option and the value
@@ -134,7 +135,11 @@ def test_stored_units_resume_only_what_the_same_settings_and_data_produced(neste
     assert resumed[0, 1]["scores"]["tta_dice"] == pytest.approx(0.7)
     by_seed = nested_cv.stored_units(record, {**parameters, "data_root": str(moved)}, NUMERICS, key=("seed",))
     assert list(by_seed) == [(0,)]
-    assert nested_cv.stored_units(record, {**parameters, "data_root": str(moved), "semi_epochs": 10}, NUMERICS) == {}
+    # other parameters would drop the units: refused, unless asked to start afresh
+    other_setting = {**parameters, "data_root": str(moved), "semi_epochs": 10}
+    with pytest.raises(SystemExit, match=r"other semi_epochs: 30 -> 10\. .*--record some_benchmark-<label>.*--restart"):
+        nested_cv.stored_units(record, other_setting, NUMERICS)
+    assert nested_cv.stored_units(record, other_setting, NUMERICS, restart=True) == {}
     # another processor's bfloat16 or another thread count gives other last bits: refused, record untouched
     written = record.read_text()
     for other in ({"cpu_bf16": False}, {"threads": 1}, {"device_name": "AMD EPYC"}):
@@ -142,7 +147,18 @@ def test_stored_units_resume_only_what_the_same_settings_and_data_produced(neste
             nested_cv.stored_units(record, {**parameters, "data_root": str(moved)}, {**NUMERICS, **other})
     assert record.read_text() == written
     (moved / "b.png").write_bytes(b"y")
-    assert nested_cv.stored_units(record, {**parameters, "data_root": str(moved)}, NUMERICS) == {}
+    with pytest.raises(SystemExit, match="other the data at data_root"):
+        nested_cv.stored_units(record, {**parameters, "data_root": str(moved)}, NUMERICS)
+    assert nested_cv.stored_units(record, {**parameters, "data_root": str(moved)}, NUMERICS, restart=True) == {}
+    assert record.read_text() == written
+
+
+def test_parameter_changes_name_each_differing_field_of_a_recipe(nested_cv):
+    earlier = {"seeds": [0], "data_root": "/a", "quick": False, "recipe": {"epochs": 600, "lr": 1e-3}}
+    now = {"seeds": [0, 1], "data_root": "/b", "quick": True, "recipe": {"epochs": 900, "lr": 1e-3, "zoom": 1.25}}
+    assert nested_cv.parameter_changes(earlier, now) == ["quick: False -> True", "recipe.epochs: 600 -> 900",
+                                                         "recipe.zoom: None -> 1.25"]
+    assert nested_cv.parameter_changes(earlier, earlier) == []
 
 
 def test_units_of_changed_code_are_kept_only_when_the_first_is_reproduced_exactly(nested_cv, tmp_path, capsys):
