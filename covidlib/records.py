@@ -78,7 +78,7 @@ def describe_machine(runtime: dict[str, Any], *, threads: bool = True) -> str:
 
 def benchmark_of(name: str) -> str:
     """The benchmark a record ``name`` belongs to: ``name`` itself, or, for a second kind of machine's
-    record ``<benchmark>-<machine>`` (e.g. ``ablation-zen4``), the part before the first ``-``."""
+    or a second setting's record ``<benchmark>-<label>`` (e.g. ``ablation-zen4``), the part before the first ``-``."""
     return name.partition("-")[0]
 
 
@@ -87,8 +87,9 @@ def regenerate_command(name: str, dataset: str = REFERENCE_DATASET, threads: int
     (``"NN_name"``) comes from ``ci/book --reference`` (each chapter sets its own threads), any
     other from its resumable benchmark, ``benchmarks/<name>.py``, with the ``threads`` the record
     ran on: float32 sums, and so the numbers, depend on how many threads share them. A benchmark's
-    record of a second kind of machine, ``<benchmark>-<machine>`` (e.g. ``ablation-zen4``), comes from
-    the same script with ``--record <benchmark>-<machine>``."""
+    record of a second kind of machine or setting, ``<benchmark>-<label>`` (e.g. ``ablation-zen4``), comes
+    from the same script with ``--record <benchmark>-<label>`` (and a setting's options, which the script
+    names when it refuses the record without them)."""
     if name[:2].isdigit():
         return f"ci/book --reference --dataset {dataset} --data-root DIR --chapters {name[:2]}"
     benchmark = benchmark_of(name)
