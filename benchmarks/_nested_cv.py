@@ -147,7 +147,7 @@ def comparable_record(record: Path, parameters: dict[str, Any], runtime: dict[st
                          f"{benchmark}-<machine> (e.g. {benchmark}-zen4) or --out DIR.")
     changes = parameter_changes(earlier.record["parameters"], parameters)
     if not changes and earlier.record["fingerprint"]["data"] != data_fingerprint(parameters["data_root"]):
-        changes = ["the data at data_root"]
+        changes = ["data (its files differ from those at data_root)"]
     if not changes:
         return earlier
     if restart:

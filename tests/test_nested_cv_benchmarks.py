@@ -147,7 +147,7 @@ def test_stored_units_resume_only_what_the_same_settings_and_data_produced(neste
             nested_cv.stored_units(record, {**parameters, "data_root": str(moved)}, {**NUMERICS, **other})
     assert record.read_text() == written
     (moved / "b.png").write_bytes(b"y")
-    with pytest.raises(SystemExit, match="other the data at data_root"):
+    with pytest.raises(SystemExit, match=r"other data \(its files differ from those at data_root\)\. "):
         nested_cv.stored_units(record, {**parameters, "data_root": str(moved)}, NUMERICS)
     assert nested_cv.stored_units(record, {**parameters, "data_root": str(moved)}, NUMERICS, restart=True) == {}
     assert record.read_text() == written
