@@ -29,7 +29,7 @@ from covidlib.errors import InvalidInputError
 from covidlib.fingerprint import data_fingerprint
 from covidlib.inference import PreparedSlices
 from covidlib.io import check_output_folder
-from covidlib.recipe import Recipe
+from covidlib.recipe import LATER_FIELDS, Recipe
 from covidlib.records import (ReferenceRecord, benchmark_of, describe_machine, other_numerics, processor_family,
                               read_reference, reference_dir)
 from covidlib.results import to_json, write_record
@@ -159,17 +159,21 @@ def comparable_record(record: Path, parameters: dict[str, Any], runtime: dict[st
                      "with --restart.")
 
 
-def parameter_changes(earlier: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
+def parameter_changes(earlier: dict[str, Any], now: dict[str, Any], prefix: str = "",
+                      absent: dict[str, Any] | None = None) -> list[str]:
     """``"name: earlier -> now"`` for each parameter of ``now`` that differs from ``earlier`` (the seeds
     and the data's folder aside: more seeds continue a record, and the data may move); a dict
-    parameter (a recipe) names only its fields that differ."""
+    parameter (a recipe) names only its fields that differ. A field of ``now`` that ``earlier`` lacks
+    takes its value from ``absent``; for the recipe that is :data:`covidlib.recipe.LATER_FIELDS`, so a
+    field added since, at the value that trains as before, is no change (its runs keep their key)."""
     changes = []
     for name, value in now.items():
         if not prefix and name in ("seeds", "data_root"):
             continue
-        before = earlier.get(name)
+        before = earlier.get(name, (absent or {}).get(name))
         if isinstance(value, dict) and isinstance(before, dict):
-            changes += parameter_changes(before, value, prefix=f"{prefix}{name}.")
+            changes += parameter_changes(before, value, prefix=f"{prefix}{name}.",
+                                         absent=LATER_FIELDS if not prefix and name == "recipe" else None)
         elif before != value:
             changes.append(f"{prefix}{name}: {before!r} -> {value!r}")
     return changes

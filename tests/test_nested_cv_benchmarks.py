@@ -4,6 +4,7 @@ path run as a reader runs it: ``python benchmarks/<name>.py``, on the real data.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -157,8 +158,32 @@ def test_parameter_changes_name_each_differing_field_of_a_recipe(nested_cv):
     earlier = {"seeds": [0], "data_root": "/a", "quick": False, "recipe": {"epochs": 600, "lr": 1e-3}}
     now = {"seeds": [0, 1], "data_root": "/b", "quick": True, "recipe": {"epochs": 900, "lr": 1e-3, "zoom": 1.25}}
     assert nested_cv.parameter_changes(earlier, now) == ["quick: False -> True", "recipe.epochs: 600 -> 900",
-                                                         "recipe.zoom: None -> 1.25"]
+                                                         "recipe.zoom: 1.0 -> 1.25"]
     assert nested_cv.parameter_changes(earlier, earlier) == []
+
+
+def test_a_recipe_field_added_since_at_its_neutral_value_is_no_change(nested_cv):
+    """A record from before ``zoom`` existed continues when ``zoom`` is at the value that trains as
+    before (1.0), and is refused at any other; a field outside the recipe gets no such default."""
+    earlier = {"folds": 5, "recipe": {"epochs": 600}}
+    assert nested_cv.parameter_changes(earlier, {"folds": 5, "recipe": {"epochs": 600, "zoom": 1.0}}) == []
+    assert nested_cv.parameter_changes(earlier, {"folds": 5, "recipe": {"epochs": 600, "zoom": 1.25}}) == [
+        "recipe.zoom: 1.0 -> 1.25"]
+    assert nested_cv.parameter_changes(earlier, {"folds": 5, "zoom": 1.0, "recipe": {"epochs": 600}}) == [
+        "zoom: None -> 1.0"]
+
+
+def test_a_record_from_before_a_recipe_field_resumes_at_its_neutral_value(nested_cv, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.png").write_bytes(b"x")
+    recipe = dataclasses.asdict(Recipe(epochs=600))
+    before_zoom = {name: value for name, value in recipe.items() if name != "zoom"}
+    parameters = {"data_root": str(data), "seeds": [0], "recipe": before_zoom}
+    record = _write_record(tmp_path, parameters, [{"seed": 0, "fold": 0, "scores": {"tta_dice": 0.7}}])
+    assert list(nested_cv.stored_units(record, {**parameters, "recipe": recipe}, NUMERICS)) == [(0, 0)]
+    with pytest.raises(SystemExit, match=r"recipe\.zoom: 1\.0 -> 1\.25"):
+        nested_cv.stored_units(record, {**parameters, "recipe": {**recipe, "zoom": 1.25}}, NUMERICS)
 
 
 def test_units_of_changed_code_are_kept_only_when_the_first_is_reproduced_exactly(nested_cv, tmp_path, capsys):
