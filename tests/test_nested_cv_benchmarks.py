@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -283,3 +284,35 @@ def test_semi_recipe_semi_student_and_ablation_quick_write_their_records(tmp_pat
     assert "0 of 5 runs to compute" in _run("ablation.py", *ablation_options)
     assert json.loads((tmp_path / "ablation.json").read_text())["numbers"] == ablation
     assert not (tmp_path / "ablation").exists()
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not REAL_SEMISEG.is_dir(), reason="real COVID-SemiSeg data not present")
+def test_seed_ensemble_quick_scores_each_slice_by_the_networks_that_never_saw_it(tmp_path):
+    from covidlib.datasets import get_dataset
+    from covidlib.inference import case_metrics, load_model, predict_cases
+
+    runs = tmp_path / "ablation"
+    output = _run("seed_ensemble.py", "--seeds", "0,1", "--out", str(tmp_path), "--supervised-runs", str(runs),
+                  "--threads", "1")
+    assert "ensemble of 2 networks of other seeds" in output
+    numbers = json.loads((tmp_path / "seed_ensemble.json").read_text())["numbers"]
+    assert [row["arm"] for row in numbers["rows"]] == ["network", "ensemble"]
+    assert [(unit["members"], unit["fold"]) for unit in numbers["units"]] == [([0, 1], fold) for fold in range(5)]
+    # one slice by hand: the two networks whose test fold held it, their TTA probabilities averaged
+    [folder] = runs.iterdir()
+    stored = {seed: [json.loads((folder / f"seed{seed}_fold{fold}.json").read_text()) for fold in range(5)]
+              for seed in (0, 1)}
+    case = stored[0][0]["test"][0]
+    dataset = get_dataset("covid-semiseg", REAL_SEMISEG)
+    probabilities = []
+    for seed in (0, 1):
+        [result] = [result for result in stored[seed] if case in result["test"]]
+        model, metadata = load_model(folder / f"seed{seed}_fold{result['fold']}" / "best.pt")
+        [(_, seed_probabilities, mask)] = predict_cases(model, dataset, [case], metadata["image_size"], "cpu", tta=True)
+        probabilities.append(seed_probabilities)
+    by_hand = case_metrics(np.mean(probabilities, axis=0), mask)["dice"]
+    assert numbers["per_case"]["0-1"][case]["tta_dice"] == pytest.approx(by_hand, abs=1e-6)
+    # the networks alone are the nested-CV results themselves
+    alone = np.mean([np.mean([r["per_case"][c]["tta_dice"] for c in r["test"]]) for s in (0, 1) for r in stored[s]])
+    assert numbers["rows"][0]["tta_dice_mean"] == pytest.approx(alone)

@@ -1,0 +1,140 @@
+"""Ensembles of A' networks of different seeds, against the networks alone: what averaging buys.
+
+Every seed of nested cross-validation draws its own outer folds, and every labelled slice lies in
+the test fold of exactly one outer fold of each seed. So for any ``--members`` seeds, each slice has
+one network of each that never trained on it nor chose its epoch on it: their
+:class:`covidlib.ensemble.Ensemble` (the mean of their probabilities, with test-time augmentation)
+scores it out of sample. The networks are A' at ``train``'s defaults (``Recipe()``), read from (or
+trained into) the ablation's cache ``--supervised-runs``, so this costs only prediction.
+
+The members differ in their training slices as well as in their initialisation (as nnU-Net's
+cross-validation ensemble does); an ensemble costs its members' training time, ``--members`` times
+one network's. A unit is (combination of seeds, outer fold of its first seed): the ensemble's mean
+Dice on that fold's test slices against the mean of its members' Dice on the same slices, with a 95 %
+bootstrap CI of the paired difference. The record goes to
+``records/reference-covid-semiseg/seed_ensemble.json`` (chapter 09 shows it); it is computed whole
+each time (minutes), the trainings it reads resume as the ablation's do.
+
+    .venv/bin/python benchmarks/seed_ensemble.py --seeds 0,1,2 --threads 2
+    .venv/bin/python benchmarks/seed_ensemble.py --quick --out /tmp/ensemble   # the whole path in minutes
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from _nested_cv import (METRICS, begin, comparable_record, nested_cv_parser, quick_recipe, record_path)
+from covidlib.crossval import run_key, run_nested_cv, score_cases
+from covidlib.datasets import Dataset, get_dataset
+from covidlib.ensemble import Ensemble
+from covidlib.errors import InvalidInputError
+from covidlib.inference import load_model, prepare_slices
+from covidlib.recipe import Recipe
+from covidlib.results import write_record
+from covidlib.statistics import paired_bootstrap_ci
+
+#: ``train``'s defaults, a row of benchmarks/ablation.py.
+RECIPE = Recipe()
+
+
+def ensemble_scores(dataset: Dataset, recipe: Recipe, results: dict[int, list[dict]], folder: Path,
+                    combination: tuple[int, ...]) -> dict[str, dict[str, float]]:
+    """``{case_id: scores}`` of the ensemble of ``combination``'s seeds on every labelled slice, each
+    slice predicted by the networks (one a seed, ``folder/seed<s>_fold<k>/best.pt``) whose outer test
+    fold held it (:func:`covidlib.crossval.score_cases`, as A' itself is scored)."""
+    test_fold = {seed: {case: result["fold"] for result in results[seed] for case in result["test"]} for seed in combination}
+    groups: dict[tuple[int, ...], list[str]] = defaultdict(list)
+    for case in sorted(test_fold[combination[0]]):
+        groups[tuple(test_fold[seed][case] for seed in combination)].append(case)
+    per_case: dict[str, dict[str, float]] = {}
+    for folds, cases in groups.items():
+        members = [load_model(folder / f"seed{seed}_fold{fold}" / "best.pt")[0] for seed, fold in zip(combination, folds)]
+        per_case.update(score_cases(Ensemble(members), dataset, cases, recipe))
+    return per_case
+
+
+def summarise(results: dict[int, list[dict]], ensembles: dict[tuple[int, ...], dict[str, dict[str, float]]]) -> dict:
+    """The networks alone (mean ± sd over (seed, fold)), each ensemble's mean, and the paired difference
+    ensemble − its members' mean over (combination, fold of its first seed) units with a 95 % bootstrap CI."""
+    single = {seed: {case: result["per_case"][case] for result in results[seed] for case in result["test"]}
+              for seed in results}
+    alone = {metric: [float(np.mean([result["per_case"][case][metric] for case in result["test"]]))
+                      for seed in results for result in results[seed]] for metric in METRICS}
+    units: list[dict] = []
+    for combination, per_case in ensembles.items():
+        for result in results[combination[0]]:
+            unit: dict = {"members": list(combination), "fold": result["fold"]}
+            for metric in METRICS:
+                unit[f"ensemble_{metric}"] = float(np.mean([per_case[case][metric] for case in result["test"]]))
+                unit[f"members_{metric}"] = float(np.mean([single[seed][case][metric] for case in result["test"]
+                                                           for seed in combination]))
+            units.append(unit)
+    rows = [{"arm": "network", "label": "one network (A′, train's defaults)", "units": len(alone["tta_dice"]),
+             "tta_dice_by_unit": alone["tta_dice"],
+             **{f"{metric}_mean": float(np.mean(alone[metric])) for metric in METRICS},
+             "tta_dice_sd_over_units": float(np.std(alone["tta_dice"], ddof=1)) if len(alone["tta_dice"]) > 1 else 0.0}]
+    if units:
+        members = len(next(iter(ensembles)))
+        row = {"arm": "ensemble", "label": f"ensemble of {members} networks of other seeds", "units": len(units),
+               "combinations": [list(combination) for combination in ensembles],
+               "tta_dice_by_unit": [unit["ensemble_tta_dice"] for unit in units],
+               **{f"{metric}_mean": float(np.mean([unit[f"ensemble_{metric}"] for unit in units])) for metric in METRICS},
+               "tta_dice_sd_over_units": float(np.std([unit["ensemble_tta_dice"] for unit in units], ddof=1))
+               if len(units) > 1 else 0.0}
+        if len(units) > 1:
+            ci = paired_bootstrap_ci([unit["members_tta_dice"] for unit in units], [unit["ensemble_tta_dice"] for unit in units])
+            row["tta_dice_change_vs_control"] = {**ci.as_dict(), "against": "its members alone"}
+        rows.append(row)
+    return {"rows": rows, "units": units,
+            "per_case": {"-".join(map(str, combination)): {case: {metric: scores[metric] for metric in METRICS}
+                                                           for case, scores in per_case.items()}
+                         for combination, per_case in ensembles.items()}}
+
+
+def main() -> None:
+    parser = nested_cv_parser(__doc__, seeds="0,1,2", record="seed_ensemble", supervised_runs="A' is read or trained",
+                              quick="tiny networks and 2 epochs: checks the path")
+    parser.add_argument("--members", type=int, default=2, help="networks an ensemble averages, each of another seed "
+                                                                "(default 2; at most the number of --seeds)")
+    args = parser.parse_args()
+    if not 2 <= args.members <= len(args.seeds):
+        raise SystemExit(f"error: --members must lie in [2, {len(args.seeds)}] for --seeds "
+                         f"{','.join(map(str, args.seeds))}, got {args.members}")
+    runtime = begin(args)
+    if runtime is None:
+        return
+    recipe = quick_recipe(RECIPE) if args.quick else RECIPE
+    dataset = get_dataset("covid-semiseg", args.data_root)
+    prepared = prepare_slices(dataset, recipe.image_size)
+    parameters = {"data_root": args.data_root, "seeds": args.seeds, "members": args.members,
+                  "recipe": dataclasses.asdict(recipe), "folds": args.folds, "quick": args.quick}
+    record = record_path(args)
+    comparable_record(record, parameters, runtime, restart=args.restart)  # refuses another machine's or setting's
+    results = {seed: run_nested_cv(dataset, prepared, recipe, args.supervised_runs, folds=args.folds, seeds=[seed])
+               for seed in args.seeds}
+    folder = Path(args.supervised_runs) / run_key(recipe, dataset.name, args.folds)
+    ensembles = {}
+    for combination in itertools.combinations(args.seeds, args.members):
+        print(f"ensemble of seeds {', '.join(map(str, combination))}", flush=True)
+        try:
+            ensembles[combination] = ensemble_scores(dataset, recipe, results, folder, combination)
+        except InvalidInputError as error:
+            raise SystemExit(f"error: {error} (its nested-CV result is stored without it: delete that result's "
+                             f"JSON in {folder} to train it again)") from None
+    summary = summarise(results, ensembles)
+    path = write_record(record.parent, record.stem, parameters=parameters, runtime=runtime, numbers=summary)
+    for row in summary["rows"]:
+        change = row.get("tta_dice_change_vs_control")
+        print(f"{row['label']:<45} TTA Dice {row['tta_dice_mean']:.3f} ± {row['tta_dice_sd_over_units']:.3f}"
+              + (f", vs {change['against']} {change['mean_difference']:+.3f} [{change['low']:+.3f}, {change['high']:+.3f}]"
+                 if change else ""), flush=True)
+    print(f"wrote {path}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
