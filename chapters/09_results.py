@@ -76,7 +76,8 @@ this_chapter = "09_results"
 # The sources sit beside this notebook in chapters/; the executed notebooks in book/chapters/ (nbval).
 book_chapters = sorted({p.stem for pattern in ("[0-9][0-9]_*.py", "[0-9][0-9]_*.ipynb") for p in Path(".").glob(pattern)}
                        - {this_chapter})
-benchmark_records = ["ablation", "learning_curve", "semi_recipe", "semi_student", "phantom_to_real"]  # by benchmarks/*.py; shown here, in 08 and in 01
+benchmark_records = ["ablation", "seed_ensemble", "learning_curve", "semi_recipe", "semi_student",
+                     "phantom_to_real"]  # by benchmarks/*.py; shown here, in 08 and in 01
 # a kind of machine that cannot continue a benchmark's record keeps its own (--record <benchmark>-<machine>)
 machine_ablations = machine_records("ablation")
 benchmark_records += machine_records()
@@ -372,6 +373,46 @@ viz.show_path([dataclasses.replace(row, name=f"{row.name} ({name})" if len(machi
               if machine_ablations else "no ablation record of another processor yet",
               title="The path on " + "; ".join(describe_machine(references[name].record["runtime"])
                                                for name in machine_ablations) if machine_ablations else None)
+
+# %% [markdown]
+# ### Averaging networks
+#
+# Networks trained from other seeds err in different places, and the mean of their probabilities
+# cancels part of it: a *deep ensemble* {cite}`lakshminarayanan2017ensembles`; nnU-Net {cite}`isensee2021nnunet` predicts with the
+# mean of its five cross-validation networks. Every seed of the nested cross-validation above draws
+# its own outer folds, and each labelled slice is in the test fold of exactly one outer fold of each
+# seed, so for two seeds every slice has two networks at `train`'s defaults that never trained on it
+# nor chose their epoch on it. `benchmarks/seed_ensemble.py` scores each slice by the mean of their
+# probabilities (`covidlib.ensemble.Ensemble`, test-time augmentation as usual), for every
+# pair of seeds, against the same two networks alone. It trains nothing: it reads the ablation's
+# networks. An ensemble costs its members' training time, so its fair rival is one network trained
+# as long (the ablation's longer rows, where the record holds them), not one network at its usual cost.
+
+# %% tags=["hide-input"]
+ensembles = {name: references[name] for name in ["seed_ensemble", *machine_records("seed_ensemble")]}
+for name, ensemble in ensembles.items():
+    display(Markdown(reference_notice(ensemble, name)))
+    if ensemble is None:
+        continue
+    parameters = ensemble.record["parameters"]
+    rows = []
+    for row in ensemble.numbers["rows"]:
+        change = row.get("tta_dice_change_vs_control")
+        rows.append((row["label"], cell(row["tta_dice_mean"], row["tta_dice_sd_over_units"]),
+                     cell(row["tta_infnet_mean_dice_mean"]), format_interval(change) if change else "—",
+                     str(row["units"])))
+    display(Markdown(f"**`{name}`**, on {describe_machine(ensemble.record['runtime'])}: seeds {parameters['seeds']}, "
+                     f"{parameters['folds']} outer folds, {describe_recipe(parameters['recipe'])}."))
+    display(Markdown(markdown_table(rows, ("prediction", "Dice at 0.5 (TTA)", "Inf-Net mean Dice",
+                                           "change [95 % CI] vs its members alone", "units"))))
+
+# %% mystnb={"figure": {"caption": "Reference record (COVID-SemiSeg): for each pair of seeds and each outer fold of the first, the ensemble's test Dice at 0.5 minus the mean of its two networks' Dice on the same slices (dots), the mean as a black bar and no change dashed. Without a record the panel says so.", "name": "fig-09-ensemble"}, "image": {"alt": "Reference record (COVID-SemiSeg): for each pair of seeds and each outer fold of the first, the ensemble's test Dice minus its networks' mean"}}
+viz.show_grouped_values({f"{name}: ensemble − its networks": [unit["ensemble_tta_dice"] - unit["members_tta_dice"]
+                                                              for unit in ensemble.numbers["units"]]
+                         for name, ensemble in ensembles.items() if ensemble is not None} or None,
+                        ylabel="change in Dice at 0.5", baseline=0.0,
+                        title="What averaging two networks changes (COVID-SemiSeg)",
+                        empty_message="no reference record of benchmarks/seed_ensemble.py yet")
 
 # %% [markdown]
 # ## How many labelled slices does the recipe need?
