@@ -1,9 +1,10 @@
 """The command line: ``python -m covidlib <command>`` (also installed as ``covidlib``).
 
 Commands: ``train`` (a 2D network on a registered dataset, optionally one fold of a k-fold
-split; with ``--semi`` continued semi-supervised on an unlabelled split), ``evaluate`` (a
-checkpoint on a split, metrics as JSON on stdout), ``predict`` (a checkpoint on a folder of 2D
-images or on a NIfTI volume, writing probability maps),
+split; with ``--semi`` continued semi-supervised on an unlabelled split; with ``--members`` several
+networks, one a fold), ``evaluate`` (a checkpoint on a split, metrics as JSON on stdout),
+``predict`` (a checkpoint on a folder of 2D images or on a NIfTI volume, writing probability maps;
+several checkpoints predict as one :class:`covidlib.ensemble.Ensemble`, as in ``evaluate`` and ``segment``),
 ``segment`` (a CT scan to infection and lung masks on its own grid, with volumes in mL;
 :mod:`covidlib.segment`) and ``semi`` (one fold of supervised vs pseudo-labels vs mean
 teacher using a dataset's unlabelled split; :mod:`covidlib.mean_teacher`).
@@ -48,6 +49,8 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 QUICK = {"epochs": 3, "max_steps_per_epoch": 2, "image_size": 64, "base_width": 8, "batch_size": 4}
 # Without --quick: the recipe the book's nested cross-validation measures (covidlib.recipe.Recipe).
 FULL = {name: getattr(Recipe(), name) for name in QUICK}
+#: ``train --members``'s split when --folds is not given: each network validates on a fifth of the cases.
+ENSEMBLE_FOLDS = 5
 
 
 # --- train ------------------------------------------------------------------------------------
@@ -74,13 +77,19 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", help="the dataset's folder (default: $COVIDLIB_DATA/<dataset>)")
     parser.add_argument("--split", help="the dataset split to train on (default: 'train', else the dataset's first)")
     parser.add_argument("--model", choices=sorted(MODEL_NAMES), default="unet", help="network (default: unet)")
-    parser.add_argument("--out", required=True, help="output folder: last.pt, best.pt, history.json, metrics.json")
+    parser.add_argument("--out", required=True, help="output folder: last.pt, best.pt, history.json, metrics.json "
+                                                     "(with --members: one folder member-K of them for each network)")
     parser.add_argument("--epochs", type=int, help=f"maximum epochs (default {FULL['epochs']}, quick {QUICK['epochs']})")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few short epochs of a small network on small images")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation, batches and augmentation")
     parser.add_argument("--folds", type=int, help="k of a k-fold split by case; with --fold, validate on that fold")
     parser.add_argument("--fold", type=int, help="with --folds: which fold (0..k-1) validates (default 0)")
+    parser.add_argument("--members", type=int, default=1,
+                        help="train this many networks, network K validating on fold K of --folds (default 5) with "
+                             "seed --seed + K, into OUT/member-K/; evaluate, predict and segment take their best.pt "
+                             "files together as one ensemble, the mean of their probabilities (chapter 09 measures "
+                             "what two add), for that many times the training time (default 1)")
     parser.add_argument("--val-fraction", type=float,
                         help="without --folds: share of cases held out to validate (default 0.2)")
     parser.add_argument("--image-size", type=int, help=f"square network input in pixels (default {FULL['image_size']})")
@@ -149,7 +158,9 @@ def _setting(args: argparse.Namespace, name: str, semi: bool = False) -> Any:
     return (quick if args.quick else full)[name]
 
 
-def _train_and_val_ids(dataset: Any, args: argparse.Namespace) -> tuple[str, list[str], list[str]]:
+def _train_and_val_ids(dataset: Any, args: argparse.Namespace, split_seed: int) -> tuple[str, list[str], list[str]]:
+    """The split trained on and its training and validation cases: fold ``args.fold`` of ``args.folds``,
+    else ``args.val_fraction`` of the cases held out, drawn with ``split_seed``."""
     from covidlib.data import kfold_volumes, split_volumes
 
     split = args.split or dataset.default_split
@@ -162,7 +173,7 @@ def _train_and_val_ids(dataset: Any, args: argparse.Namespace) -> tuple[str, lis
                                     f"{len(ids)} cases; --folds must be in [2, {len(ids)}]")
         if not 0 <= args.fold < args.folds:
             raise InvalidInputError(f"--fold must be in [0, {args.folds - 1}] for --folds {args.folds}, got {args.fold}")
-        train_ids, val_ids = kfold_volumes(ids, args.folds, args.seed)[args.fold]
+        train_ids, val_ids = kfold_volumes(ids, args.folds, split_seed)[args.fold]
         return split, train_ids, val_ids
     if not 0 < args.val_fraction < 1:
         raise InvalidInputError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
@@ -170,12 +181,43 @@ def _train_and_val_ids(dataset: Any, args: argparse.Namespace) -> tuple[str, lis
     if n_val >= len(ids):
         raise InvalidInputError(f"--val-fraction {args.val_fraction:g} holds out {n_val} of the {len(ids)} cases of split "
                                 f"{split!r}, leaving none to train; hold out at most {len(ids) - 1}")
-    train_ids, val_ids = split_volumes(ids, n_val, args.seed)
+    train_ids, val_ids = split_volumes(ids, n_val, split_seed)
     return split, train_ids, val_ids
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Train one network and write OUT/{last,best}.pt, history.json and metrics.json."""
+    """Train one network into OUT, or with ``--members`` one for each fold K < members of the same
+    split (seed ``--seed`` + K) into OUT/member-K, and a summary of them in OUT/metrics.json."""
+    if args.members == 1:
+        _train_network(args, Path(args.out), split_seed=args.seed)
+        return 0
+    from covidlib.io import atomic_write_text
+    from covidlib.results import to_json
+
+    started, cpu_started = time.perf_counter(), time.process_time()
+    out = Path(args.out)
+    members = []
+    for member in range(args.members):
+        print(f"member {member + 1} of {args.members}: fold {member} of {args.folds} validates, seed {args.seed + member}")
+        member_args = argparse.Namespace(**{**vars(args), "fold": member, "seed": args.seed + member})
+        result = _train_network(member_args, out / f"member-{member}", split_seed=args.seed)
+        members.append({"checkpoint": str(out / f"member-{member}" / "best.pt"), "fold": member,
+                        "seed": args.seed + member, "validation_dice": result["validation"]["dice"]["mean"],
+                        "best_epoch": result["best_epoch"], "wall_seconds": result["wall_seconds"]})
+    summary: dict[str, Any] = {"members": members, "wall_seconds": time.perf_counter() - started,
+                               "cpu_seconds": time.process_time() - cpu_started}
+    atomic_write_text(out / "metrics.json", to_json(summary) + "\n")
+    checkpoints = " ".join(member["checkpoint"] for member in members)
+    print(f"ensemble of {args.members} {args.model} networks in {summary['wall_seconds'] / 60:.1f} min: each one's "
+          "validation Dice on its own fold " + ", ".join(f"{member['validation_dice']:.4f}" for member in members)
+          + f" (optimistic: each fold also chose its network's epoch); use them together: python -m covidlib predict "
+          f"--checkpoint {checkpoints} --input IMAGES --output MAPS")
+    return 0
+
+
+def _train_network(args: argparse.Namespace, out: Path, split_seed: int) -> dict[str, Any]:
+    """Train one network, its split drawn with ``split_seed``, and write OUT/{last,best}.pt,
+    history.json and metrics.json; returns the metrics."""
     import torch
 
     from covidlib.config import seed_everything
@@ -191,7 +233,7 @@ def run_train(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     cpu_started = time.process_time()
     dataset = get_dataset(args.dataset, args.data_root)
-    split, train_ids, val_ids = _train_and_val_ids(dataset, args)
+    split, train_ids, val_ids = _train_and_val_ids(dataset, args, split_seed)
     if args.semi and args.unlabelled_split == split:
         raise InvalidInputError(f"--unlabelled-split {args.unlabelled_split!r} is the split the network trains and "
                                 "validates on; name a split of unlabelled images")
@@ -213,7 +255,6 @@ def run_train(args: argparse.Namespace) -> int:
                               unlabelled_split=args.unlabelled_split)
     metadata = {"dataset": args.dataset, "split": split, "train_cases": train_ids, "val_cases": val_ids,
                 "folds": args.folds, "fold": args.fold if args.folds is not None else None, "preparation": prepared.steps}
-    out = Path(args.out)
     trainer = train_supervised(prepared, train_ids, val_ids, recipe, seed=args.seed, device=args.device,
                                out_dir=out / "supervised" if args.semi else out, resume=args.resume, metadata=metadata,
                                progress=not args.no_progress)
@@ -266,7 +307,7 @@ def run_train(args: argparse.Namespace) -> int:
               f"{before:.4f} on the same cases" + (
                   "; the continuation scored lower there, so A′ may be the better model to keep"
                   if dice_summary["mean"] < before else ""))
-    return 0
+    return result
 
 
 def _validate(model: torch.nn.Module, dataset: Any, val_ids: list[str], recipe: Recipe, device: torch.device,
@@ -291,7 +332,8 @@ def _threads_argument(parser: argparse.ArgumentParser) -> None:
 # --- evaluate ---------------------------------------------------------------------------------
 
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="best.pt (or last.pt) written by 'train'")
+    parser.add_argument("--checkpoint", required=True, nargs="+",
+                        help="best.pt (or last.pt) written by 'train'; several (e.g. OUT/member-*/best.pt of train --members) predict together, the mean of their probabilities")
     parser.add_argument("--dataset", help="registered dataset (default: the one the checkpoint was trained on)")
     parser.add_argument("--data-root", help="the dataset's folder (default: $COVIDLIB_DATA/<dataset>)")
     parser.add_argument("--split", help="split to evaluate (default: the checkpoint's validation cases)")
@@ -304,11 +346,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """Print the checkpoint's metrics on a split (or its validation cases) as JSON."""
     from covidlib.config import get_device
     from covidlib.datasets import get_dataset
-    from covidlib.inference import decision_threshold, evaluate_cases, load_model
+    from covidlib.ensemble import load_ensemble
+    from covidlib.inference import decision_threshold, evaluate_cases
     from covidlib.results import to_json
 
-    model, metadata = load_model(args.checkpoint)
-    image_size = _image_size(metadata, args.checkpoint)
+    model, metadata = load_ensemble(args.checkpoint)
+    checkpoint = " ".join(args.checkpoint)
+    image_size = _image_size(metadata, checkpoint)
     name = args.dataset or metadata.get("dataset")
     if not name:
         raise InvalidInputError("--dataset is needed: the checkpoint does not name its dataset")
@@ -317,17 +361,22 @@ def run_evaluate(args: argparse.Namespace) -> int:
         case_ids = dataset.case_ids(args.split)
     elif name == metadata.get("dataset") and metadata.get("val_cases"):
         case_ids = list(metadata["val_cases"])
+    elif "members" in metadata:
+        raise InvalidInputError("--split is needed: no case validated a network of this ensemble without training "
+                                "another one")
     else:
         raise InvalidInputError("--split is needed: the checkpoint's validation cases belong to another dataset")
-    threshold = decision_threshold(metadata, args.checkpoint)
+    threshold = decision_threshold(metadata, checkpoint)
     evaluation = evaluate_cases(model, dataset, case_ids, image_size, get_device(args.device),
                                 tta=bool(metadata.get("tta", False)), threshold=threshold)
-    output = {"checkpoint": str(args.checkpoint), "dataset": name, "split": args.split or "validation cases",
+    output = {"checkpoint": args.checkpoint[0] if len(args.checkpoint) == 1 else args.checkpoint, "dataset": name,
+              "split": args.split or "validation cases",
               "threshold": threshold, "summary": evaluation["summary"]}
     seen = _seen_in_training(metadata, name, case_ids)
     if seen:
         output["seen_in_training"] = seen
-        print(f"note: of the {len(case_ids)} cases, {seen['trained_on']} trained this network and "
+        network = "a network of this ensemble" if "members" in metadata else "this network"
+        print(f"note: of the {len(case_ids)} cases, {seen['trained_on']} trained {network} and "
               f"{seen['selected_on']} chose its epoch (and threshold): its score on them is optimistic, "
               "not a test score", file=sys.stderr)
     if args.per_case:
@@ -350,7 +399,7 @@ def _seen_in_training(metadata: dict[str, Any], dataset: str, case_ids: Sequence
 # --- predict ----------------------------------------------------------------------------------
 
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="best.pt written by 'train'")
+    parser.add_argument("--checkpoint", required=True, nargs="+", help="best.pt written by 'train'; several (e.g. OUT/member-*/best.pt of train --members) predict together, the mean of their probabilities")
     parser.add_argument("--input", required=True,
                         help="a folder of 2D images (PNG/JPG/BMP/TIFF, 8-bit grey) or a NIfTI volume (.nii/.nii.gz, HU)")
     parser.add_argument("--output", required=True,
@@ -424,8 +473,8 @@ def run_predict(args: argparse.Namespace) -> int:
     from covidlib.config import get_device
     from covidlib.ct import check_hu
     from covidlib.datasets import read_8bit
-    from covidlib.inference import (decision_threshold, grey_levels, load_model, normalise_ct_slices, normalise_slices,
-                                    predict_stack)
+    from covidlib.ensemble import load_ensemble
+    from covidlib.inference import decision_threshold, grey_levels, normalise_ct_slices, normalise_slices, predict_stack
     from covidlib.io import Volume, read_volume, write_volume
 
     source, target = Path(args.input), Path(args.output)
@@ -448,10 +497,12 @@ def run_predict(args: argparse.Namespace) -> int:
         check_hu(volume.array, str(source))  # as segment does: an 8-bit or normalised volume is not a CT in HU
     else:
         raise InvalidInputError(f"--input {source}: expected a folder of 2D images or a .nii/.nii.gz file")
-    model, metadata = load_model(args.checkpoint)
-    image_size = _image_size(metadata, args.checkpoint)
+    model, metadata = load_ensemble(args.checkpoint)
+    checkpoint = " ".join(args.checkpoint)
+    image_size = _image_size(metadata, checkpoint)
     tta = bool(metadata.get("tta", False))  # as the checkpoint was validated
-    segments_at = f"the checkpoint calls a pixel infected above probability {decision_threshold(metadata, args.checkpoint):g}"
+    segments_at = (f"the {'ensemble' if 'members' in metadata else 'checkpoint'} calls a pixel infected above "
+                   f"probability {decision_threshold(metadata, checkpoint):g}")
     device = get_device(args.device)
     if source.is_dir():
         for (path, output), grey in zip(pairs, images):
@@ -477,7 +528,8 @@ LUNGMASK_FALLBACK_NOTE = "note: lungmask weights not found; using the classical 
 def _segment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scan", help="CT scan in HU: NIfTI/NRRD/MetaImage file or a DICOM series folder")
     parser.add_argument("-o", "--output", required=True, help="infection mask to write (.nii.gz, .nii, .nrrd, .mha)")
-    parser.add_argument("--checkpoint", required=True, help="trained network: best.pt/last.pt of covidlib's Trainer")
+    parser.add_argument("--checkpoint", required=True, nargs="+",
+                        help="trained network: best.pt/last.pt of covidlib's Trainer; several (e.g. OUT/member-*/best.pt of train --members) predict together, the mean of their probabilities")
     parser.add_argument("--lung-mask", help="lung mask to write (right 1, left 2); default: <output>_lungs beside the output")
     parser.add_argument("--summary", help="also write the volume summary as JSON here")
     parser.add_argument("--lung-method", choices=LUNG_METHODS, default="auto",
@@ -576,6 +628,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "depth": (_positive_int, "a positive integer"),
     "image_size": (_positive_int, "a positive integer"),
     "unlabelled": (_positive_int, "at least 1"),
+    "members": (_positive_int, "a positive integer"),
     "inner_val": (_positive_int, "at least 1"),
     "folds": (lambda v: isinstance(v, int) and v >= 2, "an integer of at least 2"),
     "fold": (lambda v: isinstance(v, int) and v >= 0, "a non-negative integer"),
@@ -623,6 +676,16 @@ def check_train(args: argparse.Namespace) -> None:
     from covidlib.io import check_output_folder
 
     _check_rules(args)
+    if args.members > 1:
+        for flag, value in (("--fold", args.fold), ("--val-fraction", args.val_fraction), ("--semi", args.semi)):
+            if value is not None:
+                raise InvalidInputError(f"{flag} acts on one network; --members {args.members} trains network K on "
+                                        "fold K of --folds")
+        if args.folds is None:
+            args.folds = max(ENSEMBLE_FOLDS, args.members)
+        elif args.folds < args.members:
+            raise InvalidInputError(f"--members {args.members} needs --folds of at least {args.members}: each network "
+                                    f"validates on its own fold, got --folds {args.folds}")
     if args.folds is None:
         if args.fold is not None:
             raise InvalidInputError(f"--fold {args.fold} needs --folds (k of the k-fold split)")
@@ -691,13 +754,15 @@ def _check_semi_folds(args: argparse.Namespace, split: str, n_cases: int) -> Non
 def check_predict(args: argparse.Namespace) -> None:
     """``predict``'s numbers and checkpoint (its other paths are checked by :func:`run_predict` before any work)."""
     _check_rules(args)
-    _check_input_file("--checkpoint", Path(args.checkpoint))
+    for checkpoint in args.checkpoint:
+        _check_input_file("--checkpoint", Path(checkpoint))
 
 
 def check_evaluate(args: argparse.Namespace) -> None:
     """``evaluate``'s flags before the checkpoint or any data is read."""
     _check_rules(args)
-    _check_input_file("--checkpoint", Path(args.checkpoint))
+    for checkpoint in args.checkpoint:
+        _check_input_file("--checkpoint", Path(checkpoint))
 
 
 def check_segment(args: argparse.Namespace) -> None:
@@ -709,7 +774,8 @@ def check_segment(args: argparse.Namespace) -> None:
     _check_rules(args)
     if not Path(args.scan).exists():
         raise InvalidInputError(f"scan {args.scan}: no such file or folder; give a CT file or a DICOM series folder")
-    _check_input_file("--checkpoint", Path(args.checkpoint))
+    for checkpoint in args.checkpoint:
+        _check_input_file("--checkpoint", Path(checkpoint))
     if args.lungmask_weights is not None:
         _check_input_file("--lungmask-weights", Path(args.lungmask_weights))
     elif args.lung_method == "lungmask" and lungmask_weights() is None:
@@ -755,6 +821,9 @@ COMMANDS: dict[str, Command] = {
 def _train_interrupted(args: argparse.Namespace) -> str:
     """What ``--resume`` would do after Ctrl-C stopped ``train``: continue the supervised stage's
     ``last.pt`` (written after every epoch) when one exists; the ``--semi`` stage starts again."""
+    if args.members > 1:
+        return ("interrupted; the same command with --resume keeps the networks it finished and continues the "
+                "others from their OUT/member-K/last.pt")
     last = Path(args.out) / ("supervised" if args.semi else "") / "last.pt"
     if not last.is_file():
         return f"interrupted before the first epoch ended: no {last} to resume from; run the same command again"

@@ -23,8 +23,8 @@ from torch import nn
 from covidlib.errors import InvalidInputError
 from covidlib.inference import decision_threshold, load_model
 
-#: What the members of an ensemble must share: they are resized alike, predicted alike and cut alike.
-SHARED_METADATA = ("image_size", "tta", "probability_threshold")
+#: What the members of an ensemble must share: they are prepared alike, predicted alike and cut alike.
+SHARED_METADATA = ("image_size", "preprocess", "tta", "probability_threshold")
 
 
 class Ensemble(nn.Module):
@@ -53,7 +53,8 @@ def load_ensemble(paths: Sequence[str | Path]) -> tuple[nn.Module, dict[str, Any
     Members must agree on :data:`SHARED_METADATA` (an error names each checkpoint's value otherwise).
     The ensemble's ``train_cases`` are the cases any member trained on, its ``val_cases`` those some
     member selected on that none trained on (so a default evaluation never scores a trained-on case),
-    and ``dataset`` is kept when all name the same one. ``members`` lists the checkpoints.
+    and ``dataset`` is kept when all name the same one. ``members`` lists the checkpoints and
+    ``model_options`` their networks' options.
     """
     if not paths:
         raise InvalidInputError("no checkpoint to load")
@@ -63,7 +64,7 @@ def load_ensemble(paths: Sequence[str | Path]) -> tuple[nn.Module, dict[str, Any
     for key in SHARED_METADATA:
         values = [decision_threshold(metadata, path) if key == "probability_threshold" else metadata.get(key)
                   for path, (_, metadata) in zip(paths, loaded, strict=True)]
-        if len(set(values)) > 1:
+        if any(value != values[0] for value in values):
             raise InvalidInputError(f"the checkpoints of an ensemble must share their {key}, got "
                                     + ", ".join(f"{value!r} ({path})" for path, value in zip(paths, values, strict=True)))
     first = loaded[0][1]
@@ -73,5 +74,6 @@ def load_ensemble(paths: Sequence[str | Path]) -> tuple[nn.Module, dict[str, Any
     metadata = {key: first[key] for key in SHARED_METADATA if key in first}
     metadata.update(members=[str(path) for path in paths], train_cases=trained, val_cases=selected,
                     dataset=datasets.pop() if len(datasets) == 1 else None,
-                    model="ensemble of " + ", ".join(sorted({m["model"] for _, m in loaded})))
+                    model="ensemble of " + ", ".join(sorted({m["model"] for _, m in loaded})),
+                    model_options=[m["model_options"] for _, m in loaded])
     return Ensemble([model for model, _ in loaded]).eval(), metadata

@@ -64,6 +64,7 @@ from tqdm.auto import tqdm
 from covidlib.config import get_device
 from covidlib.datasets import Case
 from covidlib.errors import InvalidInputError
+from covidlib.ensemble import load_ensemble
 from covidlib.inference import Architecture, decision_threshold, grey_levels, load_model, normalise_ct_slices, resize_stack
 from covidlib.io import WRITE_SUFFIXES, Volume, atomic_path, read_volume, write_volume
 from covidlib.options import LUNG_METHODS
@@ -341,16 +342,23 @@ def run(args: argparse.Namespace) -> int:
     """Run the ``segment`` subcommand: read, segment, write all outputs at the end, print the summary."""
     lung_mask_path = Path(args.lung_mask) if args.lung_mask else default_lung_mask_path(args.output)
     check_output_paths(args.scan, args.output, lung_mask_path, args.summary)
-    model, metadata = load_model(args.checkpoint, _architecture_option(args))
+    architecture = _architecture_option(args)
+    if architecture is not None and len(args.checkpoint) > 1:
+        raise InvalidInputError("--model/--base-width/--depth rebuild one checkpoint's network; the checkpoints of "
+                                "an ensemble must record their own")
+    model, metadata = (load_model(args.checkpoint[0], architecture) if architecture is not None
+                       else load_ensemble(args.checkpoint))
+    checkpoint = " ".join(args.checkpoint)
     volume = read_volume(args.scan, series_id=args.series_id)
     preprocess = {k: v for k, v in dict(metadata.get("preprocess") or {}).items() if k in PREPROCESS_KEYS}
     window_size = int(metadata["image_size"]) if "image_size" in metadata and not preprocess else None
     result = segment_volume(volume, model, device=args.device, lung_method=args.lung_method,
                             lungmask_modelpath=args.lungmask_weights, preprocess=preprocess, window_size=window_size,
-                            threshold=decision_threshold(metadata, args.checkpoint) if args.threshold is None
+                            threshold=decision_threshold(metadata, checkpoint) if args.threshold is None
                             else args.threshold, batch_size=args.batch_size, amp=args.amp,
                             progress=not args.no_progress)
-    result.summary.update(checkpoint=str(args.checkpoint), model=metadata["model"], model_options=metadata["model_options"],
+    result.summary.update(checkpoint=args.checkpoint[0] if len(args.checkpoint) == 1 else args.checkpoint,
+                          model=metadata["model"], model_options=metadata["model_options"],
                           outputs={"infection": str(args.output), "lung_mask": str(lung_mask_path)})
     written = write_segmentation(result, args.output, lung_mask_path, args.summary)
     print(format_volume_summary(result.summary))

@@ -324,6 +324,11 @@ def test_bad_input_gives_exit_code_2_and_a_message(argv: list[str], message: str
     (["train", "--unlabelled", "5"], "--unlabelled acts only with --semi"),
     (["train", "--mixup-alpha", "-1"], "--mixup-alpha must be a non-negative number"),
     (["train", "--semi", "both", "--unlabelled-split", "train"], "--unlabelled-split 'train' is the split the network trains"),
+    (["train", "--members", "0"], "--members must be a positive integer, got 0"),
+    (["train", "--members", "2", "--folds", "3", "--fold", "1"], "--fold acts on one network; --members 2 trains"),
+    (["train", "--members", "2", "--val-fraction", "0.3"], "--val-fraction acts on one network"),
+    (["train", "--members", "2", "--semi", "both"], "--semi acts on one network"),
+    (["train", "--members", "4", "--folds", "3"], "--members 4 needs --folds of at least 4"),
     # an output folder that is a file
     (["train", "--out", "{tmp}/afile.txt"], "--out {tmp}/afile.txt: exists and is not a folder"),
     (["train", "--out", "{tmp}/afile.txt/run"], "lies under {tmp}/afile.txt, which is not a folder"),
@@ -499,3 +504,39 @@ def test_predict_refuses_16bit_images_and_writes_nothing_when_one_input_is_bad(
     assert main([*_checkpoint_args(out), "--input", str(deep), "--output", str(tmp_path / "afile.txt")]) == 2
     error = capsys.readouterr().err
     assert f"--output {tmp_path / 'afile.txt'}: exists and is not a folder" in error
+
+
+def test_train_members_validate_on_their_own_folds_and_predict_as_the_mean_of_their_probabilities(
+        trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root, _ = trained
+    out = tmp_path / "ensemble"
+    assert main(["train", "--dataset", "covid-semiseg", "--data-root", str(root), "--out", str(out), "--quick",
+                 "--members", "2", "--folds", "3", "--seed", "4", "--device", "cpu", "--amp", "off",
+                 "--no-progress"]) == 0
+    assert "ensemble of 2 unet networks" in capsys.readouterr().out
+    checkpoints = [out / f"member-{k}" / "best.pt" for k in (0, 1)]
+    stored = [load_checkpoint(path) for path in checkpoints]
+    metadata = [checkpoint["metadata"] for checkpoint in stored]
+    ids = [f"train/{i}" for i in range(len(SIZES))]
+    assert [m["val_cases"] for m in metadata] == [kfold_volumes(ids, 3, 4)[k][1] for k in (0, 1)]  # one split, two folds
+    assert [checkpoint["config"]["seed"] for checkpoint in stored] == [4, 5]
+    summary = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert [member["checkpoint"] for member in summary["members"]] == [str(path) for path in checkpoints]
+    # predict with both: the mean of each one's map (second route: predict with each alone), up to 8-bit rounding
+    inputs = root / "TrainingSet/LungInfection-Train/Doctor-label/Imgs"
+    for name, chosen in (("both", checkpoints), ("first", checkpoints[:1]), ("second", checkpoints[1:])):
+        assert main(["predict", "--checkpoint", *map(str, chosen), "--input", str(inputs),
+                     "--output", str(tmp_path / name), "--device", "cpu"]) == 0
+    assert "the ensemble calls a pixel infected above probability 0.5" in capsys.readouterr().out
+    for index in range(len(SIZES)):
+        maps = {name: np.asarray(Image.open(tmp_path / name / f"{index}.png"), dtype=float)
+                for name in ("both", "first", "second")}
+        assert np.abs(maps["both"] - (maps["first"] + maps["second"]) / 2).max() <= 1.0
+    # every case trained one of them: evaluate needs a split, and says the score is optimistic
+    assert main(["evaluate", "--checkpoint", *map(str, checkpoints), "--data-root", str(root), "--device", "cpu"]) == 2
+    assert "--split is needed: no case validated a network of this ensemble" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", *map(str, checkpoints), "--data-root", str(root), "--split", "train",
+                 "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["checkpoint"] == [str(path) for path in checkpoints]
+    assert "trained a network of this ensemble" in captured.err

@@ -75,10 +75,12 @@ def test_load_ensemble_rebuilds_the_members_and_merges_what_they_saw(tmp_path):
     assert metadata["val_cases"] == ["5", "6"]  # "4" and "3" trained the other member
     assert metadata["dataset"] == "d" and metadata["image_size"] == 16 and metadata["tta"] is True
     assert metadata["members"] == [str(tmp_path / "a.pt"), str(tmp_path / "b.pt")]
+    assert metadata["model"] == "ensemble of unet" and metadata["model_options"] == [OPTIONS, OPTIONS]
 
 
 @pytest.mark.parametrize(("other", "named"), [({"image_size": 32}, "image_size, got 16"),
                                               ({"tta": False}, "tta, got True"),
+                                              ({"preprocess": {"spacing_mm": 1.0}}, "preprocess, got None"),
                                               ({"probability_threshold": 0.4}, "probability_threshold, got 0.5")])
 def test_load_ensemble_refuses_members_that_would_predict_differently_naming_each(tmp_path, other, named):
     _checkpoint(tmp_path / "a.pt", 0)

@@ -423,6 +423,26 @@ def test_cli_architecture_options_for_bare_checkpoints(main, scan_path, tmp_path
     assert not read_mask(out).array.any()
 
 
+def test_cli_segments_with_the_mean_of_several_checkpoints(main, scan_path, lungs, tmp_path, capsys):
+    metadata = {"model": "unet", "model_options": TINY, "image_size": 32}
+    checkpoints = [str(write_checkpoint(tmp_path / f"{name}.pt", constant_network(infected), metadata))
+                   for name, infected in (("yes", True), ("no", False))]
+    # probabilities sigmoid(6) and sigmoid(-6) average to 1/2: infected at 0.45, not at 0.55, whichever alone says
+    in_lungs = (lungs > 0).astype(np.uint8)
+    for threshold, expected in (("0.45", in_lungs), ("0.55", 0 * in_lungs)):
+        out = tmp_path / f"mask{threshold}.nii"
+        assert main(["segment", str(scan_path), "-o", str(out), "--checkpoint", *checkpoints, "--lung-method",
+                     "classical", "--summary", str(tmp_path / f"summary{threshold}.json"), "--no-progress",
+                     "--threshold", threshold]) == 0
+        np.testing.assert_array_equal(read_mask(out).array, expected)
+    summary = json.loads((tmp_path / "summary0.45.json").read_text(encoding="utf-8"))
+    assert summary["checkpoint"] == checkpoints and summary["model_options"] == [TINY, TINY]
+    capsys.readouterr()
+    assert main(["segment", str(scan_path), "-o", str(tmp_path / "x.nii"), "--checkpoint", *checkpoints,
+                 "--lung-method", "classical", "--model", "unet", "--no-progress"]) == 2
+    assert "the checkpoints of an ensemble must record their own" in capsys.readouterr().err
+
+
 def _dicom_series(folder: Path, hu: np.ndarray) -> Path:
     """Write ``hu`` (z, y, x) as a CT DICOM series (int16 stored values), one file a slice."""
     image = sitk.GetImageFromArray(np.round(hu).astype(np.int16))
