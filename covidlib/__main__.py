@@ -526,7 +526,8 @@ LUNGMASK_FALLBACK_NOTE = "note: lungmask weights not found; using the classical 
 
 
 def _segment_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("scan", help="CT scan in HU: NIfTI/NRRD/MetaImage file or a DICOM series folder")
+    parser.add_argument("scan", nargs="?", help="CT scan in HU: NIfTI/NRRD/MetaImage file or a DICOM series folder "
+                                                "(it may also come last, after --checkpoint's files)")
     parser.add_argument("-o", "--output", required=True, help="infection mask to write (.nii.gz, .nii, .nrrd, .mha)")
     parser.add_argument("--checkpoint", required=True, nargs="+",
                         help="trained network: best.pt/last.pt of covidlib's Trainer; several (e.g. OUT/member-*/best.pt of train --members) predict together, the mean of their probabilities")
@@ -772,6 +773,10 @@ def check_segment(args: argparse.Namespace) -> None:
     from covidlib.segment import check_output_paths, default_lung_mask_path
 
     _check_rules(args)
+    if args.scan is None:  # `segment --checkpoint a.pt [b.pt ...] scan`: --checkpoint took the scan too
+        if len(args.checkpoint) < 2:
+            raise InvalidInputError("segment needs a scan: give the CT file or DICOM folder before --checkpoint")
+        args.scan = args.checkpoint.pop()
     if not Path(args.scan).exists():
         raise InvalidInputError(f"scan {args.scan}: no such file or folder; give a CT file or a DICOM series folder")
     for checkpoint in args.checkpoint:

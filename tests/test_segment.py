@@ -435,6 +435,10 @@ def test_cli_segments_with_the_mean_of_several_checkpoints(main, scan_path, lung
                      "classical", "--summary", str(tmp_path / f"summary{threshold}.json"), "--no-progress",
                      "--threshold", threshold]) == 0
         np.testing.assert_array_equal(read_mask(out).array, expected)
+    # the scan may follow --checkpoint's files, as it could follow one checkpoint before ensembles
+    assert main(["segment", "-o", str(tmp_path / "last.nii"), "--lung-method", "classical", "--no-progress",
+                 "--threshold", "0.45", "--checkpoint", *checkpoints, str(scan_path)]) == 0
+    np.testing.assert_array_equal(read_mask(tmp_path / "last.nii").array, in_lungs)
     summary = json.loads((tmp_path / "summary0.45.json").read_text(encoding="utf-8"))
     assert summary["checkpoint"] == checkpoints and summary["model_options"] == [TINY, TINY]
     capsys.readouterr()
