@@ -51,6 +51,9 @@ QUICK = {"epochs": 3, "max_steps_per_epoch": 2, "image_size": 64, "base_width": 
 FULL = {name: getattr(Recipe(), name) for name in QUICK}
 #: ``train --members``'s split when --folds is not given: each network validates on a fifth of the cases.
 ENSEMBLE_FOLDS = 5
+#: What ``--checkpoint`` of evaluate, predict and segment adds for ensembles.
+SEVERAL_CHECKPOINTS = ("; several (e.g. OUT/member-*/best.pt of train --members) predict together, the mean of their "
+                       "probabilities")
 
 
 # --- train ------------------------------------------------------------------------------------
@@ -333,7 +336,7 @@ def _threads_argument(parser: argparse.ArgumentParser) -> None:
 
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, nargs="+",
-                        help="best.pt (or last.pt) written by 'train'; several (e.g. OUT/member-*/best.pt of train --members) predict together, the mean of their probabilities")
+                        help="best.pt (or last.pt) written by 'train'" + SEVERAL_CHECKPOINTS)
     parser.add_argument("--dataset", help="registered dataset (default: the one the checkpoint was trained on)")
     parser.add_argument("--data-root", help="the dataset's folder (default: $COVIDLIB_DATA/<dataset>)")
     parser.add_argument("--split", help="split to evaluate (default: the checkpoint's validation cases)")
@@ -399,7 +402,7 @@ def _seen_in_training(metadata: dict[str, Any], dataset: str, case_ids: Sequence
 # --- predict ----------------------------------------------------------------------------------
 
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, nargs="+", help="best.pt written by 'train'; several (e.g. OUT/member-*/best.pt of train --members) predict together, the mean of their probabilities")
+    parser.add_argument("--checkpoint", required=True, nargs="+", help="best.pt written by 'train'" + SEVERAL_CHECKPOINTS)
     parser.add_argument("--input", required=True,
                         help="a folder of 2D images (PNG/JPG/BMP/TIFF, 8-bit grey) or a NIfTI volume (.nii/.nii.gz, HU)")
     parser.add_argument("--output", required=True,
@@ -530,7 +533,7 @@ def _segment_arguments(parser: argparse.ArgumentParser) -> None:
                                                 "(it may also come last, after --checkpoint's files)")
     parser.add_argument("-o", "--output", required=True, help="infection mask to write (.nii.gz, .nii, .nrrd, .mha)")
     parser.add_argument("--checkpoint", required=True, nargs="+",
-                        help="trained network: best.pt/last.pt of covidlib's Trainer; several (e.g. OUT/member-*/best.pt of train --members) predict together, the mean of their probabilities")
+                        help="trained network: best.pt/last.pt of covidlib's Trainer" + SEVERAL_CHECKPOINTS)
     parser.add_argument("--lung-mask", help="lung mask to write (right 1, left 2); default: <output>_lungs beside the output")
     parser.add_argument("--summary", help="also write the volume summary as JSON here")
     parser.add_argument("--lung-method", choices=LUNG_METHODS, default="auto",
