@@ -111,6 +111,10 @@ STEPS: list[Step] = [
     # counts both); nnU-Net draws a third of its patches around foreground
     Step("+ a third of the windows around infection", {"crop_foreground": 0.33},
          base="+ 256 px slices, random 160 px windows"),
+    # the training budget of an ensemble of two networks (benchmarks/seed_ensemble.py) spent on one:
+    # the control an ensemble's gain must beat
+    Step("+ 1200 epochs (× 0.8 every 300): two networks' budget", {"epochs": 1200, "step_size": 300, "patience": 1200},
+         base="+ 160 px input"),
 ]
 
 
