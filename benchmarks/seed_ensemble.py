@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _nested_cv import (METRICS, begin, comparable_record, nested_cv_parser, quick_recipe, record_path)
+from _nested_cv import (METRICS, begin, comparable_record, nested_cv_parser, print_rows, quick_recipe, record_path)
 from covidlib.crossval import run_key, run_nested_cv, score_cases
 from covidlib.datasets import Dataset, get_dataset
 from covidlib.ensemble import Ensemble
@@ -128,11 +128,7 @@ def main() -> None:
                              f"JSON in {folder} to train it again)") from None
     summary = summarise(results, ensembles)
     path = write_record(record.parent, record.stem, parameters=parameters, runtime=runtime, numbers=summary)
-    for row in summary["rows"]:
-        change = row.get("tta_dice_change_vs_control")
-        print(f"{row['label']:<45} TTA Dice {row['tta_dice_mean']:.3f} ± {row['tta_dice_sd_over_units']:.3f}"
-              + (f", vs {change['against']} {change['mean_difference']:+.3f} [{change['low']:+.3f}, {change['high']:+.3f}]"
-                 if change else ""), flush=True)
+    print_rows(summary)
     print(f"wrote {path}", flush=True)
 
 

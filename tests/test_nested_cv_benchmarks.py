@@ -295,7 +295,7 @@ def test_seed_ensemble_quick_scores_each_slice_by_the_networks_that_never_saw_it
     runs = tmp_path / "ablation"
     output = _run("seed_ensemble.py", "--seeds", "0,1", "--out", str(tmp_path), "--supervised-runs", str(runs),
                   "--threads", "1")
-    assert "ensemble of 2 networks of other seeds" in output
+    assert re.search(r"^ensemble +TTA Dice [0-9.]+ ± [0-9.]+, vs its members alone ", output, re.MULTILINE)
     numbers = json.loads((tmp_path / "seed_ensemble.json").read_text())["numbers"]
     assert [row["arm"] for row in numbers["rows"]] == ["network", "ensemble"]
     assert [(unit["members"], unit["fold"]) for unit in numbers["units"]] == [([0, 1], fold) for fold in range(5)]
