@@ -122,6 +122,13 @@ def quick_recipe(recipe: Recipe) -> Recipe:
     return dataclasses.replace(recipe, **QUICK)
 
 
+def budget_changes(recipe: Recipe, networks: int) -> dict[str, int]:
+    """The changes that train ``recipe``'s network ``networks`` times as long (epochs, learning-rate step
+    and patience scaled): one network given the training budget of an ensemble of ``networks``."""
+    return {"epochs": recipe.epochs * networks, "step_size": recipe.step_size * networks,
+            "patience": recipe.patience * networks}
+
+
 def mean_scores(per_case: dict[str, dict[str, float]], metrics: tuple[str, ...] = METRICS) -> dict[str, float]:
     """Each of ``metrics`` averaged over the test slices of ``per_case`` (``{case_id: scores}``)."""
     return {metric: float(np.mean([row[metric] for row in per_case.values()])) for metric in metrics}

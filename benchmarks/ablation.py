@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from _nested_cv import begin, comparable_record, integers, mean_scores, nested_cv_parser, quick_recipe, record_path
+from _nested_cv import begin, budget_changes, comparable_record, integers, mean_scores, nested_cv_parser, quick_recipe, record_path
 from covidlib.crossval import run_key, run_nested_cv, scored_metric
 from covidlib.datasets import get_dataset
 from covidlib.fingerprint import changed_sources, data_fingerprint
@@ -113,7 +113,7 @@ STEPS: list[Step] = [
          base="+ 256 px slices, random 160 px windows"),
     # the training budget of an ensemble of two networks (benchmarks/seed_ensemble.py) spent on one:
     # the control an ensemble's gain must beat
-    Step("+ 1200 epochs (× 0.8 every 300): two networks' budget", {"epochs": 1200, "step_size": 300, "patience": 1200},
+    Step("+ 1200 epochs (× 0.8 every 300): two networks' budget", budget_changes(Recipe(), 2),
          base="+ 160 px input"),
 ]
 

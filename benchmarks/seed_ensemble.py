@@ -11,11 +11,14 @@ The members differ in their training slices as well as in their initialisation (
 cross-validation ensemble does); an ensemble costs its members' training time, ``--members`` times
 one network's. A unit is (combination of seeds, outer fold of its first seed): the ensemble's mean
 Dice on that fold's test slices against the mean of its members' Dice on the same slices, with a 95 %
-bootstrap CI of the paired difference. The record goes to
+bootstrap CI of the paired difference. Its fair rival is one network trained as long: with
+``--control-seeds``, A' of those seeds trained ``--members`` times the epochs (the ablation's row "two
+networks' budget" for two) is read from (or trained into) the same cache, and each of its (seed, outer
+fold) units is paired with the ensembles' mean Dice on the same test slices. The record goes to
 ``records/reference-covid-semiseg/seed_ensemble.json`` (chapter 09 shows it); it is computed whole
 each time (minutes), the trainings it reads resume as the ablation's do.
 
-    .venv/bin/python benchmarks/seed_ensemble.py --seeds 0,1,2 --threads 2
+    .venv/bin/python benchmarks/seed_ensemble.py --seeds 0,1,2 --control-seeds 0 --threads 2
     .venv/bin/python benchmarks/seed_ensemble.py --quick --out /tmp/ensemble   # the whole path in minutes
 """
 
@@ -28,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from _nested_cv import (METRICS, begin, comparable_record, nested_cv_parser, print_rows, quick_recipe, record_path)
+from _nested_cv import (METRICS, begin, budget_changes, comparable_record, integers, nested_cv_parser, print_rows,
+                        quick_recipe, record_path)
 from covidlib.crossval import run_key, run_nested_cv, score_cases
 from covidlib.datasets import Dataset, get_dataset
 from covidlib.ensemble import Ensemble
@@ -58,13 +62,37 @@ def ensemble_scores(dataset: Dataset, recipe: Recipe, results: dict[int, list[di
     return per_case
 
 
-def summarise(results: dict[int, list[dict]], ensembles: dict[tuple[int, ...], dict[str, dict[str, float]]]) -> dict:
+def fold_means(results: dict[int, list[dict]], per_case: dict[str, dict[str, float]] | None = None) -> dict:
+    """``{(seed, fold): {metric: mean over that outer fold's test slices}}`` of nested-CV ``results``, scored
+    by their own networks, or by ``per_case`` (``{case_id: scores}``) when it is given."""
+    return {(seed, result["fold"]): {metric: float(np.mean([(per_case or result["per_case"])[case][metric]
+                                                            for case in result["test"]])) for metric in METRICS}
+            for seed in results for result in results[seed]}
+
+
+def row_of(arm: str, label: str, by_unit: list[dict[str, float]]) -> dict:
+    """A summary row: each metric's mean over ``by_unit`` (one dict of scores a unit), and Dice's sd."""
+    dice = [unit["tta_dice"] for unit in by_unit]
+    return {"arm": arm, "label": label, "units": len(by_unit), "tta_dice_by_unit": dice,
+            **{f"{metric}_mean": float(np.mean([unit[metric] for unit in by_unit])) for metric in METRICS},
+            "tta_dice_sd_over_units": float(np.std(dice, ddof=1)) if len(dice) > 1 else 0.0}
+
+
+def paired_change(control: list[float], arm: list[float], against: str) -> dict | None:
+    """``arm − control`` with its 95 % bootstrap CI (paired units), or ``None`` below two units."""
+    return {**paired_bootstrap_ci(control, arm).as_dict(), "against": against} if len(arm) > 1 else None
+
+
+def summarise(results: dict[int, list[dict]], ensembles: dict[tuple[int, ...], dict[str, dict[str, float]]],
+              controls: dict[int, list[dict]] | None = None) -> dict:
     """The networks alone (mean ± sd over (seed, fold)), each ensemble's mean, and the paired difference
-    ensemble − its members' mean over (combination, fold of its first seed) units with a 95 % bootstrap CI."""
+    ensemble − its members' mean over (combination, fold of its first seed) units with a 95 % bootstrap CI.
+    With ``controls`` (nested-CV results of networks trained as long as an ensemble, by seed) also their
+    row, paired with the networks alone and with the ensembles (their mean Dice over the combinations on
+    each control unit's test slices) over (seed, fold) units."""
     single = {seed: {case: result["per_case"][case] for result in results[seed] for case in result["test"]}
               for seed in results}
-    alone = {metric: [float(np.mean([result["per_case"][case][metric] for case in result["test"]]))
-                      for seed in results for result in results[seed]] for metric in METRICS}
+    alone = fold_means(results)
     units: list[dict] = []
     for combination, per_case in ensembles.items():
         for result in results[combination[0]]:
@@ -74,21 +102,26 @@ def summarise(results: dict[int, list[dict]], ensembles: dict[tuple[int, ...], d
                 unit[f"members_{metric}"] = float(np.mean([single[seed][case][metric] for case in result["test"]
                                                            for seed in combination]))
             units.append(unit)
-    rows = [{"arm": "network", "label": "one network (A′, train's defaults)", "units": len(alone["tta_dice"]),
-             "tta_dice_by_unit": alone["tta_dice"],
-             **{f"{metric}_mean": float(np.mean(alone[metric])) for metric in METRICS},
-             "tta_dice_sd_over_units": float(np.std(alone["tta_dice"], ddof=1)) if len(alone["tta_dice"]) > 1 else 0.0}]
+    rows = [row_of("network", "one network (A′, train's defaults)", list(alone.values()))]
+    members = len(next(iter(ensembles))) if ensembles else 0
+    budget = fold_means(controls) if controls else {}
+    if budget:
+        row = row_of("budget", f"one network trained {members}× as long (the ensemble's budget)", list(budget.values()))
+        row["tta_dice_change_vs_control"] = paired_change([alone[unit]["tta_dice"] for unit in budget],
+                                                          row["tta_dice_by_unit"], "one network at train's defaults")
+        rows.append(row)
     if units:
-        members = len(next(iter(ensembles)))
-        row = {"arm": "ensemble", "label": f"ensemble of {members} networks of other seeds", "units": len(units),
+        row = {**row_of("ensemble", f"ensemble of {members} networks of other seeds",
+                        [{metric: unit[f"ensemble_{metric}"] for metric in METRICS} for unit in units]),
                "combinations": [list(combination) for combination in ensembles],
-               "tta_dice_by_unit": [unit["ensemble_tta_dice"] for unit in units],
-               **{f"{metric}_mean": float(np.mean([unit[f"ensemble_{metric}"] for unit in units])) for metric in METRICS},
-               "tta_dice_sd_over_units": float(np.std([unit["ensemble_tta_dice"] for unit in units], ddof=1))
-               if len(units) > 1 else 0.0}
-        if len(units) > 1:
-            ci = paired_bootstrap_ci([unit["members_tta_dice"] for unit in units], [unit["ensemble_tta_dice"] for unit in units])
-            row["tta_dice_change_vs_control"] = {**ci.as_dict(), "against": "its members alone"}
+               "tta_dice_change_vs_control": paired_change([unit["members_tta_dice"] for unit in units],
+                                                           [unit["ensemble_tta_dice"] for unit in units],
+                                                           "its members alone")}
+        if budget:
+            on_budget_folds = [fold_means(controls, per_case) for per_case in ensembles.values()]
+            averaged = [float(np.mean([scores[unit]["tta_dice"] for scores in on_budget_folds])) for unit in budget]
+            row["tta_dice_change_vs_budget"] = paired_change([scores["tta_dice"] for scores in budget.values()],
+                                                             averaged, "one network trained as long")
         rows.append(row)
     return {"rows": rows, "units": units,
             "per_case": {"-".join(map(str, combination)): {case: {metric: scores[metric] for metric in METRICS}
@@ -101,10 +134,18 @@ def main() -> None:
                               quick="tiny networks and 2 epochs: checks the path")
     parser.add_argument("--members", type=int, default=2, help="networks an ensemble averages, each of another seed "
                                                                 "(default 2; at most the number of --seeds)")
+    parser.add_argument("--control-seeds", type=integers, default=[],
+                        help="seeds (among --seeds) whose one network trained --members times as long, the "
+                             "ensemble's fair rival, is read from --supervised-runs or trained there (for two "
+                             "members, the ablation's row \"two networks' budget\"; about 22 min a fold on a 2-core "
+                             "Zen 4); default none")
     args = parser.parse_args()
     if not 2 <= args.members <= len(args.seeds):
         raise SystemExit(f"error: --members must lie in [2, {len(args.seeds)}] for --seeds "
                          f"{','.join(map(str, args.seeds))}, got {args.members}")
+    if outside := sorted(set(args.control_seeds) - set(args.seeds)):
+        raise SystemExit(f"error: --control-seeds must be among --seeds {','.join(map(str, args.seeds))}: "
+                         f"{','.join(map(str, outside))} is not")
     runtime = begin(args)
     if runtime is None:
         return
@@ -112,7 +153,8 @@ def main() -> None:
     dataset = get_dataset("covid-semiseg", args.data_root)
     prepared = prepare_slices(dataset, recipe.image_size)
     parameters = {"data_root": args.data_root, "seeds": args.seeds, "members": args.members,
-                  "recipe": dataclasses.asdict(recipe), "folds": args.folds, "quick": args.quick}
+                  "control_seeds": args.control_seeds, "recipe": dataclasses.asdict(recipe), "folds": args.folds,
+                  "quick": args.quick}
     record = record_path(args)
     comparable_record(record, parameters, runtime, restart=args.restart)  # refuses another machine's or setting's
     results = {seed: run_nested_cv(dataset, prepared, recipe, args.supervised_runs, folds=args.folds, seeds=[seed])
@@ -126,9 +168,15 @@ def main() -> None:
         except InvalidInputError as error:
             raise SystemExit(f"error: {error} (its nested-CV result is stored without it: delete that result's "
                              f"JSON in {folder} to train it again)") from None
-    summary = summarise(results, ensembles)
+    budget = dataclasses.replace(recipe, **budget_changes(recipe, args.members))
+    controls = {seed: run_nested_cv(dataset, prepared, budget, args.supervised_runs, folds=args.folds, seeds=[seed])
+                for seed in args.control_seeds}
+    summary = summarise(results, ensembles, controls)
     path = write_record(record.parent, record.stem, parameters=parameters, runtime=runtime, numbers=summary)
     print_rows(summary)
+    if change := summary["rows"][-1].get("tta_dice_change_vs_budget"):
+        print(f"ensemble vs {change['against']}: {change['mean_difference']:+.3f} [{change['low']:+.3f}, "
+              f"{change['high']:+.3f}]", flush=True)
     print(f"wrote {path}", flush=True)
 
 

@@ -84,6 +84,10 @@ benchmark_records += machine_records()
 references = {name: load_reference(name) for name in [*book_chapters, *benchmark_records]}
 live = read_records(output_dir) if Path(output_dir).is_dir() else {}
 
+#: What a paired difference's 95 % interval says, by where it lies against 0 (:func:`interval_side`).
+outcome = {"lies above 0": "an improvement", "lies below 0": "a loss",
+           "includes 0": "no difference distinguishable from noise"}
+
 
 def cell(value: float | None, sd: float | None = None) -> str:
     """A table cell: ``mean ± sd``, or an em dash where there is no number."""
@@ -386,11 +390,11 @@ viz.show_path([dataclasses.replace(row, name=f"{row.name} ({name})" if len(machi
 # probabilities (`covidlib.ensemble.Ensemble`, test-time augmentation as usual), for every
 # pair of seeds, against the same two networks alone. It trains nothing: it reads the ablation's
 # networks. An ensemble costs its members' training time, so its fair rival is one network trained
-# as long: the ablation's row of twice the epochs, shown beside it where the ablation record of the
-# same processor holds it.
+# as long (twice the epochs for two members: the ablation's row "two networks' budget"): with
+# `--control-seeds`, the benchmark reads those networks too and pairs each of their outer folds with
+# the ensembles' Dice on the same test slices.
 
 # %% tags=["hide-input"]
-budget_row = "+ 1200 epochs (× 0.8 every 300): two networks' budget"  # the control row of benchmarks/ablation.py
 ensembles = {name: references[name] for name in ["seed_ensemble", *machine_records("seed_ensemble")]}
 for name, ensemble in ensembles.items():
     display(Markdown(reference_notice(ensemble, name)))
@@ -401,27 +405,22 @@ for name, ensemble in ensembles.items():
     for row in ensemble.numbers["rows"]:
         change = row.get("tta_dice_change_vs_control")
         rows.append((row["label"], cell(row["tta_dice_mean"], row["tta_dice_sd_over_units"]),
-                     cell(row["tta_infnet_mean_dice_mean"]), format_interval(change) if change else "—",
-                     str(row["units"])))
-    machine = describe_machine(ensemble.record["runtime"])  # a control only counts on the processor that made the networks
-    members = parameters["members"]
-    controls = [row for record in ("ablation", *machine_ablations) if references[record] is not None
-                and describe_machine(references[record].record["runtime"]) == machine
-                for row in references[record].numbers["rows"] if row["name"] == budget_row and members == 2]
-    for control in controls:
-        change = control.get("dice_change_vs_previous")
-        rows.append((f"one network trained as long (the ablation's “{budget_row}”)",
-                     cell(control["dice_mean"], control["dice_sd_over_units"]), cell(control["infnet_mean_dice_mean"]),
-                     format_interval(change) if change else "—", str(len(control["dice_by_unit"]))))
-    display(Markdown(f"**`{name}`**, on {machine}: seeds {parameters['seeds']}, "
+                     cell(row["tta_infnet_mean_dice_mean"]),
+                     f"{format_interval(change)} vs {change['against']}" if change else "—", str(row["units"])))
+    display(Markdown(f"**`{name}`**, on {describe_machine(ensemble.record['runtime'])}: seeds {parameters['seeds']}, "
                      f"{parameters['folds']} outer folds, {describe_recipe(parameters['recipe'])}."))
     display(Markdown(markdown_table(rows, ("prediction", "Dice at 0.5 (TTA)", "Inf-Net mean Dice",
-                                           "change [95 % CI] vs one network at `train`'s defaults", "units"))))
-    if not controls:
-        display(Markdown((f"The same budget spent on one network, the ablation's row “{budget_row}”, is not in an "
-                          f"ablation record of {machine} yet" if members == 2 else
-                          f"The ablation has no row that spends {members} networks' budget on one")
-                         + f": the ensemble is measured only against networks each trained on 1/{members} of its budget."))
+                                           "change [95 % CI]", "units"))))
+    against_budget = ensemble.numbers["rows"][-1].get("tta_dice_change_vs_budget")
+    budget_units = next((row["units"] for row in ensemble.numbers["rows"] if row["arm"] == "budget"), 0)
+    display(Markdown(
+        f"Against one network trained as long, on the same test slices over {budget_units} (seed, fold) units, the "
+        f"ensemble changed Dice at 0.5 by {format_interval(against_budget)}: "
+        + (outcome[interval_side(against_budget)] if budget_units >= FEWEST_RUNS_TO_READ else
+           f"too few units for the interval to mean anything yet (fewer than {FEWEST_RUNS_TO_READ})") + "."
+        if against_budget else
+        f"This record holds no network trained as long as the ensemble (`--control-seeds`): it measures the ensemble "
+        f"only against networks each trained on 1/{parameters['members']} of its budget."))
 
 # %% mystnb={"figure": {"caption": "Reference record (COVID-SemiSeg): for each combination of seeds and each outer fold of the first, the ensemble's test Dice at 0.5 minus the mean of its networks' Dice on the same slices (dots), the mean as a black bar and no change dashed. Without a record the panel says so.", "name": "fig-09-ensemble"}, "image": {"alt": "Reference record (COVID-SemiSeg): for each pair of seeds and each outer fold of the first, the ensemble's test Dice minus its networks' mean"}}
 viz.show_grouped_values({f"{name}: ensemble of {ensemble.record['parameters']['members']} − its networks":
@@ -491,8 +490,6 @@ if reference_08 is not None:
 
 # %% tags=["hide-input"]
 findings = []
-outcome = {"lies above 0": "an improvement", "lies below 0": "a loss",
-           "includes 0": "no difference distinguishable from noise"}
 if reference_05 is not None:
     scratch = reference_05.numbers["table"].get("unet", {}).get("scratch", {})
     if {"10-40", "40-10"} <= set(scratch):
@@ -553,6 +550,17 @@ if len(curve_rows) > 1 and "tta_dice_change_vs_all" in curve_rows[-2]:
         findings.append(f"over the whole curve each doubling of the labelled slices added "
                         f"{format_interval(doubling)} "
                         f"test Dice")
+for name, ensemble in ensembles.items():
+    if ensemble is None or ensemble.numbers["rows"][-1]["arm"] != "ensemble":
+        continue
+    averaged = ensemble.numbers["rows"][-1]
+    findings.append(f"the mean of {ensemble.record['parameters']['members']} networks of other seeds (`{name}`) scored "
+                    f"{cell(averaged['tta_dice_mean'])} Dice at 0.5"
+                    + (f", {format_interval(averaged['tta_dice_change_vs_control'])} against its networks alone"
+                       if averaged.get("tta_dice_change_vs_control") else "")
+                    + (f" and {format_interval(averaged['tta_dice_change_vs_budget'])} against one network trained as "
+                       f"long ({outcome[interval_side(averaged['tta_dice_change_vs_budget'])]})"
+                       if averaged.get("tta_dice_change_vs_budget") else ", with no network trained as long beside it"))
 if reference_08 is not None:
     paired = reference_08.numbers["summary"]["dice"]["paired"]
     for arm, interval in paired.items():
@@ -576,7 +584,8 @@ for name in ["semi_recipe", *machine_records("semi_recipe"), "semi_student", *ma
                             f"{format_change(change['low'])} to {format_change(change['high'])}), "
                             + (outcome[interval_side(change)] if done >= FEWEST_RUNS_TO_READ else
                                f"too few runs for the interval to mean anything yet (fewer than {FEWEST_RUNS_TO_READ})"))
-display(Markdown(("On real scans: " + "; ".join(findings) + ".") if findings else
+display(Markdown(("On real scans:\n\n" + "\n".join(f"- {finding[:1].upper()}{finding[1:]}." for finding in findings))
+                 if findings else
                  "No reference record is committed yet, so there is nothing to compare with the report."))
 
 # %% [markdown]

@@ -288,19 +288,29 @@ def test_semi_recipe_semi_student_and_ablation_quick_write_their_records(tmp_pat
 
 @pytest.mark.realdata
 @pytest.mark.skipif(not REAL_SEMISEG.is_dir(), reason="real COVID-SemiSeg data not present")
-def test_seed_ensemble_quick_scores_each_slice_by_the_networks_that_never_saw_it(tmp_path):
+def test_seed_ensemble_quick_scores_each_slice_by_the_networks_that_never_saw_it(tmp_path, nested_cv):
+    from covidlib.crossval import run_key
     from covidlib.datasets import get_dataset
     from covidlib.inference import case_metrics, load_model, predict_cases
 
     runs = tmp_path / "ablation"
-    output = _run("seed_ensemble.py", "--seeds", "0,1", "--out", str(tmp_path), "--supervised-runs", str(runs),
-                  "--threads", "1")
+    output = _run("seed_ensemble.py", "--seeds", "0,1", "--control-seeds", "1", "--out", str(tmp_path),
+                  "--supervised-runs", str(runs), "--threads", "1")
     assert re.search(r"^ensemble +TTA Dice [0-9.]+ ± [0-9.]+, vs its members alone ", output, re.MULTILINE)
+    assert re.search(r"^ensemble vs one network trained as long: [-+][0-9.]+ \[", output, re.MULTILINE)
     numbers = json.loads((tmp_path / "seed_ensemble.json").read_text())["numbers"]
-    assert [row["arm"] for row in numbers["rows"]] == ["network", "ensemble"]
+    assert [row["arm"] for row in numbers["rows"]] == ["network", "budget", "ensemble"]
     assert [(unit["members"], unit["fold"]) for unit in numbers["units"]] == [([0, 1], fold) for fold in range(5)]
+    # the control: seed 1's network trained twice as long, in the cache beside the networks at the defaults
+    recipe = nested_cv.quick_recipe(Recipe())
+    budget = dataclasses.replace(recipe, **nested_cv.budget_changes(recipe, 2))
+    assert budget.epochs == 2 * recipe.epochs and budget.step_size == 2 * recipe.step_size
+    controls = [json.loads((runs / run_key(budget, "covid-semiseg", 5) / f"seed1_fold{fold}.json").read_text())
+                for fold in range(5)]
+    control_dice = [np.mean([c["per_case"][case]["tta_dice"] for case in c["test"]]) for c in controls]
+    assert numbers["rows"][1]["tta_dice_by_unit"] == pytest.approx(control_dice)
     # one slice by hand: the two networks whose test fold held it, their TTA probabilities averaged
-    [folder] = runs.iterdir()
+    folder = runs / run_key(recipe, "covid-semiseg", 5)
     stored = {seed: [json.loads((folder / f"seed{seed}_fold{fold}.json").read_text()) for fold in range(5)]
               for seed in (0, 1)}
     case = stored[0][0]["test"][0]

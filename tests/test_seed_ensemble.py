@@ -38,3 +38,46 @@ def test_units_pair_the_ensemble_with_its_members_on_the_first_seeds_folds(seed_
     assert change["mean_difference"] == pytest.approx(0.075)
     assert (change["low"], change["high"]) == pytest.approx((0.05, 0.1))
     assert numbers["per_case"]["0-1"]["a"] == {"tta_dice": 0.75, "tta_infnet_mean_dice": 0.3}
+
+
+def test_the_budget_control_pairs_with_the_networks_alone_and_with_the_ensembles_on_its_folds(seed_ensemble):
+    results = {0: [_result(0, 0, {"a": 0.6, "b": 0.8}), _result(0, 1, {"c": 0.5, "d": 0.7})],
+               1: [_result(1, 0, {"a": 0.8, "c": 0.7}), _result(1, 1, {"b": 0.6, "d": 0.5})]}
+    # seed 0's network trained twice as long: 0.8 on fold 0 (a, b), 0.5 on fold 1 (c, d)
+    controls = {0: [_result(0, 0, {"a": 0.7, "b": 0.9}), _result(0, 1, {"c": 0.4, "d": 0.6})]}
+    ensemble = {case: {"tta_dice": value, "tta_infnet_mean_dice": 0.3} for case, value in
+                {"a": 0.75, "b": 0.75, "c": 0.7, "d": 0.7}.items()}
+    alone, budget, averaged = seed_ensemble.summarise(results, {(0, 1): ensemble}, controls)["rows"]
+    assert [row["arm"] for row in (alone, budget, averaged)] == ["network", "budget", "ensemble"]
+    assert budget["tta_dice_by_unit"] == pytest.approx([0.8, 0.5]) and budget["units"] == 2
+    assert budget["tta_infnet_mean_dice_mean"] == pytest.approx(0.325)
+    # against seed 0's network at the defaults on the same folds (0.7, 0.6): +0.1 and -0.1
+    change = budget["tta_dice_change_vs_control"]
+    assert change["mean_difference"] == pytest.approx(0.0) and (change["low"], change["high"]) == pytest.approx((-0.1, 0.1))
+    # the ensemble on the control's folds: 0.75 on (a, b), 0.7 on (c, d); differences -0.05 and +0.2
+    change = averaged["tta_dice_change_vs_budget"]
+    assert change["mean_difference"] == pytest.approx(0.075) and (change["low"], change["high"]) == pytest.approx((-0.05, 0.2))
+    assert change["against"] == "one network trained as long"
+
+
+def test_without_controls_there_is_no_budget_row(seed_ensemble):
+    results = {0: [_result(0, 0, {"a": 0.6, "b": 0.8})], 1: [_result(1, 0, {"a": 0.8, "b": 0.7})]}
+    ensemble = {case: {"tta_dice": 0.7, "tta_infnet_mean_dice": 0.3} for case in "ab"}
+    rows = seed_ensemble.summarise(results, {(0, 1): ensemble})["rows"]
+    assert [row["arm"] for row in rows] == ["network", "ensemble"] and "tta_dice_change_vs_budget" not in rows[-1]
+    assert rows[-1]["tta_dice_change_vs_control"] is None  # one unit: no interval
+
+
+def test_the_budget_control_is_the_ablations_row_so_both_share_its_networks(seed_ensemble, load_benchmark):
+    import dataclasses
+
+    from covidlib.crossval import run_key
+    from covidlib.recipe import Recipe
+
+    ablation = load_benchmark("ablation")
+    recipes = ablation.build_recipes(ablation.REPORT, quick=False)
+    row = recipes[ablation.row_index("+ 1200 epochs (× 0.8 every 300): two networks' budget")]
+    assert recipes[ablation.row_index("+ 160 px input")] == seed_ensemble.RECIPE == Recipe()
+    budget = dataclasses.replace(seed_ensemble.RECIPE, **seed_ensemble.budget_changes(seed_ensemble.RECIPE, 2))
+    assert (budget.epochs, budget.step_size, budget.patience) == (1200, 300, 1200)
+    assert run_key(ablation.training_recipe(row), "covid-semiseg", 5) == run_key(budget, "covid-semiseg", 5)
