@@ -122,7 +122,7 @@ def quick_recipe(recipe: Recipe) -> Recipe:
     return dataclasses.replace(recipe, **QUICK)
 
 
-def budget_changes(recipe: Recipe, networks: int) -> dict[str, int]:
+def budget_changes(recipe: Recipe, networks: int) -> dict[str, Any]:
     """The changes that train ``recipe``'s network ``networks`` times as long (epochs, learning-rate step
     and patience scaled): one network given the training budget of an ensemble of ``networks``."""
     return {"epochs": recipe.epochs * networks, "step_size": recipe.step_size * networks,

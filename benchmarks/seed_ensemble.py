@@ -104,7 +104,8 @@ def summarise(results: dict[int, list[dict]], ensembles: dict[tuple[int, ...], d
             units.append(unit)
     rows = [row_of("network", "one network (A′, train's defaults)", list(alone.values()))]
     members = len(next(iter(ensembles))) if ensembles else 0
-    budget = fold_means(controls) if controls else {}
+    controls = controls or {}
+    budget = fold_means(controls)
     if budget:
         row = row_of("budget", f"one network trained {members}× as long (the ensemble's budget)", list(budget.values()))
         row["tta_dice_change_vs_control"] = paired_change([alone[unit]["tta_dice"] for unit in budget],
