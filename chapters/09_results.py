@@ -62,8 +62,8 @@ from covidlib.experiments import NETWORK_TITLES
 from covidlib.mean_teacher import arm_rows, paired_rows
 from covidlib.published import PUBLISHED, REPORT_BEST, REPORT_TABLE_5_1, published
 from covidlib.recipe import Recipe, describe_recipe
-from covidlib.records import (FEWEST_RUNS_TO_READ, benchmark_of, describe_machine, load_reference, machine_records,
-                              reference_notice)
+from covidlib.records import (FEWEST_RUNS_TO_READ, ReferenceRecord, benchmark_of, describe_machine, load_reference,
+                              machine_records, reference_notice)
 from covidlib.results import (format_change, format_interval, interval_side, markdown_table, read_build_timings,
                               read_records, write_record)
 from covidlib.statistics import paired_bootstrap_ci, summarise_runs
@@ -395,6 +395,18 @@ viz.show_path([dataclasses.replace(row, name=f"{row.name} ({name})" if len(machi
 # the ensembles' Dice on the same test slices.
 
 # %% tags=["hide-input"]
+def against_budget(ensemble: ReferenceRecord) -> str | None:
+    """The ensemble against one network trained as long (``--control-seeds``): the paired difference,
+    its units and what the interval says; ``None`` when the record holds no such network."""
+    change = ensemble.numbers["rows"][-1].get("tta_dice_change_vs_budget")
+    if not change:
+        return None
+    units = next(row["units"] for row in ensemble.numbers["rows"] if row["arm"] == "budget")
+    return (f"{format_interval(change)} over {units} (seed, fold) units, "
+            + (outcome[interval_side(change)] if units >= FEWEST_RUNS_TO_READ else
+               f"too few for the interval to mean anything yet (fewer than {FEWEST_RUNS_TO_READ})"))
+
+
 ensembles = {name: references[name] for name in ["seed_ensemble", *machine_records("seed_ensemble")]}
 for name, ensemble in ensembles.items():
     display(Markdown(reference_notice(ensemble, name)))
@@ -411,16 +423,11 @@ for name, ensemble in ensembles.items():
                      f"{parameters['folds']} outer folds, {describe_recipe(parameters['recipe'])}."))
     display(Markdown(markdown_table(rows, ("prediction", "Dice at 0.5 (TTA)", "Inf-Net mean Dice",
                                            "change [95 % CI]", "units"))))
-    against_budget = ensemble.numbers["rows"][-1].get("tta_dice_change_vs_budget")
-    budget_units = next((row["units"] for row in ensemble.numbers["rows"] if row["arm"] == "budget"), 0)
-    display(Markdown(
-        f"Against one network trained as long, on the same test slices over {budget_units} (seed, fold) units, the "
-        f"ensemble changed Dice at 0.5 by {format_interval(against_budget)}: "
-        + (outcome[interval_side(against_budget)] if budget_units >= FEWEST_RUNS_TO_READ else
-           f"too few units for the interval to mean anything yet (fewer than {FEWEST_RUNS_TO_READ})") + "."
-        if against_budget else
-        f"This record holds no network trained as long as the ensemble (`--control-seeds`): it measures the ensemble "
-        f"only against networks each trained on 1/{parameters['members']} of its budget."))
+    comparison = against_budget(ensemble)
+    display(Markdown(f"Against one network trained as long, on the same test slices, the ensemble changed Dice at "
+                     f"0.5 by {comparison}." if comparison else
+                     f"This record holds no network trained as long as the ensemble (`--control-seeds`): it measures "
+                     f"the ensemble only against networks each trained on 1/{parameters['members']} of its budget."))
 
 # %% mystnb={"figure": {"caption": "Reference record (COVID-SemiSeg): for each combination of seeds and each outer fold of the first, the ensemble's test Dice at 0.5 minus the mean of its networks' Dice on the same slices (dots), the mean as a black bar and no change dashed. Without a record the panel says so.", "name": "fig-09-ensemble"}, "image": {"alt": "Reference record (COVID-SemiSeg): for each pair of seeds and each outer fold of the first, the ensemble's test Dice minus its networks' mean"}}
 viz.show_grouped_values({f"{name}: ensemble of {ensemble.record['parameters']['members']} − its networks":
@@ -558,9 +565,8 @@ for name, ensemble in ensembles.items():
                     f"{cell(averaged['tta_dice_mean'])} Dice at 0.5"
                     + (f", {format_interval(averaged['tta_dice_change_vs_control'])} against its networks alone"
                        if averaged.get("tta_dice_change_vs_control") else "")
-                    + (f" and {format_interval(averaged['tta_dice_change_vs_budget'])} against one network trained as "
-                       f"long ({outcome[interval_side(averaged['tta_dice_change_vs_budget'])]})"
-                       if averaged.get("tta_dice_change_vs_budget") else ", with no network trained as long beside it"))
+                    + (f" and, against one network trained as long, {comparison}"
+                       if (comparison := against_budget(ensemble)) else ", with no network trained as long beside it"))
 if reference_08 is not None:
     paired = reference_08.numbers["summary"]["dice"]["paired"]
     for arm, interval in paired.items():
