@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "covid-semiseg"
 #: The scores every nested-CV record keeps per unit: Dice at 0.5 and Inf-Net's mean Dice, both with TTA.
 METRICS = ("tta_dice", "tta_infnet_mean_dice")
+METRIC_NAMES = {"tta_dice": "Dice", "tta_infnet_mean_dice": "Inf-Net mean Dice"}
 #: What ``--quick`` changes: tiny networks and 2 epochs of 2 steps, enough to check the whole path.
 QUICK: dict[str, Any] = {"image_size": 64, "base_width": 4, "depth": 2, "epochs": 2, "max_steps_per_epoch": 2}
 
@@ -257,13 +258,14 @@ def a_prime_unit(args: argparse.Namespace, dataset: Dataset, prepared: PreparedS
 
 
 def print_rows(summary: dict[str, Any]) -> None:
-    """Each row of a unit benchmark's summary: its mean TTA Dice ± sd over units and, where it has
-    one, its paired difference to its control (``tta_dice_change_vs_control``)."""
+    """Each row of a unit benchmark's summary: its mean TTA Dice ± sd over units, its mean TTA Inf-Net
+    mean Dice and, where it has them, its paired differences to its control (``<metric>_change_vs_control``)."""
     for row in summary["rows"]:
-        change = row.get("tta_dice_change_vs_control")
-        print(f"{row['arm']:<18} TTA Dice {row['tta_dice_mean']:.3f} ± {row['tta_dice_sd_over_units']:.3f}"
-              + (f", vs {change['against']} {change['mean_difference']:+.3f} [{change['low']:+.3f}, "
-                 f"{change['high']:+.3f}]" if change else ""), flush=True)
+        changes = [(metric, change) for metric in METRICS if (change := row.get(f"{metric}_change_vs_control"))]
+        print(f"{row['arm']:<18} TTA Dice {row['tta_dice_mean']:.3f} ± {row['tta_dice_sd_over_units']:.3f}, "
+              f"Inf-Net mean Dice {row['tta_infnet_mean_dice_mean']:.3f}"
+              + "".join(f"; {METRIC_NAMES[metric]} vs {change['against']} {change['mean_difference']:+.3f} "
+                        f"[{change['low']:+.3f}, {change['high']:+.3f}]" for metric, change in changes), flush=True)
 
 
 def run_units(args: argparse.Namespace, dataset: Dataset, prepared: PreparedSlices, recipe: Recipe,

@@ -76,7 +76,7 @@ this_chapter = "09_results"
 # The sources sit beside this notebook in chapters/; the executed notebooks in book/chapters/ (nbval).
 book_chapters = sorted({p.stem for pattern in ("[0-9][0-9]_*.py", "[0-9][0-9]_*.ipynb") for p in Path(".").glob(pattern)}
                        - {this_chapter})
-benchmark_records = ["ablation", "seed_ensemble", "learning_curve", "semi_recipe", "semi_student",
+benchmark_records = ["ablation", "seed_ensemble", "map_sharpness", "learning_curve", "semi_recipe", "semi_student",
                      "phantom_to_real"]  # by benchmarks/*.py; shown here, in 08 and in 01
 # a kind of machine that cannot continue a benchmark's record keeps its own (--record <benchmark>-<machine>)
 machine_ablations = machine_records("ablation")
@@ -438,6 +438,42 @@ viz.show_grouped_values({f"{name}: ensemble of {ensemble.record['parameters']['m
                         empty_message="no reference record of benchmarks/seed_ensemble.py yet")
 
 # %% [markdown]
+# ### What Inf-Net's mean Dice rewards
+#
+# The published numbers beside the ablation use Inf-Net's protocol (chapter 04): each probability map is
+# rescaled by its own minimum and maximum and Dice is averaged over 256 thresholds from 1 down to 0. So the
+# metric asks how confident a map is as well as where it is right: a pixel at 0.6 counts as infected at
+# the thresholds below it only. Dividing a map's log-odds by a temperature $T < 1$,
+# $p \mapsto \sigma(\operatorname{logit}(p) / T)$, leaves every pixel on its side of 0.5, so Dice at 0.5
+# cannot move, while Inf-Net's mean Dice can; at $T = 0$ the map is its own mask. `benchmarks/map_sharpness.py`
+# scores A′'s outer test folds (`train`'s defaults, the ablation's networks, test-time augmentation as usual)
+# at several temperatures: how much of the distance to a published number is the sharpness of the maps.
+
+# %% tags=["hide-input"]
+sharpness_records = {name: references[name] for name in ["map_sharpness", *machine_records("map_sharpness")]}
+for name, sharpness in sharpness_records.items():
+    display(Markdown(reference_notice(sharpness, name)))
+    if sharpness is None:
+        continue
+    rows = []
+    for row in sharpness.numbers["rows"]:
+        change = row.get("tta_infnet_mean_dice_change_vs_control")
+        rows.append((row["label"], cell(row["tta_dice_mean"]), cell(row["tta_infnet_mean_dice_mean"]),
+                     format_interval(change) if change else "—", str(len(row["units"]))))
+    display(Markdown(f"**`{name}`**, on {describe_machine(sharpness.record['runtime'])}: "
+                     f"{describe_recipe(sharpness.record['parameters']['recipe'])}."))
+    display(Markdown(markdown_table(rows, ("map", "Dice at 0.5 (TTA)", "Inf-Net mean Dice",
+                                           "Inf-Net mean Dice vs as predicted [95 % CI]", "units"))))
+
+# %% mystnb={"figure": {"caption": "Reference record (COVID-SemiSeg): Inf-Net's mean Dice of the same test-fold maps of A\u2032 sharpened at each temperature, one point per (fold, seed), the black bar the mean; dashed, their mean Dice at 0.5, which no temperature changes. Without a record the panel says so.", "name": "fig-09-map-sharpness"}, "image": {"alt": "Reference record (COVID-SemiSeg): Inf-Net's mean Dice of the same maps sharpened at each temperature, against their unchanged Dice at 0.5"}}
+sharpness_shown = next((record for record in sharpness_records.values() if record is not None), None)
+viz.show_grouped_values({row["label"]: row["tta_infnet_mean_dice_by_unit"] for row in sharpness_shown.numbers["rows"]}
+                        if sharpness_shown else None, ylabel="Inf-Net mean Dice",
+                        baseline=sharpness_shown.numbers["rows"][0]["tta_dice_mean"] if sharpness_shown else None,
+                        title="The same segmentations, more or less confident (COVID-SemiSeg)",
+                        empty_message="no reference record of benchmarks/map_sharpness.py yet")
+
+# %% [markdown]
 # ## How many labelled slices does the recipe need?
 #
 # Every outer fold of the ablation trains on 32 labelled slices. `benchmarks/learning_curve.py`
@@ -541,6 +577,21 @@ if ablation is not None and ablation.numbers["rows"]:
                         f"Inf-Net mean Dice, {defaults_row['infnet_mean_dice_mean']:.3f}, is the number to set beside "
                         f"Semi-Inf-Net's published {semi_inf.value:.3f} (again a different split, and 32 training "
                         "slices against 50)")
+for name, sharpness in sharpness_records.items():
+    if sharpness is None or len(sharpness.numbers["rows"]) < 2:
+        continue
+    predicted, sharpest = sharpness.numbers["rows"][0], sharpness.numbers["rows"][-1]
+    change = sharpest["tta_infnet_mean_dice_change_vs_control"]
+    sharpened = ("binarised at 0.5" if sharpest["temperature"] == 0 else
+                 f"with their log-odds divided by {sharpest['temperature']:g}")
+    findings.append(f"A′'s test-fold maps (`{name}`) scored Inf-Net mean Dice "
+                    f"{cell(predicted['tta_infnet_mean_dice_mean'])} as predicted and "
+                    f"{cell(sharpest['tta_infnet_mean_dice_mean'])} {sharpened}, {format_interval(change)} over "
+                    f"{change['n']} (seed, fold) units ("
+                    + (outcome[interval_side(change)] if change["n"] >= FEWEST_RUNS_TO_READ else
+                       f"too few for the interval to mean anything yet, fewer than {FEWEST_RUNS_TO_READ}")
+                    + f"), with Dice at 0.5 {cell(predicted['tta_dice_mean'])} at every temperature: a ranking "
+                    "against a published Inf-Net mean Dice also ranks how confident the two methods' maps are")
 if len(curve_rows) > 1 and "tta_dice_change_vs_all" in curve_rows[-2]:
     below = curve_rows[-2]
     change = below["tta_dice_change_vs_all"]

@@ -288,7 +288,7 @@ def test_semi_recipe_semi_student_and_ablation_quick_write_their_records(tmp_pat
 
 @pytest.mark.realdata
 @pytest.mark.skipif(not REAL_SEMISEG.is_dir(), reason="real COVID-SemiSeg data not present")
-def test_seed_ensemble_quick_scores_each_slice_by_the_networks_that_never_saw_it(tmp_path, nested_cv):
+def test_seed_ensemble_and_map_sharpness_quick_score_each_slice_by_the_networks_that_never_saw_it(tmp_path, nested_cv):
     from covidlib.crossval import run_key
     from covidlib.datasets import get_dataset
     from covidlib.inference import case_metrics, load_model, predict_cases
@@ -296,7 +296,7 @@ def test_seed_ensemble_quick_scores_each_slice_by_the_networks_that_never_saw_it
     runs = tmp_path / "ablation"
     output = _run("seed_ensemble.py", "--seeds", "0,1", "--control-seeds", "1", "--out", str(tmp_path),
                   "--supervised-runs", str(runs), "--threads", "1")
-    assert re.search(r"^ensemble +TTA Dice [0-9.]+ ± [0-9.]+, vs its members alone ", output, re.MULTILINE)
+    assert re.search(r"^ensemble +TTA Dice [0-9.]+ ± [0-9.]+, Inf-Net mean Dice [0-9.]+; Dice vs its members alone ", output, re.MULTILINE)
     assert re.search(r"^ensemble vs one network trained as long: [-+][0-9.]+ \[", output, re.MULTILINE)
     numbers = json.loads((tmp_path / "seed_ensemble.json").read_text())["numbers"]
     assert [row["arm"] for row in numbers["rows"]] == ["network", "budget", "ensemble"]
@@ -326,3 +326,16 @@ def test_seed_ensemble_quick_scores_each_slice_by_the_networks_that_never_saw_it
     # the networks alone are the nested-CV results themselves
     alone = np.mean([np.mean([r["per_case"][c]["tta_dice"] for c in r["test"]]) for s in (0, 1) for r in stored[s]])
     assert numbers["rows"][0]["tta_dice_mean"] == pytest.approx(alone)
+    # map_sharpness reads the same seed-0 networks: as predicted they score as nested CV scored them, and
+    # no temperature moves a pixel across 0.5
+    _run("map_sharpness.py", "--seeds", "0", "--temperatures", "1,0.5,0", "--out", str(tmp_path),
+         "--supervised-runs", str(runs), "--threads", "1")
+    sharpness = json.loads((tmp_path / "map_sharpness.json").read_text())["numbers"]
+    assert [row["label"] for row in sharpness["rows"]] == ["as predicted (T = 1)", "log-odds / 0.5",
+                                                           "binarised at 0.5 (T = 0)"]
+    by_fold = [np.mean([r["per_case"][c][metric] for c in r["test"]]) for r in stored[0]
+               for metric in ("tta_dice", "tta_infnet_mean_dice")]
+    assert [unit["scores"]["1.0"][metric] for unit in sharpness["units"] for metric in ("tta_dice", "tta_infnet_mean_dice")
+            ] == pytest.approx(by_fold)
+    assert all(unit["scores"][t]["tta_dice"] == unit["scores"]["1.0"]["tta_dice"] for unit in sharpness["units"]
+               for t in ("0.5", "0.0"))
