@@ -1,5 +1,5 @@
 """What the nested cross-validation benchmarks share (``ablation``, ``cv_nested``, ``learning_curve``,
-``semi_recipe``, ``semi_student``): their common options, the check that COVID-SemiSeg is there, the tiny
+``semi_recipe``, ``semi_student``, ``seed_ensemble``, ``map_sharpness``): their common options, the check that COVID-SemiSeg is there, the tiny
 recipe of ``--quick``, the runtime summary their records store, and resuming from a committed record:
 only on the numerics that computed it, so another kind of machine keeps its own (``--record
 <benchmark>-<label>``), and only at its parameters and data: a record of others is refused rather than
