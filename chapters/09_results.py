@@ -583,8 +583,11 @@ if ablation is not None and ablation.numbers["rows"]:
 for name, sharpness in sharpness_records.items():
     if sharpness is None or len(sharpness.numbers["rows"]) < 2:
         continue
-    predicted, sharpest = sharpness.numbers["rows"][0], sharpness.numbers["rows"][-1]
-    change = sharpest["tta_infnet_mean_dice_change_vs_control"]
+    predicted = next(row for row in sharpness.numbers["rows"] if row["temperature"] == 1)
+    sharpest = min(sharpness.numbers["rows"], key=lambda row: row["temperature"])
+    change = sharpest.get("tta_infnet_mean_dice_change_vs_control")
+    if change is None:  # one unit, or no temperature below 1
+        continue
     sharpened = ("binarised at 0.5" if sharpest["temperature"] == 0 else
                  f"with their log-odds divided by {sharpest['temperature']:g}")
     findings.append(f"A′'s test-fold maps (`{name}`) scored Inf-Net mean Dice "
