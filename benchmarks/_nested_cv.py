@@ -24,10 +24,10 @@ import torch
 
 from covidlib.config import runtime_summary
 from covidlib.crossval import run_key, run_nested_cv
-from covidlib.datasets import Dataset
+from covidlib.datasets import Dataset, get_dataset
 from covidlib.errors import InvalidInputError
 from covidlib.fingerprint import data_fingerprint
-from covidlib.inference import PreparedSlices
+from covidlib.inference import PreparedSlices, prepare_slices
 from covidlib.io import check_output_folder
 from covidlib.recipe import LATER_FIELDS, Recipe
 from covidlib.records import (ReferenceRecord, benchmark_of, describe_machine, other_numerics, processor_family,
@@ -116,6 +116,21 @@ def begin(args: argparse.Namespace) -> dict[str, Any] | None:
         torch.set_num_threads(args.threads)
     summary = runtime_summary(setting="quick" if args.quick else "reference", device="auto", seed=0, dataset="covid-semiseg")
     return {**summary, "cpu_family": processor_family()}
+
+
+def open_data(args: argparse.Namespace, recipe: Recipe, *,
+              unlabelled: bool = False) -> tuple[dict[str, Any], Recipe, Dataset, PreparedSlices] | None:
+    """What a benchmark of ``recipe`` starts from: the runtime summary its record stores (:func:`begin`),
+    the recipe (shrunk by ``--quick``), COVID-SemiSeg at ``--data-root`` and its labelled slices prepared at
+    the recipe's size, with ``unlabelled`` its unlabelled slices too (all of them; 16 with ``--quick``).
+    ``None`` when the data is not there (:func:`begin` has said so)."""
+    runtime = begin(args)
+    if runtime is None:
+        return None
+    recipe = quick_recipe(recipe) if args.quick else recipe
+    dataset = get_dataset("covid-semiseg", args.data_root)
+    n_unlabelled = (16 if args.quick else None) if unlabelled else 0
+    return runtime, recipe, dataset, prepare_slices(dataset, recipe.image_size, n_unlabelled=n_unlabelled)
 
 
 def quick_recipe(recipe: Recipe) -> Recipe:

@@ -33,13 +33,13 @@ from pathlib import Path
 
 import numpy as np
 
-from _nested_cv import (METRICS, begin, integers, mean_scores, nested_cv_parser, quick_recipe, record_path,
-                        stored_units, write_units_record)
+from _nested_cv import (METRICS, integers, mean_scores, nested_cv_parser, open_data, record_path, stored_units,
+                        write_units_record)
 from covidlib.crossval import Fold, nested_folds, run_nested_cv, score_cases, train_supervised
-from covidlib.datasets import Dataset, get_dataset
+from covidlib.datasets import Dataset
 from covidlib.errors import InvalidInputError
 from covidlib.fingerprint import settings_key
-from covidlib.inference import PreparedSlices, prepare_slices
+from covidlib.inference import PreparedSlices
 from covidlib.recipe import Recipe
 from covidlib.statistics import paired_bootstrap_ci
 
@@ -125,12 +125,9 @@ def main() -> None:
                               supervised_runs="the all-slices point is read or trained")
     parser.add_argument("--sizes", type=integers, default="8,16,24", help="training slices per fold, below all of them")
     args = parser.parse_args()
-    runtime = begin(args)
-    if runtime is None:
+    if (opened := open_data(args, Recipe())) is None:
         return
-    recipe = quick_recipe(Recipe()) if args.quick else Recipe()
-    dataset = get_dataset("covid-semiseg", args.data_root)
-    prepared = prepare_slices(dataset, recipe.image_size)
+    runtime, recipe, dataset, prepared = opened
     folder = Path(args.runs) / f"curve-{settings_key([dataclasses.asdict(recipe), args.folds])}"
     parameters = {"data_root": args.data_root, "seeds": args.seeds, "folds": args.folds, "sizes": args.sizes,
                   "recipe": dataclasses.asdict(recipe), "quick": args.quick}

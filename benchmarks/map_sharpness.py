@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from _nested_cv import METRICS, begin, nested_cv_parser, quick_recipe, run_units
-from covidlib.datasets import Dataset, get_dataset
-from covidlib.inference import PreparedSlices, case_metrics, load_model, predict_cases, prepare_slices
+from _nested_cv import METRICS, nested_cv_parser, open_data, run_units
+from covidlib.datasets import Dataset
+from covidlib.inference import PreparedSlices, case_metrics, load_model, predict_cases
 from covidlib.recipe import Recipe
 from covidlib.statistics import paired_bootstrap_ci
 
@@ -121,12 +121,9 @@ def main() -> None:
                         help="temperatures each map is scored at: 1 as predicted, 0 binarised at 0.5 "
                              "(default 1,0.5,0.25,0.1,0)")
     args = parser.parse_args()
-    runtime = begin(args)
-    if runtime is None:
+    if (opened := open_data(args, RECIPE)) is None:
         return
-    recipe = quick_recipe(RECIPE) if args.quick else RECIPE
-    dataset = get_dataset("covid-semiseg", args.data_root)
-    prepared = prepare_slices(dataset, recipe.image_size)
+    runtime, recipe, dataset, prepared = opened
     parameters = {"data_root": args.data_root, "seeds": args.seeds, "temperatures": args.temperatures,
                   "recipe": dataclasses.asdict(recipe), "folds": args.folds, "quick": args.quick}
     run_units(args, dataset, prepared, recipe, parameters, runtime, run_fold,

@@ -31,13 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
-from _nested_cv import (METRICS, begin, budget_changes, comparable_record, integers, nested_cv_parser, print_rows,
-                        quick_recipe, record_path)
+from _nested_cv import (METRICS, budget_changes, comparable_record, integers, nested_cv_parser, open_data, print_rows,
+                        record_path)
 from covidlib.crossval import run_key, run_nested_cv, score_cases
-from covidlib.datasets import Dataset, get_dataset
+from covidlib.datasets import Dataset
 from covidlib.ensemble import Ensemble
 from covidlib.errors import InvalidInputError
-from covidlib.inference import load_model, prepare_slices
+from covidlib.inference import load_model
 from covidlib.recipe import Recipe
 from covidlib.results import write_record
 from covidlib.statistics import paired_bootstrap_ci
@@ -147,12 +147,9 @@ def main() -> None:
     if outside := sorted(set(args.control_seeds) - set(args.seeds)):
         raise SystemExit(f"error: --control-seeds must be among --seeds {','.join(map(str, args.seeds))}: "
                          f"{','.join(map(str, outside))} is not")
-    runtime = begin(args)
-    if runtime is None:
+    if (opened := open_data(args, RECIPE)) is None:
         return
-    recipe = quick_recipe(RECIPE) if args.quick else RECIPE
-    dataset = get_dataset("covid-semiseg", args.data_root)
-    prepared = prepare_slices(dataset, recipe.image_size)
+    runtime, recipe, dataset, prepared = opened
     parameters = {"data_root": args.data_root, "seeds": args.seeds, "members": args.members,
                   "control_seeds": args.control_seeds, "recipe": dataclasses.asdict(recipe), "folds": args.folds,
                   "quick": args.quick}

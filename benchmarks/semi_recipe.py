@@ -40,11 +40,11 @@ from pathlib import Path
 
 import numpy as np
 
-from _nested_cv import METRICS, begin, mean_scores, nested_cv_parser, quick_recipe, run_units
+from _nested_cv import METRICS, mean_scores, nested_cv_parser, open_data, run_units
 from covidlib.augment import default_augmentation
 from covidlib.crossval import score_cases
-from covidlib.datasets import Dataset, get_dataset
-from covidlib.inference import PreparedSlices, load_model, prepare_slices
+from covidlib.datasets import Dataset
+from covidlib.inference import PreparedSlices, load_model
 from covidlib.mean_teacher import ARM_LABELS, continue_arm, pseudo_label_patches, semi_supervised_settings
 from covidlib.recipe import Recipe
 from covidlib.self_training import PseudoSliceDataset, pseudo_label_slices
@@ -139,14 +139,11 @@ def main() -> None:
     parser.add_argument("--semi-lr", type=float, default=5e-4)
     parser.add_argument("--noise-std", type=float, default=0.1)
     args = parser.parse_args()
-    runtime = begin(args)
-    if runtime is None:
+    if (opened := open_data(args, RECIPE, unlabelled=True)) is None:
         return
-    recipe = quick_recipe(RECIPE) if args.quick else RECIPE
+    runtime, recipe, dataset, prepared = opened
     if args.quick:
         args.semi_epochs = 2
-    dataset = get_dataset("covid-semiseg", args.data_root)
-    prepared = prepare_slices(dataset, recipe.image_size, n_unlabelled=16 if args.quick else None)
     parameters = {"data_root": args.data_root, "seeds": args.seeds, "recipe": dataclasses.asdict(recipe),
                   "semi_epochs": args.semi_epochs, "semi_lr": args.semi_lr, "noise_std": args.noise_std,
                   "folds": args.folds, "unlabelled_slices": len(prepared.unlabelled_ids), "quick": args.quick}

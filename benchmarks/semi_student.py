@@ -35,11 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
-from _nested_cv import (METRICS, begin, mean_scores, nested_cv_parser, quick_recipe, run_units)
+from _nested_cv import METRICS, mean_scores, nested_cv_parser, open_data, run_units
 from covidlib.crossval import score_cases, train_supervised
-from covidlib.datasets import Dataset, get_dataset
+from covidlib.datasets import Dataset
 from covidlib.errors import InvalidInputError
-from covidlib.inference import PreparedSlices, load_model, prepare_slices
+from covidlib.inference import PreparedSlices, load_model
 from covidlib.recipe import Recipe
 from covidlib.self_training import pseudo_label_slices
 from covidlib.statistics import paired_bootstrap_ci
@@ -132,12 +132,9 @@ def main() -> None:
     parser.add_argument("--labelled-share", type=float, default=0.5,
                         help="probability that a training draw is a labelled slice (default 0.5)")
     args = parser.parse_args()
-    runtime = begin(args)
-    if runtime is None:
+    if (opened := open_data(args, RECIPE, unlabelled=True)) is None:
         return
-    recipe = quick_recipe(RECIPE) if args.quick else RECIPE
-    dataset = get_dataset("covid-semiseg", args.data_root)
-    prepared = prepare_slices(dataset, recipe.image_size, n_unlabelled=16 if args.quick else None)
+    runtime, recipe, dataset, prepared = opened
     parameters = {"data_root": args.data_root, "seeds": args.seeds, "recipe": dataclasses.asdict(recipe),
                   "labelled_share": args.labelled_share, "folds": args.folds,
                   "unlabelled_slices": len(prepared.unlabelled_ids), "quick": args.quick}
