@@ -18,6 +18,12 @@ fold) units is paired with the ensembles' mean Dice on the same test slices. The
 ``records/reference-covid-semiseg/seed_ensemble.json`` (chapter 09 shows it); it is computed whole
 each time (minutes), the trainings it reads resume as the ablation's do.
 
+The same cache answers a question about one network: what choosing its epoch on the inner validation
+slices buys. Each run keeps its chosen epoch (``best.pt``) and its last (``last.pt``, epoch 600 at the
+defaults); the record also scores every (seed, outer fold) at its last epoch, and by the mean of its
+chosen and last epochs (a two-snapshot ensemble that costs no training), each paired with the chosen
+epoch alone.
+
     .venv/bin/python benchmarks/seed_ensemble.py --seeds 0,1,2 --control-seeds 0 --threads 2
     .venv/bin/python benchmarks/seed_ensemble.py --quick --out /tmp/ensemble   # the whole path in minutes
 """
@@ -40,25 +46,32 @@ from covidlib.errors import InvalidInputError
 from covidlib.inference import load_model
 from covidlib.recipe import Recipe
 from covidlib.results import write_record
+from covidlib.train import BEST_CHECKPOINT, LAST_CHECKPOINT
 from covidlib.statistics import paired_bootstrap_ci
 
 #: ``train``'s defaults, a row of benchmarks/ablation.py.
 RECIPE = Recipe()
+#: One network's checkpoints scored beside its chosen epoch: arm, label, the checkpoint files averaged.
+CHECKPOINT_ARMS = (("last", "one network at its last epoch (none chosen)", (LAST_CHECKPOINT,)),
+                   ("snapshots", "mean of one network's chosen and last epochs", (BEST_CHECKPOINT, LAST_CHECKPOINT)))
 
 
 def ensemble_scores(dataset: Dataset, recipe: Recipe, results: dict[int, list[dict]], folder: Path,
-                    combination: tuple[int, ...]) -> dict[str, dict[str, float]]:
+                    combination: tuple[int, ...], checkpoints: tuple[str, ...] = (BEST_CHECKPOINT,)
+                    ) -> dict[str, dict[str, float]]:
     """``{case_id: scores}`` of the ensemble of ``combination``'s seeds on every labelled slice, each
-    slice predicted by the networks (one a seed, ``folder/seed<s>_fold<k>/best.pt``) whose outer test
-    fold held it (:func:`covidlib.crossval.score_cases`, as A' itself is scored)."""
+    slice predicted by the networks (one a seed, ``folder/seed<s>_fold<k>/<checkpoint>`` for each of
+    ``checkpoints``) whose outer test fold held it (:func:`covidlib.crossval.score_cases`, as A' itself
+    is scored); one checkpoint of one seed is that network alone."""
     test_fold = {seed: {case: result["fold"] for result in results[seed] for case in result["test"]} for seed in combination}
     groups: dict[tuple[int, ...], list[str]] = defaultdict(list)
     for case in sorted(test_fold[combination[0]]):
         groups[tuple(test_fold[seed][case] for seed in combination)].append(case)
     per_case: dict[str, dict[str, float]] = {}
     for folds, cases in groups.items():
-        members = [load_model(folder / f"seed{seed}_fold{fold}" / "best.pt")[0] for seed, fold in zip(combination, folds)]
-        per_case.update(score_cases(Ensemble(members), dataset, cases, recipe))
+        members = [load_model(folder / f"seed{seed}_fold{fold}" / checkpoint)[0]
+                   for seed, fold in zip(combination, folds) for checkpoint in checkpoints]
+        per_case.update(score_cases(members[0] if len(members) == 1 else Ensemble(members), dataset, cases, recipe))
     return per_case
 
 
@@ -84,9 +97,12 @@ def paired_change(control: list[float], arm: list[float], against: str) -> dict 
 
 
 def summarise(results: dict[int, list[dict]], ensembles: dict[tuple[int, ...], dict[str, dict[str, float]]],
-              controls: dict[int, list[dict]] | None = None) -> dict:
+              controls: dict[int, list[dict]] | None = None,
+              checkpoints: dict[str, dict[int, dict[str, dict[str, float]]]] | None = None) -> dict:
     """The networks alone (mean ± sd over (seed, fold)), each ensemble's mean, and the paired difference
     ensemble − its members' mean over (combination, fold of its first seed) units with a 95 % bootstrap CI.
+    With ``checkpoints`` (``{arm: {seed: {case_id: scores}}}``, :data:`CHECKPOINT_ARMS`' scores of each
+    seed's networks) a row an arm, paired with the networks at their chosen epochs over (seed, fold) units.
     With ``controls`` (nested-CV results of networks trained as long as an ensemble, by seed) also their
     row, paired with the networks alone and with the ensembles (their mean Dice over the combinations on
     each control unit's test slices) over (seed, fold) units."""
@@ -103,6 +119,15 @@ def summarise(results: dict[int, list[dict]], ensembles: dict[tuple[int, ...], d
                                                            for seed in combination]))
             units.append(unit)
     rows = [row_of("network", "one network (A′, train's defaults)", list(alone.values()))]
+    for arm, label, _ in CHECKPOINT_ARMS:
+        if arm not in (checkpoints or {}):
+            continue
+        scored = {unit: scores for seed, per_case in checkpoints[arm].items()
+                  for unit, scores in fold_means({seed: results[seed]}, per_case).items()}
+        row = row_of(arm, label, list(scored.values()))
+        row["tta_dice_change_vs_control"] = paired_change([alone[unit]["tta_dice"] for unit in scored],
+                                                          row["tta_dice_by_unit"], "its chosen epoch alone")
+        rows.append(row)
     members = len(next(iter(ensembles))) if ensembles else 0
     controls = controls or {}
     budget = fold_means(controls)
@@ -158,18 +183,24 @@ def main() -> None:
     results = {seed: run_nested_cv(dataset, prepared, recipe, args.supervised_runs, folds=args.folds, seeds=[seed])
                for seed in args.seeds}
     folder = Path(args.supervised_runs) / run_key(recipe, dataset.name, args.folds)
-    ensembles = {}
-    for combination in itertools.combinations(args.seeds, args.members):
-        print(f"ensemble of seeds {', '.join(map(str, combination))}", flush=True)
+
+    def scores(combination: tuple[int, ...], checkpoints: tuple[str, ...] = (BEST_CHECKPOINT,)) -> dict:
         try:
-            ensembles[combination] = ensemble_scores(dataset, recipe, results, folder, combination)
+            return ensemble_scores(dataset, recipe, results, folder, combination, checkpoints)
         except InvalidInputError as error:
             raise SystemExit(f"error: {error} (its nested-CV result is stored without it: delete that result's "
                              f"JSON in {folder} to train it again)") from None
+
+    ensembles = {}
+    for combination in itertools.combinations(args.seeds, args.members):
+        print(f"ensemble of seeds {', '.join(map(str, combination))}", flush=True)
+        ensembles[combination] = scores(combination)
+    print("each network at its last epoch, and with its chosen one", flush=True)
+    checkpoints = {arm: {seed: scores((seed,), files) for seed in args.seeds} for arm, _, files in CHECKPOINT_ARMS}
     budget = dataclasses.replace(recipe, **budget_changes(recipe, args.members))
     controls = {seed: run_nested_cv(dataset, prepared, budget, args.supervised_runs, folds=args.folds, seeds=[seed])
                 for seed in args.control_seeds}
-    summary = summarise(results, ensembles, controls)
+    summary = summarise(results, ensembles, controls, checkpoints)
     path = write_record(record.parent, record.stem, parameters=parameters, runtime=runtime, numbers=summary)
     print_rows(summary)
     if change := summary["rows"][-1].get("tta_dice_change_vs_budget"):

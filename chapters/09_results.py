@@ -393,6 +393,12 @@ viz.show_path([dataclasses.replace(row, name=f"{row.name} ({name})" if len(machi
 # as long (twice the epochs for two members: the ablation's row "two networks' budget"): with
 # `--control-seeds`, the benchmark reads those networks too and pairs each of their outer folds with
 # the ensembles' Dice on the same test slices.
+#
+# The same networks say what choosing an epoch is worth. Each run keeps the epoch that scored best on
+# its 8 inner validation slices and its last one (epoch 600 at `train`'s defaults); the rows "last
+# epoch" score every network at its last epoch instead, and "chosen and last epochs" by the mean of
+# the two, an ensemble of two snapshots of one training that costs no training at all. Both are paired
+# with the chosen epoch alone on the same (seed, fold) units.
 
 # %% tags=["hide-input"]
 def against_budget(ensemble: ReferenceRecord) -> str | None:
@@ -615,6 +621,12 @@ if len(curve_rows) > 1 and "tta_dice_change_vs_all" in curve_rows[-2]:
                         f"{format_interval(doubling)} "
                         f"test Dice")
 for name, ensemble in ensembles.items():
+    last_epoch = next((row for row in ensemble.numbers["rows"] if row["arm"] == "last"), None) if ensemble else None
+    if last_epoch and (change := last_epoch.get("tta_dice_change_vs_control")):
+        findings.append(f"A′ at its last epoch instead of the one chosen on its inner validation slices (`{name}`) "
+                        f"changed Dice at 0.5 by {format_interval(change)} over {change['n']} (seed, fold) units, "
+                        + (outcome[interval_side(change)] if change["n"] >= FEWEST_RUNS_TO_READ else
+                           f"too few for the interval to mean anything yet (fewer than {FEWEST_RUNS_TO_READ})"))
     if ensemble is None or ensemble.numbers["rows"][-1]["arm"] != "ensemble":
         continue
     averaged = ensemble.numbers["rows"][-1]

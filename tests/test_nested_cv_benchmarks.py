@@ -299,7 +299,7 @@ def test_seed_ensemble_and_map_sharpness_quick_score_each_slice_by_the_networks_
     assert re.search(r"^ensemble +TTA Dice [0-9.]+ ± [0-9.]+, Inf-Net mean Dice [0-9.]+; Dice vs its members alone ", output, re.MULTILINE)
     assert re.search(r"^ensemble vs one network trained as long: [-+][0-9.]+ \[", output, re.MULTILINE)
     numbers = json.loads((tmp_path / "seed_ensemble.json").read_text())["numbers"]
-    assert [row["arm"] for row in numbers["rows"]] == ["network", "budget", "ensemble"]
+    assert [row["arm"] for row in numbers["rows"]] == ["network", "last", "snapshots", "budget", "ensemble"]
     assert [(unit["members"], unit["fold"]) for unit in numbers["units"]] == [([0, 1], fold) for fold in range(5)]
     # the control: seed 1's network trained twice as long, in the cache beside the networks at the defaults
     recipe = nested_cv.quick_recipe(Recipe())
@@ -308,7 +308,8 @@ def test_seed_ensemble_and_map_sharpness_quick_score_each_slice_by_the_networks_
     controls = [json.loads((runs / run_key(budget, "covid-semiseg", 5) / f"seed1_fold{fold}.json").read_text())
                 for fold in range(5)]
     control_dice = [np.mean([c["per_case"][case]["tta_dice"] for case in c["test"]]) for c in controls]
-    assert numbers["rows"][1]["tta_dice_by_unit"] == pytest.approx(control_dice)
+    rows = {row["arm"]: row for row in numbers["rows"]}
+    assert rows["budget"]["tta_dice_by_unit"] == pytest.approx(control_dice)
     # one slice by hand: the two networks whose test fold held it, their TTA probabilities averaged
     folder = runs / run_key(recipe, "covid-semiseg", 5)
     stored = {seed: [json.loads((folder / f"seed{seed}_fold{fold}.json").read_text()) for fold in range(5)]
@@ -325,7 +326,12 @@ def test_seed_ensemble_and_map_sharpness_quick_score_each_slice_by_the_networks_
     assert numbers["per_case"]["0-1"][case]["tta_dice"] == pytest.approx(by_hand, abs=1e-6)
     # the networks alone are the nested-CV results themselves
     alone = np.mean([np.mean([r["per_case"][c]["tta_dice"] for c in r["test"]]) for s in (0, 1) for r in stored[s]])
-    assert numbers["rows"][0]["tta_dice_mean"] == pytest.approx(alone)
+    assert rows["network"]["tta_dice_mean"] == pytest.approx(alone)
+    # seed 0's first outer fold at its last epoch, by hand
+    model, metadata = load_model(folder / "seed0_fold0" / "last.pt")
+    last = [case_metrics(probabilities, mask)["dice"] for _, probabilities, mask in
+            predict_cases(model, dataset, stored[0][0]["test"], metadata["image_size"], "cpu", tta=True)]
+    assert rows["last"]["tta_dice_by_unit"][0] == pytest.approx(np.mean(last), abs=1e-6)
     # map_sharpness reads the same seed-0 networks: as predicted they score as nested CV scored them, and
     # no temperature moves a pixel across 0.5
     _run("map_sharpness.py", "--seeds", "0", "--temperatures", "1,0.5,0", "--out", str(tmp_path),

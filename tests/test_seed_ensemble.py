@@ -81,3 +81,27 @@ def test_the_budget_control_is_the_ablations_row_so_both_share_its_networks(seed
     budget = dataclasses.replace(seed_ensemble.RECIPE, **seed_ensemble.budget_changes(seed_ensemble.RECIPE, 2))
     assert (budget.epochs, budget.step_size, budget.patience) == (1200, 300, 1200)
     assert run_key(ablation.training_recipe(row), "covid-semiseg", 5) == run_key(budget, "covid-semiseg", 5)
+
+
+def test_checkpoint_rows_pair_each_networks_other_epochs_with_its_chosen_one(seed_ensemble):
+    results = {0: [_result(0, 0, {"a": 0.6, "b": 0.8}), _result(0, 1, {"c": 0.5, "d": 0.7})],
+               1: [_result(1, 0, {"a": 0.8, "c": 0.7}), _result(1, 1, {"b": 0.6, "d": 0.5})]}
+    ensemble = {case: {"tta_dice": 0.7, "tta_infnet_mean_dice": 0.3} for case in "abcd"}
+
+    def scores(dice: dict[str, float]) -> dict:
+        return {case: {"tta_dice": value, "tta_infnet_mean_dice": 0.2} for case, value in dice.items()}
+
+    # the last epochs: seed 0 scores 0.6 on fold 0 (a, b) and 0.8 on fold 1 (c, d); seed 1 0.7 and 0.6
+    last = {0: scores({"a": 0.5, "b": 0.7, "c": 0.9, "d": 0.7}), 1: scores({"a": 0.8, "c": 0.6, "b": 0.7, "d": 0.5})}
+    snapshots = {seed: scores({case: 0.75 for case in "abcd"}) for seed in (0, 1)}
+    rows = seed_ensemble.summarise(results, {(0, 1): ensemble}, checkpoints={"last": last, "snapshots": snapshots})["rows"]
+    assert [row["arm"] for row in rows] == ["network", "last", "snapshots", "ensemble"]
+    # the chosen epochs by (seed, fold): 0.7, 0.6, 0.75, 0.55; the last: 0.6, 0.8, 0.7, 0.6
+    assert rows[1]["tta_dice_by_unit"] == pytest.approx([0.6, 0.8, 0.7, 0.6])
+    assert rows[1]["tta_infnet_mean_dice_mean"] == pytest.approx(0.2)
+    change = rows[1]["tta_dice_change_vs_control"]
+    # differences -0.1, +0.2, -0.05, +0.05
+    assert change["mean_difference"] == pytest.approx(0.025) and change["n"] == 4
+    assert -0.1 <= change["low"] < 0.025 < change["high"] <= 0.2  # a mean of resampled differences
+    assert change["against"] == "its chosen epoch alone"
+    assert rows[2]["tta_dice_change_vs_control"]["mean_difference"] == pytest.approx(0.75 - 0.65)
