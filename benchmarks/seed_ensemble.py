@@ -46,8 +46,8 @@ from covidlib.errors import InvalidInputError
 from covidlib.inference import load_model
 from covidlib.recipe import Recipe
 from covidlib.results import write_record
-from covidlib.train import BEST_CHECKPOINT, LAST_CHECKPOINT
 from covidlib.statistics import paired_bootstrap_ci
+from covidlib.train import BEST_CHECKPOINT, LAST_CHECKPOINT
 
 #: ``train``'s defaults, a row of benchmarks/ablation.py.
 RECIPE = Recipe()
