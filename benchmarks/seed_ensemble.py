@@ -119,8 +119,9 @@ def summarise(results: dict[int, list[dict]], ensembles: dict[tuple[int, ...], d
                                                            for seed in combination]))
             units.append(unit)
     rows = [row_of("network", "one network (A′, train's defaults)", list(alone.values()))]
+    checkpoints = checkpoints or {}
     for arm, label, _ in CHECKPOINT_ARMS:
-        if arm not in (checkpoints or {}):
+        if arm not in checkpoints:
             continue
         scored = {unit: scores for seed, per_case in checkpoints[arm].items()
                   for unit, scores in fold_means({seed: results[seed]}, per_case).items()}
