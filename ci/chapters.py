@@ -430,8 +430,11 @@ def report_stale_records() -> None:
             # the benchmark is run again with the record's --threads (its regenerate command says so)
             here = {"device_name": processor_name(), "cpu_bf16": cpu_supports_bf16(), "threads": runtime.get("threads"),
                     "cpu_family": processor_family()}
-            made_on += ("; its units resume on this machine" if not other_numerics(runtime, here)
-                        else f"; its units resume only there, not on this {describe_machine(here, threads=False)}, "
+            differ = other_numerics(runtime, here)
+            made_on += ("; its units resume on this machine" if not differ else
+                        "; its units resume only there ("
+                        + ", ".join(f"{name} {runtime.get(name)} there, {here.get(name)} here" for name in differ)
+                        + f"), not on this {describe_machine(here, threads=False)}, "
                         f"which keeps its own with --record {benchmark_of(reference.path.stem)}-<machine>")
         print(f"[test] stale record {reference.path.relative_to(ROOT)} (made on {made_on}): "
               f"changed since: {', '.join(reference.stale[:5])}; regenerate with {reference.command}")

@@ -193,7 +193,8 @@ def test_stale_records_are_listed_with_the_command_that_regenerates_each(tmp_pat
 
     monkeypatch.setattr(covidlib.records, "processor_family", lambda: 25)
     for bf16, expected in ((False, "; its units resume on this machine)"),
-                           (True, "; its units resume only there, not on this AMD EPYC (family 25), bf16, "
+                           (True, "; its units resume only there (cpu_bf16 False there, True here), not on this "
+                                 "AMD EPYC (family 25), bf16, "
                                  "which keeps its own with --record semi_recipe-<machine>)")):
         (folder / "semi_recipe.json").write_text(json.dumps(
             {**semi_recipe, "created": "now", "numbers": {"units": []},
@@ -206,7 +207,8 @@ def test_stale_records_are_listed_with_the_command_that_regenerates_each(tmp_pat
         assert "its units" not in "".join(line for line in lines if "04_unet.json" in line)
     # in bfloat16 one processor name covers generations that round differently: the family decides
     for family, expected in ((25, "; its units resume on this machine)"),
-                             (26, "; its units resume only there, not on this AMD EPYC (family 25), bf16, "
+                             (26, "; its units resume only there (cpu_family 26 there, 25 here), not on this "
+                                   "AMD EPYC (family 25), bf16, "
                                    "which keeps its own with --record semi_recipe-<machine>)")):
         (folder / "semi_recipe.json").write_text(json.dumps(
             {**semi_recipe, "created": "now", "numbers": {"units": []},
