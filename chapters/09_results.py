@@ -395,10 +395,11 @@ viz.show_path([dataclasses.replace(row, name=f"{row.name} ({name})" if len(machi
 # the ensembles' Dice on the same test slices.
 #
 # The same networks say what choosing an epoch is worth. Each run keeps the epoch that scored best on
-# its 8 inner validation slices and its last one (epoch 600 at `train`'s defaults); the rows "last
-# epoch" score every network at its last epoch instead, and "chosen and last epochs" by the mean of
-# the two, an ensemble of two snapshots of one training that costs no training at all. Both are paired
-# with the chosen epoch alone on the same (seed, fold) units.
+# its 8 inner validation slices and its last one (epoch 600 at `train`'s defaults); the row "one
+# network at its last epoch" scores every network at its last epoch instead, and "mean of one
+# network's chosen and last epochs" by the mean of the two, an ensemble of two snapshots of one
+# training that costs no training at all. Both are paired with the chosen epoch alone on the same
+# (seed, fold) units.
 
 # %% tags=["hide-input"]
 def against_budget(ensemble: ReferenceRecord) -> str | None:
