@@ -74,8 +74,8 @@ def nested_cv_parser(doc: str | None, *, runs: str | None = None, seeds: str = "
                                  f"of machine whose numerics {record}.json cannot take (e.g. {record}-zen4) or for "
                                  f"other settings (e.g. {record}-zen4-long)")
         parser.add_argument("--restart", action="store_true",
-                            help="start the record afresh when it was computed with other parameters or data "
-                                 "(its units are dropped); without it such a record is refused")
+                            help="start the record afresh when it was computed with other parameters or data, "
+                                 "at any numerics (its units are dropped); without it such a record is refused")
     parser.add_argument("--seeds", type=integers, default=seeds,
                         help=f"comma-separated seeds; each draws its own folds (default {seeds})")
     parser.add_argument("--folds", type=int, default=5, help="outer folds (default 5)")
@@ -153,28 +153,30 @@ def mean_scores(per_case: dict[str, dict[str, float]], metrics: tuple[str, ...] 
 def comparable_record(record: Path, parameters: dict[str, Any], runtime: dict[str, Any], *,
                       restart: bool = False) -> ReferenceRecord | None:
     """The earlier ``record`` when it ran with ``parameters`` (its seeds and the data's folder aside)
-    and the same data; ``None`` when there is none. A record computed at other numerics than
-    ``runtime`` (threads, bfloat16, processor) is refused, before anything is computed: its units cannot
-    take units computed here, and starting afresh would overwrite them. So is one of other parameters or
-    data, unless ``restart`` (then ``None``, after saying why): hours of committed units are never
-    replaced by a mistyped option."""
+    and the same data; ``None`` when there is none. One of other parameters or data is refused unless
+    ``restart`` (then ``None``, after saying why): hours of committed units are never replaced by a
+    mistyped option. One computed at other numerics than ``runtime`` (threads, bfloat16, processor) is
+    refused before anything is computed, as its units cannot take units computed here, unless
+    ``restart`` and its parameters differ too: then no machine could continue it at these parameters,
+    while a record of these parameters is another machine's to continue."""
     if not record.exists():
         return None
     earlier = read_reference(record)
     benchmark = benchmark_of(record.stem)
-    if differ := other_numerics(ran := earlier.record["runtime"], runtime):
+    changes = parameter_changes(earlier.record["parameters"], parameters)
+    if not changes and earlier.record["fingerprint"]["data"] != data_fingerprint(parameters["data_root"]):
+        changes = ["data (its files differ from those at data_root)"]
+    if (differ := other_numerics(ran := earlier.record["runtime"], runtime)) and not (restart and changes):
         raise SystemExit(f"{record} was computed with " + ", ".join(f"{name}={ran.get(name)}" for name in differ)
                          + "; this process has " + ", ".join(f"{name}={runtime.get(name)}" for name in differ)
                          + ". Its units cannot be continued at other numerics: continue on a machine like the one it "
                          f"names ({describe_machine(ran)}), or keep this machine's own record with --record "
                          f"{benchmark}-<machine> (e.g. {benchmark}-zen4) or --out DIR.")
-    changes = parameter_changes(earlier.record["parameters"], parameters)
-    if not changes and earlier.record["fingerprint"]["data"] != data_fingerprint(parameters["data_root"]):
-        changes = ["data (its files differ from those at data_root)"]
     if not changes:
         return earlier
     if restart:
-        print(f"{record}: starting it afresh (--restart), it was computed with other " + "; ".join(changes), flush=True)
+        print(f"{record}: starting it afresh (--restart), it was computed with other " + "; ".join(changes)
+              + "".join(f", {name}={ran.get(name)}" for name in differ), flush=True)
         return None
     raise SystemExit(f"{record} was computed with other " + "; ".join(changes) + ". Continuing it with these would "
                      "drop its units: run with its parameters to continue it, keep this setting's own record with "

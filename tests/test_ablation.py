@@ -148,6 +148,12 @@ def test_a_record_resumes_its_runs_shows_only_those_of_unchanged_code_and_refuse
     with pytest.raises(SystemExit, match="cpu_family=6.*cpu_family=7.*--out DIR"):
         ablation.stored_runs(record, parameters, {**numerics, "cpu_family": 7})
     assert record.read_text() == written
+    # a record of other parameters is no machine's to continue: --restart replaces it at any numerics
+    with pytest.raises(SystemExit, match="cpu_family=6.*cpu_family=7"):
+        ablation.stored_runs(record, {**parameters, "folds": 5}, {**numerics, "cpu_family": 7})
+    assert ablation.stored_runs(record, {**parameters, "folds": 5}, {**numerics, "cpu_family": 7}, restart=True) == {}
+    with pytest.raises(SystemExit, match="cpu_family=6.*cpu_family=7"):  # one of these parameters it is not
+        ablation.stored_runs(record, parameters, {**numerics, "cpu_family": 7}, restart=True)
     # another kind of machine keeps its own record beside it, which this one's numerics do not touch
     zen4 = {**numerics, "device_name": "AMD EPYC", "cpu_family": 25}
     own = argparse.Namespace(**{**vars(args), "record": "ablation-zen4"})
