@@ -66,7 +66,7 @@ def run_unit(dataset: Dataset, prepared: PreparedSlices, recipe: Recipe, fold: F
     scaled = scaled_recipe(recipe, n, len(fold.train))
     started = time.perf_counter()
     trainer = train_supervised(prepared, subset, fold.val, scaled, seed=seed,
-                               out_dir=folder / f"seed{seed}_fold{fold.index}_n{n}", resume=True)
+                               out_dir=folder / f"seed{seed}_fold{fold.index}_n{n}", resume=True, progress=True)
     return {"seed": seed, "fold": fold.index, "n": n, "best_epoch": trainer.best_epoch,
             "epochs_run": len(trainer.history), "wall_seconds": time.perf_counter() - started,
             "scores": mean_scores(score_cases(trainer.model, dataset, fold.test, scaled, trainer.device))}
