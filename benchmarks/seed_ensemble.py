@@ -22,7 +22,8 @@ The same cache answers a question about one network: what choosing its epoch on 
 slices buys. Each run keeps its chosen epoch (``best.pt``) and its last (``last.pt``, epoch 600 at the
 defaults); the record also scores every (seed, outer fold) at its last epoch, and by the mean of its
 chosen and last epochs (a two-snapshot ensemble that costs no training), each paired with the chosen
-epoch alone.
+epoch alone. Each labelled slice's infected share (of its pixels, as stored) is kept
+beside its Dice by one network and by an ensemble: where the Dice is lost.
 
     .venv/bin/python benchmarks/seed_ensemble.py --seeds 0,1,2 --control-seeds 0 --threads 2
     .venv/bin/python benchmarks/seed_ensemble.py --quick --out /tmp/ensemble   # the whole path in minutes
@@ -98,14 +99,17 @@ def paired_change(control: list[float], arm: list[float], against: str) -> dict 
 
 def summarise(results: dict[int, list[dict]], ensembles: dict[tuple[int, ...], dict[str, dict[str, float]]],
               controls: dict[int, list[dict]] | None = None,
-              checkpoints: dict[str, dict[int, dict[str, dict[str, float]]]] | None = None) -> dict:
+              checkpoints: dict[str, dict[int, dict[str, dict[str, float]]]] | None = None,
+              infected_share: dict[str, float] | None = None) -> dict:
     """The networks alone (mean ± sd over (seed, fold)), each ensemble's mean, and the paired difference
     ensemble − its members' mean over (combination, fold of its first seed) units with a 95 % bootstrap CI.
     With ``checkpoints`` (``{arm: {seed: {case_id: scores}}}``, :data:`CHECKPOINT_ARMS`' scores of each
     seed's networks) a row an arm, paired with the networks at their chosen epochs over (seed, fold) units.
     With ``controls`` (nested-CV results of networks trained as long as an ensemble, by seed) also their
     row, paired with the networks alone and with the ensembles (their mean Dice over the combinations on
-    each control unit's test slices) over (seed, fold) units."""
+    each control unit's test slices) over (seed, fold) units. With ``infected_share`` (``{case_id: share
+    of its pixels labelled infection}``) also ``slices``: each slice's share beside its Dice at 0.5 (TTA)
+    by one network (the mean over the seeds) and by an ensemble (the mean over the combinations)."""
     single = {seed: {case: result["per_case"][case] for result in results[seed] for case in result["test"]}
               for seed in results}
     alone = fold_means(results)
@@ -150,7 +154,11 @@ def summarise(results: dict[int, list[dict]], ensembles: dict[tuple[int, ...], d
             row["tta_dice_change_vs_budget"] = paired_change([scores["tta_dice"] for scores in budget.values()],
                                                              averaged, "one network trained as long")
         rows.append(row)
-    return {"rows": rows, "units": units,
+    slices = {case: {"infected_share": share,
+                     "network_tta_dice": float(np.mean([single[seed][case]["tta_dice"] for seed in single])),
+                     "ensemble_tta_dice": float(np.mean([per_case[case]["tta_dice"] for per_case in ensembles.values()]))}
+              for case, share in sorted((infected_share or {}).items())}
+    return {"rows": rows, "units": units, **({"slices": slices} if slices else {}),
             "per_case": {"-".join(map(str, combination)): {case: {metric: scores[metric] for metric in METRICS}
                                                            for case, scores in per_case.items()}
                          for combination, per_case in ensembles.items()}}
@@ -201,7 +209,8 @@ def main() -> None:
     budget = dataclasses.replace(recipe, **budget_changes(recipe, args.members))
     controls = {seed: run_nested_cv(dataset, prepared, budget, args.supervised_runs, folds=args.folds, seeds=[seed])
                 for seed in args.control_seeds}
-    summary = summarise(results, ensembles, controls, checkpoints)
+    infected_share = {case: float(np.mean(np.asarray(dataset.load(case).lesion_mask) > 0)) for case in prepared.labelled}
+    summary = summarise(results, ensembles, controls, checkpoints, infected_share)
     path = write_record(record.parent, record.stem, parameters=parameters, runtime=runtime, numbers=summary)
     print_rows(summary)
     if change := summary["rows"][-1].get("tta_dice_change_vs_budget"):

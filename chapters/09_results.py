@@ -55,6 +55,7 @@ from pathlib import Path
 
 import numpy as np
 from IPython.display import Markdown, display
+from scipy.stats import spearmanr
 
 from covidlib import viz
 from covidlib.config import choose, format_summary, runtime_summary, seed_everything
@@ -443,6 +444,44 @@ viz.show_grouped_values({f"{name}: ensemble of {ensemble.record['parameters']['m
                         ylabel="change in Dice at 0.5", baseline=0.0,
                         title="What averaging networks changes (COVID-SemiSeg)",
                         empty_message="no reference record of benchmarks/seed_ensemble.py yet")
+
+# %% [markdown]
+# ### Where the Dice is lost
+#
+# Mean Dice weighs every slice alike, and one might expect the slices with little infection to be the
+# hard ones: there a handful of pixels missed or added is a large share of the lesion. The same record
+# tests that. It keeps each labelled slice's Dice at 0.5 beside its infected share (of its pixels, as
+# stored), once by one network alone (the mean over the seeds) and once by an ensemble (the mean over
+# the combinations); every slice is scored by networks that never trained on it.
+
+# %% tags=["hide-input"]
+slices_record = next((record for record in ensembles.values() if record is not None and "slices" in record.numbers), None)
+slice_scores = slices_record.numbers["slices"] if slices_record else {}
+if slice_scores:
+    shares = np.array([scores["infected_share"] for scores in slice_scores.values()])
+    alone_dice = np.array([scores["network_tta_dice"] for scores in slice_scores.values()])
+    ensemble_dice = np.array([scores["ensemble_tta_dice"] for scores in slice_scores.values()])
+    median_share = np.median(shares)
+    smaller, failed = shares < median_share, alone_dice < 0.5
+    display(Markdown(
+        f"In `{slices_record.path.stem}`, the {smaller.sum()} slices with the least infection (under "
+        f"{median_share:.1%} of their pixels) scored Dice {alone_dice[smaller].mean():.3f} by one network and "
+        f"{ensemble_dice[smaller].mean():.3f} by an ensemble; the other {(~smaller).sum()}, "
+        f"{alone_dice[~smaller].mean():.3f} and {ensemble_dice[~smaller].mean():.3f}. "
+        + (f"The {failed.sum()} slices one network scored below 0.5 have {np.median(shares[failed]):.1%} of their "
+           "pixels infected at the median." if failed.any() else "One network scored no slice below 0.5.")
+        + f" Spearman's rank correlation of infected share and Dice is {spearmanr(shares, alone_dice).statistic:+.2f} "
+        f"for one network and {spearmanr(shares, ensemble_dice).statistic:+.2f} for an ensemble."
+        + (f" {np.sum(shares == 0)} slices hold no infection and are left out of the figure." if np.any(shares == 0)
+           else "")))
+    shown = shares > 0  # a log axis cannot place a slice without infection
+
+# %% mystnb={"figure": {"caption": "Reference record (COVID-SemiSeg): each labelled slice's test Dice at 0.5 (with test-time augmentation) against the share of its pixels labelled infection (log scale), by one network at train's defaults (the mean over the seeds whose outer test fold held it) and by an ensemble of networks of other seeds (the mean over its combinations of seeds). Without a record that keeps slices the panel says so.", "name": "fig-09-dice-by-share"}, "image": {"alt": "Reference record (COVID-SemiSeg): each labelled slice's test Dice against the share of its pixels labelled infection, for one network and for an ensemble"}}
+viz.show_points({"one network": (shares[shown] * 100, alone_dice[shown]),
+                 f"ensemble of {slices_record.record['parameters']['members']}": (shares[shown] * 100, ensemble_dice[shown])}
+                if slice_scores else None, xlabel="infected pixels (% of the slice)", ylabel="Dice at 0.5 (TTA)",
+                log_x=True, title="Each slice's Dice against its infected share (COVID-SemiSeg)",
+                empty_message="no reference record of benchmarks/seed_ensemble.py with slices yet")
 
 # %% [markdown]
 # ### What Inf-Net's mean Dice rewards

@@ -934,6 +934,36 @@ def show_curves(curves: Mapping[str, Values] | None, *, xlabel: str = "step", yl
     return fig
 
 
+def show_points(series: Mapping[str, tuple[Values, Values]] | None, *, xlabel: str = "x", ylabel: str = "y",
+                title: str | None = None, log_x: bool = False, empty_message: str = "nothing to draw") -> Figure:
+    """One dot per item of each named series, ``(x values, y values)`` of equal length (e.g. each test
+    slice's Dice against its infected share, for one network and for an ensemble). With no series,
+    one panel says ``empty_message``.
+    Introduced in chapter 09.
+    """
+    if not series:
+        return _message_figure(empty_message, title)
+    fig = Figure(figsize=(6.4, 3.8), layout="constrained")
+    ax = fig.subplots()
+    for position, (name, (x, y)) in enumerate(series.items()):
+        x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+        if x.ndim != 1 or x.shape != y.shape or len(x) == 0 or not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+            raise InvalidInputError(f"show_points: series {name!r} needs two non-empty lists of finite numbers of "
+                                    f"one length, got {x.shape} and {y.shape}")
+        if log_x and np.any(x <= 0):
+            raise InvalidInputError(f"show_points: series {name!r} has x values <= 0, which a log axis cannot place")
+        ax.scatter(x, y, s=16, alpha=0.7, color=MASK_COLOURS[position % len(MASK_COLOURS)], label=name)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
 def show_threshold_calibration(calibration: Mapping[str, Any] | None, *, title: str | None = None,
                                empty_message: str = "nothing to draw") -> Figure:
     """The pseudo-label threshold chosen on labelled patches treated as unlabelled: the share of

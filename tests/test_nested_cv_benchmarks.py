@@ -324,6 +324,11 @@ def test_seed_ensemble_and_map_sharpness_quick_score_each_slice_by_the_networks_
         probabilities.append(seed_probabilities)
     by_hand = case_metrics(np.mean(probabilities, axis=0), mask)["dice"]
     assert numbers["per_case"]["0-1"][case]["tta_dice"] == pytest.approx(by_hand, abs=1e-6)
+    # beside it, its share of infected pixels and the mean Dice of the two networks alone
+    assert len(numbers["slices"]) == 50 and numbers["slices"][case]["infected_share"] == pytest.approx(np.mean(mask > 0))
+    alone_on_case = [r["per_case"][case]["tta_dice"] for s in (0, 1) for r in stored[s] if case in r["test"]]
+    assert numbers["slices"][case]["network_tta_dice"] == pytest.approx(np.mean(alone_on_case))
+    assert numbers["slices"][case]["ensemble_tta_dice"] == pytest.approx(by_hand, abs=1e-6)
     # the networks alone are the nested-CV results themselves
     alone = np.mean([np.mean([r["per_case"][c]["tta_dice"] for c in r["test"]]) for s in (0, 1) for r in stored[s]])
     assert rows["network"]["tta_dice_mean"] == pytest.approx(alone)

@@ -38,6 +38,19 @@ def test_units_pair_the_ensemble_with_its_members_on_the_first_seeds_folds(seed_
     assert change["mean_difference"] == pytest.approx(0.075)
     assert (change["low"], change["high"]) == pytest.approx((0.05, 0.1))
     assert numbers["per_case"]["0-1"]["a"] == {"tta_dice": 0.75, "tta_infnet_mean_dice": 0.3}
+    assert "slices" not in numbers  # no infected shares given
+
+
+def test_each_slice_keeps_its_infected_share_beside_its_mean_dice_by_network_and_by_ensemble(seed_ensemble):
+    results = {0: [_result(0, 0, {"a": 0.6, "b": 0.8})], 1: [_result(1, 0, {"a": 0.8, "b": 0.4})],
+               2: [_result(2, 0, {"a": 0.7, "b": 0.9})]}
+    ensembles = {(0, 1): {"a": {"tta_dice": 0.9, "tta_infnet_mean_dice": 0.3}, "b": {"tta_dice": 0.5, "tta_infnet_mean_dice": 0.3}},
+                 (0, 2): {"a": {"tta_dice": 0.7, "tta_infnet_mean_dice": 0.3}, "b": {"tta_dice": 0.9, "tta_infnet_mean_dice": 0.3}}}
+    slices = seed_ensemble.summarise(results, ensembles, infected_share={"b": 0.2, "a": 0.01})["slices"]
+    assert list(slices) == ["a", "b"]
+    # a: networks (0.6 + 0.8 + 0.7) / 3, ensembles (0.9 + 0.7) / 2; b: (0.8 + 0.4 + 0.9) / 3, (0.5 + 0.9) / 2
+    assert slices["a"] == pytest.approx({"infected_share": 0.01, "network_tta_dice": 0.7, "ensemble_tta_dice": 0.8})
+    assert slices["b"] == pytest.approx({"infected_share": 0.2, "network_tta_dice": 0.7, "ensemble_tta_dice": 0.7})
 
 
 def test_the_budget_control_pairs_with_the_networks_alone_and_with_the_ensembles_on_its_folds(seed_ensemble):

@@ -235,6 +235,25 @@ def test_show_curves_one_line_per_curve_from_step_one_or_a_message() -> None:
         viz.show_curves({"bad": []})
 
 
+def test_show_points_one_dot_per_item_of_each_series_or_a_message() -> None:
+    fig = viz.show_points({"one network": ([0.01, 0.2], [0.5, 0.8]), "ensemble": ([0.05], [0.9])},
+                          xlabel="infected share", ylabel="Dice", log_x=True)
+    ax = fig.axes[0]
+    dots = ax.collections
+    assert [dot.get_label() for dot in dots] == ["one network", "ensemble"]
+    np.testing.assert_array_equal(dots[0].get_offsets(), [[0.01, 0.5], [0.2, 0.8]])
+    np.testing.assert_array_equal(dots[1].get_offsets(), [[0.05, 0.9]])
+    assert ax.get_xscale() == "log" and ax.get_xlabel() == "infected share" and ax.get_ylabel() == "Dice"
+    (empty,) = viz.show_points(None, empty_message="no record yet").axes
+    assert [text.get_text() for text in empty.texts] == ["no record yet"] and not empty.collections
+    with pytest.raises(InvalidInputError, match="'short'.*\\(2,\\) and \\(1,\\)"):
+        viz.show_points({"short": ([0.1, 0.2], [0.5])})
+    with pytest.raises(InvalidInputError, match="'nan'"):
+        viz.show_points({"nan": ([0.1], [float("nan")])})
+    with pytest.raises(InvalidInputError, match="'zero'.*log axis"):
+        viz.show_points({"zero": ([0.0], [0.5])}, log_x=True)
+
+
 def test_training_figures_one_panel_per_map_and_a_dot_per_best_epoch() -> None:
     history = [{"epoch": 1, "train_loss": 1.0, "val_dice": 0.2}, {"epoch": 2, "train_loss": 0.5, "val_dice": 0.4}]
     figure = viz.show_learning_curves({"a": history, "b": history})
