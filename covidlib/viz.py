@@ -923,6 +923,16 @@ def show_curves(curves: Mapping[str, Values] | None, *, xlabel: str = "step", yl
         if values.ndim != 1 or len(values) == 0:
             raise InvalidInputError(f"show_curves: curve {name!r} needs a non-empty list of numbers")
         ax.plot(np.arange(1, len(values) + 1), values, color=MASK_COLOURS[position % len(MASK_COLOURS)], label=name)
+    _finish_axes(ax, xlabel, ylabel, title, log_y=log_y)
+    return fig
+
+
+def _finish_axes(ax: Axes, xlabel: str, ylabel: str, title: str | None, *, log_x: bool = False,
+                 log_y: bool = False) -> None:
+    """Scales, labels, a legend of the named series, a light grid and the title, as the line and
+    point figures share them."""
+    if log_x:
+        ax.set_xscale("log")
     if log_y:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
@@ -931,7 +941,6 @@ def show_curves(curves: Mapping[str, Values] | None, *, xlabel: str = "step", yl
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title, fontsize=10)
-    return fig
 
 
 def show_points(series: Mapping[str, tuple[Values, Values]] | None, *, xlabel: str = "x", ylabel: str = "y",
@@ -953,14 +962,7 @@ def show_points(series: Mapping[str, tuple[Values, Values]] | None, *, xlabel: s
         if log_x and np.any(x <= 0):
             raise InvalidInputError(f"show_points: series {name!r} has x values <= 0, which a log axis cannot place")
         ax.scatter(x, y, s=16, alpha=0.7, color=MASK_COLOURS[position % len(MASK_COLOURS)], label=name)
-    if log_x:
-        ax.set_xscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    if title:
-        ax.set_title(title, fontsize=10)
+    _finish_axes(ax, xlabel, ylabel, title, log_x=log_x)
     return fig
 
 
