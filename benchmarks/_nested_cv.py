@@ -1,5 +1,5 @@
 """What the nested cross-validation benchmarks share (``ablation``, ``cv_nested``, ``learning_curve``,
-``semi_recipe``, ``semi_student``, ``seed_ensemble``, ``map_sharpness``): their common options, the check that COVID-SemiSeg is there, the tiny
+``semi_recipe``, ``semi_student``, ``seed_ensemble``, ``map_sharpness``, ``all_slices``): their common options, the check that COVID-SemiSeg is there, the tiny
 recipe of ``--quick``, the runtime summary their records store, and resuming from a committed record:
 only on the numerics that computed it, so another kind of machine keeps its own (``--record
 <benchmark>-<label>``), and only at its parameters and data: a record of others is refused rather than
@@ -33,6 +33,7 @@ from covidlib.recipe import LATER_FIELDS, Recipe
 from covidlib.records import (ReferenceRecord, benchmark_of, describe_machine, other_numerics, processor_family,
                               read_reference, reference_dir)
 from covidlib.results import to_json, write_record
+from covidlib.statistics import paired_bootstrap_ci
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "covid-semiseg"
@@ -148,6 +149,22 @@ def budget_changes(recipe: Recipe, networks: int) -> dict[str, Any]:
 def mean_scores(per_case: dict[str, dict[str, float]], metrics: tuple[str, ...] = METRICS) -> dict[str, float]:
     """Each of ``metrics`` averaged over the test slices of ``per_case`` (``{case_id: scores}``)."""
     return {metric: float(np.mean([row[metric] for row in per_case.values()])) for metric in metrics}
+
+
+def arm_row(results: list[dict], arm: str, label: str, changes: dict[str, str] | None = None) -> dict[str, Any]:
+    """A summary row of ``arm`` over unit ``results`` (each with ``scores[arm][metric]``): each metric by unit
+    and its mean, Dice's sd over units, and for each ``suffix: other arm`` of ``changes`` the paired
+    difference ``arm - other`` in Dice with its 95 % bootstrap CI as ``tta_dice_change_vs_<suffix>``
+    (from two units on)."""
+    scores = {metric: [r["scores"][arm][metric] for r in results] for metric in METRICS}
+    row: dict[str, Any] = {"arm": arm, "label": label, "units": [[r["seed"], r["fold"]] for r in results],
+                           **{f"{metric}_by_unit": scores[metric] for metric in METRICS},
+                           **{f"{metric}_mean": float(np.mean(scores[metric])) for metric in METRICS},
+                           "tta_dice_sd_over_units": float(np.std(scores["tta_dice"], ddof=1)) if len(results) > 1 else 0.0}
+    for suffix, against in (changes or {}).items() if len(results) > 1 else ():
+        ci = paired_bootstrap_ci([r["scores"][against]["tta_dice"] for r in results], scores["tta_dice"])
+        row[f"tta_dice_change_vs_{suffix}"] = {**ci.as_dict(), "against": against}
+    return row
 
 
 def comparable_record(record: Path, parameters: dict[str, Any], runtime: dict[str, Any], *,

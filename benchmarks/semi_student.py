@@ -35,14 +35,13 @@ from pathlib import Path
 
 import numpy as np
 
-from _nested_cv import METRICS, mean_scores, nested_cv_parser, open_data, run_units
+from _nested_cv import arm_row, mean_scores, nested_cv_parser, open_data, run_units
 from covidlib.crossval import score_cases, train_supervised
 from covidlib.datasets import Dataset
 from covidlib.errors import InvalidInputError
 from covidlib.inference import PreparedSlices, load_model
 from covidlib.recipe import Recipe
 from covidlib.self_training import pseudo_label_slices
-from covidlib.statistics import paired_bootstrap_ci
 
 #: ``train``'s defaults, a row of benchmarks/ablation.py, as in ``semi_recipe``.
 RECIPE = Recipe()
@@ -109,18 +108,9 @@ def run_fold(args: argparse.Namespace, dataset: Dataset, prepared: PreparedSlice
 def summarise(results: list[dict]) -> dict:
     """Each arm's mean ± sd over units, and the student's paired difference to its control, A'
     (``tta_dice_change_vs_control``, as ``semi_recipe``'s rows name theirs)."""
-    rows = []
-    for arm in ARMS:
-        scores = {metric: [r["scores"][arm][metric] for r in results] for metric in METRICS}
-        row = {"arm": arm, "label": LABELS[arm], "units": [[r["seed"], r["fold"]] for r in results],
-               **{f"{metric}_by_unit": scores[metric] for metric in METRICS},
-               **{f"{metric}_mean": float(np.mean(scores[metric])) for metric in METRICS},
-               "tta_dice_sd_over_units": float(np.std(scores["tta_dice"], ddof=1)) if len(results) > 1 else 0.0,
-               "best_epoch": [r["best_epoch"][arm] for r in results]}
-        if arm != "supervised" and len(results) > 1:
-            ci = paired_bootstrap_ci([r["scores"]["supervised"]["tta_dice"] for r in results], scores["tta_dice"])
-            row["tta_dice_change_vs_control"] = {**ci.as_dict(), "against": "supervised"}  # A' is its control
-        rows.append(row)
+    rows = [{**arm_row(results, arm, LABELS[arm], {"control": "supervised"} if arm != "supervised" else {}),
+             "best_epoch": [r["best_epoch"][arm] for r in results]}  # A' is the student's control
+            for arm in ARMS]
     return {"rows": rows, "a_prime_val_dice": [r["a_prime_val_dice"] for r in results],
             "pseudo_slice_foreground_share": [r["pseudo_slices"]["foreground_share"] for r in results],
             "seconds": {name: float(sum(r["seconds"][name] for r in results)) for name in results[0]["seconds"]}}

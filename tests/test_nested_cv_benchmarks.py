@@ -252,7 +252,7 @@ def test_learning_curve_quick_writes_its_record_and_resumes_from_it(tmp_path):
 @pytest.mark.slow
 @pytest.mark.realdata
 @pytest.mark.skipif(not REAL_SEMISEG.is_dir(), reason="real COVID-SemiSeg data not present")
-def test_semi_recipe_semi_student_and_ablation_quick_write_their_records(tmp_path):
+def test_semi_recipe_semi_student_all_slices_and_ablation_quick_write_their_records(tmp_path):
     ablation_options = ["--seeds", "0", "--rows", "0", "--out", str(tmp_path), "--runs", str(tmp_path / "ablation"),
                         "--threads", "1"]
     _run("ablation.py", *ablation_options)
@@ -274,12 +274,21 @@ def test_semi_recipe_semi_student_and_ablation_quick_write_their_records(tmp_pat
     assert [r["scores"]["supervised"] for r in student["units"]] == [r["scores"]["supervised"] for r in semi["units"]]
     assert len(list((tmp_path / "students").glob("seed0_fold*/best.pt"))) == 5
     assert "every unit is stored" in student_output
+    # all_slices reads the same A' runs too, and trains one network on the 40 outer-training slices a unit
+    all_options = [*semi_options, "--runs", str(tmp_path / "all")]
+    _run("all_slices.py", *all_options)
+    every = json.loads((tmp_path / "all_slices.json").read_text())["numbers"]
+    assert [r["arm"] for r in every["rows"]] == ["chosen", "last", "all_slices"] and len(every["units"]) == 5
+    assert [r["scores"]["chosen"] for r in every["units"]] == [r["scores"]["supervised"] for r in semi["units"]]
+    assert all(r["training_slices"] == {"chosen": 32, "all_slices": 40} for r in every["units"])
+    assert len(list((tmp_path / "all").glob("all-*/seed0_fold*/last.pt"))) == 5
     # the record alone resumes the run: without A''s checkpoints nothing is trained again
     shutil.rmtree(tmp_path / "ablation")
     written = record_path.read_text()
     assert "5 of 5 units stored" in _run("semi_recipe.py", *semi_options)
     assert record_path.read_text() == written and not (tmp_path / "ablation").exists()
     assert "5 of 5 units stored" in _run("semi_student.py", *student_options)
+    assert "5 of 5 units stored" in _run("all_slices.py", *all_options)
     # so does the ablation's: its record keeps every run
     assert "0 of 5 runs to compute" in _run("ablation.py", *ablation_options)
     assert json.loads((tmp_path / "ablation.json").read_text())["numbers"] == ablation

@@ -1,0 +1,41 @@
+"""benchmarks/all_slices.py: its rows from hand-made units (the real-data path is run in
+tests/test_nested_cv_benchmarks.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def all_slices(load_benchmark):
+    return load_benchmark("all_slices")
+
+
+def _unit(seed: int, fold: int, chosen: float, last: float, everything: float) -> dict:
+    scores = {arm: {"tta_dice": value, "tta_infnet_mean_dice": value / 2}
+              for arm, value in (("chosen", chosen), ("last", last), ("all_slices", everything))}
+    return {"seed": seed, "fold": fold, "scores": scores, "wall_seconds": 10.0}
+
+
+def test_rows_pair_the_last_epoch_with_the_chosen_and_all_slices_with_both(all_slices):
+    numbers = all_slices.summarise([_unit(0, 0, 0.70, 0.72, 0.75), _unit(0, 1, 0.80, 0.79, 0.84)])
+    chosen, last, everything = numbers["rows"]
+    assert [row["arm"] for row in numbers["rows"]] == ["chosen", "last", "all_slices"]
+    assert chosen["tta_dice_mean"] == pytest.approx(0.75) and chosen["tta_infnet_mean_dice_mean"] == pytest.approx(0.375)
+    assert chosen["units"] == [[0, 0], [0, 1]] and "tta_dice_change_vs_control" not in chosen
+    # sd of 0.70, 0.80 with ddof 1: 0.1 / sqrt(2)
+    assert chosen["tta_dice_sd_over_units"] == pytest.approx(0.1 / 2 ** 0.5)
+    # two units: every bootstrap mean lies between the two paired differences
+    change = last["tta_dice_change_vs_control"]  # +0.02, -0.01
+    assert change["mean_difference"] == pytest.approx(0.005) and change["against"] == "chosen"
+    assert (change["low"], change["high"]) == pytest.approx((-0.01, 0.02))
+    versus_chosen, versus_last = everything["tta_dice_change_vs_control"], everything["tta_dice_change_vs_last"]
+    assert versus_chosen["mean_difference"] == pytest.approx(0.045)  # +0.05, +0.04
+    assert versus_last["mean_difference"] == pytest.approx(0.04) and versus_last["against"] == "last"  # +0.03, +0.05
+    assert numbers["wall_seconds"] == 20.0
+
+
+def test_one_unit_has_rows_without_differences(all_slices):
+    rows = all_slices.summarise([_unit(1, 3, 0.6, 0.6, 0.7)])["rows"]
+    assert [row["tta_dice_sd_over_units"] for row in rows] == [0.0, 0.0, 0.0]
+    assert not any(key.startswith("tta_dice_change") for row in rows for key in row)
