@@ -12,6 +12,12 @@ defaults) and at its last epoch (the same protocol on 32 slices). Each arm's Dic
 mean Dice (both with the recipe's test-time augmentation) come with the paired difference of Dice to
 the chosen epoch and to the last, with 95 % bootstrap CIs over (seed, fold) units.
 
+Two such networks might make a better ``train`` than one network of twice the epochs would (chapter
+09's seed ensembles). So every unit of a seed s > 0 also scores, on its test slices, the ensemble
+(:class:`covidlib.ensemble.Ensemble`) of its 40-slice network with the 40-slice network of seed s - 1
+whose outer test fold held each slice (neither trained on it), and likewise the ensemble of the two
+seeds' A' at their chosen epochs; the first is paired with A' alone and with the second.
+
 A unit costs one training of 40 slices (600 epochs of 5 steps: 13 min wall on a 2-core AMX Xeon
 beside nothing else) and seconds of scoring. Resumable as ``semi_recipe`` is
 (:func:`_nested_cv.stored_units`); the trainings checkpoint every epoch in ``--runs``. The record
@@ -25,50 +31,91 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections import defaultdict
 from pathlib import Path
 
-from _nested_cv import arm_row, mean_scores, nested_cv_parser, open_data, run_units
-from covidlib.crossval import nested_folds, score_cases, train_supervised
+from _nested_cv import a_prime_unit, arm_row, mean_scores, nested_cv_parser, open_data, run_units
+from covidlib.crossval import Fold, nested_folds, score_cases, train_supervised
 from covidlib.datasets import Dataset
+from covidlib.ensemble import Ensemble
 from covidlib.fingerprint import settings_key
 from covidlib.inference import PreparedSlices, load_model
 from covidlib.recipe import Recipe
-from covidlib.train import LAST_CHECKPOINT
+from covidlib.train import LAST_CHECKPOINT, load_checkpoint
 
 #: ``train``'s defaults, a row of benchmarks/ablation.py.
 RECIPE = Recipe()
 LABELS = {"chosen": "A′: 32 slices, epoch chosen on the other 8 (train's defaults)",
           "last": "A′ at its last epoch (32 slices, none chosen)",
-          "all_slices": "all 40 slices, last epoch (none chosen)"}
+          "all_slices": "all 40 slices, last epoch (none chosen)",
+          "ensemble_chosen": "ensemble of two seeds' A′ (chosen epochs)",
+          "ensemble_all_slices": "ensemble of two seeds' 40-slice networks (last epochs)"}
+#: The arms a unit's ensembles average: each with its namesake network of the previous seed.
+ENSEMBLED = {"ensemble_chosen": "chosen", "ensemble_all_slices": "all_slices"}
+
+
+def all_slices_network(args: argparse.Namespace, prepared: PreparedSlices, recipe: Recipe, seed: int, fold: Fold) -> Path:
+    """The last epoch of ``recipe`` trained on all of ``fold``'s training slices (its inner validation
+    slices too) in ``--runs``: trained, resumed or, when finished, only read."""
+    folder = Path(args.runs) / f"all-{settings_key([dataclasses.asdict(recipe), args.folds])}" / f"seed{seed}_fold{fold.index}"
+    train_supervised(prepared, [*fold.train, *fold.val], fold.val, recipe, seed=seed, out_dir=folder, resume=True,
+                     progress=True)
+    return folder / LAST_CHECKPOINT
+
+
+def ensembles_with_previous_seed(args: argparse.Namespace, dataset: Dataset, prepared: PreparedSlices, recipe: Recipe,
+                                 seed: int, test_ids: list[str], own: dict[str, Path]) -> dict[str, dict[str, float]]:
+    """``{ensemble arm: mean scores over test_ids}``: each arm's network of this unit (``own``) averaged,
+    slice by slice, with the same arm's network of seed - 1 whose outer test fold held the slice."""
+    holders: dict[int, list[str]] = defaultdict(list)
+    previous = nested_folds(sorted(prepared.labelled), args.folds, seed - 1)
+    for case in test_ids:
+        holders[next(fold.index for fold in previous if case in fold.test)].append(case)
+    partners = {"chosen": lambda index: a_prime_unit(args, dataset, prepared, recipe, (seed - 1, index))[1],
+                "all_slices": lambda index: all_slices_network(args, prepared, recipe, seed - 1, previous[index])}
+    scores = {}
+    for ensemble_arm, arm in ENSEMBLED.items():
+        per_case: dict[str, dict[str, float]] = {}
+        for index, cases in holders.items():
+            members = [load_model(own[arm])[0], load_model(partners[arm](index))[0]]
+            per_case.update(score_cases(Ensemble(members), dataset, cases, recipe))
+        scores[ensemble_arm] = mean_scores(per_case)
+    return scores
 
 
 def run_fold(args: argparse.Namespace, dataset: Dataset, prepared: PreparedSlices, recipe: Recipe,
              a_prime: dict, checkpoint: Path) -> dict:
-    """One (seed, outer fold): A''s chosen and last epochs scored, and the recipe trained on the
-    fold's training and validation slices together, scored at its last epoch."""
+    """One (seed, outer fold): A''s chosen and last epochs scored, the recipe trained on the fold's
+    training and validation slices together and scored at its last epoch, and for a seed above 0 the
+    ensembles of both with the previous seed's (:func:`ensembles_with_previous_seed`)."""
     seed, index = a_prime["seed"], a_prime["fold"]
     fold = nested_folds(sorted(prepared.labelled), args.folds, seed)[index]
-    folder = Path(args.runs) / f"all-{settings_key([dataclasses.asdict(recipe), args.folds])}" / f"seed{seed}_fold{index}"
-    trainer = train_supervised(prepared, [*fold.train, *fold.val], fold.val, recipe, seed=seed, out_dir=folder,
-                               resume=True, progress=True)
-    networks = {"last": checkpoint.parent / LAST_CHECKPOINT, "all_slices": folder / LAST_CHECKPOINT}
+    networks = {"chosen": checkpoint, "last": checkpoint.parent / LAST_CHECKPOINT,
+                "all_slices": all_slices_network(args, prepared, recipe, seed, fold)}
     scores = {"chosen": mean_scores(a_prime["per_case"]),
-              **{arm: mean_scores(score_cases(load_model(path)[0], dataset, fold.test, recipe))
-                 for arm, path in networks.items()}}
+              **{arm: mean_scores(score_cases(load_model(networks[arm])[0], dataset, fold.test, recipe))
+                 for arm in ("last", "all_slices")}}
+    if seed > 0:
+        scores.update(ensembles_with_previous_seed(args, dataset, prepared, recipe, seed, fold.test, networks))
+    history = load_checkpoint(networks["all_slices"])["history"]
     unit = {"seed": seed, "fold": index, "training_slices": {"chosen": len(fold.train), "all_slices": len(fold.train) + len(fold.val)},
-            "epochs_run": len(trainer.history), "scores": scores,
-            "wall_seconds": float(sum(row["seconds"] for row in trainer.history))}
-    print(f"seed {seed} fold {index}: TTA Dice chosen {scores['chosen']['tta_dice']:.4f}, last "
-          f"{scores['last']['tta_dice']:.4f}, all slices {scores['all_slices']['tta_dice']:.4f}", flush=True)
+            "epochs_run": len(history), "scores": scores, "wall_seconds": float(sum(row["seconds"] for row in history))}
+    print(f"seed {seed} fold {index}: TTA Dice " + ", ".join(f"{arm} {value['tta_dice']:.4f}" for arm, value in scores.items()),
+          flush=True)
     return unit
 
 
 def summarise(results: list[dict]) -> dict:
-    """Each arm's mean ± sd over units; the last epoch paired with the chosen one, the 40-slice network
-    with both (``tta_dice_change_vs_control``: against the chosen epoch, ``train``'s defaults)."""
-    changes = {"chosen": {}, "last": {"control": "chosen"}, "all_slices": {"control": "chosen", "last": "last"}}
-    return {"rows": [arm_row(results, arm, LABELS[arm], changes[arm]) for arm in LABELS],
-            "wall_seconds": float(sum(r["wall_seconds"] for r in results))}
+    """Each arm's mean ± sd over the units that have it (the ensembles: seeds above 0); the last epoch
+    paired with the chosen one, the 40-slice network with both, the ensembles with A' alone
+    (``tta_dice_change_vs_control``: against the chosen epoch, ``train``'s defaults) and the 40-slice
+    ensemble with A''s."""
+    changes = {"chosen": {}, "last": {"control": "chosen"}, "all_slices": {"control": "chosen", "last": "last"},
+               "ensemble_chosen": {"control": "chosen"},
+               "ensemble_all_slices": {"control": "chosen", "ensemble_chosen": "ensemble_chosen"}}
+    rows = [arm_row(having, arm, LABELS[arm], changes[arm]) for arm in LABELS
+            if (having := [r for r in results if arm in r["scores"]])]
+    return {"rows": rows, "wall_seconds": float(sum(r["wall_seconds"] for r in results))}
 
 
 def main() -> None:

@@ -39,3 +39,20 @@ def test_one_unit_has_rows_without_differences(all_slices):
     rows = all_slices.summarise([_unit(1, 3, 0.6, 0.6, 0.7)])["rows"]
     assert [row["tta_dice_sd_over_units"] for row in rows] == [0.0, 0.0, 0.0]
     assert not any(key.startswith("tta_dice_change") for row in rows for key in row)
+
+
+def test_ensemble_rows_cover_only_the_units_of_seeds_above_0_and_pair_with_a_primes_ensemble(all_slices):
+    plain = _unit(0, 0, 0.70, 0.72, 0.75)
+    ensembled = [_unit(1, fold, chosen, chosen, chosen + 0.02) for fold, chosen in ((0, 0.60), (1, 0.80))]
+    for unit, (of_chosen, of_all) in zip(ensembled, ((0.62, 0.66), (0.81, 0.84))):
+        unit["scores"]["ensemble_chosen"] = {"tta_dice": of_chosen, "tta_infnet_mean_dice": 0.5}
+        unit["scores"]["ensemble_all_slices"] = {"tta_dice": of_all, "tta_infnet_mean_dice": 0.5}
+    rows = {row["arm"]: row for row in all_slices.summarise([plain, *ensembled])["rows"]}
+    assert list(rows) == ["chosen", "last", "all_slices", "ensemble_chosen", "ensemble_all_slices"]
+    assert len(rows["chosen"]["units"]) == 3 and rows["ensemble_all_slices"]["units"] == [[1, 0], [1, 1]]
+    assert rows["ensemble_all_slices"]["tta_dice_mean"] == pytest.approx(0.75)
+    # against A' alone on the same two units: +0.06, +0.04; against A''s ensemble: +0.04, +0.03
+    assert rows["ensemble_all_slices"]["tta_dice_change_vs_control"]["mean_difference"] == pytest.approx(0.05)
+    versus_ensemble = rows["ensemble_all_slices"]["tta_dice_change_vs_ensemble_chosen"]
+    assert versus_ensemble["mean_difference"] == pytest.approx(0.035) and versus_ensemble["against"] == "ensemble_chosen"
+    assert rows["ensemble_chosen"]["tta_dice_change_vs_control"]["mean_difference"] == pytest.approx(0.015)

@@ -274,21 +274,24 @@ def test_semi_recipe_semi_student_all_slices_and_ablation_quick_write_their_reco
     assert [r["scores"]["supervised"] for r in student["units"]] == [r["scores"]["supervised"] for r in semi["units"]]
     assert len(list((tmp_path / "students").glob("seed0_fold*/best.pt"))) == 5
     assert "every unit is stored" in student_output
-    # all_slices reads the same A' runs too, and trains one network on the 40 outer-training slices a unit
-    all_options = [*semi_options, "--runs", str(tmp_path / "all")]
+    # all_slices reads the same A' runs too (and trains seed 1's), trains one network on the 40 outer-training
+    # slices a unit, and for seed 1 averages each with seed 0's
+    all_options = [*semi_options, "--runs", str(tmp_path / "all"), "--seeds", "0,1"]
     _run("all_slices.py", *all_options)
     every = json.loads((tmp_path / "all_slices.json").read_text())["numbers"]
-    assert [r["arm"] for r in every["rows"]] == ["chosen", "last", "all_slices"] and len(every["units"]) == 5
-    assert [r["scores"]["chosen"] for r in every["units"]] == [r["scores"]["supervised"] for r in semi["units"]]
+    assert [r["arm"] for r in every["rows"]] == ["chosen", "last", "all_slices", "ensemble_chosen", "ensemble_all_slices"]
+    assert len(every["units"]) == 10 and len(every["rows"][-1]["units"]) == 5
+    assert [r["scores"]["chosen"] for r in every["units"][:5]] == [r["scores"]["supervised"] for r in semi["units"]]
     assert all(r["training_slices"] == {"chosen": 32, "all_slices": 40} for r in every["units"])
-    assert len(list((tmp_path / "all").glob("all-*/seed0_fold*/last.pt"))) == 5
+    assert all(("ensemble_all_slices" in r["scores"]) == (r["seed"] == 1) for r in every["units"])
+    assert len(list((tmp_path / "all").glob("all-*/seed[01]_fold*/last.pt"))) == 10
     # the record alone resumes the run: without A''s checkpoints nothing is trained again
     shutil.rmtree(tmp_path / "ablation")
     written = record_path.read_text()
     assert "5 of 5 units stored" in _run("semi_recipe.py", *semi_options)
     assert record_path.read_text() == written and not (tmp_path / "ablation").exists()
     assert "5 of 5 units stored" in _run("semi_student.py", *student_options)
-    assert "5 of 5 units stored" in _run("all_slices.py", *all_options)
+    assert "10 of 10 units stored" in _run("all_slices.py", *all_options)
     # so does the ablation's: its record keeps every run
     assert "0 of 5 runs to compute" in _run("ablation.py", *ablation_options)
     assert json.loads((tmp_path / "ablation.json").read_text())["numbers"] == ablation
