@@ -77,8 +77,8 @@ this_chapter = "09_results"
 # The sources sit beside this notebook in chapters/; the executed notebooks in book/chapters/ (nbval).
 book_chapters = sorted({p.stem for pattern in ("[0-9][0-9]_*.py", "[0-9][0-9]_*.ipynb") for p in Path(".").glob(pattern)}
                        - {this_chapter})
-benchmark_records = ["ablation", "seed_ensemble", "map_sharpness", "learning_curve", "semi_recipe", "semi_student",
-                     "phantom_to_real"]  # by benchmarks/*.py; shown here, in 08 and in 01
+benchmark_records = ["ablation", "seed_ensemble", "map_sharpness", "learning_curve", "all_slices", "semi_recipe",
+                     "semi_student", "phantom_to_real"]  # by benchmarks/*.py; shown here, in 08 and in 01
 # a kind of machine that cannot continue a benchmark's record keeps its own (--record <benchmark>-<machine>)
 machine_ablations = machine_records("ablation")
 benchmark_records += machine_records()
@@ -558,6 +558,59 @@ if curve_rows:
 viz.show_grouped_values({f"{row['n']} slices": row["tta_dice_by_unit"] for row in curve_rows} or None,
                         ylabel="Dice at 0.5", title="Dice against the number of labelled slices (COVID-SemiSeg)",
                         empty_message="no reference record of benchmarks/learning_curve.py yet")
+
+# %% [markdown]
+# ### What the eight validation slices cost
+#
+# Every network above sets 8 of its outer fold's 40 training slices aside to choose its epoch, and
+# the curve is still climbing where it ends. The seed-ensemble records find little between the chosen
+# epoch and the last one; would those 8 slices do more as training data?
+# `benchmarks/all_slices.py` trains `train`'s recipe on all 40 for the same 600 epochs and keeps
+# its last epoch (nothing is chosen), and pairs it on the same test slices with A′ at its chosen
+# epoch (`train`'s defaults) and at its last (the same protocol on 32 slices).
+
+# %% tags=["hide-input"]
+every_slice = references["all_slices"]
+display(Markdown(reference_notice(every_slice, "all_slices")))
+every_rows = every_slice.numbers["rows"] if every_slice is not None else []
+if every_rows:
+    display(Markdown(f"**`all_slices`**, on {describe_machine(every_slice.record['runtime'])}: "
+                     f"{describe_recipe(every_slice.record['parameters']['recipe'])}; {len(every_slice.numbers['units'])} "
+                     f"of {every_slice.numbers['units_planned']} planned (seed, fold) units, whose 40-slice trainings took "
+                     f"{every_slice.numbers['wall_seconds'] / 60:.0f} min wall in all."))
+    every_label = {row["arm"]: row["label"] for row in every_rows}
+
+    def other_change(row: dict) -> str:
+        """The row's paired difference to its closer control (last epoch, or A′'s ensemble), named."""
+        changes = [value for key, value in row.items() if key.startswith("tta_dice_change_vs_") and key != "tta_dice_change_vs_control"]
+        return "; ".join(f"{format_interval(change)} vs {every_label[change['against']]}" for change in changes) or "—"
+
+    display(Markdown(markdown_table(
+        [(row["label"], cell(row["tta_dice_mean"], row["tta_dice_sd_over_units"]), cell(row["tta_infnet_mean_dice_mean"]),
+          format_interval(row["tta_dice_change_vs_control"]) if "tta_dice_change_vs_control" in row else "—",
+          other_change(row), str(len(row["units"])))
+         for row in every_rows],
+        ("network", "Dice at 0.5 (TTA)", "Inf-Net mean Dice", "change [95 % CI] vs A′ (train's defaults)",
+         "change [95 % CI] vs its closer control", "(fold, seed) runs"))))
+
+    chosen_by_unit = dict(zip(map(tuple, every_rows[0]["units"]), every_rows[0]["tta_dice_by_unit"]))
+
+    def verdict(arm: str, what: str) -> str | None:
+        """A sentence on ``arm``'s change against ``train``'s defaults, or ``None`` without the arm or a change."""
+        row = next((row for row in every_rows if row["arm"] == arm), None)
+        if row is None or "tta_dice_change_vs_control" not in row:
+            return None
+        runs = len(row["units"])
+        baseline = float(np.mean([chosen_by_unit[tuple(unit)] for unit in row["units"]]))
+        reading = (outcome[interval_side(row["tta_dice_change_vs_control"])] if runs >= FEWEST_RUNS_TO_READ
+                   else f"too few runs for the interval to mean anything yet (fewer than {FEWEST_RUNS_TO_READ})")
+        return (f"{what} changed Dice at 0.5 by {format_interval(row['tta_dice_change_vs_control'])} against `train`'s "
+                f"defaults over {runs} (fold, seed) runs ({row['tta_dice_mean']:.{digits}f} against "
+                f"{baseline:.{digits}f}): {reading}.")
+
+    sentences = [verdict("all_slices", "Training on the 8 validation slices too, and keeping the last epoch,"),
+                 verdict("ensemble_all_slices", "Averaging two such networks of two seeds")]
+    display(Markdown(" ".join(sentence for sentence in sentences if sentence)))
 
 # %% [markdown]
 # ## The semi-supervised comparison
