@@ -18,7 +18,7 @@ Two such networks might make a better ``train`` than one network of twice the ep
 whose outer test fold held each slice (neither trained on it), and likewise the ensemble of the two
 seeds' A' at their chosen epochs; the first is paired with A' alone and with the second.
 
-A unit costs one training of 40 slices (600 epochs of 5 steps: 9-10 min wall alone on a 2-core AMX Xeon,
+A unit costs one training of 40 slices (600 epochs of 5 steps: 8-10 min wall alone on a 2-core AMX Xeon,
 15-19 beside another job) and seconds of scoring. Resumable as ``semi_recipe`` is
 (:func:`_nested_cv.stored_units`); the trainings checkpoint every epoch in ``--runs``. The record
 goes to ``records/reference-covid-semiseg/all_slices.json`` (chapter 09 shows it).
