@@ -139,6 +139,13 @@ def quick_recipe(recipe: Recipe) -> Recipe:
     return dataclasses.replace(recipe, **QUICK)
 
 
+def require_among_seeds(args: argparse.Namespace, option: str) -> None:
+    """Exit with a clear error when a seed of ``args.<option>`` (an arm's seeds) is not among ``--seeds``."""
+    if outside := sorted(set(getattr(args, option)) - set(args.seeds)):
+        raise SystemExit(f"error: --{option.replace('_', '-')} must be among --seeds {','.join(map(str, args.seeds))}: "
+                         f"{','.join(map(str, outside))} is not")
+
+
 def budget_changes(recipe: Recipe, networks: int) -> dict[str, Any]:
     """The changes that train ``recipe``'s network ``networks`` times as long (epochs, learning-rate step
     and patience scaled): one network given the training budget of an ensemble of ``networks``."""
@@ -154,16 +161,18 @@ def mean_scores(per_case: dict[str, dict[str, float]], metrics: tuple[str, ...] 
 def arm_row(results: list[dict], arm: str, label: str, changes: dict[str, str] | None = None) -> dict[str, Any]:
     """A summary row of ``arm`` over unit ``results`` (each with ``scores[arm][metric]``): each metric by unit
     and its mean, Dice's sd over units, and for each ``suffix: other arm`` of ``changes`` the paired
-    difference ``arm - other`` in Dice with its 95 % bootstrap CI as ``tta_dice_change_vs_<suffix>``
-    (from two units on)."""
+    difference ``arm - other`` in Dice with its 95 % bootstrap CI as ``tta_dice_change_vs_<suffix>``,
+    over the units that have ``other`` too (from two such units on)."""
     scores = {metric: [r["scores"][arm][metric] for r in results] for metric in METRICS}
     row: dict[str, Any] = {"arm": arm, "label": label, "units": [[r["seed"], r["fold"]] for r in results],
                            **{f"{metric}_by_unit": scores[metric] for metric in METRICS},
                            **{f"{metric}_mean": float(np.mean(scores[metric])) for metric in METRICS},
                            "tta_dice_sd_over_units": float(np.std(scores["tta_dice"], ddof=1)) if len(results) > 1 else 0.0}
-    for suffix, against in (changes or {}).items() if len(results) > 1 else ():
-        ci = paired_bootstrap_ci([r["scores"][against]["tta_dice"] for r in results], scores["tta_dice"])
-        row[f"tta_dice_change_vs_{suffix}"] = {**ci.as_dict(), "against": against}
+    for suffix, against in (changes or {}).items():
+        if len(paired := [r for r in results if against in r["scores"]]) > 1:
+            ci = paired_bootstrap_ci([r["scores"][against]["tta_dice"] for r in paired],
+                                     [r["scores"][arm]["tta_dice"] for r in paired])
+            row[f"tta_dice_change_vs_{suffix}"] = {**ci.as_dict(), "against": against}
     return row
 
 
@@ -203,14 +212,14 @@ def comparable_record(record: Path, parameters: dict[str, Any], runtime: dict[st
 
 def parameter_changes(earlier: dict[str, Any], now: dict[str, Any], prefix: str = "",
                       absent: dict[str, Any] | None = None) -> list[str]:
-    """``"name: earlier -> now"`` for each parameter of ``now`` that differs from ``earlier`` (the seeds
-    and the data's folder aside: more seeds continue a record, and the data may move); a dict
+    """``"name: earlier -> now"`` for each parameter of ``now`` that differs from ``earlier`` (the seeds,
+    those of an extra arm and the data's folder aside: more seeds continue a record, and the data may move); a dict
     parameter (a recipe) names only its fields that differ. A field of ``now`` that ``earlier`` lacks
     takes its value from ``absent``; for the recipe that is :data:`covidlib.recipe.LATER_FIELDS`, so a
     field added since, at the value that trains as before, is no change (its runs keep their key)."""
     changes = []
     for name, value in now.items():
-        if not prefix and name in ("seeds", "data_root"):
+        if not prefix and name in ("seeds", "budget_seeds", "data_root"):
             continue
         before = earlier.get(name, (absent or {}).get(name))
         if isinstance(value, dict) and isinstance(before, dict):
@@ -305,11 +314,14 @@ def print_rows(summary: dict[str, Any]) -> None:
 def run_units(args: argparse.Namespace, dataset: Dataset, prepared: PreparedSlices, recipe: Recipe,
               parameters: dict[str, Any], runtime: dict[str, Any],
               run_fold: Callable[[argparse.Namespace, Dataset, PreparedSlices, Recipe, dict, Path], dict],
-              summarise: Callable[[list[dict]], dict[str, Any]]) -> None:
+              summarise: Callable[[list[dict]], dict[str, Any]],
+              complete: Callable[[dict], bool] = lambda unit: True) -> None:
     """Every (seed, outer fold) of ``--seeds`` and ``--folds`` on top of A' (:func:`a_prime_unit`):
-    those :func:`stored_units` finds in the record (:func:`record_path`) kept, the others computed in
-    order by ``run_fold(args, dataset, prepared, recipe, a_prime_result, checkpoint)``, the record
-    rewritten after each (:func:`write_units_record`) and its summary printed (:func:`print_rows`)."""
+    those :func:`stored_units` finds in the record (:func:`record_path`) kept when ``complete``, the
+    others computed in order by ``run_fold(args, dataset, prepared, recipe, a_prime_result, checkpoint)``
+    (a stored unit that lacks an arm asked for since reads its finished trainings back, so only the
+    arm costs time), the record rewritten after each (:func:`write_units_record`) and its summary
+    printed (:func:`print_rows`)."""
     record = record_path(args)
 
     def compute_unit(unit: tuple[int, int]) -> dict:
@@ -319,7 +331,7 @@ def run_units(args: argparse.Namespace, dataset: Dataset, prepared: PreparedSlic
     plan = [(seed, fold) for seed in args.seeds for fold in range(args.folds)]
     print(f"{sum(unit in units for unit in plan)} of {len(plan)} units stored in {record}", flush=True)
     for unit in plan:
-        if unit in units:
+        if unit in units and complete(units[unit]):
             continue
         units[unit] = compute_unit(unit)
         print_rows(write_units_record(record, parameters=parameters, runtime=runtime, units=units, planned=plan,

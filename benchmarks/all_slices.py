@@ -16,14 +16,19 @@ Two such networks might make a better ``train`` than one network of twice the ep
 09's seed ensembles). So every unit of a seed s > 0 also scores, on its test slices, the ensemble
 (:class:`covidlib.ensemble.Ensemble`) of its 40-slice network with the 40-slice network of seed s - 1
 whose outer test fold held each slice (neither trained on it), and likewise the ensemble of the two
-seeds' A' at their chosen epochs; the first is paired with A' alone and with the second.
+seeds' A' at their chosen epochs; the first is paired with A' alone and with the second. The fair
+rival of two networks is one trained as long (:func:`_nested_cv.budget_changes`): for the units of
+``--budget-seeds`` a 40-slice network of twice the epochs (learning-rate step and patience scaled) is
+scored at its last epoch too, paired with the 40-slice network and with the ensemble of two.
 
 A unit costs one training of 40 slices (600 epochs of 5 steps: 8-10 min wall alone on a 2-core AMX Xeon,
-15-19 beside another job) and seconds of scoring. Resumable as ``semi_recipe`` is
+15-19 beside another job), twice that more with ``--budget-seeds``, and seconds of scoring. Adding
+``--budget-seeds`` later completes the stored units of those seeds. Resumable as ``semi_recipe`` is
 (:func:`_nested_cv.stored_units`); the trainings checkpoint every epoch in ``--runs``. The record
 goes to ``records/reference-covid-semiseg/all_slices.json`` (chapter 09 shows it).
 
     .venv/bin/python benchmarks/all_slices.py --seeds 0,1,2 --threads 2
+    .venv/bin/python benchmarks/all_slices.py --seeds 0,1,2 --budget-seeds 1,2 --threads 2   # and the rival
     .venv/bin/python benchmarks/all_slices.py --quick --out /tmp/all   # the whole path in minutes
 """
 
@@ -34,7 +39,8 @@ import dataclasses
 from collections import defaultdict
 from pathlib import Path
 
-from _nested_cv import a_prime_unit, arm_row, mean_scores, nested_cv_parser, open_data, run_units
+from _nested_cv import (a_prime_unit, arm_row, budget_changes, integers, mean_scores, nested_cv_parser, open_data,
+                        require_among_seeds, run_units)
 from covidlib.crossval import Fold, nested_folds, score_cases, train_supervised
 from covidlib.datasets import Dataset
 from covidlib.ensemble import Ensemble
@@ -49,14 +55,15 @@ LABELS = {"chosen": "A′: 32 slices, epoch chosen on the other 8 (train's defau
           "last": "A′ at its last epoch (32 slices, none chosen)",
           "all_slices": "all 40 slices, last epoch (none chosen)",
           "ensemble_chosen": "ensemble of two seeds' A′ (chosen epochs)",
-          "ensemble_all_slices": "ensemble of two seeds' 40-slice networks (last epochs)"}
+          "ensemble_all_slices": "ensemble of two seeds' 40-slice networks (last epochs)",
+          "budget_all_slices": "one 40-slice network trained twice as long (the ensemble's budget, last epoch)"}
 #: The arms a unit's ensembles average: each with its namesake network of the previous seed.
 ENSEMBLED = {"ensemble_chosen": "chosen", "ensemble_all_slices": "all_slices"}
 
 
 def all_slices_network(args: argparse.Namespace, prepared: PreparedSlices, recipe: Recipe, seed: int, fold: Fold) -> Path:
     """The last epoch of ``recipe`` trained on all of ``fold``'s training slices (its inner validation
-    slices too) in ``--runs``: trained, resumed or, when finished, only read."""
+    slices too) in ``--runs``, one folder per recipe: trained, resumed or, when finished, only read."""
     folder = Path(args.runs) / f"all-{settings_key([dataclasses.asdict(recipe), args.folds])}" / f"seed{seed}_fold{fold.index}"
     train_supervised(prepared, [*fold.train, *fold.val], fold.val, recipe, seed=seed, out_dir=folder, resume=True,
                      progress=True)
@@ -92,14 +99,21 @@ def run_fold(args: argparse.Namespace, dataset: Dataset, prepared: PreparedSlice
     fold = nested_folds(sorted(prepared.labelled), args.folds, seed)[index]
     networks = {"chosen": checkpoint, "last": checkpoint.parent / LAST_CHECKPOINT,
                 "all_slices": all_slices_network(args, prepared, recipe, seed, fold)}
+    if seed in args.budget_seeds:
+        budget = dataclasses.replace(recipe, **budget_changes(recipe, 2))
+        networks["budget_all_slices"] = all_slices_network(args, prepared, budget, seed, fold)
     scores = {"chosen": mean_scores(a_prime["per_case"]),
-              **{arm: mean_scores(score_cases(load_model(networks[arm])[0], dataset, fold.test, recipe))
-                 for arm in ("last", "all_slices")}}
+              **{arm: mean_scores(score_cases(load_model(network)[0], dataset, fold.test, recipe))
+                 for arm, network in networks.items() if arm != "chosen"}}
     if seed > 0:
         scores.update(ensembles_with_previous_seed(args, dataset, prepared, recipe, seed, fold.test, networks))
-    history = load_checkpoint(networks["all_slices"])["history"]
+    histories = {arm: load_checkpoint(networks[arm])["history"] for arm in ("all_slices", "budget_all_slices")
+                 if arm in networks}
     unit = {"seed": seed, "fold": index, "training_slices": {"chosen": len(fold.train), "all_slices": len(fold.train) + len(fold.val)},
-            "epochs_run": len(history), "scores": scores, "wall_seconds": float(sum(row["seconds"] for row in history))}
+            "epochs_run": len(histories["all_slices"]), "scores": scores,
+            "wall_seconds": float(sum(row["seconds"] for history in histories.values() for row in history))}
+    if "budget_all_slices" in histories:
+        unit["budget_epochs_run"] = len(histories["budget_all_slices"])
     print(f"seed {seed} fold {index}: TTA Dice " + ", ".join(f"{arm} {value['tta_dice']:.4f}" for arm, value in scores.items()),
           flush=True)
     return unit
@@ -108,11 +122,14 @@ def run_fold(args: argparse.Namespace, dataset: Dataset, prepared: PreparedSlice
 def summarise(results: list[dict]) -> dict:
     """Each arm's mean ± sd over the units that have it (the ensembles: seeds above 0); the last epoch
     paired with the chosen one, the 40-slice network with both, the ensembles with A' alone
-    (``tta_dice_change_vs_control``: against the chosen epoch, ``train``'s defaults) and the 40-slice
-    ensemble with A''s."""
+    (``tta_dice_change_vs_control``: against the chosen epoch, ``train``'s defaults), the 40-slice
+    ensemble with A''s and with one network of its budget (on the units that have both), and that
+    network with the 40-slice network of the recipe's epochs."""
     changes = {"chosen": {}, "last": {"control": "chosen"}, "all_slices": {"control": "chosen", "last": "last"},
                "ensemble_chosen": {"control": "chosen"},
-               "ensemble_all_slices": {"control": "chosen", "ensemble_chosen": "ensemble_chosen"}}
+               "ensemble_all_slices": {"control": "chosen", "ensemble_chosen": "ensemble_chosen",
+                                       "budget": "budget_all_slices"},
+               "budget_all_slices": {"control": "chosen", "all_slices": "all_slices"}}
     rows = [arm_row(having, arm, LABELS[arm], changes[arm]) for arm in LABELS
             if (having := [r for r in results if arm in r["scores"]])]
     return {"rows": rows, "wall_seconds": float(sum(r["wall_seconds"] for r in results))}
@@ -120,13 +137,18 @@ def summarise(results: list[dict]) -> dict:
 
 def main() -> None:
     parser = nested_cv_parser(__doc__, runs="all_slices", record="all_slices", supervised_runs="A' is read or trained")
+    parser.add_argument("--budget-seeds", type=integers, default=[],
+                        help="seeds (among --seeds) whose units also train one 40-slice network twice as long, the "
+                             "ensemble's fair rival; about 16-20 min more a unit on a 2-core AMX Xeon")
     args = parser.parse_args()
+    require_among_seeds(args, "budget_seeds")
     if (opened := open_data(args, RECIPE)) is None:
         return
     runtime, recipe, dataset, prepared = opened
-    parameters = {"data_root": args.data_root, "seeds": args.seeds, "recipe": dataclasses.asdict(recipe),
-                  "folds": args.folds, "quick": args.quick}
-    run_units(args, dataset, prepared, recipe, parameters, runtime, run_fold, summarise)
+    parameters = {"data_root": args.data_root, "seeds": args.seeds, "budget_seeds": args.budget_seeds,
+                  "recipe": dataclasses.asdict(recipe), "folds": args.folds, "quick": args.quick}
+    run_units(args, dataset, prepared, recipe, parameters, runtime, run_fold, summarise,
+              complete=lambda unit: unit["seed"] not in args.budget_seeds or "budget_all_slices" in unit["scores"])
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from _nested_cv import (METRICS, budget_changes, comparable_record, integers, nested_cv_parser, open_data, print_rows,
-                        record_path)
+                        record_path, require_among_seeds)
 from covidlib.crossval import run_key, run_nested_cv, score_cases
 from covidlib.datasets import Dataset
 from covidlib.ensemble import Ensemble
@@ -178,9 +178,7 @@ def main() -> None:
     if not 2 <= args.members <= len(args.seeds):
         raise SystemExit(f"error: --members must lie in [2, {len(args.seeds)}] for --seeds "
                          f"{','.join(map(str, args.seeds))}, got {args.members}")
-    if outside := sorted(set(args.control_seeds) - set(args.seeds)):
-        raise SystemExit(f"error: --control-seeds must be among --seeds {','.join(map(str, args.seeds))}: "
-                         f"{','.join(map(str, outside))} is not")
+    require_among_seeds(args, "control_seeds")
     if (opened := open_data(args, RECIPE)) is None:
         return
     runtime, recipe, dataset, prepared = opened

@@ -56,3 +56,26 @@ def test_ensemble_rows_cover_only_the_units_of_seeds_above_0_and_pair_with_a_pri
     versus_ensemble = rows["ensemble_all_slices"]["tta_dice_change_vs_ensemble_chosen"]
     assert versus_ensemble["mean_difference"] == pytest.approx(0.035) and versus_ensemble["against"] == "ensemble_chosen"
     assert rows["ensemble_chosen"]["tta_dice_change_vs_control"]["mean_difference"] == pytest.approx(0.015)
+
+
+def test_the_budget_row_pairs_with_the_40_slice_network_and_the_ensemble_only_where_both_ran(all_slices):
+    units = [_unit(1, fold, 0.70, 0.70, everything) for fold, everything in ((0, 0.72), (1, 0.76), (2, 0.80))]
+    for unit, (ensembled, budget) in zip(units, ((0.75, 0.74), (0.79, 0.76), (0.83, None))):
+        unit["scores"]["ensemble_chosen"] = {"tta_dice": 0.7, "tta_infnet_mean_dice": 0.5}
+        unit["scores"]["ensemble_all_slices"] = {"tta_dice": ensembled, "tta_infnet_mean_dice": 0.5}
+        if budget is not None:
+            unit["scores"]["budget_all_slices"] = {"tta_dice": budget, "tta_infnet_mean_dice": 0.5}
+    rows = {row["arm"]: row for row in all_slices.summarise(units)["rows"]}
+    assert list(rows)[-1] == "budget_all_slices" and rows["budget_all_slices"]["units"] == [[1, 0], [1, 1]]
+    # the rival against the 40-slice network: +0.02, 0.00; the ensemble against the rival: +0.01, +0.03
+    assert rows["budget_all_slices"]["tta_dice_change_vs_all_slices"]["mean_difference"] == pytest.approx(0.01)
+    versus_budget = rows["ensemble_all_slices"]["tta_dice_change_vs_budget"]
+    assert versus_budget["mean_difference"] == pytest.approx(0.02) and versus_budget["n"] == 2
+    assert rows["ensemble_all_slices"]["tta_dice_change_vs_control"]["n"] == 3  # every unit against A'
+
+
+def test_budget_seeds_outside_the_seeds_are_refused(all_slices, tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["all_slices.py", "--seeds", "0,1", "--budget-seeds", "2", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--budget-seeds must be among --seeds 0,1: 2 is not"):
+        all_slices.main()
+    assert not list(tmp_path.iterdir())

@@ -285,6 +285,16 @@ def test_semi_recipe_semi_student_all_slices_and_ablation_quick_write_their_reco
     assert all(r["training_slices"] == {"chosen": 32, "all_slices": 40} for r in every["units"])
     assert all(("ensemble_all_slices" in r["scores"]) == (r["seed"] == 1) for r in every["units"])
     assert len(list((tmp_path / "all").glob("all-*/seed[01]_fold*/last.pt"))) == 10
+    # asking for the ensemble's rival later completes the stored units of its seed, and only those
+    _run("all_slices.py", *all_options, "--budget-seeds", "1")
+    completed = json.loads((tmp_path / "all_slices.json").read_text())["numbers"]
+    assert [r["arm"] for r in completed["rows"]][-1] == "budget_all_slices" and len(completed["units"]) == 10
+    assert all(("budget_all_slices" in r["scores"]) == (r["seed"] == 1) for r in completed["units"])
+    assert [{arm: score for arm, score in r["scores"].items() if arm != "budget_all_slices"} for r in completed["units"]] \
+        == [r["scores"] for r in every["units"]]
+    assert all(r["budget_epochs_run"] == 2 * r["epochs_run"] for r in completed["units"] if r["seed"] == 1)
+    assert completed["rows"][-2]["tta_dice_change_vs_budget"]["n"] == 5
+    assert len(list((tmp_path / "all").glob("all-*/seed*_fold*/last.pt"))) == 15
     # the record alone resumes the run: without A''s checkpoints nothing is trained again
     shutil.rmtree(tmp_path / "ablation")
     written = record_path.read_text()
