@@ -51,7 +51,9 @@ digits = 3
 
 # %%
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from IPython.display import Markdown, display
@@ -88,6 +90,14 @@ live = read_records(output_dir) if Path(output_dir).is_dir() else {}
 #: What a paired difference's 95 % interval says, by where it lies against 0 (:func:`interval_side`).
 outcome = {"lies above 0": "an improvement", "lies below 0": "a loss",
            "includes 0": "no difference distinguishable from noise"}
+
+
+def reading(change: Mapping[str, Any], runs: int, words: Mapping[str, str] = outcome) -> str:
+    """What a paired difference over ``runs`` (seed, fold) runs says: ``words`` for where its 95 % interval
+    lies, or that the runs are too few for it to say anything (fewer than ``FEWEST_RUNS_TO_READ``)."""
+    if runs < FEWEST_RUNS_TO_READ:
+        return f"too few runs for the interval to mean anything yet (fewer than {FEWEST_RUNS_TO_READ})"
+    return words[interval_side(change)]
 
 
 def cell(value: float | None, sd: float | None = None) -> str:
@@ -411,8 +421,7 @@ def against_budget(ensemble: ReferenceRecord) -> str | None:
         return None
     units = next(row["units"] for row in ensemble.numbers["rows"] if row["arm"] == "budget")
     return (f"{format_interval(change)} over {units} (seed, fold) units, "
-            + (outcome[interval_side(change)] if units >= FEWEST_RUNS_TO_READ else
-               f"too few for the interval to mean anything yet (fewer than {FEWEST_RUNS_TO_READ})"))
+            + reading(change, units))
 
 
 ensembles = {name: references[name] for name in ["seed_ensemble", *machine_records("seed_ensemble")]}
@@ -567,7 +576,10 @@ viz.show_grouped_values({f"{row['n']} slices": row["tta_dice_by_unit"] for row i
 # epoch and the last one; would those 8 slices do more as training data?
 # `benchmarks/all_slices.py` trains `train`'s recipe on all 40 for the same 600 epochs and keeps
 # its last epoch (nothing is chosen), and pairs it on the same test slices with A′ at its chosen
-# epoch (`train`'s defaults) and at its last (the same protocol on 32 slices).
+# epoch (`train`'s defaults) and at its last (the same protocol on 32 slices). From the second seed
+# on it also averages each 40-slice network with the previous seed's, and A′ with A′, and for the
+# seeds it names it trains that ensemble's fair rival: one 40-slice network of twice the epochs, the
+# same training time as the two.
 
 # %% tags=["hide-input"]
 every_slice = references["all_slices"]
@@ -581,9 +593,12 @@ if every_rows:
     every_label = {row["arm"]: row["label"] for row in every_rows}
 
     def other_change(row: dict) -> str:
-        """The row's paired difference to its closer control (last epoch, or A′'s ensemble), named."""
+        """The row's paired differences to its closer controls (last epoch, A′'s ensemble, one network of
+        the ensemble's budget), named, with their units where fewer than the row's."""
         changes = [value for key, value in row.items() if key.startswith("tta_dice_change_vs_") and key != "tta_dice_change_vs_control"]
-        return "; ".join(f"{format_interval(change)} vs {every_label[change['against']]}" for change in changes) or "—"
+        return "; ".join(f"{format_interval(change)} vs {every_label[change['against']]}"
+                         + (f" ({change['n']} runs)" if change["n"] < len(row["units"]) else "")
+                         for change in changes) or "—"
 
     display(Markdown(markdown_table(
         [(row["label"], cell(row["tta_dice_mean"], row["tta_dice_sd_over_units"]), cell(row["tta_infnet_mean_dice_mean"]),
@@ -602,14 +617,17 @@ if every_rows:
             return None
         runs = len(row["units"])
         baseline = float(np.mean([chosen_by_unit[tuple(unit)] for unit in row["units"]]))
-        reading = (outcome[interval_side(row["tta_dice_change_vs_control"])] if runs >= FEWEST_RUNS_TO_READ
-                   else f"too few runs for the interval to mean anything yet (fewer than {FEWEST_RUNS_TO_READ})")
         return (f"{what} changed Dice at 0.5 by {format_interval(row['tta_dice_change_vs_control'])} against `train`'s "
                 f"defaults over {runs} (fold, seed) runs ({row['tta_dice_mean']:.{digits}f} against "
-                f"{baseline:.{digits}f}): {reading}.")
+                f"{baseline:.{digits}f}): {reading(row['tta_dice_change_vs_control'], runs)}.")
 
     sentences = [verdict("all_slices", "Training on the 8 validation slices too, and keeping the last epoch,"),
                  verdict("ensemble_all_slices", "Averaging two such networks of two seeds")]
+    ensemble_row = next((row for row in every_rows if row["arm"] == "ensemble_all_slices"), {})
+    if rival := ensemble_row.get("tta_dice_change_vs_budget"):
+        sentences.append(f"Against its fair rival, one 40-slice network trained twice as long (the same training "
+                         f"time), the ensemble changed Dice at 0.5 by {format_interval(rival)} over {rival['n']} (fold, "
+                         f"seed) runs: {reading(rival, rival['n'])}.")
     display(Markdown(" ".join(sentence for sentence in sentences if sentence)))
 
 # %% [markdown]
@@ -693,8 +711,7 @@ for name, sharpness in sharpness_records.items():
                     f"{cell(predicted['tta_infnet_mean_dice_mean'])} as predicted and "
                     f"{cell(sharpest['tta_infnet_mean_dice_mean'])} {sharpened}, {format_interval(change)} over "
                     f"{change['n']} (seed, fold) units ("
-                    + (f"the interval {interval_side(change)}" if change["n"] >= FEWEST_RUNS_TO_READ else
-                       f"too few for the interval to mean anything yet, fewer than {FEWEST_RUNS_TO_READ}")
+                    + reading(change, change["n"], words={side: f"the interval {side}" for side in outcome})
                     + f"), with Dice at 0.5 {cell(predicted['tta_dice_mean'])} at every temperature: a ranking "
                     "against a published Inf-Net mean Dice also ranks how confident the two methods' maps are")
 if len(curve_rows) > 1 and "tta_dice_change_vs_all" in curve_rows[-2]:
@@ -718,8 +735,7 @@ for name, ensemble in ensembles.items():
     if last_epoch and (change := last_epoch.get("tta_dice_change_vs_control")):
         findings.append(f"A′ at its last epoch instead of the one chosen on its inner validation slices (`{name}`) "
                         f"changed Dice at 0.5 by {format_interval(change)} over {change['n']} (seed, fold) units, "
-                        + (outcome[interval_side(change)] if change["n"] >= FEWEST_RUNS_TO_READ else
-                           f"too few for the interval to mean anything yet (fewer than {FEWEST_RUNS_TO_READ})"))
+                        + reading(change, change["n"]))
     if ensemble is None or ensemble.numbers["rows"][-1]["arm"] != "ensemble":
         continue
     averaged = ensemble.numbers["rows"][-1]
@@ -750,8 +766,7 @@ for name in ["semi_recipe", *machine_records("semi_recipe"), "semi_student", *ma
                             + f", {row['label']} changed Dice at 0.5 by "
                             f"{format_change(change['mean_difference'])} against “{labels[change['against']]}” (95 % CI "
                             f"{format_change(change['low'])} to {format_change(change['high'])}), "
-                            + (outcome[interval_side(change)] if done >= FEWEST_RUNS_TO_READ else
-                               f"too few runs for the interval to mean anything yet (fewer than {FEWEST_RUNS_TO_READ})"))
+                            + reading(change, done))
 display(Markdown(("On real scans:\n\n" + "\n".join(f"- {finding[:1].upper()}{finding[1:]}." for finding in findings))
                  if findings else
                  "No reference record is committed yet, so there is nothing to compare with the report."))
