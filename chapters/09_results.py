@@ -93,7 +93,7 @@ outcome = {"lies above 0": "an improvement", "lies below 0": "a loss",
 
 
 def reading(change: Mapping[str, Any], runs: int, words: Mapping[str, str] = outcome) -> str:
-    """What a paired difference over ``runs`` (seed, fold) runs says: ``words`` for where its 95 % interval
+    """What a paired difference over ``runs`` (fold, seed) runs says: ``words`` for where its 95 % interval
     lies, or that the runs are too few for it to say anything (fewer than ``FEWEST_RUNS_TO_READ``)."""
     if runs < FEWEST_RUNS_TO_READ:
         return f"too few runs for the interval to mean anything yet (fewer than {FEWEST_RUNS_TO_READ})"
@@ -346,7 +346,7 @@ viz.show_path(path_rows(ablation) if ablation is not None else None, **path_figu
 
 # %% tags=["hide-input"]
 def machine_differences(first, second) -> list[tuple[str, ...]]:
-    """The rows two ablation records both hold (same name and recipe): on the (seed, fold) runs both
+    """The rows two ablation records both hold (same name and recipe): on the (fold, seed) runs both
     trained, each record's mean Dice, the mean difference and the largest one in absolute value."""
     theirs = {row["name"]: row for row in second.numbers["rows"]}
     table = []
@@ -410,7 +410,7 @@ viz.show_path([dataclasses.replace(row, name=f"{row.name} ({name})" if len(machi
 # network at its last epoch" scores every network at its last epoch instead, and "mean of one
 # network's chosen and last epochs" by the mean of the two, an ensemble of two snapshots of one
 # training that costs no training at all. Both are paired with the chosen epoch alone on the same
-# (seed, fold) units.
+# (fold, seed) runs.
 
 # %% tags=["hide-input"]
 def against_budget(ensemble: ReferenceRecord) -> str | None:
@@ -420,7 +420,7 @@ def against_budget(ensemble: ReferenceRecord) -> str | None:
     if not change:
         return None
     units = next(row["units"] for row in ensemble.numbers["rows"] if row["arm"] == "budget")
-    return (f"{format_interval(change)} over {units} (seed, fold) units, "
+    return (f"{format_interval(change)} over {units} (fold, seed) runs, "
             + reading(change, units))
 
 
@@ -588,7 +588,7 @@ every_rows = every_slice.numbers["rows"] if every_slice is not None else []
 if every_rows:
     display(Markdown(f"**`all_slices`**, on {describe_machine(every_slice.record['runtime'])}: "
                      f"{describe_recipe(every_slice.record['parameters']['recipe'])}; {len(every_slice.numbers['units'])} "
-                     f"of {every_slice.numbers['units_planned']} planned (seed, fold) units, whose 40-slice trainings took "
+                     f"of {every_slice.numbers['units_planned']} planned (fold, seed) runs, whose 40-slice trainings took "
                      f"{every_slice.numbers['wall_seconds'] / 60:.0f} min wall in all."))
     every_label = {row["arm"]: row["label"] for row in every_rows}
 
@@ -710,7 +710,7 @@ for name, sharpness in sharpness_records.items():
     findings.append(f"A′'s test-fold maps (`{name}`) scored Inf-Net mean Dice "
                     f"{cell(predicted['tta_infnet_mean_dice_mean'])} as predicted and "
                     f"{cell(sharpest['tta_infnet_mean_dice_mean'])} {sharpened}, {format_interval(change)} over "
-                    f"{change['n']} (seed, fold) units ("
+                    f"{change['n']} (fold, seed) runs ("
                     + reading(change, change["n"], words={side: f"the interval {side}" for side in outcome})
                     + f"), with Dice at 0.5 {cell(predicted['tta_dice_mean'])} at every temperature: a ranking "
                     "against a published Inf-Net mean Dice also ranks how confident the two methods' maps are")
@@ -734,7 +734,7 @@ for name, ensemble in ensembles.items():
     last_epoch = next((row for row in ensemble.numbers["rows"] if row["arm"] == "last"), None) if ensemble else None
     if last_epoch and (change := last_epoch.get("tta_dice_change_vs_control")):
         findings.append(f"A′ at its last epoch instead of the one chosen on its inner validation slices (`{name}`) "
-                        f"changed Dice at 0.5 by {format_interval(change)} over {change['n']} (seed, fold) units, "
+                        f"changed Dice at 0.5 by {format_interval(change)} over {change['n']} (fold, seed) runs, "
                         + reading(change, change["n"]))
     if ensemble is None or ensemble.numbers["rows"][-1]["arm"] != "ensemble":
         continue
