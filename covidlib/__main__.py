@@ -94,6 +94,10 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
                              "seed --seed + K, into OUT/member-K/; evaluate, predict and segment take their best.pt "
                              "files together as one ensemble, the mean of their probabilities (chapter 09 measures "
                              "what two add), for that many times the training time (default 1)")
+    parser.add_argument("--all-slices", action="store_true",
+                        help="train on the validation cases too and keep the last epoch, OUT/last.pt: nothing is "
+                             "chosen, so no case is held out (chapter 09's 'what the eight validation slices cost' "
+                             "measures it; the validation cases are still scored each epoch, for the progress bar only)")
     parser.add_argument("--val-fraction", type=float,
                         help="without --folds: share of cases held out to validate (default 0.2)")
     parser.add_argument("--image-size", type=int, help=f"square network input in pixels (default {FULL['image_size']})")
@@ -205,17 +209,19 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"member {member + 1} of {args.members}: fold {member} of {args.folds} validates, seed {args.seed + member}")
         member_args = argparse.Namespace(**{**vars(args), "fold": member, "seed": args.seed + member})
         result = _train_network(member_args, out / f"member-{member}", split_seed=args.seed)
-        members.append({"checkpoint": str(out / f"member-{member}" / "best.pt"), "fold": member,
-                        "seed": args.seed + member, "validation_dice": result["validation"]["dice"]["mean"],
-                        "best_epoch": result["best_epoch"], "wall_seconds": result["wall_seconds"]})
+        members.append({"checkpoint": result["checkpoint"], "fold": member, "seed": args.seed + member,
+                        "wall_seconds": result["wall_seconds"],
+                        **({} if args.all_slices else {"validation_dice": result["validation"]["dice"]["mean"],
+                                                       "best_epoch": result["best_epoch"]})})
     summary: dict[str, Any] = {"members": members, "wall_seconds": time.perf_counter() - started,
                                "cpu_seconds": time.process_time() - cpu_started}
     atomic_write_text(out / "metrics.json", to_json(summary) + "\n")
     checkpoints = " ".join(member["checkpoint"] for member in members)
-    print(f"ensemble of {args.members} {args.model} networks in {summary['wall_seconds'] / 60:.1f} min: each one's "
-          "validation Dice on its own fold " + ", ".join(f"{member['validation_dice']:.4f}" for member in members)
-          + f" (optimistic: each fold also chose its network's epoch); use them together: python -m covidlib predict "
-          f"--checkpoint {checkpoints} --input IMAGES --output MAPS")
+    scores = ("each trained on every case, at its last epoch" if args.all_slices else
+              "each one's validation Dice on its own fold " + ", ".join(f"{member['validation_dice']:.4f}" for member in members)
+              + " (optimistic: each fold also chose its network's epoch)")
+    print(f"ensemble of {args.members} {args.model} networks in {summary['wall_seconds'] / 60:.1f} min: {scores}; use them "
+          f"together: python -m covidlib predict --checkpoint {checkpoints} --input IMAGES --output MAPS")
     return 0
 
 
@@ -232,6 +238,7 @@ def _train_network(args: argparse.Namespace, out: Path, split_seed: int) -> dict
     from covidlib.io import atomic_write_text
     from covidlib.mean_teacher import semi_supervised_settings, train_semi_supervised
     from covidlib.results import to_json
+    from covidlib.train import BEST_CHECKPOINT, LAST_CHECKPOINT
 
     seed_everything(args.seed)
     started = time.perf_counter()
@@ -243,7 +250,8 @@ def _train_network(args: argparse.Namespace, out: Path, split_seed: int) -> dict
                                 "validates on; name a split of unlabelled images")
     recipe = Recipe(model=args.model, image_size=_setting(args, "image_size"), base_width=_setting(args, "base_width"),
                     depth=args.depth, epochs=_setting(args, "epochs"), lr=args.lr, step_size=args.step_size,
-                    gamma=args.gamma, patience=args.patience, batch_size=_setting(args, "batch_size"), loss=args.loss,
+                    gamma=args.gamma, patience=_setting(args, "epochs") if args.all_slices else args.patience,
+                    batch_size=_setting(args, "batch_size"), loss=args.loss,
                     amp=args.amp, augment=not args.no_augment, dihedral=not args.no_dihedral, tta=not args.no_tta,
                     empty_fraction=args.empty_fraction, mixup_alpha=args.mixup_alpha, ema_decay=args.ema_decay,
                     select_threshold=args.select_threshold, zoom=args.zoom, crop_size=args.crop_size,
@@ -257,15 +265,21 @@ def _train_network(args: argparse.Namespace, out: Path, split_seed: int) -> dict
             n_unlabelled = min(QUICK_UNLABELLED, len(dataset.case_ids(args.unlabelled_split))) or None
     prepared = prepare_slices(dataset, recipe.image_size, case_ids=train_ids + val_ids, n_unlabelled=n_unlabelled,
                               unlabelled_split=args.unlabelled_split)
-    metadata = {"dataset": args.dataset, "split": split, "train_cases": train_ids, "val_cases": val_ids,
+    fit_ids = train_ids + val_ids if args.all_slices else train_ids
+    metadata = {"dataset": args.dataset, "split": split, "train_cases": fit_ids,
+                "val_cases": [] if args.all_slices else val_ids, "all_slices": args.all_slices,
                 "folds": args.folds, "fold": args.fold if args.folds is not None else None, "preparation": prepared.steps}
-    trainer = train_supervised(prepared, train_ids, val_ids, recipe, seed=args.seed, device=args.device,
+    trainer = train_supervised(prepared, fit_ids, val_ids, recipe, seed=args.seed, device=args.device,
                                out_dir=out / "supervised" if args.semi else out, resume=args.resume, metadata=metadata,
                                progress=not args.no_progress)
-    evaluation = _validate(trainer.model, dataset, val_ids, recipe, trainer.device,
-                           out / "supervised" / "best.pt" if args.semi else out / "best.pt")
     history, kept = trainer.history, trainer
-    result: dict[str, Any] = {}
+    result: dict[str, Any] = {"checkpoint": str(out / (LAST_CHECKPOINT if args.all_slices else BEST_CHECKPOINT))}
+    if args.all_slices:
+        # chosen on cases it trained on, best.pt would look like a selected network: only last.pt is one
+        (out / BEST_CHECKPOINT).unlink(missing_ok=True)
+    else:
+        evaluation = _validate(trainer.model, dataset, val_ids, recipe, trainer.device,
+                               out / "supervised" / BEST_CHECKPOINT if args.semi else out / BEST_CHECKPOINT)
     supervised_seconds = {"wall": time.perf_counter() - started, "cpu": time.process_time() - cpu_started}
     if args.semi:
         settings = semi_supervised_settings(
@@ -290,15 +304,21 @@ def _train_network(args: argparse.Namespace, out: Path, split_seed: int) -> dict
                                      "supervised_best_epoch": trainer.best_epoch, "threshold": pseudo["threshold"],
                                      "pseudo": pseudo["pseudo"], "calibration": pseudo["calibration"]}
     atomic_write_text(out / "history.json", to_json(history) + "\n")
+    if not args.all_slices:
+        result.update({"validation": evaluation["summary"], "per_case": evaluation["per_case"],
+                       "probability_threshold": evaluation["threshold"], "best_epoch": kept.best_epoch,
+                       "stopped_early": kept.stopped_early, "best_val_dice_training_size": kept.best_metric})
     result.update({
-        "validation": evaluation["summary"], "per_case": evaluation["per_case"], "probability_threshold": evaluation["threshold"],
-        "best_epoch": kept.best_epoch, "epochs_run": len(history), "stopped_early": kept.stopped_early,
-        "best_val_dice_training_size": kept.best_metric,
+        "epochs_run": len(history), "training_cases": len(fit_ids),
         "wall_seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu_started,
         "device": str(kept.device), "amp": str(kept.amp_dtype), "threads": torch.get_num_threads(),
         "settings": kept.metadata,
     })
     atomic_write_text(out / "metrics.json", to_json(result) + "\n")
+    if args.all_slices:
+        print(f"{args.model}: trained on all {len(fit_ids)} case(s) of split {split!r} for {len(history)} epochs, kept "
+              f"the last (nothing held out, so no score: evaluate it on other cases); wrote {result['checkpoint']}")
+        return result
     dice_summary = evaluation["summary"]["dice"]
     what = f"{args.model} + {args.semi}" if args.semi else args.model
     chose = "the epoch and the threshold" if recipe.select_threshold else "the epoch"
@@ -365,11 +385,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
         case_ids = dataset.case_ids(args.split)
     elif name == metadata.get("dataset") and metadata.get("val_cases"):
         case_ids = list(metadata["val_cases"])
+    elif name != metadata.get("dataset"):
+        raise InvalidInputError("--split is needed: the checkpoint's validation cases belong to another dataset")
     elif "members" in metadata:
         raise InvalidInputError("--split is needed: no case validated a network of this ensemble without training "
                                 "another one")
     else:
-        raise InvalidInputError("--split is needed: the checkpoint's validation cases belong to another dataset")
+        raise InvalidInputError("--split is needed: this network trained on every case it was given (train "
+                                "--all-slices), none is held out")
     threshold = decision_threshold(metadata, checkpoint)
     evaluation = evaluate_cases(model, dataset, case_ids, image_size, get_device(args.device),
                                 tta=bool(metadata.get("tta", False)), threshold=threshold)
@@ -708,6 +731,12 @@ def check_train(args: argparse.Namespace) -> None:
             raise InvalidInputError(f"{', '.join(given)} {'acts' if len(given) == 1 else 'act'} only with --semi")
     if args.unlabelled_split is None:
         args.unlabelled_split = "unlabelled"
+    if args.all_slices:
+        for flag, value in (("--semi", args.semi), ("--select-threshold", args.select_threshold or None),
+                            ("--patience", args.patience if args.patience != Recipe.patience else None)):
+            if value is not None:
+                raise InvalidInputError(f"{flag} chooses on the validation cases, which --all-slices trains on: "
+                                        "nothing is chosen, every network runs all its epochs")
     _check_depth(_setting(args, "image_size"), args.depth)
     if args.crop_size is not None:
         if args.crop_size > _setting(args, "image_size"):

@@ -329,6 +329,9 @@ def test_bad_input_gives_exit_code_2_and_a_message(argv: list[str], message: str
     (["train", "--members", "2", "--val-fraction", "0.3"], "--val-fraction acts on one network"),
     (["train", "--members", "2", "--semi", "both"], "--semi acts on one network"),
     (["train", "--members", "4", "--folds", "3"], "--members 4 needs --folds of at least 4"),
+    (["train", "--all-slices", "--semi", "both"], "--semi chooses on the validation cases, which --all-slices trains on"),
+    (["train", "--all-slices", "--select-threshold"], "--select-threshold chooses on the validation cases"),
+    (["train", "--all-slices", "--patience", "5"], "--patience chooses on the validation cases"),
     # an output folder that is a file
     (["train", "--out", "{tmp}/afile.txt"], "--out {tmp}/afile.txt: exists and is not a folder"),
     (["train", "--out", "{tmp}/afile.txt/run"], "lies under {tmp}/afile.txt, which is not a folder"),
@@ -543,3 +546,35 @@ def test_train_members_validate_on_their_own_folds_and_predict_as_the_mean_of_th
     captured = capsys.readouterr()
     assert json.loads(captured.out)["checkpoint"] == [str(path) for path in checkpoints]
     assert "trained a network of this ensemble" in captured.err
+
+
+def test_train_all_slices_trains_on_every_case_and_keeps_the_last_epoch(
+        trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root, _ = trained
+    out = tmp_path / "final"
+    assert main(["train", "--dataset", "covid-semiseg", "--data-root", str(root), "--out", str(out), "--quick",
+                 "--epochs", "3", "--all-slices", "--device", "cpu", "--amp", "off", "--no-progress"]) == 0
+    assert "trained on all 6 case(s)" in capsys.readouterr().out
+    assert not (out / "best.pt").exists()  # it would have been chosen on slices it trained on
+    stored = load_checkpoint(out / "last.pt")
+    ids = [f"train/{i}" for i in range(len(SIZES))]
+    assert sorted(stored["metadata"]["train_cases"]) == ids and stored["metadata"]["val_cases"] == []
+    assert stored["epoch"] == 3 and stored["metadata"]["recipe"]["patience"] == 3  # nothing stops it early
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["checkpoint"] == str(out / "last.pt") and metrics["training_cases"] == 6
+    assert "validation" not in metrics and metrics["epochs_run"] == 3
+    # no case is held out: evaluate needs a split, and says every case trained the network
+    assert main(["evaluate", "--checkpoint", str(out / "last.pt"), "--data-root", str(root), "--device", "cpu"]) == 2
+    assert "this network trained on every case it was given" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(out / "last.pt"), "--data-root", str(root), "--split", "train",
+                 "--device", "cpu"]) == 0
+    assert "of the 6 cases, 6 trained this network and 0 chose its epoch" in capsys.readouterr().err
+    # an ensemble of such networks: each member trains on every case too, with its own seed
+    pair = tmp_path / "pair"
+    assert main(["train", "--dataset", "covid-semiseg", "--data-root", str(root), "--out", str(pair), "--quick",
+                 "--epochs", "2", "--all-slices", "--members", "2", "--device", "cpu", "--amp", "off",
+                 "--no-progress"]) == 0
+    assert "each trained on every case, at its last epoch" in capsys.readouterr().out
+    members = json.loads((pair / "metrics.json").read_text(encoding="utf-8"))["members"]
+    assert [member["checkpoint"] for member in members] == [str(pair / f"member-{k}" / "last.pt") for k in (0, 1)]
+    assert [load_checkpoint(member["checkpoint"])["config"]["seed"] for member in members] == [0, 1]
