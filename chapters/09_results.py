@@ -580,6 +580,10 @@ viz.show_grouped_values({f"{row['n']} slices": row["tta_dice_by_unit"] for row i
 # on it also averages each 40-slice network with the previous seed's, and A′ with A′, and for the
 # seeds it names it trains that ensemble's fair rival: one 40-slice network of twice the epochs, the
 # same training time as the two.
+#
+# To train such a final network yourself, `python -m covidlib train --all-slices` trains on every
+# labelled slice (all 50 of COVID-SemiSeg) and keeps the last epoch; `--members 2` trains two of
+# different seeds, which `evaluate`, `predict` and `segment` average.
 
 # %% tags=["hide-input"]
 every_slice = references["all_slices"]
