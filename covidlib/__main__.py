@@ -51,9 +51,9 @@ QUICK = {"epochs": 3, "max_steps_per_epoch": 2, "image_size": 64, "base_width": 
 FULL = {name: getattr(Recipe(), name) for name in QUICK}
 #: ``train --members``'s split when --folds is not given: each network validates on a fifth of the cases.
 ENSEMBLE_FOLDS = 5
-#: What ``--checkpoint`` of evaluate, predict and segment adds for ensembles.
-SEVERAL_CHECKPOINTS = ("; several (e.g. OUT/member-*/best.pt of train --members) predict together, the mean of their "
-                       "probabilities")
+#: What ``--checkpoint`` of evaluate, predict and segment takes.
+CHECKPOINT_HELP = ("the folder OUT that 'train' wrote (its network, or with --members all its networks), or checkpoint "
+                   "files (best.pt or last.pt); several networks predict together, the mean of their probabilities")
 
 
 # --- train ------------------------------------------------------------------------------------
@@ -357,8 +357,7 @@ def _threads_argument(parser: argparse.ArgumentParser) -> None:
 # --- evaluate ---------------------------------------------------------------------------------
 
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, nargs="+",
-                        help="best.pt (or last.pt) written by 'train'" + SEVERAL_CHECKPOINTS)
+    parser.add_argument("--checkpoint", required=True, nargs="+", help=CHECKPOINT_HELP)
     parser.add_argument("--dataset", help="registered dataset (default: the one the checkpoint was trained on)")
     parser.add_argument("--data-root", help="the dataset's folder (default: $COVIDLIB_DATA/<dataset>)")
     parser.add_argument("--split", help="split to evaluate (default: the checkpoint's validation cases)")
@@ -427,7 +426,7 @@ def _seen_in_training(metadata: dict[str, Any], dataset: str, case_ids: Sequence
 # --- predict ----------------------------------------------------------------------------------
 
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, nargs="+", help="best.pt written by 'train'" + SEVERAL_CHECKPOINTS)
+    parser.add_argument("--checkpoint", required=True, nargs="+", help=CHECKPOINT_HELP)
     parser.add_argument("--input", required=True,
                         help="a folder of 2D images (PNG/JPG/BMP/TIFF, 8-bit grey) or a NIfTI volume (.nii/.nii.gz, HU)")
     parser.add_argument("--output", required=True,
@@ -557,8 +556,7 @@ def _segment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scan", nargs="?", help="CT scan in HU: NIfTI/NRRD/MetaImage file or a DICOM series folder "
                                                 "(it may also come last, after --checkpoint's files)")
     parser.add_argument("-o", "--output", required=True, help="infection mask to write (.nii.gz, .nii, .nrrd, .mha)")
-    parser.add_argument("--checkpoint", required=True, nargs="+",
-                        help="trained network: best.pt/last.pt of covidlib's Trainer" + SEVERAL_CHECKPOINTS)
+    parser.add_argument("--checkpoint", required=True, nargs="+", help=CHECKPOINT_HELP)
     parser.add_argument("--lung-mask", help="lung mask to write (right 1, left 2); default: <output>_lungs beside the output")
     parser.add_argument("--summary", help="also write the volume summary as JSON here")
     parser.add_argument("--lung-method", choices=LUNG_METHODS, default="auto",
@@ -682,6 +680,36 @@ def _check_rules(args: argparse.Namespace) -> None:
             raise InvalidInputError(f"--{dest.replace('_', '-')} must be {what}, got {value}")
 
 
+def _checkpoint_files(given: Sequence[str]) -> list[str]:
+    """The checkpoint files of ``--checkpoint``: each file as given, and each folder ``train`` wrote
+    (known by its metrics.json, written last) as the checkpoint its metrics name, or with ``--members``
+    each member's, found in the folder's member-K/ so that a moved folder still works."""
+    import json
+
+    files = []
+    for value in given:
+        path = Path(value)
+        if not path.is_dir():
+            _check_input_file("--checkpoint", path)
+            files.append(value)
+            continue
+        metrics_path = path / "metrics.json"
+        if not metrics_path.is_file():
+            raise InvalidInputError(f"--checkpoint {path} is a folder without metrics.json, which 'train' writes once "
+                                    "it has finished; give its checkpoint file (best.pt or last.pt)")
+        try:
+            metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+            named = ([path / f"member-{k}" / Path(member["checkpoint"]).name for k, member in enumerate(metrics["members"])]
+                     if "members" in metrics else [path / Path(metrics.get("checkpoint", "best.pt")).name])
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise InvalidInputError(f"--checkpoint {path}: {metrics_path} is not the metrics.json of a 'train' run "
+                                    f"({type(error).__name__}: {error}); give a checkpoint file") from error
+        for file in named:
+            _check_input_file(f"--checkpoint {path}: its", file)
+        files += map(str, named)
+    return files
+
+
 def _check_input_file(flag: str, path: Path) -> None:
     """Refuse an input file that is missing or a folder, naming its flag."""
     if not path.is_file():
@@ -789,15 +817,13 @@ def _check_semi_folds(args: argparse.Namespace, split: str, n_cases: int) -> Non
 def check_predict(args: argparse.Namespace) -> None:
     """``predict``'s numbers and checkpoint (its other paths are checked by :func:`run_predict` before any work)."""
     _check_rules(args)
-    for checkpoint in args.checkpoint:
-        _check_input_file("--checkpoint", Path(checkpoint))
+    args.checkpoint = _checkpoint_files(args.checkpoint)
 
 
 def check_evaluate(args: argparse.Namespace) -> None:
     """``evaluate``'s flags before the checkpoint or any data is read."""
     _check_rules(args)
-    for checkpoint in args.checkpoint:
-        _check_input_file("--checkpoint", Path(checkpoint))
+    args.checkpoint = _checkpoint_files(args.checkpoint)
 
 
 def check_segment(args: argparse.Namespace) -> None:
@@ -813,8 +839,7 @@ def check_segment(args: argparse.Namespace) -> None:
         args.scan = args.checkpoint.pop()
     if not Path(args.scan).exists():
         raise InvalidInputError(f"scan {args.scan}: no such file or folder; give a CT file or a DICOM series folder")
-    for checkpoint in args.checkpoint:
-        _check_input_file("--checkpoint", Path(checkpoint))
+    args.checkpoint = _checkpoint_files(args.checkpoint)
     if args.lungmask_weights is not None:
         _check_input_file("--lungmask-weights", Path(args.lungmask_weights))
     elif args.lung_method == "lungmask" and lungmask_weights() is None:

@@ -578,3 +578,33 @@ def test_train_all_slices_trains_on_every_case_and_keeps_the_last_epoch(
     members = json.loads((pair / "metrics.json").read_text(encoding="utf-8"))["members"]
     assert [member["checkpoint"] for member in members] == [str(pair / f"member-{k}" / "last.pt") for k in (0, 1)]
     assert [load_checkpoint(member["checkpoint"])["config"]["seed"] for member in members] == [0, 1]
+
+
+def test_a_train_folder_stands_for_its_checkpoints(trained: tuple[Path, Path], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    root, out = trained
+    # one held-out network: the folder is its best.pt (same JSON as naming the file)
+    by_file = ["evaluate", "--data-root", str(root), "--device", "cpu"]
+    assert main([*by_file, "--checkpoint", str(out / "best.pt")]) == 0
+    from_file = json.loads(capsys.readouterr().out)
+    assert main([*by_file, "--checkpoint", str(out)]) == 0
+    from_folder = json.loads(capsys.readouterr().out)
+    assert from_folder["summary"] == from_file["summary"] and from_folder["checkpoint"] == str(out / "best.pt")
+    # an ensemble of --all-slices networks, moved after training: its member-K/last.pt files
+    pair = tmp_path / "pair"
+    assert main(["train", "--dataset", "covid-semiseg", "--data-root", str(root), "--out", str(pair), "--quick",
+                 "--epochs", "1", "--all-slices", "--members", "2", "--device", "cpu", "--amp", "off",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    moved = pair.rename(tmp_path / "moved")
+    assert main([*by_file, "--split", "train", "--checkpoint", str(moved)]) == 0
+    assert json.loads(capsys.readouterr().out)["checkpoint"] == [str(moved / f"member-{k}" / "last.pt") for k in (0, 1)]
+    # a folder that no finished train run wrote, or whose metrics are not train's, is refused by name
+    (tmp_path / "half").mkdir()
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "metrics.json").write_text("[1, 2]", encoding="utf-8")
+    (moved / "member-1" / "last.pt").unlink()
+    for folder, message in (("half", "is a folder without metrics.json"), ("odd", "is not the metrics.json of a 'train' run"),
+                            ("moved", "its " + str(moved / "member-1" / "last.pt") + " does not exist")):
+        assert main([*by_file, "--checkpoint", str(tmp_path / folder)]) == 2
+        assert message in capsys.readouterr().err
