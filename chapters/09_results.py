@@ -589,6 +589,7 @@ viz.show_grouped_values({f"{row['n']} slices": row["tta_dice_by_unit"] for row i
 every_slice = references["all_slices"]
 display(Markdown(reference_notice(every_slice, "all_slices")))
 every_rows = every_slice.numbers["rows"] if every_slice is not None else []
+every_verdicts: list[str] = []  # its sentences, which the findings below repeat
 if every_rows:
     display(Markdown(f"**`all_slices`**, on {describe_machine(every_slice.record['runtime'])}: "
                      f"{describe_recipe(every_slice.record['parameters']['recipe'])}; {len(every_slice.numbers['units'])} "
@@ -625,14 +626,15 @@ if every_rows:
                 f"defaults over {runs} (fold, seed) runs ({row['tta_dice_mean']:.{digits}f} against "
                 f"{baseline:.{digits}f}): {reading(row['tta_dice_change_vs_control'], runs)}.")
 
-    sentences = [verdict("all_slices", "Training on the 8 validation slices too, and keeping the last epoch,"),
-                 verdict("ensemble_all_slices", "Averaging two such networks of two seeds")]
+    every_verdicts = [sentence for sentence in (
+        verdict("all_slices", "Training on the 8 validation slices too, and keeping the last epoch,"),
+        verdict("ensemble_all_slices", "Averaging two such networks (40 slices, last epoch) of two seeds")) if sentence]
     ensemble_row = next((row for row in every_rows if row["arm"] == "ensemble_all_slices"), {})
     if rival := ensemble_row.get("tta_dice_change_vs_budget"):
-        sentences.append(f"Against its fair rival, one 40-slice network trained twice as long (the same training "
-                         f"time), the ensemble changed Dice at 0.5 by {format_interval(rival)} over {rival['n']} (fold, "
-                         f"seed) runs: {reading(rival, rival['n'])}.")
-    display(Markdown(" ".join(sentence for sentence in sentences if sentence)))
+        every_verdicts.append(f"Against its fair rival, one 40-slice network trained twice as long (the same training "
+                              f"time), the ensemble changed Dice at 0.5 by {format_interval(rival)} over {rival['n']} "
+                              f"(fold, seed) runs: {reading(rival, rival['n'])}.")
+    display(Markdown(" ".join(every_verdicts)))
 
 # %% [markdown]
 # ## The semi-supervised comparison
@@ -734,6 +736,7 @@ if len(curve_rows) > 1 and "tta_dice_change_vs_all" in curve_rows[-2]:
         findings.append(f"over the whole curve each doubling of the labelled slices added "
                         f"{format_interval(doubling)} "
                         f"test Dice")
+findings += [f"{verdict.removesuffix('.')} (`all_slices`)" for verdict in every_verdicts]
 for name, ensemble in ensembles.items():
     last_epoch = next((row for row in ensemble.numbers["rows"] if row["arm"] == "last"), None) if ensemble else None
     if last_epoch and (change := last_epoch.get("tta_dice_change_vs_control")):
