@@ -92,8 +92,8 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fold", type=int, help="with --folds: which fold (0..k-1) validates (default 0)")
     parser.add_argument("--members", type=int, default=1,
                         help="train this many networks, network K validating on fold K of --folds (default 5) with "
-                             "seed --seed + K, into OUT/member-K/; evaluate, predict and segment take their best.pt "
-                             "files together as one ensemble, the mean of their probabilities (chapter 09 measures "
+                             "seed --seed + K, into OUT/member-K/; evaluate, predict and segment take OUT (or the "
+                             "members' checkpoints) as one ensemble, the mean of their probabilities (chapter 09 measures "
                              "what two add), for that many times the training time (default 1)")
     parser.add_argument("--all-slices", action="store_true",
                         help="train on the validation cases too and keep the last epoch, OUT/last.pt: nothing is "
@@ -217,12 +217,11 @@ def run_train(args: argparse.Namespace) -> int:
     summary: dict[str, Any] = {"members": members, "wall_seconds": time.perf_counter() - started,
                                "cpu_seconds": time.process_time() - cpu_started}
     atomic_write_text(out / "metrics.json", to_json(summary) + "\n")
-    checkpoints = " ".join(member["checkpoint"] for member in members)
     scores = ("each trained on every case, at its last epoch" if args.all_slices else
               "each one's validation Dice on its own fold " + ", ".join(f"{member['validation_dice']:.4f}" for member in members)
               + " (optimistic: each fold also chose its network's epoch)")
     print(f"ensemble of {args.members} {args.model} networks in {summary['wall_seconds'] / 60:.1f} min: {scores}; use them "
-          f"together: python -m covidlib predict --checkpoint {checkpoints} --input IMAGES --output MAPS")
+          f"together: python -m covidlib predict --checkpoint {out} --input IMAGES --output MAPS")
     return 0
 
 
