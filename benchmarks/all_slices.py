@@ -49,13 +49,13 @@ from covidlib.inference import PreparedSlices, load_model
 from covidlib.recipe import Recipe
 from covidlib.train import LAST_CHECKPOINT, load_checkpoint
 
-#: ``train``'s defaults, a row of benchmarks/ablation.py.
+#: ``train``'s recipe, a row of benchmarks/ablation.py.
 RECIPE = Recipe()
-LABELS = {"chosen": "A′: 32 slices, epoch chosen on the other 8 (train's defaults)",
+LABELS = {"chosen": "A′: 32 slices, epoch chosen on the other 8 (as train --val-fraction 0.2)",
           "last": "A′ at its last epoch (32 slices, none chosen)",
-          "all_slices": "all 40 slices, last epoch (none chosen)",
+          "all_slices": "all 40 slices, last epoch (none chosen; as train --members 1)",
           "ensemble_chosen": "ensemble of two seeds' A′ (chosen epochs)",
-          "ensemble_all_slices": "ensemble of two seeds' 40-slice networks (last epochs)",
+          "ensemble_all_slices": "ensemble of two seeds' 40-slice networks, last epochs (as train at its defaults)",
           "budget_all_slices": "one 40-slice network trained twice as long (the ensemble's budget, last epoch)"}
 #: The arms a unit's ensembles average: each with its namesake network of the previous seed.
 ENSEMBLED = {"ensemble_chosen": "chosen", "ensemble_all_slices": "all_slices"}

@@ -122,7 +122,7 @@ def summarise(results: dict[int, list[dict]], ensembles: dict[tuple[int, ...], d
                 unit[f"members_{metric}"] = float(np.mean([single[seed][case][metric] for case in result["test"]
                                                            for seed in combination]))
             units.append(unit)
-    rows = [row_of("network", "one network (A′, train's defaults)", list(alone.values()))]
+    rows = [row_of("network", "one network (A′, train's recipe)", list(alone.values()))]
     checkpoints = checkpoints or {}
     for arm, label, _ in CHECKPOINT_ARMS:
         if arm not in checkpoints:
@@ -139,7 +139,7 @@ def summarise(results: dict[int, list[dict]], ensembles: dict[tuple[int, ...], d
     if budget:
         row = row_of("budget", f"one network trained {members}× as long (the ensemble's budget)", list(budget.values()))
         row["tta_dice_change_vs_control"] = paired_change([alone[unit]["tta_dice"] for unit in budget],
-                                                          row["tta_dice_by_unit"], "one network at train's defaults")
+                                                          row["tta_dice_by_unit"], "one network of train's recipe")
         rows.append(row)
     if units:
         row = {**row_of("ensemble", f"ensemble of {members} networks of other seeds",

@@ -301,7 +301,7 @@ show_grouped_values({difference_name(arm, control): reference.numbers["summary"]
 # model this book trains. `benchmarks/semi_recipe.py` asks the same question with a stronger A′:
 # A′ is trained with `python -m covidlib train`'s recipe as it stood when the record ran (its epoch
 # chosen on the inner validation slices). The record names that recipe below, against today's
-# defaults (the row of {doc}`chapter 09 <09_results>`'s ablation marked as `train`'s defaults), and each arm continues
+# (the row of {doc}`chapter 09 <09_results>`'s ablation marked as `train`'s recipe), and each arm continues
 # it over all 1,600 unlabelled slices with the same steps, noise, augmentation and selection as its
 # control. Beside the report's patch pseudo-labels it tries two alternatives on the whole unlabelled
 # slices: pseudo-labels that are A′'s own test-time-augmented probabilities (self-training,

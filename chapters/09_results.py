@@ -241,7 +241,7 @@ if cv_04:
 # is nested-CV'd over the seeds its record names and set beside the row it changes, which its change
 # column names: the path row above it, or, for an alternative tried at some point of the path, the
 # row it was tried on. The change comes with its 95 % bootstrap interval over (fold, seed) runs. The
-# path ends at `python -m covidlib train`'s defaults, marked as such. The record is committed like
+# path ends at the recipe each network of `python -m covidlib train` trains with, marked as such. The record is committed like
 # the chapters' (`records/reference-covid-semiseg/ablation.json`) and is rewritten as rows complete,
 # so it may hold only some of them.
 #
@@ -265,7 +265,7 @@ def show_ablation(ablation, *, list_missing: bool = True) -> None:
     for row in ablation.numbers["rows"]:
         change = row.get("dice_change_vs_previous")
         versus = f" vs “{change['previous']}”" if change and "previous" in change else ""
-        defaults = " (`train`'s defaults)" if Recipe(**row["recipe"]) == Recipe() else ""
+        defaults = " (`train`'s recipe)" if Recipe(**row["recipe"]) == Recipe() else ""
         rows.append((row["name"] + defaults, cell(row["dice_mean"], row["dice_sd_over_units"]), cell(row["infnet_mean_dice_mean"]),
                      f"{format_interval(change)}{versus}"
                      if change else "—", str(len(row["dice_by_unit"])),
@@ -328,7 +328,7 @@ display(Markdown(reference_notice(ablation, "ablation")))
 if ablation is not None:
     show_ablation(ablation)
 
-# %% mystnb={"figure": {"caption": "Reference record (COVID-SemiSeg): the ablation read top to bottom. Left: test Dice at 0.5 of each outer (fold, seed) run (dots) and the row's mean (bar). Middle: the same runs by Inf-Net's mean Dice, with the published Inf-Net and Semi-Inf-Net results dotted (measured on a separate 48-slice test split, so a guide, not a paired comparison). Right: each row's change in Dice at 0.5 from the row it changes, with its 95 % bootstrap interval. Alternatives tried beside the path are grey and in italics; train's defaults are in bold. Without a record the panel says so.", "name": "fig-09-ablation"}, "image": {"alt": "Reference record (COVID-SemiSeg): the ablation read top to bottom"}}
+# %% mystnb={"figure": {"caption": "Reference record (COVID-SemiSeg): the ablation read top to bottom. Left: test Dice at 0.5 of each outer (fold, seed) run (dots) and the row's mean (bar). Middle: the same runs by Inf-Net's mean Dice, with the published Inf-Net and Semi-Inf-Net results dotted (measured on a separate 48-slice test split, so a guide, not a paired comparison). Right: each row's change in Dice at 0.5 from the row it changes, with its 95 % bootstrap interval. Alternatives tried beside the path are grey and in italics; train's recipe is in bold. Without a record the panel says so.", "name": "fig-09-ablation"}, "image": {"alt": "Reference record (COVID-SemiSeg): the ablation read top to bottom"}}
 viz.show_path(path_rows(ablation) if ablation is not None else None, **path_figure,
               title="The path past the published results (COVID-SemiSeg, nested CV)",
               empty_message="no reference record of benchmarks/ablation.py yet")
@@ -396,7 +396,7 @@ viz.show_path([dataclasses.replace(row, name=f"{row.name} ({name})" if len(machi
 # cancels part of it: a *deep ensemble* {cite}`lakshminarayanan2017ensembles`; nnU-Net {cite}`isensee2021nnunet` predicts with the
 # mean of its five cross-validation networks. Every seed of the nested cross-validation above draws
 # its own outer folds, and each labelled slice is in the test fold of exactly one outer fold of each
-# seed, so for two seeds every slice has two networks at `train`'s defaults that never trained on it
+# seed, so for two seeds every slice has two networks of `train`'s recipe that never trained on it
 # nor chose their epoch on it. `benchmarks/seed_ensemble.py` scores each slice by the mean of their
 # probabilities (`covidlib.ensemble.Ensemble`, test-time augmentation as usual), for every
 # pair of seeds, against the same two networks alone. It trains nothing: it reads the ablation's
@@ -406,7 +406,7 @@ viz.show_path([dataclasses.replace(row, name=f"{row.name} ({name})" if len(machi
 # the ensembles' Dice on the same test slices.
 #
 # The same networks say what choosing an epoch is worth. Each run keeps the epoch that scored best on
-# its 8 inner validation slices and its last one (epoch 600 at `train`'s defaults); the row "one
+# its 8 inner validation slices and its last one (epoch 600 in `train`'s recipe); the row "one
 # network at its last epoch" scores every network at its last epoch instead, and "mean of one
 # network's chosen and last epochs" by the mean of the two, an ensemble of two snapshots of one
 # training that costs no training at all. Both are paired with the chosen epoch alone on the same
@@ -485,7 +485,7 @@ if slice_scores:
            else "")))
     shown = shares > 0  # a log axis cannot place a slice without infection
 
-# %% mystnb={"figure": {"caption": "Reference record (COVID-SemiSeg): each labelled slice's test Dice at 0.5 (with test-time augmentation) against the share of its pixels labelled infection (log scale), by one network at train's defaults (the mean over the seeds whose outer test fold held it) and by an ensemble of networks of other seeds (the mean over its combinations of seeds). Without a record that keeps slices the panel says so.", "name": "fig-09-dice-by-share"}, "image": {"alt": "Reference record (COVID-SemiSeg): each labelled slice's test Dice against the share of its pixels labelled infection, for one network and for an ensemble"}}
+# %% mystnb={"figure": {"caption": "Reference record (COVID-SemiSeg): each labelled slice's test Dice at 0.5 (with test-time augmentation) against the share of its pixels labelled infection (log scale), by one network of train's recipe (the mean over the seeds whose outer test fold held it) and by an ensemble of networks of other seeds (the mean over its combinations of seeds). Without a record that keeps slices the panel says so.", "name": "fig-09-dice-by-share"}, "image": {"alt": "Reference record (COVID-SemiSeg): each labelled slice's test Dice against the share of its pixels labelled infection, for one network and for an ensemble"}}
 viz.show_points({"one network": (shares[shown] * 100, alone_dice[shown]),
                  f"ensemble of {slices_record.record['parameters']['members']}": (shares[shown] * 100, ensemble_dice[shown])}
                 if slice_scores else None, xlabel="infected pixels (% of the slice)", ylabel="Dice at 0.5 (TTA)",
@@ -504,7 +504,7 @@ viz.show_points({"one network": (shares[shown] * 100, alone_dice[shown]),
 # the other way: where the 8 symmetries of test-time augmentation, or the networks of an ensemble, disagree,
 # their mean hesitates, which is why the ensemble above can gain Dice at 0.5 and not Inf-Net's mean Dice.
 # `benchmarks/map_sharpness.py`
-# scores A′'s outer test folds (`train`'s defaults, the ablation's networks, test-time augmentation as usual)
+# scores A′'s outer test folds (`train`'s recipe, the ablation's networks, test-time augmentation as usual)
 # at several temperatures: how much of the distance to a published number is the sharpness of the maps.
 
 # %% tags=["hide-input"]
@@ -576,14 +576,15 @@ viz.show_grouped_values({f"{row['n']} slices": row["tta_dice_by_unit"] for row i
 # epoch and the last one; would those 8 slices do more as training data?
 # `benchmarks/all_slices.py` trains `train`'s recipe on all 40 for the same 600 epochs and keeps
 # its last epoch (nothing is chosen), and pairs it on the same test slices with A′ at its chosen
-# epoch (`train`'s defaults) and at its last (the same protocol on 32 slices). From the second seed
-# on it also averages each 40-slice network with the previous seed's, and A′ with A′, and for the
-# seeds it names it trains that ensemble's fair rival: one 40-slice network of twice the epochs, the
-# same training time as the two.
+# epoch (what `train --val-fraction 0.2` does) and at its last (the same protocol on 32 slices). From
+# the second seed on it also averages each 40-slice network with the previous seed's, and A′ with A′,
+# and for the seeds it names it trains that ensemble's fair rival: one 40-slice network of twice the
+# epochs, the same training time as the two.
 #
-# To train such a final network yourself, `python -m covidlib train --all-slices` trains on every
-# labelled slice (all 50 of COVID-SemiSeg) and keeps the last epoch; `--members 2` trains two of
-# different seeds, which `evaluate`, `predict` and `segment` average.
+# The ensemble of two 40-slice networks is what `python -m covidlib train` does at its defaults, on
+# every labelled slice (all 50 of COVID-SemiSeg): it trains two networks of two seeds, keeps each at
+# its last epoch, and `evaluate`, `predict` and `segment` average them. These runs measure it at 40
+# training slices, the most an outer fold leaves.
 
 # %% tags=["hide-input"]
 every_slice = references["all_slices"]
@@ -610,25 +611,26 @@ if every_rows:
           format_interval(row["tta_dice_change_vs_control"]) if "tta_dice_change_vs_control" in row else "—",
           other_change(row), str(len(row["units"])))
          for row in every_rows],
-        ("network", "Dice at 0.5 (TTA)", "Inf-Net mean Dice", "change [95 % CI] vs A′ (train's defaults)",
+        ("network", "Dice at 0.5 (TTA)", "Inf-Net mean Dice", "change [95 % CI] vs A′ (epoch chosen)",
          "change [95 % CI] vs its closer control", "(fold, seed) runs"))))
 
     chosen_by_unit = dict(zip(map(tuple, every_rows[0]["units"]), every_rows[0]["tta_dice_by_unit"]))
 
     def verdict(arm: str, what: str) -> str | None:
-        """A sentence on ``arm``'s change against ``train``'s defaults, or ``None`` without the arm or a change."""
+        """A sentence on ``arm``'s change against A′ at its chosen epoch, or ``None`` without the arm or a change."""
         row = next((row for row in every_rows if row["arm"] == arm), None)
         if row is None or "tta_dice_change_vs_control" not in row:
             return None
         runs = len(row["units"])
         baseline = float(np.mean([chosen_by_unit[tuple(unit)] for unit in row["units"]]))
-        return (f"{what} changed Dice at 0.5 by {format_interval(row['tta_dice_change_vs_control'])} against `train`'s "
-                f"defaults over {runs} (fold, seed) runs ({row['tta_dice_mean']:.{digits}f} against "
+        return (f"{what} changed Dice at 0.5 by {format_interval(row['tta_dice_change_vs_control'])} against A′ at "
+                f"its chosen epoch over {runs} (fold, seed) runs ({row['tta_dice_mean']:.{digits}f} against "
                 f"{baseline:.{digits}f}): {reading(row['tta_dice_change_vs_control'], runs)}.")
 
     every_verdicts = [sentence for sentence in (
         verdict("all_slices", "Training on the 8 validation slices too, and keeping the last epoch,"),
-        verdict("ensemble_all_slices", "Averaging two such networks (40 slices, last epoch) of two seeds")) if sentence]
+        verdict("ensemble_all_slices", "Averaging two such networks (40 slices, last epoch) of two seeds, "
+                                       "what `train` does at its defaults,")) if sentence]
     ensemble_row = next((row for row in every_rows if row["arm"] == "ensemble_all_slices"), {})
     if rival := ensemble_row.get("tta_dice_change_vs_budget"):
         every_verdicts.append(f"Against its fair rival, one 40-slice network trained twice as long (the same training "
@@ -697,7 +699,7 @@ if ablation is not None and ablation.numbers["rows"]:
     semi_inf = next(r for r in PUBLISHED if r.method == "Semi-Inf-Net")
     if defaults_row is not None:
         threshold = "the threshold chosen on the inner split" if Recipe().select_threshold else "0.5"
-        findings.append(f"`train`'s defaults (the ablation's “{defaults_row['name']}”) reached Dice at {threshold} "
+        findings.append(f"One network of `train`'s recipe (the ablation's “{defaults_row['name']}”) reached Dice at {threshold} "
                         f"{defaults_row['dice_mean']:.3f} ± {defaults_row['dice_sd_over_units']:.3f} over "
                         f"{len(defaults_row['dice_by_unit'])} nested-CV runs (seeds {defaults_row['seeds']}); its "
                         f"Inf-Net mean Dice, {defaults_row['infnet_mean_dice_mean']:.3f}, is the number to set beside "

@@ -1,8 +1,8 @@
 """The command line: ``python -m covidlib <command>`` (also installed as ``covidlib``).
 
-Commands: ``train`` (a 2D network on a registered dataset, optionally one fold of a k-fold
-split; with ``--semi`` continued semi-supervised on an unlabelled split; with ``--members`` several
-networks, one a fold), ``evaluate`` (a checkpoint on a split, metrics as JSON on stdout),
+Commands: ``train`` (by default the final model: two 2D networks of every labelled case of a
+registered dataset, averaged; with ``--val-fraction`` or ``--folds`` one network with cases held out
+to validate it; with ``--semi`` continued semi-supervised on an unlabelled split), ``evaluate`` (a checkpoint on a split, metrics as JSON on stdout),
 ``predict`` (a checkpoint on a folder of 2D images or on a NIfTI volume, writing probability maps;
 several checkpoints predict as one :class:`covidlib.ensemble.Ensemble`, as in ``evaluate`` and ``segment``),
 ``segment`` (a CT scan to infection and lung masks on its own grid, with volumes in mL;
@@ -51,6 +51,9 @@ QUICK = {"epochs": 3, "max_steps_per_epoch": 2, "image_size": 64, "base_width": 
 FULL = {name: getattr(Recipe(), name) for name in QUICK}
 #: ``train --members``'s split when --folds is not given: each network validates on a fifth of the cases.
 ENSEMBLE_FOLDS = 5
+#: How many networks ``train``'s final model averages (chapter 09: two 40-slice networks averaged beat one
+#: network trained twice as long, and one network whose epoch the held-out cases chose).
+FINAL_MEMBERS = 2
 #: What ``--checkpoint`` of evaluate, predict and segment takes.
 CHECKPOINT_HELP = ("the folder OUT that 'train' wrote (its network, or with --members all its networks), or checkpoint "
                    "files (best.pt or last.pt); several networks predict together, the mean of their probabilities")
@@ -60,20 +63,20 @@ CHECKPOINT_HELP = ("the folder OUT that 'train' wrote (its network, or with --me
 
 #: What ``train --help`` says of its cost, measured alone on COVID-SemiSeg.
 TRAIN_TIMES = (
-    "Cost at the defaults on COVID-SemiSeg, measured alone on a 2-core Intel Xeon with AMX (bfloat16, torch's "
-    "default 2 threads): train --semi both took 17.8 min wall and 33.6 CPU-minutes, using 2.0 GB of memory; its "
-    "supervised stage, which is all that train without --semi does, took 16.7 min (all 600 epochs at 160 px; the "
-    "best epoch was 519), and pseudo-labelling the 1,600 unlabelled slices plus 8 semi-supervised epochs took "
-    "1.0 min. On a 2-core AMD EPYC with AVX512-BF16 (Zen 4, bfloat16) it took 13.8 min wall, 26.7 "
-    "CPU-minutes and 1.8 GB: 13.0 min supervised (best epoch 416), 0.8 min semi-supervised. "
-    "On a 2-core AMD EPYC without native bfloat16 (Zen 3, AVX2, float32) the same command took 43.0 "
-    "min wall, 82.9 CPU-minutes and 1.9 GB: 41.2 min supervised (best epoch 414), 1.7 min semi-supervised. "
-    "There the earlier defaults (--image-size 128 --epochs 300 --step-size 75 --patience 300, the row "
-    "'+ 300 epochs, no early stop' of chapter 09's ablation) took 12.3 min; on an AMX Xeon and on a Zen 5 AMD EPYC with AVX512-BF16 they "
-    "took 4.0 min. On an NVIDIA H200 (bfloat16) train at its defaults ran its 600 epochs in 2.0 min (131 s "
-    "for the command). train --members 2 trains two such networks: 26.9 min wall, 52.0 CPU-minutes and 0.7 GB on "
-    "the Zen 4 EPYC. train --all-slices --members 2 (two networks of all 50 labelled slices, their last epochs): "
-    "21.1 min wall, 40.2 CPU-minutes and 0.7 GB on the AMX Xeon.")
+    "Cost on COVID-SemiSeg, measured alone on a 2-core Intel Xeon with AMX (bfloat16, torch's default 2 threads): "
+    "train at its defaults, the final model (two networks of all 50 labelled slices, 600 epochs each, kept at their "
+    "last epochs), took 21.1 min wall, 40.2 CPU-minutes and 0.7 GB (the networks 11.5 and 9.6 min). One network validated on a fifth of the cases "
+    "(--val-fraction 0.2, the supervised stage of --semi) took 16.7 min (all 600 epochs at 160 px; the best epoch "
+    "was 519), and train --semi both 17.8 min wall, 33.6 CPU-minutes and 2.0 GB: pseudo-labelling the 1,600 "
+    "unlabelled slices plus 8 semi-supervised epochs took 1.0 min. On a 2-core AMD EPYC with AVX512-BF16 (Zen 4, "
+    "bfloat16) train --semi both took 13.8 min wall, 26.7 CPU-minutes and 1.8 GB (13.0 min supervised, best epoch "
+    "416), and --members 2 --folds 5 (two networks of 40 slices, each validated on its fold) 26.9 min wall, 52.0 "
+    "CPU-minutes and 0.7 GB; the final model was not timed there. On a 2-core AMD EPYC without native bfloat16 "
+    "(Zen 3, AVX2, float32) train --semi both took 43.0 min wall, 82.9 CPU-minutes and 1.9 GB (41.2 min "
+    "supervised, best epoch 414), 2.5 times the Xeon's supervised time; there the earlier defaults (--image-size "
+    "128 --epochs 300 --step-size 75 --patience 300, the row '+ 300 epochs, no early stop' of chapter 09's "
+    "ablation) took 12.3 min, and 4.0 min on an AMX Xeon and on a Zen 5 AMD EPYC with AVX512-BF16. On an NVIDIA "
+    "H200 (bfloat16) one network ran its 600 epochs in 2.0 min (131 s for the command).")
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,25 +85,25 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", help="the dataset's folder (default: $COVIDLIB_DATA/<dataset>)")
     parser.add_argument("--split", help="the dataset split to train on (default: 'train', else the dataset's first)")
     parser.add_argument("--model", choices=sorted(MODEL_NAMES), default="unet", help="network (default: unet)")
-    parser.add_argument("--out", required=True, help="output folder: last.pt, best.pt, history.json, metrics.json "
-                                                     "(with --members: one folder member-K of them for each network)")
+    parser.add_argument("--out", required=True, help="output folder: metrics.json and, for each network K, member-K/ "
+                                                     "with its last.pt and history.json; one network (--members 1) "
+                                                     "writes them in OUT itself, with best.pt when cases are held out")
     parser.add_argument("--epochs", type=int, help=f"maximum epochs (default {FULL['epochs']}, quick {QUICK['epochs']})")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few short epochs of a small network on small images")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation, batches and augmentation")
-    parser.add_argument("--folds", type=int, help="k of a k-fold split by case; with --fold, validate on that fold")
+    parser.add_argument("--folds", type=int, help="hold out a fold to validate: k of a k-fold split by case, the "
+                                                  "fold --fold")
     parser.add_argument("--fold", type=int, help="with --folds: which fold (0..k-1) validates (default 0)")
-    parser.add_argument("--members", type=int, default=1,
-                        help="train this many networks, network K validating on fold K of --folds (default 5) with "
-                             "seed --seed + K, into OUT/member-K/; evaluate, predict and segment take OUT (or the "
-                             "members' checkpoints) as one ensemble, the mean of their probabilities (chapter 09 measures "
-                             "what two add), for that many times the training time (default 1)")
-    parser.add_argument("--all-slices", action="store_true",
-                        help="train on the validation cases too and keep the last epoch, OUT/last.pt: nothing is "
-                             "chosen, so no case is held out (chapter 09's 'what the eight validation slices cost' "
-                             "measures it; the validation cases are still scored each epoch, for the progress bar only)")
+    parser.add_argument("--members", type=int,
+                        help="train this many networks, network K with seed --seed + K into OUT/member-K/ (with "
+                             "--folds: validating on fold K); evaluate, predict and segment take OUT as one ensemble, "
+                             "the mean of their probabilities, for that many times the training time (default: "
+                             f"{FINAL_MEMBERS} for the final model, 1 when cases are held out)")
     parser.add_argument("--val-fraction", type=float,
-                        help="without --folds: share of cases held out to validate (default 0.2)")
+                        help="hold out this share of the cases to validate one network, which chooses its epoch "
+                             "(default: none, the final model trains on every case; 0.2 with --semi, "
+                             "--select-threshold or --patience, which choose on them)")
     parser.add_argument("--image-size", type=int, help=f"square network input in pixels (default {FULL['image_size']})")
     parser.add_argument("--base-width", type=int, help=f"channels of the first level (default {FULL['base_width']}; the paper: 64)")
     parser.add_argument("--depth", type=int, default=4, help="number of poolings (default 4)")
@@ -109,8 +112,9 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=Recipe.lr, help=f"Adam learning rate (default {Recipe.lr:g}; the report: 2e-4)")
     parser.add_argument("--step-size", type=int, default=Recipe.step_size, help=f"StepLR period in epochs (default {Recipe.step_size})")
     parser.add_argument("--gamma", type=float, default=Recipe.gamma, help=f"StepLR factor (default {Recipe.gamma})")
-    parser.add_argument("--patience", type=int, default=Recipe.patience,
-                        help=f"stop after this many epochs without a better validation Dice (default {Recipe.patience})")
+    parser.add_argument("--patience", type=int,
+                        help=f"stop after this many epochs without a better validation Dice (default {Recipe.patience}, "
+                             "when cases are held out)")
     parser.add_argument("--max-steps-per-epoch", type=int, help="cap the batches of an epoch")
     parser.add_argument("--amp", choices=AMP_CHOICES, default="auto", help="mixed precision: auto (bf16/fp16 on a GPU; bf16 on a CPU with native bf16 kernels, "
                         "AVX512-BF16/AMX; else float32), bf16, fp16 or off")
@@ -195,8 +199,12 @@ def _train_and_val_ids(dataset: Any, args: argparse.Namespace, split_seed: int) 
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Train one network into OUT, or with ``--members`` one for each fold K < members of the same
-    split (seed ``--seed`` + K) into OUT/member-K, and a summary of them in OUT/metrics.json."""
+    """Train one network into OUT, or with ``--members`` network K (seed ``--seed`` + K, with ``--folds``
+    validating on fold K of one split) into OUT/member-K, and a summary of them in OUT/metrics.json."""
+    if args.all_slices:
+        networks = f"{args.members} networks, each" if args.members > 1 else "one network"
+        print(f"the final model: {networks} trained on every case and kept at its last epoch (nothing is held out, "
+              "so nothing is scored; --val-fraction 0.2 or --folds 5 holds cases out to validate a network)")
     if args.members == 1:
         _train_network(args, Path(args.out), split_seed=args.seed)
         return 0
@@ -207,12 +215,13 @@ def run_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     members = []
     for member in range(args.members):
-        print(f"member {member + 1} of {args.members}: fold {member} of {args.folds} validates, seed {args.seed + member}")
+        print(f"network {member + 1} of {args.members}, seed {args.seed + member}: "
+              + ("every case trains it" if args.all_slices else f"fold {member} of {args.folds} validates it"))
         member_args = argparse.Namespace(**{**vars(args), "fold": member, "seed": args.seed + member})
         result = _train_network(member_args, out / f"member-{member}", split_seed=args.seed)
-        members.append({"checkpoint": result["checkpoint"], "fold": member, "seed": args.seed + member,
+        members.append({"checkpoint": result["checkpoint"], "seed": args.seed + member,
                         "wall_seconds": result["wall_seconds"],
-                        **({} if args.all_slices else {"validation_dice": result["validation"]["dice"]["mean"],
+                        **({} if args.all_slices else {"fold": member, "validation_dice": result["validation"]["dice"]["mean"],
                                                        "best_epoch": result["best_epoch"]})})
     summary: dict[str, Any] = {"members": members, "wall_seconds": time.perf_counter() - started,
                                "cpu_seconds": time.process_time() - cpu_started}
@@ -388,10 +397,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise InvalidInputError("--split is needed: the checkpoint's validation cases belong to another dataset")
     elif "members" in metadata:
         raise InvalidInputError("--split is needed: no case validated a network of this ensemble without training "
-                                "another one")
+                                "another one (train's final model trains each on every case)")
     else:
-        raise InvalidInputError("--split is needed: this network trained on every case it was given (train "
-                                "--all-slices), none is held out")
+        raise InvalidInputError("--split is needed: this network trained on every case it was given (train without "
+                                "--val-fraction or --folds), none is held out")
     threshold = decision_threshold(metadata, checkpoint)
     evaluation = evaluate_cases(model, dataset, case_ids, image_size, get_device(args.device),
                                 tta=bool(metadata.get("tta", False)), threshold=threshold)
@@ -732,6 +741,15 @@ def check_train(args: argparse.Namespace) -> None:
     from covidlib.io import check_output_folder
 
     _check_rules(args)
+    # validation cases exist only where something is chosen on them or they are asked for
+    holding_out = [flag for flag, value in (("--folds", args.folds), ("--val-fraction", args.val_fraction),
+                                            ("--semi", args.semi), ("--select-threshold", args.select_threshold or None),
+                                            ("--patience", args.patience)) if value is not None]
+    args.all_slices = not holding_out and args.fold is None
+    if args.members is None:
+        args.members = FINAL_MEMBERS if args.all_slices else 1
+    if args.patience is None:
+        args.patience = Recipe.patience
     if args.members > 1:
         for flag, value in (("--fold", args.fold), ("--val-fraction", args.val_fraction), ("--semi", args.semi)):
             if value is not None:
@@ -759,12 +777,6 @@ def check_train(args: argparse.Namespace) -> None:
             raise InvalidInputError(f"{', '.join(given)} {'acts' if len(given) == 1 else 'act'} only with --semi")
     if args.unlabelled_split is None:
         args.unlabelled_split = "unlabelled"
-    if args.all_slices:
-        for flag, value in (("--semi", args.semi), ("--select-threshold", args.select_threshold or None),
-                            ("--patience", args.patience if args.patience != Recipe.patience else None)):
-            if value is not None:
-                raise InvalidInputError(f"{flag} chooses on the validation cases, which --all-slices trains on: "
-                                        "nothing is chosen, every network runs all its epochs")
     _check_depth(_setting(args, "image_size"), args.depth)
     if args.crop_size is not None:
         if args.crop_size > _setting(args, "image_size"):
@@ -867,7 +879,8 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
-    "train": Command("train a 2D U-Net or attention U-Net on a registered dataset", _train_arguments, run_train,
+    "train": Command("train a final model (two 2D U-Nets of every labelled case) or one validated network",
+                     _train_arguments, run_train,
                      check_train, lambda args: _train_interrupted(args)),
     "evaluate": Command("evaluate a checkpoint on a dataset split; prints metrics as JSON", _evaluate_arguments, run_evaluate,
                         check_evaluate),
@@ -886,7 +899,7 @@ def _train_interrupted(args: argparse.Namespace) -> str:
     ``last.pt`` (written after every epoch) when one exists; the ``--semi`` stage starts again."""
     if args.members > 1:
         return ("interrupted; the same command with --resume keeps the networks it finished and continues the "
-                "others from their OUT/member-K/last.pt")
+                f"others from {Path(args.out)}/member-K/last.pt")
     last = Path(args.out) / ("supervised" if args.semi else "") / "last.pt"
     if not last.is_file():
         return f"interrupted before the first epoch ended: no {last} to resume from; run the same command again"

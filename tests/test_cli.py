@@ -256,9 +256,10 @@ def test_training_resumes_through_the_command_line(tmp_path: Path) -> None:
     assert main([*common, "--out", str(tmp_path / "straight"), "--epochs", "3"]) == 0
     assert main([*common, "--out", str(tmp_path / "split"), "--epochs", "2"]) == 0
     assert main([*common, "--out", str(tmp_path / "split"), "--epochs", "3", "--resume"]) == 0
-    straight = load_checkpoint(tmp_path / "straight" / "last.pt")["model"]
-    resumed = load_checkpoint(tmp_path / "split" / "last.pt")["model"]
-    assert all(torch.equal(straight[key], resumed[key]) for key in straight)
+    for member in ("member-0", "member-1"):  # the final model's two networks
+        straight = load_checkpoint(tmp_path / "straight" / member / "last.pt")["model"]
+        resumed = load_checkpoint(tmp_path / "split" / member / "last.pt")["model"]
+        assert all(torch.equal(straight[key], resumed[key]) for key in straight)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -329,9 +330,7 @@ def test_bad_input_gives_exit_code_2_and_a_message(argv: list[str], message: str
     (["train", "--members", "2", "--val-fraction", "0.3"], "--val-fraction acts on one network"),
     (["train", "--members", "2", "--semi", "both"], "--semi acts on one network"),
     (["train", "--members", "4", "--folds", "3"], "--members 4 needs --folds of at least 4"),
-    (["train", "--all-slices", "--semi", "both"], "--semi chooses on the validation cases, which --all-slices trains on"),
-    (["train", "--all-slices", "--select-threshold"], "--select-threshold chooses on the validation cases"),
-    (["train", "--all-slices", "--patience", "5"], "--patience chooses on the validation cases"),
+    (["train", "--members", "2", "--patience", "5", "--val-fraction", "0.3"], "--val-fraction acts on one network"),
     # an output folder that is a file
     (["train", "--out", "{tmp}/afile.txt"], "--out {tmp}/afile.txt: exists and is not a folder"),
     (["train", "--out", "{tmp}/afile.txt/run"], "lies under {tmp}/afile.txt, which is not a folder"),
@@ -363,6 +362,10 @@ def test_ctrl_c_during_train_says_how_to_resume(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr("covidlib.crossval.train_supervised", interrupted)
     root = make_semiseg(tmp_path / "data")
     common = ["train", "--data-root", str(root), "--quick", "--device", "cpu", "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "pair")]) == 130  # the final model: two networks
+    error = capsys.readouterr().err
+    assert f"continues the others from {tmp_path / 'pair'}/member-K/last.pt" in error and "Traceback" not in error
+    common.extend(["--members", "1"])
     assert main([*common, "--out", str(tmp_path / "run")]) == 130
     error = capsys.readouterr().err
     assert f"--resume continues from {tmp_path / 'run' / 'last.pt'}" in error and "Traceback" not in error
@@ -548,13 +551,14 @@ def test_train_members_validate_on_their_own_folds_and_predict_as_the_mean_of_th
     assert "trained a network of this ensemble" in captured.err
 
 
-def test_train_all_slices_trains_on_every_case_and_keeps_the_last_epoch(
+def test_train_without_held_out_cases_trains_on_every_case_and_keeps_the_last_epoch(
         trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root, _ = trained
     out = tmp_path / "final"
     assert main(["train", "--dataset", "covid-semiseg", "--data-root", str(root), "--out", str(out), "--quick",
-                 "--epochs", "3", "--all-slices", "--device", "cpu", "--amp", "off", "--no-progress"]) == 0
-    assert "trained on all 6 case(s)" in capsys.readouterr().out
+                 "--epochs", "3", "--members", "1", "--device", "cpu", "--amp", "off", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "the final model: one network trained on every case" in printed and "trained on all 6 case(s)" in printed
     assert not (out / "best.pt").exists()  # it would have been chosen on slices it trained on
     stored = load_checkpoint(out / "last.pt")
     ids = [f"train/{i}" for i in range(len(SIZES))]
@@ -569,15 +573,27 @@ def test_train_all_slices_trains_on_every_case_and_keeps_the_last_epoch(
     assert main(["evaluate", "--checkpoint", str(out / "last.pt"), "--data-root", str(root), "--split", "train",
                  "--device", "cpu"]) == 0
     assert "of the 6 cases, 6 trained this network and 0 chose its epoch" in capsys.readouterr().err
-    # an ensemble of such networks: each member trains on every case too, with its own seed
+    # train's default: two such networks, each of every case, with its own seed
     pair = tmp_path / "pair"
     assert main(["train", "--dataset", "covid-semiseg", "--data-root", str(root), "--out", str(pair), "--quick",
-                 "--epochs", "2", "--all-slices", "--members", "2", "--device", "cpu", "--amp", "off",
-                 "--no-progress"]) == 0
-    assert "each trained on every case, at its last epoch" in capsys.readouterr().out
+                 "--epochs", "2", "--device", "cpu", "--amp", "off", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "the final model: 2 networks, each trained on every case" in printed
+    assert "every case trains it" in printed and "each trained on every case, at its last epoch" in printed
     members = json.loads((pair / "metrics.json").read_text(encoding="utf-8"))["members"]
     assert [member["checkpoint"] for member in members] == [str(pair / f"member-{k}" / "last.pt") for k in (0, 1)]
-    assert [load_checkpoint(member["checkpoint"])["config"]["seed"] for member in members] == [0, 1]
+    stored = [load_checkpoint(member["checkpoint"]) for member in members]
+    assert [checkpoint["config"]["seed"] for checkpoint in stored] == [0, 1]
+    assert all(sorted(checkpoint["metadata"]["train_cases"]) == ids for checkpoint in stored)
+    assert main(["evaluate", "--checkpoint", str(pair), "--data-root", str(root), "--device", "cpu"]) == 2
+    assert "train's final model trains each on every case" in capsys.readouterr().err
+    # holding cases out (or choosing something on them) trains one validated network instead
+    for flags in (["--val-fraction", "0.2"], ["--select-threshold"], ["--patience", "2"]):
+        held = tmp_path / "held" / flags[0].strip("-")
+        assert main(["train", "--dataset", "covid-semiseg", "--data-root", str(root), "--out", str(held), "--quick",
+                     "--epochs", "1", *flags, "--device", "cpu", "--amp", "off", "--no-progress"]) == 0
+        assert "validation Dice" in capsys.readouterr().out and (held / "best.pt").is_file()
+        assert len(load_checkpoint(held / "best.pt")["metadata"]["val_cases"]) == 1  # a fifth of 6 cases
 
 
 def test_a_train_folder_stands_for_its_checkpoints(trained: tuple[Path, Path], tmp_path: Path,
@@ -590,10 +606,10 @@ def test_a_train_folder_stands_for_its_checkpoints(trained: tuple[Path, Path], t
     assert main([*by_file, "--checkpoint", str(out)]) == 0
     from_folder = json.loads(capsys.readouterr().out)
     assert from_folder["summary"] == from_file["summary"] and from_folder["checkpoint"] == str(out / "best.pt")
-    # an ensemble of --all-slices networks, moved after training: its member-K/last.pt files
+    # train's final model, moved after training: its member-K/last.pt files
     pair = tmp_path / "pair"
     assert main(["train", "--dataset", "covid-semiseg", "--data-root", str(root), "--out", str(pair), "--quick",
-                 "--epochs", "1", "--all-slices", "--members", "2", "--device", "cpu", "--amp", "off",
+                 "--epochs", "1", "--device", "cpu", "--amp", "off",
                  "--no-progress"]) == 0
     capsys.readouterr()
     moved = pair.rename(tmp_path / "moved")
