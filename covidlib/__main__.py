@@ -79,8 +79,16 @@ TRAIN_TIMES = (
     "H200 (bfloat16) one network ran its 600 epochs in 2.0 min (131 s for the command).")
 
 
+#: What ``train --help`` says it trains, before its cost.
+TRAIN_WHAT = (
+    "Without --val-fraction, --folds, --semi, --select-threshold or --patience, train holds no case out: it trains "
+    "the final model, --members networks (default 2) of every labelled case, each kept at its last epoch, which "
+    "evaluate, predict and segment average (chapter 09's 'What the eight validation slices cost' measures it in "
+    "nested cross-validation). Each of those flags holds cases out to validate a network and choose its epoch.")
+
+
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = TRAIN_TIMES
+    parser.epilog = f"{TRAIN_WHAT} {TRAIN_TIMES}"
     parser.add_argument("--dataset", default="covid-semiseg", help="registered dataset name (default: covid-semiseg)")
     parser.add_argument("--data-root", help="the dataset's folder (default: $COVIDLIB_DATA/<dataset>)")
     parser.add_argument("--split", help="the dataset split to train on (default: 'train', else the dataset's first)")
