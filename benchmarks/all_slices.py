@@ -7,13 +7,13 @@ slices might do more as training data. For each (seed, outer fold) this trains `
 outer test fold; nothing is chosen on any slice it is scored on or trained on. (The 8 slices still
 pass through validation, as part of the training set, so that the same training path runs; what
 they say is not used.) It is paired, on the same test slices, with A' of the same seed and fold read
-from (or trained into) the ablation's cache ``--supervised-runs``: at its chosen epoch (``train``'s
-defaults) and at its last epoch (the same protocol on 32 slices). Each arm's Dice at 0.5 and Inf-Net's
+from (or trained into) the ablation's cache ``--supervised-runs``: at its chosen epoch (what
+``train --val-fraction 0.2`` does) and at its last epoch (the same protocol on 32 slices). Each arm's Dice at 0.5 and Inf-Net's
 mean Dice (both with the recipe's test-time augmentation) come with the paired difference of Dice to
 the chosen epoch and to the last, with 95 % bootstrap CIs over (seed, fold) units.
 
 Two such networks might make a better ``train`` than one network of twice the epochs would (chapter
-09's seed ensembles). So every unit of a seed s > 0 also scores, on its test slices, the ensemble
+09's seed ensembles); ``train`` at its defaults now trains that ensemble, on all 50 labelled slices. So every unit of a seed s > 0 also scores, on its test slices, the ensemble
 (:class:`covidlib.ensemble.Ensemble`) of its 40-slice network with the 40-slice network of seed s - 1
 whose outer test fold held each slice (neither trained on it), and likewise the ensemble of the two
 seeds' A' at their chosen epochs; the first is paired with A' alone and with the second. The fair
@@ -122,7 +122,7 @@ def run_fold(args: argparse.Namespace, dataset: Dataset, prepared: PreparedSlice
 def summarise(results: list[dict]) -> dict:
     """Each arm's mean ± sd over the units that have it (the ensembles: seeds above 0); the last epoch
     paired with the chosen one, the 40-slice network with both, the ensembles with A' alone
-    (``tta_dice_change_vs_control``: against the chosen epoch, ``train``'s defaults), the 40-slice
+    (``tta_dice_change_vs_control``: against the chosen epoch, ``train --val-fraction 0.2``), the 40-slice
     ensemble with A''s and with one network of its budget (on the units that have both), and that
     network with the 40-slice network of the recipe's epochs."""
     changes = {"chosen": {}, "last": {"control": "chosen"}, "all_slices": {"control": "chosen", "last": "last"},

@@ -4,7 +4,7 @@ Every seed of nested cross-validation draws its own outer folds, and every label
 the test fold of exactly one outer fold of each seed. So for any ``--members`` seeds, each slice has
 one network of each that never trained on it nor chose its epoch on it: their
 :class:`covidlib.ensemble.Ensemble` (the mean of their probabilities, with test-time augmentation)
-scores it out of sample. The networks are A' at ``train``'s defaults (``Recipe()``), read from (or
+scores it out of sample. The networks are A' of ``train``'s recipe (``Recipe()``), read from (or
 trained into) the ablation's cache ``--supervised-runs``, so this costs only prediction.
 
 The members differ in their training slices as well as in their initialisation (as nnU-Net's
@@ -19,8 +19,8 @@ fold) units is paired with the ensembles' mean Dice on the same test slices. The
 each time (minutes), the trainings it reads resume as the ablation's do.
 
 The same cache answers a question about one network: what choosing its epoch on the inner validation
-slices buys. Each run keeps its chosen epoch (``best.pt``) and its last (``last.pt``, epoch 600 at the
-defaults); the record also scores every (seed, outer fold) at its last epoch, and by the mean of its
+slices buys. Each run keeps its chosen epoch (``best.pt``) and its last (``last.pt``, epoch 600 in the
+recipe); the record also scores every (seed, outer fold) at its last epoch, and by the mean of its
 chosen and last epochs (a two-snapshot ensemble that costs no training), each paired with the chosen
 epoch alone. Each labelled slice's infected share (of its pixels, as stored) is kept
 beside its Dice by one network and by an ensemble: where the Dice is lost.
@@ -50,7 +50,7 @@ from covidlib.results import write_record
 from covidlib.statistics import paired_bootstrap_ci
 from covidlib.train import BEST_CHECKPOINT, LAST_CHECKPOINT
 
-#: ``train``'s defaults, a row of benchmarks/ablation.py.
+#: ``train``'s recipe, a row of benchmarks/ablation.py.
 RECIPE = Recipe()
 #: One network's checkpoints scored beside its chosen epoch: arm, label, the checkpoint files averaged.
 CHECKPOINT_ARMS = (("last", "one network at its last epoch (none chosen)", (LAST_CHECKPOINT,)),
