@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -289,6 +290,12 @@ def write_units_record(record: Path, *, parameters: dict[str, Any], runtime: dic
     return summary
 
 
+def summarised_otherwise(record: Path, done: list[dict], summarise: Callable[[list[dict]], dict[str, Any]]) -> bool:
+    """Whether ``summarise(done)`` differs from the summary ``record`` stores beside those units."""
+    stored = json.loads(record.read_text(encoding="utf-8"))["numbers"]
+    return any(to_json(value) != to_json(stored.get(name)) for name, value in summarise(done).items())
+
+
 def a_prime_unit(args: argparse.Namespace, dataset: Dataset, prepared: PreparedSlices, recipe: Recipe,
                  unit: tuple[int, int]) -> tuple[dict[str, Any], Path]:
     """A' of one (seed, outer fold) of ``recipe``: its nested-CV result, read from (or trained into)
@@ -321,7 +328,8 @@ def run_units(args: argparse.Namespace, dataset: Dataset, prepared: PreparedSlic
     others computed in order by ``run_fold(args, dataset, prepared, recipe, a_prime_result, checkpoint)``
     (a stored unit that lacks an arm asked for since reads its finished trainings back, so only the
     arm costs time), the record rewritten after each (:func:`write_units_record`) and its summary
-    printed (:func:`print_rows`)."""
+    printed (:func:`print_rows`). A record whose stored units the code now summarises differently (a
+    row's label, say) is rewritten from them, nothing computed."""
     record = record_path(args)
 
     def compute_unit(unit: tuple[int, int]) -> dict:
@@ -330,11 +338,17 @@ def run_units(args: argparse.Namespace, dataset: Dataset, prepared: PreparedSlic
     units = stored_units(record, parameters, runtime, recheck=compute_unit, restart=args.restart)
     plan = [(seed, fold) for seed in args.seeds for fold in range(args.folds)]
     print(f"{sum(unit in units for unit in plan)} of {len(plan)} units stored in {record}", flush=True)
+    computed = False
     for unit in plan:
         if unit in units and complete(units[unit]):
             continue
         units[unit] = compute_unit(unit)
+        computed = True
         print_rows(write_units_record(record, parameters=parameters, runtime=runtime, units=units, planned=plan,
                                       summarise=summarise))
+    if units and not computed and summarised_otherwise(record, [units[key] for key in plan if key in units], summarise):
+        print(f"{record}: the code summarises its stored units differently now; rewriting it from them", flush=True)
+        write_units_record(record, parameters=parameters, runtime=runtime, units=units, planned=plan,
+                           summarise=summarise)
     if all(unit in units for unit in plan):
         print(f"every unit is stored: {record} holds all {len(plan)}", flush=True)

@@ -219,6 +219,33 @@ def test_units_of_changed_code_are_kept_only_when_the_first_is_reproduced_exactl
     assert nested_cv.stored_units(record, parameters, NUMERICS) == {}
 
 
+def test_a_complete_record_is_rewritten_only_when_the_code_summarises_its_units_differently(nested_cv, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.png").write_bytes(b"x")
+    parameters = {"data_root": str(data), "seeds": [0], "quick": False}
+    units = [{"seed": 0, "fold": fold, "scores": {"tta_dice": 0.6 + fold / 10}} for fold in (0, 1)]
+    record = write_record(tmp_path, "some_benchmark", parameters=parameters,
+                          numbers={"rows": [{"label": "old"}], "units": units, "units_planned": 2}, runtime=NUMERICS)
+    args = argparse.Namespace(out=str(tmp_path), record="some_benchmark", seeds=[0], folds=2, restart=False)
+
+    def nothing_to_compute(*_):
+        raise AssertionError("every unit is stored: none is computed")
+
+    def run(label: str) -> None:
+        nested_cv.run_units(args, None, None, Recipe(), parameters, NUMERICS, nothing_to_compute,
+                            lambda done: {"rows": [{"label": label, "n": len(done)}]})
+
+    run("new")
+    rewritten = json.loads(record.read_text(encoding="utf-8"))["numbers"]
+    assert rewritten == {"rows": [{"label": "new", "n": 2}], "units": units, "units_planned": 2}
+    assert "summarises its stored units differently now" in capsys.readouterr().out
+    written = record.read_text(encoding="utf-8")
+    run("new")  # the same summary: the record (its creation time too) stays as it is
+    assert record.read_text(encoding="utf-8") == written
+    assert "differently" not in capsys.readouterr().out
+
+
 def _run(script: str, *options: str) -> str:
     done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--quick", "--data-root", str(REAL_SEMISEG),
                            *options], capture_output=True, encoding="utf-8", timeout=900,
