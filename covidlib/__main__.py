@@ -2,7 +2,8 @@
 
 Commands: ``train`` (by default the final model: two 2D networks of every labelled case of a
 registered dataset, averaged; with ``--val-fraction`` or ``--folds`` one network with cases held out
-to validate it; with ``--semi`` continued semi-supervised on an unlabelled split), ``evaluate`` (a checkpoint on a split, metrics as JSON on stdout),
+to validate it; with ``--semi`` continued semi-supervised on an unlabelled split), ``evaluate`` (a
+checkpoint on a split, metrics as JSON on stdout),
 ``predict`` (a checkpoint on a folder of 2D images or on a NIfTI volume, writing probability maps;
 several checkpoints predict as one :class:`covidlib.ensemble.Ensemble`, as in ``evaluate`` and ``segment``),
 ``segment`` (a CT scan to infection and lung masks on its own grid, with volumes in mL;
@@ -66,8 +67,8 @@ TRAIN_TIMES = (
     "Cost on COVID-SemiSeg, measured alone on a 2-core Intel Xeon with AMX (bfloat16, torch's default 2 threads): "
     "train at its defaults, the final model (two networks of all 50 labelled slices, 600 epochs each, kept at their "
     "last epochs), took 20.3 min wall, 38.7 CPU-minutes and 0.7 GB (the networks 10.6 and 9.7 min). One network "
-    "validated on a fifth of the cases (--val-fraction 0.2, the supervised stage of --semi) took 16.7 min (all 600 epochs at 160 px; the best epoch "
-    "was 519), and train --semi both 17.8 min wall, 33.6 CPU-minutes and 2.0 GB: pseudo-labelling the 1,600 "
+    "validated on a fifth of the cases (--val-fraction 0.2, the supervised stage of --semi) took 16.7 min (all 600 "
+    "epochs at 160 px; the best epoch was 519), and train --semi both 17.8 min wall, 33.6 CPU-minutes and 2.0 GB: pseudo-labelling the 1,600 "
     "unlabelled slices plus 8 semi-supervised epochs took 1.0 min. On a 2-core AMD EPYC with AVX512-BF16 (Zen 4, "
     "bfloat16) train --semi both took 13.8 min wall, 26.7 CPU-minutes and 1.8 GB (13.0 min supervised, best epoch "
     "416), and --members 2 --folds 5 (two networks of 40 slices, each validated on its fold) 26.9 min wall, 52.0 "
