@@ -751,10 +751,9 @@ def check_train(args: argparse.Namespace) -> None:
 
     _check_rules(args)
     # validation cases exist only where something is chosen on them or they are asked for
-    holding_out = [flag for flag, value in (("--folds", args.folds), ("--val-fraction", args.val_fraction),
-                                            ("--semi", args.semi), ("--select-threshold", args.select_threshold or None),
-                                            ("--patience", args.patience)) if value is not None]
-    args.all_slices = not holding_out and args.fold is None
+    holds_out = any(value is not None for value in (args.folds, args.fold, args.val_fraction, args.semi,
+                                                    args.select_threshold or None, args.patience))
+    args.all_slices = not holds_out
     if args.members is None:
         args.members = FINAL_MEMBERS if args.all_slices else 1
     if args.patience is None:
@@ -888,7 +887,7 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
-    "train": Command("train a final model (two 2D U-Nets of every labelled case) or one validated network",
+    "train": Command("train a final model (two 2D networks of every labelled case) or one validated network",
                      _train_arguments, run_train,
                      check_train, lambda args: _train_interrupted(args)),
     "evaluate": Command("evaluate a checkpoint on a dataset split; prints metrics as JSON", _evaluate_arguments, run_evaluate,
